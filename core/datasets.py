@@ -1,0 +1,395 @@
+"""Labelled image data sets: discovery, class order, and parallel batched decoding.
+
+Layouts understood by ``load_dataset(path)``:
+
+* **folder**: one sub-folder per class (Keras/ImageFolder), e.g.
+  ``101_ObjectCategories/<class>/image_0001.jpg``; optionally below split
+  folders ``train/``, ``val/`` (or ``valid/``, ``validation/``), ``test/``;
+* **flat**: image files directly in the folder, named ``<class>_<number>.<ext>``
+  (class names may contain underscores: ``abraham_grampa_simpson_3.jpg``);
+* **csv**: a manifest file ``path,label[,split]``, paths relative to it;
+* **builtin**: ``fashion-mnist`` (IDX files) and ``digits`` (scikit-learn).
+
+Class order: the ``classes`` argument, else ``classes.txt`` in the data root,
+else sorted names (Keras' ``image_dataset_from_directory`` order).
+A data set holds N images; ``labels`` are ints in ``range(K)``; ``splits`` are
+'train', 'val', 'test' or 'all'. Files that cannot be used are listed in
+``skipped`` with a reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from core.images import IMAGE_EXTENSIONS, fit_to_input, read_image
+
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "test": "test", "testing": "test"}
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+BUILTINS = ("fashion-mnist", "digits")
+_FLAT_NAME = re.compile(r"^(?P<label>.+?)_(?P<number>\d+)$")
+
+
+class DatasetError(ValueError):
+    """A data set that cannot be used at all (the message names the value at fault)."""
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    kind: str
+    classes: list[str]
+    paths: list[str]
+    labels: np.ndarray
+    splits: np.ndarray
+    root: Path | None = None
+    source: str | None = None
+    pixels: np.ndarray | None = None
+    skipped: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __repr__(self) -> str:
+        counts = {s: int((self.splits == s).sum()) for s in np.unique(self.splits)}
+        return (f"ImageDataset({self.name!r}, kind={self.kind}, n={len(self)}, "
+                f"classes={len(self.classes)}, splits={counts}, skipped={len(self.skipped)})")
+
+    def subset(self, index: np.ndarray) -> "ImageDataset":
+        """Rows ``index`` (int positions or a boolean mask), skipped list kept."""
+        index = np.asarray(index)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        return replace(
+            self, paths=[self.paths[i] for i in index], labels=self.labels[index],
+            splits=self.splits[index],
+            pixels=self.pixels[index] if self.pixels is not None else None,
+        )
+
+    def split_names(self) -> list[str]:
+        return sorted(set(self.splits.tolist()))
+
+    def fingerprint(self) -> str:
+        """Hash of class list, rows and file sizes/mtimes (or pixels): changes when data does."""
+        h = hashlib.sha256()
+        h.update("\x1f".join(self.classes).encode())
+        h.update(self.labels.astype(np.int64).tobytes())
+        h.update("\x1f".join(self.splits.tolist()).encode())
+        if self.pixels is not None:
+            h.update(np.ascontiguousarray(self.pixels).tobytes())
+        else:
+            for rel in self.paths:
+                st = (self.root / rel).stat()
+                h.update(f"{rel}\x1f{st.st_size}\x1f{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:16]
+
+    def describe(self) -> dict:
+        """The manifest's ``data`` entry."""
+        return {
+            "name": self.name, "kind": self.kind, "path": self.source,
+            "root": str(self.root.resolve()) if self.root else None,
+            "n_images": len(self), "images_in_run": self.pixels is not None,
+        }
+
+    def read(self, i: int) -> np.ndarray:
+        """Pixels of row i, RGB/gray uint8 (raises ValueError if undecodable)."""
+        if self.pixels is not None:
+            return self.pixels[i]
+        return read_image(self.root / self.paths[i])
+
+
+@dataclass
+class Batch:
+    index: np.ndarray          # row positions in the data set that decoded
+    images: np.ndarray         # uint8 (n, height, width, channels)
+    failed: list[dict]         # {'path', 'reason'} for rows that did not decode
+
+
+def iter_batches(
+    dataset: ImageDataset, *, size: tuple[int, int], channels: int, batch_size: int = 64,
+    workers: int | None = None, prefetch: int = 2,
+) -> Iterator[Batch]:
+    """Decode and resize in a thread pool (OpenCV releases the GIL), a batch at a time.
+
+    Up to ``prefetch`` batches are decoded ahead while the caller works on the
+    current one, so decoding overlaps inference.
+    """
+    n = len(dataset)
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    def load_one(i: int):
+        try:
+            return fit_to_input(dataset.read(i), size=size, channels=channels), None
+        except (ValueError, OSError, MemoryError) as exc:  # cv2.error is not raised by imdecode
+            return None, str(exc)
+
+    def load_batch(start: int) -> Batch:
+        rows = range(start, min(start + batch_size, n))
+        results = list(pool.map(load_one, rows)) if workers > 1 else [load_one(i) for i in rows]
+        ok = [i for i, (img, _) in zip(rows, results) if img is not None]
+        failed = [{"path": dataset.paths[i], "reason": err} for i, (img, err) in zip(rows, results)
+                  if img is None]
+        images = (np.stack([img for img, _ in results if img is not None])
+                  if ok else np.zeros((0, *size, channels), np.uint8))
+        return Batch(np.asarray(ok, dtype=np.int64), images, failed)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+        starts = list(range(0, n, batch_size))
+        pending = [ahead.submit(load_batch, s) for s in starts[:prefetch]]
+        for j in range(len(starts)):
+            batch = pending.pop(0).result()
+            if j + prefetch < len(starts):
+                pending.append(ahead.submit(load_batch, starts[j + prefetch]))
+            yield batch
+
+
+# --------------------------------------------------------------------------- discovery
+
+def load_dataset(
+    path: str | os.PathLike | None = None, *, classes: Sequence[str] | None = None,
+    builtin: str | None = None,
+) -> ImageDataset:
+    """Open a data set by path (folder, flat folder, CSV manifest) or built-in name.
+
+    ``path`` may also be a built-in name ('fashion-mnist', 'digits').
+    """
+    if builtin is None and path is not None and str(path) in BUILTINS:
+        builtin = str(path)
+    if builtin is not None:
+        if builtin == "fashion-mnist":
+            return load_fashion_mnist()
+        if builtin == "digits":
+            return load_digits()
+        raise DatasetError(f"Unknown built-in data set {builtin!r}. Available: {list(BUILTINS)}")
+    if path is None:
+        raise DatasetError("No data set given: pass a folder, a CSV manifest or a built-in name")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DatasetError(f"Data path does not exist: {str(p)!r}")
+    if p.is_file():
+        if p.suffix.lower() != ".csv":
+            raise DatasetError(f"Unknown data layout for file {str(p)!r}: expected a .csv manifest "
+                               "(path,label[,split]) or a folder")
+        ds = _load_csv(p, classes)
+    else:
+        ds = _load_folder(p, classes)
+    if len(ds) == 0:
+        reasons = "; ".join(f"{s['path']}: {s['reason']}" for s in ds.skipped[:3])
+        raise DatasetError(f"No usable images in {str(p)!r}" + (f" (e.g. {reasons})" if reasons else ""))
+    return ds
+
+
+def _class_order(found: Sequence[str], given: Sequence[str] | None, root: Path) -> list[str]:
+    if given is None and (root / "classes.txt").is_file():
+        given = [ln.strip() for ln in (root / "classes.txt").read_text().splitlines() if ln.strip()]
+    if given is None:
+        return sorted(set(found))
+    given = list(given)
+    if len(set(given)) != len(given):
+        raise DatasetError(f"Class list has duplicates: {given}")
+    unknown = sorted(set(found) - set(given))
+    if unknown:
+        raise DatasetError(f"Data has classes not in the given class list: {unknown[:10]} "
+                           f"(class list: {given[:10]}{'...' if len(given) > 10 else ''})")
+    return given
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".")
+
+
+def _load_folder(root: Path, classes: Sequence[str] | None) -> ImageDataset:
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and _visible(d))
+    split_dirs = {d: SPLIT_ALIASES[d.name.lower()] for d in subdirs if d.name.lower() in SPLIT_ALIASES}
+    if split_dirs and len(split_dirs) == len(subdirs):
+        parts = list(split_dirs.items())
+    elif subdirs:
+        parts = [(root, "all")]
+    else:
+        return _load_flat(root, classes)
+
+    rows: list[tuple[str, str, str]] = []
+    skipped: list[dict] = []
+    for base, split in parts:
+        class_dirs = sorted(d for d in base.iterdir() if d.is_dir() and _visible(d))
+        if not class_dirs:
+            raise DatasetError(f"Unknown layout: {str(base)!r} has no class sub-folders")
+        for cdir in class_dirs:
+            files = sorted(f for f in cdir.rglob("*") if f.is_file() and _visible(f))
+            images = [f for f in files if _is_image(f)]
+            skipped += [{"path": str(f.relative_to(root)), "reason": f"not an image file ({f.suffix or 'no extension'})"}
+                        for f in files if not _is_image(f)]
+            if not images:
+                raise DatasetError(f"Class folder has no images: {str(cdir)!r}")
+            rows += [(str(f.relative_to(root)), cdir.name, split) for f in images]
+    order = _class_order([r[1] for r in rows], classes, root)
+    index = {c: i for i, c in enumerate(order)}
+    return ImageDataset(
+        name=root.resolve().name, kind="folder", classes=order,
+        paths=[r[0] for r in rows], labels=np.array([index[r[1]] for r in rows], dtype=np.int64),
+        splits=np.array([r[2] for r in rows], dtype=str), root=root, source=str(root),
+        skipped=skipped,
+    )
+
+
+def _load_flat(root: Path, classes: Sequence[str] | None) -> ImageDataset:
+    files = sorted(f for f in root.iterdir() if f.is_file() and _visible(f) and f.name != "classes.txt")
+    rows, skipped = [], []
+    for f in files:
+        if not _is_image(f):
+            skipped.append({"path": f.name, "reason": f"not an image file ({f.suffix or 'no extension'})"})
+            continue
+        m = _FLAT_NAME.match(f.stem)
+        if not m:
+            skipped.append({"path": f.name, "reason": "name is not <class>_<number>.<ext>"})
+            continue
+        rows.append((f.name, m.group("label")))
+    if not rows and not skipped:
+        raise DatasetError(f"Unknown layout: {str(root)!r} has no class folders and no image files")
+    order = _class_order([r[1] for r in rows], classes, root)
+    index = {c: i for i, c in enumerate(order)}
+    return ImageDataset(
+        name=root.resolve().name, kind="flat", classes=order, paths=[r[0] for r in rows],
+        labels=np.array([index[r[1]] for r in rows], dtype=np.int64),
+        splits=np.full(len(rows), "all"), root=root, source=str(root), skipped=skipped,
+    )
+
+
+def _load_csv(manifest: Path, classes: Sequence[str] | None) -> ImageDataset:
+    root = manifest.parent
+    rows, skipped = [], []
+    with manifest.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        for lineno, rec in enumerate(reader, start=1):
+            if not rec or all(not c.strip() for c in rec):
+                continue
+            if lineno == 1 and [c.strip().lower() for c in rec[:2]] == ["path", "label"]:
+                continue
+            if len(rec) < 2:
+                skipped.append({"path": f"{manifest.name}:{lineno}", "reason": "needs path,label[,split]"})
+                continue
+            rel, label = rec[0].strip(), rec[1].strip()
+            split = SPLIT_ALIASES.get(rec[2].strip().lower(), None) if len(rec) > 2 and rec[2].strip() else "all"
+            file = (root / rel).resolve()
+            if split is None:
+                skipped.append({"path": rel, "reason": f"unknown split {rec[2].strip()!r} (train, val, test)"})
+            elif not file.is_relative_to(root.resolve()):
+                skipped.append({"path": rel, "reason": "outside the manifest's folder"})
+            elif not file.is_file():
+                skipped.append({"path": rel, "reason": "file not found"})
+            elif not _is_image(file):
+                skipped.append({"path": rel, "reason": f"not an image file ({file.suffix or 'no extension'})"})
+            else:
+                rows.append((rel, label, split))
+    order = _class_order([r[1] for r in rows], classes, root)
+    index = {c: i for i, c in enumerate(order)}
+    return ImageDataset(
+        name=manifest.stem, kind="csv", classes=order, paths=[r[0] for r in rows],
+        labels=np.array([index[r[1]] for r in rows], dtype=np.int64),
+        splits=np.array([r[2] for r in rows], dtype=str), root=root, source=str(manifest),
+        skipped=skipped,
+    )
+
+
+# --------------------------------------------------------------------------- built-ins
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip or plain) as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DatasetError(f"Not an unsigned-byte IDX file: {str(path)!r}")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DatasetError(f"Truncated IDX file {str(path)!r}: {body.size} bytes for shape {dims}")
+    return body.reshape(dims)
+
+
+def fashion_mnist_dirs() -> list[Path]:
+    """Where Fashion-MNIST IDX files are looked for, in order."""
+    dirs = []
+    if os.environ.get("FASHION_MNIST_DIR"):
+        dirs.append(Path(os.environ["FASHION_MNIST_DIR"]).expanduser())
+    dirs.append(DEBIAN_FASHION_MNIST)
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    dirs.append(keras_home / "datasets" / "fashion-mnist")
+    return dirs
+
+
+def find_fashion_mnist() -> Path | None:
+    for d in fashion_mnist_dirs():
+        if all((d / f).is_file() for pair in FASHION_MNIST_FILES.values() for f in pair):
+            return d
+    return None
+
+
+def load_fashion_mnist(*, download: bool = False) -> ImageDataset:
+    """Fashion-MNIST from IDX files ($FASHION_MNIST_DIR, the Debian package, the Keras cache).
+
+    With ``download=True`` and no local copy, Keras' downloader fetches it (network).
+    """
+    d = find_fashion_mnist()
+    if d is None and download:
+        from keras.datasets import fashion_mnist  # the real user's download path
+        fashion_mnist.load_data()
+        d = find_fashion_mnist()
+    if d is None:
+        raise DatasetError(
+            "Fashion-MNIST not found in " + ", ".join(str(x) for x in fashion_mnist_dirs())
+            + ": install the Debian package dataset-fashion-mnist or set FASHION_MNIST_DIR"
+        )
+    pixels, labels, splits, paths = [], [], [], []
+    for split, (img_file, lbl_file) in FASHION_MNIST_FILES.items():
+        x, y = _read_idx(d / img_file), _read_idx(d / lbl_file)
+        if len(x) != len(y):
+            raise DatasetError(f"{d / img_file}: {len(x)} images but {len(y)} labels")
+        pixels.append(x); labels.append(y.astype(np.int64))
+        splits += [split] * len(x)
+        paths += [f"{split}/{i:05d}" for i in range(len(x))]
+    return ImageDataset(
+        name="fashion-mnist", kind="fashion-mnist", classes=list(FASHION_MNIST_CLASSES),
+        paths=paths, labels=np.concatenate(labels), splits=np.array(splits, dtype=str),
+        pixels=np.concatenate(pixels), source=str(d),
+    )
+
+
+def load_digits(*, test_size: float = 0.2, seed: int = 0) -> ImageDataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images), scaled to 0-255, stratified split."""
+    from sklearn.datasets import load_digits as _sk_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = _sk_digits()
+    pixels = np.clip(np.rint(bunch.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    idx = np.arange(len(labels))
+    _, test_idx = train_test_split(idx, test_size=test_size, stratify=labels, random_state=seed)
+    splits = np.full(len(labels), "train", dtype="<U5")
+    splits[test_idx] = "test"
+    return ImageDataset(
+        name="digits", kind="digits", classes=[str(i) for i in range(10)],
+        paths=[f"{s}/{i:04d}" for i, s in enumerate(splits)], labels=labels, splits=splits,
+        pixels=pixels, source="sklearn.datasets.load_digits",
+    )
