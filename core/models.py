@@ -1,0 +1,235 @@
+"""Loading Keras models safely and building the one-pass probabilities+features model.
+
+Keras and TensorFlow are imported inside the functions: importing this module
+is cheap, so that reading runs never pays for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+class ModelError(ValueError):
+    """A model that cannot be used (the message names the file or layer at fault)."""
+
+
+def model_format(path: str | Path) -> str:
+    """'keras', 'h5' or 'savedmodel'; raises ModelError for anything else."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"Model path does not exist: {str(p)!r}")
+    if p.is_dir():
+        if (p / "saved_model.pb").is_file():
+            return "savedmodel"
+        raise ModelError(f"Not a Keras model: folder {str(p)!r} has no saved_model.pb")
+    suffix = p.suffix.lower()
+    if suffix == ".keras":
+        return "keras"
+    if suffix in (".h5", ".hdf5"):
+        return "h5"
+    raise ModelError(f"Not a Keras model file: {str(p)!r} (expected .keras, .h5 or a SavedModel folder)")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a model file, or of every file of a SavedModel folder."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    for f in files:
+        if p.is_dir():
+            h.update(str(f.relative_to(p)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _register_custom_layers() -> None:
+    try:
+        import core.layers  # noqa: F401  (registers our serializable preprocessing layers)
+    except ImportError:
+        pass
+
+
+def load_model(path: str | Path, *, unsafe: bool = False):
+    """Load a ``.keras``, legacy ``.h5`` or SavedModel in Keras safe mode.
+
+    A model that needs arbitrary code (a Lambda layer) is refused unless
+    ``unsafe=True``. A SavedModel is called through its serving signature and
+    yields class outputs only: Keras 3 cannot rebuild its inner layers (this is
+    what ``keras.layers.TFSMLayer`` does too), so there are no embeddings.
+    """
+    fmt = model_format(path)
+    import keras
+
+    _register_custom_layers()
+    p = Path(path)
+    if fmt == "savedmodel":
+        return SavedModelClassifier(p)
+    try:
+        return keras.saving.load_model(p, compile=False, safe_mode=not unsafe)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelError(f"Not a Keras model file: {str(p)!r} ({_first_line(exc)})") from None
+    except (ValueError, TypeError) as exc:
+        msg = _first_line(exc)
+        if "safe_mode" in msg or "Lambda" in msg or "unsafe" in msg.lower():
+            raise ModelError(
+                f"Model {str(p)!r} needs arbitrary Python code to load (e.g. a Lambda layer); "
+                "load it only if you trust the file: add --unsafe-load"
+            ) from None
+        raise ModelError(f"Cannot load model {str(p)!r}: {msg}") from None
+
+
+class SavedModelClassifier:
+    """A SavedModel's serving signature as a batch -> class-outputs callable."""
+
+    def __init__(self, path: Path):
+        import tensorflow as tf
+
+        try:
+            loaded = tf.saved_model.load(str(path))
+        except Exception as exc:  # TF raises many types for a broken SavedModel
+            raise ModelError(f"Cannot load SavedModel {str(path)!r}: {_first_line(exc)}") from None
+        sigs = dict(loaded.signatures)
+        name = "serving_default" if "serving_default" in sigs else next(iter(sigs), None)
+        if name is None:
+            raise ModelError(f"SavedModel {str(path)!r} has no serving signature")
+        self._loaded, self._fn = loaded, sigs[name]
+        _, kwargs = self._fn.structured_input_signature
+        if len(kwargs) != 1:
+            raise ModelError(f"SavedModel {str(path)!r} takes {len(kwargs)} inputs; expected one image batch")
+        (self._arg, spec), = kwargs.items()
+        self.input_shape = tuple(spec.shape)
+        outs = self._fn.structured_outputs
+        self._out_key = next(iter(outs))
+        self.n_outputs = int(outs[self._out_key].shape[-1])
+        self.name = path.name
+        # The graph keeps Keras layer names: a Rescaling/Normalization layer means raw 0..255 input.
+        graph = self._fn.graph.as_graph_def()
+        names = [n.name for n in graph.node] + [n.name for f in graph.library.function for n in f.node_def]
+        self.rescales_input = any(("rescaling" in n.lower() or "normalization" in n.lower()) for n in names)
+
+    def __call__(self, x):
+        return self._fn(**{self._arg: x})[self._out_key].numpy()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+@dataclass
+class InferenceModel:
+    """A callable giving (probabilities-or-logits, features) for a batch, plus what it knows."""
+
+    model: object                  # keras.Model with outputs [classifier, features] or TFSMLayer
+    input_size: tuple[int, int] | None
+    channels: int | None
+    n_outputs: int
+    layer: str | None              # name of the layer whose output are the features
+    output_activation: str | None  # 'softmax', 'sigmoid', 'linear', ... or None if unknown
+    scale: str                     # 'raw' (0..255), 'unit' (0..1) or 'symmetric' (-1..1)
+    has_features: bool
+
+
+def _walk_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _walk_layers(layer)
+
+
+def _guess_scale(model) -> str:
+    """'raw' when the model rescales its own input (Rescaling/Normalization/our preprocess layers)."""
+    import keras
+
+    for layer in _walk_layers(model):
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
+            return "raw"
+        if type(layer).__module__.startswith("core."):
+            return "raw"
+    return "unit"
+
+
+def _activation_name(layer) -> str | None:
+    act = getattr(layer, "activation", None)
+    return getattr(act, "__name__", None) if act is not None else None
+
+
+def build_inference_model(model, *, layer: str | None = None, scale: str = "auto") -> InferenceModel:
+    """Wrap ``model`` so that one call returns class outputs and penultimate features.
+
+    Features default to the input of the last Dense layer (the classifier);
+    ``layer`` names another layer, whose output is used (averaged over space
+    when it is a feature map).
+    """
+    import keras
+
+    if scale not in ("auto", "raw", "unit", "symmetric"):
+        raise ModelError(f"scale must be one of ['auto', 'raw', 'unit', 'symmetric']. Received: scale={scale!r}")
+    if isinstance(model, SavedModelClassifier):
+        if layer is not None:
+            raise ModelError(f"--layer {layer!r} is not available for a SavedModel: Keras 3 loads it "
+                             "as one opaque function. Save the model as .keras to get embeddings")
+        shape = model.input_shape
+        size = (shape[1], shape[2]) if len(shape) == 4 and shape[1] and shape[2] else None
+        return InferenceModel(model, size, shape[3] if len(shape) == 4 else None, model.n_outputs,
+                              None, None, ("raw" if model.rescales_input else "unit") if scale == "auto"
+                              else scale, False)
+
+    if not model.inputs:
+        raise ModelError("The model has no defined input; build it with an Input layer first")
+    in_shape = tuple(model.inputs[0].shape)
+    if len(in_shape) != 4:
+        raise ModelError(f"Expected an image model with input (batch, height, width, channels). "
+                         f"Received input shape {in_shape}")
+    size = (in_shape[1], in_shape[2]) if in_shape[1] and in_shape[2] else None
+    out = model.outputs[0]
+    top_layers = list(model.layers)
+    dense = [lyr for lyr in top_layers if isinstance(lyr, keras.layers.Dense)]
+    activation = _activation_name(top_layers[-1]) if top_layers else None
+    if activation is None and dense:
+        activation = _activation_name(dense[-1])
+    if top_layers and isinstance(top_layers[-1], keras.layers.Activation):
+        activation = _activation_name(top_layers[-1])
+
+    if layer is None:
+        if not dense:
+            raise ModelError("No Dense layer found to take features from: pass --layer NAME "
+                             f"(layers: {[lyr.name for lyr in top_layers][-8:]})")
+        feature_layer = dense[-1]
+        features = feature_layer.input
+        layer_name = f"{feature_layer.name}:input"
+    else:
+        try:
+            feature_layer = model.get_layer(layer)
+        except ValueError:
+            raise ModelError(f"No layer named {layer!r}. Layers: {[lyr.name for lyr in top_layers]}") from None
+        features = feature_layer.output
+        layer_name = layer
+    if len(features.shape) == 4:
+        features = keras.layers.GlobalAveragePooling2D(name="features_pool")(features)
+    elif len(features.shape) != 2:
+        features = keras.layers.Flatten(name="features_flat")(features)
+    wrapped = keras.Model(model.inputs, [out, features], name="probs_and_features")
+    return InferenceModel(
+        wrapped, size, in_shape[3], int(out.shape[-1]), layer_name, activation,
+        _guess_scale(model) if scale == "auto" else scale, True,
+    )
+
+
+def prepare_input(batch_uint8, scale: str):
+    """uint8 (n, h, w, c) to float32 in the model's expected range."""
+    import numpy as np
+
+    x = batch_uint8.astype(np.float32)
+    if scale == "unit":
+        x *= 1.0 / 255.0
+    elif scale == "symmetric":
+        x = x * (2.0 / 255.0) - 1.0
+    return x
