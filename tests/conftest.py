@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny image trees written as real files, and tiny Keras models.
+
+Images encode their class as a colour (class 0 red-ish, class 1 green-ish, ...)
+so that a model can tell them apart after a few steps of training.
+"""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+CLASS_COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
+
+
+def write_image(path, rgb, *, size=(20, 20), seed=0):
+    """Write an RGB image with noise around ``rgb`` (OpenCV wants BGR on disk)."""
+    rng = np.random.default_rng(seed)
+    img = np.clip(np.array(rgb, np.float32) + rng.normal(0, 15, (*size, 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_RGB2BGR)), path
+    return img
+
+
+@pytest.fixture
+def image_tree(tmp_path):
+    """root/<class>/<i>.png for 3 classes x 5 images, plus one corrupt .jpg in dog/."""
+    root = tmp_path / "images"
+    for c, (name, rgb) in enumerate(CLASS_COLOURS.items()):
+        for i in range(5):
+            write_image(root / name / f"{name}_{i}.png", rgb, seed=c * 10 + i)
+    (root / "dog" / "broken.jpg").write_bytes(b"this is not a jpeg")
+    return root
+
+
+def make_classifier(n_classes=3, *, input_shape=(20, 20, 3), logits=False, name=None):
+    import keras
+
+    inp = keras.Input(input_shape)
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(6, activation="relu", name="penultimate")(x)
+    out = keras.layers.Dense(n_classes, activation=None if logits else "softmax", name="classifier")(x)
+    return keras.Model(inp, out, name=name or "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    """A saved 3-class .keras model on 20x20 RGB input (untrained, deterministic weights)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny.keras"
+    make_classifier().save(path)
+    return path
