@@ -29,8 +29,13 @@ def model_format(path: str | Path) -> str:
         raise ModelError(f"Not a Keras model: folder {str(p)!r} has no saved_model.pb")
     suffix = p.suffix.lower()
     if suffix == ".keras":
+        if not zipfile.is_zipfile(p):
+            raise ModelError(f"Not a Keras model file: {str(p)!r} (a .keras file is a zip archive; this is not)")
         return "keras"
     if suffix in (".h5", ".hdf5"):
+        with open(p, "rb") as fh:
+            if fh.read(8) != b"\x89HDF\r\n\x1a\n":
+                raise ModelError(f"Not a Keras model file: {str(p)!r} (not an HDF5 file)")
         return "h5"
     raise ModelError(f"Not a Keras model file: {str(p)!r} (expected .keras, .h5 or a SavedModel folder)")
 
