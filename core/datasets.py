@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from core.images import IMAGE_EXTENSIONS, fit_to_input, read_image
@@ -107,11 +108,14 @@ class ImageDataset:
             "n_images": len(self), "images_in_run": self.pixels is not None,
         }
 
-    def read(self, i: int) -> np.ndarray:
-        """Pixels of row i, RGB/gray uint8 (raises ValueError if undecodable)."""
+    def read(self, i: int, *, min_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Pixels of row i, RGB/gray uint8 (raises ValueError if undecodable).
+
+        ``min_size`` lets a large JPEG decode at reduced scale (see core.images).
+        """
         if self.pixels is not None:
             return self.pixels[i]
-        return read_image(self.root / self.paths[i])
+        return read_image(self.root / self.paths[i], min_size=min_size)
 
 
 @dataclass
@@ -135,7 +139,7 @@ def iter_batches(
 
     def load_one(i: int):
         try:
-            return fit_to_input(dataset.read(i), size=size, channels=channels), None
+            return fit_to_input(dataset.read(i, min_size=size), size=size, channels=channels), None
         except (ValueError, OSError, MemoryError) as exc:  # cv2.error is not raised by imdecode
             return None, str(exc)
 
@@ -149,14 +153,21 @@ def iter_batches(
                   if ok else np.zeros((0, *size, channels), np.uint8))
         return Batch(np.asarray(ok, dtype=np.int64), images, failed)
 
-    with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
-        starts = list(range(0, n, batch_size))
-        pending = [ahead.submit(load_batch, s) for s in starts[:prefetch]]
-        for j in range(len(starts)):
-            batch = pending.pop(0).result()
-            if j + prefetch < len(starts):
-                pending.append(ahead.submit(load_batch, starts[j + prefetch]))
-            yield batch
+    # One image per worker thread; OpenCV's own worker threads on top would only contend.
+    cv_threads = cv2.getNumThreads()
+    if workers > 1:
+        cv2.setNumThreads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool, ThreadPoolExecutor(max_workers=1) as ahead:
+            starts = list(range(0, n, batch_size))
+            pending = [ahead.submit(load_batch, s) for s in starts[:prefetch]]
+            for j in range(len(starts)):
+                batch = pending.pop(0).result()
+                if j + prefetch < len(starts):
+                    pending.append(ahead.submit(load_batch, starts[j + prefetch]))
+                yield batch
+    finally:
+        cv2.setNumThreads(cv_threads)
 
 
 # --------------------------------------------------------------------------- discovery

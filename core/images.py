@@ -32,28 +32,72 @@ def to_uint8_rgb(img: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def decode_bytes(data: bytes | np.ndarray, *, name: str = "<bytes>") -> np.ndarray:
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header, or None if ``buf`` is not a readable JPEG."""
+    data = buf[:65536].tobytes()
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in _SOF_MARKERS:
+            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+        i += 2 + length
+    return None
+
+
+def _reduction(src: tuple[int, int] | None, need: tuple[int, int] | None) -> int:
+    """Largest of 8, 4, 2 by which a JPEG can be shrunk while decoding and still cover ``need``."""
+    if src is None or need is None:
+        return 1
+    for factor in (8, 4, 2):
+        if src[0] // factor >= need[0] and src[1] // factor >= need[1]:
+            return factor
+    return 1
+
+
+def decode_bytes(
+    data: bytes | np.ndarray, *, name: str = "<bytes>", min_size: tuple[int, int] | None = None,
+) -> np.ndarray:
     """Decode an encoded image (file contents) to RGB uint8 (H, W, 3) or gray (H, W).
 
-    Raises ValueError naming ``name`` when OpenCV cannot decode it.
+    With ``min_size`` = (height, width), a large JPEG is decoded at 1/2, 1/4 or
+    1/8 scale by libjpeg's DCT scaling (as PIL's ``draft`` does) when that still
+    leaves at least ``min_size`` pixels: the same picture at a fraction of the
+    cost for a later downscale. Raises ValueError naming ``name`` when OpenCV
+    cannot decode it.
     """
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
     if buf.size == 0:
         raise ValueError(f"{name}: empty file")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    factor = _reduction(jpeg_size(buf), min_size) if min_size else 1
+    img = cv2.imdecode(buf, _REDUCED[factor] if factor > 1 else cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
         raise ValueError(f"{name}: not a decodable image (JPEG, PNG, BMP, WebP or TIFF)")
     return to_uint8_rgb(img)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read a file to RGB uint8 (H, W, 3) or gray (H, W). Raises ValueError with the reason."""
+def read_image(path: str | Path, *, min_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a file to RGB uint8 (H, W, 3) or gray (H, W). Raises ValueError with the reason.
+
+    ``min_size`` allows a cheaper reduced-scale JPEG decode (see ``decode_bytes``).
+    """
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)  # unlike cv2.imread, handles any file name
     except OSError as exc:
         raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    return decode_bytes(data, name=str(path))
+    return decode_bytes(data, name=str(path), min_size=min_size)
 
 
 def fit_to_input(img: np.ndarray, *, size: tuple[int, int], channels: int) -> np.ndarray:

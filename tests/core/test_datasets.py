@@ -170,3 +170,21 @@ def test_undecodable_bytes_name_the_file():
         decode_bytes(b"GIF89a junk", name="upload.png")
     with pytest.raises(ValueError, match="x.jpg: empty file"):
         decode_bytes(b"", name="x.jpg")
+
+
+def test_large_jpeg_decodes_at_reduced_scale_with_the_same_picture(tmp_path):
+    from core.images import jpeg_size
+
+    rng = np.random.default_rng(1)
+    big = cv2.GaussianBlur(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), (0, 0), 8)
+    cv2.imwrite(str(tmp_path / "big.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert jpeg_size(np.fromfile(tmp_path / "big.jpg", np.uint8)) == (480, 640)
+    assert jpeg_size(np.frombuffer(b"\x89PNG....", np.uint8)) is None
+    reduced = read_image(tmp_path / "big.jpg", min_size=(60, 60))
+    assert reduced.shape == (120, 160, 3)               # 1/4 scale still covers 60x60
+    full = read_image(tmp_path / "big.jpg")
+    assert full.shape == (480, 640, 3)
+    a = fit_to_input(reduced, size=(60, 60), channels=3).astype(int)
+    b = fit_to_input(full, size=(60, 60), channels=3).astype(int)
+    assert np.abs(a - b).mean() < 3                     # the same picture at the model's size
+    assert read_image(tmp_path / "big.jpg", min_size=(300, 300)).shape == (480, 640, 3)
