@@ -181,7 +181,7 @@ def test_large_jpeg_decodes_at_reduced_scale_with_the_same_picture(tmp_path):
     assert jpeg_size(np.fromfile(tmp_path / "big.jpg", np.uint8)) == (480, 640)
     assert jpeg_size(np.frombuffer(b"\x89PNG....", np.uint8)) is None
     reduced = read_image(tmp_path / "big.jpg", min_size=(60, 60))
-    assert reduced.shape == (120, 160, 3)               # 1/4 scale still covers 60x60
+    assert reduced.shape == (60, 80, 3)                 # 1/8 scale still covers 60x60
     full = read_image(tmp_path / "big.jpg")
     assert full.shape == (480, 640, 3)
     a = fit_to_input(reduced, size=(60, 60), channels=3).astype(int)
