@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--name", default=None, help="run name (default: <model>-<data>-<hash>)")
     a.add_argument("--classes", default=None,
                    help="class order: a file with one name per line, or comma-separated names "
-                        "(default: classes.txt in the data folder, else sorted)")
+                        "(default: classes.txt beside the model, else in the data folder, else sorted)")
     a.add_argument("--batch-size", type=int, default=128)
     a.add_argument("--image-size", type=_image_size, default=None,
                    help="HxW, only for models that accept any size")
@@ -121,7 +121,13 @@ def cmd_analyze(args) -> int:
     from core.models import model_format
 
     model_format(model_path)  # fail fast on a wrong path before decoding anything
-    dataset = load_dataset(args.data, classes=_classes_arg(args.classes))
+    classes = _classes_arg(args.classes)
+    beside_model = (model_path if model_path.is_dir() else model_path.parent) / "classes.txt"
+    if classes is None and beside_model.is_file():
+        # the order the model was trained with wins over the data folder's sorted names
+        classes = _classes_arg(str(beside_model))
+        print(f"Class order from {beside_model}", file=sys.stderr)
+    dataset = load_dataset(args.data, classes=classes)
     print(f"Data: {dataset!r}", file=sys.stderr)
     run = analyze(model_path, dataset, store=RunStore(args.store), run_id=args.name, layer=args.layer,
                   batch_size=args.batch_size, force=args.force, unsafe=args.unsafe_load,

@@ -93,3 +93,18 @@ def test_bad_confidence_is_named(tmp_path, capsys):
 def test_empty_store_tells_what_to_do(tmp_path, capsys):
     assert main(["runs", "--store", str(tmp_path)]) == 0
     assert "python -m core demo" in capsys.readouterr().err
+
+
+def test_class_order_beside_the_model_wins(tmp_path, image_tree, tiny_model_path):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shutil.copy(tiny_model_path, model_dir / "m.keras")
+    (model_dir / "classes.txt").write_text("fox\ncat\ndog\n")
+    rc = main(["analyze", "--model", str(model_dir / "m.keras"), "--data", str(image_tree), "--name", "ordered",
+               "--no-projection", "--store", str(tmp_path / "s")])
+    assert rc == 0
+    run = RunStore(tmp_path / "s").load("ordered")
+    assert run.classes == ["fox", "cat", "dog"]
+    assert run.predictions.loc[run.predictions["path"] == "fox/fox_0.png", "true"].item() == 0
