@@ -111,6 +111,25 @@ def _write_csv(df, out: str | None) -> None:
     print(f"Wrote {len(df):,} rows to {out}", file=sys.stderr)
 
 
+def _trained_class_order(model_path: Path) -> list[str] | None:
+    """The order the model was trained with: classes.txt, or the recipe.json `train` writes, beside it."""
+    import json
+
+    folder = model_path if model_path.is_dir() else model_path.parent
+    if (folder / "classes.txt").is_file():
+        print(f"Class order from {folder / 'classes.txt'}", file=sys.stderr)
+        return _classes_arg(str(folder / "classes.txt"))
+    if (folder / "recipe.json").is_file():
+        try:
+            classes = json.loads((folder / "recipe.json").read_text()).get("classes")
+        except (json.JSONDecodeError, AttributeError):
+            return None
+        if isinstance(classes, list) and classes:
+            print(f"Class order from {folder / 'recipe.json'}", file=sys.stderr)
+            return [str(c) for c in classes]
+    return None
+
+
 def cmd_analyze(args) -> int:
     from core.analyze import analyze
     from core.datasets import load_dataset
@@ -122,11 +141,8 @@ def cmd_analyze(args) -> int:
 
     model_format(model_path)  # fail fast on a wrong path before decoding anything
     classes = _classes_arg(args.classes)
-    beside_model = (model_path if model_path.is_dir() else model_path.parent) / "classes.txt"
-    if classes is None and beside_model.is_file():
-        # the order the model was trained with wins over the data folder's sorted names
-        classes = _classes_arg(str(beside_model))
-        print(f"Class order from {beside_model}", file=sys.stderr)
+    if classes is None:
+        classes = _trained_class_order(model_path)
     dataset = load_dataset(args.data, classes=classes)
     print(f"Data: {dataset!r}", file=sys.stderr)
     run = analyze(model_path, dataset, store=RunStore(args.store), run_id=args.name, layer=args.layer,
