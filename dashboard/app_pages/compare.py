@@ -1,0 +1,115 @@
+"""Compare two runs on the same images: metrics and per-class deltas, and the flip list.
+
+Run A is the run chosen in the sidebar, run B is chosen here. Deltas are B - A.
+A flip is an image of A's evaluation split whose correctness changed: fixed by B
+(wrong in A, right in B) or broken by B (right in A, wrong in B), grouped by
+the confusion cell of the wrong prediction.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from dashboard import cache, figures, ui, views
+
+ALL = "all flips"
+
+
+def run_b_ui(run_a) -> str | None:
+    others = ui.other_runs(run_a.id)
+    if not others:
+        st.info("The store has only one run. Analyse another model on the same images to compare.")
+        return None
+    labels = {r.run_id: ui.describe_run(r) for r in others}
+    return st.selectbox("Run B", list(labels), key="compare-run-b", format_func=labels.__getitem__)
+
+
+def metrics_ui(a, b) -> None:
+    cols = st.columns(4)
+    for col, (name, label, fmt) in zip(cols, [
+        ("accuracy", "Accuracy", "{:.2%}"), ("macro_f1", "Macro-F1", "{:.3f}"),
+        ("top3_accuracy", "Top-3 accuracy", "{:.2%}"), ("errors", "Errors", "{:,}"),
+    ]):
+        va, vb = a.metrics.get(name), b.metrics.get(name)
+        if va is None or vb is None:
+            continue
+        delta = vb - va
+        delta_text = (f"{delta:+,}" if name == "errors" else
+                      f"{delta * 100:+.2f} pp" if "accuracy" in name else f"{delta:+.3f}")
+        col.metric(f"{label} (B)", fmt.format(vb), delta_text,
+                   delta_color="inverse" if name == "errors" else "normal")
+        col.caption(f"A: {fmt.format(va)}")
+
+
+def flips_ui(a, b, flip_table) -> None:
+    cells = views.flip_cells(flip_table, a.classes)
+    n_fixed = int((flip_table["kind"] == "fixed by B").sum())
+    n_broken = int((flip_table["kind"] == "broken by B").sum())
+    st.subheader("Flips")
+    st.caption(f"{n_fixed:,} images fixed by B (wrong in A, right in B), {n_broken:,} broken by B "
+               "(right in A, wrong in B).")
+    if flip_table.empty:
+        st.info("No image changed between the runs.")
+        return
+    left, right = st.columns([2, 3])
+    with left:
+        st.dataframe(cells[["kind", "true_label", "wrong_label", "count"]], hide_index=True,
+                     width="stretch", height=320,
+                     column_config={"true_label": st.column_config.TextColumn("true"),
+                                    "wrong_label": st.column_config.TextColumn("wrong prediction")})
+    with right:
+        options = [ALL] + list(range(len(cells)))
+        fmt = (lambda i: ALL if i == ALL else
+               f"{cells['kind'][i]}: true {cells['true_label'][i]}, wrongly "
+               f"{cells['wrong_label'][i]} ({cells['count'][i]:,})")
+        choice = st.selectbox("Flips to browse (kind and confusion cell)", options, key="compare-cell",
+                              format_func=fmt)
+        kind = st.radio("Kind", ["both", "fixed by B", "broken by B"], horizontal=True,
+                        key="compare-kind", disabled=choice != ALL)
+    part = flip_table
+    if choice != ALL:
+        c = cells.iloc[int(choice)]
+        part = part[(part["kind"] == c["kind"]) & (part["true"] == c["true"])
+                    & (part["wrong_predicted"] == c["wrong_predicted"])]
+    elif kind != "both":
+        part = part[part["kind"] == kind]
+    st.download_button("Download flips CSV", part.to_csv(index=False).encode(),
+                       file_name=f"flips_{a.id}_vs_{b.id}.csv", mime="text/csv",
+                       key="download-flips")
+    st.caption("Gallery captions give run B's prediction; run A's is in the CSV.")
+    ui.gallery_ui(b, part["id"].to_numpy(), key="flips", page_key=f"flips-page-{choice}-{kind}",
+                  order_note="in row order")
+
+
+def render() -> None:
+    a = ui.current_run()
+    st.title("Compare runs")
+    st.caption(ui.plain(f"Run A (from the sidebar): {a.id}."))
+    b_id = run_b_ui(a)
+    if b_id is None:
+        return
+    b = cache.load_run(cache.store_root(), b_id)
+    problem = views.comparison_problem(a.predictions, b.predictions, classes_a=a.classes,
+                                       classes_b=b.classes)
+    if problem:
+        st.error(problem)
+        return
+    key_a, key_b = cache.run_key(a), cache.run_key(b)
+    metrics_ui(a, b)
+    st.subheader("Per class (B - A)")
+    table = views.per_class_comparison(a.per_class, b.per_class)
+    left, right = st.columns([3, 2])
+    with left:
+        st.dataframe(table, hide_index=True, width="stretch", height=400,
+                     column_config={"class": st.column_config.TextColumn("class"),
+                                    **{c: st.column_config.NumberColumn(format="%.3f")
+                                       for c in table.columns if c.startswith("f1")},
+                                    **{c: st.column_config.NumberColumn(format="%.4f")
+                                       for c in table.columns if c.startswith("cer")}})
+    with right:
+        st.plotly_chart(figures.f1_delta_figure(table), key="compare-f1")
+    flips_ui(a, b, cache.flips(a, b, key_a, key_b))
+
+
+render()

@@ -1,0 +1,100 @@
+"""2-D projection (UMAP) of the run's embeddings: colour, filter, zoom, select.
+
+At most ``POINT_CAP`` points reach the browser per rerun. Beyond that the
+visible rows are binned server-side into a density image and only errors, the
+chosen confusion cell and the current selection are drawn as points (sampled
+with a fixed seed when still too many); zooming (axis ranges) or filtering
+by class below the cap brings every point back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from dashboard import cache, figures, ui, views
+
+POINT_CAP = 20_000
+CHART_KEY = "embedding-chart"
+COLOUR_CHOICES = ["true class", "predicted class", "correct", "confidence"]
+
+
+def controls_ui(run, xy: np.ndarray) -> dict:
+    k = len(run.classes)
+    splits = sorted(run.predictions["split"].astype(str).unique().tolist())
+    cols = st.columns([3, 2, 3])
+    color_by = cols[0].radio("Colour by", COLOUR_CHOICES, horizontal=True, key="emb-colour")
+    split = cols[1].selectbox("Split", ["all", *splits], key="emb-split")
+    classes = cols[2].multiselect("True classes", range(k), key="emb-classes",
+                                  format_func=ui.class_label(run), placeholder="every class")
+    with st.expander("Zoom (axis ranges)"):
+        lo, hi = np.floor(xy.min(axis=0)), np.ceil(xy.max(axis=0))
+        zx, zy = st.columns(2)
+        x_range = zx.slider("x", float(lo[0]), float(hi[0]), (float(lo[0]), float(hi[0])), key="emb-x")
+        y_range = zy.slider("y", float(lo[1]), float(hi[1]), (float(lo[1]), float(hi[1])), key="emb-y")
+    return {"color_by": color_by, "split": split, "classes": classes, "x_range": x_range,
+            "y_range": y_range}
+
+
+def highlight_rows(run, key: str) -> tuple[np.ndarray | None, str]:
+    shared = st.session_state.get(ui.CELL_KEY)
+    if not shared or shared[0] != run.id:
+        return None, ""
+    _, true, pred = shared
+    label = f"true {run.classes[true]}, predicted {run.classes[pred]}"
+    if not st.checkbox(ui.plain(f"Highlight the confusion cell chosen on the confusion page ({label})"),
+                       value=True, key="emb-highlight"):
+        return None, label
+    return views.cell_rows(run.predictions, cache.eval_mask(run, key), true=true, predicted=pred), label
+
+
+def render() -> None:
+    run = ui.current_run()
+    key = cache.run_key(run)
+    st.title("Embeddings")
+    xy = cache.projection(run, key)
+    if xy is None:
+        st.info("This run has no 2-D projection (no embeddings were extracted). Re-run the analysis "
+                "with a model whose penultimate layer can be read.")
+        return
+    method = (run.manifest.get("projection") or {}).get("method", "UMAP")
+    st.caption(ui.plain(f"{method} projection of the penultimate-layer features. Box or lasso select "
+                        "points to see their images below."))
+    chosen = controls_ui(run, xy)
+    df = run.predictions
+    base = np.ones(len(df), bool)
+    if chosen["split"] != "all":
+        base &= df["split"].astype(str).to_numpy() == chosen["split"]
+    if chosen["classes"]:
+        base &= np.isin(df["true"].to_numpy(), chosen["classes"])
+    rows = views.visible_rows(xy, base, x_range=chosen["x_range"], y_range=chosen["y_range"])
+    highlight, _ = highlight_rows(run, key)
+    if highlight is not None:
+        highlight = np.intersect1d(highlight, rows)
+    previous = st.session_state.get(CHART_KEY)
+    selected = views.rows_from_selection(previous.get("selection") if previous else None)
+    overlay = np.flatnonzero(~df["correct"].to_numpy(bool))
+    if selected.size:
+        overlay = np.union1d(overlay, selected)
+    plan = views.plan_embedding(xy, rows, cap=POINT_CAP, overlay=overlay)
+    if plan.mode == "density":
+        note = (f"{plan.n_visible:,} points: showing their density, with {plan.rows.size:,} errors "
+                "and selected images as points")
+        note += " (a fixed random sample)." if plan.sampled else "."
+        st.caption(note + f" Zoom or filter to {POINT_CAP:,} points or fewer to see every point.")
+    else:
+        st.caption(f"{plan.n_visible:,} points.")
+    fig = figures.embedding_figure(plan, xy, df, run.classes, color_by=chosen["color_by"],
+                                   highlight=highlight)
+    event = st.plotly_chart(fig, key=CHART_KEY, on_select="rerun", selection_mode=("box", "lasso"))
+    selected = views.rows_from_selection(event.selection if event else None)
+    st.subheader("Selected images")
+    if selected.size == 0:
+        st.caption("Select points with the box or lasso tool to see their images here.")
+        return
+    conf = df["confidence"].to_numpy()[selected]
+    selected = selected[np.argsort(-conf, kind="stable")]
+    ui.gallery_ui(run, selected, key="embedding", page_key=f"embedding-page-{hash(selected.tobytes())}")
+
+
+render()

@@ -1,0 +1,53 @@
+"""Per-class report of the evaluation split, the most confused class pairs beside it.
+
+The "Download CSV" button serves ``run.per_class_csv()``: byte for byte the
+file ``python -m core report`` writes.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.metrics import confused_pairs
+from dashboard import cache, ui, views
+
+WORST_SHARE = 0.1  # flag the lowest-F1 tenth of the classes (at least one)
+
+
+def table_ui(run) -> None:
+    table = views.flag_worst(run.per_class, share=WORST_SHARE)
+    styled = table.style.apply(
+        lambda row: ["background-color: #fde2e1" if row["worst"] else "" for _ in row], axis=1)
+    pct = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe(styled, hide_index=True, width="stretch", height=min(38 + 35 * len(table), 600),
+                 column_config={"worst": st.column_config.CheckboxColumn("worst F1"),
+                                "class": st.column_config.TextColumn("class"),
+                                "precision": pct, "recall": pct, "f1": pct,
+                                "cer": st.column_config.NumberColumn("CER", format="%.4f")})
+    st.caption(f"Sortable: click a column header. Flagged rows: the lowest-F1 {WORST_SHARE:.0%} of "
+               "classes. CER = (FP + FN) / N.")
+
+
+def render() -> None:
+    run = ui.current_run()
+    key = cache.run_key(run)
+    st.title("Per-class report")
+    st.caption(f"Evaluation split: '{ui.plain(run.eval_split)}'.")
+    st.download_button("Download CSV", run.per_class_csv(), file_name=f"{run.id}_per_class.csv",
+                       mime="text/csv", key="download-per-class")
+    left, right = st.columns([3, 2])
+    with left:
+        table_ui(run)
+    with right:
+        st.subheader("Most confused pairs")
+        top = st.number_input("Pairs", 1, 100, 15, key="pairs-top")
+        pairs = confused_pairs(cache.eval_confusion(run, key), run.classes, top=int(top))
+        st.dataframe(pairs[["true", "predicted", "count", "share_of_true"]], hide_index=True,
+                     width="stretch",
+                     column_config={"true": st.column_config.TextColumn("true"),
+                                    "predicted": st.column_config.TextColumn("predicted"),
+                                    "share_of_true": st.column_config.NumberColumn(
+                                        "share of true", format="%.3f")})
+
+
+render()

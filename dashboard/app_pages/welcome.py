@@ -1,0 +1,54 @@
+"""Start page: build the demo run from the page, or the command that analyses your own model."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import streamlit as st
+
+from core.store import RunStore
+from dashboard import cache, ui
+
+ANALYZE_COMMAND = "python -m core analyze --model PATH --data PATH"
+DEMO_COMMAND = "python -m core demo"
+
+
+def build_demo_ui() -> None:
+    if importlib.util.find_spec("core.demo") is None:
+        st.write("Build the demo run (a small model trained on a built-in data set) with:")
+        st.code(DEMO_COMMAND, language="bash")
+        return
+    st.write("Train a small model on a built-in data set and analyse it (a few minutes on a CPU).")
+    if not st.button("Build the demo run", key="build-demo", type="primary"):
+        return
+    from core.demo import run_demo  # trains with TensorFlow: imported only when asked
+
+    bar = st.progress(0.0, text="Starting...")
+
+    def progress(message: str, fraction: float) -> None:
+        bar.progress(min(max(float(fraction), 0.0), 1.0), text=message)
+
+    try:
+        run = run_demo(store=RunStore(cache.store_root()), progress=progress)
+    except Exception as exc:  # shown in the page: the user can still use the CLI
+        st.error(f"Building the demo failed: {exc}")
+        st.code(DEMO_COMMAND, language="bash")
+        return
+    st.session_state[ui.RUN_KEY] = run.id
+    st.rerun()
+
+
+def render() -> None:
+    st.title("Classifier error analysis")
+    runs = RunStore(cache.store_root()).list_runs()
+    if not runs:
+        st.info(f"The run store {cache.store_root()} has no runs yet.")
+    st.subheader("Try the demo")
+    build_demo_ui()
+    st.subheader("Analyse your own model")
+    st.write("Point the analysis at a Keras model and a folder of images (one sub-folder per class):")
+    st.code(ANALYZE_COMMAND, language="bash")
+    st.caption("Runs are written to $ARTIFACTS_DIR (default: artifacts/); reload this page afterwards.")
+
+
+render()

@@ -1,0 +1,105 @@
+"""Every Streamlit cache of the dashboard, in one place.
+
+Runs are cached with ``st.cache_resource`` (one shared, read-only object per
+store path + run id + manifest modification time, so a re-analysed run is
+re-read). Derived data takes the run as ``_run`` (not hashed) plus its
+``run_key`` (hashed). Small tables use ``st.cache_data``; arrays with one
+entry per image (up to millions of rows) use ``st.cache_resource`` because
+``st.cache_data`` would pickle and copy them on every rerun. Callers must not
+modify what these functions return.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import metrics
+from core.store import MANIFEST, Run, RunStore, default_store_path
+from dashboard import views
+
+
+def store_root() -> str:
+    """The run store folder: $ARTIFACTS_DIR, else the project default (read on every rerun)."""
+    return str(default_store_path())
+
+
+def run_key(run: Run) -> str:
+    """A key that changes when the run on disk is rewritten."""
+    return f"{run.path}:{(run.path / MANIFEST).stat().st_mtime_ns}"
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _load_run(root: str, run_id: str, manifest_mtime_ns: int) -> Run:
+    return RunStore(root).load(run_id)
+
+
+def load_run(root: str, run_id: str) -> Run:
+    """The run ``run_id`` of the store at ``root`` (cached until its manifest changes)."""
+    manifest = Path(root) / run_id / MANIFEST
+    mtime = manifest.stat().st_mtime_ns if manifest.exists() else 0
+    return _load_run(root, run_id, mtime)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def eval_mask(_run: Run, key: str) -> np.ndarray:
+    """Boolean (N,) mask of the evaluation split."""
+    return _run.eval_mask()
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def projection(_run: Run, key: str) -> np.ndarray | None:
+    """(N, 2) float32 projection in memory, or None when the run has none."""
+    return None if _run.projection is None else np.asarray(_run.projection)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def eval_confusion(_run: Run, key: str) -> np.ndarray:
+    """(K, K) confusion matrix of the evaluation split, rows true, columns predicted."""
+    df = _run.predictions
+    mask = eval_mask(_run, key)
+    return metrics.confusion_matrix(df["true"].to_numpy()[mask], df["predicted"].to_numpy()[mask],
+                                    len(_run.classes))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def class_distribution(_run: Run, key: str) -> pd.DataFrame:
+    """Images per class and split (columns class, split, count)."""
+    return views.class_distribution(_run.predictions, _run.classes)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def train_rows_by_class(_run: Run, key: str) -> list[np.ndarray]:
+    """For each class, the row ids of its training images (split == 'train'), by true label."""
+    df = _run.predictions
+    train = np.flatnonzero(df["split"].astype(str).to_numpy() == "train")
+    true = df["true"].to_numpy()[train]
+    order = np.argsort(true, kind="stable")
+    bounds = np.searchsorted(true[order], np.arange(len(_run.classes) + 1))
+    return [train[order[bounds[c]:bounds[c + 1]]] for c in range(len(_run.classes))]
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def samples_per_class(_run: Run, key: str, per_class: int = 4) -> list[np.ndarray]:
+    """The first ``per_class`` rows of each class (a fixed, cheap sample for the overview)."""
+    true = _run.predictions["true"].to_numpy()
+    order = np.argsort(true, kind="stable")
+    bounds = np.searchsorted(true[order], np.arange(len(_run.classes) + 1))
+    return [order[bounds[c]:min(bounds[c] + per_class, bounds[c + 1])] for c in range(len(_run.classes))]
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def flips(_a: Run, _b: Run, key_a: str, key_b: str) -> pd.DataFrame:
+    """Images fixed and broken by run B relative to run A on A's evaluation split."""
+    return views.flips(_a.predictions, _b.predictions, eval_mask(_a, key_a))
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model...")
+def run_model(_run: Run, key: str):
+    """The run's model for single-image predictions (imports TensorFlow on first use)."""
+    from core.analyze import load_run_model  # heavy: TensorFlow, only on the "Try an image" page
+
+    return load_run_model(_run)
