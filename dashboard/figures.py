@@ -35,13 +35,13 @@ def _escape(names: Sequence[str]) -> list[str]:
 
 
 def tick_font_size(n_classes: int) -> int:
-    """Tick label size that keeps K labels legible without overlapping: 12 px at K<=20, down to 7 px."""
-    return int(np.clip(round(240 / max(n_classes, 1)), 7, 12))
+    """Tick label size that keeps K labels legible without overlapping: 12 px at K<=25, down to 7 px."""
+    return int(np.clip(round(300 / max(n_classes, 1)), 7, 12))
 
 
 def confusion_height(n_classes: int) -> int:
     """Figure height in pixels: cells of 12-48 px plus room for labels."""
-    cell = float(np.clip(560 / max(n_classes, 1), 12, 48))
+    cell = float(np.clip(720 / max(n_classes, 1), 12, 48))
     return int(max(420, cell * n_classes + 170))
 
 
@@ -81,6 +81,7 @@ def confusion_figure(
         off = np.where(off > 0, off, np.nan)  # blank empty cells: the eye goes to the errors
     diag = np.where(diagonal, 1.0, np.nan)
 
+    finite = off[np.isfinite(off)]
     names = _escape(class_names)
     shown_names = [names[i] for i in order]
     positions = np.arange(n)
@@ -89,7 +90,6 @@ def confusion_figure(
         z=diag, x=positions, y=positions, colorscale=[[0, DIAGONAL_COLOUR], [1, DIAGONAL_COLOUR]],
         showscale=False, hoverinfo="skip", xgap=1, ygap=1,
     ))
-    finite = off[np.isfinite(off)]
     colorbar = {"title": "log10 " + ("share" if normalize else "count") if log_color else
                 ("share of true" if normalize else "count")}
     fig.add_trace(go.Heatmap(
@@ -108,12 +108,16 @@ def confusion_figure(
              for t, p, c, s in zip(true_idx, pred_idx, cnt, shr)]
     label_cells = n <= 25
     text = None
+    finite = off[np.isfinite(off)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    strength = (np.nan_to_num(off.ravel(), nan=low) - low) / max(high - low, 1e-12)
+    text_colours = np.where(strength > 0.6, "#ffffff", "#333333").tolist()  # readable on dark red
     if label_cells:
         text = [(f"{s:.0%}" if s >= 0.005 else ("<1%" if c else "")) if normalize else (f"{c:,}" if c else "")
                 for c, s in zip(cnt, shr)]
     fig.add_trace(go.Scatter(
         x=jj.ravel(), y=ii.ravel(), mode="markers+text" if label_cells else "markers",
-        text=text, textfont={"size": tick_font_size(n)},
+        text=text, textfont={"size": tick_font_size(n), "color": text_colours},
         marker={"symbol": "square", "size": max(6, min(40, 500 // max(n, 1))), "opacity": 0.01,
                 "color": "#000000"},
         customdata=np.stack([true_idx, pred_idx, cnt, shr], axis=1),
@@ -226,7 +230,7 @@ def embedding_figure(
         z = np.log10(plan.histogram.T + 1.0)  # log so that sparse regions stay visible
         z[plan.histogram.T == 0] = np.nan
         fig.add_trace(go.Heatmap(
-            x=xc, y=yc, z=z, colorscale="Greys", showscale=False, name="density",
+            x=xc, y=yc, z=z, colorscale="Blues", showscale=False, name="density",
             customdata=plan.histogram.T, hovertemplate="%{customdata:,} images<extra></extra>",
         ))
     rows = plan.rows

@@ -8,7 +8,7 @@ text, never interpreted as Markdown or HTML.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -97,14 +97,15 @@ def item_caption(run: Run, row: int) -> list[str]:
 
 
 def gallery_ui(run: Run, rows: np.ndarray, *, key: str, page_key: str | None = None,
-               per_page: int = 24, columns: int = 6,
-               order_note: str = "most confident first") -> np.ndarray:
+               per_page: int = 24, columns: int = 6, order_note: str = "most confident first",
+               extra_caption: Callable[[int], str] | None = None) -> np.ndarray:
     """A paged grid of thumbnails with captions; loads only the current page's images.
 
     The grid is a container with key ``gallery-<key>`` (CSS class
     ``st-key-gallery-<key>``), each image in a container ``<key>-item-<i>``.
     ``page_key`` (default ``<key>-page``) keys the page selector: give it the
     selection's identity so that a new selection starts at page 1.
+    ``extra_caption(row)`` adds a line under the standard caption.
     Returns the rows shown.
     """
     rows = np.asarray(rows, dtype=np.int64)
@@ -125,7 +126,10 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, page_key: str | None = N
                     st.caption("(image unavailable)")
                 else:
                     st.image(img, width="stretch")
-                st.caption("  \n".join(plain(line) for line in item_caption(run, row)))
+                lines = item_caption(run, row)
+                if extra_caption is not None:
+                    lines.append(extra_caption(int(row)))
+                st.caption("  \n".join(plain(line) for line in lines))
     return shown
 
 

@@ -214,14 +214,14 @@ def sample_rows(rows: np.ndarray, *, cap: int, seed: int = 0) -> np.ndarray:
 
 def plan_embedding(
     xy: np.ndarray, rows: np.ndarray, *, cap: int = 20_000, overlay: np.ndarray | None = None,
-    bins: int = 200, seed: int = 0,
+    overlay_cap: int | None = None, bins: int = 200, seed: int = 0,
 ) -> EmbeddingPlan:
     """Decide how to draw the visible ``rows`` of projection ``xy`` (N, 2) without shipping more than ``cap`` points.
 
     At most ``cap`` visible rows: draw them all. More: bin them server-side
     (``np.histogram2d``, ``bins`` x ``bins``) and draw only ``overlay`` rows
     that are visible (errors, the current selection), sampled with a fixed seed
-    down to ``cap`` if still too many.
+    down to ``overlay_cap`` (default ``cap``) if still too many.
     """
     if cap < 1:
         raise ValueError(f"`cap` must be at least 1. Received: cap={cap}")
@@ -231,8 +231,9 @@ def plan_embedding(
     pts = np.asarray(xy[rows], dtype=np.float64)
     hist, x_edges, y_edges = np.histogram2d(pts[:, 0], pts[:, 1], bins=bins)
     shown = np.zeros(0, np.int64) if overlay is None else np.intersect1d(rows, overlay)
-    sampled = shown.size > cap
-    return EmbeddingPlan("density", sample_rows(shown, cap=cap, seed=seed), int(rows.size),
+    limit = cap if overlay_cap is None else min(overlay_cap, cap)
+    sampled = shown.size > limit
+    return EmbeddingPlan("density", sample_rows(shown, cap=limit, seed=seed), int(rows.size),
                          hist, x_edges, y_edges, sampled)
 
 

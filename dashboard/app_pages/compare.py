@@ -77,9 +77,16 @@ def flips_ui(a, b, flip_table) -> None:
     st.download_button("Download flips CSV", part.to_csv(index=False).encode(),
                        file_name=f"flips_{a.id}_vs_{b.id}.csv", mime="text/csv",
                        key="download-flips")
-    st.caption("Gallery captions give run B's prediction; run A's is in the CSV.")
+    by_row = part.set_index("id")
+
+    def a_to_b(row: int) -> str:
+        r = by_row.loc[row]
+        return (f"{r['kind']}: A said {r['predicted_a']} ({r['confidence_a']:.2f}), "
+                f"B says {r['predicted_b']} ({r['confidence_b']:.2f})")
+
+    st.caption("Captions show run B's prediction, then A's and B's side by side.")
     ui.gallery_ui(b, part["id"].to_numpy(), key="flips", page_key=f"flips-page-{choice}-{kind}",
-                  order_note="in row order")
+                  order_note="in row order", extra_caption=a_to_b)
 
 
 def render() -> None:

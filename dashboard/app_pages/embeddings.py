@@ -15,6 +15,7 @@ import streamlit as st
 from dashboard import cache, figures, ui, views
 
 POINT_CAP = 20_000
+OVERLAY_CAP = 5_000  # fewer points over the density image, so that the density stays visible
 CHART_KEY = "embedding-chart"
 COLOUR_CHOICES = ["true class", "predicted class", "correct", "confidence"]
 
@@ -76,7 +77,7 @@ def render() -> None:
     overlay = np.flatnonzero(~df["correct"].to_numpy(bool))
     if selected.size:
         overlay = np.union1d(overlay, selected)
-    plan = views.plan_embedding(xy, rows, cap=POINT_CAP, overlay=overlay)
+    plan = views.plan_embedding(xy, rows, cap=POINT_CAP, overlay=overlay, overlay_cap=OVERLAY_CAP)
     if plan.mode == "density":
         note = (f"{plan.n_visible:,} points: showing their density, with {plan.rows.size:,} errors "
                 "and selected images as points")

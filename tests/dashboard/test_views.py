@@ -1,0 +1,235 @@
+"""Pure data-selection functions of the dashboard (no Streamlit server).
+
+Rows are image row ids; a confusion cell is (true, predicted); rows of a
+confusion matrix are true classes, columns predicted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard import views
+
+
+def tiny_predictions() -> pd.DataFrame:
+    """6 images, 3 classes (a, b, c).
+
+    row: true -> predicted (confidence), split
+    0: a -> b (0.60) test     3: b -> b (0.90) test
+    1: a -> b (0.90) test     4: c -> a (0.70) train
+    2: a -> a (0.80) test     5: a -> b (0.75) train
+    """
+    names = ["a", "b", "c"]
+    true = np.array([0, 0, 0, 1, 2, 0])
+    pred = np.array([1, 1, 0, 1, 0, 1])
+    return pd.DataFrame({
+        "id": np.arange(6), "path": [f"img{i}.png" for i in range(6)],
+        "split": pd.Categorical(["test"] * 4 + ["train"] * 2),
+        "true": true, "predicted": pred,
+        "true_label": pd.Categorical.from_codes(true, categories=names),
+        "predicted_label": pd.Categorical.from_codes(pred, categories=names),
+        "confidence": np.array([0.6, 0.9, 0.8, 0.9, 0.7, 0.75], np.float32),
+        "true_prob": np.array([0.3, 0.05, 0.8, 0.9, 0.1, 0.2], np.float32),
+        "correct": true == pred,
+    })
+
+
+TEST = np.array([True, True, True, True, False, False])
+
+
+def test_cell_rows_are_the_pair_in_the_mask_most_confident_first():
+    df = tiny_predictions()
+    assert views.cell_rows(df, TEST, true=0, predicted=1).tolist() == [1, 0]
+    assert views.cell_rows(df, np.ones(6, bool), true=0, predicted=1).tolist() == [1, 5, 0]
+    assert views.cell_rows(df, TEST, true=2, predicted=0).tolist() == []  # row 4 is train
+
+
+def test_cell_from_point_prefers_customdata_then_maps_positions_through_the_shown_classes():
+    order = [4, 7, 9]  # displayed position -> class index
+    assert views.cell_from_point({"customdata": [3, 5, 10, 0.5], "x": 0, "y": 0}, order) == (3, 5)
+    assert views.cell_from_point({"x": 2, "y": 1}, order) == (7, 9)  # x = predicted, y = true
+    assert views.cell_from_point({"x": 2.0000001, "y": 0.0}, order) == (4, 9)
+    assert views.cell_from_point({"x": 3, "y": 0}, order) is None
+    assert views.cell_from_point({}, order) is None
+
+
+def test_selection_cell_takes_the_first_usable_point():
+    sel = {"points": [{"x": 9, "y": 9}, {"x": 0, "y": 1}]}
+    assert views.selection_cell(sel, [0, 1, 2]) == (1, 0)
+    assert views.selection_cell({"points": []}, [0, 1]) is None
+    assert views.selection_cell(None, [0, 1]) is None
+
+
+def test_cell_mapping_round_trips_through_the_confusion_figure():
+    from dashboard.figures import confusion_figure
+
+    cm = np.arange(16).reshape(4, 4)
+    order = [1, 3]
+    fig = confusion_figure(cm, list("wxyz"), class_order=order)
+    layer = next(t for t in fig.data if t.type == "scatter")
+    for x, y, custom in zip(layer.x, layer.y, layer.customdata):
+        point = {"x": x, "y": y}
+        assert views.cell_from_point(point, order) == (int(custom[0]), int(custom[1]))
+        assert cm[int(custom[0]), int(custom[1])] == custom[2]
+
+
+def test_most_confused_classes_and_default_cell():
+    # class 2 is in most errors (5 as true, 1 as predicted); then 0 (4), then 1 (2)
+    cm = np.array([[9, 3, 1, 0],
+                   [0, 9, 0, 0],
+                   [0, 5, 9, 0],
+                   [0, 0, 0, 9]])
+    assert views.most_confused_classes(cm, top=2).tolist() == [1, 2]
+    assert views.most_confused_classes(cm, top=3).tolist() == [0, 1, 2]
+    assert views.default_cell(cm) == (2, 1)
+    assert views.default_cell(np.eye(3, dtype=int)) == (0, 0)
+    with pytest.raises(ValueError, match="Received: top=0"):
+        views.most_confused_classes(cm, top=0)
+
+
+def test_paging():
+    items = np.arange(50)
+    assert views.page_count(50, 24) == 3
+    assert views.page_count(0, 24) == 1
+    assert views.page_of(items, page=3, per_page=24).tolist() == [48, 49]
+    assert views.page_of(items, page=99, per_page=24).tolist() == [48, 49]
+    assert views.page_of(items, page=0, per_page=24).tolist() == list(range(24))
+    with pytest.raises(ValueError, match="per_page=0"):
+        views.page_count(5, 0)
+
+
+def test_filter_errors():
+    df = tiny_predictions()
+    assert views.filter_errors(df, TEST).tolist() == [1, 0]
+    assert views.filter_errors(df, np.ones(6, bool)).tolist() == [1, 5, 4, 0]
+    assert views.filter_errors(df, np.ones(6, bool), true_classes=[2]).tolist() == [4]
+    assert views.filter_errors(df, np.ones(6, bool), predicted_classes=[1],
+                               confidence_range=(0.7, 0.8)).tolist() == [5]
+    assert views.filter_errors(df, np.ones(6, bool), confidence_range=(0.6, 0.6)).tolist() == [0]
+    with pytest.raises(ValueError, match="confidence_range"):
+        views.filter_errors(df, TEST, confidence_range=(0.9, 0.1))
+
+
+def test_export_table_columns_and_rows():
+    out = views.export_table(tiny_predictions(), np.array([1, 0]))
+    assert list(out.columns) == views.EXPORT_COLUMNS
+    assert out["path"].tolist() == ["img1.png", "img0.png"]
+    assert out["true_label"].tolist() == ["a", "a"]
+    assert out["predicted_label"].tolist() == ["b", "b"]
+
+
+def test_top_classes_orders_by_probability_then_index():
+    out = views.top_classes(np.array([0.1, 0.4, 0.4, 0.1]), list("wxyz"), k=3)
+    assert out["class"].tolist() == ["x", "y", "w"]
+    assert out["probability"].tolist() == pytest.approx([0.4, 0.4, 0.1])
+    assert len(views.top_classes(np.array([0.7, 0.3]), ["a", "b"], k=3)) == 2
+
+
+def test_nearest_rows_matches_brute_force_and_skips_the_query():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(200, 8)).astype(np.float32)
+    candidates = np.arange(0, 200, 3)
+    got = views.nearest_rows(emb, 3, candidates, k=5)
+    others = candidates[candidates != 3]
+    dist = ((emb[others] - emb[3]) ** 2).sum(axis=1)
+    assert got.tolist() == others[np.argsort(dist)[:5]].tolist()
+    assert 3 not in got
+    assert views.nearest_rows(emb, 3, np.array([3]), k=5).size == 0
+    assert views.nearest_rows(emb, 0, np.array([5, 6]), k=5).tolist() in ([5, 6], [6, 5])
+
+
+def test_plan_embedding_draws_every_point_up_to_the_cap():
+    xy = np.random.default_rng(0).normal(size=(100, 2))
+    plan = views.plan_embedding(xy, np.arange(100), cap=100)
+    assert plan.mode == "points" and plan.rows.tolist() == list(range(100)) and plan.histogram is None
+
+
+def test_plan_embedding_bins_beyond_the_cap_and_caps_the_overlay():
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(10_000, 2))
+    rows = np.arange(10_000)
+    overlay = np.arange(0, 10_000, 2)  # 5,000 rows, more than the cap
+    plan = views.plan_embedding(xy, rows, cap=1_000, overlay=overlay, bins=50)
+    assert plan.mode == "density" and plan.n_visible == 10_000
+    assert plan.histogram.shape == (50, 50) and plan.histogram.sum() == 10_000
+    assert plan.rows.size == 1_000 and plan.sampled
+    assert np.isin(plan.rows, overlay).all()
+    again = views.plan_embedding(xy, rows, cap=1_000, overlay=overlay, bins=50)
+    assert again.rows.tolist() == plan.rows.tolist()  # fixed seed
+    small = views.plan_embedding(xy, rows, cap=1_000, overlay=overlay[:10], overlay_cap=500, bins=50)
+    assert small.rows.tolist() == overlay[:10].tolist() and not small.sampled
+    tight = views.plan_embedding(xy, rows, cap=1_000, overlay=overlay, overlay_cap=300, bins=50)
+    assert tight.rows.size == 300
+    with pytest.raises(ValueError, match="cap=0"):
+        views.plan_embedding(xy, rows, cap=0)
+
+
+def test_visible_rows_and_selection_rows():
+    xy = np.array([[0, 0], [1, 1], [2, 2], [3, 3]], float)
+    base = np.array([True, True, True, False])
+    assert views.visible_rows(xy, base, x_range=(0.5, 3), y_range=(0, 3)).tolist() == [1, 2]
+    sel = {"points": [{"customdata": 7}, {"customdata": [3]}, {"x": 1}, {"customdata": 7}]}
+    assert views.rows_from_selection(sel).tolist() == [3, 7]
+    assert views.rows_from_selection(None).size == 0
+
+
+def test_comparison_problem_refuses_different_images():
+    a = tiny_predictions()
+    assert views.comparison_problem(a, a.copy(), classes_a="abc", classes_b="abc") is None
+    assert "different numbers of images (6 and 5)" in views.comparison_problem(
+        a, a.iloc[:5], classes_a="abc", classes_b="abc")
+    b = a.copy()
+    b.loc[2, "path"] = "other.png"
+    assert "row 2" in views.comparison_problem(a, b, classes_a="abc", classes_b="abc")
+    assert "different classes" in views.comparison_problem(a, a, classes_a="abc", classes_b="abd")
+
+
+def test_flips_and_flip_cells():
+    a = tiny_predictions()
+    b = a.copy()
+    # B fixes row 1 (a->b becomes a->a) and breaks row 3 (b->b becomes b->c)
+    b.loc[1, ["predicted", "correct"]] = [0, True]
+    b["predicted_label"] = pd.Categorical.from_codes(b["predicted"], categories=list("abc"))
+    b.loc[3, ["predicted", "correct"]] = [2, False]
+    b["predicted_label"] = pd.Categorical.from_codes(b["predicted"], categories=list("abc"))
+    table = views.flips(a, b, TEST)
+    assert table["id"].tolist() == [1, 3]
+    assert table["kind"].tolist() == ["fixed by B", "broken by B"]
+    assert table["wrong_predicted"].tolist() == [1, 2]  # A's wrong answer, then B's
+    assert table["predicted_a"].tolist() == ["b", "b"] and table["predicted_b"].tolist() == ["a", "c"]
+    cells = views.flip_cells(table, list("abc"))
+    assert cells[["kind", "true_label", "wrong_label", "count"]].values.tolist() == [
+        ["broken by B", "b", "c", 1], ["fixed by B", "a", "b", 1]]
+    assert views.flip_cells(table.iloc[:0], list("abc")).empty
+
+
+def test_per_class_comparison_deltas():
+    a = pd.DataFrame({"class": ["a", "b"], "f1": [0.5, 0.8], "tp": [5, 8], "fp": [1, 2],
+                      "fn": [2, 1], "cer": [0.1, 0.2]})
+    b = a.assign(f1=[0.75, 0.7], tp=[7, 8])
+    out = views.per_class_comparison(a, b)
+    assert out["f1_delta"].tolist() == pytest.approx([0.25, -0.1])
+    assert out["tp_delta"].tolist() == [2, 0]
+    assert out["cer_delta"].tolist() == [0, 0]
+
+
+def test_flag_worst():
+    table = pd.DataFrame({"class": list("abcdefghij"), "f1": np.linspace(0.9, 0.0, 10)})
+    assert views.flag_worst(table, share=0.2)["worst"].tolist() == [False] * 8 + [True] * 2
+    assert views.flag_worst(table.iloc[:3], share=0.1)["worst"].tolist() == [False, False, True]
+    with pytest.raises(ValueError, match="share=0"):
+        views.flag_worst(table, share=0)
+
+
+def test_upload_problem():
+    assert views.upload_problem("cat.JPG", 1000) is None
+    assert "larger than the 10 MB limit" in views.upload_problem("cat.png", 11 * 1024 * 1024)
+    assert "not an accepted image type" in views.upload_problem("notes.txt", 10)
+
+
+def test_class_distribution_lists_every_class_per_split():
+    out = views.class_distribution(tiny_predictions(), list("abc"))
+    assert out.values.tolist() == [["a", "test", 3], ["b", "test", 1], ["c", "test", 0],
+                                   ["a", "train", 1], ["b", "train", 0], ["c", "train", 1]]
