@@ -16,6 +16,7 @@ Keras/TensorFlow are imported inside the functions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -210,7 +211,10 @@ def _callbacks_module():
     import keras
 
     class LearningRateLog(keras.callbacks.Callback):
-        """Puts the epoch's learning rate into the logs (and so into the history)."""
+        """Puts the learning rate of the epoch's last step into the logs (and so into the history).
+
+        It must come before ReduceLROnPlateau in the callback list, which lowers it for the next epoch.
+        """
 
         def on_epoch_end(self, epoch, logs=None):
             if logs is not None:
@@ -462,7 +466,7 @@ def _fit_phase(model, fit_data, *, recipe: Recipe, epochs: int, initial_epoch: i
     LearningRateLog, ScheduleAndBudget, ProgressReport = _callbacks_module()
     planner = ScheduleAndBudget(schedule=recipe.lr_schedule, base_lr=lr, epochs=epochs, steps=steps,
                                 budget_s=budget_s, initial_epoch=initial_epoch)
-    callbacks = [planner]
+    callbacks = [planner, LearningRateLog()]
     monitor = "val_accuracy" if has_val else "accuracy"
     if recipe.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=recipe.patience,
@@ -473,10 +477,12 @@ def _fit_phase(model, fit_data, *, recipe: Recipe, epochs: int, initial_epoch: i
     if recipe.reduce_lr and recipe.lr_schedule == "constant":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss" if has_val else "loss",
                                                            factor=0.5, patience=2, min_lr=lr / 100))
-    callbacks.append(LearningRateLog())
     if progress:
         callbacks.append(ProgressReport(progress, planner=planner, steps=steps))
-    h = model.fit(**fit_data, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks, verbose=verbose)
+    # Keras prints its progress to stdout; keep stdout for results (the run id).
+    with contextlib.redirect_stdout(sys.stderr):
+        h = model.fit(**fit_data, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                      verbose=verbose)
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
         if key in h.history:
             history.setdefault(key, []).extend(float(v) for v in h.history[key])
