@@ -1,0 +1,96 @@
+"""A real Streamlit server and headless Debian Chromium driven by Playwright.
+
+The server reads a store of synthetic runs made by the fixture. Chromium is
+Debian's (/usr/bin/chromium): Playwright's own browser download cannot work
+offline. Tests here are skipped, with the reason, when Chromium is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def e2e_store(tmp_path_factory):
+    from core.store import RunStore
+    from core.synthetic import make_synthetic_run
+
+    root = tmp_path_factory.mktemp("e2e-store")
+    store = RunStore(root)
+    make_synthetic_run(store, "e2e-run", n=600, n_classes=6, seed=7,
+                       class_names=["bolt", "nut", "screw", "washer", "spring", "pin"])
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(e2e_store, tmp_path_factory):
+    port = _free_port()
+    env = {**os.environ, "ARTIFACTS_DIR": str(e2e_store.root), "PYTHONPATH": str(REPO)}
+    log = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
+             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+             "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}: {log.read_text()[-2000:]}")
+    else:
+        proc.kill()
+        pytest.fail(f"streamlit did not answer in 90 s: {log.read_text()[-2000:]}")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        pytest.skip(f"Chromium not found at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    yield pg
+    context.close()

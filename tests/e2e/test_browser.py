@@ -1,0 +1,81 @@
+"""End to end in real headless Chromium: click a confusion cell, see exactly its images;
+download the per-class CSV and get exactly the CLI's report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import metrics
+
+pytestmark = pytest.mark.browser
+
+
+def _expected_cell(run, true: int, pred: int) -> list[str]:
+    """Paths of the cell's images on the gallery's first page, most confident first."""
+    preds = run.predictions
+    mask = run.eval_mask() & (preds["true"].to_numpy() == true) & (preds["predicted"].to_numpy() == pred)
+    rows = np.flatnonzero(mask)
+    rows = rows[np.argsort(-preds["confidence"].to_numpy()[rows], kind="stable")]
+    return preds["path"].astype(str).to_numpy()[rows].tolist()
+
+
+def _wait_for_app(page):
+    page.wait_for_selector("[data-testid='stSidebar']")
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"] button')"
+                           " || true")
+
+
+def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, page, tmp_path):
+    run = e2e_store.load("e2e-run")
+    mask = run.eval_mask()
+    cm = metrics.confusion_matrix(run.predictions["true"].to_numpy()[mask],
+                                  run.predictions["predicted"].to_numpy()[mask], len(run.classes))
+    # the second most confused cell: not the cell the page opens on by default
+    pairs = metrics.confused_pairs(cm, run.classes, top=2)
+    true, pred = int(pairs["true_index"][1]), int(pairs["predicted_index"][1])
+    expected = _expected_cell(run, true, pred)
+    assert 0 < len(expected) <= 24
+
+    page.goto(f"{server}/confusion")
+    _wait_for_app(page)
+    points = page.locator(".js-plotly-plot .scatterlayer path.point")
+    points.first.wait_for(state="attached")
+    k = len(run.classes)
+    assert points.count() == k * k
+    box = points.nth(true * k + pred).bounding_box()  # the click layer is row-major: (true, predicted)
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+
+    heading = f"True {run.classes[true]}, predicted {run.classes[pred]}"
+    page.get_by_role("heading", name=heading).wait_for()
+    gallery = page.locator(".st-key-gallery-confusion")
+    items = gallery.locator("[class*='st-key-confusion-item-']")
+    items.nth(len(expected) - 1).wait_for()
+    page.wait_for_timeout(500)  # let the rerun settle before counting
+    assert items.count() == len(expected)
+    shown_paths = []
+    for i in range(items.count()):
+        text = items.nth(i).inner_text()
+        assert f"true: {run.classes[true]}" in text
+        assert f"predicted: {run.classes[pred]}" in text
+        shown_paths.append(text.strip().splitlines()[-1].strip())
+    assert shown_paths == expected
+    assert gallery.locator("img").count() == len(expected)
+    page.screenshot(path=str(tmp_path / "confusion.png"), full_page=True)
+
+
+def test_per_class_csv_download_equals_the_cli_report(server, e2e_store, page, tmp_path):
+    from core.cli import main
+
+    run = e2e_store.load("e2e-run")
+    page.goto(f"{server}/per_class")
+    _wait_for_app(page)
+    button = page.get_by_role("button", name="Download CSV")
+    button.wait_for()
+    with page.expect_download() as info:
+        button.click()
+    downloaded = tmp_path / "downloaded.csv"
+    info.value.save_as(downloaded)
+    assert main(["report", "e2e-run", "--out", str(tmp_path / "cli.csv"), "--store", str(e2e_store.root)]) == 0
+    assert downloaded.read_bytes() == (tmp_path / "cli.csv").read_bytes()
+    assert downloaded.read_bytes().decode().splitlines()[0] == "class,precision,recall,f1,support,tp,fp,fn,tn,cer"
