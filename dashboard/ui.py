@@ -118,8 +118,9 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, page_key: str | None = N
         shown = views.page_of(rows, page=page, per_page=per_page)
         start = (min(max(page, 1), pages) - 1) * per_page
         st.caption(f"Images {start + 1:,}-{start + shown.size:,} of {rows.size:,}, {order_note}.")
-        cols = st.columns(columns)
         for i, row in enumerate(shown):
+            if i % columns == 0:  # one st.columns per line keeps lines aligned and items in order
+                cols = st.columns(columns)
             with cols[i % columns], st.container(key=f"{key}-item-{i}"):
                 img = thumbnail(run, row)
                 if img is None:

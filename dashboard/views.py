@@ -52,6 +52,8 @@ def cell_from_point(point: dict, class_order: Sequence[int]) -> tuple[int, int] 
     (3, 5)
     """
     custom = point.get("customdata")
+    if isinstance(custom, dict):  # Streamlit can deliver an array as {"0": ..., "1": ...}
+        custom = [custom[k] for k in sorted(custom, key=lambda key: int(key))]
     if custom is not None and len(custom) >= 2:
         return int(custom[0]), int(custom[1])
     x, y = point.get("x"), point.get("y")

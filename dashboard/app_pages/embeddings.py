@@ -88,7 +88,7 @@ def render() -> None:
     fig = figures.embedding_figure(plan, xy, df, run.classes, color_by=chosen["color_by"],
                                    highlight=highlight)
     event = st.plotly_chart(fig, key=CHART_KEY, on_select="rerun", selection_mode=("box", "lasso"))
-    selected = views.rows_from_selection(event.selection if event else None)
+    selected = views.rows_from_selection((event or {}).get("selection"))
     st.subheader("Selected images")
     if selected.size == 0:
         st.caption("Select points with the box or lasso tool to see their images here.")

@@ -1,0 +1,262 @@
+"""Every page of the dashboard run with Streamlit's AppTest on small synthetic runs.
+
+The store is a temporary folder given to the app through $ARTIFACTS_DIR.
+Run "small" has 600 images of 5 classes (about 150 in the 'test' split, the
+evaluation split); "better" has the same images with fewer errors; "other"
+has different images, so it cannot be compared with "small".
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit
+from streamlit.testing.v1 import AppTest
+
+from core.images import encode_png
+from core.store import RunStore
+from core.synthetic import make_synthetic_run
+from dashboard import views
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    store = RunStore(root)
+    make_synthetic_run(store, "small", n=600, n_classes=5, seed=0, accuracy=0.8)
+    make_synthetic_run(store, "better", n=600, n_classes=5, seed=0, accuracy=0.9)
+    make_synthetic_run(store, "other", n=500, n_classes=5, seed=1, history=False)
+    old = os.environ.get("ARTIFACTS_DIR")
+    os.environ["ARTIFACTS_DIR"] = str(root)
+    yield store
+    if old is None:
+        os.environ.pop("ARTIFACTS_DIR", None)
+    else:
+        os.environ["ARTIFACTS_DIR"] = old
+
+
+def open_page(page: str, run_id: str = "small") -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    at.sidebar.selectbox(key="run_id").set_value(run_id)
+    at.switch_page(f"app_pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def unescape(markdown: str) -> str:
+    """The text a Markdown source renders as (the app backslash-escapes user text)."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
+def captions(at: AppTest) -> list[str]:
+    return [unescape(c.value) for c in at.caption]
+
+
+def gallery_paths(at: AppTest) -> list[str]:
+    """The file names shown in gallery captions (last caption line), page order."""
+    out = []
+    for text in captions(at):
+        lines = text.split("  \n")
+        if len(lines) >= 4 and lines[0].startswith("true: "):
+            out.append(lines[3])
+    return out
+
+
+def test_run_picker_lists_the_runs_and_overview_shows_the_run_metrics(store):
+    at = open_page("overview")
+    picker = at.sidebar.selectbox(key="run_id")
+    run = store.load("small")
+    # each option names the run, model file, data set, date and accuracy
+    assert len(picker.options) == 3
+    option = next(o for o in picker.options if o.startswith("small "))
+    assert option == (f"small · small.keras · synthetic · {run.manifest['created'][:16].replace('T', ' ')}"
+                      f" · acc {run.metrics['accuracy']:.1%}")
+    m = run.metrics
+    shown = {x.label: x.value for x in at.metric}
+    assert shown["Accuracy"] == f"{m['accuracy']:.2%}"
+    assert shown["Macro-F1"] == f"{m['macro_f1']:.3f}"
+    assert shown["Top-3 accuracy"] == f"{m['top3_accuracy']:.2%}"
+    assert shown["Images"] == f"{run.n_images:,}"
+    assert shown["test split"] == f"{run.manifest['splits']['test']:,}"
+    assert shown["Skipped files"] == "0"
+    assert any(c.value == "What was trained:" for c in at.markdown)
+    assert '"recipe": "synthetic"' in at.code[0].value
+
+
+def test_empty_store_offers_the_demo_and_the_analyze_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path / "empty"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    codes = [c.value for c in at.code]
+    assert "python -m core analyze --model PATH --data PATH" in codes
+    if importlib.util.find_spec("core.demo") is None:
+        assert "python -m core demo" in codes
+    else:
+        assert at.button(key="build-demo").label == "Build the demo run"
+
+
+def test_confusion_gallery_shows_exactly_the_chosen_pair(store):
+    at = open_page("confusion")
+    run = store.load("small")
+    df = run.predictions
+    mask = run.eval_mask()
+    cm = np.zeros((5, 5), int)
+    np.add.at(cm, (df["true"][mask], df["predicted"][mask]), 1)
+    assert (at.selectbox(key="cell-true").value, at.selectbox(key="cell-predicted").value) == \
+        views.default_cell(cm)
+    # choose an off-diagonal cell with a few images
+    t, p = next((t, p) for t in range(5) for p in range(5) if t != p and 2 <= cm[t, p] <= 24)
+    at.selectbox(key="cell-true").set_value(t)
+    at.selectbox(key="cell-predicted").set_value(p)
+    at.run()
+    expected = df.index[mask & (df["true"] == t) & (df["predicted"] == p)]
+    expected = df.loc[expected].sort_values("confidence", ascending=False, kind="stable")
+    assert gallery_paths(at) == expected["path"].tolist()
+    gallery = [c for c in captions(at) if c.startswith("true: ")]
+    assert all(c.startswith(f"true: {run.classes[t]}  \npredicted: {run.classes[p]} (") for c in gallery)
+    assert f"{len(expected)} images" in " ".join(captions(at))
+
+
+def test_a_click_on_the_chart_moves_the_selectboxes(store):
+    at = open_page("confusion")
+    at.session_state["confusion-chart"] = {"selection": {"points": [
+        {"customdata": [1, 3, 0, 0.0], "x": 3, "y": 1}]}}
+    at.run()
+    assert (at.selectbox(key="cell-true").value, at.selectbox(key="cell-predicted").value) == (1, 3)
+    # the selectboxes then win until the next click
+    at.selectbox(key="cell-true").set_value(2).run()
+    assert (at.selectbox(key="cell-true").value, at.selectbox(key="cell-predicted").value) == (2, 3)
+    assert at.session_state["confusion_cell"] == ("small", 2, 3)
+
+
+def test_errors_page_lists_and_filters_the_eval_errors(store):
+    at = open_page("errors")
+    run = store.load("small")
+    df = run.predictions
+    mask = run.eval_mask()
+    n_errors = int((mask & ~df["correct"]).sum())
+    assert n_errors == run.metrics["errors"]
+    assert any(c.startswith(f"{n_errors:,} misclassified images") for c in captions(at))
+    assert at.get("download_button")[0].label == "Download CSV"
+    at.multiselect(key="errors-true").set_value([2]).run()
+    n_true2 = int((mask & ~df["correct"] & (df["true"] == 2)).sum())
+    assert any(c.startswith(f"{n_true2:,} misclassified images") for c in captions(at))
+    paths = gallery_paths(at)  # the gallery's page, then the detail view of the top error
+    expected = df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
+        "confidence", ascending=False, kind="stable")["path"].tolist()
+    assert paths == expected[:24] + expected[:1]
+    # the detail view: probabilities chart and neighbours from the true and predicted classes
+    assert at.selectbox(key="errors-detail").value == int(
+        df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
+            "confidence", ascending=False, kind="stable").index[0])
+    assert any("nearest training images" in m.value for m in at.markdown)
+    assert len(at.get("image")) > 10
+
+
+def test_per_class_download_is_exactly_the_cli_report(store, monkeypatch):
+    served = {}
+    original = streamlit.download_button
+
+    def spy(label, data, *args, **kwargs):
+        served[kwargs.get("key")] = data
+        return original(label, data, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "download_button", spy)
+    at = open_page("per_class")
+    run = store.load("small")
+    assert served["download-per-class"] == run.per_class_csv()
+    table = at.dataframe[0].value
+    assert table["class"].tolist() == run.classes
+    assert table["worst"].sum() == 1
+    assert table.loc[table["worst"], "class"].item() == run.per_class.sort_values("f1")["class"].iloc[0]
+
+
+def test_embeddings_page_highlights_the_confusion_cell(store):
+    at = open_page("confusion")
+    at.selectbox(key="cell-true").set_value(1)
+    at.selectbox(key="cell-predicted").set_value(2)
+    at.run()
+    at.switch_page("app_pages/embeddings.py").run()
+    assert not at.exception
+    run = store.load("small")
+    assert at.checkbox(key="emb-highlight").value
+    assert run.classes[1] in unescape(at.checkbox(key="emb-highlight").label)
+    assert any(c == "600 points." for c in captions(at))
+    at.multiselect(key="emb-classes").set_value([0]).run()
+    n0 = int((run.predictions["true"] == 0).sum())
+    assert any(c == f"{n0} points." for c in captions(at))
+
+
+def test_embeddings_selection_fills_the_gallery(store):
+    at = open_page("embeddings")
+    at.session_state["embedding-chart"] = {"selection": {"points": [
+        {"customdata": 5}, {"customdata": 7}], "point_indices": [5, 7], "box": [], "lasso": []}}
+    at.run()
+    run = store.load("small")
+    expected = run.predictions.loc[[5, 7]].sort_values("confidence", ascending=False)["path"].tolist()
+    assert gallery_paths(at) == expected
+
+
+def test_compare_page_shows_deltas_and_flips(store):
+    at = open_page("compare")
+    at.selectbox(key="compare-run-b").set_value("better").run()
+    assert not at.exception
+    a, b = store.load("small"), store.load("better")
+    acc = next(m for m in at.metric if m.label == "Accuracy (B)")
+    assert acc.value == f"{b.metrics['accuracy']:.2%}"
+    assert acc.delta == f"{(b.metrics['accuracy'] - a.metrics['accuracy']) * 100:+.2f} pp"
+    errors = next(m for m in at.metric if m.label == "Errors (B)")
+    assert errors.delta == f"{b.metrics['errors'] - a.metrics['errors']:+,}"
+    table = at.dataframe[0].value
+    assert table["f1_delta"].to_numpy() == pytest.approx(
+        b.per_class["f1"].to_numpy() - a.per_class["f1"].to_numpy())
+    mask = a.eval_mask()
+    fixed = int((mask & ~a.predictions["correct"] & b.predictions["correct"]).sum())
+    broken = int((mask & a.predictions["correct"] & ~b.predictions["correct"]).sum())
+    assert any(c.startswith(f"{fixed:,} images fixed by B") and f"{broken:,} broken by B" in c
+               for c in captions(at))
+    assert any(d.label == "Download flips CSV" for d in at.get("download_button"))
+
+
+def test_compare_refuses_runs_on_different_images(store):
+    at = open_page("compare")
+    at.selectbox(key="compare-run-b").set_value("other").run()
+    assert "different numbers of images (600 and 500)" in unescape(at.error[0].value)
+
+
+def png_bytes() -> bytes:
+    return encode_png(np.full((8, 8, 3), 128, np.uint8))
+
+
+def test_try_an_image_refuses_a_non_image_naming_the_file(store):
+    at = open_page("try_image")
+    at.get("file_uploader")[0].upload("holiday_notes.png", b"these are not pixels", "image/png")
+    at.run()
+    assert len(at.error) == 1
+    message = unescape(at.error[0].value)
+    assert message.startswith("holiday_notes.png: not an image")
+
+
+def test_try_an_image_refuses_files_over_10_mb(store):
+    at = open_page("try_image")
+    big = png_bytes() + b"\0" * (10 * 1024 * 1024)
+    at.get("file_uploader")[0].upload("huge.png", big, "image/png").run()
+    assert "larger than the 10 MB limit" in unescape(at.error[0].value)
+
+
+def test_try_an_image_says_when_the_model_file_is_missing(store):
+    at = open_page("try_image")
+    at.get("file_uploader")[0].upload("grey.png", png_bytes(), "image/png").run()
+    assert len(at.get("image")) == 1
+    assert "model file of this run is missing" in unescape(at.error[0].value)
