@@ -74,7 +74,7 @@ def flips_ui(a, b, flip_table) -> None:
                     & (part["wrong_predicted"] == c["wrong_predicted"])]
     elif kind != "both":
         part = part[part["kind"] == kind]
-    st.download_button("Download flips CSV", part.to_csv(index=False).encode(),
+    st.download_button("Download flips CSV", lambda: part.to_csv(index=False).encode(),
                        file_name=f"flips_{a.id}_vs_{b.id}.csv", mime="text/csv",
                        key="download-flips")
     by_row = part.set_index("id")
@@ -97,12 +97,11 @@ def render() -> None:
     if b_id is None:
         return
     b = cache.load_run(cache.store_root(), b_id)
-    problem = views.comparison_problem(a.predictions, b.predictions, classes_a=a.classes,
-                                       classes_b=b.classes)
+    key_a, key_b = cache.run_key(a), cache.run_key(b)
+    problem = cache.comparison_problem(a, b, key_a, key_b)
     if problem:
         st.error(problem)
         return
-    key_a, key_b = cache.run_key(a), cache.run_key(b)
     metrics_ui(a, b)
     st.subheader("Per class (B - A)")
     table = views.per_class_comparison(a.per_class, b.per_class)

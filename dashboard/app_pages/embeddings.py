@@ -71,7 +71,7 @@ def render() -> None:
     rows = views.visible_rows(xy, base, x_range=chosen["x_range"], y_range=chosen["y_range"])
     highlight, _ = highlight_rows(run, key)
     if highlight is not None:
-        highlight = np.intersect1d(highlight, rows)
+        highlight = views.rows_within(highlight, rows, n_rows=len(xy))
     previous = st.session_state.get(CHART_KEY)
     selected = views.rows_from_selection(previous.get("selection") if previous else None)
     overlay = np.flatnonzero(~df["correct"].to_numpy(bool))

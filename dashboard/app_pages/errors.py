@@ -96,7 +96,9 @@ def render() -> None:
                                predicted_classes=pred, confidence_range=conf)
     st.caption(f"{rows.size:,} misclassified images of the '{ui.plain(run.eval_split)}' split match, "
                "most confident mistake first.")
-    csv = views.export_table(run.predictions, rows).to_csv(index=False).encode()
+    def csv() -> bytes:  # built only when the button is clicked: 100k rows take ~0.4 s
+        return views.export_table(run.predictions, rows).to_csv(index=False).encode()
+
     st.download_button("Download CSV", csv, file_name=f"{run.id}_errors.csv", mime="text/csv",
                        key="download-errors")
     if rows.size == 0:

@@ -1,0 +1,190 @@
+"""Dashboard timings on a 1,000,000-row synthetic run (not a test: prints a table).
+
+Builds (or reuses, with --store) two synthetic runs of N images and K classes
+with 16x16 images stored in the run, then times the functions each page
+calls on an interaction (figure builders, filters, one gallery page,
+selection logic) and, with --apptest, whole page runs through Streamlit's
+AppTest with warm caches. Budget: every interaction under a second.
+
+    .venv/bin/python benchmarks/bench_dashboard.py                 # 1M rows, 100 classes
+    .venv/bin/python benchmarks/bench_dashboard.py --store /tmp/b  # keep/reuse the runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from core.metrics import confusion_matrix, confused_pairs  # noqa: E402
+from core.store import Run, RunStore  # noqa: E402
+from core.synthetic import make_synthetic_run  # noqa: E402
+from dashboard import figures, views  # noqa: E402
+
+BUDGET_S = 1.0
+
+
+def timed(fn, repeat: int = 3) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def ensure_runs(store: RunStore, n: int, k: int) -> tuple[str, str]:
+    ids = (f"bench-{n}-{k}-a", f"bench-{n}-{k}-b")
+    for run_id, accuracy in zip(ids, (0.85, 0.9)):
+        if not store.exists(run_id):
+            start = time.perf_counter()
+            make_synthetic_run(store, run_id, n=n, n_classes=k, accuracy=accuracy, seed=0)
+            print(f"built {run_id} in {time.perf_counter() - start:.1f} s", flush=True)
+    return ids
+
+
+def thumbnails_page(run: Run, rows: np.ndarray) -> int:
+    from dashboard.ui import item_caption, thumbnail  # streamlit import only, no server
+
+    page = views.page_of(rows, page=1, per_page=24)
+    for row in page:
+        thumbnail(run, row)
+        item_caption(run, row)
+    return page.size
+
+
+def bench_functions(a: Run, b: Run) -> list[tuple[str, float]]:
+    rows: list[tuple[str, float]] = []
+
+    def add(name, fn, repeat=3):
+        seconds, out = timed(fn, repeat)
+        rows.append((name, seconds))
+        return out
+
+    fresh = Run(a.path)
+    add("load run: predictions table (cold)", lambda: Run(a.path).predictions, repeat=1)
+    df = fresh.predictions
+    mask = add("eval mask", fresh.eval_mask)
+    k = len(fresh.classes)
+    cm = add("confusion matrix (eval split)", lambda: confusion_matrix(
+        df["true"].to_numpy()[mask], df["predicted"].to_numpy()[mask], k))
+    add(f"confusion figure, all {k} classes (+ JSON)",
+        lambda: figures.confusion_figure(cm, fresh.classes).to_json())
+    order = views.most_confused_classes(cm, top=30)
+    add("confusion figure, top-30 classes (+ JSON)",
+        lambda: figures.confusion_figure(cm, fresh.classes, class_order=order, log_color=True).to_json())
+    t, p = views.default_cell(cm)
+    cell = add("rows of a clicked cell", lambda: views.cell_rows(df, mask, true=t, predicted=p))
+    add("gallery page: 24 thumbnails + captions", lambda: thumbnails_page(fresh, cell))
+    errors = add("errors: all, ranked", lambda: views.filter_errors(df, mask))
+    add("errors: filtered (2 classes, conf 0.5-1)", lambda: views.filter_errors(
+        df, mask, true_classes=[0, 1], confidence_range=(0.5, 1.0)))
+    add(f"errors CSV export ({errors.size:,} rows)",
+        lambda: views.export_table(df, errors).to_csv(index=False).encode(), repeat=1)
+    add("per-class CSV bytes", fresh.per_class_csv)
+    add("most confused pairs", lambda: confused_pairs(cm, fresh.classes, top=15))
+    row = int(errors[0])
+    add("probability figure (+ JSON)", lambda: figures.probability_figure(
+        np.asarray(fresh.probs[row]), fresh.classes, true=int(df["true"].iat[row]),
+        predicted=int(df["predicted"].iat[row])).to_json())
+    train = np.flatnonzero(df["split"].astype(str).to_numpy() == "train")
+    true = df["true"].to_numpy()
+    add("train rows by class (cached once)", lambda: [train[true[train] == c] for c in range(k)],
+        repeat=1)
+    cls_rows = train[true[train] == int(df["true"].iat[row])]
+    add(f"nearest neighbours ({cls_rows.size:,} train rows of a class)",
+        lambda: views.nearest_rows(fresh.embeddings, row, cls_rows, k=6))
+    xy = np.asarray(fresh.projection)
+    everything = np.ones(len(df), bool)
+    visible = add("embeddings: visible rows (no zoom)", lambda: views.visible_rows(xy, everything))
+    overlay = np.flatnonzero(~df["correct"].to_numpy())
+    plan = add("embeddings: density plan (1M -> bins + overlay)",
+               lambda: views.plan_embedding(xy, visible, overlay=overlay, overlay_cap=5000))
+    add("embeddings: density figure (+ JSON)", lambda: figures.embedding_figure(
+        plan, xy, df, fresh.classes, color_by="true class").to_json())
+    lo, hi = np.percentile(xy, [45, 55], axis=0)
+    zoomed = add("embeddings: zoomed rows", lambda: views.visible_rows(
+        xy, everything, x_range=(lo[0], hi[0]), y_range=(lo[1], hi[1])))
+    zplan = views.plan_embedding(xy, zoomed, overlay=overlay)
+    add(f"embeddings: zoomed figure, {zplan.rows.size:,} points {zplan.mode} (+ JSON)",
+        lambda: figures.embedding_figure(zplan, xy, df, fresh.classes, color_by="confidence").to_json())
+    other = Run(b.path)
+    odf = other.predictions
+    add("compare: same-images check", lambda: views.comparison_problem(
+        df, odf, classes_a=fresh.classes, classes_b=other.classes))
+    flip_table = add("compare: flip list", lambda: views.flips(df, odf, mask))
+    add("compare: flips per cell", lambda: views.flip_cells(flip_table, fresh.classes))
+    add("compare: per-class deltas", lambda: views.per_class_comparison(fresh.per_class, other.per_class))
+    return rows
+
+
+def bench_apptest(store_root: Path, run_a: str, run_b: str) -> list[tuple[str, float]]:
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["ARTIFACTS_DIR"] = str(store_root)
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=300)
+    start = time.perf_counter()
+    at.run()
+    rows = [("AppTest: first run (loads the run, cold caches)", time.perf_counter() - start)]
+    at.sidebar.selectbox(key="run_id").set_value(run_a)
+    at.run()
+
+    def page(name: str, action=None) -> None:
+        at.switch_page(f"app_pages/{name}.py")
+        at.run()  # warms this page's caches
+        if action:
+            action()
+        start = time.perf_counter()
+        at.run()
+        rows.append((f"AppTest: {name} page rerun (warm)", time.perf_counter() - start))
+        if at.exception:
+            raise RuntimeError(f"{name}: {at.exception[0].value}")
+
+    page("overview")
+    page("per_class")
+    page("confusion")
+    page("errors")
+    page("embeddings")
+    page("compare", lambda: at.selectbox(key="compare-run-b").set_value(run_b))
+    # one interaction: choose another confusion cell (new gallery)
+    at.switch_page("app_pages/confusion.py")
+    at.run()
+    at.selectbox(key="cell-true").set_value(1)
+    start = time.perf_counter()
+    at.run()
+    rows.append(("AppTest: confusion, choose a cell -> gallery", time.perf_counter() - start))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--store", type=Path, default=None, help="store to build/reuse the runs in")
+    parser.add_argument("--no-apptest", action="store_true", help="skip whole-page AppTest timings")
+    args = parser.parse_args()
+    root = args.store or Path(tempfile.mkdtemp(prefix="bench_dashboard_"))
+    store = RunStore(root)
+    run_a, run_b = ensure_runs(store, args.n, args.classes)
+    rows = bench_functions(store.load(run_a), store.load(run_b))
+    if not args.no_apptest:
+        rows += bench_apptest(root, run_a, run_b)
+    width = max(len(name) for name, _ in rows)
+    print(f"\n{args.n:,} images, {args.classes} classes, store {root}")
+    print(f"{'step':<{width}}  {'seconds':>8}  {'/ budget':>8}")
+    for name, seconds in rows:
+        flag = "" if seconds < BUDGET_S else "  over budget"
+        print(f"{name:<{width}}  {seconds:8.3f}  {seconds / BUDGET_S:8.2f}{flag}")
+
+
+if __name__ == "__main__":
+    main()
