@@ -154,7 +154,8 @@ def class_distribution_figure(distribution: pd.DataFrame) -> go.Figure:
                              marker_color=qualitative.Set2[i % len(qualitative.Set2)]))
     n = len(classes)
     fig.update_layout(
-        barmode="group", height=360 if n <= 30 else 420, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        barmode="group" if n <= 30 else "stack",  # 100+ groups of bars are unreadable; stack them
+        height=360 if n <= 30 else 420, margin={"l": 10, "r": 10, "t": 30, "b": 10},
         xaxis={"tickfont": {"size": tick_font_size(n)}, "tickangle": -90 if n > 12 else 0,
                "title": "class"},
         yaxis={"title": "images"}, legend={"title": "split", "orientation": "h", "y": 1.1},

@@ -46,10 +46,15 @@ def neighbours_ui(run, key: str, row: int, cls: int, title: str) -> None:
     if near.size == 0:
         st.caption("(no training images of this class)")
         return
-    images = [ui.thumbnail(run, r, size=80) for r in near]
-    st.image([img for img in images if img is not None], width=80,
-             caption=[ui.plain(f"{run.predictions['path'].iat[r]}") for r, img in zip(near, images)
-                      if img is not None])
+    cols = st.columns(3)
+    for i, r in enumerate(near):
+        with cols[i % 3]:
+            img = ui.thumbnail(run, r, size=96)
+            if img is None:
+                st.caption("(image unavailable)")
+            else:
+                st.image(img, width="stretch")
+            st.caption(ui.plain(run.predictions["path"].iat[int(r)]))
 
 
 def detail_ui(run, key: str, rows: np.ndarray) -> None:

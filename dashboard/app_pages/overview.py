@@ -48,7 +48,8 @@ def samples_ui(run, key: str) -> None:
     for i, c in enumerate(shown):
         with cols[i % 5]:
             st.caption(ui.plain(f"{c} · {classes[c]}"))
-            images = [img for img in (ui.thumbnail(run, r, size=64) for r in samples[c]) if img is not None]
+            images = [img for img in (ui.thumbnail(run, r, size=64) for r in samples[c][:3])
+                      if img is not None]
             if images:
                 st.image(images, width=64)
             else:

@@ -161,8 +161,8 @@ def test_errors_page_lists_and_filters_the_eval_errors(store):
         df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
             "confidence", ascending=False, kind="stable").index[0])
     assert any("nearest training images" in m.value for m in at.markdown)
-    # gallery thumbnails + the detail image + one image list per neighbour column
-    assert len(at.get("image")) == min(n_true2, 24) + 1 + 2
+    # gallery thumbnails + the detail image + 6 neighbours from each of the two classes
+    assert len(at.get("image")) == min(n_true2, 24) + 1 + 2 * 6
 
 
 def test_per_class_download_is_exactly_the_cli_report(store, monkeypatch):
