@@ -43,12 +43,14 @@ def render() -> None:
     runs = RunStore(cache.store_root()).list_runs()
     if not runs:
         st.info(f"The run store {cache.store_root()} has no runs yet.")
-    st.subheader("Try the demo")
-    build_demo_ui()
+    demo = st.container()  # filled last: building the demo blocks the script, the rest stays drawn
     st.subheader("Analyse your own model")
     st.write("Point the analysis at a Keras model and a folder of images (one sub-folder per class):")
     st.code(ANALYZE_COMMAND, language="bash")
     st.caption("Runs are written to $ARTIFACTS_DIR (default: artifacts/); reload this page afterwards.")
+    with demo:
+        st.subheader("Try the demo")
+        build_demo_ui()
 
 
 render()
