@@ -8,7 +8,6 @@ the confusion cell of the wrong prediction.
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from dashboard import cache, figures, ui, views

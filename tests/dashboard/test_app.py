@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import streamlit
 from streamlit.testing.v1 import AppTest
@@ -140,7 +141,7 @@ def test_a_click_on_the_chart_moves_the_selectboxes(store):
     assert at.session_state["confusion_cell"] == ("small", 2, 3)
 
 
-def test_errors_page_lists_and_filters_the_eval_errors(store):
+def test_errors_page_lists_and_filters_the_eval_errors(store, served):
     at = open_page("errors")
     run = store.load("small")
     df = run.predictions
@@ -152,6 +153,11 @@ def test_errors_page_lists_and_filters_the_eval_errors(store):
     at.multiselect(key="errors-true").set_value([2]).run()
     n_true2 = int((mask & ~df["correct"] & (df["true"] == 2)).sum())
     assert any(c.startswith(f"{n_true2:,} misclassified images") for c in captions(at))
+    exported = pd.read_csv(io.BytesIO(served["download-errors"]()))
+    expected_rows = df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
+        "confidence", ascending=False, kind="stable")
+    assert exported["id"].tolist() == expected_rows["id"].tolist()
+    assert list(exported.columns) == views.EXPORT_COLUMNS
     paths = gallery_paths(at)  # the gallery's page, then the detail view of the top error
     expected = df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
         "confidence", ascending=False, kind="stable")["path"].tolist()
@@ -165,7 +171,9 @@ def test_errors_page_lists_and_filters_the_eval_errors(store):
     assert len(at.get("image")) == min(n_true2, 24) + 1 + 2 * 6
 
 
-def test_per_class_download_is_exactly_the_cli_report(store, monkeypatch):
+@pytest.fixture
+def served(monkeypatch) -> dict:
+    """What the pages hand to st.download_button, by widget key (bytes, or a callable)."""
     served = {}
     original = streamlit.download_button
 
@@ -174,6 +182,10 @@ def test_per_class_download_is_exactly_the_cli_report(store, monkeypatch):
         return original(label, data, *args, **kwargs)
 
     monkeypatch.setattr(streamlit, "download_button", spy)
+    return served
+
+
+def test_per_class_download_is_exactly_the_cli_report(store, served):
     at = open_page("per_class")
     run = store.load("small")
     assert served["download-per-class"] == run.per_class_csv()
