@@ -16,6 +16,9 @@ WORST_SHARE = 0.1  # flag the lowest-F1 tenth of the classes (at least one)
 
 def table_ui(run) -> None:
     table = views.flag_worst(run.per_class, share=WORST_SHARE)
+    many = len(table) > 20
+    if st.checkbox("Worst F1 first", value=many, key="per-class-worst-first"):
+        table = table.sort_values(["f1", "class"], kind="stable").reset_index(drop=True)
     styled = table.style.apply(
         lambda row: ["background-color: #fde2e1" if row["worst"] else "" for _ in row], axis=1)
     pct = st.column_config.NumberColumn(format="%.3f")
@@ -35,7 +38,7 @@ def render() -> None:
     st.caption(f"Evaluation split: '{ui.plain(run.eval_split)}'.")
     st.download_button("Download CSV", run.per_class_csv(), file_name=f"{run.id}_per_class.csv",
                        mime="text/csv", key="download-per-class")
-    left, right = st.columns([3, 2])
+    left, right = st.columns([7, 3])
     with left:
         table_ui(run)
     with right:
