@@ -44,6 +44,8 @@ def main() -> None:
                       page("welcome", "Add a run", ":material/add:")],
         }
     pg = st.navigation(pages)
+    if runs and st.session_state.pop(ui.SHOW_OVERVIEW_KEY, False):
+        st.switch_page(pages["Run"][0])  # a run was just built on the start page
     with st.sidebar:
         if runs:
             ui.run_picker_ui(runs)

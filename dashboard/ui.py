@@ -19,6 +19,7 @@ from dashboard import cache, views
 
 RUN_KEY = "run_id"
 CELL_KEY = "confusion_cell"  # (run id, true, predicted) chosen on the confusion page
+SHOW_OVERVIEW_KEY = "show_overview"  # set by the start page once it has built a run
 THUMB_PX = 112
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=&\"'])")
 

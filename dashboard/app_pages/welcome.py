@@ -35,6 +35,7 @@ def build_demo_ui() -> None:
         st.code(DEMO_COMMAND, language="bash")
         return
     st.session_state[ui.RUN_KEY] = run.id
+    st.session_state[ui.SHOW_OVERVIEW_KEY] = True
     st.rerun()
 
 

@@ -273,3 +273,23 @@ def test_try_an_image_says_when_the_model_file_is_missing(store):
     at.get("file_uploader")[0].upload("grey.png", png_bytes(), "image/png").run()
     assert len(at.get("image")) == 1
     assert "model file of this run is missing" in unescape(at.error[0].value)
+
+
+def test_the_start_page_builds_the_demo_with_progress_then_shows_it(tmp_path, monkeypatch):
+    demo = pytest.importorskip("core.demo")
+    calls = []
+
+    def fake_run_demo(*, store, progress=None):
+        for message, fraction in (("Training", 0.5), ("Analysing", 1.0)):
+            progress(message, fraction)
+            calls.append((message, fraction))
+        return make_synthetic_run(store, "demo", n=200, n_classes=3)
+
+    monkeypatch.setattr(demo, "run_demo", fake_run_demo)
+    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path / "store"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    at.button(key="build-demo").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert calls == [("Training", 0.5), ("Analysing", 1.0)]
+    assert [t.value for t in at.title] == ["Overview: demo"]
+    assert at.sidebar.selectbox(key="run_id").value == "demo"
