@@ -115,7 +115,7 @@ def bench_functions(a: Run, b: Run) -> list[tuple[str, float]]:
     zoomed = add("embeddings: zoomed rows", lambda: views.visible_rows(
         xy, everything, x_range=(lo[0], hi[0]), y_range=(lo[1], hi[1])))
     zplan = views.plan_embedding(xy, zoomed, overlay=overlay)
-    add(f"embeddings: zoomed figure, {zplan.rows.size:,} points {zplan.mode} (+ JSON)",
+    add(f"embeddings: zoomed figure, {zplan.rows.size:,} points (+ JSON)",
         lambda: figures.embedding_figure(zplan, xy, df, fresh.classes, color_by="confidence").to_json())
     other = Run(b.path)
     odf = other.predictions
@@ -140,9 +140,14 @@ def bench_apptest(store_root: Path, run_a: str, run_b: str) -> list[tuple[str, f
 
     def page(name: str, action=None) -> None:
         at.switch_page(f"app_pages/{name}.py")
-        at.run()  # warms this page's caches
+        start = time.perf_counter()
+        at.run()  # first visit: fills this page's caches
+        rows.append((f"AppTest: {name} page first visit", time.perf_counter() - start))
         if action:
             action()
+            start = time.perf_counter()
+            at.run()
+            rows.append((f"AppTest: {name} page after its first choice", time.perf_counter() - start))
         start = time.perf_counter()
         at.run()
         rows.append((f"AppTest: {name} page rerun (warm)", time.perf_counter() - start))
