@@ -18,8 +18,11 @@ Keras is imported inside the functions that build models.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -229,10 +232,12 @@ def resolve_imagenet_weights(backbone: str, image_size: tuple[int, int]) -> str:
         return str(cached)
     _, base, file_hash = WEIGHTS_FILES[backbone]
     try:
-        path = keras.utils.get_file(fname, base + fname, cache_dir=str(keras_home()), cache_subdir="models",
-                                    file_hash=file_hash)
+        with contextlib.redirect_stdout(sys.stderr):  # Keras announces the download on stdout
+            path = keras.utils.get_file(fname, base + fname, cache_dir=str(keras_home()), cache_subdir="models",
+                                        file_hash=file_hash)
     except Exception as exc:  # URLError, OSError, ValueError (hash), ... all mean "not available"
-        reason = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = re.sub(r"\s*on https?://\S+", "", text)[:120]  # the URL is named once, below
         raise RecipeError(
             f"ImageNet weights for {backbone} are not cached and could not be downloaded ({reason}): "
             f"put {fname} in {cache}/ (from {base + fname}) or use --weights none"

@@ -94,7 +94,10 @@ def assign_splits(dataset: ImageDataset, *, val_split: float, seed: int) -> Imag
         labels = dataset.labels[pool]
         counts = np.bincount(labels, minlength=len(dataset.classes))
         n_val = max(1, int(round(val_split * len(pool))))
-        stratify = labels if counts[counts > 0].min() >= 2 and n_val >= (counts > 0).sum() else None
+        n_present = int((counts > 0).sum())
+        # sklearn stratifies only with >= 2 rows a class and >= one row a class on each side.
+        can_stratify = counts[counts > 0].min() >= 2 and min(n_val, len(pool) - n_val) >= n_present
+        stratify = labels if can_stratify else None
         _, val_rows = train_test_split(pool, test_size=n_val, stratify=stratify, random_state=seed)
         splits[val_rows] = "val"
     return replace(dataset, splits=splits)
@@ -468,9 +471,11 @@ def _fit_phase(model, fit_data, *, recipe: Recipe, epochs: int, initial_epoch: i
                                 budget_s=budget_s, initial_epoch=initial_epoch)
     callbacks = [planner, LearningRateLog()]
     monitor = "val_accuracy" if has_val else "accuracy"
+    early_stopping = None
     if recipe.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=recipe.patience,
-                                                       restore_best_weights=True))
+        early_stopping = keras.callbacks.EarlyStopping(monitor=monitor, mode="max", patience=recipe.patience,
+                                                       restore_best_weights=True)
+        callbacks.append(early_stopping)
     if recipe.checkpoint:
         callbacks.append(keras.callbacks.ModelCheckpoint(checkpoint, monitor=monitor, mode="max",
                                                          save_best_only=True))
@@ -483,6 +488,8 @@ def _fit_phase(model, fit_data, *, recipe: Recipe, epochs: int, initial_epoch: i
     with contextlib.redirect_stdout(sys.stderr):
         h = model.fit(**fit_data, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                       verbose=verbose)
+    if early_stopping is not None and early_stopping.stopped_epoch > 0:
+        planner.stopped_by = "early stopping"
     for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
         if key in h.history:
             history.setdefault(key, []).extend(float(v) for v in h.history[key])

@@ -48,7 +48,9 @@ def test_run_demo_writes_the_fashion_mnist_run_with_training_figures(fake_fashio
     assert run.eval_split == "test" and run.metrics["n"] == 40
     training = run.training
     assert training["epochs"] == 1 and training["seconds"] > 0
-    assert training["test_accuracy"] == pytest.approx(run.metrics["accuracy"])
+    # Training scores the test split in bfloat16 (on AMX CPUs) with other batch boundaries than the
+    # analysis: one borderline image of 40 may flip.
+    assert training["test_accuracy"] == pytest.approx(run.metrics["accuracy"], abs=1 / 40 + 1e-9)
     assert training["recipe"]["recipe"] == "demo-cnn" and training["recipe"]["time_budget_s"] == 120
     assert len(training["history"]["val_accuracy"]) == 1
     assert run.classes == datasets.FASHION_MNIST_CLASSES
