@@ -14,6 +14,7 @@ import streamlit as st
 from dashboard import cache, figures, ui, views
 
 CHART_KEY = "confusion-chart"
+CHART_GEN_KEY = "confusion-chart-generation"
 TRUE_KEY = "cell-true"
 PRED_KEY = "cell-predicted"
 LAST_CLICK_KEY = "confusion-last-click"
@@ -35,13 +36,26 @@ def display_ui(n_classes: int) -> tuple[bool, bool, int | None]:
     return view == "Row-normalised", log_color, top
 
 
+def chart_key() -> str:
+    """The chart's widget key; a new generation clears its selection (see ``forget_click``)."""
+    gen = st.session_state.get(CHART_GEN_KEY, 0)
+    return CHART_KEY if gen == 0 else f"{CHART_KEY}-{gen}"
+
+
+def forget_click() -> None:
+    """Called when a selectbox changes: drop the chart's old selection, so that clicking
+    the previously clicked cell again registers as a new click."""
+    st.session_state[CHART_GEN_KEY] = st.session_state.get(CHART_GEN_KEY, 0) + 1
+    st.session_state.pop(LAST_CLICK_KEY, None)
+
+
 def sync_cell_state(run, cm: np.ndarray, class_order: np.ndarray) -> None:
     """Put the cell to show into the selectboxes' state before they are drawn.
 
     A new click on the chart wins; otherwise keep the selectboxes, else the
     cell shared by another page for this run, else the most confused cell.
     """
-    chart = st.session_state.get(CHART_KEY)
+    chart = st.session_state.get(chart_key())
     clicked = views.selection_cell(chart.get("selection") if chart else None, class_order)
     if clicked is not None and st.session_state.get(LAST_CLICK_KEY) != clicked:
         st.session_state[LAST_CLICK_KEY] = clicked
@@ -60,8 +74,8 @@ def cell_picker_ui(run) -> tuple[int, int]:
     k = len(run.classes)
     fmt = ui.class_label(run)
     cols = st.columns(2)
-    true = cols[0].selectbox("True class", range(k), key=TRUE_KEY, format_func=fmt)
-    pred = cols[1].selectbox("Predicted class", range(k), key=PRED_KEY, format_func=fmt)
+    true = cols[0].selectbox("True class", range(k), key=TRUE_KEY, format_func=fmt, on_change=forget_click)
+    pred = cols[1].selectbox("Predicted class", range(k), key=PRED_KEY, format_func=fmt, on_change=forget_click)
     return int(true), int(pred)
 
 
@@ -80,7 +94,7 @@ def render() -> None:
     true, pred = int(st.session_state[TRUE_KEY]), int(st.session_state[PRED_KEY])
     fig = figures.confusion_figure(cm, run.classes, class_order=order, normalize=normalize,
                                    log_color=log_color, selected=(true, pred))
-    st.plotly_chart(fig, key=CHART_KEY, on_select="rerun", selection_mode="points",
+    st.plotly_chart(fig, key=chart_key(), on_select="rerun", selection_mode="points",
                     config={"displayModeBar": False})
     true, pred = cell_picker_ui(run)
     st.session_state[ui.CELL_KEY] = (run.id, true, pred)

@@ -63,6 +63,15 @@ def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, p
     assert gallery.locator("img").count() == len(expected)
     page.screenshot(path=str(tmp_path / "confusion.png"), full_page=True)
 
+    # choose another cell with the keyboard-friendly selectbox, then click the first cell again
+    other = (true + 1) % k
+    page.locator(".st-key-cell-true").click()
+    page.get_by_role("option", name=f"{other} · {run.classes[other]}").click()
+    page.get_by_role("heading", name=f"True {run.classes[other]}, predicted {run.classes[pred]}").wait_for()
+    box = points.nth(true * k + pred).bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.get_by_role("heading", name=heading).wait_for()
+
 
 def test_per_class_csv_download_equals_the_cli_report(server, e2e_store, page, tmp_path):
     from core.cli import main
