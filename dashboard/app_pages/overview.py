@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import streamlit as st
 
 from dashboard import cache, figures, ui
@@ -35,6 +36,19 @@ def counts_ui(run) -> None:
                                         "reason": st.column_config.TextColumn("reason")})
 
 
+def sample_strip(images: list[np.ndarray], *, size: int = 64, gap: int = 4) -> np.ndarray:
+    """Thumbnails side by side on white, each centred in a size x size square (RGB uint8)."""
+    tiles = []
+    for img in images:
+        rgb = np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img[:, :, :3]
+        tile = np.full((size, size, 3), 255, np.uint8)
+        h, w = min(rgb.shape[0], size), min(rgb.shape[1], size)
+        y, x = (size - h) // 2, (size - w) // 2
+        tile[y:y + h, x:x + w] = rgb[:h, :w]
+        tiles += [tile, np.full((size, gap, 3), 255, np.uint8)]
+    return np.hstack(tiles[:-1])
+
+
 def samples_ui(run, key: str) -> None:
     classes = run.classes
     samples = cache.samples_per_class(run, key)
@@ -51,7 +65,8 @@ def samples_ui(run, key: str) -> None:
             images = [img for img in (ui.thumbnail(run, r, size=64) for r in samples[c][:3])
                       if img is not None]
             if images:
-                st.image(images, width=64)
+                # one strip per class, so narrow columns (100+ classes) never wrap a sample alone
+                st.image(sample_strip(images), width="stretch")
             else:
                 st.caption("(no images)")
 
