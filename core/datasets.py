@@ -137,21 +137,28 @@ def iter_batches(
     n = len(dataset)
     workers = workers or min(8, os.cpu_count() or 1)
 
-    def load_one(i: int):
-        try:
-            return fit_to_input(dataset.read(i, min_size=size), size=size, channels=channels), None
-        except (ValueError, OSError, MemoryError) as exc:  # cv2.error is not raised by imdecode
-            return None, str(exc)
+    def load_rows(rows: range, positions: range, out: np.ndarray, errors: list) -> None:
+        # each worker decodes a strided share of the batch straight into the batch array
+        for i, j in zip(rows, positions):
+            try:
+                out[j] = fit_to_input(dataset.read(i, min_size=size), size=size, channels=channels)
+            except (ValueError, OSError, MemoryError) as exc:  # cv2.imdecode returns None, no cv2.error
+                errors[j] = str(exc)
 
     def load_batch(start: int) -> Batch:
-        rows = range(start, min(start + batch_size, n))
-        results = list(pool.map(load_one, rows)) if workers > 1 else [load_one(i) for i in rows]
-        ok = [i for i, (img, _) in zip(rows, results) if img is not None]
-        failed = [{"path": dataset.paths[i], "reason": err} for i, (img, err) in zip(rows, results)
-                  if img is None]
-        images = (np.stack([img for img, _ in results if img is not None])
-                  if ok else np.zeros((0, *size, channels), np.uint8))
-        return Batch(np.asarray(ok, dtype=np.int64), images, failed)
+        stop = min(start + batch_size, n)
+        out = np.empty((stop - start, *size, channels), np.uint8)
+        errors: list[str | None] = [None] * (stop - start)
+        shares = [(range(start + w, stop, workers), range(w, stop - start, workers)) for w in range(workers)]
+        if workers > 1:
+            list(pool.map(lambda share: load_rows(*share, out, errors), shares))
+        else:
+            load_rows(range(start, stop), range(stop - start), out, errors)
+        good = [j for j, err in enumerate(errors) if err is None]
+        failed = [{"path": dataset.paths[start + j], "reason": err} for j, err in enumerate(errors)
+                  if err is not None]
+        images = out if len(good) == len(out) else out[good]
+        return Batch(np.asarray(good, dtype=np.int64) + start, images, failed)
 
     # One image per worker thread; OpenCV's own worker threads on top would only contend.
     cv_threads = cv2.getNumThreads()
