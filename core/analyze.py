@@ -149,6 +149,8 @@ def analyze(
                     projection=projection)
     if run_id is None:
         stem = Path(model_path).stem if model_path else getattr(model, "name", "model")
+        if model_path and stem in ("model", "saved_model", "best", "checkpoint"):
+            stem = Path(model_path).resolve().parent.name  # models/<name>/model.keras says more by its folder
         run_id = f"{_slug(stem)}-{_slug(dataset.name)}-{key[:6]}"
     valid_run_id(run_id)
     cached = store.find_cached(key)
