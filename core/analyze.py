@@ -49,7 +49,8 @@ def _progress_bar(progress: bool | Progress, total: int, desc: str):
 
             def update(self, k):
                 self.done += k
-                progress(f"{desc}: {self.done:,}/{total:,} images", self.done / max(total, 1))
+                # prediction is the first 90% of the bar; projection and writing follow
+                progress(f"{desc}: {self.done:,}/{total:,} images", 0.9 * self.done / max(total, 1))
 
             def close(self):
                 pass
@@ -175,7 +176,7 @@ def analyze(
     elif projection:
         from core.projection import project
 
-        say(f"Projecting {len(features):,} embeddings with UMAP", 0.95)
+        say(f"Projecting {len(features):,} embeddings with UMAP", 0.9)
         t0 = time.perf_counter()
         proj, proj_info = project(features, seed=seed)
         proj_s = time.perf_counter() - t0

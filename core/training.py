@@ -286,17 +286,25 @@ def _callbacks_module():
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
 
+        def _where(self, epochs_done: float) -> tuple[str, float]:
+            """'epoch k/N' and the fraction done; under a time budget the plan is re-made as
+            epochs are timed, so say 'of about N' and measure the fraction in seconds."""
+            planned = max(self.planner.planned, 1)
+            if self.planner.budget_s:
+                elapsed = time.perf_counter() - self.planner.t0
+                return f"of about {planned}", min(1.0, elapsed / self.planner.budget_s)
+            return f"of {planned}", min(1.0, epochs_done / planned)
+
         def on_train_batch_end(self, batch, logs=None):
             if batch % 20 == 0:
-                done = self.epoch + (batch + 1) / self.steps
-                self.progress(f"Training epoch {self.epoch + 1}/{self.planner.planned}: batch {batch + 1}/{self.steps}",
-                              min(1.0, done / max(self.planner.planned, 1)))
+                plan, fraction = self._where(self.epoch + (batch + 1) / self.steps)
+                self.progress(f"Training epoch {self.epoch + 1} {plan}: batch {batch + 1}/{self.steps}", fraction)
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
-            self.progress(f"Epoch {epoch + 1}/{self.planner.planned}: accuracy {logs.get('accuracy', float('nan')):.4f}, "
-                          f"val_accuracy {logs.get('val_accuracy', float('nan')):.4f}",
-                          min(1.0, (epoch + 1) / max(self.planner.planned, 1)))
+            plan, fraction = self._where(epoch + 1)
+            self.progress(f"Epoch {epoch + 1} {plan}: accuracy {logs.get('accuracy', float('nan')):.4f}, "
+                          f"val_accuracy {logs.get('val_accuracy', float('nan')):.4f}", fraction)
 
     return LearningRateLog, ScheduleAndBudget, ProgressReport
 
@@ -348,8 +356,10 @@ def train(
         arrays = {}
         for s in ("train", "val", "test"):
             if len(rows[s]):
+                # decoding comes before the training bar starts: its counts go in the message
                 x, ok, bad = load_arrays(dataset, rows[s], size=size, channels=channels,
-                                         progress=progress, what=f"{s} images")
+                                         progress=(lambda m, f: progress(m, 0.0)) if progress else None,
+                                         what=f"{s} images")
                 arrays[s] = (x, dataset.labels[ok])
                 failed += bad
         if "train" not in arrays or not len(arrays["train"][0]):
