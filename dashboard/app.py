@@ -31,7 +31,11 @@ def main() -> None:
                        layout="wide")
     runs = RunStore(cache.store_root()).list_runs()
     if not runs:
-        pages = {"Start": [page("welcome", "Start", ":material/rocket_launch:", default=True)]}
+        # Every page's address leads to the start page, so a bookmark of /errors on an empty
+        # store shows what to do rather than "page not found"; the menu is hidden.
+        aliases = ["overview", "per_class", "confusion", "errors", "embeddings", "compare", "try_image"]
+        pages = {"Start": [page("welcome", "Start", ":material/rocket_launch:", default=True)]
+                 + [st.Page(PAGES / "welcome.py", title="Start", url_path=name) for name in aliases]}
     else:
         pages = {
             "Run": [page("overview", "Overview", ":material/dashboard:", default=True),
@@ -43,7 +47,7 @@ def main() -> None:
                       page("try_image", "Try an image", ":material/upload:"),
                       page("welcome", "Add a run", ":material/add:")],
         }
-    pg = st.navigation(pages)
+    pg = st.navigation(pages, position="sidebar" if runs else "hidden")
     if runs and st.session_state.pop(ui.SHOW_OVERVIEW_KEY, False):
         st.switch_page(pages["Run"][0])  # a run was just built on the start page
     with st.sidebar:
