@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--data", required=True,
                    help="class-folder tree, flat <class>_<n>.<ext> folder, CSV manifest, or fashion-mnist/digits")
     a.add_argument("--layer", default=None, help="layer whose output is the embedding "
-                   "(default: the input of the last Dense layer)")
+                   "(default: the input of the last Dense layer); OUTER/INNER for a layer inside a "
+                   "nested backbone, e.g. vgg16/block5_pool")
     a.add_argument("--name", default=None, help="run name (default: <model>-<data>-<hash>)")
     a.add_argument("--classes", default=None,
                    help="class order: a file with one name per line, or comma-separated names "

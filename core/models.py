@@ -210,11 +210,15 @@ def build_inference_model(model, *, layer: str | None = None, scale: str = "auto
         feature_layer = dense[-1]
         features = feature_layer.input
         layer_name = f"{feature_layer.name}:input"
+    elif "/" in layer:
+        model, out, features = _tap_nested_layer(model, layer)
+        layer_name = layer
     else:
         try:
             feature_layer = model.get_layer(layer)
         except ValueError:
-            raise ModelError(f"No layer named {layer!r}. Layers: {[lyr.name for lyr in top_layers]}") from None
+            raise ModelError(f"No layer named {layer!r}. Layers: {[lyr.name for lyr in top_layers]} "
+                             "(a layer inside a nested model: OUTER/INNER, e.g. vgg16/block5_pool)") from None
         features = feature_layer.output
         layer_name = layer
     if len(features.shape) == 4:
@@ -226,6 +230,54 @@ def build_inference_model(model, *, layer: str | None = None, scale: str = "auto
         wrapped, size, in_shape[3], int(out.shape[-1]), layer_name, activation,
         _guess_scale(model) if scale == "auto" else scale, True,
     )
+
+
+def _tap_nested_layer(model, layer: str):
+    """Rebuild ``model`` so that ``OUTER/INNER``, a layer inside a nested model (a
+    keras.applications backbone), is an output too: returns (model, output, features).
+
+    Works for models whose top-level layers form one chain (Sequential, or the
+    transfer recipes' Functional models); the rebuilt model is checked against
+    the original on random input before it is used.
+    """
+    import keras
+    import numpy as np
+
+    outer_name, inner_name = layer.split("/", 1)
+    try:
+        nested = model.get_layer(outer_name)
+    except ValueError:
+        raise ModelError(f"No layer named {outer_name!r} in --layer {layer!r}. "
+                         f"Layers: {[lyr.name for lyr in model.layers]}") from None
+    if not isinstance(nested, keras.Model):
+        raise ModelError(f"--layer {layer!r}: {outer_name!r} is a {type(nested).__name__}, not a nested model")
+    try:
+        inner = nested.get_layer(inner_name)
+    except ValueError:
+        names = [lyr.name for lyr in nested.layers]
+        raise ModelError(f"No layer named {inner_name!r} inside {outer_name!r}. Its last layers: {names[-8:]}") from None
+    tap = keras.Model(nested.inputs, [nested.outputs[0], inner.output], name=f"{outer_name}_tap")
+    not_a_chain = ModelError(f"--layer {layer!r}: the model's top-level layers are not a single chain, "
+                             "so a layer inside a nested model cannot be tapped; pass a top-level layer")
+    inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="image")
+    x, features = inputs, None
+    try:
+        for lyr in model.layers:
+            if isinstance(lyr, keras.layers.InputLayer):
+                continue
+            if lyr is nested:
+                x, features = tap(x)
+            else:
+                x = lyr(x)
+    except Exception:  # a branching graph breaks the chain in layer-specific ways
+        raise not_a_chain from None
+    rebuilt = keras.Model(inputs, x, name=f"{model.name}_rebuilt")
+    probe = np.random.default_rng(0).uniform(0, 255, (2, *model.inputs[0].shape[1:])).astype("float32")
+    expected = np.asarray(model(probe, training=False))
+    got = np.asarray(rebuilt(probe, training=False))
+    if expected.shape != got.shape or not np.allclose(expected, got, atol=1e-4):
+        raise not_a_chain
+    return rebuilt, x, features
 
 
 def prepare_input(batch_uint8, scale: str):

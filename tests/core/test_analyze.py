@@ -97,6 +97,16 @@ def test_nested_backbone_features_are_the_last_dense_input(tmp_path, image_tree)
     run = analyze(path, load_dataset(image_tree), store=RunStore(tmp_path), progress=False, projection=False)
     assert run.embeddings.shape == (15, 8)
     assert run.manifest["layer"].endswith(":input")
+    # a layer inside the backbone, pooled over space; probabilities unchanged by the rebuild
+    inner = analyze(path, load_dataset(image_tree), store=RunStore(tmp_path), progress=False,
+                    projection=False, layer=f"{backbone.name}/block_16_project")
+    assert inner.manifest["layer"] == f"{backbone.name}/block_16_project"
+    assert inner.embeddings.shape == (15, backbone.get_layer("block_16_project").output.shape[-1])
+    assert np.allclose(inner.probs, run.probs, atol=1e-5)
+    with pytest.raises(ModelError, match="No layer named 'nope' inside"):
+        build_inference_model(load_model(path), layer=f"{backbone.name}/nope")
+    with pytest.raises(ModelError, match="is a Dense, not a nested model"):
+        build_inference_model(load_model(path), layer=f"{model.layers[-1].name}/x")
 
 
 def test_lambda_model_refused_in_safe_mode_unless_opted_in(tmp_path, image_tree):
@@ -220,3 +230,14 @@ def test_run_model_classifies_one_image_like_the_run(tmp_path, image_tree, tiny_
 def test_sigmoid_single_unit_becomes_two_columns():
     p = to_probabilities(np.array([[0.2], [0.9]]), activation="sigmoid", n_classes=2)
     assert np.allclose(p, [[0.8, 0.2], [0.1, 0.9]])
+
+
+def test_nested_layer_in_a_branching_model_is_refused():
+    backbone = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="inner_conv")],
+                                name="tiny_backbone")
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(backbone(inp)))
+    b = keras.layers.Dense(3)(keras.layers.Flatten()(inp))
+    out = keras.layers.Activation("softmax")(keras.layers.Add()([a, b]))
+    with pytest.raises(ModelError, match="not a single chain"):
+        build_inference_model(keras.Model(inp, out), layer="tiny_backbone/inner_conv")
