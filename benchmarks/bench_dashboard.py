@@ -89,7 +89,7 @@ def bench_functions(a: Run, b: Run) -> list[tuple[str, float]]:
     add("errors: filtered (2 classes, conf 0.5-1)", lambda: views.filter_errors(
         df, mask, true_classes=[0, 1], confidence_range=(0.5, 1.0)))
     add(f"errors CSV export ({errors.size:,} rows)",
-        lambda: views.export_table(df, errors).to_csv(index=False).encode(), repeat=1)
+        lambda: views.errors_csv(fresh, errors), repeat=1)
     add("per-class CSV bytes", fresh.per_class_csv)
     add("most confused pairs", lambda: confused_pairs(cm, fresh.classes, top=15))
     row = int(errors[0])

@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from core import metrics
 from core.store import Run
 
 ERROR_COLUMNS = ["rank", "id", "path", "split", "true_label", "predicted_label", "confidence",
@@ -20,35 +19,40 @@ def errors_table(run: Run, *, min_confidence: float = 0.0, split: str | None = N
     """Misclassified images, most confident first, with the margin to the runner-up.
 
     ``split`` defaults to the run's evaluation split; 'all' takes every row.
+    Read from the predictions table alone (its top-k columns), so that a
+    million-row run needs no pass over the probabilities.
     """
     if not 0.0 <= min_confidence <= 1.0:
         raise ValueError(f"min_confidence must be within [0, 1]. Received: min_confidence={min_confidence}")
     preds = run.predictions
     split = split or run.eval_split
+    split_column = preds["split"]  # categorical: compare and index it, never expand all N rows
     if split == "all":
-        rows = np.arange(len(preds))
+        in_split = np.ones(len(preds), bool)
     else:
-        known = sorted(preds["split"].astype(str).unique())
+        known = sorted(str(s) for s in split_column.unique())
         if split not in known:
             raise ValueError(f"Unknown split {split!r}. The run has: {known + ['all']}")
-        rows = np.flatnonzero(preds["split"].to_numpy() == split)
-    ranked = metrics.ranked_errors(preds["true"].to_numpy()[rows], np.asarray(run.probs[rows]),
-                                   min_confidence=min_confidence)
-    sel = preds.iloc[rows[ranked["index"].to_numpy()]]
+        in_split = (split_column == split).to_numpy()
+    confidence = preds["confidence"].to_numpy()
+    wrong = np.flatnonzero(in_split & ~preds["correct"].to_numpy() & (confidence >= min_confidence))
+    # most confident first; ties keep row order (as metrics.ranked_errors does)
+    rows = wrong[np.lexsort((wrong, -confidence[wrong]))]
     names = np.asarray(run.classes, dtype=object)
+    runner_up = preds["top2_prob"].to_numpy()[rows] if "top2_prob" in preds else np.zeros(len(rows))
     out = pd.DataFrame({
-        "rank": np.arange(1, len(ranked) + 1),
-        "id": sel["id"].to_numpy(),
-        "path": sel["path"].astype(str).to_numpy(),
-        "split": sel["split"].astype(str).to_numpy(),
-        "true_label": names[ranked["true"].to_numpy()],
-        "predicted_label": names[ranked["predicted"].to_numpy()],
-        "confidence": ranked["confidence"].to_numpy(),
-        "true_prob": ranked["true_prob"].to_numpy(),
-        "margin": ranked["margin"].to_numpy(),
+        "rank": np.arange(1, len(rows) + 1),
+        "id": preds["id"].to_numpy()[rows],
+        "path": preds["path"].iloc[rows].astype(str).to_numpy(),
+        "split": split_column.iloc[rows].astype(str).to_numpy(),
+        "true_label": names[preds["true"].to_numpy()[rows]],
+        "predicted_label": names[preds["predicted"].to_numpy()[rows]],
+        "confidence": confidence[rows],
+        "true_prob": preds["true_prob"].to_numpy()[rows],
+        "margin": confidence[rows] - runner_up,
     })
     for j in (2, 3):
-        if f"top{j}" in sel:
-            out[f"top{j}_label"] = names[sel[f"top{j}"].to_numpy()]
-            out[f"top{j}_prob"] = sel[f"top{j}_prob"].to_numpy()
+        if f"top{j}" in preds:
+            out[f"top{j}_label"] = names[preds[f"top{j}"].to_numpy()[rows]]
+            out[f"top{j}_prob"] = preds[f"top{j}_prob"].to_numpy()[rows]
     return out

@@ -144,6 +144,20 @@ def export_table(predictions: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def errors_csv(run, rows: np.ndarray, *, min_confidence: float = 0.0) -> bytes:
+    """The CLI's error list (``python -m core errors``) restricted to ``rows``, ranked anew.
+
+    With no class filter and the confidence range [m, 1] it is byte for byte
+    ``python -m core errors RUN --min-confidence m``.
+    """
+    from core.reports import errors_table
+
+    table = errors_table(run, min_confidence=min_confidence)
+    table = table[np.isin(table["id"].to_numpy(), rows)].reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table.to_csv(index=False).encode()
+
+
 def top_classes(probs: np.ndarray, class_names: Sequence[str], *, k: int = 3) -> pd.DataFrame:
     """The ``k`` most probable classes of one probability vector (K,): class, probability."""
     probs = np.asarray(probs, dtype=np.float64)

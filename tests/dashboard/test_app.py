@@ -21,6 +21,7 @@ import streamlit
 from streamlit.testing.v1 import AppTest
 
 from core.images import encode_png
+from core.reports import ERROR_COLUMNS
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
 from dashboard import views
@@ -157,7 +158,7 @@ def test_errors_page_lists_and_filters_the_eval_errors(store, served):
     expected_rows = df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
         "confidence", ascending=False, kind="stable")
     assert exported["id"].tolist() == expected_rows["id"].tolist()
-    assert list(exported.columns) == views.EXPORT_COLUMNS
+    assert list(exported.columns) == ERROR_COLUMNS and exported["rank"].tolist() == list(range(1, n_true2 + 1))
     paths = gallery_paths(at)  # the gallery's page, then the detail view of the top error
     expected = df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
         "confidence", ascending=False, kind="stable")["path"].tolist()
@@ -293,3 +294,14 @@ def test_the_start_page_builds_the_demo_with_progress_then_shows_it(tmp_path, mo
     assert calls == [("Training", 0.5), ("Analysing", 1.0)]
     assert [t.value for t in at.title] == ["Overview: demo"]
     assert at.sidebar.selectbox(key="run_id").value == "demo"
+
+
+def test_unfiltered_errors_csv_is_the_cli_file(store, served, tmp_path):
+    from core.cli import main
+
+    at = open_page("errors")
+    at.slider(key="errors-conf").set_value((0.5, 1.0)).run()
+    page_csv = served["download-errors"]()
+    assert main(["errors", "small", "--min-confidence", "0.5", "--out", str(tmp_path / "cli.csv"),
+                 "--store", str(store.root)]) == 0
+    assert page_csv == (tmp_path / "cli.csv").read_bytes()
