@@ -56,6 +56,28 @@ def projection(_run: Run, key: str) -> np.ndarray | None:
     return None if _run.projection is None else np.asarray(_run.projection)
 
 
+@st.cache_resource(max_entries=8, show_spinner=False)
+def split_names(_run: Run, key: str) -> list[str]:
+    """The run's split names, sorted (read from the categorical, not from N strings)."""
+    return sorted(str(s) for s in _run.predictions["split"].unique())
+
+
+@st.cache_resource(max_entries=32, show_spinner=False)
+def embedding_plan(_run: Run, key: str, split: str, classes: tuple[int, ...],
+                   x_range: tuple[float, float], y_range: tuple[float, float], selected_key: str,
+                   _selected: np.ndarray, point_cap: int, overlay_cap: int) -> views.EmbeddingPlan:
+    """The Embeddings page's plan for one set of filters and selection (``selected_key`` names
+    ``_selected``): reruns that change only the colouring or the gallery page reuse it."""
+    df = _run.predictions
+    xy = projection(_run, key)
+    rows = views.visible_rows(xy, views.filter_mask(df, split=split, classes=classes),
+                              x_range=x_range, y_range=y_range)
+    overlay = np.flatnonzero(~df["correct"].to_numpy(bool))
+    if _selected.size:
+        overlay = np.union1d(overlay, _selected)
+    return views.plan_embedding(xy, rows, cap=point_cap, overlay=overlay, overlay_cap=overlay_cap)
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def eval_confusion(_run: Run, key: str) -> np.ndarray:
     """(K, K) confusion matrix of the evaluation split, rows true, columns predicted."""

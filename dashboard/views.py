@@ -206,6 +206,17 @@ class EmbeddingPlan:
     sampled: bool = False
 
 
+def filter_mask(predictions: pd.DataFrame, *, split: str = "all", classes: Sequence[int] = ()) -> np.ndarray:
+    """Boolean (N,) mask of rows in ``split`` ('all': every split) whose true class is in ``classes``
+    (empty: every class). Compares the categorical split column, never N strings."""
+    mask = np.ones(len(predictions), bool)
+    if split != "all":
+        mask &= (predictions["split"] == split).to_numpy()
+    if len(classes):
+        mask &= np.isin(predictions["true"].to_numpy(), np.asarray(classes))
+    return mask
+
+
 def visible_rows(
     xy: np.ndarray, base: np.ndarray, *, x_range: tuple[float, float] | None = None,
     y_range: tuple[float, float] | None = None,

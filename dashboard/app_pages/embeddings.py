@@ -9,6 +9,8 @@ by class below the cap brings every point back.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import streamlit as st
 
@@ -22,7 +24,7 @@ COLOUR_CHOICES = ["true class", "predicted class", "correct", "confidence"]
 
 def controls_ui(run, xy: np.ndarray) -> dict:
     k = len(run.classes)
-    splits = sorted(run.predictions["split"].astype(str).unique().tolist())
+    splits = cache.split_names(run, cache.run_key(run))
     cols = st.columns([3, 2, 3])
     color_by = cols[0].radio("Colour by", COLOUR_CHOICES, horizontal=True, key="emb-colour")
     split = cols[1].selectbox("Split", ["all", *splits], key="emb-split")
@@ -63,21 +65,18 @@ def render() -> None:
                         "points to see their images below."))
     chosen = controls_ui(run, xy)
     df = run.predictions
-    base = np.ones(len(df), bool)
-    if chosen["split"] != "all":
-        base &= df["split"].astype(str).to_numpy() == chosen["split"]
-    if chosen["classes"]:
-        base &= np.isin(df["true"].to_numpy(), chosen["classes"])
-    rows = views.visible_rows(xy, base, x_range=chosen["x_range"], y_range=chosen["y_range"])
-    highlight, _ = highlight_rows(run, key)
-    if highlight is not None:
-        highlight = views.rows_within(highlight, rows, n_rows=len(xy))
     previous = st.session_state.get(CHART_KEY)
     selected = views.rows_from_selection(previous.get("selection") if previous else None)
-    overlay = np.flatnonzero(~df["correct"].to_numpy(bool))
-    if selected.size:
-        overlay = np.union1d(overlay, selected)
-    plan = views.plan_embedding(xy, rows, cap=POINT_CAP, overlay=overlay, overlay_cap=OVERLAY_CAP)
+    plan = cache.embedding_plan(
+        run, key, chosen["split"], tuple(int(c) for c in chosen["classes"]),
+        tuple(chosen["x_range"]), tuple(chosen["y_range"]), hashlib.sha1(selected.tobytes()).hexdigest(),
+        selected, POINT_CAP, OVERLAY_CAP)
+    highlight, _ = highlight_rows(run, key)
+    if highlight is not None:  # only the chosen cell's rows that pass the filters
+        chosen_cell = np.zeros(len(xy), bool)
+        chosen_cell[highlight] = True
+        chosen_cell &= views.filter_mask(df, split=chosen["split"], classes=chosen["classes"])
+        highlight = views.visible_rows(xy, chosen_cell, x_range=chosen["x_range"], y_range=chosen["y_range"])
     if plan.mode == "density":
         note = (f"{plan.n_visible:,} points: showing their density, with {plan.rows.size:,} errors "
                 "and selected images as points")

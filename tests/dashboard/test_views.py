@@ -233,3 +233,11 @@ def test_class_distribution_lists_every_class_per_split():
     out = views.class_distribution(tiny_predictions(), list("abc"))
     assert out.values.tolist() == [["a", "test", 3], ["b", "test", 1], ["c", "test", 0],
                                    ["a", "train", 1], ["b", "train", 0], ["c", "train", 1]]
+
+
+def test_filter_mask_by_split_and_true_class():
+    df = pd.DataFrame({"split": pd.Categorical(["train", "test", "test", "val"]), "true": [0, 1, 2, 1]})
+    assert views.filter_mask(df).tolist() == [True, True, True, True]
+    assert views.filter_mask(df, split="test").tolist() == [False, True, True, False]
+    assert views.filter_mask(df, split="test", classes=[1]).tolist() == [False, True, False, False]
+    assert views.filter_mask(df, classes=[1]).tolist() == [False, True, False, True]
