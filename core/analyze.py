@@ -240,7 +240,3 @@ def load_run_model(run: Run, *, unsafe: bool = False) -> RunModel:
     """Load the model a run was made with (safe mode) for single-image predictions."""
     return RunModel(run, unsafe=unsafe)
 
-
-def predict_image(run: Run, pixels: np.ndarray) -> np.ndarray:
-    """Probabilities (K,) of one image under the run's model (loads the model each call)."""
-    return load_run_model(run).predict(pixels)

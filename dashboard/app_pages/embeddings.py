@@ -22,9 +22,9 @@ CHART_KEY = "embedding-chart"
 COLOUR_CHOICES = ["true class", "predicted class", "correct", "confidence"]
 
 
-def controls_ui(run, xy: np.ndarray) -> dict:
+def controls_ui(run, key: str, xy: np.ndarray) -> dict:
     k = len(run.classes)
-    splits = cache.split_names(run, cache.run_key(run))
+    splits = cache.split_names(run, key)
     cols = st.columns([3, 2, 3])
     color_by = cols[0].radio("Colour by", COLOUR_CHOICES, horizontal=True, key="emb-colour")
     split = cols[1].selectbox("Split", ["all", *splits], key="emb-split")
@@ -63,7 +63,7 @@ def render() -> None:
     method = (run.manifest.get("projection") or {}).get("method", "UMAP")
     st.caption(ui.plain(f"{method} projection of the penultimate-layer features. Box or lasso select "
                         "points to see their images below."))
-    chosen = controls_ui(run, xy)
+    chosen = controls_ui(run, key, xy)
     df = run.predictions
     previous = st.session_state.get(CHART_KEY)
     selected = views.rows_from_selection(previous.get("selection") if previous else None)
@@ -73,10 +73,9 @@ def render() -> None:
         selected, POINT_CAP, OVERLAY_CAP)
     highlight, _ = highlight_rows(run, key)
     if highlight is not None:  # only the chosen cell's rows that pass the filters
-        chosen_cell = np.zeros(len(xy), bool)
-        chosen_cell[highlight] = True
-        chosen_cell &= views.filter_mask(df, split=chosen["split"], classes=chosen["classes"])
-        highlight = views.visible_rows(xy, chosen_cell, x_range=chosen["x_range"], y_range=chosen["y_range"])
+        passing = views.filter_mask(df.iloc[highlight], split=chosen["split"], classes=chosen["classes"])
+        highlight = highlight[views.visible_rows(xy[highlight], passing, x_range=chosen["x_range"],
+                                                 y_range=chosen["y_range"])]
     if plan.mode == "density":
         note = (f"{plan.n_visible:,} points: showing their density, with {plan.rows.size:,} errors "
                 "and selected images as points")
