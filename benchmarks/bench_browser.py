@@ -66,7 +66,7 @@ def main() -> None:
     k = len(run.classes)
     mask = run.eval_mask()
     cm = confusion_matrix(run.predictions["true"].to_numpy()[mask],
-                          run.predictions["predicted"].to_numpy()[mask], k)
+                          run.predictions["predicted"].to_numpy()[mask], n_classes=k)
 
     port = _port()
     env = {**os.environ, "ARTIFACTS_DIR": str(root)}

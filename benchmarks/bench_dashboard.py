@@ -76,7 +76,7 @@ def bench_functions(a: Run, b: Run) -> list[tuple[str, float]]:
     mask = add("eval mask", fresh.eval_mask)
     k = len(fresh.classes)
     cm = add("confusion matrix (eval split)", lambda: confusion_matrix(
-        df["true"].to_numpy()[mask], df["predicted"].to_numpy()[mask], k))
+        df["true"].to_numpy()[mask], df["predicted"].to_numpy()[mask], n_classes=k))
     add(f"confusion figure, all {k} classes (+ JSON)",
         lambda: figures.confusion_figure(cm, fresh.classes).to_json())
     order = views.most_confused_classes(cm, top=30)

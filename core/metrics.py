@@ -47,8 +47,12 @@ def _check_labels(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> Non
             )
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Counts of shape (K, K): row = true class, column = predicted class."""
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int) -> np.ndarray:
+    """Counts of shape (K, K) with K = ``n_classes``: row = true class, column = predicted class.
+
+    >>> confusion_matrix(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 1]), n_classes=3).tolist()
+    [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+    """
     y_true = np.asarray(y_true); y_pred = np.asarray(y_pred)
     _check_labels(y_true, y_pred, n_classes)
     if y_true.size == 0:
@@ -57,7 +61,11 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> 
 
 
 def row_normalize(cm: np.ndarray) -> np.ndarray:
-    """Each row divided by its sum (the recall view); empty rows stay zero."""
+    """Each row divided by its sum (the recall view); empty rows stay zero.
+
+    >>> row_normalize(np.array([[3, 1], [0, 0]])).tolist()
+    [[0.75, 0.25], [0.0, 0.0]]
+    """
     sums = cm.sum(axis=1, keepdims=True).astype(float)
     return np.divide(cm, sums, out=np.zeros(cm.shape, dtype=float), where=sums > 0)
 
@@ -72,7 +80,7 @@ def per_class_table(
     """
     k = len(class_names)
     y_true = np.asarray(y_true); y_pred = np.asarray(y_pred)
-    cm = confusion_matrix(y_true, y_pred, k)
+    cm = confusion_matrix(y_true, y_pred, n_classes=k)
     n = int(cm.sum())
     tp = np.diag(cm)
     fp = cm.sum(axis=0) - tp
@@ -98,10 +106,14 @@ def per_class_table(
     }, columns=PER_CLASS_COLUMNS)
 
 
-def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k most probable classes per row, best first.
+def top_k(probs: np.ndarray, *, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k most probable classes per row of ``probs`` (N, K), best first.
 
     Returns ``(indices, probabilities)``, both of shape (N, min(k, K)).
+
+    >>> idx, p = top_k(np.array([[0.1, 0.6, 0.3]]), k=2)
+    >>> idx.tolist(), p.tolist()
+    ([[1, 2]], [[0.6, 0.3]])
     """
     probs = np.asarray(probs)
     k = min(k, probs.shape[1])
@@ -111,16 +123,20 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_probs, order, axis=1)
 
 
-def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, k: int) -> float:
-    """Share of rows whose true class is among the k most probable."""
+def top_k_accuracy(y_true: np.ndarray, probs: np.ndarray, *, k: int) -> float:
+    """Share of rows whose true class is among the k most probable (NaN for no rows).
+
+    >>> top_k_accuracy(np.array([2, 0]), np.array([[0.1, 0.6, 0.3], [0.2, 0.5, 0.3]]), k=2)
+    0.5
+    """
     y_true = np.asarray(y_true)
     if y_true.size == 0:
         return float("nan")
-    idx, _ = top_k(probs, k)
+    idx, _ = top_k(probs, k=k)
     return float((idx == y_true[:, None]).any(axis=1).mean())
 
 
-def summary(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict:
+def summary(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict[str, float | int]:
     """Headline numbers: n, errors, accuracy, macro-F1, top-3 and top-5 accuracy."""
     y_true = np.asarray(y_true); y_pred = np.asarray(y_pred)
     n_classes = probs.shape[1]
@@ -132,8 +148,8 @@ def summary(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray) -> dict:
         "accuracy": float((y_true == y_pred).mean()) if n else float("nan"),
         "macro_f1": float(f1_score(y_true, y_pred, labels=np.arange(n_classes),
                                    average="macro", zero_division=0)) if n else float("nan"),
-        "top3_accuracy": top_k_accuracy(y_true, probs, 3),
-        "top5_accuracy": top_k_accuracy(y_true, probs, 5),
+        "top3_accuracy": top_k_accuracy(y_true, probs, k=3),
+        "top5_accuracy": top_k_accuracy(y_true, probs, k=5),
     }
 
 
@@ -148,7 +164,7 @@ def ranked_errors(
     (confidence minus the runner-up's probability; small = a near tie).
     """
     y_true = np.asarray(y_true)
-    idx, p = top_k(probs, 2)
+    idx, p = top_k(probs, k=2)
     pred = idx[:, 0]
     wrong = np.flatnonzero((pred != y_true) & (p[:, 0] >= min_confidence))
     margin = p[wrong, 0] - (p[wrong, 1] if p.shape[1] > 1 else 0.0)
@@ -188,7 +204,11 @@ def confused_pairs(cm: np.ndarray, class_names: Sequence[str], *, top: int = 10)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, numerically stable."""
+    """Row-wise softmax of (N, K) logits, numerically stable.
+
+    >>> softmax(np.array([[0.0, np.log(3.0)]])).round(6).tolist()
+    [[0.25, 0.75]]
+    """
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

@@ -168,7 +168,11 @@ class Recipe:
 
 
 def min_cnn_side(n_blocks: int) -> int:
-    """Smallest image side that survives ``n_blocks`` of 3x3 'valid' conv + 2x2 max-pool."""
+    """Smallest image side that survives ``n_blocks`` of 3x3 'valid' conv + 2x2 max-pool.
+
+    >>> min_cnn_side(2)  # 10 -> conv 8 -> pool 4 -> conv 2 -> pool 1
+    10
+    """
     side = 1
     for _ in range(n_blocks):
         side = 2 * side + 2
@@ -181,7 +185,11 @@ def _one_of(name: str, value, choices) -> None:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'64' -> (64, 64); '96x128' -> (96, 128) (height x width)."""
+    """An image size from the command line, as (height, width).
+
+    >>> parse_size("64"), parse_size("96x128")
+    ((64, 64), (96, 128))
+    """
     parts = str(text).lower().replace(",", "x").split("x")
     try:
         nums = [int(p) for p in parts]
@@ -195,7 +203,11 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_int_list(text: str, *, option: str) -> tuple[int, ...]:
-    """'32,64' -> (32, 64); '' -> ()."""
+    """Comma-separated layer widths.
+
+    >>> parse_int_list("32, 64", option="--conv-filters"), parse_int_list("", option="--dense-units")
+    ((32, 64), ())
+    """
     try:
         return tuple(int(p) for p in str(text).split(",") if p.strip())
     except ValueError:

@@ -49,7 +49,7 @@ def predictions_table(
 ) -> pd.DataFrame:
     """One row per image: labels, confidence, top-k classes and probabilities."""
     k = min(TOP_K, probs.shape[1])
-    top_idx, top_p = metrics.top_k(probs, k)
+    top_idx, top_p = metrics.top_k(probs, k=k)
     names = pd.Categorical.from_codes  # categorical keeps 1M-row tables small
     df = pd.DataFrame({
         "id": ids.astype(np.int64),

@@ -84,7 +84,7 @@ def eval_confusion(_run: Run, key: str) -> np.ndarray:
     df = _run.predictions
     mask = eval_mask(_run, key)
     return metrics.confusion_matrix(df["true"].to_numpy()[mask], df["predicted"].to_numpy()[mask],
-                                    len(_run.classes))
+                                    n_classes=len(_run.classes))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

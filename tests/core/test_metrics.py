@@ -16,7 +16,7 @@ def test_per_class_table_hand_checked_three_classes():
     #   true c [ 1, 0, 1 ]     N = 10
     y_true = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2])
     y_pred = np.array([0, 0, 0, 1, 1, 1, 2, 2, 0, 2])
-    cm = metrics.confusion_matrix(y_true, y_pred, 3)
+    cm = metrics.confusion_matrix(y_true, y_pred, n_classes=3)
     assert cm.tolist() == [[3, 1, 0], [0, 2, 2], [1, 0, 1]]
     table = metrics.per_class_table(y_true, y_pred, ["a", "b", "c"]).set_index("class")
     # a: TP 3, FP 1 (the c predicted a), FN 1, TN 10-3-1-1 = 5, CER (1+1)/10
@@ -51,7 +51,7 @@ def test_agrees_with_sklearn_on_random_cases(seed):
         assert row.f1 == pytest.approx(ref["f1-score"])
         assert row.support == ref["support"]
     assert (table.tp + table.fp + table.fn + table.tn == n).all()
-    assert metrics.confusion_matrix(y_true, y_pred, k).tolist() == \
+    assert metrics.confusion_matrix(y_true, y_pred, n_classes=k).tolist() == \
         sk_confusion_matrix(y_true, y_pred, labels=np.arange(k)).tolist()
     s = metrics.summary(y_true, y_pred, probs)
     assert s["accuracy"] == pytest.approx(report["accuracy"] if "accuracy" in report else (y_true == y_pred).mean())
@@ -59,13 +59,13 @@ def test_agrees_with_sklearn_on_random_cases(seed):
     for kk in (1, 3):
         # sklearn refuses y_true with only two distinct labels against a (N, K>2) score
         if kk < k and len(np.unique(y_true)) > 2:
-            assert metrics.top_k_accuracy(y_true, probs, kk) == pytest.approx(
+            assert metrics.top_k_accuracy(y_true, probs, k=kk) == pytest.approx(
                 top_k_accuracy_score(y_true, probs, k=kk, labels=np.arange(k)))
 
 
 def test_top_k_orders_best_first():
     probs = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3]])
-    idx, p = metrics.top_k(probs, 2)
+    idx, p = metrics.top_k(probs, k=2)
     assert idx.tolist() == [[1, 2], [0, 2]]
     assert p.ravel().tolist() == pytest.approx([0.6, 0.3, 0.5, 0.3])
 
@@ -95,7 +95,7 @@ def test_confused_pairs_largest_first():
 
 def test_labels_out_of_range_are_refused_with_values():
     with pytest.raises(ValueError, match=r"y_pred holds labels outside range\(3\): min=0, max=3"):
-        metrics.confusion_matrix(np.array([0, 1]), np.array([0, 3]), 3)
+        metrics.confusion_matrix(np.array([0, 1]), np.array([0, 3]), n_classes=3)
 
 
 def test_softmax_and_probability_detection():
@@ -104,3 +104,12 @@ def test_softmax_and_probability_detection():
     assert p.sum() == pytest.approx(1.0)
     assert metrics.looks_like_probabilities(p)
     assert not metrics.looks_like_probabilities(logits)
+
+
+def test_options_are_keyword_only():
+    y = np.array([0, 1])
+    with pytest.raises(TypeError):
+        metrics.confusion_matrix(y, y, 2)
+    with pytest.raises(TypeError):
+        metrics.top_k(np.eye(2), 1)
+    assert metrics.confusion_matrix(y, y, n_classes=2).tolist() == [[1, 0], [0, 1]]

@@ -28,7 +28,7 @@ def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, p
     run = e2e_store.load("e2e-run")
     mask = run.eval_mask()
     cm = metrics.confusion_matrix(run.predictions["true"].to_numpy()[mask],
-                                  run.predictions["predicted"].to_numpy()[mask], len(run.classes))
+                                  run.predictions["predicted"].to_numpy()[mask], n_classes=len(run.classes))
     # the second most confused cell: not the cell the page opens on by default
     pairs = metrics.confused_pairs(cm, run.classes, top=2)
     true, pred = int(pairs["true_index"][1]), int(pairs["predicted_index"][1])
