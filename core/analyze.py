@@ -9,56 +9,23 @@ same model on the same data reuses the cached run unless ``force=True``.
 from __future__ import annotations
 
 import hashlib
-import re
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from core import metrics
+from core.config import AnalysisConfig, ProjectionConfig
 from core.datasets import ImageDataset, iter_batches
 from core.images import fit_to_input
 from core.models import (InferenceModel, ModelError, build_inference_model, file_sha256,
                          load_model, model_format, prepare_input)
+from core.progress import Progress, progress_bar, say_function, slug
 from core.runs import write_run
-from core.store import Run, RunStore, valid_run_id
+from core.store import (Run, RunConflictError, RunCorruptError, RunSchemaError, RunStore,
+                        valid_run_id)
 
-Progress = Callable[[str, float], None]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "run"
-
-
-def cache_key(*, model_sha: str, data_fingerprint: str, layer: str | None, scale: str,
-              image_size: tuple[int, int] | None, projection: bool) -> str:
-    from core.store import SCHEMA_VERSION
-
-    text = f"{SCHEMA_VERSION}|{model_sha}|{data_fingerprint}|{layer}|{scale}|{image_size}|{projection}"
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
-
-
-def _progress_bar(progress: bool | Progress, total: int, desc: str):
-    """A tqdm bar on stderr when progress is True; a callback adapter when it is callable."""
-    if callable(progress):
-        class _Callback:
-            def __init__(self):
-                self.done = 0
-
-            def update(self, k):
-                self.done += k
-                # prediction is the first 90% of the bar; projection and writing follow
-                progress(f"{desc}: {self.done:,}/{total:,} images", 0.9 * self.done / max(total, 1))
-
-            def close(self):
-                pass
-        return _Callback()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=not progress, file=sys.stderr,
-                mininterval=0.5)
+SCALES = ("auto", "raw", "unit", "symmetric")
 
 
 def to_probabilities(outputs: np.ndarray, *, activation: str | None, n_classes: int) -> np.ndarray:
@@ -93,7 +60,8 @@ def run_inference(
     if channels not in (1, 3):
         raise ModelError(f"Model expects {channels} input channels; only 1 (grayscale) or 3 (RGB) are supported")
     ok_rows, outputs, features, failed = [], [], [], []
-    bar = _progress_bar(progress, len(dataset), "Predicting")
+    # prediction fills the first 90% of a caller's bar; projection and writing follow
+    bar = progress_bar(progress, len(dataset), "Predicting", unit="image", span=0.9)
     try:
         for batch in iter_batches(dataset, size=size, channels=channels, batch_size=batch_size):
             failed += batch.failed
@@ -115,6 +83,66 @@ def run_inference(
             np.concatenate(features) if features else None, failed)
 
 
+def analysis_config(
+    *, model_sha256: str, dataset: ImageDataset, layer: str | None = None, scale: str = "auto",
+    image_size: tuple[int, int] | None = None, projection: bool = True, seed: int = 0,
+) -> AnalysisConfig:
+    """The config that determines a run of this model on this data set (no model needed)."""
+    if scale not in SCALES:
+        raise ModelError(f"scale must be one of {list(SCALES)}. Received: scale={scale!r}")
+    return AnalysisConfig(
+        model_sha256=model_sha256, data_fingerprint=dataset.fingerprint(), layer=layer, scale=scale,
+        image_size=tuple(image_size) if image_size else None,
+        projection=ProjectionConfig(seed=seed) if projection else None,
+    )
+
+
+def default_run_id(model_name: str, dataset: ImageDataset, config: AnalysisConfig) -> str:
+    """``<model>-<data>-<first 6 digits of the config key>``."""
+    return f"{slug(model_name)}-{slug(dataset.name)}-{config.key()[:6]}"
+
+
+def reuse_or_refuse(store: RunStore, run_id: str, config: AnalysisConfig, *, named: bool,
+                    force: bool, say: Progress) -> Run | None:
+    """The stored run to reuse for ``config``, or None when it must be computed.
+
+    A run named ``run_id`` made from another config is never replaced silently:
+    RunConflictError unless ``force``. A run made from the same config under
+    another name is copied to the requested name (hard links, no recompute).
+    """
+    key = config.key()
+    link = store.root / run_id
+    if link.exists() or link.is_symlink():
+        try:
+            existing = store.load(run_id)
+            problem = None
+        except (RunCorruptError, RunSchemaError) as exc:
+            existing, problem = None, str(exc).splitlines()[0]
+        if existing is not None and existing.cache_key == key and not force:
+            say(f"Reusing run {run_id!r} (same model, data and options; --force recomputes it)", 1.0)
+            return existing
+        if not force:
+            if problem is not None:
+                why = f"cannot be read ({problem})"
+            elif existing.config is None:
+                why = "was made by an older version that did not record its config"
+            else:
+                why = "was made from another config (" + "; ".join(config.differences(existing.config)[:3]) + ")"
+            raise RunConflictError(f"Run {run_id!r} already exists and {why}: pass --force to replace it, "
+                                   "or choose another --name")
+        return None
+    if force:
+        return None
+    cached = store.find_cached(key)
+    if cached is None:
+        return None
+    if named:
+        say(f"Copying cached run {cached!r} as {run_id!r} (same model, data and options)", 1.0)
+        return store.copy_run(cached, run_id)
+    say(f"Reusing cached run {cached!r} (same model, data and options; --force recomputes it)", 1.0)
+    return store.load(cached)
+
+
 def analyze(
     model, dataset: ImageDataset, *, store: RunStore | None = None, run_id: str | None = None,
     layer: str | None = None, batch_size: int = 128, force: bool = False,
@@ -125,40 +153,53 @@ def analyze(
     """Analyse ``dataset`` with ``model`` (a keras.Model or a path) and write a run.
 
     Every row of the data set is predicted; metrics describe the 'test' split
-    when there is one (else 'val', else all rows). Returns the stored Run.
+    when there is one (else 'val', else all rows). The run's config (model
+    hash, data fingerprint, options, projection seed) is formed first: a run
+    of the same config is reused without loading the model (no TensorFlow),
+    unless ``force`` or ``training`` is given. Returns the stored Run.
     """
     store = store or RunStore()
     t_start = time.perf_counter()
-    say = progress if callable(progress) else (lambda msg, frac: print(msg, file=sys.stderr) if progress else None)
+    say = say_function(progress)
 
     if isinstance(model, (str, Path)):
         model_path = Path(model)
         fmt = model_format(model_path)
-        say(f"Loading model {model_path}", 0.0)
-        model = load_model(model_path, unsafe=unsafe)
+        model_sha = file_sha256(model_path)
     else:
         fmt = "keras"
-    model_sha = file_sha256(model_path) if model_path else _weights_sha(model)
-    inference = build_inference_model(model, layer=layer, scale=scale)
-    k = len(dataset.classes)
-    if inference.n_outputs != k and not (inference.n_outputs == 1 and k == 2):
-        raise ModelError(f"The model outputs {inference.n_outputs} classes but the data set has {k} "
-                         f"classes ({', '.join(dataset.classes[:5])}{', ...' if k > 5 else ''})")
-
-    key = cache_key(model_sha=model_sha, data_fingerprint=dataset.fingerprint(), layer=inference.layer,
-                    scale=inference.scale, image_size=inference.input_size or image_size,
-                    projection=projection)
+        model_sha = file_sha256(model_path) if model_path else _weights_sha(model)
+    config = analysis_config(model_sha256=model_sha, dataset=dataset, layer=layer, scale=scale,
+                             image_size=image_size, projection=projection, seed=seed)
+    named = run_id is not None
     if run_id is None:
         stem = Path(model_path).stem if model_path else getattr(model, "name", "model")
         if model_path and stem in ("model", "saved_model", "best", "checkpoint"):
             stem = Path(model_path).resolve().parent.name  # models/<name>/model.keras says more by its folder
-        run_id = f"{_slug(stem)}-{_slug(dataset.name)}-{key[:6]}"
+        run_id = default_run_id(stem, dataset, config)
     valid_run_id(run_id)
-    cached = store.find_cached(key)
-    if cached is not None and not force and training is None:
-        say(f"Reusing cached run {cached!r} (same model and data; pass force=True / --force to redo)", 1.0)
-        return store.load(cached)
+    reused = reuse_or_refuse(store, run_id, config, named=named, force=force or training is not None,
+                             say=say)
+    if reused is not None:
+        return reused
+    with store.reserve(run_id):  # a second writer of this name is refused now, not after its work
+        return _compute_run(model, dataset, store=store, run_id=run_id, config=config, fmt=fmt,
+                            model_path=model_path, unsafe=unsafe, batch_size=batch_size,
+                            training=training, progress=progress, say=say, t_start=t_start)
 
+
+def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, config: AnalysisConfig,
+                 fmt: str, model_path, unsafe: bool, batch_size: int, training: dict | None,
+                 progress: bool | Progress, say: Progress, t_start: float) -> Run:
+    if isinstance(model, (str, Path)):
+        say(f"Loading model {model_path}", 0.0)
+        model = load_model(model_path, unsafe=unsafe)
+    inference = build_inference_model(model, layer=config.layer, scale=config.scale)
+    k = len(dataset.classes)
+    if inference.n_outputs != k and not (inference.n_outputs == 1 and k == 2):
+        raise ModelError(f"The model outputs {inference.n_outputs} classes but the data set has {k} "
+                         f"classes ({', '.join(dataset.classes[:5])}{', ...' if k > 5 else ''})")
+    image_size = config.image_size
     t0 = time.perf_counter()
     ok_rows, outputs, features, failed = run_inference(
         inference, dataset, batch_size=batch_size, image_size=image_size, progress=progress)
@@ -173,12 +214,14 @@ def analyze(
     if features is None:
         notes.append("No embeddings: a SavedModel loads as one opaque function in Keras 3; "
                      "save the model as .keras to get embeddings and the UMAP map.")
-    elif projection:
+    elif config.projection is not None:
         from core.projection import project
 
         say(f"Projecting {len(features):,} embeddings with UMAP", 0.9)
         t0 = time.perf_counter()
-        proj, proj_info = project(features, seed=seed)
+        p = config.projection
+        proj, proj_info = project(features, seed=p.seed, n_neighbors=p.n_neighbors, min_dist=p.min_dist,
+                                  pca_dims=p.pca_dims, max_fit=p.max_fit)
         proj_s = time.perf_counter() - t0
         if proj is None:
             notes.append(proj_info.get("reason", "projection skipped"))
@@ -187,17 +230,18 @@ def analyze(
     run = write_run(
         store, run_id, classes=dataset.classes, y_true=kept.labels, probs=probs, paths=kept.paths,
         splits=kept.splits, embeddings=features, projection=proj, images=kept.pixels,
-        model={"path": str(Path(model_path).resolve()) if model_path else None, "sha256": model_sha,
-               "format": fmt, "input_size": list(inference.input_size or image_size or ()),
+        model={"path": str(Path(model_path).resolve()) if model_path else None,
+               "sha256": config.model_sha256, "format": fmt, "unsafe_load": bool(unsafe),
+               "input_size": list(inference.input_size or image_size or ()),
                "channels": inference.channels, "scale": inference.scale,
                "output_activation": inference.output_activation,
                "outputs_were": "probabilities" if np.array_equal(probs, outputs) else "logits"},
-        data={**dataset.describe(), "fingerprint": dataset.fingerprint()},
+        data={**dataset.describe(), "fingerprint": config.data_fingerprint},
         layer=inference.layer, skipped=list(dataset.skipped) + failed,
         timings={"predict_s": round(predict_s, 3), "projection_s": round(proj_s, 3),
                  "total_s": round(time.perf_counter() - t_start, 3),
                  "images_per_s": round(len(ok_rows) / max(predict_s, 1e-9), 1)},
-        cache_key=key, projection_info=proj_info, training=training, notes=notes,
+        config=config, projection_info=proj_info, training=training, notes=notes,
     )
     say(f"Run {run.id!r}: accuracy {run.metrics['accuracy']:.4f} on {run.eval_split} "
         f"({run.metrics['n']:,} images), {len(failed) + len(dataset.skipped)} skipped", 1.0)
@@ -212,14 +256,35 @@ def _weights_sha(model) -> str:
 
 
 class RunModel:
-    """The model of a run, ready to classify single images the way the run did."""
+    """The model of a run, ready to classify single images the way the run did.
 
-    def __init__(self, run: Run, *, unsafe: bool = False):
+    A model that can run arbitrary code (a SavedModel, a Lambda layer) is
+    loaded only when the run was analysed with the unsafe-load opt-in, and only
+    while its file is still the one the run hashed. Refusals name no
+    command-line flag: the dashboard, which uses this class, has none.
+    """
+
+    def __init__(self, run: Run):
+        from core.models import UnsafeModelError
+
         m = run.manifest["model"]
         path = m.get("path")
         if not path or not Path(path).exists():
             raise ModelError(f"The model of run {run.id!r} is not on disk: {path!r}")
-        self.inference = build_inference_model(load_model(path, unsafe=unsafe), scale=m.get("scale", "auto"))
+        opted_in = bool(m.get("unsafe_load", False))
+        if opted_in and file_sha256(path) != m.get("sha256"):
+            raise ModelError(f"The model file of run {run.id!r} has changed since the run was analysed "
+                             f"({path}), and the run's unsafe-load opt-in was for the file as it was, so "
+                             "it is not loaded. Re-analyse it if you trust the new file.")
+        try:
+            model = load_model(path, unsafe=opted_in)
+        except UnsafeModelError:
+            risk = ("is a SavedModel, which can run arbitrary code when called" if m.get("format") == "savedmodel"
+                    else "needs arbitrary Python code to load (e.g. a Lambda layer)")
+            raise ModelError(f"This run's model {risk}; the run was analysed without opting in to that, "
+                             "so its model is not loaded. Re-analyse it with the unsafe-load opt-in if you "
+                             "trust the file.") from None
+        self.inference = build_inference_model(model, scale=m.get("scale", "auto"))
         self.size = tuple(m.get("input_size") or ()) or self.inference.input_size
         self.channels = self.inference.channels or m.get("channels") or 3
         self.n_classes = len(run.classes)
@@ -236,7 +301,8 @@ class RunModel:
                                 n_classes=self.n_classes)[0]
 
 
-def load_run_model(run: Run, *, unsafe: bool = False) -> RunModel:
-    """Load the model a run was made with (safe mode) for single-image predictions."""
-    return RunModel(run, unsafe=unsafe)
+def load_run_model(run: Run) -> RunModel:
+    """Load the model a run was made with for single-image predictions: in Keras safe mode,
+    unless the run was analysed with the unsafe-load opt-in (see RunModel)."""
+    return RunModel(run)
 

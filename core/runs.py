@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from core import metrics
+from core.config import AnalysisConfig
 from core.store import Run, RunStore
 
 TOP_K = 5
@@ -86,7 +87,7 @@ def write_run(
     layer: str | None = None,
     skipped: Sequence[dict] = (),
     timings: dict | None = None,
-    cache_key: str | None = None,
+    config: AnalysisConfig | None = None,
     projection_info: dict | None = None,
     training: dict | None = None,
     name: str | None = None,
@@ -102,6 +103,7 @@ def write_run(
     paths : N image paths relative to ``data['root']`` (or synthetic ids).
     splits : str array (N,) of 'train'/'val'/'test'/'all'; default all 'all'.
     embeddings, projection, images : optional arrays aligned with the rows.
+    config : the analysis config; its key is the run's cache key (None: never reused).
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float32)
@@ -127,7 +129,8 @@ def write_run(
     manifest = {
         "name": name or run_id,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "cache_key": cache_key,
+        "cache_key": config.key() if config is not None else None,
+        "analysis": config.to_dict() if config is not None else None,
         "model": model or {},
         "data": data or {},
         "classes": list(classes),

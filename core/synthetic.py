@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.config import AnalysisConfig
 from core.runs import write_run
 from core.store import Run, RunStore
 
@@ -77,6 +78,8 @@ def make_synthetic_run(
         model={"path": f"synthetic/{run_id}.keras", "sha256": "0" * 64, "format": "synthetic"},
         data={"name": "synthetic", "kind": "synthetic", "path": None, "root": None,
               "n_images": n, "images_in_run": with_images},
-        layer="synthetic", cache_key=f"synthetic-{run_id}-{seed}", training=training,
+        layer="synthetic", config=AnalysisConfig(model_sha256="0" * 64, data_fingerprint=f"synthetic-{run_id}-{seed}",
+                                                 projection=None),
+        training=training,
         projection_info={"method": "synthetic"}, **kwargs,
     )

@@ -10,7 +10,7 @@ from core.analyze import analyze, load_run_model, to_probabilities
 from core.datasets import load_dataset
 from core.images import fit_to_input
 from core.models import ModelError, build_inference_model, load_model
-from core.store import RunStore
+from core.store import RunConflictError, RunStore
 from tests.conftest import make_classifier, write_image
 
 keras = pytest.importorskip("keras")
@@ -49,12 +49,78 @@ def test_same_model_same_data_reuses_the_run_unless_forced(tmp_path, image_tree,
     again = analyze(tiny_model_path, ds, store=store, progress=False, projection=False)
     assert again.id == first.id and (again.path / "manifest.json").stat().st_mtime_ns == mtime
     forced = analyze(tiny_model_path, ds, store=store, progress=False, projection=False, force=True)
-    assert forced.id == first.id and (forced.path / "manifest.json").stat().st_mtime_ns != mtime
-    assert created  # same id, rewritten whole
+    assert forced.id == first.id and forced.uid != first.uid and forced.created >= created
     # new data: a new cache key, a new run
     write_image(image_tree / "cat" / "extra.png", (200, 40, 40))
     other = analyze(tiny_model_path, load_dataset(image_tree), store=store, progress=False, projection=False)
     assert other.id != first.id and other.n_images == 16
+
+
+def _fake_projection(calls):
+    def project(features, *, seed, **options):
+        calls.append(seed)
+        return np.random.default_rng(seed).normal(size=(len(features), 2)).astype(np.float32), {
+            "method": "fake", "seed": seed}
+    return project
+
+
+def test_the_projection_seed_is_part_of_the_config(tmp_path, image_tree, tiny_model_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr("core.projection.project", _fake_projection(calls))
+    store, ds = RunStore(tmp_path), load_dataset(image_tree)
+    seed0 = analyze(tiny_model_path, ds, store=store, progress=False, seed=0)
+    seed1 = analyze(tiny_model_path, ds, store=store, progress=False, seed=1)
+    assert calls == [0, 1] and seed0.id != seed1.id and seed0.cache_key != seed1.cache_key
+    assert seed1.config.projection.seed == 1 and seed0.config.model_sha256 == seed1.config.model_sha256
+    assert analyze(tiny_model_path, ds, store=store, progress=False, seed=1).uid == seed1.uid
+    assert calls == [0, 1]
+
+
+def test_a_name_is_never_silently_replaced_by_another_config(tmp_path, image_tree, tiny_model_path):
+    store, ds = RunStore(tmp_path), load_dataset(image_tree)
+    keras.utils.set_random_seed(7)
+    other_model = tmp_path / "other.keras"
+    make_classifier().save(other_model)
+    mine = analyze(tiny_model_path, ds, store=store, run_id="mine", progress=False, projection=False)
+    with pytest.raises(RunConflictError, match=r"Run 'mine' already exists and was made from another config "
+                                               r"\(model_sha256 [0-9a-f]{12} vs [0-9a-f]{12}\): pass --force"):
+        analyze(other_model, ds, store=store, run_id="mine", progress=False, projection=False)
+    assert store.load("mine").uid == mine.uid
+    replaced = analyze(other_model, ds, store=store, run_id="mine", progress=False, projection=False, force=True)
+    assert replaced.config.model_sha256 != mine.config.model_sha256
+
+
+def test_a_name_on_a_cache_hit_is_honoured(tmp_path, image_tree, tiny_model_path):
+    store, ds = RunStore(tmp_path), load_dataset(image_tree)
+    first = analyze(tiny_model_path, ds, store=store, progress=False, projection=False)
+    named = analyze(tiny_model_path, ds, store=store, run_id="named", progress=False, projection=False)
+    assert named.id == "named" and named.name == "named" and named.cache_key == first.cache_key
+    assert np.array_equal(named.probs, first.probs)
+    assert sorted(store.run_ids()) == sorted([first.id, "named"])
+
+
+def test_a_cache_hit_imports_no_tensorflow(tmp_path, image_tree, tiny_model_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    store = tmp_path / "store"
+    args = ["analyze", "--model", str(tiny_model_path), "--data", str(image_tree), "--no-projection",
+            "--store", str(store)]
+    from core.cli import main
+    assert main(args) == 0
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from core.cli import main
+        code = main({args!r})
+        print(code, sorted(m for m in ("tensorflow", "keras", "umap") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert "Reusing run" in out.stderr
 
 
 def test_logits_are_softmaxed_and_layer_option(tmp_path, image_tree):
@@ -210,10 +276,10 @@ def test_savedmodel_gives_probabilities_without_embeddings(tmp_path, image_tree,
     model = keras.saving.load_model(tiny_model_path)
     export = tmp_path / "exported"
     model.export(export, verbose=False)
-    run = analyze(export, load_dataset(image_tree), store=RunStore(tmp_path), progress=False)
+    run = analyze(export, load_dataset(image_tree), store=RunStore(tmp_path), progress=False, unsafe=True)
     ref = analyze(tiny_model_path, load_dataset(image_tree), store=RunStore(tmp_path), progress=False,
                   projection=False)
-    assert run.manifest["model"]["format"] == "savedmodel" and run.manifest["model"]["scale"] == "raw"
+    assert run.model_info.format == "savedmodel" and run.model_info.scale == "raw" and run.model_info.unsafe_load
     assert np.allclose(run.probs, ref.probs, atol=1e-5)
     assert run.embeddings is None and run.projection is None
     assert "No embeddings" in run.manifest["notes"][0]

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 from core.runs import write_run
-from core.store import RunNotFoundError, RunSchemaError, RunStore
+from core.store import (RunBusyError, RunCorruptError, RunNotFoundError, RunSchemaError,
+                        RunStore)
 from core.synthetic import make_synthetic_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,13 +59,18 @@ def test_list_delete_and_errors(tmp_path):
         store.load("../x")
 
 
+def _entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
 def test_failure_inside_writing_leaves_nothing(tmp_path):
     store = RunStore(tmp_path)
     with pytest.raises(RuntimeError, match="boom"):
         with store.writing("half") as w:
             w.save_array("probs", np.zeros((2, 2)))
             raise RuntimeError("boom")
-    assert store.run_ids() == [] and list(tmp_path.iterdir()) == []
+    assert store.run_ids() == [] and _entries(tmp_path / ".runs") == []
+    assert [p for p in _entries(tmp_path) if p not in (".runs", ".locks")] == []
 
 
 def test_rewrite_replaces_the_old_run_whole(tmp_path):
@@ -73,48 +79,118 @@ def test_rewrite_replaces_the_old_run_whole(tmp_path):
     make_synthetic_run(store, "same", n=70, with_images=False, history=False)
     run = store.load("same")
     assert run.n_images == 70 and not (run.path / "images.npy").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["same"]
+    assert [p for p in _entries(tmp_path) if not p.startswith(".")] == ["same"]
+    assert len(_entries(tmp_path / ".runs")) == 1  # the old version is gone
 
 
-def test_run_killed_mid_write_is_invisible(tmp_path):
-    # A writer process is SIGKILLed while the run's files are being written.
-    script = textwrap.dedent(f"""
-        import sys, time, numpy as np
+def _writer_script(tmp_path: Path, body: str) -> str:
+    return textwrap.dedent(f"""
+        import os, sys, time, numpy as np
         sys.path.insert(0, {str(REPO)!r})
+        import core.store
         from core.store import RunStore
+        from core.synthetic import make_synthetic_run
         store = RunStore({str(tmp_path)!r})
+    """) + textwrap.dedent(body)
+
+
+def _run_until(script: str, marker: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    assert line == marker, f"writer printed {line!r}"
+    return proc
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def test_run_killed_mid_write_is_invisible_and_swept_at_next_start(tmp_path):
+    proc = _run_until(_writer_script(tmp_path, """
         with store.writing("killed") as w:
             w.save_array("probs", np.zeros((10, 3)))
             print("writing", flush=True)
             time.sleep(60)
-            w.save_manifest({{}})
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "writing"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+            w.save_manifest({})
+    """), "writing")
     store = RunStore(tmp_path)
+    # while the writer lives, its temporary folder is left alone and the name is taken
+    assert store.sweep() == []
+    with pytest.raises(RunBusyError, match="'killed' is being written by another process"):
+        with store.reserve("killed"):
+            pass
+    _kill(proc)
     assert store.run_ids() == [] and store.list_runs() == []
     with pytest.raises(RunNotFoundError):
         store.load("killed")
-    leftovers = [p.name for p in tmp_path.iterdir()]
-    assert len(leftovers) == 1 and leftovers[0].startswith(".tmp-killed-")
-    # a day later the next writer sweeps the leftover away
-    old = time.time() - 2 * 24 * 3600
-    os.utime(tmp_path / leftovers[0], (old, old))
-    make_synthetic_run(store, "next", n=10, with_images=False, history=False)
-    assert [p.name for p in tmp_path.iterdir()] == ["next"]
+    leftovers = _entries(tmp_path / ".runs")
+    assert len(leftovers) == 1 and leftovers[0].startswith(".tmp-killed.")
+    # its writer is dead: the next start removes the leftover at once, not a day later
+    assert store.sweep() == leftovers
+    assert _entries(tmp_path / ".runs") == []
+
+
+def test_a_crash_while_replacing_keeps_the_old_run(tmp_path):
+    store = RunStore(tmp_path)
+    make_synthetic_run(store, "keep", n=30, with_images=False, history=False)
+    # the writer of the replacement is killed after its new version is complete but
+    # before the link moves to it
+    proc = _run_until(_writer_script(tmp_path, """
+        real = core.store.os.symlink
+        def slow_symlink(*args):
+            print("publishing", flush=True); time.sleep(60); real(*args)
+        core.store.os.symlink = slow_symlink
+        make_synthetic_run(store, "keep", n=99, with_images=False, history=False)
+    """), "publishing")
+    assert store.load("keep").n_images == 30  # the old run stays visible meanwhile
+    _kill(proc)
+    assert store.load("keep").n_images == 30
+    store.sweep()
+    assert store.load("keep").n_images == 30 and len(_entries(tmp_path / ".runs")) == 1
+
+
+def test_a_legacy_run_folder_is_replaced_and_a_crash_in_between_recovers(tmp_path):
+    store = RunStore(tmp_path)
+    run = make_synthetic_run(store, "legacy", n=20, with_images=False, history=False)
+    # the layout before versioned folders: the run is a plain folder at <store>/<id>
+    link = tmp_path / "legacy"
+    link.unlink()
+    os.rename(run.path, link)
+    assert store.load("legacy").n_images == 20
+    proc = _run_until(_writer_script(tmp_path, """
+        real = core.store.os.symlink
+        def slow_symlink(*args):
+            print("publishing", flush=True); time.sleep(60); real(*args)
+        core.store.os.symlink = slow_symlink
+        make_synthetic_run(store, "legacy", n=44, with_images=False, history=False)
+    """), "publishing")
+    _kill(proc)  # killed between moving the old folder aside and linking the new one
+    store.sweep()
+    assert store.load("legacy").n_images == 44  # the complete new version is linked
+    assert len(_entries(tmp_path / ".runs")) == 1
+    make_synthetic_run(store, "legacy", n=50, with_images=False, history=False)
+    assert store.load("legacy").n_images == 50 and len(_entries(tmp_path / ".runs")) == 1
+
+
+def test_a_deleted_run_is_not_resurrected_by_the_sweep(tmp_path):
+    store = RunStore(tmp_path)
+    make_synthetic_run(store, "gone", n=20, with_images=False, history=False)
+    store.delete("gone")
+    store.sweep()
+    assert store.run_ids() == [] and _entries(tmp_path / ".runs") == []
 
 
 def test_old_schema_says_what_to_rerun(tmp_path):
     store = RunStore(tmp_path)
     make_synthetic_run(store, "old", n=20, with_images=False, history=False)
-    manifest = tmp_path / "old" / "manifest.json"
+    manifest = store.load("old").path / "manifest.json"
     m = json.loads(manifest.read_text()); m["schema_version"] = 0
     manifest.write_text(json.dumps(m))
     with pytest.raises(RunSchemaError, match="schema version 0.*Re-run the analysis: python -m core analyze"):
         store.load("old")
-    assert store.list_runs()[0].schema_version == 0
+    summary, = store.list_runs()
+    assert summary.schema_version == 0 and "Re-run the analysis" in summary.problem
 
 
 def test_images_outside_the_data_root_are_refused(tmp_path):
@@ -163,3 +239,73 @@ def test_plain_pandas_and_numpy_read_a_run(tmp_path):
     probs = np.load(tmp_path / "plain" / "probs.npy", allow_pickle=False)
     assert probs.shape == (30, 10) and len(df) == 30
     assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["counts"]["images"] == 30
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("[1]", "expected a JSON object, found list"),
+    ("null", "expected a JSON object, found NoneType"),
+    ('{"schema_version": 2, "classes": null, "counts": {"images": 3}}', "'classes' must be a non-empty list"),
+    ('{"schema_version": 2, "classes": ["a"], "counts": {"images": "3"}}', "'counts.images' must be a whole number"),
+    ('{"schema_version": 2, "classes": ["a"], "coun', "not valid JSON"),
+])
+def test_a_malformed_manifest_is_listed_as_broken_and_others_keep_working(tmp_path, text, reason):
+    store = RunStore(tmp_path)
+    make_synthetic_run(store, "good", n=20, with_images=False, history=False)
+    bad = make_synthetic_run(store, "bad", n=20, with_images=False, history=False)
+    manifest = bad.path / "manifest.json"
+    manifest.write_text(text)
+    good, broken = store.list_runs()
+    assert good.run_id == "good" and good.ok
+    assert broken.run_id == "bad" and str(tmp_path / "bad" / "manifest.json") in broken.problem and reason in broken.problem
+    with pytest.raises(RunCorruptError, match=reason.replace("(", r"\(")):
+        store.load("bad")
+    assert store.load("good").n_images == 20
+
+
+def _damage(run, name: str, how: str) -> Path:
+    file = run.path / name
+    if how == "truncate":
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+    elif how == "remove":
+        file.unlink()
+    elif how == "pickle":
+        np.save(file, np.array([{"x": 1}] * run.n_images, dtype=object), allow_pickle=True)
+    elif how == "reshape":
+        np.save(file, np.zeros((run.n_images + 1, 2), np.float32))
+    return file
+
+
+@pytest.mark.parametrize("name, how, reason", [
+    ("predictions.parquet", "truncate", "not a readable Parquet file"),
+    ("predictions.parquet", "remove", "missing"),
+    ("probs.npy", "remove", "missing"),
+    ("probs.npy", "pickle", "not a plain numeric array"),
+    ("projection.npy", "reshape", "21 rows, expected 20"),
+])
+def test_damaged_run_files_are_named_when_the_run_is_opened(tmp_path, name, how, reason):
+    store = RunStore(tmp_path)
+    run = make_synthetic_run(store, "hurt", n=20, with_images=False, history=False)
+    file = _damage(run, name, how)
+    with pytest.raises(RunCorruptError) as info:
+        store.load("hurt")
+    assert str(info.value).startswith(str(tmp_path / "hurt" / name)) and reason in str(info.value)
+
+
+def test_images_are_not_served_from_the_file_system_root_or_home(tmp_path):
+    store = RunStore(tmp_path / "store")
+    for root in ("/", str(Path.home())):
+        run = write_run(store, "wide", classes=["a", "b"], y_true=np.array([0, 1]),
+                        probs=np.array([[0.9, 0.1], [0.2, 0.8]]), paths=["etc/hostname", "x.png"],
+                        data={"root": root, "name": "everything"})
+        with pytest.raises(PermissionError, match="not a data set folder"):
+            run.image(0)
+
+
+def test_copy_run_makes_an_independent_run_under_another_name(tmp_path):
+    store = RunStore(tmp_path)
+    src = make_synthetic_run(store, "src", n=25, with_images=False, history=False)
+    copy = store.copy_run("src", "dst")
+    assert copy.id == "dst" and copy.name == "dst" and copy.cache_key == src.cache_key
+    assert np.array_equal(copy.probs, src.probs)
+    store.delete("src")
+    assert store.load("dst").n_images == 25

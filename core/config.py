@@ -1,0 +1,117 @@
+"""The frozen configuration that determines an analysis run, and its cache key.
+
+Two analyses with equal ``AnalysisConfig`` give the same run, so the key of
+the config is the run's cache key. Everything in it is known *before* the
+model is loaded (the model file's hash, the data set's fingerprint and the
+options as the user asked for them), so a cache hit needs no TensorFlow.
+The config is written to the run's manifest as its ``analysis`` section.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+SCHEMA_VERSION = 2  # 2: manifest gains 'analysis', 'run_uid' and 'derived'; 1 is still read
+
+
+@dataclass(frozen=True)
+class ProjectionConfig:
+    """How the 2-D map is made: PCA to ``pca_dims`` when wider, then UMAP, seeded."""
+
+    method: str = "umap"
+    seed: int = 0
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    pca_dims: int = 50
+    max_fit: int = 100_000
+
+    def __post_init__(self):
+        if self.method != "umap":
+            raise ValueError(f"Unknown projection method {self.method!r}. Available: ['umap']")
+        if self.n_neighbors < 2:
+            raise ValueError(f"n_neighbors must be at least 2. Received: n_neighbors={self.n_neighbors}")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What a run is computed from.
+
+    ``layer``, ``scale`` and ``image_size`` are the options as requested
+    (None / 'auto' = chosen from the model), not as resolved, so that the key
+    can be formed without loading the model. ``projection`` is None when no
+    map is made.
+
+    >>> a = AnalysisConfig(model_sha256="ab" * 32, data_fingerprint="f" * 16)
+    >>> a.key() == AnalysisConfig.from_dict(a.to_dict()).key()
+    True
+    >>> a.key() == a.replace(projection=ProjectionConfig(seed=1)).key()
+    False
+    """
+
+    model_sha256: str
+    data_fingerprint: str
+    layer: str | None = None
+    scale: str = "auto"
+    image_size: tuple[int, int] | None = None
+    projection: ProjectionConfig | None = field(default_factory=ProjectionConfig)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size) if self.image_size else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "AnalysisConfig":
+        """Inverse of ``to_dict``; raises ValueError naming an unknown or missing field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"An analysis config must be a JSON object. Received: {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown analysis config fields {unknown}. Known: {sorted(known)}")
+        data = dict(data)
+        if data.get("image_size") is not None:
+            data["image_size"] = tuple(int(v) for v in data["image_size"])
+        if isinstance(data.get("projection"), dict):
+            data["projection"] = ProjectionConfig(**data["projection"])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"Incomplete analysis config: {exc}") from None
+
+    def replace(self, **changes) -> "AnalysisConfig":
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+    def key(self) -> str:
+        """20 hex digits of the SHA-256 of the canonical JSON of the config."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    def differences(self, other: "AnalysisConfig") -> list[str]:
+        """Human-readable 'field: mine vs theirs' for each field that differs."""
+        a, b = _flat(self.to_dict()), _flat(other.to_dict())
+        out = []
+        for name in sorted(set(a) | set(b)):
+            if a.get(name) != b.get(name):
+                out.append(f"{name} {_short(a.get(name))} vs {_short(b.get(name))}")
+        return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 64 and all(c in "0123456789abcdef" for c in text) else text
