@@ -11,6 +11,9 @@ import os
 import sys
 from pathlib import Path
 
+from core.demo import DEFAULT_TIME_BUDGET_S
+from core.recipes import (AUGMENTATIONS, BACKBONES, LR_SCHEDULES, OPTIMIZERS, RECIPES, Recipe, parse_int_list,
+                          parse_size)
 from core.store import RunStore
 
 
@@ -41,6 +44,78 @@ def _classes_arg(text: str | None) -> list[str] | None:
     if p.is_file():
         return [ln.strip() for ln in p.read_text().splitlines() if ln.strip()]
     return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m core train``."""
+    d = Recipe()
+    parser.add_argument("--data", required=True, help="data folder, CSV manifest, 'fashion-mnist' or 'digits'")
+    parser.add_argument("--recipe", required=True, help=f"one of {', '.join(RECIPES)}")
+    parser.add_argument("--name", default=None, help="run name (default: <recipe>-<data>-<time>)")
+    parser.add_argument("--out", default=None, help="folder for the model (default: models/<run name>/)")
+    parser.add_argument("--no-analyze", action="store_true", help="train only; do not write an analysis run")
+    parser.add_argument("--no-projection", action="store_true", help="analysis without the UMAP map")
+    g = parser.add_argument_group("model")
+    g.add_argument("--backbone", default=None, help=f"transfer backbone: {', '.join(BACKBONES)}")
+    g.add_argument("--weights", default=d.weights, help="imagenet (from the Keras cache or downloaded) or none")
+    g.add_argument("--image-size", default=None, help="H or HxW (default: the data's size for pixel data, "
+                   "64 for small-cnn/mlp, 128 for transfer)")
+    g.add_argument("--channels", type=int, default=None, help="1 (gray) or 3 (RGB); default from the data")
+    g.add_argument("--conv-filters", default=",".join(map(str, d.conv_filters)), help="e.g. 32,64")
+    g.add_argument("--dense-units", default=",".join(map(str, d.dense_units)), help="e.g. 256,128 (last = embedding)")
+    g.add_argument("--dropout", type=float, default=d.dropout)
+    g.add_argument("--batch-norm", action="store_true", help="BatchNormalization after each Dense (and conv)")
+    g.add_argument("--fine-tune", type=int, default=0, metavar="N",
+                   help="then unfreeze the top N backbone layers (BatchNorm stays frozen), lr/10")
+    g.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs)
+    o = parser.add_argument_group("optimisation")
+    o.add_argument("--batch-size", type=int, default=d.batch_size)
+    o.add_argument("--epochs", type=int, default=d.epochs)
+    o.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    o.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
+    o.add_argument("--lr-schedule", default=d.lr_schedule, help=f"one of {', '.join(LR_SCHEDULES)}")
+    o.add_argument("--label-smoothing", type=float, default=0.0)
+    o.add_argument("--val-split", type=float, default=d.val_split,
+                   help="stratified validation fraction when the data has no 'val' split")
+    o.add_argument("--seed", type=int, default=d.seed)
+    o.add_argument("--augment", default="", help=f"comma-separated: {','.join(AUGMENTATIONS)}")
+    o.add_argument("--class-weights", default=None, help="'balanced' (sklearn compute_class_weight)")
+    o.add_argument("--oversample-to", type=int, default=None, metavar="N",
+                   help="augmented copies of classes with fewer than N training images, up to N")
+    o.add_argument("--no-early-stopping", action="store_true")
+    o.add_argument("--patience", type=int, default=d.patience)
+    o.add_argument("--no-checkpoint", action="store_true")
+    o.add_argument("--no-reduce-lr", action="store_true")
+    o.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop training when the next epoch would not fit in this many seconds")
+    o.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (fast on recent Intel CPUs)")
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The Recipe that ``python -m core train``'s options describe (validated)."""
+    return Recipe(
+        recipe=args.recipe, backbone=args.backbone, weights=args.weights,
+        image_size=parse_size(args.image_size) if args.image_size else None, channels=args.channels,
+        conv_filters=parse_int_list(args.conv_filters, option="--conv-filters"),
+        dense_units=parse_int_list(args.dense_units, option="--dense-units"), dropout=args.dropout,
+        batch_norm=args.batch_norm, fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
+        batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate,
+        optimizer=args.optimizer, lr_schedule=args.lr_schedule, label_smoothing=args.label_smoothing,
+        val_split=args.val_split, seed=args.seed,
+        augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()),
+        class_weights=args.class_weights, oversample_to=args.oversample_to,
+        early_stopping=not args.no_early_stopping, patience=args.patience, checkpoint=not args.no_checkpoint,
+        reduce_lr=not args.no_reduce_lr, time_budget_s=args.time_budget,
+    ).validate()
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m core demo``."""
+    parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S, metavar="SECONDS",
+                        help="wall-clock training budget (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=None, help="fix the number of epochs (budget still applies)")
+    parser.add_argument("--out", default=None, help="folder for the model (default: models/<run name>/)")
+    parser.add_argument("--no-projection", action="store_true", help="skip the UMAP map")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,20 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete", parents=[store], help="delete a stored run")
     d.add_argument("run")
 
-    t = sub.add_parser("train", parents=[store], help="train a model with a recipe, then analyse it")
-    dm = sub.add_parser("demo", parents=[store], help="train and analyse the Fashion-MNIST demo run")
-    try:
-        from core import training
-
-        training.add_train_arguments(t)
-    except ImportError:
-        pass
-    try:
-        from core import demo
-
-        demo.add_demo_arguments(dm)
-    except ImportError:
-        pass
+    add_train_arguments(sub.add_parser("train", parents=[store], help="train a model with a recipe, then analyse it"))
+    add_demo_arguments(sub.add_parser("demo", parents=[store], help="train and analyse the Fashion-MNIST demo run"))
     return parser
 
 
@@ -195,16 +258,54 @@ def cmd_delete(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from core import training
+def _interrupted(checkpoint: Path | None) -> int:
+    where = f"best checkpoint kept at {checkpoint}" if checkpoint else "no checkpoint was saved yet"
+    print(f"Interrupted: {where}", file=sys.stderr)
+    return 130
 
-    return training.train_command(args)
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``python -m core train``: prints the run id (unless --no-analyze); 130 on Ctrl-C."""
+    recipe = recipe_from_args(args)  # bad options fail here, before TensorFlow is imported
+    from core.datasets import load_dataset
+    from core.training import TrainingInterrupted, train_and_analyze
+
+    dataset = load_dataset(args.data)
+    print(f"Data: {dataset!r}", file=sys.stderr)
+    try:
+        result, run = train_and_analyze(
+            dataset, recipe, store=RunStore(args.store), run_name=args.name, out_dir=args.out,
+            analyze_run=not args.no_analyze, projection=not args.no_projection,
+            mixed_precision=args.mixed_precision)
+    except TrainingInterrupted as stop:
+        return _interrupted(stop.checkpoint)
+    acc = "n/a" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
+    print(f"Trained {result.epochs} epochs in {result.seconds:.1f} s (stopped by {result.stopped_by}); "
+          f"test accuracy {acc}; model {result.model_path}", file=sys.stderr)
+    if run is not None:
+        print(run.id)
+    return 0
 
 
-def cmd_demo(args) -> int:
-    from core import demo
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``python -m core demo``: prints the run id; 130 on Ctrl-C."""
+    if args.time_budget <= 0:
+        raise ValueError(f"--time-budget must be positive seconds. Received: {args.time_budget}")
+    if args.epochs is not None and args.epochs < 1:
+        raise ValueError(f"--epochs must be at least 1. Received: {args.epochs}")
+    from core.demo import run_demo
+    from core.training import TrainingInterrupted
 
-    return demo.demo_command(args)
+    try:
+        run = run_demo(store=RunStore(args.store), time_budget_s=args.time_budget, epochs=args.epochs,
+                       out_dir=args.out, projection=not args.no_projection)
+    except TrainingInterrupted as stop:
+        return _interrupted(stop.checkpoint)
+    t = run.training
+    print(f"Demo run {run.id!r}: test accuracy {t['test_accuracy']:.4f} after {t['epochs']} epochs, "
+          f"{t['seconds']:.1f} s of training", file=sys.stderr)
+    print(run.id)
+    return 0
 
 
 COMMANDS = {"analyze": cmd_analyze, "runs": cmd_runs, "report": cmd_report, "errors": cmd_errors,

@@ -11,18 +11,17 @@ run ``fashion-mnist-demo``. The manifest's ``training`` entry records
 
 Without Fashion-MNIST on disk it uses scikit-learn's 8x8 digits (upscaled to
 16x16) and says so; that run is named ``digits-demo``.
+
+``python -m core demo`` (options in core.cli) calls ``run_demo``.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from core.progress import Progress, say_function
 from core.recipes import Recipe
 
-Progress = Callable[[str, float], None]
 DEMO_RUN = "fashion-mnist-demo"
 DIGITS_RUN = "digits-demo"
 DEFAULT_TIME_BUDGET_S = 330.0
@@ -63,12 +62,7 @@ def run_demo(*, store, progress: Progress | None = None, time_budget_s: float = 
     from core.datasets import DatasetError, load_digits, load_fashion_mnist
     from core.training import MODELS_DIR, train
 
-    def say(message: str, fraction: float) -> None:
-        if progress:
-            progress(message, fraction)
-        else:
-            print(message, file=sys.stderr)
-
+    say = say_function(progress or True)  # without a callback, messages go to stderr
     try:
         dataset = load_fashion_mnist()
         run_id, size = DEMO_RUN, None
@@ -96,35 +90,3 @@ def run_demo(*, store, progress: Progress | None = None, time_budget_s: float = 
     return analyze(result.model, result.dataset, store=store, run_id=run_id, force=True, training=record,
                    model_path=str(result.model_path), projection=projection,
                    progress=analysis_progress if progress else True)
-
-
-def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m core demo``."""
-    parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S, metavar="SECONDS",
-                        help="wall-clock training budget (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=None, help="fix the number of epochs (budget still applies)")
-    parser.add_argument("--out", default=None, help="folder for the model (default: models/<run name>/)")
-    parser.add_argument("--no-projection", action="store_true", help="skip the UMAP map")
-
-
-def demo_command(args: argparse.Namespace) -> int:
-    """``python -m core demo``: prints the run id; returns the exit status."""
-    from core.store import RunStore
-    from core.training import TrainingInterrupted
-
-    if args.time_budget <= 0:
-        raise ValueError(f"--time-budget must be positive seconds. Received: {args.time_budget}")
-    if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1. Received: {args.epochs}")
-    try:
-        run = run_demo(store=RunStore(args.store), time_budget_s=args.time_budget, epochs=args.epochs,
-                       out_dir=args.out, projection=not args.no_projection)
-    except TrainingInterrupted as stop:
-        where = f"best checkpoint kept at {stop.checkpoint}" if stop.checkpoint else "no checkpoint was saved yet"
-        print(f"Interrupted: {where}", file=sys.stderr)
-        return 130
-    t = run.training
-    print(f"Demo run {run.id!r}: test accuracy {t['test_accuracy']:.4f} after {t['epochs']} epochs, "
-          f"{t['seconds']:.1f} s of training", file=sys.stderr)
-    print(run.id)
-    return 0

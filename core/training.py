@@ -1,42 +1,57 @@
-"""Training with a recipe: ``python -m core train --data PATH --recipe NAME``.
+"""Training with a recipe: ``python -m core train --data PATH --recipe NAME`` (options in core.cli).
+
+``train`` runs four steps in order, each a function of its own:
+
+1. data: ``prepare_data`` assigns the splits and decodes the images, into
+   arrays when they fit in memory, else into Keras ``PyDataset`` batches
+   decoded from disk each epoch (above ``IN_MEMORY_LIMIT_BYTES``);
+2. build: ``build_and_compile`` makes the recipe's model;
+3. fit: ``fit_phases`` trains it (then fine-tunes a transfer backbone), and
+   ``score_test_split`` scores the held-out test rows;
+4. save: ``save_training`` writes the model, ``classes.txt``, ``history.json``
+   and ``recipe.json``.
 
 Data splits: rows marked 'train' (or 'all') are the training pool; 'val' rows
 are the validation set, else a stratified, seeded ``val_split`` of the pool;
 'test' rows are held out (never seen in training) and are what the analysis
 scores. The run written afterwards marks every row with the split it played.
 
+Both data paths treat files the same way: every row is decoded once before
+training, a file that cannot be decoded is left out and recorded with its
+reason, and ``oversample_to`` adds augmented copies (random flip, small
+rotation, shift and zoom) of the same decoded images.
+
 A training writes into ``out_dir``: ``model.keras`` (best weights),
 ``checkpoint.keras`` (best validation accuracy so far, kept on Ctrl-C),
-``history.json`` (per-epoch loss, accuracy, val_loss, val_accuracy,
-learning_rate) and ``recipe.json`` (every option, the data, classes, timing).
+``classes.txt`` (the class order, one name a line), ``history.json``
+(per-epoch loss, accuracy, val_loss, val_accuracy, learning_rate) and
+``recipe.json`` (every option, the data, classes, timing, skipped files).
 
 Keras/TensorFlow are imported inside the functions.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime as _dt
 import json
 import math
-import re
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from core.datasets import ImageDataset, iter_batches, load_dataset
-from core.recipes import (AUGMENTATIONS, BACKBONES, LR_SCHEDULES, OPTIMIZERS, RECIPES, Recipe,
-                          RecipeError, build_model, parse_int_list, parse_size, unfreeze_top)
+from core.datasets import ImageDataset, iter_batches
+from core.progress import Progress, say_function, slug
+from core.recipes import Recipe, RecipeError, build_model, unfreeze_top
 
-Progress = Callable[[str, float], None]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
-IN_MEMORY_LIMIT_BYTES = 3 << 30  # above this, batches are decoded from disk each epoch
+IN_MEMORY_LIMIT_BYTES = 3 << 30  # decoded size above which batches are decoded from disk each epoch
+SPLITS = ("train", "val", "test")
 
 
 class TrainingInterrupted(Exception):
@@ -121,6 +136,24 @@ def default_geometry(dataset: ImageDataset, recipe: Recipe) -> tuple[tuple[int, 
     return size, channels
 
 
+def with_geometry(dataset: ImageDataset, recipe: Recipe) -> Recipe:
+    """The recipe with ``image_size`` and ``channels`` decided (``default_geometry``), validated."""
+    size, channels = default_geometry(dataset, recipe)
+    return recipe.replace(image_size=tuple(size), channels=channels).validate()
+
+
+def _decoded_batches(dataset: ImageDataset, rows: np.ndarray, *, size: tuple[int, int], channels: int,
+                     progress: Progress | None, what: str) -> Iterator[tuple[np.ndarray, np.ndarray, list]]:
+    """Decode ``rows`` a batch at a time: yields (uint8 images, their rows, failed [{path, reason}])."""
+    sub = dataset.subset(rows)
+    done = 0
+    for batch in iter_batches(sub, size=size, channels=channels, batch_size=256):
+        done += len(batch.index) + len(batch.failed)
+        yield batch.images, rows[batch.index], batch.failed
+        if progress:
+            progress(f"Decoding {what}: {done:,}/{len(rows):,}", done / max(len(rows), 1))
+
+
 def load_arrays(dataset: ImageDataset, rows: np.ndarray, *, size: tuple[int, int], channels: int,
                 progress: Progress | None = None, what: str = "images") -> tuple[np.ndarray, np.ndarray, list]:
     """Decode rows into uint8 (n, H, W, C). Returns (images, rows that decoded, failed [{path, reason}])."""
@@ -129,40 +162,77 @@ def load_arrays(dataset: ImageDataset, rows: np.ndarray, *, size: tuple[int, int
         px = dataset.pixels[rows]
         if px.ndim == 3 and channels == 1 and tuple(px.shape[1:3]) == tuple(size):
             return px[..., None], rows, []
-    sub = dataset.subset(rows)
     images, ok, failed = [], [], []
-    done = 0
-    for batch in iter_batches(sub, size=size, channels=channels, batch_size=256):
-        images.append(batch.images)
-        ok.append(rows[batch.index])
-        failed += batch.failed
-        done += len(batch.index) + len(batch.failed)
-        if progress:
-            progress(f"Decoding {what}: {done:,}/{len(rows):,}", done / max(len(rows), 1))
+    for batch_images, batch_rows, batch_failed in _decoded_batches(dataset, rows, size=size, channels=channels,
+                                                                   progress=progress, what=what):
+        images.append(batch_images)
+        ok.append(batch_rows)
+        failed += batch_failed
     if not images:
         return np.zeros((0, *size, channels), np.uint8), np.zeros(0, np.int64), failed
     return np.concatenate(images), np.concatenate(ok), failed
 
 
-def oversample(images: np.ndarray, labels: np.ndarray, *, up_to: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Add augmented copies (flip, small rotation/shift/zoom) of classes with fewer than ``up_to`` images."""
-    from keras import layers
+def decodable_rows(dataset: ImageDataset, rows: np.ndarray, *, size: tuple[int, int], channels: int,
+                   progress: Progress | None = None, what: str = "images") -> tuple[np.ndarray, list]:
+    """``load_arrays`` without keeping the pixels: (rows that decoded, failed [{path, reason}]).
 
+    The streaming path decodes every file once before training, so that it
+    knows the same skipped files and class counts as the in-memory path.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    ok, failed = [], []
+    for _, batch_rows, batch_failed in _decoded_batches(dataset, rows, size=size, channels=channels,
+                                                        progress=progress, what=what):
+        ok.append(batch_rows)
+        failed += batch_failed
+    return (np.concatenate(ok) if ok else np.zeros(0, np.int64)), failed
+
+
+def oversample_rows(labels: np.ndarray, *, up_to: int, seed: int = 0) -> np.ndarray:
+    """Positions in ``labels`` to copy so that each class with fewer than ``up_to`` rows gets ``up_to``.
+
+    Drawn with replacement from the class's rows, seeded; classes absent or
+    already at ``up_to`` get none. Returns an int array of positions.
+
+    >>> extra = oversample_rows(np.array([0, 0, 0, 1, 1]), up_to=4, seed=0)
+    >>> np.bincount(np.array([0, 0, 0, 1, 1])[extra]).tolist()
+    [1, 2]
+    """
     rng = np.random.default_rng(seed)
     counts = np.bincount(labels)
-    extra_rows = [rng.choice(np.flatnonzero(labels == c), up_to - n) for c, n in enumerate(counts) if 0 < n < up_to]
-    if not extra_rows:
-        return images, labels
-    extra = np.concatenate(extra_rows)
+    extra = [rng.choice(np.flatnonzero(labels == c), up_to - n) for c, n in enumerate(counts) if 0 < n < up_to]
+    return np.concatenate(extra) if extra else np.zeros(0, np.int64)
+
+
+def oversampling_augmenter(*, seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+    """A function that gives uint8 images (n, H, W, C) a random flip, small rotation, shift and zoom.
+
+    Each call draws new random transforms (Keras layers in training mode,
+    seeded once here).
+    """
+    from keras import layers
+
     augment = [layers.RandomFlip("horizontal", seed=seed), layers.RandomRotation(0.05, fill_mode="nearest", seed=seed),
                layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed),
                layers.RandomZoom(0.1, fill_mode="nearest", seed=seed)]
-    new = []
-    for start in range(0, len(extra), 512):
-        x = images[extra[start:start + 512]].astype(np.float32)
+
+    def apply(images: np.ndarray) -> np.ndarray:
+        x = images.astype(np.float32)
         for layer in augment:
             x = layer(x, training=True)
-        new.append(np.clip(np.rint(np.asarray(x)), 0, 255).astype(np.uint8))
+        return np.clip(np.rint(np.asarray(x)), 0, 255).astype(np.uint8)
+
+    return apply
+
+
+def oversample(images: np.ndarray, labels: np.ndarray, *, up_to: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Add augmented copies (``oversampling_augmenter``) of classes with fewer than ``up_to`` images."""
+    extra = oversample_rows(labels, up_to=up_to, seed=seed)
+    if not len(extra):
+        return images, labels
+    augment = oversampling_augmenter(seed=seed)
+    new = [augment(images[extra[start:start + 512]]) for start in range(0, len(extra), 512)]
     return np.concatenate([images, *new]), np.concatenate([labels, labels[extra]])
 
 
@@ -177,13 +247,28 @@ def balanced_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, floa
     return out
 
 
-def _streaming_batches(dataset, rows, labels, *, size, channels, batch_size, shuffle, seed, weights=None):
-    """A keras PyDataset decoding images from disk batch by batch (for data too big for memory)."""
+def _streaming_batches(dataset: ImageDataset, rows: np.ndarray, labels: np.ndarray | None, *,
+                       size: tuple[int, int], channels: int, batch_size: int, shuffle: bool, seed: int,
+                       augmented: np.ndarray | None = None, weights: dict[int, float] | None = None,
+                       one_hot: int | None = None):
+    """A Keras PyDataset decoding ``rows`` from disk batch by batch (for data too big for memory).
+
+    ``labels``: one per row (None: images only, for ``predict``);
+    ``augmented``: a boolean per row, True for oversampled copies, which get
+    ``oversampling_augmenter``'s transforms; ``weights``: class weights given
+    as sample weights; ``one_hot``: K, for targets as one-hot rows (label
+    smoothing). A file that fails now (changed since the check) is left out
+    of its batch.
+    """
     import keras
+
+    augment = oversampling_augmenter(seed=seed) if augmented is not None and augmented.any() else None
+    eye = np.eye(one_hot, dtype=np.float32) if one_hot else None
 
     class StreamingBatches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
+            self.rows, self.labels, self.augmented = rows, labels, augmented
             self.order = np.arange(len(rows))
             self.rng = np.random.default_rng(seed)
             if shuffle:
@@ -196,16 +281,136 @@ def _streaming_batches(dataset, rows, labels, *, size, channels, batch_size, shu
             pick = self.order[i * batch_size:(i + 1) * batch_size]
             x, ok, _ = load_arrays(dataset, rows[pick], size=size, channels=channels)
             keep = np.isin(rows[pick], ok)
+            if augment is not None:
+                copies = augmented[pick][keep]
+                if copies.any():
+                    x[copies] = augment(x[copies])
+            x = x.astype(np.float32)
+            if labels is None:
+                return x
             y = labels[pick][keep]
+            target = eye[y] if eye is not None else y
             if weights is None:
-                return x.astype(np.float32), y
-            return x.astype(np.float32), y, np.array([weights[int(c)] for c in y], np.float32)
+                return x, target
+            return x, target, np.array([weights[int(c)] for c in y], np.float32)
 
         def on_epoch_end(self):
             if shuffle:
                 self.rng.shuffle(self.order)
 
     return StreamingBatches()
+
+
+@dataclass
+class TrainingData:
+    """What the fit step consumes, from ``prepare_data``.
+
+    ``fit_args`` are ``keras.Model.fit``'s data arguments (arrays, or
+    PyDatasets when streaming); ``train_labels`` the label of every training
+    example an epoch sees (oversampled copies included); ``test`` the held-out
+    rows, as (images, labels) arrays or, when streaming, a PyDataset of
+    (images, labels) batches, or None; ``failed`` the files that could not be
+    decoded.
+    """
+
+    dataset: ImageDataset              # all rows, splits as used: train / val / test
+    fit_args: dict
+    steps: int                         # batches an epoch
+    train_labels: np.ndarray
+    test: object | None
+    failed: list[dict] = field(default_factory=list)
+    streaming: bool = False
+
+    @property
+    def has_val(self) -> bool:
+        return self.fit_args.get("validation_data") is not None
+
+
+def prepare_data(dataset: ImageDataset, recipe: Recipe, *, progress: Progress | None = None,
+                 in_memory_limit_bytes: int | None = None) -> TrainingData:
+    """Splits, then the decoded training, validation and test data of ``recipe`` (from ``with_geometry``).
+
+    Data above ``in_memory_limit_bytes`` of decoded pixels (default
+    ``IN_MEMORY_LIMIT_BYTES``) is streamed from disk; pixel arrays are
+    always in memory.
+    """
+    if recipe.image_size is None or recipe.channels is None:
+        raise ValueError("prepare_data needs a recipe with image_size and channels: pass with_geometry(dataset, "
+                         f"recipe). Received: image_size={recipe.image_size}, channels={recipe.channels}")
+    limit = IN_MEMORY_LIMIT_BYTES if in_memory_limit_bytes is None else in_memory_limit_bytes
+    size, channels, k = recipe.image_size, recipe.channels, len(dataset.classes)
+    split_ds = assign_splits(dataset, val_split=recipe.val_split, seed=recipe.seed)
+    rows = {s: np.flatnonzero(split_ds.splits == s) for s in SPLITS}
+    n_bytes = len(dataset) * size[0] * size[1] * channels
+    # decoding comes before the training bar starts: its counts go in the message
+    decoding = (lambda m, f: progress(m, 0.0)) if progress else None
+    if dataset.pixels is not None or n_bytes <= limit:
+        return _in_memory_data(dataset, split_ds, rows, recipe, k=k, progress=decoding)
+    return _streaming_data(dataset, split_ds, rows, recipe, k=k, progress=decoding)
+
+
+def _in_memory_data(dataset, split_ds, rows, recipe: Recipe, *, k: int, progress) -> TrainingData:
+    size, channels = recipe.image_size, recipe.channels
+    arrays, failed = {}, []
+    for s in SPLITS:
+        if len(rows[s]):
+            x, ok, bad = load_arrays(dataset, rows[s], size=size, channels=channels, progress=progress,
+                                     what=f"{s} images")
+            arrays[s] = (x, dataset.labels[ok])
+            failed += bad
+    if "train" not in arrays or not len(arrays["train"][0]):
+        raise RecipeError(f"No training images of {dataset.name!r} could be decoded")
+    x_train, y_train = arrays["train"]
+    if recipe.oversample_to:
+        x_train, y_train = oversample(x_train, y_train, up_to=recipe.oversample_to, seed=recipe.seed)
+    weights = balanced_class_weights(y_train, k) if recipe.class_weights == "balanced" else None
+    val = arrays.get("val")
+    if recipe.label_smoothing:  # the smoothed loss needs one-hot targets
+        eye = np.eye(k, dtype=np.float32)
+        y_train_target = eye[y_train]
+        val = None if val is None else (val[0], eye[val[1]])
+    else:
+        y_train_target = y_train
+    fit_args = dict(x=x_train, y=y_train_target, validation_data=val)
+    fit_args.update(batch_size=recipe.batch_size, shuffle=True, class_weight=weights)
+    return TrainingData(dataset=split_ds, fit_args=fit_args, steps=math.ceil(len(x_train) / recipe.batch_size),
+                        train_labels=y_train, test=arrays.get("test"), failed=failed, streaming=False)
+
+
+def _streaming_data(dataset, split_ds, rows, recipe: Recipe, *, k: int, progress) -> TrainingData:
+    # Every file is decoded once here, as the in-memory path does, so that the same files are skipped
+    # and recorded, and oversampling draws the same copies of the same decodable rows.
+    size, channels = recipe.image_size, recipe.channels
+    ok, failed = {}, []
+    for s in SPLITS:
+        if len(rows[s]):
+            ok[s], bad = decodable_rows(dataset, rows[s], size=size, channels=channels, progress=progress,
+                                        what=f"{s} images")
+            failed += bad
+    if "train" not in ok or not len(ok["train"]):
+        raise RecipeError(f"No training images of {dataset.name!r} could be decoded")
+    train_rows = ok["train"]
+    augmented = np.zeros(len(train_rows), bool)
+    if recipe.oversample_to:
+        extra = oversample_rows(dataset.labels[train_rows], up_to=recipe.oversample_to, seed=recipe.seed)
+        train_rows = np.concatenate([train_rows, train_rows[extra]])
+        augmented = np.concatenate([augmented, np.ones(len(extra), bool)])
+    y_train = dataset.labels[train_rows]
+    weights = balanced_class_weights(y_train, k) if recipe.class_weights == "balanced" else None
+    stream = dict(size=size, channels=channels, batch_size=recipe.batch_size, seed=recipe.seed,
+                  one_hot=k if recipe.label_smoothing else None)
+    fit_args = dict(x=_streaming_batches(dataset, train_rows, y_train, shuffle=True, augmented=augmented,
+                                         weights=weights, **stream))
+    if len(ok.get("val", ())):
+        fit_args["validation_data"] = _streaming_batches(dataset, ok["val"], dataset.labels[ok["val"]],
+                                                         shuffle=False, **stream)
+    test = None
+    if len(ok.get("test", ())):
+        # integer labels: score_test_split compares them with the predicted classes
+        test = _streaming_batches(dataset, ok["test"], dataset.labels[ok["test"]], shuffle=False,
+                                  **(stream | {"one_hot": None}))
+    return TrainingData(dataset=split_ds, fit_args=fit_args, steps=math.ceil(len(train_rows) / recipe.batch_size),
+                        train_labels=y_train, test=test, failed=failed, streaming=True)
 
 
 # --------------------------------------------------------------------------- callbacks
@@ -319,161 +524,86 @@ def _optimizer(name: str, lr: float):
     return keras.optimizers.SGD(lr, momentum=0.9, nesterov=True)
 
 
-# --------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------- build
 
-def train(
-    dataset: ImageDataset, recipe: Recipe, *, out_dir: str | Path, progress: Progress | None = None,
-    verbose: int | None = None, mixed_precision: bool = False,
-) -> TrainResult:
-    """Train ``recipe`` on ``dataset`` and save the model, history and recipe in ``out_dir``.
-
-    ``progress(message, fraction)`` is called during decoding and training
-    (for the dashboard); ``verbose`` is Keras' (default: a progress bar on a
-    terminal, a line per epoch otherwise). ``mixed_precision`` trains in
-    bfloat16 (fast on CPUs with AMX/AVX512-BF16; the classifier stays float32).
-    Raises TrainingInterrupted on Ctrl-C, after keeping the best checkpoint.
-    """
+def _compile(model, recipe: Recipe, *, learning_rate: float) -> None:
     import keras
 
-    recipe = recipe.validate()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    say = progress or (lambda msg, frac: None)
-    if verbose is None:
-        verbose = 0 if progress else (1 if sys.stderr.isatty() else 2)
+    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
+            if recipe.label_smoothing else keras.losses.SparseCategoricalCrossentropy())
+    model.compile(optimizer=_optimizer(recipe.optimizer, learning_rate), loss=loss, metrics=["accuracy"])
 
-    split_ds = assign_splits(dataset, val_split=recipe.val_split, seed=recipe.seed)
-    size, channels = default_geometry(dataset, recipe)
-    recipe = recipe.replace(image_size=tuple(size), channels=channels).validate()
-    k = len(dataset.classes)
-    rows = {s: np.flatnonzero(split_ds.splits == s) for s in ("train", "val", "test")}
-    n_bytes = len(dataset) * size[0] * size[1] * channels
-    in_memory = dataset.pixels is not None or n_bytes <= IN_MEMORY_LIMIT_BYTES
-    failed: list[dict] = []
 
-    weights = None
-    if in_memory:
-        arrays = {}
-        for s in ("train", "val", "test"):
-            if len(rows[s]):
-                # decoding comes before the training bar starts: its counts go in the message
-                x, ok, bad = load_arrays(dataset, rows[s], size=size, channels=channels,
-                                         progress=(lambda m, f: progress(m, 0.0)) if progress else None,
-                                         what=f"{s} images")
-                arrays[s] = (x, dataset.labels[ok])
-                failed += bad
-        if "train" not in arrays or not len(arrays["train"][0]):
-            raise RecipeError(f"No training images of {dataset.name!r} could be decoded")
-        x_train, y_train = arrays["train"]
-        if recipe.oversample_to:
-            x_train, y_train = oversample(x_train, y_train, up_to=recipe.oversample_to, seed=recipe.seed)
-        if recipe.class_weights == "balanced":
-            weights = balanced_class_weights(y_train, k)
-        fit_data = dict(x=x_train, y=y_train, batch_size=recipe.batch_size, shuffle=True,
-                        validation_data=arrays.get("val"), class_weight=weights)
-        steps = math.ceil(len(x_train) / recipe.batch_size)
-        test_data = arrays.get("test")
-    else:
-        train_rows, y_train = rows["train"], dataset.labels
-        if recipe.oversample_to:
-            counts = np.bincount(dataset.labels[train_rows], minlength=k)
-            rng = np.random.default_rng(recipe.seed)
-            extra = [rng.choice(train_rows[dataset.labels[train_rows] == c], recipe.oversample_to - n)
-                     for c, n in enumerate(counts) if 0 < n < recipe.oversample_to]
-            train_rows = np.concatenate([train_rows, *extra])
-        if recipe.class_weights == "balanced":
-            weights = balanced_class_weights(dataset.labels[train_rows], k)
-        stream = dict(size=size, channels=channels, batch_size=recipe.batch_size, seed=recipe.seed)
-        fit_data = dict(x=_streaming_batches(dataset, train_rows, dataset.labels[train_rows], shuffle=True,
-                                             weights=weights, **stream),
-                        validation_data=_streaming_batches(dataset, rows["val"], dataset.labels[rows["val"]],
-                                                           shuffle=False, **stream) if len(rows["val"]) else None)
-        steps = math.ceil(len(train_rows) / recipe.batch_size)
-        test_data = (_streaming_batches(dataset, rows["test"], dataset.labels[rows["test"]], shuffle=False, **stream)
-                     if len(rows["test"]) else None)
+def build_and_compile(recipe: Recipe, *, n_classes: int, mixed_precision: bool = False):
+    """The recipe's model (``build_model``), compiled with its optimizer and loss.
+
+    ``mixed_precision`` builds it under Keras' 'mixed_bfloat16' policy (the
+    classifier stays float32); the global policy is restored afterwards.
+    """
+    import keras
 
     previous_policy = keras.mixed_precision.global_policy().name
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        say("Building the model", 0.0)
-        model = build_model(recipe, n_classes=k, image_size=size, channels=channels)
+        model = build_model(recipe, n_classes=n_classes, image_size=recipe.image_size, channels=recipe.channels)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    _compile(model, recipe, learning_rate=recipe.learning_rate)
+    return model
 
-    loss = (keras.losses.CategoricalCrossentropy(label_smoothing=recipe.label_smoothing)
-            if recipe.label_smoothing else keras.losses.SparseCategoricalCrossentropy())
-    if recipe.label_smoothing:
-        fit_data = _one_hot_fit_data(fit_data, k)
-    model.compile(optimizer=_optimizer(recipe.optimizer, recipe.learning_rate), loss=loss, metrics=["accuracy"])
 
-    checkpoint = out_dir / "checkpoint.keras"
-    has_val = fit_data.get("validation_data") is not None
+# --------------------------------------------------------------------------- fit
+
+@dataclass
+class FitOutcome:
+    history: dict[str, list[float]]    # per epoch: loss, accuracy, val_loss, val_accuracy, learning_rate
+    stopped_by: str                    # 'epochs', 'early stopping' or 'time budget'
+    seconds: float
+
+    @property
+    def epochs(self) -> int:
+        return len(next(iter(self.history.values()), []))
+
+
+def fit_phases(model, data: TrainingData, recipe: Recipe, *, checkpoint: Path, progress: Progress | None = None,
+               verbose: int = 0) -> FitOutcome:
+    """Train ``model`` on ``data``; for a transfer recipe with ``fine_tune``, then fine-tune the backbone's top.
+
+    The fine-tuning phase continues the epoch count and the history at a tenth
+    of the learning rate, within what is left of the time budget. Raises
+    TrainingInterrupted on Ctrl-C, naming the best checkpoint saved so far.
+    """
+    say = say_function(progress or False)
     t0 = time.perf_counter()
     history: dict[str, list[float]] = {}
-    stopped_by = "epochs"
+    phase = dict(recipe=recipe, steps=data.steps, checkpoint=checkpoint, has_val=data.has_val, history=history,
+                 progress=progress, verbose=verbose)
     try:
-        planner = _fit_phase(model, fit_data, recipe=recipe, epochs=recipe.epochs, initial_epoch=0,
-                             lr=recipe.learning_rate, steps=steps, checkpoint=checkpoint, has_val=has_val,
-                             budget_s=recipe.time_budget_s, history=history, progress=progress, verbose=verbose)
+        planner = _fit_phase(model, data.fit_args, epochs=recipe.epochs, initial_epoch=0, lr=recipe.learning_rate,
+                             budget_s=recipe.time_budget_s, **phase)
         stopped_by = planner.stopped_by
         if recipe.recipe == "transfer" and recipe.fine_tune and recipe.fine_tune_epochs:
             left = None if recipe.time_budget_s is None else recipe.time_budget_s - (time.perf_counter() - t0)
             if left is None or left > 0:
                 n = unfreeze_top(model, recipe.fine_tune, backbone_name=recipe.backbone)
+                lr = recipe.learning_rate / 10
                 say(f"Fine-tuning the top {recipe.fine_tune} backbone layers ({n} with weights) "
-                    f"at learning rate {recipe.learning_rate / 10:g}", 0.0)
-                model.compile(optimizer=_optimizer(recipe.optimizer, recipe.learning_rate / 10), loss=loss,
-                              metrics=["accuracy"])
+                    f"at learning rate {lr:g}", 0.0)
+                _compile(model, recipe, learning_rate=lr)
                 done = len(next(iter(history.values()), []))
-                planner = _fit_phase(model, fit_data, recipe=recipe, epochs=done + recipe.fine_tune_epochs,
-                                     initial_epoch=done, lr=recipe.learning_rate / 10, steps=steps,
-                                     checkpoint=checkpoint, has_val=has_val, budget_s=left, history=history,
-                                     progress=progress, verbose=verbose)
+                planner = _fit_phase(model, data.fit_args, epochs=done + recipe.fine_tune_epochs,
+                                     initial_epoch=done, lr=lr, budget_s=left, **phase)
                 stopped_by = planner.stopped_by
     except KeyboardInterrupt:
         raise TrainingInterrupted(checkpoint if checkpoint.exists() else None) from None
-    seconds = time.perf_counter() - t0
-
-    test_accuracy = None
-    if test_data is not None:
-        say("Scoring the held-out test images", 1.0)
-        if isinstance(test_data, tuple):
-            probs = model.predict(test_data[0].astype(np.float32), batch_size=256, verbose=0)
-            test_accuracy = float((probs.argmax(1) == test_data[1]).mean())
-        else:
-            test_accuracy = float(model.evaluate(test_data, verbose=0, return_dict=True)["accuracy"])
-
-    model_path = out_dir / "model.keras"
-    model.save(model_path)
-    epochs = len(next(iter(history.values()), []))
-    result = TrainResult(model=model, model_path=model_path, recipe=recipe, history=history, seconds=seconds,
-                         epochs=epochs, test_accuracy=test_accuracy, dataset=split_ds, image_size=tuple(size),
-                         channels=channels, stopped_by=stopped_by)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1))
-    record = {**result.training_record(), "classes": list(dataset.classes), "data": dataset.describe(),
-              "skipped_in_training": failed[:100], "n_skipped_in_training": len(failed),
-              "mixed_precision": mixed_precision}
-    record.pop("history")
-    (out_dir / "recipe.json").write_text(json.dumps(record, indent=1))
-    return result
+    return FitOutcome(history=history, stopped_by=stopped_by, seconds=time.perf_counter() - t0)
 
 
-def _one_hot_fit_data(fit_data: dict, k: int) -> dict:
-    """Label smoothing needs one-hot targets (in-memory data only)."""
-    if "y" not in fit_data:
-        raise RecipeError("--label-smoothing needs data that fits in memory")
-    eye = np.eye(k, dtype=np.float32)
-    out = dict(fit_data, y=eye[fit_data["y"]])
-    if out.get("validation_data") is not None:
-        xv, yv = out["validation_data"]
-        out["validation_data"] = (xv, eye[yv])
-    return out
-
-
-def _fit_phase(model, fit_data, *, recipe: Recipe, epochs: int, initial_epoch: int, lr: float, steps: int,
+def _fit_phase(model, fit_args: dict, *, recipe: Recipe, epochs: int, initial_epoch: int, lr: float, steps: int,
                checkpoint: Path, has_val: bool, budget_s: float | None, history: dict,
                progress: Progress | None, verbose: int):
+    """One ``model.fit`` with the recipe's callbacks; appends to ``history``; returns the epoch planner."""
     import keras
 
     LearningRateLog, ScheduleAndBudget, ProgressReport = _callbacks_module()
@@ -496,7 +626,7 @@ def _fit_phase(model, fit_data, *, recipe: Recipe, epochs: int, initial_epoch: i
         callbacks.append(ProgressReport(progress, planner=planner, steps=steps))
     # Keras prints its progress to stdout; keep stdout for results (the run id).
     with contextlib.redirect_stdout(sys.stderr):
-        h = model.fit(**fit_data, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+        h = model.fit(**fit_args, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                       verbose=verbose)
     if early_stopping is not None and early_stopping.stopped_epoch > 0:
         planner.stopped_by = "early stopping"
@@ -506,75 +636,88 @@ def _fit_phase(model, fit_data, *, recipe: Recipe, epochs: int, initial_epoch: i
     return planner
 
 
-# --------------------------------------------------------------------------- command line
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m core train``."""
-    d = Recipe()
-    parser.add_argument("--data", required=True, help="data folder, CSV manifest, 'fashion-mnist' or 'digits'")
-    parser.add_argument("--recipe", required=True, help=f"one of {', '.join(RECIPES)}")
-    parser.add_argument("--name", default=None, help="run name (default: <recipe>-<data>-<time>)")
-    parser.add_argument("--out", default=None, help="folder for the model (default: models/<run name>/)")
-    parser.add_argument("--no-analyze", action="store_true", help="train only; do not write an analysis run")
-    parser.add_argument("--no-projection", action="store_true", help="analysis without the UMAP map")
-    g = parser.add_argument_group("model")
-    g.add_argument("--backbone", default=None, help=f"transfer backbone: {', '.join(BACKBONES)}")
-    g.add_argument("--weights", default=d.weights, help="imagenet (from the Keras cache or downloaded) or none")
-    g.add_argument("--image-size", default=None, help="H or HxW (default: the data's size for pixel data, "
-                   "64 for small-cnn/mlp, 128 for transfer)")
-    g.add_argument("--channels", type=int, default=None, help="1 (gray) or 3 (RGB); default from the data")
-    g.add_argument("--conv-filters", default=",".join(map(str, d.conv_filters)), help="e.g. 32,64")
-    g.add_argument("--dense-units", default=",".join(map(str, d.dense_units)), help="e.g. 256,128 (last = embedding)")
-    g.add_argument("--dropout", type=float, default=d.dropout)
-    g.add_argument("--batch-norm", action="store_true", help="BatchNormalization after each Dense (and conv)")
-    g.add_argument("--fine-tune", type=int, default=0, metavar="N",
-                   help="then unfreeze the top N backbone layers (BatchNorm stays frozen), lr/10")
-    g.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs)
-    o = parser.add_argument_group("optimisation")
-    o.add_argument("--batch-size", type=int, default=d.batch_size)
-    o.add_argument("--epochs", type=int, default=d.epochs)
-    o.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    o.add_argument("--optimizer", default=d.optimizer, help=f"one of {', '.join(OPTIMIZERS)}")
-    o.add_argument("--lr-schedule", default=d.lr_schedule, help=f"one of {', '.join(LR_SCHEDULES)}")
-    o.add_argument("--label-smoothing", type=float, default=0.0)
-    o.add_argument("--val-split", type=float, default=d.val_split,
-                   help="stratified validation fraction when the data has no 'val' split")
-    o.add_argument("--seed", type=int, default=d.seed)
-    o.add_argument("--augment", default="", help=f"comma-separated: {','.join(AUGMENTATIONS)}")
-    o.add_argument("--class-weights", default=None, help="'balanced' (sklearn compute_class_weight)")
-    o.add_argument("--oversample-to", type=int, default=None, metavar="N",
-                   help="augmented copies of classes with fewer than N training images, up to N")
-    o.add_argument("--no-early-stopping", action="store_true")
-    o.add_argument("--patience", type=int, default=d.patience)
-    o.add_argument("--no-checkpoint", action="store_true")
-    o.add_argument("--no-reduce-lr", action="store_true")
-    o.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="stop training when the next epoch would not fit in this many seconds")
-    o.add_argument("--mixed-precision", action="store_true", help="bfloat16 compute (fast on recent Intel CPUs)")
+def score_test_split(model, data: TrainingData) -> float | None:
+    """Accuracy on the held-out test rows (None without any)."""
+    if data.test is None:
+        return None
+    if data.streaming:
+        stream, correct, total = data.test, 0, 0
+        for i in range(len(stream)):
+            x, y = stream[i]
+            correct += int((np.asarray(model.predict_on_batch(x)).argmax(1) == y).sum())
+            total += len(y)
+        return correct / total if total else None
+    x, y = data.test
+    probs = model.predict(x.astype(np.float32), batch_size=256, verbose=0)
+    return float((probs.argmax(1) == y).mean())
 
 
-def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    """The Recipe the command-line options describe (validated)."""
-    return Recipe(
-        recipe=args.recipe, backbone=args.backbone, weights=args.weights,
-        image_size=parse_size(args.image_size) if args.image_size else None, channels=args.channels,
-        conv_filters=parse_int_list(args.conv_filters, option="--conv-filters"),
-        dense_units=parse_int_list(args.dense_units, option="--dense-units"), dropout=args.dropout,
-        batch_norm=args.batch_norm, fine_tune=args.fine_tune, fine_tune_epochs=args.fine_tune_epochs,
-        batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate,
-        optimizer=args.optimizer, lr_schedule=args.lr_schedule, label_smoothing=args.label_smoothing,
-        val_split=args.val_split, seed=args.seed,
-        augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()),
-        class_weights=args.class_weights, oversample_to=args.oversample_to,
-        early_stopping=not args.no_early_stopping, patience=args.patience, checkpoint=not args.no_checkpoint,
-        reduce_lr=not args.no_reduce_lr, time_budget_s=args.time_budget,
-    ).validate()
+# --------------------------------------------------------------------------- save
+
+def save_training(result: TrainResult, *, classes: list[str], data: dict, skipped: list[dict],
+                  mixed_precision: bool) -> None:
+    """Write ``result``'s model, then ``classes.txt``, ``history.json`` and ``recipe.json`` beside it.
+
+    ``recipe.json`` is the manifest's training record (without the history)
+    with the classes, the data set's description and the files skipped
+    (the first 100, and their number).
+    """
+    out_dir = result.model_path.parent
+    result.model.save(result.model_path)
+    (out_dir / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    (out_dir / "history.json").write_text(json.dumps(result.history, indent=1))
+    record = {**result.training_record(), "classes": list(classes), "data": data,
+              "skipped_in_training": skipped[:100], "n_skipped_in_training": len(skipped),
+              "mixed_precision": mixed_precision}
+    record.pop("history")
+    (out_dir / "recipe.json").write_text(json.dumps(record, indent=1))
+
+
+# --------------------------------------------------------------------------- training
+
+def train(
+    dataset: ImageDataset, recipe: Recipe, *, out_dir: str | Path, progress: Progress | None = None,
+    verbose: int | None = None, mixed_precision: bool = False, in_memory_limit_bytes: int | None = None,
+) -> TrainResult:
+    """Train ``recipe`` on ``dataset`` and save the model, classes, history and recipe in ``out_dir``.
+
+    ``progress(message, fraction)`` is called during decoding and training
+    (for the dashboard); ``verbose`` is Keras' (default: a progress bar on a
+    terminal, a line per epoch otherwise). ``mixed_precision`` trains in
+    bfloat16 (fast on CPUs with AMX/AVX512-BF16; the classifier stays float32).
+    ``in_memory_limit_bytes`` overrides ``IN_MEMORY_LIMIT_BYTES``, the decoded
+    size above which images are streamed from disk.
+    Raises TrainingInterrupted on Ctrl-C, after keeping the best checkpoint.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = say_function(progress or False)
+    if verbose is None:
+        verbose = 0 if progress else (1 if sys.stderr.isatty() else 2)
+
+    recipe = with_geometry(dataset, recipe.validate())
+    data = prepare_data(dataset, recipe, progress=progress, in_memory_limit_bytes=in_memory_limit_bytes)
+    say("Building the model", 0.0)
+    model = build_and_compile(recipe, n_classes=len(dataset.classes), mixed_precision=mixed_precision)
+    fitted = fit_phases(model, data, recipe, checkpoint=out_dir / "checkpoint.keras", progress=progress,
+                        verbose=verbose)
+    if data.test is not None:
+        say("Scoring the held-out test images", 1.0)
+    test_accuracy = score_test_split(model, data)
+    result = TrainResult(model=model, model_path=out_dir / "model.keras", recipe=recipe, history=fitted.history,
+                         seconds=fitted.seconds, epochs=fitted.epochs, test_accuracy=test_accuracy,
+                         dataset=data.dataset, image_size=tuple(recipe.image_size), channels=recipe.channels,
+                         stopped_by=fitted.stopped_by)
+    save_training(result, classes=list(dataset.classes), data=dataset.describe(), skipped=data.failed,
+                  mixed_precision=mixed_precision)
+    return result
 
 
 def default_run_name(recipe: Recipe, dataset: ImageDataset) -> str:
+    """``<recipe>-<data>-<YYYYmmdd-HHMMSS>``, made safe as a run id (``core.progress.slug``)."""
     what = recipe.recipe if recipe.recipe != "transfer" else f"transfer-{recipe.backbone}"
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{what}-{dataset.name}-{stamp}").strip("-.")
+    return slug(f"{what}-{dataset.name}-{stamp}")
 
 
 def train_and_analyze(
@@ -598,27 +741,3 @@ def train_and_analyze(
                   training=result.training_record(), model_path=str(result.model_path),
                   projection=projection, progress=progress)
     return result, run
-
-
-def train_command(args: argparse.Namespace) -> int:
-    """``python -m core train``: returns the exit status (130 on Ctrl-C)."""
-    from core.store import RunStore
-
-    recipe = recipe_from_args(args)
-    dataset = load_dataset(args.data)
-    print(f"Data: {dataset!r}", file=sys.stderr)
-    try:
-        result, run = train_and_analyze(
-            dataset, recipe, store=RunStore(args.store), run_name=args.name, out_dir=args.out,
-            analyze_run=not args.no_analyze, projection=not args.no_projection,
-            mixed_precision=args.mixed_precision)
-    except TrainingInterrupted as stop:
-        where = f"best checkpoint kept at {stop.checkpoint}" if stop.checkpoint else "no checkpoint was saved yet"
-        print(f"Interrupted: {where}", file=sys.stderr)
-        return 130
-    acc = "n/a" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
-    print(f"Trained {result.epochs} epochs in {result.seconds:.1f} s (stopped by {result.stopped_by}); "
-          f"test accuracy {acc}; model {result.model_path}", file=sys.stderr)
-    if run is not None:
-        print(run.id)
-    return 0

@@ -108,3 +108,25 @@ def test_class_order_beside_the_model_wins(tmp_path, image_tree, tiny_model_path
     run = RunStore(tmp_path / "s").load("ordered")
     assert run.classes == ["fox", "cat", "dog"]
     assert run.predictions.loc[run.predictions["path"] == "fox/fox_0.png", "true"].item() == 0
+
+
+def _imported_modules(*args: str, tmp_path) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``python -X importtime -m core ARGS`` and return it with the top-level packages it imported."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "core", *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "HOME": str(tmp_path)})
+    names = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in out.stderr.splitlines()
+             if line.startswith("import time:") and "|" in line}
+    return out, names
+
+
+def test_runs_and_train_help_import_neither_tensorflow_nor_keras(tmp_path):
+    runs, imported = _imported_modules("runs", "--store", str(tmp_path / "store"), tmp_path=tmp_path)
+    assert runs.returncode == 0, runs.stderr[-2000:]
+    assert {"core", "numpy", "pandas"} <= imported  # the import log was read
+    assert not imported & {"tensorflow", "keras", "umap"}
+    # The train and demo options are built without TensorFlow too.
+    for command, option in (("train", "--oversample-to"), ("demo", "--time-budget")):
+        shown, imported = _imported_modules(command, "--help", tmp_path=tmp_path)
+        assert shown.returncode == 0 and option in shown.stdout
+        assert not imported & {"tensorflow", "keras", "umap"}

@@ -1,8 +1,10 @@
-"""The demo on a tiny fake Fashion-MNIST (IDX gz files in tmp) and on the digits fallback."""
+"""The demo on a tiny fake Fashion-MNIST (IDX gz files in tmp) and on the digits fallback.
+
+Tests that train carry the ``slow`` marker.
+"""
 
 from __future__ import annotations
 
-import argparse
 import gzip
 
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 
 pytest.importorskip("keras")
 
-from core import datasets, demo  # noqa: E402
+from core import cli, datasets, demo  # noqa: E402
 from core.store import RunStore  # noqa: E402
 
 
@@ -38,6 +40,7 @@ def fake_fashion_mnist(tmp_path, monkeypatch):
     return folder
 
 
+@pytest.mark.slow
 def test_run_demo_writes_the_fashion_mnist_run_with_training_figures(fake_fashion_mnist, tmp_path):
     seen: list[tuple[str, float]] = []
     run = demo.run_demo(store=RunStore(tmp_path / "runs"), progress=lambda m, f: seen.append((m, f)),
@@ -61,11 +64,12 @@ def test_run_demo_writes_the_fashion_mnist_run_with_training_figures(fake_fashio
     assert (tmp_path / "model" / "model.keras").is_file()
 
 
+@pytest.mark.slow
 def test_demo_falls_back_to_digits_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(datasets, "find_fashion_mnist", lambda: None)
-    args = argparse.Namespace(store=str(tmp_path / "runs"), time_budget=60.0, epochs=1,
-                              out=str(tmp_path / "model"), no_projection=True)
-    assert demo.demo_command(args) == 0
+    argv = ["demo", "--store", str(tmp_path / "runs"), "--time-budget", "60", "--epochs", "1",
+            "--out", str(tmp_path / "model"), "--no-projection"]
+    assert cli.main(argv) == 0
     out, err = capsys.readouterr()
     assert out.strip() == "digits-demo"
     assert "using scikit-learn's digits" in err
@@ -73,7 +77,11 @@ def test_demo_falls_back_to_digits_and_says_so(tmp_path, monkeypatch, capsys):
     assert run.n_images == 1797 and run.training["image_size"] == [16, 16]
 
 
-def test_demo_command_rejects_a_bad_budget():
-    args = argparse.Namespace(store=None, time_budget=0.0, epochs=None, out=None, no_projection=True)
-    with pytest.raises(ValueError, match="--time-budget must be positive"):
-        demo.demo_command(args)
+@pytest.mark.parametrize("option, value, message", [
+    ("--time-budget", "0", "error: --time-budget must be positive seconds. Received: 0.0"),
+    ("--epochs", "0", "error: --epochs must be at least 1. Received: 0"),
+])
+def test_demo_command_rejects_bad_options_before_training(tmp_path, monkeypatch, capsys, option, value, message):
+    monkeypatch.setattr(demo, "run_demo", lambda **kwargs: pytest.fail("must not train"))
+    assert cli.main(["demo", option, value, "--store", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]

@@ -2,24 +2,26 @@
 
 Tiny data: 3 classes of 16x16 RGB PNGs (train/ 6 per class, test/ 2 per class).
 Transfer backbones are built with weights=None at 32x32 (the smallest they
-accept); nothing downloads.
+accept); every backbone is built, one (MobileNetV2) is trained; nothing
+downloads. Tests that train carry the ``slow`` marker.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 keras = pytest.importorskip("keras")
 
-from core import recipes, training  # noqa: E402
+from core import cli, recipes, training  # noqa: E402
 from core.datasets import load_dataset  # noqa: E402
 from core.images import encode_png  # noqa: E402
 from core.recipes import Recipe, RecipeError  # noqa: E402
 from core.store import RunStore  # noqa: E402
+from tests.conftest import write_image  # noqa: E402
 
 CLASSES = ("circle", "square", "stripes")
 
@@ -63,6 +65,7 @@ def _train_and_check(tiny_data, tmp_path, recipe: Recipe, *, size=16):
                                              out_dir=tmp_path / "model", projection=False, progress=False,
                                              verbose=0)
     assert (tmp_path / "model" / "model.keras").is_file()
+    assert (tmp_path / "model" / "classes.txt").read_text().splitlines() == list(CLASSES)
     saved = json.loads((tmp_path / "model" / "recipe.json").read_text())
     assert saved["recipe"]["recipe"] == recipe.recipe
     assert saved["classes"] == list(CLASSES)
@@ -82,17 +85,20 @@ def _train_and_check(tiny_data, tmp_path, recipe: Recipe, *, size=16):
     return result, run
 
 
+@pytest.mark.slow
 def test_small_cnn_trains_saves_and_analyses(tiny_data, tmp_path):
     _train_and_check(tiny_data, tmp_path, _quick(recipe="small-cnn", augment=("flip", "rotation", "shift",
                                                                               "zoom", "contrast")))
 
 
+@pytest.mark.slow
 def test_mlp_trains_saves_and_analyses(tiny_data, tmp_path):
     result, _ = _train_and_check(tiny_data, tmp_path, _quick(recipe="mlp", optimizer="sgd",
                                                              class_weights="balanced"))
     assert not any(isinstance(lyr, keras.layers.Conv2D) for lyr in result.model.layers)
 
 
+@pytest.mark.slow
 def test_demo_cnn_with_schedule_records_learning_rate(tiny_data, tmp_path):
     result, run = _train_and_check(tiny_data, tmp_path, _quick(recipe="demo-cnn", epochs=2,
                                                                lr_schedule="onecycle", learning_rate=0.01))
@@ -101,17 +107,23 @@ def test_demo_cnn_with_schedule_records_learning_rate(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("backbone", recipes.BACKBONES)
-def test_transfer_backbones_train_and_analyse(tiny_data, tmp_path, backbone):
-    recipe = _quick(recipe="transfer", backbone=backbone, batch_norm=backbone == "vgg16")
+def test_transfer_backbones_build_frozen_under_the_recipe_head(backbone):
+    recipe = _quick(recipe="transfer", backbone=backbone, batch_norm=backbone == "vgg16", image_size=(32, 32))
+    model = recipes.build_model(recipe, n_classes=3, image_size=(32, 32), channels=3)
+    assert not model.get_layer(backbone).trainable  # frozen by default
+    assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 3)
+    assert model.layers[-1].name == "classifier" and model.layers[-1].get_config()["activation"] == "softmax"
+    assert model.get_layer("preprocess").get_config()["backbone"] == backbone
+    # The head's last Dense block is the embedding the analysis projects.
+    assert model.get_layer("dense_2").units == recipe.dense_units[-1]
+    assert any(lyr.name == "dense_1_bn" for lyr in model.layers) == (backbone == "vgg16")
+
+
+@pytest.mark.slow
+def test_transfer_trains_fine_tunes_top_layers_but_not_batch_norm_and_analyses(tiny_data, tmp_path):
+    recipe = _quick(recipe="transfer", backbone="mobilenetv2", fine_tune=10, fine_tune_epochs=1)
     result, run = _train_and_check(tiny_data, tmp_path, recipe, size=32)
-    assert not result.model.get_layer(backbone).trainable  # frozen by default
     assert run.manifest["model"]["scale"] == "raw"
-
-
-def test_fine_tune_unfreezes_top_layers_but_not_batch_norm(tiny_data, tmp_path):
-    recipe = _quick(recipe="transfer", backbone="mobilenetv2", fine_tune=10, fine_tune_epochs=1,
-                    image_size=(32, 32))
-    result = training.train(tiny_data, recipe, out_dir=tmp_path, verbose=0)
     backbone = result.model.get_layer("mobilenetv2")
     top = backbone.layers[-10:]
     assert any(lyr.trainable for lyr in top)
@@ -217,39 +229,119 @@ def test_oversample_tops_small_classes_up_with_new_images():
     assert x.shape == (8, 12, 12, 1) and x.dtype == np.uint8
 
 
-def _cli_args(**values) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    training.add_train_arguments(parser)
-    argv = []
+def _train_argv(**values) -> list[str]:
+    argv = ["train"]
     for key, value in values.items():
         argv += [f"--{key.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    args = parser.parse_args(argv)
-    args.store = None
-    return args
+    return argv
 
 
 def test_train_command_ctrl_c_keeps_checkpoint_and_says_where(tiny_data, tmp_path, monkeypatch, capsys):
-    def interrupted(model, fit_data, *, checkpoint, **kwargs):
+    def interrupted(model, fit_args, *, checkpoint, **kwargs):
         model.save(checkpoint)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(training, "_fit_phase", interrupted)
-    args = _cli_args(data=tiny_data.source, recipe="mlp", image_size=8, out=tmp_path / "m", no_analyze=True)
-    assert training.train_command(args) == 130
+    argv = _train_argv(data=tiny_data.source, recipe="mlp", image_size=8, out=tmp_path / "m", no_analyze=True)
+    assert cli.main(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"Interrupted: best checkpoint kept at {tmp_path / 'm' / 'checkpoint.keras'}"
 
 
+@pytest.mark.slow
 def test_train_command_trains_without_analysis(tiny_data, tmp_path, capsys):
-    args = _cli_args(data=tiny_data.source, recipe="mlp", image_size=8, epochs=1, dense_units="8,4",
-                     out=tmp_path / "m", no_analyze=True, val_split=0.3)
-    assert training.train_command(args) == 0
+    argv = _train_argv(data=tiny_data.source, recipe="mlp", image_size=8, epochs=1, dense_units="8,4",
+                       out=tmp_path / "m", no_analyze=True, val_split=0.3)
+    assert cli.main(argv) == 0
     assert (tmp_path / "m" / "model.keras").is_file()
     history = json.loads((tmp_path / "m" / "history.json").read_text())
     assert len(history["val_accuracy"]) == 1
-    assert "test accuracy" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == ""  # no analysis run, so no run id
+    assert "test accuracy" in err
 
 
-def test_train_command_rejects_bad_val_split(tiny_data):
-    with pytest.raises(ValueError, match="--val-split must be between 0 and 1"):
-        training.train_command(_cli_args(data=tiny_data.source, recipe="mlp", val_split=1.0))
+@pytest.mark.parametrize("option, value, message", [
+    ("val_split", 1.0, "error: --val-split must be between 0 and 1 (exclusive). Received: 1.0"),
+    ("image_size", "big", "error: --image-size must be H or HxW"),
+    ("conv_filters", "32,x", "error: --conv-filters must be comma-separated integers"),
+    ("oversample_to", 0, "error: --oversample-to must be a positive number of images. Received: 0"),
+])
+def test_train_command_rejects_bad_options_in_one_line(tiny_data, capsys, option, value, message):
+    assert cli.main(_train_argv(data=tiny_data.source, recipe="mlp", **{option: value})) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)
+
+
+# --------------------------------------------------------------------------- streaming from disk
+
+@pytest.fixture(scope="module")
+def uneven_data(tmp_path_factory):
+    """train/: circle 8, square 4, stripes 2 PNGs and an undecodable square/broken.png; val/ and test/:
+    one a class, and an undecodable test/stripes/broken.png."""
+    root = tmp_path_factory.mktemp("uneven")
+    colours = {"circle": (230, 40, 40), "square": (40, 230, 40), "stripes": (40, 40, 230)}
+    seed = 0
+    for split, counts in (("train", (8, 4, 2)), ("val", (1, 1, 1)), ("test", (1, 1, 1))):
+        for (name, rgb), n in zip(colours.items(), counts):
+            for i in range(n):
+                seed += 1
+                write_image(root / split / name / f"{name}_{i}.png", rgb, size=(16, 16), seed=seed)
+    (root / "train" / "square" / "broken.png").write_bytes(b"not a png")
+    (root / "test" / "stripes" / "broken.png").write_bytes(b"not a png either")
+    return load_dataset(root)
+
+
+def _stream_epoch(stream) -> tuple[np.ndarray, np.ndarray]:
+    batches = [stream[i] for i in range(len(stream))]
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+def test_streaming_data_skips_and_oversamples_like_in_memory(uneven_data):
+    recipe = training.with_geometry(uneven_data, _quick(recipe="mlp", batch_size=4, image_size=(16, 16),
+                                                        oversample_to=6))
+    memory = training.prepare_data(uneven_data, recipe)
+    streamed = training.prepare_data(uneven_data, recipe, in_memory_limit_bytes=0)
+    assert not memory.streaming and streamed.streaming
+    # The same files skipped, in the same order, with their reasons.
+    assert streamed.failed == memory.failed
+    assert sorted(Path(f["path"]).as_posix() for f in memory.failed) == ["test/stripes/broken.png",
+                                                                         "train/square/broken.png"]
+    # The same oversampled copies: 8 circles, 4 + 2 squares, 2 + 4 stripes.
+    np.testing.assert_array_equal(streamed.train_labels, memory.train_labels)
+    assert np.bincount(memory.train_labels).tolist() == [8, 6, 6]
+    assert streamed.steps == memory.steps == 5
+
+    x_mem, y_mem = memory.fit_args["x"], memory.fit_args["y"]
+    x_str, y_str = _stream_epoch(streamed.fit_args["x"])
+    assert np.bincount(y_mem).tolist() == np.bincount(y_str).tolist() == [8, 6, 6]
+    assert x_str.shape == x_mem.shape == (20, 16, 16, 3) and x_str.dtype == np.float32
+    # The copies are augmented on both paths: no image appears twice.
+    assert len({img.tobytes() for img in x_mem}) == 20
+    assert len({img.astype(np.uint8).tobytes() for img in x_str}) == 20
+
+    x_val, y_val = _stream_epoch(streamed.fit_args["validation_data"])
+    np.testing.assert_array_equal(x_val, memory.fit_args["validation_data"][0])
+    np.testing.assert_array_equal(y_val, memory.fit_args["validation_data"][1])
+    x_test, y_test = _stream_epoch(streamed.test)
+    np.testing.assert_array_equal(x_test, memory.test[0])
+    np.testing.assert_array_equal(y_test, memory.test[1])
+
+
+@pytest.mark.slow
+def test_streaming_training_records_skipped_files_like_in_memory(uneven_data, tmp_path):
+    # label smoothing (one-hot targets) and class weights (sample weights) go through the stream too
+    recipe = _quick(recipe="mlp", batch_size=4, image_size=(16, 16), oversample_to=6, label_smoothing=0.1,
+                    class_weights="balanced")
+    results = {}
+    for name, limit in (("memory", None), ("streamed", 0)):
+        result = training.train(uneven_data, recipe, out_dir=tmp_path / name, verbose=0, in_memory_limit_bytes=limit)
+        results[name] = (result, json.loads((tmp_path / name / "recipe.json").read_text()))
+    (memory, memory_record), (streamed, streamed_record) = results["memory"], results["streamed"]
+    assert streamed_record["n_skipped_in_training"] == memory_record["n_skipped_in_training"] == 2
+    assert streamed_record["skipped_in_training"] == memory_record["skipped_in_training"]
+    assert streamed_record["splits"] == memory_record["splits"] == {"test": 4, "train": 15, "val": 3}
+    assert set(streamed.history) == set(memory.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert streamed.epochs == memory.epochs == 1
+    # 3 decodable test images: the accuracy is a multiple of 1/3
+    assert streamed.test_accuracy is not None and round(streamed.test_accuracy * 3, 6) % 1 == 0
