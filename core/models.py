@@ -7,6 +7,9 @@ is cheap, so that reading runs never pays for them.
 from __future__ import annotations
 
 import hashlib
+import json
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,25 @@ MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 class ModelError(ValueError):
     """A model that cannot be used (the message names the file or layer at fault)."""
+
+
+class UnsafeModelError(ModelError):
+    """A model that can run arbitrary code, refused without the caller's opt-in.
+
+    ``reason`` says why in words that name no command-line flag (for callers
+    such as the dashboard, which have none to offer); the message adds the
+    CLI's ``--unsafe-load``.
+    """
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"Model {str(path)!r} refused: {reason}. Load it only if you trust it: "
+                         "add --unsafe-load")
+        self.reason = reason
+
+
+SAVEDMODEL_RISK = ("a SavedModel's graph can run arbitrary operations (file writes, ...) when called; "
+                   "it is not covered by Keras safe mode")
+PYTHON_CODE_RISK = "it needs arbitrary Python code to load (e.g. a Lambda layer)"
 
 
 def model_format(path: str | Path) -> str:
@@ -64,30 +86,121 @@ def _register_custom_layers() -> None:
 def load_model(path: str | Path, *, unsafe: bool = False):
     """Load a ``.keras``, legacy ``.h5`` or SavedModel in Keras safe mode.
 
-    A model that needs arbitrary code (a Lambda layer) is refused unless
-    ``unsafe=True``. A SavedModel is called through its serving signature and
-    yields class outputs only: Keras 3 cannot rebuild its inner layers (this is
-    what ``keras.layers.TFSMLayer`` does too), so there are no embeddings.
+    A model that can run arbitrary code is refused with an UnsafeModelError
+    unless ``unsafe=True``: one that needs Python code (a Lambda layer), and
+    every SavedModel, whose graph runs whatever operations it holds (file
+    writes included) outside Keras safe mode. A SavedModel is called through
+    its serving signature and yields class outputs only: Keras 3 cannot rebuild
+    its inner layers (this is what ``keras.layers.TFSMLayer`` does too), so
+    there are no embeddings.
     """
     fmt = model_format(path)
+    p = Path(path)
+    if fmt == "savedmodel":
+        if not unsafe:
+            raise UnsafeModelError(p, SAVEDMODEL_RISK)
+        return SavedModelClassifier(p)
     import keras
 
     _register_custom_layers()
-    p = Path(path)
-    if fmt == "savedmodel":
-        return SavedModelClassifier(p)
     try:
+        config = _repaired_legacy_config(p) if fmt == "h5" else None
+        if config is not None:
+            return _load_h5_with_config(p, config, unsafe=unsafe)
         return keras.saving.load_model(p, compile=False, safe_mode=not unsafe)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ModelError(f"Not a Keras model file: {str(p)!r} ({_first_line(exc)})") from None
     except (ValueError, TypeError) as exc:
         msg = _first_line(exc)
         if "safe_mode" in msg or "Lambda" in msg or "unsafe" in msg.lower():
-            raise ModelError(
-                f"Model {str(p)!r} needs arbitrary Python code to load (e.g. a Lambda layer); "
-                "load it only if you trust the file: add --unsafe-load"
-            ) from None
+            raise UnsafeModelError(p, PYTHON_CODE_RISK) from None
         raise ModelError(f"Cannot load model {str(p)!r}: {msg}") from None
+
+
+# Layer classes whose config is a whole model (nested backbones).
+_MODEL_CLASSES = ("Functional", "Model", "Sequential")
+
+
+def _repaired_legacy_config(path: Path) -> dict | None:
+    """The ``model_config`` of a legacy .h5 file rewritten so that Keras 3 can rebuild it, or
+    None when it needs no change (or has no config; Keras then says what is wrong).
+
+    tf.keras 2.x counted the node that creates a nested model (a keras.applications backbone
+    built with ``input_shape``) as that model's node 0, so the outer model refers to its call as
+    ``['vgg16', 1, 0, {}]``; Keras 3 creates no such node and cannot resolve index 1. And
+    tf.keras 2.x wrote single inputs and outputs as one-element lists, which a Keras 3 model
+    returns as a list (a nested backbone then hands ``[tensor]`` to the next layer). Only these
+    index and nesting fields change: layer configs, and so what safe mode checks, are untouched.
+    """
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        raw = f.attrs.get("model_config")
+    if raw is None:
+        return None
+    config = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else str(raw))
+    return config if _repair_model_configs(config) else None
+
+
+def _is_tensor_ref(ref) -> bool:
+    """A legacy reference to a layer's output: [layer_name, node_index, tensor_index(, kwargs)]."""
+    return isinstance(ref, list) and len(ref) in (3, 4) and isinstance(ref[0], str) and isinstance(ref[1], int)
+
+
+def _repair_model_configs(obj) -> bool:
+    """Repair every Functional config inside ``obj`` in place (see _repaired_legacy_config);
+    True if anything changed."""
+    changed = False
+    if isinstance(obj, dict):
+        inner = obj.get("config")
+        if obj.get("class_name") in ("Functional", "Model") and isinstance(inner, dict) and "layers" in inner:
+            changed |= _repair_functional_config(inner)
+        for value in obj.values():
+            changed |= _repair_model_configs(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            changed |= _repair_model_configs(value)
+    return changed
+
+
+def _repair_functional_config(config: dict) -> bool:
+    changed = False
+    layers = [lyr for lyr in config.get("layers") or [] if isinstance(lyr, dict)]
+    nested = {lyr.get("name"): lyr for lyr in layers if lyr.get("class_name") in _MODEL_CLASSES}
+    refs: dict[str, list[list]] = {name: [] for name in nested}
+    for lyr in layers:
+        for node in lyr.get("inbound_nodes") or []:
+            for ref in node if isinstance(node, list) else []:
+                if _is_tensor_ref(ref) and ref[0] in refs:
+                    refs[ref[0]].append(ref)
+    for name, found in refs.items():
+        # A nested model called n times has nodes 0..n-1 in Keras 3; tf.keras 2.x wrote 1..n.
+        n_calls = len(nested[name].get("inbound_nodes") or [])
+        if found and min(r[1] for r in found) >= 1 and max(r[1] for r in found) >= n_calls:
+            for ref in found:
+                ref[1] -= 1
+            changed = True
+    for key in ("input_layers", "output_layers"):
+        value = config.get(key)
+        if isinstance(value, list) and len(value) == 1 and _is_tensor_ref(value[0]):
+            config[key] = value[0]
+            changed = True
+    return changed
+
+
+def _load_h5_with_config(path: Path, config: dict, *, unsafe: bool):
+    """Load the legacy .h5 ``path`` with its model config replaced by ``config``: Keras 3's own
+    H5 loader on a temporary copy (the user's file is never written), so weights are matched
+    the way Keras matches them and safe mode applies as for any .h5."""
+    import h5py
+    import keras
+
+    with tempfile.TemporaryDirectory(prefix="legacy-h5-") as folder:
+        copy = Path(folder) / path.name
+        shutil.copyfile(path, copy)
+        with h5py.File(copy, "r+") as f:
+            f.attrs["model_config"] = json.dumps(config)
+        return keras.saving.load_model(copy, compile=False, safe_mode=not unsafe)
 
 
 class SavedModelClassifier:
@@ -128,7 +241,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class InferenceModel:
     """A callable giving (probabilities-or-logits, features) for a batch, plus what it knows."""
 
@@ -183,9 +296,12 @@ def build_inference_model(model, *, layer: str | None = None, scale: str = "auto
                              "as one opaque function. Save the model as .keras to get embeddings")
         shape = model.input_shape
         size = (shape[1], shape[2]) if len(shape) == 4 and shape[1] and shape[2] else None
-        return InferenceModel(model, size, shape[3] if len(shape) == 4 else None, model.n_outputs,
-                              None, None, ("raw" if model.rescales_input else "unit") if scale == "auto"
-                              else scale, False)
+        return InferenceModel(
+            model=model, input_size=size, channels=shape[3] if len(shape) == 4 else None,
+            n_outputs=model.n_outputs, layer=None, output_activation=None,
+            scale=("raw" if model.rescales_input else "unit") if scale == "auto" else scale,
+            has_features=False,
+        )
 
     if not model.inputs:
         raise ModelError("The model has no defined input; build it with an Input layer first")
@@ -227,8 +343,9 @@ def build_inference_model(model, *, layer: str | None = None, scale: str = "auto
         features = keras.layers.Flatten(name="features_flat")(features)
     wrapped = keras.Model(model.inputs, [out, features], name="probs_and_features")
     return InferenceModel(
-        wrapped, size, in_shape[3], int(out.shape[-1]), layer_name, activation,
-        _guess_scale(model) if scale == "auto" else scale, True,
+        model=wrapped, input_size=size, channels=in_shape[3], n_outputs=int(out.shape[-1]),
+        layer=layer_name, output_activation=activation,
+        scale=_guess_scale(model) if scale == "auto" else scale, has_features=True,
     )
 
 

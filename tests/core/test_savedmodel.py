@@ -1,0 +1,107 @@
+"""A SavedModel runs its own graph when called, outside Keras safe mode: loading one needs the opt-in.
+
+The model built here is a tf.Module whose serving function writes a marker file
+(tf.io.write_file) before returning softmax probabilities: the marker shows
+whether the graph ran.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.analyze import analyze, load_run_model
+from core.datasets import load_dataset
+from core.models import ModelError, load_model
+from core.store import RunStore
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write_marker_savedmodel(folder: Path, marker: Path) -> None:
+    """A 3-class SavedModel on (None, 20, 20, 3) raw pixels whose serving function writes ``marker``."""
+    import tensorflow as tf
+
+    class MarkerClassifier(tf.Module):
+        def __init__(self):
+            super().__init__()
+            rng = np.random.default_rng(0)
+            self.conv = tf.Variable(rng.normal(0, 0.2, (3, 3, 3, 4)).astype("float32"))
+            self.dense = tf.Variable(rng.normal(0, 0.5, (4, 3)).astype("float32"))
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 20, 20, 3], tf.float32, name="image")])
+        def serve(self, image):
+            tf.io.write_file(str(marker), "the graph ran")
+            features = tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(image / 255.0, self.conv, 1, "VALID")), axis=[1, 2])
+            return {"probs": tf.nn.softmax(features @ self.dense)}
+
+    module = MarkerClassifier()
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
+
+
+@pytest.fixture
+def marker_savedmodel(tmp_path):
+    folder, marker = tmp_path / "marker_model", tmp_path / "marker.txt"
+    _write_marker_savedmodel(folder, marker)
+    assert not marker.exists()  # saving traces the function but does not run it
+    return folder, marker
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_savedmodel_refused_without_opt_in_and_its_graph_never_runs(tmp_path, image_tree, marker_savedmodel):
+    folder, marker = marker_savedmodel
+    store = tmp_path / "store"
+    refused = _cli("analyze", "--model", str(folder), "--data", str(image_tree), "--no-projection",
+                   "--store", str(store))
+    assert refused.returncode == 2, refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and refused.stderr.rstrip().endswith(errors[0]), refused.stderr
+    assert "arbitrary operations" in errors[0] and "--unsafe-load" in errors[0]
+    assert "Traceback" not in refused.stderr
+    assert not marker.exists()
+    assert not RunStore(store).list_runs()
+
+    with pytest.raises(ModelError, match="not covered by Keras safe mode.*--unsafe-load"):
+        load_model(folder)
+    assert not marker.exists()
+
+    allowed = _cli("analyze", "--model", str(folder), "--data", str(image_tree), "--no-projection",
+                   "--store", str(store), "--unsafe-load", "--name", "opted-in")
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout.strip() == "opted-in" and marker.exists()
+    run = RunStore(store).load("opted-in")
+    assert run.manifest["model"]["format"] == "savedmodel" and run.n_images == 15
+
+
+def test_run_model_loads_a_savedmodel_only_for_a_run_made_with_the_opt_in(tmp_path, image_tree,
+                                                                          marker_savedmodel):
+    folder, marker = marker_savedmodel
+    run = analyze(folder, load_dataset(image_tree), store=RunStore(tmp_path), progress=False,
+                  projection=False, unsafe=True)
+    assert run.manifest["model"]["unsafe_load"] is True
+    marker.unlink()
+
+    # a run analysed without the opt-in (or before the manifest recorded it): refused, in words
+    # that name no command-line flag, since the dashboard has none to pass
+    for recorded in (False, None):
+        if recorded is None:
+            run.manifest["model"].pop("unsafe_load")
+        else:
+            run.manifest["model"]["unsafe_load"] = recorded
+        with pytest.raises(ModelError) as refused:
+            load_run_model(run)
+        message = str(refused.value)
+        assert "SavedModel" in message and "opt" in message and "--" not in message
+        assert "\n" not in message
+        assert not marker.exists()
+
+    run.manifest["model"]["unsafe_load"] = True
+    probs = load_run_model(run).predict(run.image(3))
+    assert marker.exists()
+    assert probs.shape == (3,) and np.allclose(probs, run.probs[3], atol=1e-5)
