@@ -128,7 +128,11 @@ def flips(_a: Run, _b: Run, key_a: str, key_b: str) -> pd.DataFrame:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model...")
 def run_model(_run: Run, key: str):
-    """The run's model for single-image predictions (imports TensorFlow on first use)."""
+    """The run's model for single-image predictions (imports TensorFlow on first use).
+
+    Loaded in Keras safe mode unless the run was analysed with the unsafe-load opt-in; a
+    model that can run arbitrary code otherwise raises ModelError, and the refusal (an
+    exception) is not cached."""
     from core.analyze import load_run_model  # heavy: TensorFlow, only on the "Try an image" page
 
     return load_run_model(_run)
