@@ -142,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pixel range fed to the model: raw 0..255, unit 0..1, symmetric -1..1 "
                         "(auto: raw if the model rescales its input itself, else unit)")
     a.add_argument("--no-projection", action="store_true", help="skip the UMAP map")
-    a.add_argument("--force", action="store_true", help="recompute even if a cached run exists")
+    a.add_argument("--seed", type=int, default=0, help="seed of the UMAP map (part of the run's config)")
+    a.add_argument("--force", action="store_true",
+                   help="recompute even if a run of the same config exists, and replace a run of the "
+                        "same --name made from another config")
     a.add_argument("--unsafe-load", action="store_true",
                    help="allow models that run arbitrary code when loaded (Lambda layers); trusted files only")
 
@@ -211,7 +214,8 @@ def cmd_analyze(args) -> int:
     print(f"Data: {dataset!r}", file=sys.stderr)
     run = analyze(model_path, dataset, store=RunStore(args.store), run_id=args.name, layer=args.layer,
                   batch_size=args.batch_size, force=args.force, unsafe=args.unsafe_load,
-                  projection=not args.no_projection, scale=args.scale, image_size=args.image_size)
+                  projection=not args.no_projection, scale=args.scale, image_size=args.image_size,
+                  seed=args.seed)
     print(run.id)
     return 0
 
@@ -226,9 +230,11 @@ def cmd_runs(args) -> int:
     header = f"{'run':<40} {'created':<26} {'model':<24} {'data':<18} {'images':>9} {'classes':>7} {'accuracy':>8}"
     print(header)
     for s in runs:
-        old = "" if s.schema_version == 1 else f"  (schema {s.schema_version}: re-run)"
+        if not s.ok:
+            print(f"{s.run_id:<40} BROKEN: {s.problem}")
+            continue
         print(f"{s.run_id:<40} {s.created:<26} {s.model[:24]:<24} {s.data[:18]:<18} {s.n_images:>9,} "
-              f"{s.n_classes:>7} {s.accuracy:>8.4f}{old}")
+              f"{s.n_classes:>7} {s.accuracy:>8.4f}")
     return 0
 
 
@@ -316,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's banner out of the output
     args = build_parser().parse_args(argv)
     try:
+        RunStore(args.store).sweep()  # leftovers of writers killed earlier (never a live writer's)
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("Interrupted: nothing half-written was kept.", file=sys.stderr)

@@ -130,3 +130,24 @@ def test_runs_and_train_help_import_neither_tensorflow_nor_keras(tmp_path):
         shown, imported = _imported_modules(command, "--help", tmp_path=tmp_path)
         assert shown.returncode == 0 and option in shown.stdout
         assert not imported & {"tensorflow", "keras", "umap"}
+
+
+def test_runs_lists_a_broken_run_with_its_reason_and_report_names_the_file(tmp_path, capsys):
+    from core.store import RunStore
+    from core.synthetic import make_synthetic_run
+
+    store = RunStore(tmp_path)
+    make_synthetic_run(store, "fine", n=20, with_images=False, history=False)
+    bad = make_synthetic_run(store, "bad", n=20, with_images=False, history=False)
+    (bad.path / "manifest.json").write_text("[1]")
+    hurt = make_synthetic_run(store, "hurt", n=20, with_images=False, history=False)
+    (hurt.path / "predictions.parquet").write_bytes(b"PAR1 truncated")
+    assert main(["runs", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("fine ") or out[2].startswith("fine ")
+    assert any(line.startswith("bad ") and f"BROKEN: {tmp_path / 'bad' / 'manifest.json'}: expected a JSON object"
+               in line for line in out)
+    assert main(["report", "hurt", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: {tmp_path / 'hurt' / 'predictions.parquet'}: not a readable Parquet file "
+                   f"({err.split('(', 1)[1]}") and len(err.splitlines()) == 1
