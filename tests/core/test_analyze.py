@@ -16,6 +16,7 @@ from tests.conftest import make_classifier, write_image
 keras = pytest.importorskip("keras")
 
 
+@pytest.mark.slow  # UMAP
 def test_analyze_folder_writes_a_complete_run(tmp_path, image_tree, tiny_model_path):
     store = RunStore(tmp_path / "store")
     run = analyze(tiny_model_path, load_dataset(image_tree), store=store, progress=False,

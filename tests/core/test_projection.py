@@ -1,6 +1,7 @@
 """UMAP projection: seeded and repeatable, PCA first when wide, sample-fit for large N."""
 
 import numpy as np
+import pytest
 
 from core.projection import project
 
@@ -11,6 +12,7 @@ def _clusters(n, d, seed=0):
     return (centers[rng.integers(0, 4, n)] + rng.normal(0, 1, (n, d))).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_same_seed_same_map_and_pca_for_wide_embeddings():
     x = _clusters(240, 80)
     a, info = project(x, seed=3)
@@ -20,6 +22,7 @@ def test_same_seed_same_map_and_pca_for_wide_embeddings():
     assert info["pca_dims"] == 50 and info["method"] == "umap" and info["fit_rows"] == 240
 
 
+@pytest.mark.slow
 def test_narrow_embeddings_skip_pca_and_large_n_fits_a_sample():
     x = _clusters(300, 8)
     out, info = project(x, max_fit=150)
