@@ -14,7 +14,9 @@ Class order: the ``classes`` argument, else ``classes.txt`` in the data root,
 else sorted names (Keras' ``image_dataset_from_directory`` order).
 A data set holds N images; ``labels`` are ints in ``range(K)``; ``splits`` are
 'train', 'val', 'test' or 'all'. Files that cannot be used are listed in
-``skipped`` with a reason, never dropped silently.
+``skipped`` with a reason, never dropped silently: among them symbolic links
+that lead outside the data set root (as the CSV loader refuses paths outside
+its folder) and, when decoded, images over the pixel limit (see core.images).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from core.images import IMAGE_EXTENSIONS, fit_to_input, read_image
+from core.images import IMAGE_EXTENSIONS, fit_to_input, max_pixels_limit, read_image
+
+import cv2  # after core.images, which sets OpenCV's own pixel cap before OpenCV loads
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                  "validation": "val", "test": "test", "testing": "test"}
@@ -45,6 +48,7 @@ FASHION_MNIST_FILES = {
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 BUILTINS = ("fashion-mnist", "digits")
 _FLAT_NAME = re.compile(r"^(?P<label>.+?)_(?P<number>\d+)$")
+OUTSIDE_ROOT = "symbolic link pointing outside the data set root"
 
 
 class DatasetError(ValueError):
@@ -108,14 +112,16 @@ class ImageDataset:
             "n_images": len(self), "images_in_run": self.pixels is not None,
         }
 
-    def read(self, i: int, *, min_size: tuple[int, int] | None = None) -> np.ndarray:
-        """Pixels of row i, RGB/gray uint8 (raises ValueError if undecodable).
+    def read(self, i: int, *, min_size: tuple[int, int] | None = None,
+             max_pixels: int | None = None) -> np.ndarray:
+        """Pixels of row i, RGB/gray uint8 (raises ValueError if undecodable or over the pixel limit).
 
-        ``min_size`` lets a large JPEG decode at reduced scale (see core.images).
+        ``min_size`` lets a large JPEG decode at reduced scale; ``max_pixels``
+        overrides the pixel limit (see core.images).
         """
         if self.pixels is not None:
             return self.pixels[i]
-        return read_image(self.root / self.paths[i], min_size=min_size)
+        return read_image(self.root / self.paths[i], min_size=min_size, max_pixels=max_pixels)
 
 
 @dataclass
@@ -127,21 +133,25 @@ class Batch:
 
 def iter_batches(
     dataset: ImageDataset, *, size: tuple[int, int], channels: int, batch_size: int = 64,
-    workers: int | None = None, prefetch: int = 2,
+    workers: int | None = None, prefetch: int = 2, max_pixels: int | None = None,
 ) -> Iterator[Batch]:
     """Decode and resize in a thread pool (OpenCV releases the GIL), a batch at a time.
 
     Up to ``prefetch`` batches are decoded ahead while the caller works on the
-    current one, so decoding overlaps inference.
+    current one, so decoding overlaps inference. An image larger than
+    ``max_pixels`` (default ``core.images.max_pixels_limit()``) is refused from
+    its header and reported in ``Batch.failed`` like an undecodable one.
     """
     n = len(dataset)
     workers = workers or min(8, os.cpu_count() or 1)
+    max_pixels = max_pixels_limit() if max_pixels is None else max_pixels  # a bad setting stops here
 
     def load_rows(rows: range, positions: range, out: np.ndarray, errors: list) -> None:
         # each worker decodes a strided share of the batch straight into the batch array
         for i, j in zip(rows, positions):
             try:
-                out[j] = fit_to_input(dataset.read(i, min_size=size), size=size, channels=channels)
+                out[j] = fit_to_input(dataset.read(i, min_size=size, max_pixels=max_pixels),
+                                      size=size, channels=channels)
             except (ValueError, OSError, MemoryError) as exc:  # cv2.imdecode returns None, no cv2.error
                 errors[j] = str(exc)
 
@@ -236,24 +246,82 @@ def _visible(p: Path) -> bool:
     return not p.name.startswith(".")
 
 
+def _link_problem(path: Path, real_root: Path) -> str | None:
+    """Why the symbolic link ``path`` is not followed (it leads out of ``real_root``, nowhere,
+    or round in a loop), or None (not a link, or a link to something inside the root)."""
+    if not path.is_symlink():
+        return None
+    try:
+        target = path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: Python 3.11's "Symlink loop"
+        return "symbolic link loop"
+    if not target.is_relative_to(real_root):
+        return OUTSIDE_ROOT
+    if not target.exists():
+        return "broken symbolic link (its target does not exist)"
+    return None
+
+
+def _sub_folders(folder: Path, root: Path, real_root: Path, skipped: list[dict]) -> list[Path]:
+    """Visible sub-folders of ``folder``, sorted; links leading out of the root go to ``skipped``."""
+    folders = []
+    for d in sorted(folder.iterdir()):
+        if not (_visible(d) and d.is_dir()):
+            continue
+        problem = _link_problem(d, real_root)
+        if problem:
+            skipped.append({"path": str(d.relative_to(root)), "reason": problem})
+        else:
+            folders.append(d)
+    return folders
+
+
+def _files_below(folder: Path, root: Path, real_root: Path, skipped: list[dict]) -> list[Path]:
+    """Visible files anywhere below ``folder``, sorted, following symbolic links (to files or
+    folders) that stay inside the root; the others are listed in ``skipped`` with the reason."""
+    files: list[Path] = []
+
+    def visit(directory: Path, ancestors: frozenset[Path]) -> None:
+        with os.scandir(directory) as scan:
+            entries = sorted(scan, key=lambda entry: entry.name)
+        for entry in entries:  # DirEntry's type tests cost no system call for a plain file
+            path = directory / entry.name
+            problem = _link_problem(path, real_root) if entry.is_symlink() else None
+            if problem:
+                if _visible(path):
+                    skipped.append({"path": str(path.relative_to(root)), "reason": problem})
+            elif entry.is_dir():
+                real = path.resolve()
+                if real in ancestors:  # a link back up the tree
+                    skipped.append({"path": str(path.relative_to(root)), "reason": "symbolic link loop"})
+                else:
+                    visit(path, ancestors | {real})
+            elif entry.is_file() and _visible(path):
+                files.append(path)
+
+    visit(folder, frozenset({folder.resolve()}))
+    return sorted(files)
+
+
 def _load_folder(root: Path, classes: Sequence[str] | None) -> ImageDataset:
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and _visible(d))
+    real_root = root.resolve()
+    skipped: list[dict] = []
+    subdirs = _sub_folders(root, root, real_root, skipped)
     split_dirs = {d: SPLIT_ALIASES[d.name.lower()] for d in subdirs if d.name.lower() in SPLIT_ALIASES}
     if split_dirs and len(split_dirs) == len(subdirs):
         parts = list(split_dirs.items())
     elif subdirs:
         parts = [(root, "all")]
     else:
-        return _load_flat(root, classes)
+        return _load_flat(root, classes, skipped=skipped)
 
     rows: list[tuple[str, str, str]] = []
-    skipped: list[dict] = []
     for base, split in parts:
-        class_dirs = sorted(d for d in base.iterdir() if d.is_dir() and _visible(d))
+        class_dirs = subdirs if base == root else _sub_folders(base, root, real_root, skipped)
         if not class_dirs:
             raise DatasetError(f"Unknown layout: {str(base)!r} has no class sub-folders")
         for cdir in class_dirs:
-            files = sorted(f for f in cdir.rglob("*") if f.is_file() and _visible(f))
+            files = _files_below(cdir, root, real_root, skipped)
             images = [f for f in files if _is_image(f)]
             skipped += [{"path": str(f.relative_to(root)), "reason": f"not an image file ({f.suffix or 'no extension'})"}
                         for f in files if not _is_image(f)]
@@ -270,9 +338,19 @@ def _load_folder(root: Path, classes: Sequence[str] | None) -> ImageDataset:
     )
 
 
-def _load_flat(root: Path, classes: Sequence[str] | None) -> ImageDataset:
-    files = sorted(f for f in root.iterdir() if f.is_file() and _visible(f) and f.name != "classes.txt")
-    rows, skipped = [], []
+def _load_flat(root: Path, classes: Sequence[str] | None, *, skipped: list[dict]) -> ImageDataset:
+    """Image files directly in ``root``; ``skipped`` already lists its sub-folder links that
+    lead out of the root (``_load_folder``)."""
+    real_root = root.resolve()
+    files, rows = [], []
+    for f in sorted(root.iterdir()):
+        if not _visible(f) or f.name == "classes.txt" or f.is_dir():
+            continue
+        problem = _link_problem(f, real_root)
+        if problem:
+            skipped.append({"path": f.name, "reason": problem})
+        elif f.is_file():
+            files.append(f)
     for f in files:
         if not _is_image(f):
             skipped.append({"path": f.name, "reason": f"not an image file ({f.suffix or 'no extension'})"})

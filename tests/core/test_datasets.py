@@ -188,3 +188,93 @@ def test_large_jpeg_decodes_at_reduced_scale_with_the_same_picture(tmp_path):
     b = fit_to_input(full, size=(60, 60), channels=3).astype(int)
     assert np.abs(a - b).mean() < 3                     # the same picture at the model's size
     assert read_image(tmp_path / "big.jpg", min_size=(300, 300)).shape == (480, 640, 3)
+
+
+# --- decompression bombs and symbolic links -------------------------------------
+
+def test_a_30000_pixel_square_png_in_a_folder_is_skipped_with_the_reason(image_tree):
+    from tests.core.test_images import BOMB_REASON, png_bytes
+
+    (image_tree / "cat" / "big.png").write_bytes(png_bytes(30000, 30000))  # ~110 KB, 2.7 GB decoded
+    ds = load_dataset(image_tree)
+    assert "cat/big.png" in ds.paths
+    batches = list(iter_batches(ds, size=(8, 8), channels=3, batch_size=4, workers=2))
+    failed = {f["path"]: f["reason"] for b in batches for f in b.failed}
+    assert failed == {"cat/big.png": f"{image_tree / 'cat' / 'big.png'}: {BOMB_REASON}",
+                      "dog/broken.jpg": failed["dog/broken.jpg"]}
+    assert sum(len(b.index) for b in batches) == 15              # every other image decoded
+    (image_tree / "cat" / "big.png").write_bytes(png_bytes(100, 100))
+    small = list(iter_batches(ds, size=(8, 8), channels=3, batch_size=4, max_pixels=9_999))
+    assert any(f["path"] == "cat/big.png" and "10,000 pixels (100x100) is over the 9,999-pixel limit"
+               in f["reason"] for b in small for f in b.failed)
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder next to the data set with an image and a sub-folder of images in it."""
+    out = tmp_path / "outside"
+    write_image(out / "secret.png", (9, 9, 9))
+    write_image(out / "private" / "a.png", (9, 9, 9))
+    return out
+
+
+@pytest.mark.parametrize("layout", ["folder", "split folders", "flat"])
+def test_symbolic_links_out_of_the_root_are_skipped_in_every_layout(tmp_path, outside, layout):
+    root = tmp_path / "data"
+    base = root / "train" if layout == "split folders" else root
+    if layout == "flat":
+        write_image(root / "cat_1.png", (200, 40, 40))
+        links = {"cat_2.png": outside / "secret.png", "dog_1.png": outside / "secret.png",
+                 "dog_2.png": root / "cat_1.png"}                # the last one stays inside
+        expected_paths = ["cat_1.png", "dog_2.png"]
+        for name, target in links.items():
+            (root / name).symlink_to(target)
+        dir_link = root / "private"
+    else:
+        write_image(base / "cat" / "1.png", (200, 40, 40))
+        write_image(base / "cat" / "deep" / "2.png", (200, 40, 40))
+        (base / "cat" / "secret.png").symlink_to(outside / "secret.png")       # file link out
+        (base / "cat" / "private").symlink_to(outside / "private")             # folder link out
+        (base / "cat" / "again.png").symlink_to(base / "cat" / "1.png")       # file link in
+        (base / "cat" / "deeper").symlink_to(base / "cat" / "deep")           # folder link in
+        (base / "cat" / "loop").symlink_to(base / "cat")                      # back up the tree
+        prefix = "train/" if layout == "split folders" else ""
+        expected_paths = [f"{prefix}cat/{p}" for p in ("1.png", "again.png", "deep/2.png", "deeper/2.png")]
+        dir_link = base / "dog"                                              # a class folder link out
+        if layout == "split folders":
+            (root / "test").symlink_to(outside)                              # a split folder link out
+    dir_link.symlink_to(outside / "private")
+    ds = load_dataset(root)
+    assert sorted(ds.paths) == expected_paths
+    reasons = {s["path"]: s["reason"] for s in ds.skipped}
+    out_of_root = "symbolic link pointing outside the data set root"
+    if layout == "flat":
+        assert reasons == {"cat_2.png": out_of_root, "dog_1.png": out_of_root, "private": out_of_root}
+    else:
+        expected = {"cat/secret.png": out_of_root, "cat/private": out_of_root,
+                    "cat/loop": "symbolic link loop", "dog": out_of_root}
+        if layout == "split folders":
+            expected = {f"train/{k}": v for k, v in expected.items()} | {"test": out_of_root}
+        assert reasons == expected
+    assert all((root / p).resolve().is_relative_to(root.resolve()) for p in ds.paths)
+
+
+def test_a_data_root_reached_through_a_link_keeps_its_own_links(tmp_path, outside):
+    real = tmp_path / "real"
+    write_image(real / "cat" / "1.png", (200, 40, 40))
+    (real / "cat" / "2.png").symlink_to(real / "cat" / "1.png")
+    (real / "cat" / "3.png").symlink_to(outside / "secret.png")
+    (tmp_path / "alias").symlink_to(real)
+    ds = load_dataset(tmp_path / "alias")
+    assert ds.paths == ["cat/1.png", "cat/2.png"]
+    assert ds.skipped == [{"path": "cat/3.png", "reason": "symbolic link pointing outside the data set root"}]
+
+
+def test_csv_manifest_refuses_a_link_out_of_its_folder(tmp_path, outside):
+    root = tmp_path / "data"
+    write_image(root / "1.png", (1, 2, 3))
+    (root / "2.png").symlink_to(outside / "secret.png")
+    (root / "m.csv").write_text("path,label\n1.png,a\n2.png,b\n")
+    ds = load_dataset(root / "m.csv")
+    assert ds.paths == ["1.png"]
+    assert ds.skipped == [{"path": "2.png", "reason": "outside the manifest's folder"}]
