@@ -105,3 +105,10 @@ def test_run_model_loads_a_savedmodel_only_for_a_run_made_with_the_opt_in(tmp_pa
     probs = load_run_model(run).predict(run.image(3))
     assert marker.exists()
     assert probs.shape == (3,) and np.allclose(probs, run.probs[3], atol=1e-5)
+
+    # the opt-in was for the folder the run hashed, not for whatever lies there later
+    marker.unlink()
+    (folder / "fingerprint.pb").write_bytes(b"changed")
+    with pytest.raises(ModelError, match="has changed since the run was analysed") as changed:
+        load_run_model(run)
+    assert "--" not in str(changed.value) and not marker.exists()
