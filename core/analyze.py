@@ -103,7 +103,7 @@ def default_run_id(model_name: str, dataset: ImageDataset, config: AnalysisConfi
 
 
 def reuse_or_refuse(store: RunStore, run_id: str, config: AnalysisConfig, *, named: bool,
-                    force: bool, say: Progress) -> Run | None:
+                    force: bool, say: Progress, unsafe: bool = False) -> Run | None:
     """The stored run to reuse for ``config``, or None when it must be computed.
 
     A run named ``run_id`` made from another config is never replaced silently:
@@ -120,7 +120,7 @@ def reuse_or_refuse(store: RunStore, run_id: str, config: AnalysisConfig, *, nam
             existing, problem = None, str(exc).splitlines()[0]
         if existing is not None and existing.cache_key == key and not force:
             say(f"Reusing run {run_id!r} (same model, data and options; --force recomputes it)", 1.0)
-            return existing
+            return _with_opt_in(existing, unsafe)
         if not force:
             if problem is not None:
                 why = f"cannot be read ({problem})"
@@ -138,9 +138,16 @@ def reuse_or_refuse(store: RunStore, run_id: str, config: AnalysisConfig, *, nam
         return None
     if named:
         say(f"Copying cached run {cached!r} as {run_id!r} (same model, data and options)", 1.0)
-        return store.copy_run(cached, run_id)
+        return _with_opt_in(store.copy_run(cached, run_id), unsafe)
     say(f"Reusing cached run {cached!r} (same model, data and options; --force recomputes it)", 1.0)
-    return store.load(cached)
+    return _with_opt_in(store.load(cached), unsafe)
+
+
+def _with_opt_in(run: Run, unsafe: bool) -> Run:
+    """A reused run records the unsafe-load opt-in given now (results do not depend on it)."""
+    if unsafe and not run.model_info.unsafe_load:
+        run.record_unsafe_opt_in()
+    return run
 
 
 def analyze(
@@ -179,7 +186,7 @@ def analyze(
         run_id = default_run_id(stem, dataset, config)
     valid_run_id(run_id)
     reused = reuse_or_refuse(store, run_id, config, named=named, force=force or training is not None,
-                             say=say)
+                             say=say, unsafe=unsafe)
     if reused is not None:
         return reused
     with store.reserve(run_id):  # a second writer of this name is refused now, not after its work

@@ -515,6 +515,14 @@ class Run:
             shutil.rmtree(base / str(old["folder"]), ignore_errors=True)
         return info
 
+    def record_unsafe_opt_in(self) -> None:
+        """Mark the run's model as loadable outside safe mode (the user opted in for this file)."""
+        with _flock(self.path / ".derived.lock"):
+            manifest = read_manifest(self.path)
+            manifest.setdefault("model", {})["unsafe_load"] = True
+            _write_json_atomic(self.path / MANIFEST, manifest)
+        self.manifest = manifest
+
     def delete_derived(self, name: str) -> None:
         with _flock(self.path / ".derived.lock"):
             manifest = read_manifest(self.path)

@@ -308,3 +308,12 @@ def test_nested_layer_in_a_branching_model_is_refused():
     out = keras.layers.Activation("softmax")(keras.layers.Add()([a, b]))
     with pytest.raises(ModelError, match="not a single chain"):
         build_inference_model(keras.Model(inp, out), layer="tiny_backbone/inner_conv")
+
+
+def test_a_reused_run_records_an_unsafe_load_opt_in_given_later(tmp_path, image_tree, tiny_model_path):
+    store, ds = RunStore(tmp_path), load_dataset(image_tree)
+    first = analyze(tiny_model_path, ds, store=store, progress=False, projection=False)
+    assert first.model_info.unsafe_load is False
+    again = analyze(tiny_model_path, ds, store=store, progress=False, projection=False, unsafe=True)
+    assert again.uid == first.uid and again.model_info.unsafe_load is True
+    assert store.load(first.id).model_info.unsafe_load is True
