@@ -247,18 +247,17 @@ def balanced_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, floa
     return out
 
 
-def _streaming_batches(dataset: ImageDataset, rows: np.ndarray, labels: np.ndarray | None, *,
+def _streaming_batches(dataset: ImageDataset, rows: np.ndarray, labels: np.ndarray, *,
                        size: tuple[int, int], channels: int, batch_size: int, shuffle: bool, seed: int,
                        augmented: np.ndarray | None = None, weights: dict[int, float] | None = None,
                        one_hot: int | None = None):
     """A Keras PyDataset decoding ``rows`` from disk batch by batch (for data too big for memory).
 
-    ``labels``: one per row (None: images only, for ``predict``);
-    ``augmented``: a boolean per row, True for oversampled copies, which get
-    ``oversampling_augmenter``'s transforms; ``weights``: class weights given
-    as sample weights; ``one_hot``: K, for targets as one-hot rows (label
-    smoothing). A file that fails now (changed since the check) is left out
-    of its batch.
+    ``labels``: one per row; ``augmented``: a boolean per row, True for
+    oversampled copies, which get ``oversampling_augmenter``'s transforms;
+    ``weights``: class weights given as sample weights; ``one_hot``: K, for
+    targets as one-hot rows (label smoothing). A file that fails now (changed
+    since the check) is left out of its batch.
     """
     import keras
 
@@ -268,7 +267,6 @@ def _streaming_batches(dataset: ImageDataset, rows: np.ndarray, labels: np.ndarr
     class StreamingBatches(keras.utils.PyDataset):
         def __init__(self):
             super().__init__(workers=1, use_multiprocessing=False)
-            self.rows, self.labels, self.augmented = rows, labels, augmented
             self.order = np.arange(len(rows))
             self.rng = np.random.default_rng(seed)
             if shuffle:
@@ -286,8 +284,6 @@ def _streaming_batches(dataset: ImageDataset, rows: np.ndarray, labels: np.ndarr
                 if copies.any():
                     x[copies] = augment(x[copies])
             x = x.astype(np.float32)
-            if labels is None:
-                return x
             y = labels[pick][keep]
             target = eye[y] if eye is not None else y
             if weights is None:
