@@ -126,6 +126,28 @@ def flips(_a: Run, _b: Run, key_a: str, key_b: str) -> pd.DataFrame:
     return views.flips(_a.predictions, _b.predictions, eval_mask(_a, key_a))
 
 
+@st.cache_data(max_entries=1024, show_spinner=False)
+def thumbnail(_run: Run, key: str, row: int, size: int) -> tuple[np.ndarray | None, str | None]:
+    """Row ``row``'s image scaled to about ``size`` px on its long side, or (None, why not).
+
+    Kept per run key, row and size (at most 1,024 thumbnails, about 40 MB), so a
+    rerun decodes nothing. The reason is one line: an image over the pixel limit
+    (refused from its header, see core.images), missing, undecodable or outside
+    the data set root.
+    """
+    from core.images import read_image
+    from core.images import thumbnail as scaled
+
+    try:
+        file = _run.image_file(row)
+        img = _run.image(row) if file is None else read_image(file, min_size=(size, size))
+    except (ValueError, OSError) as exc:  # OSError: PermissionError for a path outside the root
+        return None, str(exc)
+    if img is None:
+        return None, "the run stores no image for this row"
+    return scaled(img, size=size), None
+
+
 @st.cache_resource(max_entries=2, show_spinner="Loading the model...")
 def run_model(_run: Run, key: str):
     """The run's model for single-image predictions (imports TensorFlow on first use).

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-import cv2
 import numpy as np
 import streamlit as st
 
@@ -68,17 +67,9 @@ def other_runs(exclude: str) -> list[RunSummary]:
 
 
 def thumbnail(run: Run, row: int, *, size: int = THUMB_PX) -> np.ndarray | None:
-    """The image of ``row`` scaled to about ``size`` px on its long side (crisp when enlarged)."""
-    img = run.image(int(row))
-    if img is None:
-        return None
-    h, w = img.shape[:2]
-    scale = size / max(h, w)
-    if abs(scale - 1) > 0.05:
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
-        img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
-                         interpolation=interpolation)
-    return img
+    """The image of ``row`` scaled to about ``size`` px on its long side (crisp when enlarged),
+    or None when it cannot be shown (``cache.thumbnail`` gives the reason). Cached."""
+    return cache.thumbnail(run, cache.run_key(run), int(row), size)[0]
 
 
 def item_caption(run: Run, row: int) -> list[str]:
@@ -123,9 +114,9 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, page_key: str | None = N
             if i % columns == 0:  # one st.columns per line keeps lines aligned and items in order
                 cols = st.columns(columns)
             with cols[i % columns], st.container(key=f"{key}-item-{i}"):
-                img = thumbnail(run, row)
+                img, reason = cache.thumbnail(run, cache.run_key(run), int(row), THUMB_PX)
                 if img is None:
-                    st.caption("(image unavailable)")
+                    st.caption(f"(image unavailable: {plain(reason)})")
                 else:
                     st.image(img, width="stretch")
                 lines = item_caption(run, row)

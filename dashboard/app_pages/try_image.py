@@ -2,6 +2,11 @@
 
 The only page that may import TensorFlow, through ``core.analyze`` and only
 once a valid image is uploaded and the run's model file exists.
+
+An upload is untrusted: its byte size, its format (by content) and its pixel
+count (from the header) are checked before anything is decoded, and every
+refusal is one ``st.error`` line. Sizes are in MB of 10^6 bytes, the unit the
+uploader itself displays.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core.images import decode_bytes
+from core.images import MAX_UPLOAD_BYTES, decode_bytes, max_pixels_limit, thumbnail, upload_problem
 from dashboard import cache, figures, ui, views
 
 
@@ -26,28 +31,38 @@ def model_problem(run) -> str | None:
     return None
 
 
+PREVIEW_PX = 512  # the preview is scaled down to this: the browser needs no more
+
+
 def render() -> None:
     run = ui.current_run()
     st.title("Try an image")
-    st.caption(f"Upload a picture (JPEG, PNG, BMP or WebP, up to "
-               f"{views.MAX_UPLOAD_BYTES // 1024 // 1024} MB) to see what the run's model predicts.")
-    upload = st.file_uploader("Image", type=list(views.UPLOAD_TYPES), key="try-upload")
+    try:
+        max_pixels = max_pixels_limit()
+    except ValueError as exc:  # a malformed CLASSIFIER_MAX_PIXELS
+        st.error(ui.plain(str(exc)))
+        return
+    st.caption(f"Upload a picture (JPEG, PNG, BMP or WebP, up to {MAX_UPLOAD_BYTES / 1e6:g} MB and "
+               f"{max_pixels:,} pixels) to see what the run's model predicts.")
+    upload = st.file_uploader("Image", type=list(views.UPLOAD_TYPES), key="try-upload",
+                              max_upload_size=MAX_UPLOAD_BYTES // 1_000_000)
     if upload is None:
         return
     data = upload.getvalue()
-    problem = views.upload_problem(upload.name, len(data))
+    problem = upload_problem(data, name=upload.name, max_bytes=MAX_UPLOAD_BYTES, max_pixels=max_pixels)
     if problem:
         st.error(ui.plain(problem))
         return
     try:
-        pixels = decode_bytes(data, name=upload.name)
+        pixels = decode_bytes(data, name=upload.name, max_pixels=max_pixels)
     except ValueError:
         st.error(ui.plain(f"{upload.name}: not an image that can be decoded "
                           "(JPEG, PNG, BMP or WebP expected)."))
         return
     left, right = st.columns([1, 2])
     with left:
-        st.image(pixels, caption=ui.plain(upload.name), width="stretch")
+        preview = thumbnail(pixels, size=PREVIEW_PX) if max(pixels.shape[:2]) > PREVIEW_PX else pixels
+        st.image(preview, caption=ui.plain(upload.name), width="stretch")
         st.caption(f"{pixels.shape[1]} x {pixels.shape[0]} pixels")
     problem = model_problem(run)
     if problem:
