@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {analyze,runs,report,errors,delete,train,demo}``.
+"""Command line: ``python -m core {analyze,runs,report,errors,delete,train,demo,review}``.
 
 Every error the user can cause ends in one line on stderr and exit status 2;
 Ctrl-C ends with status 130 and leaves no half-written run.
@@ -55,6 +55,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="folder for the model (default: models/<run name>/)")
     parser.add_argument("--no-analyze", action="store_true", help="train only; do not write an analysis run")
     parser.add_argument("--no-projection", action="store_true", help="analysis without the UMAP map")
+    parser.add_argument("--corrections", default=None, metavar="CSV",
+                        help="relabel and drop images as reviewed: a file written by "
+                             "'python -m core review export'")
     g = parser.add_argument_group("model")
     g.add_argument("--backbone", default=None, help=f"transfer backbone: {', '.join(BACKBONES)}")
     g.add_argument("--weights", default=d.weights, help="imagenet (from the Keras cache or downloaded) or none")
@@ -118,6 +121,35 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-projection", action="store_true", help="skip the UMAP map")
 
 
+def add_review_arguments(parser: argparse.ArgumentParser, store: argparse.ArgumentParser) -> None:
+    """Actions of ``python -m core review`` (verdicts on a run's images; see core.review)."""
+    run = argparse.ArgumentParser(add_help=False)
+    run.add_argument("--run", required=True, help="the run whose images are reviewed")
+    actions = parser.add_subparsers(dest="review_action", required=True, metavar="ACTION")
+    m = actions.add_parser("mark", parents=[store, run], help="record a verdict on one image (prints its id)")
+    m.add_argument("--path", required=True, help="the image's path as the run lists it")
+    m.add_argument("--verdict", required=True, help="model-wrong, label-wrong, ambiguous or exclude")
+    m.add_argument("--label", default=None, help="the right class (with --verdict label-wrong only)")
+    m.add_argument("--note", default=None, help="a note kept with the verdict")
+    m.add_argument("--reviewer", default=None, help="who decides (default: the OS user name)")
+    ls = actions.add_parser("list", parents=[store, run], help="the verdicts in force on the run's images (CSV)")
+    ls.add_argument("--path", default=None, help="only this image")
+    ls.add_argument("--history", action="store_true", help="every change, undos included, oldest first")
+    ls.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+    u = actions.add_parser("undo", parents=[store, run], help="undo the newest verdict in force on one image")
+    u.add_argument("--path", required=True, help="the image's path as the run lists it")
+    u.add_argument("--reviewer", default=None, help="who undoes it (default: the OS user name)")
+    x = actions.add_parser("export", parents=[store, run], help="write the corrections CSV (train --corrections)")
+    x.add_argument("--out", required=True, help="CSV file: path, given_label, new_label, verdict, note, reviewer, time")
+    f = actions.add_parser("manifest", parents=[store, run],
+                           help="write a CSV manifest path,label,split with the corrected labels, excluded left out")
+    f.add_argument("--out", required=True,
+                   help="CSV file in the data root (or a folder above it), e.g. DATA_ROOT/fixed.csv")
+    s = actions.add_parser("metrics", parents=[store, run],
+                           help="the per-class table of the evaluation split as reviewed (CSV)")
+    s.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     store = _store_parent()
     parser = argparse.ArgumentParser(prog="python -m core",
@@ -165,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("run")
 
     add_train_arguments(sub.add_parser("train", parents=[store], help="train a model with a recipe, then analyse it"))
+    add_review_arguments(sub.add_parser("review", help="verdicts on a run's images: mark, list, undo, export, "
+                                                     "manifest, metrics"), store)
     add_demo_arguments(sub.add_parser("demo", parents=[store], help="train and analyse the Fashion-MNIST demo run"))
     return parser
 
@@ -282,9 +316,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         result, run = train_and_analyze(
             dataset, recipe, store=RunStore(args.store), run_name=args.name, out_dir=args.out,
             analyze_run=not args.no_analyze, projection=not args.no_projection,
-            mixed_precision=args.mixed_precision)
+            mixed_precision=args.mixed_precision, corrections=args.corrections)
     except TrainingInterrupted as stop:
         return _interrupted(stop.checkpoint)
+    if result.corrections:
+        c = result.corrections
+        print(f"Corrections {c['file']}: {c['relabelled']:,} relabelled, {c['dropped']:,} dropped",
+              file=sys.stderr)
     acc = "n/a" if result.test_accuracy is None else f"{result.test_accuracy:.4f}"
     print(f"Trained {result.epochs} epochs in {result.seconds:.1f} s (stopped by {result.stopped_by}); "
           f"test accuracy {acc}; model {result.model_path}", file=sys.stderr)
@@ -314,8 +352,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    """``python -m core review ACTION --run RUN ...``; mark and undo print the new verdict's id."""
+    from core.review import RunReview, write_corrections
+
+    review = RunReview(RunStore(args.store).load(args.run))
+    action = args.review_action
+    if action == "mark":
+        v = review.mark(args.path, args.verdict, label=args.label, note=args.note, reviewer=args.reviewer)
+        print(f"Marked {v.path!r} {v.verdict}{' -> ' + v.label if v.label else ''} "
+              f"(verdict {v.id}, by {v.reviewer})", file=sys.stderr)
+        print(v.id)
+    elif action == "undo":
+        v = review.undo(args.path, reviewer=args.reviewer)
+        now = "no verdict" if v.verdict is None else v.verdict + (f" -> {v.label}" if v.label else "")
+        print(f"Undid verdict {v.undoes} on {v.path!r}: now {now} (verdict {v.id})", file=sys.stderr)
+        print(v.id)
+    elif action == "list":
+        if args.history:
+            table = review.history(args.path)
+        else:
+            table = review.verdicts()
+            if args.path is not None:
+                table = table[table["row"] == review.row(args.path)]
+        _write_csv(table, args.out)
+    elif action == "export":
+        n = write_corrections(review, args.out)
+        print(f"Wrote {n:,} corrections to {args.out}", file=sys.stderr)
+    elif action == "manifest":
+        counts = review.write_manifest(args.out)
+        print(f"Wrote {counts['rows']:,} images to {args.out} ({counts['relabelled']:,} relabelled, "
+              f"{counts['excluded']:,} excluded)", file=sys.stderr)
+    else:  # metrics
+        result = review.reviewed_metrics()
+        s = result.summary
+        print(f"Accuracy on {s['split']} as reviewed {s['accuracy']:.4f} ({s['n']:,} images; "
+              f"{s['relabelled']:,} relabelled, {s['excluded']:,} excluded); as given {s['given_accuracy']:.4f}",
+              file=sys.stderr)
+        _write_csv(result.per_class, args.out)
+    return 0
+
+
 COMMANDS = {"analyze": cmd_analyze, "runs": cmd_runs, "report": cmd_report, "errors": cmd_errors,
-            "delete": cmd_delete, "train": cmd_train, "demo": cmd_demo}
+            "delete": cmd_delete, "train": cmd_train, "demo": cmd_demo,
+            "review": cmd_review}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,7 @@ class TrainResult:
     image_size: tuple[int, int]
     channels: int
     stopped_by: str
+    corrections: dict | None = None  # the review corrections applied (core.review.apply_corrections)
 
     def training_record(self) -> dict:
         """The manifest's ``training`` entry."""
@@ -82,7 +83,8 @@ class TrainResult:
                 "epochs": self.epochs, "test_accuracy": self.test_accuracy,
                 "model_path": str(self.model_path), "image_size": list(self.image_size),
                 "channels": self.channels, "stopped_by": self.stopped_by,
-                "splits": _split_counts(self.dataset.splits)}
+                "splits": _split_counts(self.dataset.splits),
+                **({"corrections": self.corrections} if self.corrections else {})}
 
 
 def _split_counts(splits: np.ndarray) -> dict:
@@ -674,6 +676,7 @@ def save_training(result: TrainResult, *, classes: list[str], data: dict, skippe
 def train(
     dataset: ImageDataset, recipe: Recipe, *, out_dir: str | Path, progress: Progress | None = None,
     verbose: int | None = None, mixed_precision: bool = False, in_memory_limit_bytes: int | None = None,
+    corrections: str | Path | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on ``dataset`` and save the model, classes, history and recipe in ``out_dir``.
 
@@ -682,9 +685,16 @@ def train(
     terminal, a line per epoch otherwise). ``mixed_precision`` trains in
     bfloat16 (fast on CPUs with AMX/AVX512-BF16; the classifier stays float32).
     ``in_memory_limit_bytes`` overrides ``IN_MEMORY_LIMIT_BYTES``, the decoded
-    size above which images are streamed from disk.
+    size above which images are streamed from disk. ``corrections``, a CSV
+    from ``python -m core review export``, relabels and drops rows first
+    (``core.review.apply_corrections``); the result records which, and how many.
     Raises TrainingInterrupted on Ctrl-C, after keeping the best checkpoint.
     """
+    corrections_record = None
+    if corrections is not None:  # before anything is decoded: a bad file fails at once
+        from core.review import apply_corrections_file
+
+        dataset, corrections_record = apply_corrections_file(dataset, corrections)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     say = say_function(progress or False)
@@ -703,7 +713,7 @@ def train(
     result = TrainResult(model=model, model_path=out_dir / "model.keras", recipe=recipe, history=fitted.history,
                          seconds=fitted.seconds, epochs=fitted.epochs, test_accuracy=test_accuracy,
                          dataset=data.dataset, image_size=tuple(recipe.image_size), channels=recipe.channels,
-                         stopped_by=fitted.stopped_by)
+                         stopped_by=fitted.stopped_by, corrections=corrections_record)
     save_training(result, classes=list(dataset.classes), data=dataset.describe(), skipped=data.failed,
                   mixed_precision=mixed_precision)
     return result
@@ -719,7 +729,7 @@ def default_run_name(recipe: Recipe, dataset: ImageDataset) -> str:
 def train_and_analyze(
     dataset: ImageDataset, recipe: Recipe, *, store, run_name: str | None = None, out_dir: str | Path | None = None,
     analyze_run: bool = True, projection: bool = True, progress: Progress | bool = True,
-    verbose: int | None = None, mixed_precision: bool = False,
+    verbose: int | None = None, mixed_precision: bool = False, corrections: str | Path | None = None,
 ):
     """Train, save, then (unless ``analyze_run`` is False) analyse every row. Returns (TrainResult, Run|None)."""
     from core.store import valid_run_id
@@ -728,7 +738,7 @@ def train_and_analyze(
     out_dir = Path(out_dir) if out_dir else MODELS_DIR / run_name
     callback = progress if callable(progress) else None
     result = train(dataset, recipe, out_dir=out_dir, progress=callback, verbose=verbose,
-                   mixed_precision=mixed_precision)
+                   mixed_precision=mixed_precision, corrections=corrections)
     if not analyze_run:
         return result, None
     from core.analyze import analyze
