@@ -1,0 +1,837 @@
+"""Attention maps: Grad-CAM (and Grad-CAM++) for the images of a run, cached in the run.
+
+Conventions: n images, K classes, J explained classes per image (J = 2 by default:
+``[:, 0]`` the predicted class, ``[:, 1]`` the true class), a feature map A of shape
+(h, w, c) at the chosen layer and the model's input of (H, W).
+
+Grad-CAM (Selvaraju et al., 2017): for class k with pre-softmax score y_k,
+``w_c = mean_ij dy_k/dA_ijc`` and ``map = ReLU(sum_c w_c A_c)``, upsampled to (H, W).
+Grad-CAM++ (Chattopadhay et al., 2018) replaces the mean by
+``w_c = sum_ij alpha_ijc ReLU(dy_k/dA_ijc)`` with ``alpha = g^2 / (2 g^2 + sum_ij(A) g^3)``
+(the closed form for an exponential score; the exp(y_k) factors cancel).
+
+* The score is the logit, never the log of a probability: a last Dense layer with a
+  softmax (or sigmoid) is recomputed as ``z = x W + b`` from its input; a last
+  ``Activation('softmax')`` gives its input.
+* One forward pass per batch and one GradientTape for both classes (``CamExplainer``).
+* The layer is found automatically (``find_cam_layer``: the last convolution whose map has
+  spatial extent, followed to the last normalisation/activation/merge layer of the same
+  size, looking inside nested backbones), or named: ``NAME`` or ``OUTER/INNER``. A layer
+  inside a nested keras.applications backbone is reached as core.models does for
+  ``--layer``: the chain of top-level layers is rebuilt around a copy of the backbone that
+  also outputs that layer, and checked against the original model on random input.
+* A map with no positive evidence (all zero after the ReLU) is flagged ``empty`` rather
+  than shown as a blank overlay.
+
+Cached in the run as the derived analysis ``attention_maps`` (core.derived; config:
+method and layer): ``explain_rows(run, rows)`` computes only the rows not stored yet and
+adds them, so a gallery page of 24 costs 24 images. ``derived.get`` passes nothing but a
+config to a kind, so the requested rows travel in a context variable; a plain
+``derived.get(run, "attention_maps")`` keeps what is stored, or explains the 24 most
+confident errors of the evaluation split. Stored: the raw maps at feature resolution
+(``coarse``, (m, 2, h, w) float32), upsampled and scaled to [0, 1] when read.
+
+TensorFlow and Keras are imported only when something must be computed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from core import derived
+from core.models import ModelError
+from core.progress import Progress, say_function, slug
+from core.store import Run
+
+KIND = "attention_maps"
+KIND_VERSION = 1
+METHODS = ("gradcam", "gradcam++")
+WHICH = ("predicted", "true")
+DEFAULT_LIMIT = 24
+# A map whose positive part is below this fraction of its largest magnitude is rounding noise.
+EMPTY_TOLERANCE = 1e-6
+
+
+class GradCamUnavailable(ModelError):
+    """Grad-CAM cannot be computed for this model (the message says why, in one line)."""
+
+
+# --------------------------------------------------------------------------- pure numbers
+
+def cam_from_gradients(feature_maps: np.ndarray, gradients: np.ndarray, *,
+                       method: str = "gradcam") -> tuple[np.ndarray, np.ndarray]:
+    """Class-activation maps from a layer's feature maps and the score's gradients.
+
+    Parameters
+    ----------
+    feature_maps : float array (n, h, w, c), the layer's output A.
+    gradients : float array (n, h, w, c) or (n, J, h, w, c), dy/dA for one or J classes.
+    method : 'gradcam' (channel weights = spatial mean of the gradient) or 'gradcam++'.
+
+    Returns
+    -------
+    maps : float32 (n, h, w) or (n, J, h, w), ``ReLU(sum_c w_c A_c)``, not rescaled.
+    empty : bool (n,) or (n, J), True where nothing is left after the ReLU (no positive
+        evidence; the map is then all zeros).
+
+    >>> A = np.zeros((1, 2, 2, 2)); A[0, 0, 0, 0] = 1.0; A[0, 1, 1, 1] = 2.0
+    >>> g = np.zeros((1, 2, 2, 2)); g[..., 0] = 4.0; g[..., 1] = -1.0
+    >>> maps, empty = cam_from_gradients(A, g)  # weights: channel 0 -> 4, channel 1 -> -1
+    >>> maps[0].tolist(), bool(empty[0])
+    ([[4.0, 0.0], [0.0, 0.0]], False)
+    >>> cam_from_gradients(A, -g)[1].tolist()   # evidence only against the class
+    [True]
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}. The available methods are {list(METHODS)}")
+    A = np.asarray(feature_maps, dtype=np.float32)
+    g = np.asarray(gradients, dtype=np.float32)
+    if A.ndim != 4:
+        raise ValueError(f"feature_maps must be (n, h, w, c). Received shape {A.shape}")
+    per_class = g.ndim == 5
+    if g.shape != A.shape[:1] + g.shape[1:2] * per_class + A.shape[1:]:
+        raise ValueError(f"gradients of shape {g.shape} do not match feature_maps of shape {A.shape}")
+    if per_class:
+        A = A[:, None]
+    if method == "gradcam":
+        weights = g.mean(axis=(-3, -2))                                     # (..., c)
+    else:
+        g2 = g * g
+        denom = 2.0 * g2 + A.sum(axis=(-3, -2), keepdims=True) * g2 * g
+        alphas = np.divide(g2, denom, out=np.zeros_like(g2), where=denom != 0)
+        weights = (alphas * np.maximum(g, 0.0)).sum(axis=(-3, -2))
+    linear = np.einsum("...hwc,...c->...hw", A, weights)
+    maps = np.maximum(linear, 0.0)
+    peak = maps.max(axis=(-2, -1))
+    scale = np.abs(linear).max(axis=(-2, -1))
+    empty = ~(peak > EMPTY_TOLERANCE * scale)
+    maps[empty] = 0.0
+    return maps.astype(np.float32), empty
+
+
+def upsample_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Maps (..., h, w) resized bilinearly to (..., H, W) with ``size`` = (H, W); float32.
+
+    >>> upsample_maps(np.ones((2, 3, 2, 2)), (4, 5)).shape
+    (2, 3, 4, 5)
+    """
+    import cv2
+
+    maps = np.asarray(maps, dtype=np.float32)
+    h, w = int(size[0]), int(size[1])
+    flat = maps.reshape(-1, *maps.shape[-2:])
+    out = np.empty((len(flat), h, w), np.float32)
+    for i, m in enumerate(flat):
+        out[i] = m if m.shape == (h, w) else cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    return np.maximum(out, 0.0).reshape(*maps.shape[:-2], h, w)
+
+
+def normalize_maps(maps: np.ndarray) -> np.ndarray:
+    """Each map (..., H, W) divided by its maximum, into [0, 1]; all-zero maps stay zero.
+
+    >>> normalize_maps(np.array([[[0.0, 2.0], [1.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]])).tolist()
+    [[[0.0, 0.5], [0.25, 1.0]], [[0.0, 0.0], [0.0, 0.0]]]
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    peak = maps.max(axis=(-2, -1), keepdims=True)
+    return np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
+
+
+def overlay(image_uint8: np.ndarray, cam: np.ndarray, *, alpha: float = 0.6) -> np.ndarray:
+    """The map drawn over the image in the 'jet' colours: uint8 RGB of the image's size.
+
+    ``image_uint8`` is (H, W), (H, W, 1) or (H, W, 3) uint8 of any size; ``cam`` is
+    (h, w) in [0, 1] (resized bilinearly to the image). Each pixel is blended with its
+    colour in proportion to ``alpha * cam``: where the map is 0 the image shows unchanged,
+    so check the map's ``empty`` flag rather than showing an overlay without heat.
+
+    >>> px = overlay(np.zeros((4, 4), np.uint8), np.eye(2))
+    >>> px.shape, px.dtype.name, bool(px[0, 0].any()), px[0, 3].tolist()
+    ((4, 4, 3), 'uint8', True, [0, 0, 0])
+    """
+    import cv2
+
+    image = _as_rgb(image_uint8)
+    cam = np.asarray(cam, dtype=np.float32)
+    if cam.ndim != 2 or not np.isfinite(cam).all():
+        raise ValueError(f"cam must be a finite (h, w) map. Received shape {cam.shape}"
+                         + ("" if cam.ndim != 2 else " with NaN or infinite values"))
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be within [0, 1]. Received: alpha={alpha}")
+    h, w = image.shape[:2]
+    cam = np.clip(cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR) if cam.shape != (h, w) else cam, 0, 1)
+    heat = cv2.cvtColor(cv2.applyColorMap(np.round(cam * 255).astype(np.uint8), cv2.COLORMAP_JET),
+                        cv2.COLOR_BGR2RGB).astype(np.float32)
+    weight = (alpha * cam)[..., None]
+    return np.round(image * (1.0 - weight) + heat * weight).astype(np.uint8)
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8. Received dtype {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=2)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise ValueError(f"image must be (H, W), (H, W, 1) or (H, W, 3). Received shape {image.shape}")
+
+
+# --------------------------------------------------------------------------- the model side
+
+_CONV = ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
+# Layers that keep a convolution's map (same height and width) and may follow it.
+_FOLLOWERS = _CONV + ("BatchNormalization", "LayerNormalization", "GroupNormalization", "Activation",
+                      "ReLU", "LeakyReLU", "PReLU", "ELU", "Add", "Multiply", "Subtract", "Average",
+                      "Maximum", "Minimum", "Concatenate")
+
+
+@dataclass
+class CamExplainer:
+    """A model prepared for batched Grad-CAM: input -> (feature map at ``layer``, class scores).
+
+    Build it with ``build_explainer(model)`` or ``explainer_for_run(run)``; reuse it for
+    many batches (the TensorFlow function is traced once per batch shape).
+    """
+
+    cam_model: object              # keras.Model: input -> [feature map, score input]
+    layer: str                     # 'conv_2' or 'vgg16/block5_conv3'
+    score: str                     # how the class scores are obtained, in words
+    input_size: tuple[int, int] | None
+    channels: int
+    feature_size: tuple[int, int] | None
+    scale: str = "unit"            # pixel range for core.models.prepare_input
+    activation: str | None = None  # 'softmax' or 'sigmoid' when the scores are logits, else None
+    _linear: object = None         # the Dense layer recomputed without its activation, or None
+    _binary: bool = False          # one sigmoid unit: scores (-z, z) for classes (0, 1)
+    _functions: dict = field(default_factory=dict, repr=False)
+
+    def gradients(self, x: np.ndarray, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One forward pass and one tape for a batch.
+
+        Parameters
+        ----------
+        x : float32 (n, H, W, C), already scaled for the model (core.models.prepare_input).
+        classes : int (n, J), the classes to explain for each image.
+
+        Returns
+        -------
+        feature_maps (n, h, w, c), gradients (n, J, h, w, c) of each class's score, and
+        scores (n, K), all float32.
+        """
+        import tensorflow as tf
+
+        x = np.asarray(x, dtype=np.float32)
+        classes = np.asarray(classes, dtype=np.int32)
+        if classes.ndim != 2 or len(classes) != len(x):
+            raise ValueError(f"classes must be (n, J) for n={len(x)} images. Received shape {classes.shape}")
+        n_targets = classes.shape[1]
+        if n_targets not in self._functions:  # traced once per number of classes, any batch size
+            signature = [tf.TensorSpec((None, *x.shape[1:]), tf.float32),
+                         tf.TensorSpec((None, n_targets), tf.int32)]
+            self._functions[n_targets] = tf.function(self._step, input_signature=signature)
+        A, grads, scores = self._functions[n_targets](tf.constant(x), tf.constant(classes))
+        return A.numpy(), grads.numpy(), scores.numpy()
+
+    def _step(self, x, classes):
+        import tensorflow as tf
+
+        with tf.GradientTape(persistent=True) as tape:
+            A, pre = self.cam_model(x, training=False)
+            scores = self._scores(pre)
+            picked = tf.gather(scores, classes, batch_dims=1)            # (n, J)
+            # images are independent, so d(sum over the batch)/dA_i = dy_i/dA_i
+            totals = [tf.reduce_sum(picked[:, j]) for j in range(classes.shape[1])]
+        grads = tf.stack([tape.gradient(t, A) for t in totals], axis=1)
+        del tape
+        return tf.cast(A, tf.float32), tf.cast(grads, tf.float32), scores
+
+    def _logits(self, pre):
+        """The head's pre-activation output (n, K), or (n, 1) for one sigmoid unit."""
+        import tensorflow as tf
+
+        z = tf.cast(pre, tf.float32)
+        if self._linear is not None:
+            z = tf.matmul(z, tf.cast(self._linear.kernel, tf.float32))
+            if self._linear.bias is not None:
+                z = z + tf.cast(self._linear.bias, tf.float32)
+        return z
+
+    def _scores(self, pre):
+        """One score per class (n, K): the logits; (-z, z) for one sigmoid unit."""
+        import tensorflow as tf
+
+        z = self._logits(pre)
+        return tf.concat([-z, z], axis=1) if self._binary else z
+
+    def maps(self, x: np.ndarray, classes: np.ndarray, *, method: str = "gradcam"
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Coarse maps (n, J, h, w), empty flags (n, J) and scores (n, K) for a batch."""
+        A, grads, scores = self.gradients(x, classes)
+        maps, empty = cam_from_gradients(A, grads, method=method)
+        return maps, empty, scores
+
+    def activate(self, logits: np.ndarray) -> np.ndarray:
+        """What the model outputs for these pre-activation values (see ``_logits``)."""
+        z = np.asarray(logits, dtype=np.float64)
+        if self.activation == "sigmoid":
+            return 1.0 / (1.0 + np.exp(-z))
+        if self.activation == "softmax":
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            return e / e.sum(axis=1, keepdims=True)
+        return z
+
+
+def _layer_output(layer):
+    """The output tensor of a layer called once, or None (shared layers have several)."""
+    try:
+        return layer.output
+    except (AttributeError, ValueError):
+        return None
+
+
+def _spatial(shape) -> tuple[int | None, int | None] | None:
+    shape = tuple(shape) if shape is not None else ()
+    return (shape[1], shape[2]) if len(shape) == 4 else None
+
+
+def _has_extent(hw) -> bool:
+    return hw is not None and (hw[0] is None or hw[1] is None or hw[0] * hw[1] > 1)
+
+
+def _top_layers(model) -> list:
+    import keras
+
+    return [lyr for lyr in model.layers if not isinstance(lyr, keras.layers.InputLayer)]
+
+
+def _candidates(model) -> list[tuple[str, object, tuple | None]]:
+    """(path, layer, (h, w) or None) in order, one level into nested models."""
+    import keras
+
+    out = []
+    for lyr in _top_layers(model):
+        if isinstance(lyr, keras.Model):
+            for inner in _top_layers(lyr):
+                t = _layer_output(inner)
+                out.append((f"{lyr.name}/{inner.name}", inner, _spatial(t.shape) if t is not None else None))
+        else:
+            t = _layer_output(lyr)
+            out.append((lyr.name, lyr, _spatial(t.shape) if t is not None else None))
+    return out
+
+
+def find_cam_layer(model) -> str:
+    """The layer Grad-CAM uses by default: ``NAME`` or ``OUTER/INNER`` (inside a nested backbone).
+
+    The last convolution whose feature map has spatial extent (more than 1x1), then the
+    last layer after it that keeps that map's height and width and only normalises,
+    activates or merges it (so MobileNetV2 gives 'out_relu', ResNet50 'conv5_block3_out',
+    VGG16 'block5_conv3': its pooling halves the map).
+    """
+    found = _candidates(model)
+    convs = [i for i, (_, lyr, hw) in enumerate(found) if type(lyr).__name__ in _CONV and _has_extent(hw)]
+    if not convs:
+        maps = [p for p, _, hw in found if _has_extent(hw)]
+        raise GradCamUnavailable(
+            "No convolutional layer with a spatial feature map was found, so Grad-CAM has nothing "
+            f"to weight; name one with --cam-layer (layers with feature maps: {maps[-8:] or 'none'})")
+    first = convs[-1]
+    path, _, hw = found[first]
+    for p, lyr, other in found[first + 1:]:
+        if type(lyr).__name__ in _FOLLOWERS and other == hw:
+            path = p
+    return path
+
+
+def _score_input(model):
+    """(tensor giving the scores, Dense to recompute or None, activation removed, words)."""
+    import keras
+
+    out = model.outputs[0]
+    head = out._keras_history.operation
+    act = getattr(getattr(head, "activation", None), "__name__", None)
+    if isinstance(head, keras.layers.Softmax):
+        act = "softmax"
+    n_out = int(out.shape[-1])
+    if act in ("softmax", "sigmoid") and isinstance(head, keras.layers.Dense) and len(head.input.shape) == 2:
+        return head.input, head, act, f"logits: Dense {head.name!r} recomputed without its {act}"
+    if act in ("softmax", "sigmoid") and isinstance(head, (keras.layers.Activation, keras.layers.Softmax)):
+        return head.input, None, act, f"logits: the input of {head.name!r}"
+    if act in (None, "linear"):
+        return out, None, None, "the model's outputs (logits)"
+    return out, None, None, (f"the model's outputs after its {act} activation (no linear layer before "
+                             "it was found, so these are not logits)")
+
+
+def build_explainer(model, *, layer: str | None = None, scale: str = "unit") -> CamExplainer:
+    """Prepare a Keras image classifier for batched Grad-CAM.
+
+    ``model`` is a keras.Model whose first output gives the classes (Sequential or
+    Functional; nested backbones included). ``layer`` is a top-level layer ``NAME`` or
+    ``OUTER/INNER`` inside a nested model (default: ``find_cam_layer``). The scores are
+    checked against the model's own outputs on two random images before use.
+    """
+    import keras
+
+    if isinstance(model, (str, Path)) or not isinstance(model, keras.Model):
+        raise GradCamUnavailable(f"Grad-CAM needs a Keras model with layers; received {type(model).__name__}")
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise GradCamUnavailable("Grad-CAM needs an image model with one input of shape (batch, height, "
+                                 f"width, channels). Received inputs {[tuple(t.shape) for t in model.inputs]}")
+    path = layer or find_cam_layer(model)
+    pre, linear, activation, words = _score_input(model)
+    outer_name, _, inner_name = path.partition("/")
+    try:
+        outer = model.get_layer(outer_name)
+    except ValueError:
+        names = [lyr.name for lyr in _top_layers(model)]
+        raise ModelError(f"No layer named {outer_name!r} (--cam-layer {path!r}). Layers: {names} "
+                         "(a layer inside a nested model: OUTER/INNER, e.g. vgg16/block5_conv3)") from None
+    if inner_name or isinstance(outer, keras.Model):
+        cam_model = _tapped_chain(model, outer, inner_name, path, head_input=pre is not model.outputs[0])
+    else:
+        feature = _layer_output(outer)
+        if feature is None:
+            raise ModelError(f"--cam-layer {path!r} is used more than once in the model; name another layer")
+        _check_map(feature, path)
+        cam_model = keras.Model(model.inputs[0], [feature, pre], name="gradcam")
+    in_shape = tuple(model.inputs[0].shape)
+    explainer = CamExplainer(
+        cam_model=cam_model, layer=path, score=words,
+        input_size=(in_shape[1], in_shape[2]) if in_shape[1] and in_shape[2] else None,
+        channels=int(in_shape[3]), feature_size=_spatial(cam_model.outputs[0].shape), scale=scale,
+        activation=activation, _linear=linear,
+        _binary=activation == "sigmoid" and int(model.outputs[0].shape[-1]) == 1)
+    _check_against_model(explainer, model, path)
+    return explainer
+
+
+def _check_map(tensor, path: str) -> None:
+    hw = _spatial(tensor.shape)
+    if hw is None:
+        raise ModelError(f"--cam-layer {path!r} outputs shape {tuple(tensor.shape)}; Grad-CAM needs a feature "
+                         "map (batch, height, width, channels)")
+
+
+def _tapped_chain(model, outer, inner_name: str, path: str, *, head_input: bool):
+    """input -> [map at ``path``, score input]: the chain of top-level layers rebuilt with a copy
+    of the nested model ``outer`` that also outputs its layer ``inner_name`` (its own output
+    when empty). Refused, in one line, for models whose top-level layers branch."""
+    import keras
+
+    if not isinstance(outer, keras.Model):
+        raise ModelError(f"--cam-layer {path!r}: {outer.name!r} is a {type(outer).__name__}, not a nested model")
+    if inner_name:
+        try:
+            inner = outer.get_layer(inner_name)
+        except ValueError:
+            names = [lyr.name for lyr in outer.layers]
+            raise ModelError(f"No layer named {inner_name!r} inside {outer.name!r} (--cam-layer {path!r}). "
+                             f"Its last layers: {names[-8:]}") from None
+        _check_map(inner.output, path)
+        tap = keras.Model(outer.inputs, [outer.outputs[0], inner.output], name=f"{outer.name}_gradcam_tap")
+    else:
+        _check_map(outer.outputs[0], path)
+        tap = None
+    layers = _top_layers(model)
+    head = model.outputs[0]._keras_history.operation
+    inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="image")
+    x, feature, before_head = inputs, None, None
+    try:
+        for lyr in layers:
+            if lyr is head:
+                before_head = x
+            if lyr is outer:
+                x, feature = tap(x) if tap is not None else (lyr(x),) * 2
+            else:
+                x = lyr(x)
+    except Exception:  # a branching graph breaks the chain in layer-specific ways
+        raise GradCamUnavailable(
+            f"--cam-layer {path!r}: the model's top-level layers are not a single chain, so a layer inside "
+            f"the nested model {outer.name!r} cannot be reached; name a top-level layer") from None
+    if feature is None or before_head is None:
+        raise GradCamUnavailable(f"--cam-layer {path!r}: the rebuilt chain does not reach {outer.name!r} "
+                                 "and the classifier; name a top-level layer")
+    return keras.Model(inputs, [feature, before_head if head_input else x], name="gradcam")
+
+
+def _check_against_model(explainer: CamExplainer, model, path: str) -> None:
+    """The explainer's probabilities equal the model's on random input, else refuse.
+
+    Catches a rebuilt chain that computes something else, and a last layer whose logits
+    were recovered wrongly. Mixed-precision models are compared at bfloat16's tolerance.
+    """
+    shape = tuple(d or 32 for d in model.inputs[0].shape[1:])
+    probe = np.random.default_rng(0).uniform(0, 255, (2, *shape)).astype("float32")
+    expected = np.asarray(model(probe, training=False))
+    expected = np.asarray(expected[0] if isinstance(expected, (list, tuple)) else expected, np.float64)
+    _, pre = explainer.cam_model(probe, training=False)
+    got = explainer.activate(np.asarray(explainer._logits(pre)))
+    low_precision = any(getattr(lyr, "compute_dtype", "float32") not in ("float32", "float64")
+                        for lyr in model.layers)
+    tol = 2e-2 if low_precision else 1e-4
+    if got.shape != expected.shape or not np.allclose(got, expected, atol=tol):
+        raise GradCamUnavailable(
+            f"Grad-CAM at {path!r}: the rebuilt model does not reproduce the model's outputs (largest "
+            f"difference {np.max(np.abs(got - expected)) if got.shape == expected.shape else 'shape'}); "
+            "its top-level layers are probably not one chain")
+
+
+def explainer_for_run(run: Run, *, layer: str | None = None) -> CamExplainer:
+    """The run's model prepared for Grad-CAM, loaded as ``core.analyze.load_run_model`` does
+    (Keras safe mode unless the run recorded the unsafe-load opt-in). Slow (TensorFlow):
+    callers that explain several pages should keep it (the dashboard in its resource cache).
+    """
+    info = run.model_info
+    if info.format == "savedmodel":
+        raise GradCamUnavailable(
+            f"Grad-CAM is unavailable for run {run.id!r}: its model is a SavedModel, which Keras 3 loads as "
+            "one opaque function without layers; save the model as .keras and re-analyse")
+    if info.format == "synthetic":
+        raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: it is synthetic and has no model")
+    from core.analyze import load_run_model
+
+    run_model = load_run_model(run)
+    inference = run_model.inference
+    if not inference.has_features:
+        raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: its model has no layers to "
+                                 "take gradients at")
+    explainer = build_explainer(inference.model, layer=layer, scale=inference.scale)
+    explainer.input_size = tuple(run_model.size) or explainer.input_size
+    explainer.channels = int(run_model.channels)
+    return explainer
+
+
+# --------------------------------------------------------------------------- rows of a run
+
+@dataclass(frozen=True)
+class Attention:
+    """Attention maps of some rows of a run, in the order asked for.
+
+    ``maps`` float32 (n, J, H, W) in [0, 1] at the model's input resolution (NaN for
+    skipped rows); ``empty`` bool (n, J), no positive evidence (map all zero); ``classes``
+    int (n, J), the class explained; ``peak`` float32 (n, J), each map's maximum before
+    scaling to [0, 1] (the strength of the evidence, comparable between the two classes of
+    one image); ``skipped`` row -> reason, for images that could not be read.
+    """
+
+    rows: np.ndarray
+    which: tuple[str, ...]
+    maps: np.ndarray
+    empty: np.ndarray
+    classes: np.ndarray
+    peak: np.ndarray
+    skipped: dict[int, str]
+    layer: str
+    method: str
+    score: str
+
+
+@dataclass
+class _Request:
+    rows: np.ndarray
+    explainer: CamExplainer | None
+    batch_size: int
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
+_REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("gradcam_request", default=None)
+
+
+def _check_rows(run: Run, rows) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(rows))
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise ValueError(f"rows must be a list of row numbers. Received: {rows!r}"[:300])
+    arr = arr.astype(np.int64)
+    bad = arr[(arr < 0) | (arr >= run.n_images)]
+    if len(bad):
+        raise ValueError(f"Row {int(bad[0])} is not in run {run.id!r}, which has rows 0..{run.n_images - 1}")
+    return arr
+
+
+def _check_options(*, which, method: str, layer: str | None) -> tuple[str, ...]:
+    which = (which,) if isinstance(which, str) else tuple(which)
+    unknown = [w for w in which if w not in WHICH]
+    if unknown or not which:
+        raise ValueError(f"which must name some of {list(WHICH)}. Received: which={which!r}")
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}. The available methods are {list(METHODS)}")
+    if layer is not None and (not isinstance(layer, str) or not layer.strip("/") or layer.count("/") > 1):
+        raise ValueError(f"--cam-layer must be NAME or OUTER/INNER. Received: {layer!r}")
+    return which
+
+
+def explain_rows(run: Run, rows: Sequence[int] | np.ndarray, *, which: Sequence[str] | str = WHICH,
+                 method: str = "gradcam", layer: str | None = None, explainer: CamExplainer | None = None,
+                 batch_size: int = 32, progress: bool | Progress = False) -> Attention:
+    """Attention maps of ``rows`` of ``run``, computed for the rows not cached yet, then cached.
+
+    Rows already stored for this ``method`` and ``layer`` are read back without
+    TensorFlow. ``explainer`` (from ``explainer_for_run(run, layer=layer)``) saves loading
+    the model again. Raises GradCamUnavailable (one line) when the model has no layers to
+    explain, ValueError for a row that is not in the run.
+    """
+    which = _check_options(which=which, method=method, layer=layer)
+    rows = _check_rows(run, rows)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive. Received: {batch_size}")
+    if explainer is not None and layer is not None and explainer.layer != layer:
+        raise ValueError(f"The explainer was built for layer {explainer.layer!r}, not {layer!r}")
+    config = {"method": method, "layer": layer}
+    stored = derived.get(run, KIND, config, compute=False)
+    skipped: dict[int, str] = {}
+    if stored is None or not np.isin(rows, stored.array("rows")).all():
+        request = _Request(rows=np.unique(rows), explainer=explainer, batch_size=batch_size)
+        token = _REQUEST.set(request)
+        try:
+            stored = derived.get(run, KIND, config, force=True, progress=progress)
+        finally:
+            _REQUEST.reset(token)
+        skipped = request.skipped
+    return _read(run, stored, rows, which=which, method=method, skipped=skipped)
+
+
+def attention_maps(run: Run, rows: Sequence[int] | np.ndarray, *, which: Sequence[str] | str = WHICH,
+                   **options) -> np.ndarray:
+    """float32 (n, len(which), H, W) maps in [0, 1] of ``rows`` (``[:, 0]`` the predicted class
+    and ``[:, 1]`` the true class by default); NaN for an image that could not be read.
+    ``options`` as for ``explain_rows``, whose ``Attention`` also has the ``empty`` flags."""
+    return explain_rows(run, rows, which=which, **options).maps
+
+
+def _read(run: Run, stored, rows: np.ndarray, *, which: tuple[str, ...], method: str,
+          skipped: dict[int, str]) -> Attention:
+    summary = stored.summary
+    size = tuple(summary["input_size"])
+    cols = [WHICH.index(w) for w in which]
+    position = pd.Index(np.asarray(stored.array("rows"))).get_indexer(rows)  # -1: not stored
+    have = position >= 0
+    idx = position[have]
+    n, j = len(rows), len(cols)
+    maps = np.full((n, j, *size), np.nan, np.float32)
+    empty = np.zeros((n, j), bool)
+    peak = np.zeros((n, j), np.float32)
+    classes = np.stack([run.predictions["predicted"].to_numpy()[rows],
+                        run.predictions["true"].to_numpy()[rows]], axis=1)[:, cols].astype(np.int64)
+    if have.any():
+        coarse = np.asarray(stored.array("coarse")[idx])[:, cols]
+        maps[have] = normalize_maps(upsample_maps(coarse, size))
+        empty[have] = np.asarray(stored.array("empty")[idx])[:, cols]
+        peak[have] = coarse.max(axis=(-2, -1))
+    missing = {int(r): skipped.get(int(r), "not computed") for r in rows[~have]}
+    return Attention(rows=rows, which=which, maps=maps, empty=empty, classes=classes, peak=peak,
+                     skipped=missing, layer=str(summary["layer"]), method=method, score=str(summary["score"]))
+
+
+def _load_pixels(run: Run, rows: np.ndarray, *, size: tuple[int, int], channels: int
+                 ) -> tuple[list[int], np.ndarray, dict[int, str]]:
+    """uint8 (n_ok, H, W, C) of the rows that could be read, as the run fed them to the model."""
+    from core.images import fit_to_input
+
+    ok, pixels, skipped = [], [], {}
+    for row in rows:
+        row = int(row)
+        try:
+            img = run.image(row)
+        except PermissionError as exc:
+            skipped[row] = str(exc)
+            continue
+        if img is None:
+            skipped[row] = f"image {str(run.predictions['path'].iat[row])!r} is missing or cannot be decoded"
+            continue
+        ok.append(row)
+        pixels.append(fit_to_input(img, size=size, channels=channels))
+    return ok, (np.stack(pixels) if pixels else np.zeros((0, *size, channels), np.uint8)), skipped
+
+
+@derived.register(KIND, version=KIND_VERSION, defaults={"method": "gradcam", "layer": None},
+                  description="Grad-CAM maps of the predicted and the true class, per requested row")
+def _compute_attention(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+    from core.models import prepare_input
+
+    request = _REQUEST.get()
+    previous = derived.get(run, KIND, config, compute=False)
+    old = {name: np.asarray(previous.array(name)) for name in ("rows", "coarse", "empty")} if previous else None
+    if request is None:  # a plain derived.get: keep what is stored, else the first page of errors
+        wanted = old["rows"] if old is not None else select_rows(run, limit=DEFAULT_LIMIT)
+        request = _Request(rows=wanted, explainer=None, batch_size=32)
+    missing = np.setdiff1d(request.rows, old["rows"] if old is not None else [])
+    explainer = request.explainer
+    size, channels = _run_input(run, explainer)
+    preds = run.predictions
+    targets = np.stack([preds["predicted"].to_numpy(), preds["true"].to_numpy()], axis=1)
+    rows, coarse, empty = ([old["rows"]], [old["coarse"]], [old["empty"]]) if old is not None else ([], [], [])
+    mismatched = 0
+    for start in range(0, len(missing), request.batch_size):
+        chunk = missing[start:start + request.batch_size]
+        ok, pixels, skipped = _load_pixels(run, chunk, size=size, channels=channels)
+        request.skipped.update(skipped)
+        if ok:
+            if explainer is None:  # loaded only once some image needs it
+                explainer = explainer_for_run(run, layer=config["layer"])
+            maps, flags, scores = explainer.maps(prepare_input(pixels, explainer.scale), targets[ok],
+                                                 method=config["method"])
+            mismatched += int((scores.argmax(axis=1) != targets[ok, 0]).sum())
+            rows.append(np.asarray(ok, np.int64))
+            coarse.append(maps)
+            empty.append(flags)
+        done = min(start + len(chunk), len(missing))
+        progress(f"Grad-CAM: {done:,}/{len(missing):,} images", done / max(len(missing), 1))
+    summary = dict(previous.summary) if previous is not None else {}
+    if explainer is not None:
+        summary.update({"layer": explainer.layer, "score": explainer.score,
+                        "feature_size": list(explainer.feature_size or ())})
+    summary.setdefault("layer", config["layer"] or "?")
+    summary.setdefault("score", "?")
+    summary.update({
+        "input_size": list(size), "rows": int(sum(len(r) for r in rows)),
+        "empty_maps": int(sum(int(e.sum()) for e in empty)),
+        # the model's argmax on these pixels should be the run's prediction; more than a tie now
+        # and then means the model file or the preprocessing changed since the run
+        "prediction_mismatches": int(summary.get("prediction_mismatches", 0)) + mismatched,
+    })
+    if not rows:  # nothing could be read: an empty result, so the caller reports the skips
+        h, w = explainer.feature_size if explainer is not None and explainer.feature_size else (1, 1)
+        rows, coarse, empty = [np.zeros(0, np.int64)], [np.zeros((0, 2, h, w), np.float32)], [np.zeros((0, 2), bool)]
+    return derived.DerivedResult(arrays={"rows": np.concatenate(rows), "coarse": np.concatenate(coarse),
+                                         "empty": np.concatenate(empty)}, summary=summary)
+
+
+def _run_input(run: Run, explainer: CamExplainer | None) -> tuple[tuple[int, int], int]:
+    """(H, W) and channels the run fed its model, from the manifest (or the explainer)."""
+    info = run.model_info
+    size = tuple(int(v) for v in info.input_size[:2]) if len(info.input_size) >= 2 else None
+    if size is None and explainer is not None:
+        size = explainer.input_size
+    if size is None:
+        raise GradCamUnavailable(f"Run {run.id!r} does not record its model's input size; re-analyse it")
+    return size, int(info.channels or (explainer.channels if explainer is not None else 3))
+
+
+def select_rows(run: Run, *, true_class: str | None = None, predicted_class: str | None = None,
+                split: str | None = None, limit: int | None = DEFAULT_LIMIT) -> np.ndarray:
+    """Rows to explain, most confident first (ties in row order).
+
+    Without classes: the errors. With both: that confusion-matrix cell (the diagonal gives
+    correct predictions). With one: the errors of that true (or predicted) class. ``split``
+    defaults to the run's evaluation split; 'all' takes every row.
+    """
+    preds = run.predictions
+    classes = run.classes
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1. Received: {limit}")
+    for option, name in (("--true", true_class), ("--predicted", predicted_class)):
+        if name is not None and name not in classes:
+            shown = classes if len(classes) <= 30 else classes[:30] + ["..."]
+            raise ValueError(f"Unknown class {name!r} for {option}. The run's classes: {shown}")
+    split = split or run.eval_split
+    splits = preds["split"]
+    if split == "all":
+        mask = np.ones(len(preds), bool)
+    else:
+        known = sorted(str(s) for s in splits.unique())
+        if split not in known:
+            raise ValueError(f"Unknown split {split!r}. The run has: {known + ['all']}")
+        mask = (splits == split).to_numpy()
+    if true_class is not None:
+        mask &= preds["true"].to_numpy() == classes.index(true_class)
+    if predicted_class is not None:
+        mask &= preds["predicted"].to_numpy() == classes.index(predicted_class)
+    if true_class is None or predicted_class is None:
+        mask &= ~preds["correct"].to_numpy()
+    rows = np.flatnonzero(mask)
+    confidence = preds["confidence"].to_numpy()
+    rows = rows[np.lexsort((rows, -confidence[rows]))]
+    return rows[:limit] if limit is not None else rows
+
+
+# --------------------------------------------------------------------------- files for people
+
+_PANEL_MIN_SIDE = 128
+
+
+def explanation_image(image: np.ndarray, maps: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """One PNG's pixels: the image with each map over it, side by side (predicted, true).
+
+    ``image`` uint8 (H, W[, C]); ``maps`` (J, h, w) in [0, 1]; ``empty`` (J,). Small images
+    are enlarged (nearest neighbour) to at least 128 pixels on the long side. An empty map
+    shows the image in grey, without heat. Returns uint8 RGB (H', J * W' + 4 (J - 1), 3).
+    """
+    from core.images import thumbnail
+
+    rgb = _as_rgb(image)
+    if max(rgb.shape[:2]) < _PANEL_MIN_SIDE:
+        rgb = thumbnail(rgb, size=_PANEL_MIN_SIDE)
+    grey = np.repeat(np.round(rgb.mean(axis=2, keepdims=True) * 0.5 + 64).astype(np.uint8), 3, axis=2)
+    panels = [grey if flag else overlay(rgb, m) for m, flag in zip(maps, empty)]
+    gap = np.full((rgb.shape[0], 4, 3), 255, np.uint8)
+    out = [panels[0]]
+    for p in panels[1:]:
+        out += [gap, p]
+    return np.concatenate(out, axis=1)
+
+
+_OWN_PNG = re.compile(r"^\d{4}_[A-Za-z0-9_.-]*\.png$")
+
+
+def write_explanations(run: Run, attention: Attention, out_dir: str | Path) -> pd.DataFrame:
+    """Write ``cams.npy`` (n, J, H, W) float32, ``index.csv`` and one PNG per image to ``out_dir``.
+
+    Rows that were skipped are left out of both and listed in ``skipped.csv`` (path, reason).
+    PNGs an earlier explain listed in ``out_dir/index.csv`` are removed first. Returns the index.
+    """
+    from core.images import encode_png
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_earlier_pngs(out)
+    preds = run.predictions
+    ok = np.array([int(r) not in attention.skipped for r in attention.rows], bool)
+    rows = attention.rows[ok]
+    names = [f"{i:04d}_{slug(Path(str(preds['path'].iat[r])).stem, default='image')[:60]}.png"
+             for i, r in enumerate(rows)]
+    index = pd.DataFrame({
+        "path": preds["path"].iloc[rows].astype(str).to_numpy(),
+        "true_label": preds["true_label"].iloc[rows].astype(str).to_numpy(),
+        "predicted_label": preds["predicted_label"].iloc[rows].astype(str).to_numpy(),
+        "confidence": preds["confidence"].to_numpy()[rows],
+        "row": rows,
+        **{f"empty_{w}": attention.empty[ok, j] for j, w in enumerate(attention.which)},
+        **{f"peak_{w}": attention.peak[ok, j] for j, w in enumerate(attention.which)},
+        "overlay": names,
+    })
+    np.save(out / "cams.npy", np.ascontiguousarray(attention.maps[ok], np.float32), allow_pickle=False)
+    for k, (row, name) in enumerate(zip(rows, names)):
+        image = run.image(int(row))
+        (out / name).write_bytes(encode_png(explanation_image(image, attention.maps[ok][k],
+                                                              attention.empty[ok][k])))
+    index.to_csv(out / "index.csv", index=False)
+    skipped_file = out / "skipped.csv"
+    if attention.skipped:
+        pd.DataFrame({"path": [str(preds["path"].iat[r]) for r in attention.skipped],
+                      "reason": list(attention.skipped.values())}).to_csv(skipped_file, index=False)
+    else:
+        skipped_file.unlink(missing_ok=True)
+    return index
+
+
+def _remove_earlier_pngs(out: Path) -> None:
+    try:
+        earlier = pd.read_csv(out / "index.csv", usecols=["overlay"])["overlay"].astype(str)
+    except (OSError, ValueError, KeyError):
+        return
+    for name in earlier:
+        if _OWN_PNG.match(name):  # only names this module writes, never a path
+            (out / name).unlink(missing_ok=True)
