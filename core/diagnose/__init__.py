@@ -1,0 +1,111 @@
+"""Diagnoses: why each error happens (label issues, calibration, duplicates, odd images, slices).
+
+Each diagnosis is a derived kind (``core.derived``) registered by a module of
+this package; ``DIAGNOSES`` lists the kinds that ``python -m core diagnose``
+computes, in order. ``run_diagnoses`` computes (or reads back) every one of
+them for a run; ``write_findings`` writes each stored table as a CSV.
+Importing this package imports neither TensorFlow nor umap; the modules
+import their heavy libraries (cleanlab, scipy) inside the functions that use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import pkgutil
+from pathlib import Path
+
+import pandas as pd
+
+from core import derived
+from core.progress import Progress, say_function
+from core.store import Run
+
+DIAGNOSES: tuple[str, ...] = (
+    "label_issues",
+    "calibration",
+)
+
+
+def load_kinds() -> None:
+    """Import every module of this package, so that each registers its kinds."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+class DiagnosisResults(dict):
+    """``{kind name: StoredDerived}`` of the kinds computed, plus ``skipped``: ``{name: reason}``."""
+
+    def __init__(self, results: dict, skipped: dict[str, str]):
+        super().__init__(results)
+        self.skipped = dict(skipped)
+
+
+# Errors a kind raises for a run it cannot handle (no embeddings, no images, ...): a recorded skip.
+_SKIPPABLE = (ValueError, LookupError, RuntimeError, OSError)
+
+
+def run_diagnoses(run: Run, *, progress: bool | Progress = False, kinds: tuple[str, ...] | None = None,
+                  force: bool = False) -> DiagnosisResults:
+    """Every kind of ``kinds`` (default ``DIAGNOSES``) for ``run``: read if stored and current, else computed.
+
+    One kind that fails on this run (a ``ValueError``, ``LookupError``,
+    ``RuntimeError`` or ``OSError``) is skipped with its reason in
+    ``result.skipped``; the others still run. ``progress`` receives the
+    whole batch as one 0..1 fraction.
+    """
+    load_kinds()
+    kinds = tuple(DIAGNOSES if kinds is None else kinds)
+    for name in kinds:
+        derived.kind(name)  # an unknown name fails before anything is computed, listing the valid ones
+    say = say_function(progress)
+    results, skipped = {}, {}
+    for i, name in enumerate(kinds):
+        def step(message: str, fraction: float, i: int = i) -> None:
+            say(message, (i + min(max(fraction, 0.0), 1.0)) / len(kinds))
+
+        step(f"{name}: starting", 0.0)
+        try:
+            results[name] = derived.get(run, name, force=force, progress=step)
+        except _SKIPPABLE as exc:
+            skipped[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        step(f"{name}: {'skipped' if name in skipped else 'done'}", 1.0)
+    return DiagnosisResults(results, skipped)
+
+
+def write_findings(results: DiagnosisResults, out: str | Path) -> list[Path]:
+    """One CSV per stored table, ``<kind>.<table>.csv``, and ``summary.json`` with each kind's summary.
+
+    Returns the files written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, stored in results.items():
+        for file in stored.info.files:
+            if file.endswith(".parquet"):
+                table = file[: -len(".parquet")]
+                target = out / f"{name}.{table}.csv"
+                stored.table(table).to_csv(target, index=False)
+                written.append(target)
+    summary = {"run": next((s.run.id for s in results.values()), None),
+               "kinds": {name: {"version": s.info.version, "config": s.info.config, "summary": s.summary}
+                         for name, s in results.items()},
+               "skipped": results.skipped}
+    target = out / "summary.json"
+    target.write_text(json.dumps(summary, indent=2, default=str))
+    written.append(target)
+    return written
+
+
+def label_issues_csv(run: Run, *, issues_only: bool = False, force: bool = False,
+                     progress: bool | Progress = False) -> pd.DataFrame:
+    """``python -m core label-issues``: path, given_label, suggested_label, score; most likely wrong first.
+
+    ``issues_only`` keeps the images cleanlab's confident learning flags.
+    """
+    load_kinds()
+    table = derived.get(run, "label_issues", force=force, progress=progress).table("label_issues")
+    if issues_only:
+        table = table[table["is_issue"]]
+    return table[["path", "given_label", "suggested_label", "score"]].reset_index(drop=True)

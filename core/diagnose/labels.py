@@ -1,0 +1,267 @@
+"""Label issues: which images of the evaluated split probably carry a wrong label, and which one is right.
+
+Conventions: N images, K classes; ``labels`` is an int array (N,) of the
+*given* labels; ``probs`` a float array (N, K) of *out-of-sample* predicted
+probabilities (from a model that did not train on these images: the test
+split's, when the model was trained on the train split). In-sample
+probabilities hide label errors, because the model has learnt them.
+
+An issue score is in [0, 1], higher = the given label is more likely wrong. It
+is ``1 - `` cleanlab's label quality score (``cleanlab.rank.get_label_quality_scores``)
+on the model's probabilities, optionally mixed with the label distribution of
+each image's nearest neighbours in embedding space (``knn_label_distribution``).
+``flag_label_issues`` is cleanlab's confident-learning filter
+(``cleanlab.filter.find_label_issues``): a yes/no per image that estimates how
+many labels are wrong per class pair, independent of any threshold on the score.
+
+>>> import numpy as np
+>>> labels = np.array([0, 1, 1])
+>>> probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.95, 0.05]])
+>>> label_issue_scores(labels, probs).round(2).tolist()  # the third image looks like a 0
+[0.1, 0.2, 0.95]
+>>> suggested_labels(labels, probs).tolist()
+[1, 0, 0]
+
+The derived kind ``label_issues`` (registered below) scores the run's
+evaluated split and stores one table, most likely wrong first.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from core import derived
+from core.progress import Progress
+from core.store import Run
+
+METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
+TABLE_COLUMNS = ["row", "path", "split", "given_label", "suggested_label", "score", "is_issue",
+                 "predicted_label", "given_prob", "suggested_prob", "neighbour_agreement"]
+
+
+def _check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels)
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or labels.ndim != 1 or len(labels) != len(probs):
+        raise ValueError(f"labels must be (N,) and probs (N, K) with the same N. "
+                         f"Received shapes {labels.shape} and {probs.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
+        raise ValueError(f"labels hold values outside range({probs.shape[1]}): "
+                         f"min={int(labels.min())}, max={int(labels.max())}")
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError("probs must be finite and non-negative")
+    sums = probs.sum(axis=1, keepdims=True, dtype=np.float64)
+    if (sums <= 0).any():
+        raise ValueError(f"probs has {int((sums <= 0).sum())} all-zero rows")
+    # float32 rows drift from 1 by ~1e-7; cleanlab expects exact distributions
+    return labels.astype(np.int64), (probs / sums).astype(np.float64)
+
+
+def label_issue_scores(labels: np.ndarray, probs: np.ndarray, *, method: str = "self_confidence") -> np.ndarray:
+    """How likely each given label is wrong: float array (N,) in [0, 1], higher = more suspect.
+
+    Parameters
+    ----------
+    labels : int array (N,), the given labels.
+    probs : float array (N, K), out-of-sample probabilities (rows are renormalised).
+    method : one of ``METHODS``, cleanlab's label quality scores:
+        ``self_confidence`` = 1 - p(given label); ``normalized_margin`` weighs
+        p(given) against the best other class; ``confidence_weighted_entropy``
+        divides by the entropy.
+    """
+    if method not in METHODS:
+        raise ValueError(f"Unsupported method {method!r}. The available methods are {list(METHODS)}")
+    labels, probs = _check_inputs(labels, probs)
+    if len(labels) == 0:
+        return np.zeros(0)
+    from cleanlab.rank import get_label_quality_scores
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quality = get_label_quality_scores(labels, probs, method=method)
+    return 1.0 - np.asarray(quality, dtype=np.float64)
+
+
+def flag_label_issues(labels: np.ndarray, probs: np.ndarray, *, filter_by: str = "prune_by_noise_rate"
+                      ) -> np.ndarray:
+    """cleanlab's confident-learning verdict: bool array (N,), True = the label is probably wrong.
+
+    Needs at least two images; with fewer every image is unflagged.
+    """
+    if filter_by not in FILTERS:
+        raise ValueError(f"Unsupported filter_by {filter_by!r}. The available filters are {list(FILTERS)}")
+    labels, probs = _check_inputs(labels, probs)
+    if len(labels) < 2:
+        return np.zeros(len(labels), bool)
+    from cleanlab.filter import find_label_issues
+
+    with warnings.catch_warnings():  # cleanlab warns about classes with few examples: not our reader's concern
+        warnings.simplefilter("ignore")
+        # n_jobs=1: its process pool costs more than it saves below ~10^6 images, and forks big parents
+        return np.asarray(find_label_issues(labels, probs, filter_by=filter_by, n_jobs=1), dtype=bool)
+
+
+def suggested_labels(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """The most probable class other than the given one: int array (N,).
+
+    For an image whose label is wrong this is the model's best guess at the
+    right one (its top class, or its runner-up when the top class is the
+    given label).
+    """
+    labels, probs = _check_inputs(labels, probs)
+    if probs.shape[1] < 2:
+        raise ValueError("suggested labels need at least 2 classes")
+    others = probs.copy()
+    others[np.arange(len(labels)), labels] = -1.0
+    return others.argmax(axis=1)
+
+
+def knn_label_distribution(query: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray, *,
+                           n_classes: int, k: int = 10, query_ids: np.ndarray | None = None,
+                           reference_ids: np.ndarray | None = None, batch_size: int = 2048) -> np.ndarray:
+    """Share of each class among the ``k`` nearest reference images (cosine): float array (Nq, K).
+
+    Parameters
+    ----------
+    query : float array (Nq, D) embeddings to describe.
+    reference : float array (Nr, D) embeddings with known labels ``reference_labels`` (Nr,).
+    query_ids, reference_ids : optional int arrays; a reference with the same id
+        as its query (the image itself) is not its own neighbour.
+    batch_size : queries per block; memory is O(batch_size * Nr), time O(Nq * Nr * D).
+    """
+    query = np.asarray(query, dtype=np.float32)
+    reference = np.asarray(reference, dtype=np.float32)
+    reference_labels = np.asarray(reference_labels, dtype=np.int64)
+    if query.ndim != 2 or reference.ndim != 2 or query.shape[1] != reference.shape[1]:
+        raise ValueError(f"query and reference must be (N, D) with the same D. "
+                         f"Received shapes {query.shape} and {reference.shape}")
+    if len(reference_labels) != len(reference):
+        raise ValueError(f"{len(reference_labels)} reference labels for {len(reference)} reference rows")
+    if k < 1:
+        raise ValueError(f"k must be at least 1. Received: k={k}")
+    n_ref = len(reference)
+    k_eff = min(k, n_ref - (1 if query_ids is not None and reference_ids is not None else 0))
+    out = np.zeros((len(query), n_classes), dtype=np.float64)
+    if k_eff < 1 or len(query) == 0:
+        return out
+    reference = _unit_rows(reference)
+    ref_ids = np.asarray(reference_ids) if reference_ids is not None else None
+    for start in range(0, len(query), batch_size):
+        block = _unit_rows(query[start:start + batch_size])
+        similarity = block @ reference.T  # (b, Nr)
+        if query_ids is not None and ref_ids is not None:
+            similarity[np.asarray(query_ids[start:start + batch_size])[:, None] == ref_ids[None, :]] = -np.inf
+        nearest = np.argpartition(-similarity, k_eff - 1, axis=1)[:, :k_eff]
+        votes = reference_labels[nearest]  # (b, k)
+        rows = np.repeat(np.arange(len(block)), k_eff)
+        np.add.at(out[start:start + len(block)], (rows, votes.ravel()), 1.0 / k_eff)
+    return out
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def mixed_probabilities(probs: np.ndarray, neighbour_distribution: np.ndarray, *, weight: float) -> np.ndarray:
+    """``(1 - weight) * probs + weight * neighbour_distribution``: float array (N, K)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be within [0, 1]. Received: weight={weight}")
+    return (1.0 - weight) * np.asarray(probs, dtype=np.float64) + weight * neighbour_distribution
+
+
+# --------------------------------------------------------------------------- the derived kind
+
+@derived.register("label_issues", version=1, description="images whose given label is probably wrong",
+                  defaults={"method": "self_confidence", "filter_by": "prune_by_noise_rate",
+                            "knn_weight": 0.0, "k": 10, "max_reference": 20000, "seed": 0})
+def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+    """Score every image of the evaluated split; the table is sorted most likely wrong first.
+
+    Arrays (aligned with the run's rows, N): ``score`` float32 (NaN outside
+    the evaluated split), ``suggested`` int32 (-1 outside). Table
+    ``label_issues``: ``TABLE_COLUMNS``, one row per evaluated image.
+    """
+    preds = run.predictions
+    rows = np.flatnonzero(run.eval_mask())
+    labels = preds["true"].to_numpy()[rows].astype(np.int64)
+    probs = np.asarray(run.probs[rows], dtype=np.float64)
+    n_classes = len(run.classes)
+    notes = []
+    if run.eval_split == "all":
+        notes.append("The evaluated split is every image: labels the model trained on look right to it, "
+                     "so their issues are under-reported (analyse a held-out test split).")
+    neighbour = None
+    weight = float(config["knn_weight"])
+    if weight > 0:
+        if run.embeddings is None:
+            notes.append("The run has no embeddings: scored on the model's probabilities alone.")
+            weight = 0.0
+        else:
+            progress("label issues: nearest neighbours in embedding space", 0.1)
+            neighbour = _neighbour_distribution(run, rows, labels, config)
+    used = mixed_probabilities(probs, neighbour, weight=weight) if neighbour is not None else probs
+    progress("label issues: cleanlab scores", 0.5)
+    score = label_issue_scores(labels, used, method=config["method"])
+    suggested = suggested_labels(labels, used) if n_classes > 1 else labels.copy()
+    progress("label issues: confident learning", 0.7)
+    is_issue = flag_label_issues(labels, used, filter_by=config["filter_by"])
+    order = np.lexsort((rows, -score))
+    names = np.asarray(run.classes, dtype=object)
+    r = np.arange(len(rows))
+    table = pd.DataFrame({
+        "row": rows[order].astype(np.int64),
+        "path": preds["path"].iloc[rows[order]].astype(str).to_numpy(),
+        "split": preds["split"].iloc[rows[order]].astype(str).to_numpy(),
+        "given_label": names[labels[order]],
+        "suggested_label": names[suggested[order]],
+        "score": score[order],
+        "is_issue": is_issue[order],
+        "predicted_label": names[probs.argmax(axis=1)[order]],
+        "given_prob": probs[r, labels][order],
+        "suggested_prob": probs[r, suggested][order],
+        "neighbour_agreement": (neighbour[r, labels][order] if neighbour is not None
+                                else np.full(len(rows), np.nan)),
+    })
+    full_score = np.full(run.n_images, np.nan, dtype=np.float32)
+    full_score[rows] = score
+    full_suggested = np.full(run.n_images, -1, dtype=np.int32)
+    full_suggested[rows] = suggested
+    flagged = table[table["is_issue"]]
+    pairs = (flagged.groupby(["given_label", "suggested_label"], observed=True).size()
+             .sort_values(ascending=False).head(10))
+    progress("label issues: done", 1.0)
+    return derived.DerivedResult(
+        arrays={"score": full_score, "suggested": full_suggested},
+        tables={"label_issues": table},
+        summary={
+            "split": run.eval_split, "n_scored": int(len(rows)), "n_issues": int(is_issue.sum()),
+            "issue_rate": float(is_issue.mean()) if len(rows) else 0.0,
+            "method": config["method"], "knn_weight": weight,
+            "top_pairs": [{"given": g, "suggested": s, "count": int(c)} for (g, s), c in pairs.items()],
+            "notes": notes,
+        },
+    )
+
+
+def _neighbour_distribution(run: Run, rows: np.ndarray, labels: np.ndarray, config: dict) -> np.ndarray:
+    """kNN label distribution of the evaluated rows among at most ``max_reference`` of them.
+
+    The reference set is the evaluated split itself (a seeded sample when it is
+    larger than ``max_reference``), so the cost is bounded by
+    len(rows) * max_reference * D whatever the run's size.
+    """
+    cap = int(config["max_reference"])
+    if cap < 1:
+        raise ValueError(f"max_reference must be at least 1. Received: {cap}")
+    pick = np.arange(len(rows))
+    if len(rows) > cap:
+        pick = np.sort(np.random.default_rng(int(config["seed"])).choice(len(rows), cap, replace=False))
+    embeddings = run.embeddings
+    return knn_label_distribution(
+        embeddings[rows], embeddings[rows[pick]], labels[pick], n_classes=len(run.classes), k=int(config["k"]),
+        query_ids=rows, reference_ids=rows[pick])
