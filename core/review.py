@@ -68,7 +68,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import metrics
 from core.store import DataInfo, Run, RunStore
 
 VERDICTS = ("model-wrong", "label-wrong", "ambiguous", "exclude")
@@ -545,6 +544,8 @@ def reviewed_metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, 
     ``new_labels`` as in ``reviewed_labels``. The table's ``labels`` column is
     'reviewed' on every row, so a CSV of it says which labels it counts.
     """
+    from core import metrics  # scikit-learn: only where metrics are computed, not for every verdict
+
     labels, keep = reviewed_labels(y_true, verdicts, new_labels)
     y_pred = np.asarray(y_pred)
     given = metrics.summary(np.asarray(y_true), y_pred, np.asarray(probs))
