@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.datasets import ImageDataset, iter_batches
+from core.datasets import DatasetError, ImageDataset, iter_batches
 from core.progress import Progress, say_function, slug
 from core.recipes import Recipe, RecipeError, build_model, unfreeze_top
 
@@ -125,7 +125,7 @@ def default_geometry(dataset: ImageDataset, recipe: Recipe) -> tuple[tuple[int, 
     size, channels = recipe.image_size, recipe.channels
     first = None
     if size is None or channels is None:
-        first = dataset.pixels[0] if dataset.pixels is not None else dataset.read(0)
+        first = dataset.pixels[0] if dataset.pixels is not None else _first_readable(dataset)
     if size is None:
         if dataset.pixels is not None:
             size = tuple(int(s) for s in dataset.pixels.shape[1:3])
@@ -136,6 +136,17 @@ def default_geometry(dataset: ImageDataset, recipe: Recipe) -> tuple[tuple[int, 
     if channels is None:
         channels = 3 if recipe.recipe == "transfer" or (first.ndim == 3 and first.shape[2] >= 3) else 1
     return size, channels
+
+
+def _first_readable(dataset: ImageDataset, *, tries: int = 50) -> np.ndarray:
+    """The first image that decodes (a corrupt or refused first file is skipped later, not fatal here)."""
+    reasons = []
+    for i in range(min(tries, len(dataset))):
+        try:
+            return dataset.read(i)
+        except (ValueError, OSError) as exc:
+            reasons.append(str(exc))
+    raise DatasetError(f"None of the first {len(reasons)} images decodes (first reason: {reasons[0]})")
 
 
 def with_geometry(dataset: ImageDataset, recipe: Recipe) -> Recipe:

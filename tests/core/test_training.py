@@ -345,3 +345,17 @@ def test_streaming_training_records_skipped_files_like_in_memory(uneven_data, tm
     assert streamed.epochs == memory.epochs == 1
     # 3 decodable test images: the accuracy is a multiple of 1/3
     assert streamed.test_accuracy is not None and round(streamed.test_accuracy * 3, 6) % 1 == 0
+
+
+def test_geometry_comes_from_the_first_image_that_decodes(tmp_path):
+    from core.recipes import Recipe
+    from core.training import default_geometry
+    from tests.conftest import write_image
+
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "0_broken.png").write_bytes(b"not a png")  # sorted first
+    write_image(root / "a" / "1.png", (200, 40, 40))
+    write_image(root / "b" / "2.png", (40, 200, 40))
+    size, channels = default_geometry(load_dataset(root), Recipe(recipe="small-cnn"))
+    assert size == (64, 64) and channels == 3
