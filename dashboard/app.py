@@ -3,10 +3,15 @@
 This script is only the router: page config, navigation with sections, the
 run picker in the sidebar, then the chosen page. Runs are read from the store
 at $ARTIFACTS_DIR (default ``artifacts/``) through ``core.store``.
+
+Nothing the browser loads comes from outside the server: the page icon is an
+emoji (a material-symbol favicon would be fetched from fonts.gstatic.com) and
+the menu's material icons come from the font Streamlit serves itself.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -16,45 +21,75 @@ if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts only dash
 
 import streamlit as st  # noqa: E402
 
-from core.store import RunStore  # noqa: E402
+from core.store import RunSchemaError, RunStore  # noqa: E402
 from dashboard import cache, ui  # noqa: E402
 
 PAGES = Path(__file__).resolve().parent / "app_pages"  # not "pages/": that name switches Streamlit to its legacy multipage mode
+PAGE_ICON = "🔎"
+# What a page may raise on a run whose files are damaged in a way the checks at opening cannot
+# see (a value of the wrong type, a file that vanished): shown as one line, never a traceback.
+PAGE_ERRORS = (RunSchemaError, LookupError, ValueError, TypeError, OSError)
+log = logging.getLogger(__name__)
 
 
 def page(name: str, title: str, icon: str, *, default: bool = False) -> st.Page:
     return st.Page(PAGES / f"{name}.py", title=title, icon=icon, url_path=name, default=default)
 
 
+def run_pages() -> dict[str, list[st.Page]]:
+    overview = page("overview", "Overview", ":material/dashboard:")
+
+    def open_overview() -> None:
+        st.switch_page(overview)
+
+    # The root address opens /overview, so that the Overview has an address of its own (a
+    # default page answers only at "/", and a bookmarked /overview said "page not found").
+    home = st.Page(open_overview, title="Overview", url_path="home", default=True, visibility="hidden")
+    return {
+        "Run": [home, overview, page("per_class", "Per-class report", ":material/table:")],
+        "Errors": [page("confusion", "Confusion matrix", ":material/grid_on:"),
+                   page("errors", "Errors", ":material/error:"),
+                   page("embeddings", "Embeddings", ":material/scatter_plot:")],
+        "Tools": [page("compare", "Compare runs", ":material/compare_arrows:"),
+                  page("try_image", "Try an image", ":material/upload:"),
+                  page("welcome", "Add a run", ":material/add:")],
+    }
+
+
+def start_pages() -> dict[str, list[st.Page]]:
+    # Every page's address leads to the start page, so a bookmark of /errors on an empty
+    # store shows what to do rather than "page not found"; the menu is hidden.
+    aliases = ["overview", "per_class", "confusion", "errors", "embeddings", "compare", "try_image"]
+    return {"Start": [page("welcome", "Start", ":material/rocket_launch:", default=True)]
+            + [st.Page(PAGES / "welcome.py", title="Start", url_path=name) for name in aliases]}
+
+
+def run_page(pg: st.Page) -> None:
+    """Run the chosen page; a run's data that cannot be used stops it with one line."""
+    try:
+        pg.run()
+    except PAGE_ERRORS as exc:
+        log.warning("Page %r stopped on run %r", pg.title, st.session_state.get(ui.RUN_KEY), exc_info=True)
+        run_id = st.session_state.get(ui.RUN_KEY)
+        what = f"This page cannot show run '{run_id}'" if run_id else "This page cannot be shown"
+        ui.cannot_show(what, exc)
+
+
 def main() -> None:
-    st.set_page_config(page_title="Classifier errors", page_icon=":material/troubleshoot:",
-                       layout="wide")
+    st.set_page_config(page_title="Classifier errors", page_icon=PAGE_ICON, layout="wide")
     runs = RunStore(cache.store_root()).list_runs()
-    if not runs:
-        # Every page's address leads to the start page, so a bookmark of /errors on an empty
-        # store shows what to do rather than "page not found"; the menu is hidden.
-        aliases = ["overview", "per_class", "confusion", "errors", "embeddings", "compare", "try_image"]
-        pages = {"Start": [page("welcome", "Start", ":material/rocket_launch:", default=True)]
-                 + [st.Page(PAGES / "welcome.py", title="Start", url_path=name) for name in aliases]}
-    else:
-        pages = {
-            "Run": [page("overview", "Overview", ":material/dashboard:", default=True),
-                    page("per_class", "Per-class report", ":material/table:")],
-            "Errors": [page("confusion", "Confusion matrix", ":material/grid_on:"),
-                       page("errors", "Errors", ":material/error:"),
-                       page("embeddings", "Embeddings", ":material/scatter_plot:")],
-            "Tools": [page("compare", "Compare runs", ":material/compare_arrows:"),
-                      page("try_image", "Try an image", ":material/upload:"),
-                      page("welcome", "Add a run", ":material/add:")],
-        }
+    pages = run_pages() if runs else start_pages()
     pg = st.navigation(pages, position="sidebar" if runs else "hidden")
     if runs and st.session_state.pop(ui.SHOW_OVERVIEW_KEY, False):
-        st.switch_page(pages["Run"][0])  # a run was just built on the start page
+        st.switch_page(pages["Run"][1])  # a run was just built on the start page
     with st.sidebar:
         if runs:
             ui.run_picker_ui(runs)
         st.caption(f"Store: {ui.plain(cache.store_root())}")
-    pg.run()
+    notice = st.session_state.get(ui.GONE_KEY) if runs else None
+    if notice:
+        st.warning(ui.plain(notice))
+    run_page(pg)
 
 
 main()

@@ -1,9 +1,11 @@
 """Every Streamlit cache of the dashboard, in one place.
 
 Runs are cached with ``st.cache_resource`` (one shared, read-only object per
-store path + run id + manifest modification time, so a re-analysed run is
-re-read). Derived data takes the run as ``_run`` (not hashed) plus its
-``run_key`` (hashed). Small tables use ``st.cache_data``; arrays with one
+store path + run id + ``run_stamp``: the version folder the run's link points
+to and its manifest's modification time, so a re-made run is re-read), and so
+is the verdict on whether a run can be opened at all (``run_problem``).
+Derived data takes the run as ``_run`` (not hashed) plus its ``run_key``
+(hashed). Small tables use ``st.cache_data``; arrays with one
 entry per image (up to millions of rows) use ``st.cache_resource`` because
 ``st.cache_data`` would pickle and copy them on every rerun. Callers must not
 modify what these functions return.
@@ -18,8 +20,13 @@ import pandas as pd
 import streamlit as st
 
 from core import metrics
-from core.store import MANIFEST, Run, RunStore, default_store_path
+from core.store import (MANIFEST, PREDICTIONS, Run, RunCorruptError, RunNotFoundError, RunSchemaError,
+                        RunStore, RunSummary, default_store_path)
 from dashboard import views
+
+# What opening a run raises when its files cannot be used (ValueError: a name that is no run id;
+# OSError: a file that cannot be read). Every one becomes a one-line reason.
+RUN_ERRORS = (RunNotFoundError, RunSchemaError, RunCorruptError, ValueError, OSError)
 
 
 def store_root() -> str:
@@ -28,20 +35,63 @@ def store_root() -> str:
 
 
 def run_key(run: Run) -> str:
-    """A key that changes when the run on disk is rewritten."""
-    return f"{run.path}:{(run.path / MANIFEST).stat().st_mtime_ns}"
+    """A key unique to this written version of the run (its version folder and uid)."""
+    return f"{run.path}:{run.uid}"
+
+
+def run_stamp(root: str, run_id: str) -> str:
+    """Changes when ``run_id`` is re-made (its link points to a new version folder) or its
+    manifest is rewritten; "" when the run is gone."""
+    link = Path(root) / run_id
+    try:
+        return f"{link.resolve(strict=True)}:{(link / MANIFEST).stat().st_mtime_ns}"
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return ""
+
+
+def open_run(root: str, run_id: str) -> Run:
+    """Open and verify a run, uncached: the store's file checks, then the prediction columns
+    the pages read. Raises one of ``RUN_ERRORS``, its message naming the file at fault."""
+    import pyarrow.parquet as pq
+
+    run = RunStore(root).load(run_id)
+    try:
+        names = set(pq.read_schema(run.path / PREDICTIONS).names)
+    except Exception as exc:  # pyarrow's errors for a damaged file are of several types
+        raise RunCorruptError(f"{run.location / PREDICTIONS}: not a readable Parquet file "
+                              f"({views.one_line(exc)})") from None
+    missing = [c for c in views.PREDICTION_COLUMNS if c not in names]
+    if missing:
+        raise RunCorruptError(f"{run.location / PREDICTIONS}: no column {', '.join(map(repr, missing))}")
+    return run
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def _load_run(root: str, run_id: str, manifest_mtime_ns: int) -> Run:
-    return RunStore(root).load(run_id)
+def _load_run(root: str, run_id: str, stamp: str) -> Run:
+    return open_run(root, run_id)
 
 
 def load_run(root: str, run_id: str) -> Run:
-    """The run ``run_id`` of the store at ``root`` (cached until its manifest changes)."""
-    manifest = Path(root) / run_id / MANIFEST
-    mtime = manifest.stat().st_mtime_ns if manifest.exists() else 0
-    return _load_run(root, run_id, mtime)
+    """The run ``run_id`` of the store at ``root``, verified (cached until it is re-made or its
+    manifest changes). Raises one of ``RUN_ERRORS``."""
+    return _load_run(root, run_id, run_stamp(root, run_id))
+
+
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _run_problem(root: str, run_id: str, stamp: str) -> str | None:
+    try:
+        open_run(root, run_id)
+    except RUN_ERRORS as exc:
+        return views.one_line(exc)
+    return None
+
+
+def run_problem(root: str, summary: RunSummary) -> str | None:
+    """Why the run cannot be opened (one line), or None: the store's verdict from the manifest,
+    else the file checks of ``open_run`` (run once per version of the run)."""
+    if summary.problem:
+        return views.one_line(summary.problem)
+    return _run_problem(root, summary.run_id, run_stamp(root, summary.run_id))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

@@ -150,7 +150,7 @@ def class_distribution_figure(distribution: pd.DataFrame) -> go.Figure:
     classes = list(dict.fromkeys(distribution["class"].astype(str)))
     fig = go.Figure()
     for i, (split, part) in enumerate(distribution.groupby("split", sort=True, observed=True)):
-        fig.add_trace(go.Bar(x=_escape(part["class"]), y=part["count"], name=str(split),
+        fig.add_trace(go.Bar(x=_escape(part["class"]), y=part["count"], name=html.escape(str(split)),
                              marker_color=qualitative.Set2[i % len(qualitative.Set2)]))
     n = len(classes)
     fig.update_layout(

@@ -1,8 +1,16 @@
 """Widgets shared by several pages: the run picker, the current run and the image gallery.
 
-Text that comes from user data (file names, class names) goes through
-``plain`` before it reaches a Markdown-rendering element, so it is shown as
-text, never interpreted as Markdown or HTML.
+Text that comes from user data (file, class and run names, reasons, notes) goes
+through ``plain`` before it reaches a Markdown-rendering element (``st.title``,
+``st.caption``, ``st.error``, widget labels...), so it is shown as its literal
+characters: never emphasis, a link, an emoji or HTML. Widget *options*
+(``format_func`` results) and dataframes are not Markdown and take raw text.
+
+State that belongs to a run (the chosen confusion cell, filters, gallery pages,
+chart selections) is kept under keys made by ``scoped(run, name)``, which name
+the run and its written version. Every widget of such state is therefore a new
+widget for another run, and ``enter_run_scope`` drops the state of the run
+shown before when the run changes (switched in the picker, deleted or re-made).
 """
 
 from __future__ import annotations
@@ -13,57 +21,141 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import streamlit as st
 
-from core.store import Run, RunSchemaError, RunStore, RunSummary
+from core.store import Run, RunStore, RunSummary
 from dashboard import cache, views
 
 RUN_KEY = "run_id"
-CELL_KEY = "confusion_cell"  # (run id, true, predicted) chosen on the confusion page
+CELL_KEY = "confusion-cell"  # scoped: (true, predicted) chosen on the confusion page
 SHOW_OVERVIEW_KEY = "show_overview"  # set by the start page once it has built a run
+GONE_KEY = "run-gone-notice"  # one line: the run shown was deleted, another is shown instead
+SCOPE_KEY = "run-scope"  # the scope of the run whose state the session holds
+SCOPED_PREFIX = "run:"
 THUMB_PX = 112
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=&\"'])")
+_WORD_JOINER = "\u2060"  # invisible and unbreakable: splits what the autolinker and shortcodes look for
+_LINK_STARTS = re.compile(r"([:@])(?=\S)|(?i:(?=www\\\.))")
 
 
 def plain(text: object) -> str:
-    """``text`` with every Markdown/HTML special character backslash-escaped."""
-    return _MARKDOWN_PUNCTUATION.sub(r"\\\1", str(text)).replace("\n", " ")
+    """``text`` as Markdown that shows exactly its characters, on one line.
+
+    Every Markdown/HTML special character is backslash-escaped. That alone does
+    not stop GitHub-style autolinks (``http://x.y``, ``www.x.y``, ``a@b.c``) or
+    Streamlit's ``:emoji:``/``:material/icon:`` shortcodes, which act on the
+    text after escapes are undone, so an invisible word joiner (U+2060) follows
+    every ``:`` and ``@`` that a non-space follows, and precedes every ``www.``.
+
+    >>> plain("**y** http://e.example")
+    '\\\\*\\\\*y\\\\*\\\\* http\\\\:\\u2060//e\\\\.example'
+    """
+    escaped = _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).splitlines()))
+    return _LINK_STARTS.sub(lambda m: (m.group(1) or "") + _WORD_JOINER, escaped)
 
 
-def describe_run(summary: RunSummary) -> str:
+def describe_run(summary: RunSummary, problem: str | None = None) -> str:
+    """The picker's line for a run (plain text: options are not Markdown)."""
+    if problem:
+        return f"⚠ {summary.name} · broken"
     date = summary.created[:16].replace("T", " ")
     acc = f"{summary.accuracy:.1%}" if summary.accuracy == summary.accuracy else "n/a"
     return f"{summary.name} · {summary.model} · {summary.data} · {date} · acc {acc}"
 
 
+def readable_first(runs: Sequence[RunSummary]) -> list[tuple[RunSummary, str | None]]:
+    """``runs`` with the reason each cannot be opened (None if it can), readable ones first,
+    each group in the store's order (newest first)."""
+    root = cache.store_root()
+    pairs = [(r, cache.run_problem(root, r)) for r in runs]
+    return [p for p in pairs if p[1] is None] + [p for p in pairs if p[1] is not None]
+
+
+def _forget_gone_notice() -> None:
+    st.session_state.pop(GONE_KEY, None)
+
+
 def run_picker_ui(runs: Sequence[RunSummary]) -> str | None:
-    """Sidebar selectbox of the store's runs (newest first); returns the chosen run id."""
-    ids = [r.run_id for r in runs]
+    """Sidebar selectbox of the store's runs, readable ones first (newest first), broken ones
+    last as "⚠ name · broken"; returns the chosen run id.
+
+    The first readable run is chosen at start. When the chosen run has left the store, the
+    first run is chosen instead and ``GONE_KEY`` says so until another run is picked.
+    """
+    pairs = readable_first(runs)
+    ids = [r.run_id for r, _ in pairs]
     if not ids:
         return None
-    if st.session_state.get(RUN_KEY) not in ids:
+    chosen = st.session_state.get(RUN_KEY)
+    if chosen not in ids:
+        if chosen is not None:
+            st.session_state[GONE_KEY] = f"Run '{chosen}' is no longer in the store; showing '{ids[0]}'."
         st.session_state[RUN_KEY] = ids[0]
-    labels = {r.run_id: describe_run(r) for r in runs}
+    labels = {r.run_id: describe_run(r, problem) for r, problem in pairs}
     return st.sidebar.selectbox("Run", ids, key=RUN_KEY, format_func=labels.__getitem__,
-                                help="Runs in the store: name · model · data set · date · accuracy")
+                                on_change=_forget_gone_notice,
+                                help="Runs in the store: name · model · data set · date · accuracy. "
+                                     "Runs that cannot be opened come last, marked broken.")
+
+
+def run_scope(run: Run) -> str:
+    """The run and its written version: '<id>.<uid>'."""
+    return f"{run.id}.{run.uid}"
+
+
+def scoped(run: Run, name: str, *, other: Run | None = None) -> str:
+    """The session-state (and widget) key of state ``name`` that belongs to ``run`` (and to
+    ``other``, for state that belongs to a pair of runs): 'run:<id>.<uid>:<name>[:<id>.<uid>]'."""
+    key = f"{SCOPED_PREFIX}{run_scope(run)}:{name}"
+    return key if other is None else f"{key}:{run_scope(other)}"
+
+
+def enter_run_scope(run: Run | None) -> None:
+    """Make ``run`` (None: no readable run) the run the session's state belongs to; when it
+    changes, drop every scoped key of the run shown before."""
+    scope = None if run is None else run_scope(run)
+    if SCOPE_KEY in st.session_state and st.session_state[SCOPE_KEY] == scope:
+        return
+    keep = f"{SCOPED_PREFIX}{scope}:"
+    for key in list(st.session_state.keys()):
+        if isinstance(key, str) and key.startswith(SCOPED_PREFIX) and not key.startswith(keep):
+            del st.session_state[key]
+    st.session_state[SCOPE_KEY] = scope
 
 
 def current_run() -> Run:
-    """The run chosen in the sidebar; stops the page with a message when there is none."""
+    """The run chosen in the sidebar; stops the page with one line when there is none or it
+    cannot be opened (the reason, naming the file at fault)."""
     run_id = st.session_state.get(RUN_KEY)
     if not run_id:
         st.info("No run chosen. Pick one in the sidebar, or build one from the start page.")
         st.stop()
     try:
-        return cache.load_run(cache.store_root(), run_id)
-    except RunSchemaError as exc:
-        st.error(str(exc))
+        run = cache.load_run(cache.store_root(), run_id)
+    except cache.RUN_ERRORS as exc:
+        enter_run_scope(None)
+        st.error(plain(f"Run '{run_id}' is broken: {views.one_line(exc)}"))
         st.stop()
-    except (LookupError, OSError, ValueError) as exc:
-        st.error(f"Cannot read run {run_id!r}: {exc}")
-        st.stop()
+    enter_run_scope(run)
+    return run
 
 
-def other_runs(exclude: str) -> list[RunSummary]:
-    return [r for r in RunStore(cache.store_root()).list_runs() if r.run_id != exclude]
+def other_runs(exclude: str) -> list[tuple[RunSummary, str | None]]:
+    """Every run but ``exclude`` with the reason it cannot be opened (None if it can),
+    readable ones first."""
+    return [p for p in readable_first(RunStore(cache.store_root()).list_runs()) if p[0].run_id != exclude]
+
+
+def cannot_show(what: str, exc: BaseException | str) -> None:
+    """One ``st.error`` line, as text: ``what`` cannot be shown, and why."""
+    st.error(plain(f"{what}: {views.one_line(exc)}"))
+
+
+def image_ui(run: Run, row: int, *, size: int, width: int | str = "stretch") -> None:
+    """Row ``row``'s image at about ``size`` px, or one caption saying why it cannot be shown."""
+    img, reason = cache.thumbnail(run, cache.run_key(run), int(row), size)
+    if img is None:
+        st.caption(f"(image unavailable: {plain(reason)})")
+    else:
+        st.image(img, width=width)
 
 
 def thumbnail(run: Run, row: int, *, size: int = THUMB_PX) -> np.ndarray | None:
@@ -95,8 +187,8 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, page_key: str | None = N
 
     The grid is a container with key ``gallery-<key>`` (CSS class
     ``st-key-gallery-<key>``), each image in a container ``<key>-item-<i>``.
-    ``page_key`` (default ``<key>-page``) keys the page selector: give it the
-    selection's identity so that a new selection starts at page 1.
+    ``page_key`` (default ``scoped(run, "<key>-page")``) keys the page selector: give it
+    the selection's identity, scoped to the run, so that a new selection starts at page 1.
     ``extra_caption(row)`` adds a line under the standard caption.
     Returns the rows shown.
     """
@@ -106,7 +198,7 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, page_key: str | None = N
             st.info("No images to show.")
             return rows
         pages = views.page_count(rows.size, per_page)
-        page = st.pagination(pages, key=page_key or f"{key}-page") if pages > 1 else 1
+        page = st.pagination(pages, key=page_key or scoped(run, f"{key}-page")) if pages > 1 else 1
         shown = views.page_of(rows, page=page, per_page=per_page)
         start = (min(max(page, 1), pages) - 1) * per_page
         st.caption(f"Images {start + 1:,}-{start + shown.size:,} of {rows.size:,}, {order_note}.")

@@ -21,6 +21,27 @@ import pandas as pd
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "bmp", "webp")
 EXPORT_COLUMNS = ["id", "path", "split", "true_label", "predicted_label", "confidence", "true_prob"]
+# The columns of predictions.parquet the pages read; a run without one of them cannot be shown.
+PREDICTION_COLUMNS = ("id", "path", "split", "true", "predicted", "true_label", "predicted_label",
+                      "confidence", "true_prob", "correct")
+
+
+def one_line(message: object, *, limit: int = 500) -> str:
+    """``message`` (an exception or text) as one line of at most ``limit`` characters.
+
+    >>> one_line(ValueError("bad file\\n  at line 3"))
+    'bad file at line 3'
+    >>> one_line(KeyError("confidence"))
+    "missing key 'confidence'"
+    """
+    if isinstance(message, KeyError) and message.args:
+        text = f"missing key {message.args[0]!r}"
+    elif isinstance(message, BaseException):
+        text = str(message).strip() or type(message).__name__
+    else:
+        text = str(message)
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --- confusion cells ----------------------------------------------------------

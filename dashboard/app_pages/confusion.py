@@ -3,7 +3,8 @@
 Clicking uses a scatter layer over the heatmap (Streamlit returns no selection
 for ``go.Heatmap``); the two selectboxes choose the same cell without the
 mouse and are kept in sync with the last click. The chosen cell is shared
-with the Embeddings page through ``st.session_state[ui.CELL_KEY]``.
+with the Embeddings page through ``st.session_state[ui.scoped(run, ui.CELL_KEY)]``.
+Every key of the page's state is scoped to the run (see ``ui.scoped``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ LAST_CLICK_KEY = "confusion-last-click"
 LARGE_K = 40
 
 
-def display_ui(n_classes: int) -> tuple[bool, bool, int | None]:
-    """View options: (row-normalised, log colour, top-N classes or None for all)."""
+def display_ui(run) -> tuple[bool, bool, int | None]:
+    """View options: (row-normalised, log colour, top-N classes or None for all). Counts or
+    shares and the colour scale are preferences kept across runs; the class limit is the run's."""
+    n_classes = len(run.classes)
     cols = st.columns([2, 1, 3])
     view = cols[0].radio("Values", ["Counts", "Row-normalised"], horizontal=True, key="cm-view")
     log_color = cols[1].checkbox("Log colour scale", key="cm-log")
@@ -30,23 +33,24 @@ def display_ui(n_classes: int) -> tuple[bool, bool, int | None]:
     if n_classes > 12:
         with cols[2]:
             limit = st.checkbox(f"Show only the most confused classes (of {n_classes})",
-                                value=n_classes > LARGE_K, key="cm-limit")
+                                value=n_classes > LARGE_K, key=ui.scoped(run, "cm-limit"))
             if limit:
-                top = int(st.slider("Classes shown", 5, n_classes, min(30, n_classes), key="cm-top"))
+                top = int(st.slider("Classes shown", 5, n_classes, min(30, n_classes),
+                                    key=ui.scoped(run, "cm-top")))
     return view == "Row-normalised", log_color, top
 
 
-def chart_key() -> str:
+def chart_key(run) -> str:
     """The chart's widget key; a new generation clears its selection (see ``forget_click``)."""
-    gen = st.session_state.get(CHART_GEN_KEY, 0)
-    return CHART_KEY if gen == 0 else f"{CHART_KEY}-{gen}"
+    gen = st.session_state.get(ui.scoped(run, CHART_GEN_KEY), 0)
+    return ui.scoped(run, CHART_KEY if gen == 0 else f"{CHART_KEY}-{gen}")
 
 
-def forget_click() -> None:
+def forget_click(gen_key: str, last_click_key: str) -> None:
     """Called when a selectbox changes: drop the chart's old selection, so that clicking
     the previously clicked cell again registers as a new click."""
-    st.session_state[CHART_GEN_KEY] = st.session_state.get(CHART_GEN_KEY, 0) + 1
-    st.session_state.pop(LAST_CLICK_KEY, None)
+    st.session_state[gen_key] = st.session_state.get(gen_key, 0) + 1
+    st.session_state.pop(last_click_key, None)
 
 
 def sync_cell_state(run, cm: np.ndarray, class_order: np.ndarray) -> None:
@@ -55,27 +59,28 @@ def sync_cell_state(run, cm: np.ndarray, class_order: np.ndarray) -> None:
     A new click on the chart wins; otherwise keep the selectboxes, else the
     cell shared by another page for this run, else the most confused cell.
     """
-    chart = st.session_state.get(chart_key())
+    true_key, pred_key, last_click = (ui.scoped(run, k) for k in (TRUE_KEY, PRED_KEY, LAST_CLICK_KEY))
+    chart = st.session_state.get(chart_key(run))
     clicked = views.selection_cell(chart.get("selection") if chart else None, class_order)
-    if clicked is not None and st.session_state.get(LAST_CLICK_KEY) != clicked:
-        st.session_state[LAST_CLICK_KEY] = clicked
-        st.session_state[TRUE_KEY], st.session_state[PRED_KEY] = clicked
+    if clicked is not None and st.session_state.get(last_click) != clicked:
+        st.session_state[last_click] = clicked
+        st.session_state[true_key], st.session_state[pred_key] = clicked
         return
-    if TRUE_KEY in st.session_state and PRED_KEY in st.session_state:
+    if true_key in st.session_state and pred_key in st.session_state:
         return
-    shared = st.session_state.get(ui.CELL_KEY)
-    if shared and shared[0] == run.id:
-        st.session_state[TRUE_KEY], st.session_state[PRED_KEY] = shared[1], shared[2]
-    else:
-        st.session_state[TRUE_KEY], st.session_state[PRED_KEY] = views.default_cell(cm)
+    shared = st.session_state.get(ui.scoped(run, ui.CELL_KEY))
+    st.session_state[true_key], st.session_state[pred_key] = shared or views.default_cell(cm)
 
 
 def cell_picker_ui(run) -> tuple[int, int]:
     k = len(run.classes)
     fmt = ui.class_label(run)
     cols = st.columns(2)
-    true = cols[0].selectbox("True class", range(k), key=TRUE_KEY, format_func=fmt, on_change=forget_click)
-    pred = cols[1].selectbox("Predicted class", range(k), key=PRED_KEY, format_func=fmt, on_change=forget_click)
+    forget = {"on_change": forget_click,
+              "args": (ui.scoped(run, CHART_GEN_KEY), ui.scoped(run, LAST_CLICK_KEY))}
+    true = cols[0].selectbox("True class", range(k), key=ui.scoped(run, TRUE_KEY), format_func=fmt, **forget)
+    pred = cols[1].selectbox("Predicted class", range(k), key=ui.scoped(run, PRED_KEY), format_func=fmt,
+                             **forget)
     return int(true), int(pred)
 
 
@@ -88,22 +93,22 @@ def render() -> None:
     st.caption(f"{int(cm.sum()):,} images of the '{ui.plain(run.eval_split)}' split; rows are true "
                "classes, columns predicted. The diagonal (correct) is grey so that errors stand out. "
                "Click a cell, or choose it below, to see its images.")
-    normalize, log_color, top = display_ui(k)
+    normalize, log_color, top = display_ui(run)
     order = np.arange(k) if top is None or top >= k else views.most_confused_classes(cm, top=top)
     sync_cell_state(run, cm, order)
-    true, pred = int(st.session_state[TRUE_KEY]), int(st.session_state[PRED_KEY])
+    true, pred = int(st.session_state[ui.scoped(run, TRUE_KEY)]), int(st.session_state[ui.scoped(run, PRED_KEY)])
     fig = figures.confusion_figure(cm, run.classes, class_order=order, normalize=normalize,
                                    log_color=log_color, selected=(true, pred))
-    st.plotly_chart(fig, key=chart_key(), on_select="rerun", selection_mode="points",
+    st.plotly_chart(fig, key=chart_key(run), on_select="rerun", selection_mode="points",
                     config={"displayModeBar": False})
     true, pred = cell_picker_ui(run)
-    st.session_state[ui.CELL_KEY] = (run.id, true, pred)
+    st.session_state[ui.scoped(run, ui.CELL_KEY)] = (true, pred)
     rows = views.cell_rows(run.predictions, cache.eval_mask(run, key), true=true, predicted=pred)
     share = cm[true, pred] / max(int(cm[true].sum()), 1)
     kind = "correct" if true == pred else "errors"
-    st.subheader(ui.plain(f"True {run.classes[true]}, predicted {run.classes[pred]}"))
+    st.subheader(ui.plain(f"True {run.classes[true]}, predicted {run.classes[pred]}"), anchor=False)
     st.caption(f"{rows.size:,} images ({share:.1%} of the true class), {kind}.")
-    ui.gallery_ui(run, rows, key="confusion", page_key=f"confusion-page-{true}-{pred}")
+    ui.gallery_ui(run, rows, key="confusion", page_key=ui.scoped(run, f"confusion-page-{true}-{pred}"))
 
 
 render()

@@ -27,26 +27,28 @@ def controls_ui(run, key: str, xy: np.ndarray) -> dict:
     splits = cache.split_names(run, key)
     cols = st.columns([3, 2, 3])
     color_by = cols[0].radio("Colour by", COLOUR_CHOICES, horizontal=True, key="emb-colour")
-    split = cols[1].selectbox("Split", ["all", *splits], key="emb-split")
-    classes = cols[2].multiselect("True classes", range(k), key="emb-classes",
+    split = cols[1].selectbox("Split", ["all", *splits], key=ui.scoped(run, "emb-split"))
+    classes = cols[2].multiselect("True classes", range(k), key=ui.scoped(run, "emb-classes"),
                                   format_func=ui.class_label(run), placeholder="every class")
     with st.expander("Zoom (axis ranges)"):
         lo, hi = np.floor(xy.min(axis=0)), np.ceil(xy.max(axis=0))
         zx, zy = st.columns(2)
-        x_range = zx.slider("x", float(lo[0]), float(hi[0]), (float(lo[0]), float(hi[0])), key="emb-x")
-        y_range = zy.slider("y", float(lo[1]), float(hi[1]), (float(lo[1]), float(hi[1])), key="emb-y")
+        x_range = zx.slider("x", float(lo[0]), float(hi[0]), (float(lo[0]), float(hi[0])),
+                            key=ui.scoped(run, "emb-x"))
+        y_range = zy.slider("y", float(lo[1]), float(hi[1]), (float(lo[1]), float(hi[1])),
+                            key=ui.scoped(run, "emb-y"))
     return {"color_by": color_by, "split": split, "classes": classes, "x_range": x_range,
             "y_range": y_range}
 
 
 def highlight_rows(run, key: str) -> tuple[np.ndarray | None, str]:
-    shared = st.session_state.get(ui.CELL_KEY)
-    if not shared or shared[0] != run.id:
+    shared = st.session_state.get(ui.scoped(run, ui.CELL_KEY))
+    if not shared:
         return None, ""
-    _, true, pred = shared
+    true, pred = shared
     label = f"true {run.classes[true]}, predicted {run.classes[pred]}"
     if not st.checkbox(ui.plain(f"Highlight the confusion cell chosen on the confusion page ({label})"),
-                       value=True, key="emb-highlight"):
+                       value=True, key=ui.scoped(run, "emb-highlight")):
         return None, label
     return views.cell_rows(run.predictions, cache.eval_mask(run, key), true=true, predicted=pred), label
 
@@ -60,12 +62,12 @@ def render() -> None:
         st.info("This run has no 2-D projection (no embeddings were extracted). Re-run the analysis "
                 "with a model whose penultimate layer can be read.")
         return
-    method = (run.manifest.get("projection") or {}).get("method", "UMAP")
+    method = run.projection_info.get("method") or "UMAP"
     st.caption(ui.plain(f"{method} projection of the penultimate-layer features. Box or lasso select "
                         "points to see their images below."))
     chosen = controls_ui(run, key, xy)
     df = run.predictions
-    previous = st.session_state.get(CHART_KEY)
+    previous = st.session_state.get(ui.scoped(run, CHART_KEY))
     selected = views.rows_from_selection(previous.get("selection") if previous else None)
     plan = cache.embedding_plan(
         run, key, chosen["split"], tuple(int(c) for c in chosen["classes"]),
@@ -85,7 +87,8 @@ def render() -> None:
         st.caption(f"{plan.n_visible:,} points.")
     fig = figures.embedding_figure(plan, xy, df, run.classes, color_by=chosen["color_by"],
                                    highlight=highlight)
-    event = st.plotly_chart(fig, key=CHART_KEY, on_select="rerun", selection_mode=("box", "lasso"))
+    event = st.plotly_chart(fig, key=ui.scoped(run, CHART_KEY), on_select="rerun",
+                            selection_mode=("box", "lasso"))
     selected = views.rows_from_selection((event or {}).get("selection"))
     st.subheader("Selected images")
     if selected.size == 0:
@@ -93,7 +96,8 @@ def render() -> None:
         return
     conf = df["confidence"].to_numpy()[selected]
     selected = selected[np.argsort(-conf, kind="stable")]
-    ui.gallery_ui(run, selected, key="embedding", page_key=f"embedding-page-{hash(selected.tobytes())}")
+    ui.gallery_ui(run, selected, key="embedding",
+                  page_key=ui.scoped(run, f"embedding-page-{hashlib.sha1(selected.tobytes()).hexdigest()}"))
 
 
 render()

@@ -21,11 +21,12 @@ def filters_ui(run) -> tuple[list[int], list[int], tuple[float, float]]:
     k = len(run.classes)
     fmt = ui.class_label(run)
     cols = st.columns([2, 2, 2])
-    true = cols[0].multiselect("True class", range(k), key="errors-true", format_func=fmt,
+    true = cols[0].multiselect("True class", range(k), key=ui.scoped(run, "errors-true"), format_func=fmt,
                                placeholder="every class")
-    pred = cols[1].multiselect("Predicted class", range(k), key="errors-pred", format_func=fmt,
-                               placeholder="every class")
-    low, high = cols[2].slider("Confidence", 0.0, 1.0, (0.0, 1.0), step=0.01, key="errors-conf")
+    pred = cols[1].multiselect("Predicted class", range(k), key=ui.scoped(run, "errors-pred"),
+                               format_func=fmt, placeholder="every class")
+    low, high = cols[2].slider("Confidence", 0.0, 1.0, (0.0, 1.0), step=0.01,
+                               key=ui.scoped(run, "errors-conf"))
     return list(true), list(pred), (float(low), float(high))
 
 
@@ -49,11 +50,7 @@ def neighbours_ui(run, key: str, row: int, cls: int, title: str) -> None:
     cols = st.columns(3)
     for i, r in enumerate(near):
         with cols[i % 3]:
-            img = ui.thumbnail(run, r, size=96)
-            if img is None:
-                st.caption("(image unavailable)")
-            else:
-                st.image(img, width="stretch")
+            ui.image_ui(run, r, size=96)
             st.caption(ui.plain(run.predictions["path"].iat[int(r)]))
 
 
@@ -62,18 +59,14 @@ def detail_ui(run, key: str, rows: np.ndarray) -> None:
     limit = min(rows.size, 1000)
     labels = {int(r): f"#{i + 1} · {run.predictions['path'].iat[int(r)]}"
               for i, r in enumerate(rows[:limit])}
-    row = st.selectbox("Error to inspect (rank · file)", list(labels), key="errors-detail",
+    row = st.selectbox("Error to inspect (rank · file)", list(labels), key=ui.scoped(run, "errors-detail"),
                        format_func=labels.__getitem__)
     if row is None:
         return
     r = run.predictions.iloc[int(row)]
     left, right = st.columns([1, 2])
     with left:
-        img = run.image(int(row))
-        if img is None:
-            st.info("The image file is not available.")
-        else:
-            st.image(ui.thumbnail(run, int(row), size=256), width="content")
+        ui.image_ui(run, int(row), size=256, width="content")
         st.caption("  \n".join(ui.plain(line) for line in ui.item_caption(run, int(row))))
     with right:
         st.plotly_chart(figures.probability_figure(np.asarray(run.probs[int(row)]), run.classes,
@@ -112,8 +105,8 @@ def render() -> None:
     table_ui(run, rows)
     tab_gallery, tab_detail = st.tabs(["Gallery", "Image detail"])
     with tab_gallery:
-        ui.gallery_ui(run, rows, key="errors", page_key=f"errors-page-{hash((tuple(true), tuple(pred), conf))}",
-                      order_note="most confident mistake first")
+        ui.gallery_ui(run, rows, key="errors", order_note="most confident mistake first",
+                      page_key=ui.scoped(run, f"errors-page-{true}-{pred}-{conf}"))
     with tab_detail:
         detail_ui(run, key, rows)
 

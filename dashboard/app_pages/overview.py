@@ -1,4 +1,5 @@
-"""Overview of the chosen run: headline metrics, counts, skipped files, classes, samples, training."""
+"""Overview of the chosen run: headline metrics, counts, skipped files, notes, classes, samples,
+training. Every name from the run (run, model, data set, classes, splits, notes) is shown as text."""
 
 from __future__ import annotations
 
@@ -22,18 +23,24 @@ def metrics_ui(run) -> None:
 
 
 def counts_ui(run) -> None:
-    splits = run.manifest.get("splits") or {}
+    splits = run.splits
     skipped = run.skipped
     cols = st.columns(len(splits) + 2)
     cols[0].metric("Images", f"{run.n_images:,}")
     for col, (split, count) in zip(cols[1:], sorted(splits.items())):
-        col.metric(f"{split} split", f"{count:,}")
+        col.metric(ui.plain(f"{split} split"), f"{count:,}")
     cols[-1].metric("Skipped files", f"{len(skipped):,}")
     if len(skipped):
         with st.expander(f"Skipped files and why ({len(skipped):,})", expanded=len(skipped) <= 20):
             st.dataframe(skipped, hide_index=True, width="stretch",
                          column_config={"path": st.column_config.TextColumn("file"),
                                         "reason": st.column_config.TextColumn("reason")})
+
+
+def notes_ui(run) -> None:
+    """What the analysis noted about the run (e.g. why it has no embeddings), one line each."""
+    for note in run.notes:
+        st.caption(ui.plain(f"Note: {note}"))
 
 
 def sample_strip(images: list[np.ndarray], *, size: int = 64, gap: int = 4) -> np.ndarray:
@@ -56,7 +63,7 @@ def samples_ui(run, key: str) -> None:
     shown = range(len(classes)) if len(classes) <= limit else range(limit)
     if len(classes) > limit:
         start = st.number_input("First class", 0, len(classes) - 1, 0, step=limit,
-                                key="overview-sample-start")
+                                key=ui.scoped(run, "overview-sample-start"))
         shown = range(int(start), min(int(start) + limit, len(classes)))
     cols = st.columns(5)
     for i, c in enumerate(shown):
@@ -88,14 +95,13 @@ def training_ui(run) -> None:
 def render() -> None:
     run = ui.current_run()
     key = cache.run_key(run)
-    st.title(f"Overview: {run.manifest.get('name', run.id)}")
-    model = run.manifest.get("model", {})
-    data = run.manifest.get("data", {})
-    st.caption(ui.plain(f"Model {model.get('path', '?')} · data {data.get('name', '?')} "
-                        f"({data.get('path') or data.get('kind', '?')}) · created "
-                        f"{run.manifest.get('created', '?')} · {len(run.classes)} classes"))
+    st.title(ui.plain(f"Overview: {run.name}"), anchor=False)
+    model, data = run.model_info, run.data_info
+    st.caption(ui.plain(f"Model {model.path or '?'} · data {data.name} ({data.path or data.kind or '?'}) · "
+                        f"created {run.created or '?'} · {len(run.classes)} classes"))
     metrics_ui(run)
     counts_ui(run)
+    notes_ui(run)
     st.subheader("Class distribution")
     st.plotly_chart(figures.class_distribution_figure(cache.class_distribution(run, key)),
                     key="class-distribution")

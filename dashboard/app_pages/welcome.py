@@ -31,7 +31,7 @@ def build_demo_ui() -> None:
     try:
         run = run_demo(store=RunStore(cache.store_root()), progress=progress)
     except Exception as exc:  # shown in the page: the user can still use the CLI
-        st.error(f"Building the demo failed: {exc}")
+        ui.cannot_show("Building the demo failed", exc)
         st.code(DEMO_COMMAND, language="bash")
         return
     st.session_state[ui.RUN_KEY] = run.id
@@ -43,7 +43,7 @@ def render() -> None:
     st.title("Classifier error analysis")
     runs = RunStore(cache.store_root()).list_runs()
     if not runs:
-        st.info(f"The run store {cache.store_root()} has no runs yet.")
+        st.info(ui.plain(f"The run store {cache.store_root()} has no runs yet."))
     demo = st.container()  # filled last: building the demo blocks the script, the rest stays drawn
     st.subheader("Analyse your own model")
     st.write("Point the analysis at a Keras model and a folder of images (one sub-folder per class):")

@@ -23,7 +23,7 @@ from core.images import encode_png
 from core.reports import ERROR_COLUMNS
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
-from dashboard import views
+from dashboard import ui, views
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
 TIMEOUT = 60
@@ -56,8 +56,14 @@ def open_page(page: str, run_id: str = "small") -> AppTest:
 
 
 def unescape(markdown: str) -> str:
-    """The text a Markdown source renders as (the app backslash-escapes user text)."""
-    return re.sub(r"\\(.)", r"\1", markdown)
+    """The text a Markdown source renders as (``ui.plain`` backslash-escapes user text and puts
+    invisible word joiners where autolinks and shortcodes would start)."""
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+
+
+def key(store: RunStore, run_id: str, name: str, *, other: str | None = None) -> str:
+    """The widget key of the page state ``name`` that belongs to run ``run_id`` (see ``ui.scoped``)."""
+    return ui.scoped(store.load(run_id), name, other=None if other is None else store.load(other))
 
 
 def captions(at: AppTest) -> list[str]:
@@ -112,12 +118,12 @@ def test_confusion_gallery_shows_exactly_the_chosen_pair(store):
     mask = run.eval_mask()
     cm = np.zeros((5, 5), int)
     np.add.at(cm, (df["true"][mask], df["predicted"][mask]), 1)
-    assert (at.selectbox(key="cell-true").value, at.selectbox(key="cell-predicted").value) == \
+    assert (at.selectbox(key=key(store, "small", "cell-true")).value, at.selectbox(key=key(store, "small", "cell-predicted")).value) == \
         views.default_cell(cm)
     # choose an off-diagonal cell with a few images
     t, p = next((t, p) for t in range(5) for p in range(5) if t != p and 2 <= cm[t, p] <= 24)
-    at.selectbox(key="cell-true").set_value(t)
-    at.selectbox(key="cell-predicted").set_value(p)
+    at.selectbox(key=key(store, "small", "cell-true")).set_value(t)
+    at.selectbox(key=key(store, "small", "cell-predicted")).set_value(p)
     at.run()
     expected = df.index[mask & (df["true"] == t) & (df["predicted"] == p)]
     expected = df.loc[expected].sort_values("confidence", ascending=False, kind="stable")
@@ -129,14 +135,14 @@ def test_confusion_gallery_shows_exactly_the_chosen_pair(store):
 
 def test_a_click_on_the_chart_moves_the_selectboxes(store):
     at = open_page("confusion")
-    at.session_state["confusion-chart"] = {"selection": {"points": [
+    at.session_state[key(store, "small", "confusion-chart")] = {"selection": {"points": [
         {"customdata": [1, 3, 0, 0.0], "x": 3, "y": 1}]}}
     at.run()
-    assert (at.selectbox(key="cell-true").value, at.selectbox(key="cell-predicted").value) == (1, 3)
+    assert (at.selectbox(key=key(store, "small", "cell-true")).value, at.selectbox(key=key(store, "small", "cell-predicted")).value) == (1, 3)
     # the selectboxes then win until the next click
-    at.selectbox(key="cell-true").set_value(2).run()
-    assert (at.selectbox(key="cell-true").value, at.selectbox(key="cell-predicted").value) == (2, 3)
-    assert at.session_state["confusion_cell"] == ("small", 2, 3)
+    at.selectbox(key=key(store, "small", "cell-true")).set_value(2).run()
+    assert (at.selectbox(key=key(store, "small", "cell-true")).value, at.selectbox(key=key(store, "small", "cell-predicted")).value) == (2, 3)
+    assert at.session_state[key(store, "small", ui.CELL_KEY)] == (2, 3)
 
 
 def test_errors_page_lists_and_filters_the_eval_errors(store, served):
@@ -148,7 +154,7 @@ def test_errors_page_lists_and_filters_the_eval_errors(store, served):
     assert n_errors == run.metrics["errors"]
     assert any(c.startswith(f"{n_errors:,} misclassified images") for c in captions(at))
     assert at.get("download_button")[0].label == "Download CSV"
-    at.multiselect(key="errors-true").set_value([2]).run()
+    at.multiselect(key=key(store, "small", "errors-true")).set_value([2]).run()
     n_true2 = int((mask & ~df["correct"] & (df["true"] == 2)).sum())
     assert any(c.startswith(f"{n_true2:,} misclassified images") for c in captions(at))
     exported = pd.read_csv(io.BytesIO(served["download-errors"]()))
@@ -161,7 +167,7 @@ def test_errors_page_lists_and_filters_the_eval_errors(store, served):
         "confidence", ascending=False, kind="stable")["path"].tolist()
     assert paths == expected[:24] + expected[:1]
     # the detail view: probabilities chart and neighbours from the true and predicted classes
-    assert at.selectbox(key="errors-detail").value == int(
+    assert at.selectbox(key=key(store, "small", "errors-detail")).value == int(
         df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
             "confidence", ascending=False, kind="stable").index[0])
     assert any("nearest training images" in m.value for m in at.markdown)
@@ -195,23 +201,23 @@ def test_per_class_download_is_exactly_the_cli_report(store, served):
 
 def test_embeddings_page_highlights_the_confusion_cell(store):
     at = open_page("confusion")
-    at.selectbox(key="cell-true").set_value(1)
-    at.selectbox(key="cell-predicted").set_value(2)
+    at.selectbox(key=key(store, "small", "cell-true")).set_value(1)
+    at.selectbox(key=key(store, "small", "cell-predicted")).set_value(2)
     at.run()
     at.switch_page("app_pages/embeddings.py").run()
     assert not at.exception
     run = store.load("small")
-    assert at.checkbox(key="emb-highlight").value
-    assert run.classes[1] in unescape(at.checkbox(key="emb-highlight").label)
+    assert at.checkbox(key=key(store, "small", "emb-highlight")).value
+    assert run.classes[1] in unescape(at.checkbox(key=key(store, "small", "emb-highlight")).label)
     assert any(c == "600 points." for c in captions(at))
-    at.multiselect(key="emb-classes").set_value([0]).run()
+    at.multiselect(key=key(store, "small", "emb-classes")).set_value([0]).run()
     n0 = int((run.predictions["true"] == 0).sum())
     assert any(c == f"{n0} points." for c in captions(at))
 
 
 def test_embeddings_selection_fills_the_gallery(store):
     at = open_page("embeddings")
-    at.session_state["embedding-chart"] = {"selection": {"points": [
+    at.session_state[key(store, "small", "embedding-chart")] = {"selection": {"points": [
         {"customdata": 5}, {"customdata": 7}], "point_indices": [5, 7], "box": [], "lasso": []}}
     at.run()
     run = store.load("small")
@@ -221,7 +227,7 @@ def test_embeddings_selection_fills_the_gallery(store):
 
 def test_compare_page_shows_deltas_and_flips(store):
     at = open_page("compare")
-    at.selectbox(key="compare-run-b").set_value("better").run()
+    at.selectbox(key=key(store, "small", "compare-run-b")).set_value("better").run()
     assert not at.exception
     a, b = store.load("small"), store.load("better")
     acc = next(m for m in at.metric if m.label == "Accuracy (B)")
@@ -242,7 +248,7 @@ def test_compare_page_shows_deltas_and_flips(store):
 
 def test_compare_refuses_runs_on_different_images(store):
     at = open_page("compare")
-    at.selectbox(key="compare-run-b").set_value("other").run()
+    at.selectbox(key=key(store, "small", "compare-run-b")).set_value("other").run()
     assert "different numbers of images (600 and 500)" in unescape(at.error[0].value)
 
 
@@ -289,7 +295,7 @@ def test_the_start_page_builds_the_demo_with_progress_then_shows_it(tmp_path, mo
     at.button(key="build-demo").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert calls == [("Training", 0.5), ("Analysing", 1.0)]
-    assert [t.value for t in at.title] == ["Overview: demo"]
+    assert [unescape(t.value) for t in at.title] == ["Overview: demo"]
     assert at.sidebar.selectbox(key="run_id").value == "demo"
 
 
@@ -297,7 +303,7 @@ def test_unfiltered_errors_csv_is_the_cli_file(store, served, tmp_path):
     from core.cli import main
 
     at = open_page("errors")
-    at.slider(key="errors-conf").set_value((0.5, 1.0)).run()
+    at.slider(key=key(store, "small", "errors-conf")).set_value((0.5, 1.0)).run()
     page_csv = served["download-errors"]()
     assert main(["errors", "small", "--min-confidence", "0.5", "--out", str(tmp_path / "cli.csv"),
                  "--store", str(store.root)]) == 0

@@ -63,7 +63,7 @@ def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, p
 
     # choose another cell with the keyboard-friendly selectbox, then click the first cell again
     other = (true + 1) % k
-    page.locator(".st-key-cell-true").click()
+    page.locator("[class*='st-key-run-'][class*='-cell-true']").click()  # the run-scoped key of the box
     page.get_by_role("option", name=f"{other} · {run.classes[other]}").click()
     page.get_by_role("heading", name=f"True {run.classes[other]}, predicted {run.classes[pred]}").wait_for()
     box = points.nth(true * k + pred).bounding_box()
