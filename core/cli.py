@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {analyze,runs,report,errors,delete,train,demo,review}``.
+"""Command line: ``python -m core {analyze,runs,report,errors,delete,explain,train,demo,review}``.
 
 Every error the user can cause ends in one line on stderr and exit status 2;
 Ctrl-C ends with status 130 and leaves no half-written run.
@@ -196,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete", parents=[store], help="delete a stored run")
     d.add_argument("run")
 
+    x = sub.add_parser("explain", parents=[store], help="Grad-CAM maps of a run's images: cams.npy, index.csv, "
+                       "one overlay PNG per image (the most confident errors, or one confusion cell)")
+    x.add_argument("run")
+    x.add_argument("--out", required=True, metavar="DIR", help="folder for cams.npy, index.csv and the PNGs")
+    x.add_argument("--true", default=None, metavar="CLASS", help="true class of the images to explain")
+    x.add_argument("--predicted", default=None, metavar="CLASS", help="predicted class of the images to explain "
+                   "(both: that confusion cell; neither: the errors)")
+    x.add_argument("--limit", type=int, default=24, metavar="N", help="most confident N images (default: 24)")
+    x.add_argument("--split", default=None, help="split to take them from (default: the run's evaluation split; "
+                   "'all')")
+    x.add_argument("--cam-layer", default=None, metavar="NAME", help="layer whose feature map is weighted "
+                   "(default: the last convolutional map, inside a nested backbone too); OUTER/INNER for a "
+                   "layer inside a nested backbone, e.g. vgg16/block5_conv3")
+    x.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+
     add_train_arguments(sub.add_parser("train", parents=[store], help="train a model with a recipe, then analyse it"))
     add_review_arguments(sub.add_parser("review", help="verdicts on a run's images: mark, list, undo, export, "
                                                      "manifest, metrics"), store)
@@ -298,6 +313,27 @@ def cmd_delete(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    """``python -m core explain``: maps of the selected rows (cached in the run), written to --out."""
+    from core.gradcam import explain_rows, select_rows, write_explanations
+
+    run = RunStore(args.store).load(args.run)
+    rows = select_rows(run, true_class=args.true, predicted_class=args.predicted, split=args.split,
+                       limit=args.limit)
+    if len(rows) == 0:
+        cell = f"true {args.true or 'any'}, predicted {args.predicted or 'any'}"
+        raise ValueError(f"Nothing to explain: no {'images' if args.true and args.predicted else 'errors'} "
+                         f"({cell}) in split {args.split or run.eval_split!r} of run {run.id!r}")
+    attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, progress=True)
+    index = write_explanations(run, attention, args.out)
+    for row, reason in attention.skipped.items():
+        print(f"skipped row {row}: {reason}", file=sys.stderr)
+    n_empty = int(index.filter(like="empty_").to_numpy().sum())
+    print(f"Wrote {len(index)} maps at layer {attention.layer!r} ({attention.method}) to {args.out}"
+          + (f"; {n_empty} without positive evidence (empty_* in index.csv)" if n_empty else ""), file=sys.stderr)
+    return 0
+
+
 def _interrupted(checkpoint: Path | None) -> int:
     where = f"best checkpoint kept at {checkpoint}" if checkpoint else "no checkpoint was saved yet"
     print(f"Interrupted: {where}", file=sys.stderr)
@@ -394,7 +430,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"analyze": cmd_analyze, "runs": cmd_runs, "report": cmd_report, "errors": cmd_errors,
-            "delete": cmd_delete, "train": cmd_train, "demo": cmd_demo,
+            "delete": cmd_delete, "explain": cmd_explain, "train": cmd_train, "demo": cmd_demo,
             "review": cmd_review}
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextvars
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +87,7 @@ def cam_from_gradients(feature_maps: np.ndarray, gradients: np.ndarray, *,
     >>> maps, empty = cam_from_gradients(A, g)  # weights: channel 0 -> 4, channel 1 -> -1
     >>> maps[0].tolist(), bool(empty[0])
     ([[4.0, 0.0], [0.0, 0.0]], False)
-    >>> cam_from_gradients(A, -g)[1].tolist()   # evidence only against the class
+    >>> cam_from_gradients(A, -np.abs(g))[1].tolist()   # every channel speaks against the class
     [True]
     """
     if method not in METHODS:
@@ -473,7 +474,9 @@ def _check_against_model(explainer: CamExplainer, model, path: str) -> None:
     """
     shape = tuple(d or 32 for d in model.inputs[0].shape[1:])
     probe = np.random.default_rng(0).uniform(0, 255, (2, *shape)).astype("float32")
-    expected = np.asarray(model(probe, training=False))
+    with warnings.catch_warnings():  # a model built with a one-element input list warns on a plain batch
+        warnings.simplefilter("ignore", UserWarning)
+        expected = model(probe, training=False)
     expected = np.asarray(expected[0] if isinstance(expected, (list, tuple)) else expected, np.float64)
     _, pre = explainer.cam_model(probe, training=False)
     got = explainer.activate(np.asarray(explainer._logits(pre)))
@@ -487,18 +490,26 @@ def _check_against_model(explainer: CamExplainer, model, path: str) -> None:
             "its top-level layers are probably not one chain")
 
 
-def explainer_for_run(run: Run, *, layer: str | None = None) -> CamExplainer:
-    """The run's model prepared for Grad-CAM, loaded as ``core.analyze.load_run_model`` does
-    (Keras safe mode unless the run recorded the unsafe-load opt-in). Slow (TensorFlow):
-    callers that explain several pages should keep it (the dashboard in its resource cache).
-    """
+def check_explainable(run: Run) -> None:
+    """Raise GradCamUnavailable (one line) for a run whose model has no layers: a SavedModel, or
+    none at all (synthetic runs). Reads the manifest only."""
     info = run.model_info
     if info.format == "savedmodel":
         raise GradCamUnavailable(
             f"Grad-CAM is unavailable for run {run.id!r}: its model is a SavedModel, which Keras 3 loads as "
             "one opaque function without layers; save the model as .keras and re-analyse")
-    if info.format == "synthetic":
-        raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: it is synthetic and has no model")
+    if info.format == "synthetic" or not info.path:
+        raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: it is synthetic and has no model"
+                                 if info.format == "synthetic" else
+                                 f"Grad-CAM is unavailable for run {run.id!r}: it records no model file")
+
+
+def explainer_for_run(run: Run, *, layer: str | None = None) -> CamExplainer:
+    """The run's model prepared for Grad-CAM, loaded as ``core.analyze.load_run_model`` does
+    (Keras safe mode unless the run recorded the unsafe-load opt-in). Slow (TensorFlow):
+    callers that explain several pages should keep it (the dashboard in its resource cache).
+    """
+    check_explainable(run)
     from core.analyze import load_run_model
 
     run_model = load_run_model(run)
@@ -583,6 +594,7 @@ def explain_rows(run: Run, rows: Sequence[int] | np.ndarray, *, which: Sequence[
     """
     which = _check_options(which=which, method=method, layer=layer)
     rows = _check_rows(run, rows)
+    check_explainable(run)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive. Received: {batch_size}")
     if explainer is not None and layer is not None and explainer.layer != layer:
@@ -744,11 +756,11 @@ def select_rows(run: Run, *, true_class: str | None = None, predicted_class: str
             raise ValueError(f"Unknown split {split!r}. The run has: {known + ['all']}")
         mask = (splits == split).to_numpy()
     if true_class is not None:
-        mask &= preds["true"].to_numpy() == classes.index(true_class)
+        mask = mask & (preds["true"].to_numpy() == classes.index(true_class))
     if predicted_class is not None:
-        mask &= preds["predicted"].to_numpy() == classes.index(predicted_class)
+        mask = mask & (preds["predicted"].to_numpy() == classes.index(predicted_class))
     if true_class is None or predicted_class is None:
-        mask &= ~preds["correct"].to_numpy()
+        mask = mask & ~preds["correct"].to_numpy()
     rows = np.flatnonzero(mask)
     confidence = preds["confidence"].to_numpy()
     rows = rows[np.lexsort((rows, -confidence[rows]))]
