@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {analyze,runs,report,errors,delete,explain,train,demo,review}``.
+"""Command line: ``python -m core {analyze,runs,report,errors,delete,explain,train,demo,review,diagnose,label-issues}``.
 
 Every error the user can cause ends in one line on stderr and exit status 2;
 Ctrl-C ends with status 130 and leaves no half-written run.
@@ -210,6 +210,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the last convolutional map, inside a nested backbone too); OUTER/INNER for a "
                    "layer inside a nested backbone, e.g. vgg16/block5_conv3")
     x.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+
+    g = sub.add_parser("diagnose", parents=[store],
+                       help="why errors happen: every diagnosis (label issues, calibration, ...) stored in the run",
+                       epilog="Exit status 1 when a diagnosis was skipped (its reason is printed); the others are kept.")
+    g.add_argument("run")
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="also write one CSV per finding (<kind>.<table>.csv) and summary.json to DIR")
+    g.add_argument("--only", default=None, metavar="KINDS", help="comma-separated kinds (default: all)")
+    g.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
+
+    li = sub.add_parser("label-issues", parents=[store],
+                        help="images of the evaluated split whose label is probably wrong, most likely first")
+    li.add_argument("run")
+    li.add_argument("--out", default=None, help="CSV file: path, given_label, suggested_label, score "
+                                               "(default: print to stdout)")
+    li.add_argument("--issues-only", action="store_true",
+                    help="only the images cleanlab's confident learning flags (default: every evaluated image)")
+    li.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
 
     add_train_arguments(sub.add_parser("train", parents=[store], help="train a model with a recipe, then analyse it"))
     add_review_arguments(sub.add_parser("review", help="verdicts on a run's images: mark, list, undo, export, "
@@ -429,9 +447,37 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """``python -m core diagnose``: one line per diagnosis on stdout; 1 if one was skipped."""
+    from core.diagnose import headline, run_diagnoses, stderr_progress, write_findings
+
+    run = RunStore(args.store).load(args.run)
+    kinds = tuple(k.strip() for k in args.only.split(",") if k.strip()) if args.only is not None else None
+    with stderr_progress(f"diagnose {run.id}") as progress:
+        results = run_diagnoses(run, progress=progress, kinds=kinds, force=args.force)
+    for name, stored in results.items():
+        print(f"{name}: {headline(name, stored.summary)}")
+    for name, reason in results.skipped.items():
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    if args.out is not None:
+        files = write_findings(results, args.out)
+        print(f"Wrote {len(files)} files to {args.out}", file=sys.stderr)
+    return 1 if results.skipped else 0
+
+
+def cmd_label_issues(args: argparse.Namespace) -> int:
+    from core.diagnose import label_issues_csv, stderr_progress
+
+    run = RunStore(args.store).load(args.run)
+    with stderr_progress(f"label issues {run.id}") as progress:
+        table = label_issues_csv(run, issues_only=args.issues_only, force=args.force, progress=progress)
+    _write_csv(table, args.out)
+    return 0
+
+
 COMMANDS = {"analyze": cmd_analyze, "runs": cmd_runs, "report": cmd_report, "errors": cmd_errors,
             "delete": cmd_delete, "explain": cmd_explain, "train": cmd_train, "demo": cmd_demo,
-            "review": cmd_review}
+            "review": cmd_review, "diagnose": cmd_diagnose, "label-issues": cmd_label_issues}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import importlib
 import json
 import pkgutil
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -96,6 +99,58 @@ def write_findings(results: DiagnosisResults, out: str | Path) -> list[Path]:
     target.write_text(json.dumps(summary, indent=2, default=str))
     written.append(target)
     return written
+
+
+def _label_issues_headline(s: dict) -> str:
+    line = (f"{s['n_issues']:,} of {s['n_scored']:,} images of '{s['split']}' probably mislabelled "
+            f"({s['issue_rate']:.1%})")
+    if s.get("top_pairs"):
+        top = s["top_pairs"][0]
+        line += f"; most often given '{top['given']}' where '{top['suggested']}' is likelier ({top['count']:,})"
+    return line
+
+
+def _calibration_headline(s: dict) -> str:
+    return (f"ECE {s['ece']:.4f}, MCE {s['mce']:.4f} on '{s['split']}'; temperature {s['temperature']:.3f} "
+            f"({s['fit_on']}): ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}")
+
+
+HEADLINES: dict[str, Callable[[dict], str]] = {
+    "label_issues": _label_issues_headline,
+    "calibration": _calibration_headline,
+}
+
+
+def headline(name: str, summary: dict) -> str:
+    """One line saying what kind ``name`` found (its scalar summary values for kinds without a headline)."""
+    if name in HEADLINES:
+        try:
+            return HEADLINES[name](summary)
+        except (KeyError, TypeError, ValueError):
+            pass  # a summary of another version: fall back to the generic line
+    scalars = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()
+               if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    return ", ".join(scalars[:8]) or "done"
+
+
+@contextmanager
+def stderr_progress(desc: str) -> Iterator[Progress]:
+    """A ``Progress`` that drives one tqdm bar on stderr by fraction, the latest message beside it."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1000, desc=desc, file=sys.stderr, mininterval=0.2,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
+
+    def update(message: str, fraction: float) -> None:
+        target = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+        if target > bar.n:
+            bar.update(target - bar.n)
+        bar.set_postfix_str(message)
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def label_issues_csv(run: Run, *, issues_only: bool = False, force: bool = False,
