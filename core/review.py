@@ -10,8 +10,9 @@ A *verdict* is one reviewer's decision about one image:
 
 Storage. This module alone owns ``<store>/verdicts.sqlite`` (the standard
 library's ``sqlite3``; no server). WAL mode, so readers never block the
-writer; one short ``BEGIN IMMEDIATE`` transaction per verdict, under a busy
-timeout and a retry, so concurrent writers wait instead of failing;
+writer; one short ``BEGIN IMMEDIATE`` transaction per verdict, retried after
+short random pauses while another process holds the write lock (SQLITE_BUSY),
+so concurrent writers wait their turn instead of failing;
 ``synchronous=FULL``, so a verdict whose id has been returned survives a
 killed process and a power cut; ``PRAGMA user_version`` numbers the schema
 and drives upgrades; every value is bound with ``?``, never formatted into
@@ -55,6 +56,7 @@ import hashlib
 import io
 import os
 import posixpath
+import random
 import sqlite3
 import threading
 import time
@@ -73,8 +75,8 @@ from core.store import DataInfo, Run, RunStore
 VERDICTS = ("model-wrong", "label-wrong", "ambiguous", "exclude")
 DB_FILE = "verdicts.sqlite"
 SCHEMA_VERSION = 1
-BUSY_TIMEOUT_S = 10.0        # SQLite's own wait for the write lock, per attempt
-RETRY_FOR_S = 60.0           # then we retry on SQLITE_BUSY until this much time has passed
+BUSY_TIMEOUT_S = 0.002       # SQLite's own busy handler: a short wait, then our retry loop takes over
+RETRY_FOR_S = 60.0           # how long a verdict waits for the write lock before giving up
 MAX_NOTE = 2000
 MAX_REVIEWER = 100
 MAX_PATH = 4096
@@ -302,9 +304,14 @@ class ReviewDB:
         self._schema_ok = True
 
     def _retrying(self, step):
-        """Run ``step`` again while SQLite says the database is busy or locked, up to ``retry_for_s``."""
+        """Run ``step`` again while SQLite says the database is busy or locked, up to ``retry_for_s``.
+
+        SQLite's own busy handler backs off to 100 ms sleeps, so under contention a waiting writer
+        loses the lock again and again to newcomers (3 s waits with 8 writers); short random pauses
+        (0.5-5 ms) keep every writer's chance about equal.
+        """
         deadline = time.monotonic() + self.retry_for_s
-        pause = 0.01
+        pause = 0.0005
         while True:
             try:
                 return step()
@@ -312,8 +319,8 @@ class ReviewDB:
                 busy = "locked" in str(exc) or "busy" in str(exc)
                 if not busy or time.monotonic() > deadline:
                     raise self._error(exc) from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.5)
+                time.sleep(random.uniform(0.5, 1.0) * pause)
+                pause = min(pause * 1.5, 0.005)
             except sqlite3.DatabaseError as exc:
                 raise self._error(exc) from None
 
