@@ -55,7 +55,7 @@ def run_diagnoses(run: Run, *, progress: bool | Progress = False, kinds: tuple[s
     One kind that fails on this run (a ``ValueError``, ``LookupError``,
     ``RuntimeError`` or ``OSError``) is skipped with its reason in
     ``result.skipped``; the others still run. ``progress`` receives the
-    whole batch as one 0..1 fraction.
+    whole batch as one 0..1 fraction that never decreases.
     """
     load_kinds()
     kinds = tuple(DIAGNOSES if kinds is None else kinds)
@@ -63,9 +63,11 @@ def run_diagnoses(run: Run, *, progress: bool | Progress = False, kinds: tuple[s
         derived.kind(name)  # an unknown name fails before anything is computed, listing the valid ones
     say = say_function(progress)
     results, skipped = {}, {}
+    done = [0.0]  # the batch's fraction never runs backwards, whatever a kind reports
     for i, name in enumerate(kinds):
         def step(message: str, fraction: float, i: int = i) -> None:
-            say(message, (i + min(max(fraction, 0.0), 1.0)) / len(kinds))
+            done[0] = max(done[0], (i + min(max(fraction, 0.0), 1.0)) / len(kinds))
+            say(message, done[0])
 
         step(f"{name}: starting", 0.0)
         try:

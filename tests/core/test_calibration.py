@@ -163,7 +163,8 @@ def test_calibration_kind_fits_on_val_or_half_the_test_split_and_says_so(tmp_pat
     assert s["ece_after"] < s["ece_before"] / 2 and s["nll_after"] < s["nll_before"]
     # tables: reliability and histograms raw and scaled, per class, confident errors ranked by scaled confidence
     rel = stored.table("reliability")
-    assert set(rel["probabilities"]) == {"raw", "scaled"} and rel.groupby("probabilities")["count"].sum().tolist() == [500, 500]
+    assert set(rel["probabilities"]) == {"raw", "scaled"}
+    assert rel.groupby("probabilities")["count"].sum().tolist() == [500, 500]
     assert stored.table("confidence_histogram")["n_wrong"].sum() == 2 * (~correct[test]).sum()
     assert list(stored.table("per_class")["class"]) == ["a", "b", "c", "d"]
     errors = stored.table("confident_errors")

@@ -88,13 +88,21 @@ def test_a_failing_kind_is_skipped_with_its_reason_and_the_others_still_run(stor
     def _fails(run, config, progress):
         raise ValueError(f"run {run.id!r} has no images of the needed kind")
 
+    @derived.register("test_backwards_progress", version=1)
+    def _backwards(run, config, progress):
+        progress("almost", 0.9)
+        progress("oops, more to do", 0.2)
+        return derived.DerivedResult(summary={"n": run.n_images})
+
     run = store.load("syn")
     seen = []
-    results = run_diagnoses(run, kinds=("test_always_fails", "calibration"),
+    results = run_diagnoses(run, kinds=("test_always_fails", "test_backwards_progress", "calibration"),
                             progress=lambda message, fraction: seen.append(fraction))
-    assert list(results) == ["calibration"]
+    assert list(results) == ["test_backwards_progress", "calibration"]
     assert results.skipped == {"test_always_fails": "ValueError: run 'syn' has no images of the needed kind"}
     assert seen == sorted(seen) and seen[-1] == 1.0  # one bar over the whole batch, never backwards
+    at_90 = [f for f in seen if abs(f - 1.9 / 3) < 1e-9]
+    assert len(at_90) == 2  # the second of three kinds at 90%, then its report of 20% held at 90%
 
 
 def test_every_listed_diagnosis_is_a_registered_kind():
