@@ -348,6 +348,8 @@ class ReviewDB:
             raise self._error(exc) from None
 
     def _read(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        if not self.path.exists():
+            return []  # nothing decided yet: a reader (a page, 'review list') does not create the file
         con = self._connect()
         return self._retrying(lambda: con.execute(sql, tuple(params)).fetchall())
 
@@ -438,13 +440,13 @@ class ReviewDB:
 
     def revision(self) -> int:
         """The newest row's id (0 when empty): changes with every verdict, a cache key for pages."""
-        if not self.path.exists():
-            return 0
-        return int(self._read("SELECT COALESCE(MAX(id), 0) FROM verdicts")[0][0])
+        rows = self._read("SELECT COALESCE(MAX(id), 0) FROM verdicts")
+        return int(rows[0][0]) if rows else 0
 
     def integrity_check(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: 'ok' for a sound file."""
-        return "; ".join(str(r[0]) for r in self._read("PRAGMA integrity_check"))
+        con = self._connect()
+        return "; ".join(str(r[0]) for r in self._retrying(lambda: con.execute("PRAGMA integrity_check").fetchall()))
 
 
 def _rollback(con: sqlite3.Connection) -> None:
@@ -642,7 +644,7 @@ class RunReview:
         if path is not None:
             return self.db.history(self.dataset, path=str(self.paths[self.row(path)]))
         table = self.db.history(self.dataset)
-        return table[table["path"].isin(self._rows)].reset_index(drop=True)
+        return table[table["path"].isin(self._rows.keys())].reset_index(drop=True)
 
     def verdicts(self) -> pd.DataFrame:
         """The verdict in force on each of the run's images that has one, in row order.
@@ -652,7 +654,7 @@ class RunReview:
         'model-wrong', empty otherwise), ``note``, ``reviewer``, ``time``, ``id``.
         """
         current = self.db.current(self.dataset)
-        current = current[current["path"].isin(self._rows)]
+        current = current[current["path"].isin(self._rows.keys())]
         rows = np.array([self._rows[p] for p in current["path"]], dtype=np.int64)
         true = self.run.predictions["true"].to_numpy()
         names = np.asarray(self.run.classes, dtype=object)

@@ -69,6 +69,13 @@ def test_new_database_is_wal_with_schema_version_and_append_only(store, image_tr
     assert review.db.integrity_check() == "ok"
 
 
+def test_reading_an_empty_store_creates_no_database(store, image_tree):
+    review = RunReview(folder_run(store, image_tree, "r1"))
+    assert review.verdicts().empty and review.history().empty and review.db.revision() == 0
+    assert review.reviewed_metrics().summary["excluded"] == 0
+    assert not review.db.path.exists()
+
+
 def test_mark_and_undo_walk_back_one_verdict_at_a_time(store, image_tree):
     review = RunReview(folder_run(store, image_tree, "r1"))
     path = "dog/dog_1.png"
