@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/bench_corrections.py [--train 1500] [--test 1000] [--flip 0.15]
                                                     [--seeds 0,1,2] [--epochs 15] [--work DIR]
+                                                    [--train-options "--no-early-stopping"]
 
 1. Writes a PNG class-folder data set from Fashion-MNIST (``core.datasets.load_fashion_mnist``):
    ``train/<class>/`` with ``--train`` images, ``--flip`` of them filed under a wrong class
@@ -77,6 +78,8 @@ def main() -> None:
     parser.add_argument("--flip", type=float, default=0.15, help="share of training labels flipped")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds, one before/after pair each")
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--train-options", default="",
+                        help="more 'train' options for both trainings, e.g. '--no-early-stopping --batch-size 64'")
     parser.add_argument("--work", default=None, help="folder for data, models and runs (default: temporary)")
     args = parser.parse_args()
     from core.review import RunReview
@@ -87,7 +90,7 @@ def main() -> None:
     flipped = write_flipped_folder(data, n_train=args.train, n_test=args.test, flip=args.flip, seed=1234)
     print(f"data: {data} ({args.train} train with {len(flipped)} labels flipped, {args.test} clean test)")
     recipe = ["--recipe", "small-cnn", "--image-size", "28", "--channels", "1", "--epochs", str(args.epochs),
-              "--no-projection"]
+              "--no-projection", *args.train_options.split()]
     results = []
     for seed in (int(s) for s in args.seeds.split(",")):
         store = work / f"store-{seed}"
