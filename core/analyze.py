@@ -1,4 +1,4 @@
-"""The analysis pipeline: one pass of a Keras model over a data set, written as a run.
+"""The analysis pipeline: one pass of a Keras or ONNX model over a data set, written as a run.
 
 ``analyze`` decodes images in a thread pool while the model runs (one call
 gives both class probabilities and penultimate-layer features), projects the
@@ -18,14 +18,12 @@ from core import metrics
 from core.config import AnalysisConfig, ProjectionConfig
 from core.datasets import ImageDataset, iter_batches
 from core.images import fit_to_input
-from core.models import (InferenceModel, ModelError, build_inference_model, file_sha256,
+from core.models import (SCALES, InferenceModel, ModelError, build_inference_model, file_sha256,
                          load_model, model_format, prepare_input)
 from core.progress import Progress, progress_bar, say_function, slug
 from core.runs import write_run
 from core.store import (Run, RunConflictError, RunCorruptError, RunSchemaError, RunStore,
                         valid_run_id)
-
-SCALES = ("auto", "raw", "unit", "symmetric")
 
 
 def to_probabilities(outputs: np.ndarray, *, activation: str | None, n_classes: int) -> np.ndarray:
@@ -157,7 +155,7 @@ def analyze(
     projection: bool = True, progress: bool | Progress = True, scale: str = "auto",
     image_size: tuple[int, int] | None = None, seed: int = 0,
 ) -> Run:
-    """Analyse ``dataset`` with ``model`` (a keras.Model or a path) and write a run.
+    """Analyse ``dataset`` with ``model`` (a keras.Model, a loaded ONNX model or a path) and write a run.
 
     Every row of the data set is predicted; metrics describe the 'test' split
     when there is one (else 'val', else all rows). The run's config (model
@@ -172,6 +170,9 @@ def analyze(
     if isinstance(model, (str, Path)):
         model_path = Path(model)
         fmt = model_format(model_path)
+        model_sha = file_sha256(model_path)
+    elif _is_onnx(model):
+        fmt, model_path = "onnx", model.path
         model_sha = file_sha256(model_path)
     else:
         fmt = "keras"
@@ -255,6 +256,12 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
     return run
 
 
+def _is_onnx(model) -> bool:
+    from core.onnx_model import OnnxModel  # no onnx/onnxruntime import: those load inside its functions
+
+    return isinstance(model, OnnxModel)
+
+
 def _weights_sha(model) -> str:
     h = hashlib.sha256()
     for w in model.weights:
@@ -291,7 +298,9 @@ class RunModel:
             raise ModelError(f"This run's model {risk}; the run was analysed without opting in to that, "
                              "so its model is not loaded. Re-analyse it with the unsafe-load opt-in if you "
                              "trust the file.") from None
-        self.inference = build_inference_model(model, scale=m.get("scale", "auto"))
+        # An ONNX model may have no Gemm/MatMul to find features at: use the node the run was made with.
+        layer = run.config.layer if m.get("format") == "onnx" and run.config is not None else None
+        self.inference = build_inference_model(model, layer=layer, scale=m.get("scale", "auto"))
         self.size = tuple(m.get("input_size") or ()) or self.inference.input_size
         self.channels = self.inference.channels or m.get("channels") or 3
         self.n_classes = len(run.classes)

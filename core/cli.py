@@ -157,12 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("analyze", parents=[store], help="predict a data set with a model and store the run")
-    a.add_argument("--model", required=True, help=".keras, .h5 or SavedModel folder")
+    a.add_argument("--model", required=True, help=".keras, .h5, SavedModel folder or .onnx")
     a.add_argument("--data", required=True,
                    help="class-folder tree, flat <class>_<n>.<ext> folder, CSV manifest, or fashion-mnist/digits")
     a.add_argument("--layer", default=None, help="layer whose output is the embedding "
                    "(default: the input of the last Dense layer); OUTER/INNER for a layer inside a "
-                   "nested backbone, e.g. vgg16/block5_pool")
+                   "nested backbone, e.g. vgg16/block5_pool; for an ONNX model a node output name "
+                   "(default: the input of the last Gemm/MatMul)")
     a.add_argument("--name", default=None, help="run name (default: <model>-<data>-<hash>)")
     a.add_argument("--classes", default=None,
                    help="class order: a file with one name per line, or comma-separated names "
@@ -170,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=128)
     a.add_argument("--image-size", type=_image_size, default=None,
                    help="HxW, only for models that accept any size")
-    a.add_argument("--scale", choices=["auto", "raw", "unit", "symmetric"], default="auto",
-                   help="pixel range fed to the model: raw 0..255, unit 0..1, symmetric -1..1 "
+    a.add_argument("--scale", choices=["auto", "raw", "unit", "symmetric", "imagenet"], default="auto",
+                   help="pixel range fed to the model: raw 0..255, unit 0..1, symmetric -1..1, imagenet "
+                        "(torchvision's x/255 then (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]) "
                         "(auto: raw if the model rescales its input itself, else unit)")
     a.add_argument("--no-projection", action="store_true", help="skip the UMAP map")
     a.add_argument("--seed", type=int, default=0, help="seed of the UMAP map (part of the run's config)")

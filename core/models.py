@@ -1,7 +1,9 @@
-"""Loading Keras models safely and building the one-pass probabilities+features model.
+"""Loading models safely and building the one-pass probabilities+features model.
 
-Keras and TensorFlow are imported inside the functions: importing this module
-is cheap, so that reading runs never pays for them.
+Keras models (``.keras``, ``.h5``, SavedModel folders) and ONNX files
+(``core.onnx_model``, run with onnxruntime) give the same ``InferenceModel``.
+Keras, TensorFlow and onnxruntime are imported inside the functions: importing
+this module is cheap, so that reading runs never pays for them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
+SCALES = ("auto", "raw", "unit", "symmetric", "imagenet")
+# torchvision's normalisation (x / 255 - mean) / std per RGB channel, the 'imagenet' scale.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ModelError(ValueError):
@@ -41,7 +47,7 @@ PYTHON_CODE_RISK = "it needs arbitrary Python code to load (e.g. a Lambda layer)
 
 
 def model_format(path: str | Path) -> str:
-    """'keras', 'h5' or 'savedmodel'; raises ModelError for anything else."""
+    """'keras', 'h5', 'savedmodel' or 'onnx'; raises ModelError for anything else."""
     p = Path(path)
     if not p.exists():
         raise ModelError(f"Model path does not exist: {str(p)!r}")
@@ -59,7 +65,12 @@ def model_format(path: str | Path) -> str:
             if fh.read(8) != b"\x89HDF\r\n\x1a\n":
                 raise ModelError(f"Not a Keras model file: {str(p)!r} (not an HDF5 file)")
         return "h5"
-    raise ModelError(f"Not a Keras model file: {str(p)!r} (expected .keras, .h5 or a SavedModel folder)")
+    if suffix == ".onnx":
+        if p.stat().st_size == 0:
+            raise ModelError(f"Not an ONNX model file: {str(p)!r} (it is empty)")
+        return "onnx"
+    raise ModelError(f"Not a Keras model file: {str(p)!r} (expected .keras, .h5 or a SavedModel folder; "
+                     ".onnx for an ONNX model)")
 
 
 def file_sha256(path: str | Path) -> str:
@@ -84,7 +95,7 @@ def _register_custom_layers() -> None:
 
 
 def load_model(path: str | Path, *, unsafe: bool = False):
-    """Load a ``.keras``, legacy ``.h5`` or SavedModel in Keras safe mode.
+    """Load a ``.keras``, legacy ``.h5`` or SavedModel in Keras safe mode, or an ONNX file.
 
     A model that can run arbitrary code is refused with an UnsafeModelError
     unless ``unsafe=True``: one that needs Python code (a Lambda layer), and
@@ -92,10 +103,16 @@ def load_model(path: str | Path, *, unsafe: bool = False):
     writes included) outside Keras safe mode. A SavedModel is called through
     its serving signature and yields class outputs only: Keras 3 cannot rebuild
     its inner layers (this is what ``keras.layers.TFSMLayer`` does too), so
-    there are no embeddings.
+    there are no embeddings. An ONNX file is data run by onnxruntime's standard
+    operators (no custom-operator library is loaded), so it needs no opt-in; it
+    returns a ``core.onnx_model.OnnxModel`` without importing TensorFlow.
     """
     fmt = model_format(path)
     p = Path(path)
+    if fmt == "onnx":
+        from core.onnx_model import load_onnx
+
+        return load_onnx(p)
     if fmt == "savedmodel":
         if not unsafe:
             raise UnsafeModelError(p, SAVEDMODEL_RISK)
@@ -251,7 +268,7 @@ class InferenceModel:
     n_outputs: int
     layer: str | None              # name of the layer whose output are the features
     output_activation: str | None  # 'softmax', 'sigmoid', 'linear', ... or None if unknown
-    scale: str                     # 'raw' (0..255), 'unit' (0..1) or 'symmetric' (-1..1)
+    scale: str                     # 'raw' (0..255), 'unit' (0..1), 'symmetric' (-1..1) or 'imagenet'
     has_features: bool
 
 
@@ -284,12 +301,18 @@ def build_inference_model(model, *, layer: str | None = None, scale: str = "auto
 
     Features default to the input of the last Dense layer (the classifier);
     ``layer`` names another layer, whose output is used (averaged over space
-    when it is a feature map).
+    when it is a feature map). An ONNX model (``load_model`` of a ``.onnx``)
+    is wrapped by ``core.onnx_model.onnx_inference_model`` (input of the last
+    Gemm/MatMul; ``layer`` names a node output), without importing Keras.
     """
+    if scale not in SCALES:
+        raise ModelError(f"scale must be one of {list(SCALES)}. Received: scale={scale!r}")
+    from core.onnx_model import OnnxModel, onnx_inference_model
+
+    if isinstance(model, OnnxModel):
+        return onnx_inference_model(model, layer=layer, scale=scale)
     import keras
 
-    if scale not in ("auto", "raw", "unit", "symmetric"):
-        raise ModelError(f"scale must be one of ['auto', 'raw', 'unit', 'symmetric']. Received: scale={scale!r}")
     if isinstance(model, SavedModelClassifier):
         if layer is not None:
             raise ModelError(f"--layer {layer!r} is not available for a SavedModel: Keras 3 loads it "
@@ -398,7 +421,11 @@ def _tap_nested_layer(model, layer: str):
 
 
 def prepare_input(batch_uint8, scale: str):
-    """uint8 (n, h, w, c) to float32 in the model's expected range."""
+    """uint8 (n, h, w, c) to float32 in the model's expected range.
+
+    'raw' 0..255, 'unit' 0..1, 'symmetric' -1..1, 'imagenet' torchvision's
+    ``(x / 255 - IMAGENET_MEAN) / IMAGENET_STD`` per RGB channel (c must be 3).
+    """
     import numpy as np
 
     x = batch_uint8.astype(np.float32)
@@ -406,4 +433,10 @@ def prepare_input(batch_uint8, scale: str):
         x *= 1.0 / 255.0
     elif scale == "symmetric":
         x = x * (2.0 / 255.0) - 1.0
+    elif scale == "imagenet":
+        if x.shape[-1] != 3:
+            raise ModelError(f"scale 'imagenet' normalises 3 RGB channels; the images have {x.shape[-1]}")
+        x *= 1.0 / 255.0
+        x -= np.asarray(IMAGENET_MEAN, np.float32)
+        x /= np.asarray(IMAGENET_STD, np.float32)
     return x
