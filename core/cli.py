@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {analyze,runs,report,errors,delete,explain,train,demo,review,diagnose,label-issues}``.
+"""Command line: ``python -m core {analyze,import,runs,report,errors,delete,explain,train,demo,review,diagnose,label-issues}``.
 
 Every error the user can cause ends in one line on stderr and exit status 2;
 Ctrl-C ends with status 130 and leaves no half-written run.
@@ -183,6 +183,26 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--unsafe-load", action="store_true",
                    help="allow models that run arbitrary code when loaded (Lambda layers); trusted files only")
 
+    im = sub.add_parser("import", parents=[store],
+                        help="make a run from predictions computed elsewhere (any framework): CSV or .npz")
+    im.add_argument("--data", required=True,
+                    help="the data set the predictions are of (same forms as analyze --data)")
+    im.add_argument("--predictions", required=True, metavar="FILE",
+                    help="CSV with a 'path' column and one probability column per class (named by class), "
+                         "or .npz with 'paths' (unicode strings), 'probs' (N, K) and optional 'embeddings', "
+                         "'classes'")
+    im.add_argument("--embeddings", default=None, metavar="FILE.npy", help="(N, D) embeddings, rows in the "
+                    "predictions file's order (for the UMAP map)")
+    im.add_argument("--name", default=None, help="run name (default: <predictions file>-<data>-<hash>)")
+    im.add_argument("--classes", default=None,
+                    help="class order: a file with one name per line, or comma-separated names "
+                         "(default: classes.txt in the data folder, else sorted)")
+    im.add_argument("--no-projection", action="store_true", help="skip the UMAP map")
+    im.add_argument("--seed", type=int, default=0, help="seed of the UMAP map (part of the run's config)")
+    im.add_argument("--force", action="store_true",
+                    help="recompute even if a run of the same config exists, and replace a run of the "
+                         "same --name made from another config")
+
     sub.add_parser("runs", parents=[store], help="list stored runs")
 
     r = sub.add_parser("report", parents=[store], help="write the per-class table as CSV")
@@ -285,6 +305,23 @@ def cmd_analyze(args) -> int:
                   batch_size=args.batch_size, force=args.force, unsafe=args.unsafe_load,
                   projection=not args.no_projection, scale=args.scale, image_size=args.image_size,
                   seed=args.seed)
+    print(run.id)
+    return 0
+
+
+def cmd_import(args) -> int:
+    """``python -m core import``: prints the run id."""
+    from core.datasets import load_dataset
+    from core.importer import import_predictions
+
+    predictions = Path(args.predictions)
+    if not predictions.is_file():  # fail fast, before the data set is listed
+        raise ValueError(f"Predictions file does not exist: {str(predictions)!r}")
+    dataset = load_dataset(args.data, classes=_classes_arg(args.classes))
+    print(f"Data: {dataset!r}", file=sys.stderr)
+    run = import_predictions(dataset, predictions, store=RunStore(args.store), run_id=args.name,
+                             embeddings_file=args.embeddings, projection=not args.no_projection,
+                             seed=args.seed, force=args.force)
     print(run.id)
     return 0
 
@@ -477,7 +514,8 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"analyze": cmd_analyze, "runs": cmd_runs, "report": cmd_report, "errors": cmd_errors,
+COMMANDS = {"analyze": cmd_analyze, "import": cmd_import, "runs": cmd_runs, "report": cmd_report,
+            "errors": cmd_errors,
             "delete": cmd_delete, "explain": cmd_explain, "train": cmd_train, "demo": cmd_demo,
             "review": cmd_review, "diagnose": cmd_diagnose, "label-issues": cmd_label_issues}
 

@@ -264,8 +264,10 @@ def feature_map_layout(graph, tensor: str, *, input_layout: str) -> str:
 def pool_features(features: np.ndarray, *, layout: str) -> np.ndarray:
     """(N, D) float32 from a feature tensor: a rank-4 map averaged over its spatial axes, else flattened.
 
-    >>> pool_features(np.ones((2, 5, 3, 3)), layout="NCHW").shape, pool_features(np.ones((2, 3, 3, 5)), layout="NHWC").shape
-    ((2, 5), (2, 5))
+    >>> pool_features(np.ones((2, 5, 3, 3)), layout="NCHW").shape
+    (2, 5)
+    >>> pool_features(np.ones((2, 3, 3, 5)), layout="NHWC").shape
+    (2, 5)
     """
     f = np.asarray(features)
     if f.ndim == 4:
