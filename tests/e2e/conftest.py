@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,11 +44,11 @@ def e2e_store(tmp_path_factory):
     return store
 
 
-@pytest.fixture(scope="module")
-def server(e2e_store, tmp_path_factory):
+@contextmanager
+def serve(store_root: Path, log: Path) -> Iterator[str]:
+    """A Streamlit server of the dashboard on the store at ``store_root``; yields its URL."""
     port = _free_port()
-    env = {**os.environ, "ARTIFACTS_DIR": str(e2e_store.root), "PYTHONPATH": str(REPO)}
-    log = tmp_path_factory.mktemp("e2e-log") / "streamlit.log"
+    env = {**os.environ, "ARTIFACTS_DIR": str(store_root), "PYTHONPATH": str(REPO)}
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
@@ -54,25 +56,38 @@ def server(e2e_store, tmp_path_factory):
              "--browser.gatherUsageStats", "false"],
             cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with {proc.returncode}: {log.read_text()[-2000:]}")
-    else:
-        proc.kill()
-        pytest.fail(f"streamlit did not answer in 90 s: {log.read_text()[-2000:]}")
-    yield url
-    proc.terminate()
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        else:
+            pytest.fail(f"streamlit did not answer in 90 s: {log.read_text()[-2000:]}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="session")
+def streamlit_server():
+    """``serve``, for test modules that serve a store of their own."""
+    return serve
+
+
+@pytest.fixture(scope="module")
+def server(e2e_store, tmp_path_factory):
+    with serve(e2e_store.root, tmp_path_factory.mktemp("e2e-log") / "streamlit.log") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +109,11 @@ def page(browser, tmp_path):
     pg.set_default_timeout(30_000)
     yield pg
     context.close()
+
+
+@pytest.fixture
+def requested(page) -> list[str]:
+    """Every URL the page requests from now on (documents, scripts, fonts, icons, images)."""
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    return urls
