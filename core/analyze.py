@@ -1,9 +1,11 @@
 """The analysis pipeline: one pass of a Keras or ONNX model over a data set, written as a run.
 
 ``analyze`` decodes images in a thread pool while the model runs (one call
-gives both class probabilities and penultimate-layer features), projects the
-features with UMAP, computes the tables and writes the run atomically. The
-same model on the same data reuses the cached run unless ``force=True``.
+gives both class probabilities and penultimate-layer features), computes the
+tables and writes the run atomically; the run is usable from then on. The
+UMAP map of the features follows as the run's derived 'projection'
+(``core.projection.ensure_projection``), in this process or in a background
+one. The same model on the same data reuses the cached run unless ``force=True``.
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ def analyze(
     layer: str | None = None, batch_size: int = 128, force: bool = False,
     training: dict | None = None, model_path: str | Path | None = None, unsafe: bool = False,
     projection: bool = True, progress: bool | Progress = True, scale: str = "auto",
-    image_size: tuple[int, int] | None = None, seed: int = 0,
+    image_size: tuple[int, int] | None = None, seed: int = 0, background_projection: bool = False,
 ) -> Run:
     """Analyse ``dataset`` with ``model`` (a keras.Model, a loaded ONNX model or a path) and write a run.
 
@@ -162,6 +164,10 @@ def analyze(
     hash, data fingerprint, options, projection seed) is formed first: a run
     of the same config is reused without loading the model (no TensorFlow),
     unless ``force`` or ``training`` is given. Returns the stored Run.
+
+    The UMAP map is added after the run is written: before this returns, or
+    with ``background_projection`` by a background process while the run is
+    already usable (``core.projection.projection_status`` says 'computing').
     """
     store = store or RunStore()
     t_start = time.perf_counter()
@@ -188,12 +194,14 @@ def analyze(
     valid_run_id(run_id)
     reused = reuse_or_refuse(store, run_id, config, named=named, force=force or training is not None,
                              say=say, unsafe=unsafe)
-    if reused is not None:
-        return reused
-    with store.reserve(run_id):  # a second writer of this name is refused now, not after its work
-        return _compute_run(model, dataset, store=store, run_id=run_id, config=config, fmt=fmt,
-                            model_path=model_path, unsafe=unsafe, batch_size=batch_size,
-                            training=training, progress=progress, say=say, t_start=t_start)
+    if reused is None:
+        with store.reserve(run_id):  # a second writer of this name is refused now, not after its work
+            reused = _compute_run(model, dataset, store=store, run_id=run_id, config=config, fmt=fmt,
+                                  model_path=model_path, unsafe=unsafe, batch_size=batch_size,
+                                  training=training, progress=progress, say=say, t_start=t_start)
+    from core.projection import ensure_projection
+
+    return ensure_projection(reused, background=background_projection, progress=progress)
 
 
 def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, config: AnalysisConfig,
@@ -218,26 +226,15 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
     probs = to_probabilities(outputs, activation=inference.output_activation, n_classes=k)
     kept = dataset.subset(ok_rows)
 
-    notes, proj, proj_info, proj_s = [], None, None, 0.0
+    notes = []
     if features is None:
         notes.append("No embeddings: a SavedModel loads as one opaque function in Keras 3; "
                      "save the model as .keras to get embeddings and the UMAP map.")
-    elif config.projection is not None:
-        from core.projection import project
 
-        say(f"Projecting {len(features):,} embeddings with UMAP", 0.9)
-        t0 = time.perf_counter()
-        p = config.projection
-        proj, proj_info = project(features, seed=p.seed, n_neighbors=p.n_neighbors, min_dist=p.min_dist,
-                                  pca_dims=p.pca_dims, max_fit=p.max_fit)
-        proj_s = time.perf_counter() - t0
-        if proj is None:
-            notes.append(proj_info.get("reason", "projection skipped"))
-
-    say("Writing run", 0.99)
+    say("Writing run", 0.9)
     run = write_run(
         store, run_id, classes=dataset.classes, y_true=kept.labels, probs=probs, paths=kept.paths,
-        splits=kept.splits, embeddings=features, projection=proj, images=kept.pixels,
+        splits=kept.splits, embeddings=features, images=kept.pixels,
         model={"path": str(Path(model_path).resolve()) if model_path else None,
                "sha256": config.model_sha256, "format": fmt, "unsafe_load": bool(unsafe),
                "input_size": list(inference.input_size or image_size or ()),
@@ -246,13 +243,13 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
                "outputs_were": "probabilities" if np.array_equal(probs, outputs) else "logits"},
         data={**dataset.describe(), "fingerprint": config.data_fingerprint},
         layer=inference.layer, skipped=list(dataset.skipped) + failed,
-        timings={"predict_s": round(predict_s, 3), "projection_s": round(proj_s, 3),
+        timings={"predict_s": round(predict_s, 3),
                  "total_s": round(time.perf_counter() - t_start, 3),
                  "images_per_s": round(len(ok_rows) / max(predict_s, 1e-9), 1)},
-        config=config, projection_info=proj_info, training=training, notes=notes,
+        config=config, training=training, notes=notes,
     )
     say(f"Run {run.id!r}: accuracy {run.metrics['accuracy']:.4f} on {run.eval_split} "
-        f"({run.metrics['n']:,} images), {len(failed) + len(dataset.skipped)} skipped", 1.0)
+        f"({run.metrics['n']:,} images), {len(failed) + len(dataset.skipped)} skipped", 0.92)
     return run
 
 

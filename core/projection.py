@@ -1,4 +1,16 @@
-"""2-D map of the embeddings: PCA to 50 dimensions when wider, then UMAP, seeded.
+"""2-D map of the embeddings (UMAP), computed after the run is usable and stored in it.
+
+A run is written without its map; the map is the run's derived analysis
+``projection`` (``core.derived``), whose config is the run's
+``ProjectionConfig``. ``ensure_projection`` computes it in this process or
+starts a background process (``python -m core.projection RUN_FOLDER``);
+``projection_status`` says 'ready', 'computing', 'missing' or 'unavailable',
+and ``projection_progress`` what the background process is doing.
+
+While a process computes the map it holds an ``flock`` on the run's
+``.projection.lock``: the kernel releases it when the process ends, so
+'computing' never outlives a killed process. A run written before maps were
+derived keeps its ``projection.npy``, which is used as is.
 
 ``import umap`` imports TensorFlow when it is installed (about 20 s on two
 cores), so it happens inside ``project`` and nowhere on a path that reads runs.
@@ -6,14 +18,36 @@ cores), so it happens inside ``project`` and nowhere on a path that reads runs.
 
 from __future__ import annotations
 
+import copy
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
 import warnings
+from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 
+from core import derived
+from core.config import ProjectionConfig
+from core.progress import Progress, say_function
+from core.store import Run, RunCorruptError, RunNotFoundError, read_manifest
+
+KIND = "projection"
+LOCK_FILE = ".projection.lock"
+PROGRESS_FILE = ".projection-progress.json"
+LOG_FILE = ".projection.log"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- the computation
 
 def project(
     embeddings: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
-    pca_dims: int = 50, max_fit: int = 100_000,
+    pca_dims: int = 50, max_fit: int = 100_000, progress: bool | Progress = False,
 ) -> tuple[np.ndarray | None, dict]:
     """UMAP of ``embeddings`` (N, D) to (N, 2) float32.
 
@@ -32,8 +66,7 @@ def project(
 
         x = PCA(n_components=pca_dims, random_state=seed).fit_transform(x).astype(np.float32)
         info["pca_dims"] = pca_dims
-    import umap  # slow import, kept here on purpose
-
+    umap = _import_umap()
     reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, n - 1), min_dist=min_dist,
                         random_state=seed)
     with warnings.catch_warnings():
@@ -50,3 +83,282 @@ def project(
         else:
             out = reducer.fit_transform(x).astype(np.float32)
     return out, info
+
+
+def _import_umap():
+    """``import umap`` without the TensorFlow import its ParametricUMAP pulls in (5-20 s).
+
+    umap-learn imports ``umap.parametric_umap`` (TensorFlow) in its package
+    ``__init__`` and falls back to a stub on ImportError; the map never uses
+    it, so when TensorFlow is not loaded yet it is hidden for that import.
+    """
+    if "umap" in sys.modules or "tensorflow" in sys.modules:
+        import umap
+
+        return umap
+    sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ImportError
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ImportWarning)
+            import umap
+    finally:
+        del sys.modules["tensorflow"]
+    return umap
+
+
+# --------------------------------------------------------------------------- the derived kind
+
+@derived.register(KIND, version=1, defaults=asdict(ProjectionConfig()),
+                  description="2-D UMAP map of the embeddings")
+def compute_projection(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+    """The run's map as a derived result: array ``xy`` (N, 2) float32, or none with summary['reason']."""
+    embeddings = run.embeddings
+    if embeddings is None:
+        return derived.DerivedResult(summary={"method": None, "reason": "the run has no embeddings"})
+    p = ProjectionConfig(**config)
+    progress(f"Projecting {len(embeddings):,} embeddings with UMAP", 0.0)
+    xy, info = project(np.asarray(embeddings), seed=p.seed, n_neighbors=p.n_neighbors, min_dist=p.min_dist,
+                       pca_dims=p.pca_dims, max_fit=p.max_fit, progress=progress)
+    return derived.DerivedResult(arrays={} if xy is None else {"xy": xy}, summary=info)
+
+
+def projection_config(run: Run) -> dict | None:
+    """The run's projection config as the derived kind's config, or None when the run asked for no map."""
+    config = run.config
+    if config is None or config.projection is None:
+        return None
+    return asdict(config.projection)
+
+
+def stored_projection(run: Run) -> np.ndarray | None:
+    """(N, 2) float32 map of the run, memory-mapped, or None while there is none.
+
+    Reads ``projection.npy`` (runs written before maps were derived) or the
+    current derived result; the manifest is re-read, so a map added by
+    another process since ``run`` was opened is found.
+    """
+    legacy = run._array("projection")
+    if legacy is not None:
+        return legacy
+    fresh = _fresh(run)
+    config = projection_config(fresh)
+    if config is None:
+        return None
+    result = derived.get(fresh, KIND, config, compute=False)
+    if result is None or "xy.npy" not in result.info.files:
+        return None
+    return result.array("xy")
+
+
+def _fresh(run: Run) -> Run:
+    """``run`` with its manifest as on disk now (another process may have added a derived result)."""
+    try:
+        manifest = read_manifest(run.path)
+    except (RunNotFoundError, RunCorruptError):
+        return run
+    if manifest == run.manifest:
+        return run
+    fresh = copy.copy(run)  # shares the cached tables and arrays, which a derived result never changes
+    fresh.manifest = manifest
+    return fresh
+
+
+def projection_status(run: Run) -> str:
+    """'ready', 'computing' (a live process holds the run's lock), 'missing' or 'unavailable'.
+
+    'unavailable': the run asked for no map, has no embeddings, or too few
+    images (the stored summary's 'reason' says which). 'missing': nobody is
+    computing it (``ensure_projection`` or ``start_projection`` does).
+    """
+    held = _lock_is_held(run)  # checked before the manifest: a writer commits, then releases
+    return _stored_status(run) or ("computing" if held else "missing")
+
+
+def _stored_status(run: Run) -> str | None:
+    """'ready' or 'unavailable' as the files and the manifest on disk say now; None when neither."""
+    if (run.path / "projection.npy").exists():
+        return "ready"
+    if projection_config(run) is None or not (run.path / "embeddings.npy").exists():
+        return "unavailable"
+    fresh = _fresh(run)
+    info = fresh.derived_info(KIND)
+    if info is not None and derived.status(fresh, KIND, projection_config(fresh)) == "current":
+        return "ready" if "xy.npy" in info.files else "unavailable"
+    return None
+
+
+def projection_progress(run: Run) -> dict | None:
+    """What the process computing the map last reported: {'message', 'fraction', 'error', 'time'}, or None."""
+    try:
+        data = json.loads((run.path / PROGRESS_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+# --------------------------------------------------------------------------- running it
+
+def _open_lock(run: Run) -> int | None:
+    try:
+        return os.open(run.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only store: nobody can be computing into it
+        return None
+
+
+def _try_lock(run: Run) -> int | None:
+    """An fd holding the run's projection lock, or None when another process holds it."""
+    fd = _open_lock(run)
+    if fd is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _lock_is_held(run: Run) -> bool:
+    """True while a live process holds the run's projection lock (a read-only open suffices to test)."""
+    try:
+        fd = os.open(run.path / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing also releases the lock taken for the test
+    return False
+
+
+def ensure_projection(run: Run, *, background: bool = False, progress: bool | Progress = True) -> Run:
+    """Make sure ``run`` gets its map: compute it now, or start a background process.
+
+    Does nothing when the map is ready or unavailable, and (with
+    ``background``) when another process is computing it; in the foreground
+    it waits for that process, then computes only what is still missing.
+    Returns the run with its manifest updated. ``progress`` ends at 1.0.
+    """
+    say = say_function(progress)
+    status = projection_status(run)
+    if status in ("ready", "unavailable"):
+        say(_done_message(run, status), 1.0)
+        return _fresh(run)
+    if background:
+        if status == "missing":
+            start_projection(run)
+        say(f"The UMAP map of run {run.id!r} is being computed in the background", 1.0)
+        return run
+    fd = _open_lock(run)
+    if fd is None:
+        raise PermissionError(f"Cannot write the map into run {run.id!r}: {run.path} is read-only")
+    try:
+        if status == "computing":
+            say("Waiting for the UMAP map another process is computing", 0.92)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        fresh = _fresh(run)
+        if _stored_status(fresh) is None:  # still missing now that we hold the lock
+            _compute_holding_lock(fresh, progress)
+    finally:
+        os.close(fd)
+    fresh = _fresh(run)
+    say(_done_message(fresh, projection_status(fresh)), 1.0)
+    return fresh
+
+
+def _done_message(run: Run, status: str) -> str:
+    if status == "ready":
+        return f"Run {run.id!r}: UMAP map ready"
+    info = run.derived_info(KIND)
+    reason = (info.summary.get("reason") if info else None) or "no map was asked for or no embeddings"
+    return f"Run {run.id!r}: no UMAP map ({reason})"
+
+
+def _compute_holding_lock(run: Run, progress: bool | Progress) -> None:
+    """Compute and store the map (the caller holds the lock); progress also goes to the progress file."""
+    say = say_function(progress)
+    file = run.path / PROGRESS_FILE
+    last = [0.0]
+
+    def report(message: str, fraction: float) -> None:
+        say(message, 0.92 + 0.08 * fraction)
+        now = time.monotonic()
+        if now - last[0] >= 0.5 or fraction >= 1.0:
+            last[0] = now
+            _write_progress(file, message=message, fraction=fraction)
+
+    try:
+        derived.get(run, KIND, projection_config(run), progress=report)
+    except BaseException as exc:
+        _write_progress(file, message="The map could not be computed", fraction=None,
+                        error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
+        raise
+    file.unlink(missing_ok=True)
+
+
+def _write_progress(file: Path, *, message: str, fraction: float | None, error: str | None = None) -> None:
+    tmp = file.with_name(f"{file.name}.{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps({"message": message, "fraction": fraction, "error": error,
+                                   "time": time.time()}))
+        os.replace(tmp, file)
+    except OSError:
+        pass
+
+
+def start_projection(run: Run) -> subprocess.Popen | None:
+    """Start ``python -m core.projection`` computing ``run``'s map; None if a process already is.
+
+    The lock is taken here and handed to the child (an inherited descriptor
+    of the same open file), so the run reads 'computing' from this call on,
+    and until the child ends however it ends. The child runs in its own
+    session (Ctrl-C in the terminal that started it does not cut the map
+    short) and writes its output to the run's ``.projection.log``.
+    """
+    fd = _try_lock(run)
+    if fd is None:
+        return None
+    try:
+        with open(run.path / LOG_FILE, "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "core.projection", str(run.path), "--lock-fd", str(fd)],
+                cwd=REPO_ROOT, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True)
+    finally:
+        os.close(fd)  # the child's copy keeps the lock
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m core.projection RUN_FOLDER [--lock-fd N]``: compute one run's map."""
+    import argparse
+
+    from core.quiet import quiet_start
+
+    quiet_start()
+    parser = argparse.ArgumentParser(prog="python -m core.projection", description=main.__doc__)
+    parser.add_argument("run_folder", help="the run's folder (its version folder or the store's link)")
+    parser.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        run = Run(Path(args.run_folder))
+        if args.lock_fd is None:
+            ensure_projection(run, progress=True)
+        else:
+            try:
+                if _stored_status(run) is None:
+                    _compute_holding_lock(run, True)
+            finally:
+                os.close(args.lock_fd)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, LookupError, RuntimeError, OSError) as exc:
+        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+              file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

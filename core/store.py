@@ -428,9 +428,17 @@ class Run:
     def embeddings(self) -> np.ndarray | None:
         return self._array("embeddings")
 
-    @cached_property
+    @property
     def projection(self) -> np.ndarray | None:
-        return self._array("projection")
+        """(N, 2) float32 UMAP map, or None while there is none.
+
+        The map is computed after the run is written, as its derived analysis
+        'projection' (runs written before that keep ``projection.npy``);
+        ``core.projection.projection_status`` says whether it is on its way.
+        """
+        from core.projection import stored_projection  # numpy only: no umap, no TensorFlow
+
+        return stored_projection(self)
 
     @cached_property
     def per_class(self) -> pd.DataFrame:

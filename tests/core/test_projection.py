@@ -1,9 +1,21 @@
-"""UMAP projection: seeded and repeatable, PCA first when wide, sample-fit for large N."""
+"""The UMAP map: seeded and repeatable, computed after the run is written, stored as the run's
+derived 'projection', and its status while a process (this one or a background one) computes it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
 
 import numpy as np
 import pytest
 
-from core.projection import project
+from core import projection as proj
+from core.config import AnalysisConfig, ProjectionConfig
+from core.projection import project, projection_status
+from core.runs import write_run
+from core.store import RunStore
+from core.synthetic import synthetic_arrays
 
 
 def _clusters(n, d, seed=0):
@@ -11,6 +23,25 @@ def _clusters(n, d, seed=0):
     centers = rng.normal(0, 5, (4, d))
     return (centers[rng.integers(0, 4, n)] + rng.normal(0, 1, (n, d))).astype(np.float32)
 
+
+def _run_without_map(store: RunStore, run_id: str = "r", *, n: int = 120, projection: bool = True,
+                     embeddings: bool = True):
+    """A run as ``analyze`` now writes it: embeddings, a projection config, no map yet."""
+    a = synthetic_arrays(n, 4, dim=12, with_images=False, seed=1)
+    config = AnalysisConfig(model_sha256="0" * 64, data_fingerprint=f"test-{run_id}",
+                            projection=ProjectionConfig() if projection else None)
+    return write_run(store, run_id, classes=["a", "b", "c", "d"], y_true=a["y_true"], probs=a["probs"],
+                     paths=a["paths"], splits=a["splits"], embeddings=a["embeddings"] if embeddings else None,
+                     config=config)
+
+
+def _fake_project(x, *, seed, **_):
+    """A cheap stand-in for UMAP where the test is about storage and status, not the map."""
+    x = np.asarray(x, np.float32)
+    return (x[:, :2] + seed).astype(np.float32), {"method": "first-two-columns", "seed": seed}
+
+
+# --------------------------------------------------------------------------- the map itself
 
 @pytest.mark.slow
 def test_same_seed_same_map_and_pca_for_wide_embeddings():
@@ -33,3 +64,104 @@ def test_narrow_embeddings_skip_pca_and_large_n_fits_a_sample():
 def test_too_few_images_give_a_reason_not_an_error():
     out, info = project(np.zeros((3, 5), np.float32))
     assert out is None and "at least 4" in info["reason"]
+
+
+# --------------------------------------------------------------------------- status and storage
+
+def test_map_is_computed_after_the_run_and_read_back_by_a_fresh_reader(tmp_path, monkeypatch):
+    monkeypatch.setattr(proj, "project", _fake_project)
+    store = RunStore(tmp_path)
+    run = _run_without_map(store)
+    assert projection_status(run) == "missing" and run.projection is None
+    assert not (run.path / "projection.npy").exists()
+    messages = []
+    done = proj.ensure_projection(run, progress=lambda m, f: messages.append((m, f)))
+    assert projection_status(run) == "ready"  # the same object sees it too (manifest re-read)
+    expected = run.embeddings[:, :2] + 0
+    assert np.array_equal(done.projection, expected)
+    fresh = store.load("r")
+    assert np.array_equal(fresh.projection, expected) and fresh.projection.dtype == np.float32
+    assert fresh.derived_info("projection").config == {**ProjectionConfig().__dict__}
+    assert messages[-1][1] == 1.0 and "ready" in messages[-1][0]
+    assert [f for _, f in messages] == sorted(f for _, f in messages)
+    assert not (run.path / proj.PROGRESS_FILE).exists()  # progress is removed once the map is stored
+
+
+def test_a_held_lock_reads_computing_and_a_released_one_missing(tmp_path):
+    run = _run_without_map(RunStore(tmp_path))
+    fd = os.open(run.path / proj.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what a computing process holds
+        assert projection_status(run) == "computing"
+        assert proj.start_projection(run) is None  # nobody starts a second one
+    finally:
+        os.close(fd)
+    assert projection_status(run) == "missing"
+
+
+def test_background_ensure_does_not_start_a_second_process_while_one_computes(tmp_path, monkeypatch):
+    run = _run_without_map(RunStore(tmp_path))
+    started = []
+    monkeypatch.setattr(proj, "start_projection", lambda r: started.append(r.id))
+    fd = os.open(run.path / proj.LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        proj.ensure_projection(run, background=True, progress=False)
+    finally:
+        os.close(fd)
+    assert started == []
+    proj.ensure_projection(run, background=True, progress=False)
+    assert started == ["r"]
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ({"projection": False}, "no map asked for"),
+    ({"embeddings": False}, "no embeddings (a SavedModel)"),
+])
+def test_runs_that_cannot_have_a_map_are_unavailable(tmp_path, kwargs, why):
+    run = _run_without_map(RunStore(tmp_path), **kwargs)
+    assert projection_status(run) == "unavailable", why
+    assert proj.ensure_projection(run, progress=False).projection is None
+
+
+def test_too_few_images_store_the_reason_and_read_unavailable(tmp_path):
+    run = _run_without_map(RunStore(tmp_path), n=3)
+    proj.ensure_projection(run, progress=False)
+    assert projection_status(run) == "unavailable" and run.projection is None
+    assert "at least 4" in run.derived_info("projection").summary["reason"]
+
+
+def test_a_legacy_projection_file_is_ready_as_is(tmp_path):
+    a = synthetic_arrays(50, 3, with_images=False)
+    run = write_run(RunStore(tmp_path), "old", classes=["x", "y", "z"], y_true=a["y_true"] % 3,
+                    probs=np.full((50, 3), 1 / 3, np.float32), paths=a["paths"], embeddings=a["embeddings"],
+                    projection=a["projection"])
+    assert projection_status(run) == "ready"
+    assert np.array_equal(run.projection, a["projection"])
+
+
+def test_a_failed_map_is_reported_in_the_progress_file_and_stays_missing(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise MemoryError("out of memory in the layout")
+
+    monkeypatch.setattr(proj, "project", broken)
+    run = _run_without_map(RunStore(tmp_path))
+    with pytest.raises(MemoryError):
+        proj.ensure_projection(run, progress=False)
+    assert projection_status(run) == "missing"
+    report = proj.projection_progress(run)
+    assert report["error"] == "MemoryError: out of memory in the layout" and report["fraction"] is None
+
+
+@pytest.mark.slow
+def test_background_process_computes_the_same_map_as_this_process(tmp_path):
+    """The real thing: a child process with real UMAP; 'computing' from the moment it is started."""
+    store = RunStore(tmp_path)
+    run = _run_without_map(store, n=150)
+    child = proj.start_projection(run)
+    assert child is not None
+    assert projection_status(run) == "computing"  # the lock was taken before start_projection returned
+    assert child.wait(timeout=240) == 0, (run.path / proj.LOG_FILE).read_text()
+    assert projection_status(run) == "ready"
+    here, _ = project(np.asarray(run.embeddings), seed=0)
+    assert np.array_equal(store.load("r").projection, here)  # seeded: the same map in any process
