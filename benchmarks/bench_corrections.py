@@ -2,8 +2,8 @@
 --corrections, and compare test accuracy on clean labels.
 
     .venv/bin/python benchmarks/bench_corrections.py [--train 1500] [--test 1000] [--flip 0.15]
-                                                    [--seeds 0,1,2] [--epochs 15] [--work DIR]
-                                                    [--train-options "--no-early-stopping"]
+                                                    [--seeds 0,1,2,3,4] [--epochs 40] [--work DIR]
+                                                    [--train-options="--no-early-stopping --no-reduce-lr"]
 
 1. Writes a PNG class-folder data set from Fashion-MNIST (``core.datasets.load_fashion_mnist``):
    ``train/<class>/`` with ``--train`` images, ``--flip`` of them filed under a wrong class
@@ -14,6 +14,11 @@
 4. ``python -m core review export`` writes the corrections; ``python -m core train ...
    --corrections`` retrains with the same seed and options.
 5. Prints test accuracy before and after (the test labels were never flipped), per seed.
+
+The defaults train 40 full epochs (no early stopping, no plateau schedule): long enough for the
+network to start fitting the flipped labels, which is what corrections undo. With early stopping
+(``--epochs 15 --train-options=""``) training stops before that, and the seed-to-seed spread of
+about 2.5 points hid any difference in 3 seeds (-0.5 points on average when measured).
 
 Each seed trains both models one after the other on the same machine; on a shared machine the
 times move with the load, the accuracies do not (CPU training with a fixed seed, though TensorFlow
@@ -76,10 +81,11 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=1500, help="training images (train + val)")
     parser.add_argument("--test", type=int, default=1000, help="held-out test images, never flipped")
     parser.add_argument("--flip", type=float, default=0.15, help="share of training labels flipped")
-    parser.add_argument("--seeds", default="0,1,2", help="training seeds, one before/after pair each")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--train-options", default="",
-                        help="more 'train' options for both trainings, e.g. '--no-early-stopping --batch-size 64'")
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="training seeds, one before/after pair each")
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--train-options", default="--no-early-stopping --no-reduce-lr",
+                        help="more 'train' options for both trainings, written --train-options='...' "
+                             "(default: %(default)s)")
     parser.add_argument("--work", default=None, help="folder for data, models and runs (default: temporary)")
     args = parser.parse_args()
     from core.review import RunReview
