@@ -156,6 +156,8 @@ def analyze(
     training: dict | None = None, model_path: str | Path | None = None, unsafe: bool = False,
     projection: bool = True, progress: bool | Progress = True, scale: str = "auto",
     image_size: tuple[int, int] | None = None, seed: int = 0, background_projection: bool = False,
+    engine: str = "local", ray_address: str | None = None, ray_cpus: int | None = None,
+    ray_actors: int | None = None,
 ) -> Run:
     """Analyse ``dataset`` with ``model`` (a keras.Model, a loaded ONNX model or a path) and write a run.
 
@@ -168,7 +170,16 @@ def analyze(
     The UMAP map is added after the run is written: before this returns, or
     with ``background_projection`` by a background process while the run is
     already usable (``core.projection.projection_status`` says 'computing').
+
+    ``engine='ray'`` decodes and predicts with Ray Data (``core.ray_engine``):
+    on a new local Ray with ``ray_cpus`` CPUs, or on the cluster at
+    ``ray_address``, with ``ray_actors`` model copies. It writes the same run as
+    the local engine and is no part of the run's config. A model given as an
+    object (not a Keras/SavedModel path) runs on the local engine.
     """
+    from core.ray_engine import engine_options  # imports no Ray
+
+    ray_options = engine_options(engine, address=ray_address, num_cpus=ray_cpus, actors=ray_actors)
     store = store or RunStore()
     t_start = time.perf_counter()
     say = say_function(progress)
@@ -185,6 +196,10 @@ def analyze(
         model_sha = file_sha256(model_path) if model_path else _weights_sha(model)
     config = analysis_config(model_sha256=model_sha, dataset=dataset, layer=layer, scale=scale,
                              image_size=image_size, projection=projection, seed=seed)
+    if ray_options is not None and not (isinstance(model, (str, Path)) and fmt in ("keras", "h5", "savedmodel")):
+        given = f"this {fmt} file" if isinstance(model, (str, Path)) else "a model given in memory"
+        say(f"--engine ray takes a Keras or SavedModel file; {given} runs on the local engine", 0.0)
+        ray_options = None
     named = run_id is not None
     if run_id is None:
         stem = Path(model_path).stem if model_path else getattr(model, "name", "model")
@@ -198,7 +213,8 @@ def analyze(
         with store.reserve(run_id):  # a second writer of this name is refused now, not after its work
             reused = _compute_run(model, dataset, store=store, run_id=run_id, config=config, fmt=fmt,
                                   model_path=model_path, unsafe=unsafe, batch_size=batch_size,
-                                  training=training, progress=progress, say=say, t_start=t_start)
+                                  training=training, progress=progress, say=say, t_start=t_start,
+                                  ray_options=ray_options)
     from core.projection import ensure_projection
 
     return ensure_projection(reused, background=background_projection, progress=progress)
@@ -206,7 +222,7 @@ def analyze(
 
 def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, config: AnalysisConfig,
                  fmt: str, model_path, unsafe: bool, batch_size: int, training: dict | None,
-                 progress: bool | Progress, say: Progress, t_start: float) -> Run:
+                 progress: bool | Progress, say: Progress, t_start: float, ray_options=None) -> Run:
     if isinstance(model, (str, Path)):
         say(f"Loading model {model_path}", 0.0)
         model = load_model(model_path, unsafe=unsafe)
@@ -217,8 +233,16 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
                          f"classes ({', '.join(dataset.classes[:5])}{', ...' if k > 5 else ''})")
     image_size = config.image_size
     t0 = time.perf_counter()
-    ok_rows, outputs, features, failed = run_inference(
-        inference, dataset, batch_size=batch_size, image_size=image_size, progress=progress)
+    if ray_options is not None:  # the model loaded above tells the manifest what it is; Ray's actors predict
+        from core.ray_engine import run_inference_ray
+
+        ok_rows, outputs, features, failed = run_inference_ray(
+            model_path, dataset, layer=config.layer, scale=inference.scale, image_size=image_size,
+            batch_size=batch_size, unsafe=unsafe, expected_sha256=config.model_sha256, options=ray_options,
+            progress=progress)
+    else:
+        ok_rows, outputs, features, failed = run_inference(
+            inference, dataset, batch_size=batch_size, image_size=image_size, progress=progress)
     predict_s = time.perf_counter() - t0
     if len(ok_rows) == 0:
         raise ModelError(f"None of the {len(dataset)} images could be decoded "
@@ -243,7 +267,7 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
                "outputs_were": "probabilities" if np.array_equal(probs, outputs) else "logits"},
         data={**dataset.describe(), "fingerprint": config.data_fingerprint},
         layer=inference.layer, skipped=list(dataset.skipped) + failed,
-        timings={"predict_s": round(predict_s, 3),
+        timings={"predict_s": round(predict_s, 3), "engine": "local" if ray_options is None else "ray",
                  "total_s": round(time.perf_counter() - t_start, 3),
                  "images_per_s": round(len(ok_rows) / max(predict_s, 1e-9), 1)},
         config=config, training=training, notes=notes,

@@ -192,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "same --name made from another config")
     a.add_argument("--unsafe-load", action="store_true",
                    help="allow models that run arbitrary code when loaded (Lambda layers); trusted files only")
+    ray_group = a.add_argument_group("engine", "where images are decoded and predicted; the run is the same")
+    ray_group.add_argument("--engine", choices=["local", "ray"], default="local",
+                           help="local: this process; ray: Ray Data actors, one model each "
+                                "(pip install -r requirements-ray.txt)")
+    ray_group.add_argument("--ray-address", default=None, metavar="ADDR",
+                           help="an existing Ray cluster (HEAD_IP:6379, or auto for the one this machine is part of); "
+                                "default: a local Ray on this machine")
+    ray_group.add_argument("--ray-cpus", type=int, default=None, metavar="N",
+                           help="CPUs of the local Ray (default: all of this machine's)")
+    ray_group.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                           help="model copies working at once (default: one per CPU of the cluster)")
 
     im = sub.add_parser("import", parents=[store],
                         help="make a run from predictions computed elsewhere (any framework): CSV or .npz")
@@ -302,6 +313,10 @@ def cmd_analyze(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be positive. Received: {args.batch_size}")
+    from core.ray_engine import engine_options
+
+    # a missing Ray or a --ray-* option without --engine ray stops here, before any data is read
+    engine_options(args.engine, address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors)
     model_path = Path(args.model)
     from core.models import model_format
 
@@ -314,7 +329,8 @@ def cmd_analyze(args) -> int:
     run = analyze(model_path, dataset, store=RunStore(args.store), run_id=args.name, layer=args.layer,
                   batch_size=args.batch_size, force=args.force, unsafe=args.unsafe_load,
                   projection=not args.no_projection, scale=args.scale, image_size=args.image_size,
-                  seed=args.seed)
+                  seed=args.seed, engine=args.engine, ray_address=args.ray_address, ray_cpus=args.ray_cpus,
+                  ray_actors=args.ray_actors)
     print(run.id)
     return 0
 

@@ -77,8 +77,11 @@ class RayOptions:
 
 
 def ray_available() -> bool:
-    """Whether Ray Data can be imported (looked up without importing it)."""
-    return importlib.util.find_spec("ray") is not None and importlib.util.find_spec("ray.data") is not None
+    """Whether Ray Data can be imported, looked up without importing Ray (``find_spec('ray.data')``
+    would import the ``ray`` package to search it)."""
+    spec = importlib.util.find_spec("ray")
+    return spec is not None and any((Path(folder) / "data" / "__init__.py").is_file()
+                                    for folder in spec.submodule_search_locations or ())
 
 
 def engine_options(engine: str, *, address: str | None = None, num_cpus: int | None = None,
@@ -175,7 +178,9 @@ class BatchPredictor:
 
     ``__init__`` loads the model (``core.models.load_model`` +
     ``build_inference_model``) from ``model_files`` (``read_model_files``),
-    checking its hash against ``sha256``. ``__call__`` takes a block
+    checking its hash against ``sha256``; ``threads`` (the actor's CPUs) sizes
+    TensorFlow's thread pools and the decoding threads (None: TensorFlow as it is,
+    one decoding thread). ``__call__`` takes a block
     ``{'row': (n,) int64, 'path': (n,) str}``, decodes it as the local engine
     does (from ``root`` / path, or from ``pixels[row]`` for pixel data sets) and
     returns ``{'row', 'ok' (n,) bool, 'reason' (n,) str, 'outputs' (n, K) float32,
@@ -185,8 +190,9 @@ class BatchPredictor:
 
     def __init__(self, *, model_files: dict[str, bytes], sha256: str | None, layer: str | None, scale: str,
                  image_size: tuple[int, int] | None, unsafe: bool, root: str | None,
-                 pixels: np.ndarray | None, max_pixels: int, threads: int = 1):
-        _limit_tensorflow_threads(threads)
+                 pixels: np.ndarray | None, max_pixels: int, threads: int | None = None):
+        if threads is not None:
+            _limit_tensorflow_threads(threads)
         model_files, pixels = _fetched(model_files), _fetched(pixels)
         from core.models import ModelError, build_inference_model, file_sha256, load_model
 
@@ -209,7 +215,7 @@ class BatchPredictor:
                              "are supported")
         self.n_features = int(self.inference.model.outputs[1].shape[-1]) if self.inference.has_features else 0
         self.root = Path(root) if root is not None else None
-        self.pixels, self.max_pixels, self.threads = pixels, max_pixels, threads
+        self.pixels, self.max_pixels, self.threads = pixels, max_pixels, threads or 1
 
     def __call__(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from core.datasets import ImageDataset, iter_batches
