@@ -74,13 +74,23 @@ def model_format(path: str | Path) -> str:
 
 
 def file_sha256(path: str | Path) -> str:
-    """Content hash of a model file, or of every file of a SavedModel folder."""
+    """Content hash of a model file, or of every file of a SavedModel folder.
+
+    An ONNX file that keeps its weights in external data files is hashed with
+    them (each named); any other file's hash is the SHA-256 of its bytes.
+    """
     p = Path(path)
     h = hashlib.sha256()
     files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    if p.is_file() and p.suffix.lower() == ".onnx":
+        from core.onnx_model import external_data_files
+
+        files += external_data_files(p)
     for f in files:
         if p.is_dir():
             h.update(str(f.relative_to(p)).encode() + b"\0")
+        elif f != p:
+            h.update(b"\0" + f.name.encode() + b"\0")
         with open(f, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)

@@ -158,7 +158,8 @@ def load_onnx(path: str | Path) -> OnnxModel:
         raise ModelError(f"ONNX model {str(p)!r} has no outputs")
     out = graph.output[0]
     out_shape = _dims(out)
-    n_outputs = out_shape[-1] if out_shape else None
+    # K is every non-batch dimension: (N, K), or (N, K, 1, 1) from a convolutional head
+    n_outputs = int(np.prod(out_shape[1:])) if out_shape and len(out_shape) > 1 and all(out_shape[1:]) else None
     names = [n.name.lower() for n in graph.node]
     info = OnnxGraphInfo(
         path=p, input_name=inp.name, input_shape=shape, layout=layout, batch=shape[0], channels=int(channels),
@@ -168,6 +169,31 @@ def load_onnx(path: str | Path) -> OnnxModel:
         rescales_input=any("rescaling" in n or "normalization" in n for n in names),
     )
     return OnnxModel(p, proto, info)
+
+
+def external_data_files(path: str | Path) -> list[Path]:
+    """The files beside ``path`` that hold its weights ("external data", used above 2 GB), sorted.
+
+    Empty for a model that keeps its weights inside (most do) and for a file
+    that does not parse (loading it says why). ``core.models.file_sha256``
+    hashes them with the model, so new weights make a new run.
+    """
+    import onnx
+
+    p = Path(path)
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception:  # not ONNX: load_onnx reports it
+        return []
+    folder = p.parent.resolve()
+    files = set()
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+            target = (folder / location).resolve() if location else None
+            if target is not None and target.is_relative_to(folder):  # onnx refuses the others when loading
+                files.add(target)
+    return sorted(files)
 
 
 def _constant_names(graph) -> set[str]:

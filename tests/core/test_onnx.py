@@ -270,3 +270,22 @@ def test_onnx_analysis_never_imports_tensorflow(tmp_path, image_tree, nchw_model
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip().splitlines()[-1] == "rc 0 False False", done.stderr[-2000:]
 
+
+
+def test_external_data_weights_are_loaded_and_hashed(tmp_path):
+    """Weights kept beside the graph (external data): predicted with, and part of the model's hash."""
+    hashes, graphs = [], []
+    for seed in (0, 1):
+        made = tmp_path / f"made{seed}.onnx"
+        w = make_onnx_classifier(made, seed=seed)
+        folder = tmp_path / f"export{seed}"
+        folder.mkdir()
+        onnx.save_model(onnx.load(str(made)), str(folder / "model.onnx"), save_as_external_data=True,
+                        all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+        inference = build_inference_model(load_model(folder / "model.onnx"))
+        x = random_batch(3)
+        np.testing.assert_allclose(inference.model.predict_on_batch(x)[0], reference(x, w)["outputs"], atol=1e-5)
+        hashes.append(file_sha256(folder / "model.onnx"))
+        graphs.append((folder / "model.onnx").read_bytes())
+    assert graphs[0] == graphs[1]   # the same graph file: only weights.bin tells the two models apart
+    assert hashes[0] != hashes[1]
