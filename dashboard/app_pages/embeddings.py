@@ -26,6 +26,7 @@ def controls_ui(run, key: str, xy: np.ndarray) -> dict:
     k = len(run.classes)
     splits = cache.split_names(run, key)
     cols = st.columns([3, 2, 3])
+    # the colouring is a preference kept across runs; filters, zoom and selection are the run's
     color_by = cols[0].radio("Colour by", COLOUR_CHOICES, horizontal=True, key="emb-colour")
     split = cols[1].selectbox("Split", ["all", *splits], key=ui.scoped(run, "emb-split"))
     classes = cols[2].multiselect("True classes", range(k), key=ui.scoped(run, "emb-classes"),

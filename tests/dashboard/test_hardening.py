@@ -177,6 +177,27 @@ def test_compare_never_defaults_to_a_broken_run_and_names_a_broken_choice(store)
     assert not any(m.label == "Accuracy (B)" for m in at.metric)
 
 
+def test_a_manifest_value_of_the_wrong_type_stops_only_that_page_with_one_line(tmp_path, monkeypatch):
+    """A run that opens, but whose metrics are text: the pages that format them say why in one
+    line (the page guard in app.py), the others work."""
+    local = RunStore(tmp_path / "store")
+    make_synthetic_run(local, "fine", n=200, n_classes=4, seed=3)
+    make_synthetic_run(local, "odd", n=200, n_classes=4, seed=3)
+    _edit_manifest(local, "odd", lambda m: {**m, "metrics": {**m["metrics"], "accuracy": "high"}})
+    monkeypatch.setenv("ARTIFACTS_DIR", str(local.root))
+    at = start("odd")
+    assert any(o.startswith("odd ") and o.endswith("acc n/a") for o in at.sidebar.selectbox(key="run_id").options)
+    for page in PAGES:
+        visit(at, page)
+        errors = [unescape(e.value) for e in at.error]
+        if page == "overview":
+            assert len(errors) == 1 and errors[0].startswith("This page cannot show run 'odd': "), errors
+        elif page == "compare":  # A's accuracy minus B's
+            assert len(errors) == 1 and "cannot show run 'odd'" in errors[0], errors
+        else:
+            assert not errors, (page, errors)
+
+
 # --------------------------------------------------------------------------- images on disk
 
 @pytest.fixture
