@@ -289,3 +289,13 @@ def test_external_data_weights_are_loaded_and_hashed(tmp_path):
         graphs.append((folder / "model.onnx").read_bytes())
     assert graphs[0] == graphs[1]   # the same graph file: only weights.bin tells the two models apart
     assert hashes[0] != hashes[1]
+
+
+def test_auto_scale_is_raw_for_a_keras_export_with_its_own_rescaling(tmp_path):
+    make_onnx_classifier(tmp_path / "m.onnx", layout="NHWC")
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    model.graph.node[0].name = "sequential/rescaling/mul"  # tf2onnx keeps Keras layer names
+    onnx.save(model, str(tmp_path / "keras_export.onnx"))
+    assert build_inference_model(load_model(tmp_path / "keras_export.onnx")).scale == "raw"
+    assert build_inference_model(load_model(tmp_path / "m.onnx")).scale == "unit"
+    assert build_inference_model(load_model(tmp_path / "m.onnx"), scale="imagenet").scale == "imagenet"
