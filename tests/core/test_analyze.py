@@ -317,3 +317,34 @@ def test_a_reused_run_records_an_unsafe_load_opt_in_given_later(tmp_path, image_
     again = analyze(tiny_model_path, ds, store=store, progress=False, projection=False, unsafe=True)
     assert again.uid == first.uid and again.model_info.unsafe_load is True
     assert store.load(first.id).model_info.unsafe_load is True
+
+
+def test_a_second_writer_of_the_same_name_is_refused_before_any_work(tmp_path, image_tree, tiny_model_path,
+                                                                    monkeypatch):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    from core.store import RunBusyError
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from core.store import RunStore
+        with RunStore({str(tmp_path)!r}).reserve("busy"):
+            print("holding", flush=True); time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+
+        def no_model_loading(*args, **kwargs):
+            raise AssertionError("the model was loaded although the name is taken")
+        monkeypatch.setattr("core.analyze.load_model", no_model_loading)
+        with pytest.raises(RunBusyError, match="'busy' is being written by another process"):
+            analyze(tiny_model_path, load_dataset(image_tree), store=RunStore(tmp_path), run_id="busy",
+                    progress=False, projection=False)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
