@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {analyze,import,runs,report,errors,delete,explain,train,demo,review,diagnose,label-issues}``.
+"""Command line: ``python -m core {analyze,import,runs,report,errors,delete,explain,train,demo,review,diagnose,label-issues,duplicates}``.
 
 Every error the user can cause ends in one line on stderr and exit status 2;
 Ctrl-C ends with status 130 and leaves no half-written run.
@@ -272,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="only the images cleanlab's confident learning flags (default: every evaluated image)")
     li.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
 
+    du = sub.add_parser("duplicates", parents=[store],
+                        help="exact and near duplicate images within and across splits (leakage), as CSV")
+    du.add_argument("run")
+    du.add_argument("--out", default=None, help="CSV file: path_a, path_b, split_a, split_b, similarity, kind, "
+                                               "labels_agree, label_a, label_b, row_a, row_b; cross-split pairs "
+                                               "first (default: print to stdout)")
+    du.add_argument("--cross-split", action="store_true", help="only pairs whose two images are in different splits")
+    du.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
+
     add_train_arguments(sub.add_parser("train", parents=[store], help="train a model with a recipe, then analyse it"))
     add_review_arguments(sub.add_parser("review", help="verdicts on a run's images: mark, list, undo, export, "
                                                      "manifest, metrics"), store)
@@ -542,10 +551,22 @@ def cmd_label_issues(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_duplicates(args: argparse.Namespace) -> int:
+    from core.diagnose import stderr_progress
+    from core.diagnose.duplicates import duplicates_csv
+
+    run = RunStore(args.store).load(args.run)
+    with stderr_progress(f"duplicates {run.id}") as progress:
+        table = duplicates_csv(run, cross_split_only=args.cross_split, force=args.force, progress=progress)
+    _write_csv(table, args.out)
+    return 0
+
+
 COMMANDS = {"analyze": cmd_analyze, "import": cmd_import, "runs": cmd_runs, "report": cmd_report,
             "errors": cmd_errors,
             "delete": cmd_delete, "explain": cmd_explain, "train": cmd_train, "demo": cmd_demo,
-            "review": cmd_review, "diagnose": cmd_diagnose, "label-issues": cmd_label_issues}
+            "review": cmd_review, "diagnose": cmd_diagnose, "label-issues": cmd_label_issues,
+            "duplicates": cmd_duplicates}
 
 
 def main(argv: list[str] | None = None) -> int:

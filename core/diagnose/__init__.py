@@ -27,6 +27,10 @@ from core.store import Run
 DIAGNOSES: tuple[str, ...] = (
     "label_issues",
     "calibration",
+    "image_scan",
+    "duplicates",
+    "image_properties",
+    "error_slices",
 )
 
 
