@@ -7,11 +7,11 @@ Ctrl-C ends with status 130 and leaves no half-written run.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from core.demo import DEMO_EPOCHS
+from core.quiet import quiet_start
 from core.recipes import (AUGMENTATIONS, BACKBONES, LR_SCHEDULES, OPTIMIZERS, RECIPES, Recipe, parse_int_list,
                           parse_size)
 from core.store import RunStore
@@ -570,7 +570,7 @@ COMMANDS = {"analyze": cmd_analyze, "import": cmd_import, "runs": cmd_runs, "rep
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's banner out of the output
+    quiet_start()  # before anything imports TensorFlow: no start-up chatter in the output
     args = build_parser().parse_args(argv)
     try:
         RunStore(args.store).sweep()  # leftovers of writers killed earlier (never a live writer's)

@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `streamlit run dashboard/app.py` puts only dashboard/ on the path
     sys.path.insert(0, str(ROOT))
 
+from core.quiet import quiet_start  # noqa: E402
+
+quiet_start()  # before anything imports TensorFlow ("Try an image" loads the run's model)
 import streamlit as st  # noqa: E402
 
 from core.store import RunSchemaError, RunStore  # noqa: E402
