@@ -18,7 +18,12 @@ SCHEMA_VERSION = 2  # 2: manifest gains 'analysis', 'run_uid' and 'derived'; 1 i
 
 @dataclass(frozen=True)
 class ProjectionConfig:
-    """How the 2-D map is made: PCA to ``pca_dims`` when wider, then UMAP, seeded."""
+    """How the 2-D map is made: PCA to ``pca_dims`` when wider, exact neighbours, then UMAP, seeded.
+
+    ``init`` is UMAP's initial layout ('pca' or its default 'spectral');
+    ``n_epochs`` None lets ``core.projection.default_epochs`` choose by the
+    number of points. See ``core.projection.project``.
+    """
 
     method: str = "umap"
     seed: int = 0
@@ -26,12 +31,18 @@ class ProjectionConfig:
     min_dist: float = 0.1
     pca_dims: int = 50
     max_fit: int = 100_000
+    init: str = "pca"
+    n_epochs: int | None = None
 
     def __post_init__(self):
         if self.method != "umap":
             raise ValueError(f"Unknown projection method {self.method!r}. Available: ['umap']")
         if self.n_neighbors < 2:
             raise ValueError(f"n_neighbors must be at least 2. Received: n_neighbors={self.n_neighbors}")
+        if self.init not in ("pca", "spectral"):
+            raise ValueError(f"Unknown UMAP init {self.init!r}. Available: ['pca', 'spectral']")
+        if self.n_epochs is not None and self.n_epochs < 1:
+            raise ValueError(f"n_epochs must be at least 1. Received: n_epochs={self.n_epochs}")
 
 
 @dataclass(frozen=True)

@@ -45,30 +45,80 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------- the computation
 
+def default_epochs(n: int) -> int:
+    """UMAP's optimisation epochs for ``n`` points when the config leaves it open.
+
+    umap-learn's own rule up to 30,000 points (500 up to 10,000, else 200);
+    100 above, where an epoch costs the most. Measured on the demo's 70,000
+    embeddings (benchmarks/bench_umap.py): 100 epochs take half the layout
+    time of 200 and keep trustworthiness (k=10) within 0.005 of it.
+
+    >>> default_epochs(5_000), default_epochs(20_000), default_epochs(70_000)
+    (500, 200, 100)
+    """
+    return 500 if n <= 10_000 else 200 if n <= 30_000 else 100
+
+
+def exact_neighbors(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest neighbours of every row of ``x`` (N, D) among the rows, itself included.
+
+    Returns ``(indices, distances)``, int32 and float32 arrays of shape
+    (N, k), nearest first, as umap-learn's ``nearest_neighbors`` does.
+    scikit-learn's brute force (BLAS blocks and a heap, threaded, compiled
+    ahead of time) instead of UMAP's NN-descent: exact, repeatable with any
+    thread count, and with nothing for numba to compile in every new process.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(x).kneighbors(x)
+    return idx.astype(np.int32), dist.astype(np.float32)
+
+
 def project(
     embeddings: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
-    pca_dims: int = 50, max_fit: int = 100_000, progress: bool | Progress = False,
+    pca_dims: int = 50, max_fit: int = 100_000, init: str = "pca", n_epochs: int | None = None,
+    progress: bool | Progress = False,
 ) -> tuple[np.ndarray | None, dict]:
-    """UMAP of ``embeddings`` (N, D) to (N, 2) float32.
+    """UMAP of ``embeddings`` (N, D) to (N, 2) float32, seeded: the same input gives the same map.
 
-    Above ``max_fit`` rows, UMAP is fitted on a seeded sample and the other
-    rows are placed with ``transform``. Returns ``(projection, info)``;
-    projection is None (and info['reason'] says why) when N is too small.
+    Steps: PCA to ``pca_dims`` when wider; the exact ``n_neighbors``
+    neighbours (``exact_neighbors``); umap-learn's fuzzy graph and layout from
+    them, starting from a PCA layout (``init='pca'``; 'spectral' is UMAP's
+    default, an eigen-decomposition that takes longer than the rest at large
+    N) for ``n_epochs`` epochs (None: ``default_epochs(N)``), single-threaded
+    (umap-learn's parallel layout gives a different map on every run).
+    Above ``max_fit`` rows, UMAP is fitted on a seeded sample (with its own
+    NN-descent) and the other rows are placed with ``transform``.
+
+    ``progress`` gets the steps and the layout's epochs (True: a tqdm bar on
+    stderr). Returns ``(projection, info)``; projection is None (and
+    info['reason'] says why) when N is too small.
     """
+    say = say_function(progress)
     x = np.asarray(embeddings, dtype=np.float32)
     n, d = x.shape
+    fit_rows = min(n, max_fit)
+    epochs = n_epochs or default_epochs(fit_rows)
     info = {"method": "umap", "seed": seed, "n_neighbors": n_neighbors, "min_dist": min_dist,
-            "pca_dims": None, "fit_rows": n}
+            "pca_dims": None, "fit_rows": n, "init": init, "n_epochs": epochs, "neighbors": "exact"}
     if n < 4:
         return None, {**info, "method": None, "reason": f"UMAP needs at least 4 images; the run has {n}"}
     if d > pca_dims and n > pca_dims:
         from sklearn.decomposition import PCA
 
+        say(f"PCA of {n:,} embeddings to {pca_dims} dimensions", 0.01)
         x = PCA(n_components=pca_dims, random_state=seed).fit_transform(x).astype(np.float32)
         info["pca_dims"] = pca_dims
+    k = min(n_neighbors, n - 1)
+    knn = (None, None, None)
+    if n <= max_fit:
+        say(f"Finding the {k} nearest neighbours of {n:,} points", 0.03)
+        knn = (*exact_neighbors(x, k), None)
+    say("Loading UMAP", 0.3)
     umap = _import_umap()
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, n - 1), min_dist=min_dist,
-                        random_state=seed)
+    reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, random_state=seed, init=init,
+                        n_epochs=epochs, precomputed_knn=knn, tqdm_kwds=_epoch_progress(progress, 0.35, 0.65))
+    say(f"UMAP layout of {fit_rows:,} points, {epochs} epochs", 0.35)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
         warnings.filterwarnings("ignore", category=UserWarning, module="umap")
@@ -78,11 +128,40 @@ def project(
             out = np.empty((n, 2), np.float32)
             out[fit_idx] = reducer.fit_transform(x[fit_idx])
             rest = np.setdiff1d(np.arange(n), fit_idx)
+            say(f"Placing the other {len(rest):,} points on the map", 0.99)
             out[rest] = reducer.transform(x[rest])
-            info["fit_rows"] = max_fit
+            info["fit_rows"], info["neighbors"] = max_fit, "nn-descent"
         else:
             out = reducer.fit_transform(x).astype(np.float32)
+    say(f"UMAP map of {n:,} points ready", 1.0)
     return out, info
+
+
+def _epoch_progress(progress: bool | Progress, start: float, span: float) -> dict:
+    """umap-learn's ``tqdm_kwds``: a tqdm bar on stderr (True), the epochs reported to a callback, or nothing."""
+    if progress is True:
+        return {"desc": "UMAP layout", "unit": "epoch", "disable": False, "file": sys.stderr,
+                "mininterval": 0.5, "bar_format": None}
+    if not callable(progress):
+        return {"disable": True}
+    return {"disable": False, "file": _EpochWriter(progress, start, span), "mininterval": 0.5,
+            "bar_format": "{n}/{total}", "ascii": True}
+
+
+class _EpochWriter:
+    """A file for tqdm whose bar is '{n}/{total}': each write becomes ``progress('UMAP layout: epoch n of total', f)``."""
+
+    def __init__(self, progress: Progress, start: float, span: float):
+        self.progress, self.start, self.span = progress, start, span
+
+    def write(self, text: str) -> None:
+        done, _, total = text.strip("\r\n ").rpartition("\r")[-1].partition("/")
+        if done.isdigit() and total.isdigit() and int(total):
+            n, total = int(done), int(total)
+            self.progress(f"UMAP layout: epoch {n} of {total}", self.start + self.span * n / total)
+
+    def flush(self) -> None:
+        pass
 
 
 def _import_umap():
@@ -118,7 +197,8 @@ def compute_projection(run: Run, config: dict, progress: Progress) -> derived.De
     p = ProjectionConfig(**config)
     progress(f"Projecting {len(embeddings):,} embeddings with UMAP", 0.0)
     xy, info = project(np.asarray(embeddings), seed=p.seed, n_neighbors=p.n_neighbors, min_dist=p.min_dist,
-                       pca_dims=p.pca_dims, max_fit=p.max_fit, progress=progress)
+                       pca_dims=p.pca_dims, max_fit=p.max_fit, init=p.init, n_epochs=p.n_epochs,
+                       progress=progress)
     return derived.DerivedResult(arrays={} if xy is None else {"xy": xy}, summary=info)
 
 
@@ -331,7 +411,7 @@ def start_projection(run: Run) -> subprocess.Popen | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m core.projection RUN_FOLDER [--lock-fd N]``: compute one run's map."""
+    """``python -m core.projection RUN_FOLDER [--background]``: compute one run's map (or start it)."""
     import argparse
 
     from core.quiet import quiet_start
@@ -339,12 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     quiet_start()
     parser = argparse.ArgumentParser(prog="python -m core.projection", description=main.__doc__)
     parser.add_argument("run_folder", help="the run's folder (its version folder or the store's link)")
+    parser.add_argument("--background", action="store_true",
+                        help="start a background process if the map is missing, and return")
     parser.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         run = Run(Path(args.run_folder))
         if args.lock_fd is None:
-            ensure_projection(run, progress=True)
+            ensure_projection(run, background=args.background, progress=True)
         else:
             try:
                 if _stored_status(run) is None:

@@ -44,13 +44,35 @@ def _fake_project(x, *, seed, **_):
 # --------------------------------------------------------------------------- the map itself
 
 @pytest.mark.slow
-def test_same_seed_same_map_and_pca_for_wide_embeddings():
+def test_same_seed_same_map_and_pca_for_wide_embeddings_with_epoch_progress():
     x = _clusters(240, 80)
-    a, info = project(x, seed=3)
+    seen = []
+    a, info = project(x, seed=3, progress=lambda m, f: seen.append((m, f)))
     b, _ = project(x, seed=3)
     assert a.shape == (240, 2) and a.dtype == np.float32
     assert np.array_equal(a, b)
     assert info["pca_dims"] == 50 and info["method"] == "umap" and info["fit_rows"] == 240
+    assert info["n_epochs"] == 500 and info["init"] == "pca" and info["neighbors"] == "exact"
+    assert ("UMAP layout: epoch 500 of 500", 1.0) in seen  # tqdm's bar, read back epoch by epoch
+    assert sum(m.startswith("UMAP layout: epoch") for m, _ in seen) >= 2
+    assert [f for _, f in seen] == sorted(f for _, f in seen) and seen[-1][1] == 1.0
+
+
+def test_exact_neighbors_match_a_full_distance_matrix():
+    rng = np.random.default_rng(4)
+    for n, d, k in ((50, 3, 5), (200, 20, 15)):
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        idx, dist = proj.exact_neighbors(x, k)
+        full = np.sqrt(((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1))
+        expected = np.argsort(full, axis=1, kind="stable")[:, :k]  # row i: itself first (distance 0)
+        assert idx.dtype == np.int32 and dist.dtype == np.float32 and idx.shape == (n, k)
+        assert np.array_equal(idx, expected)
+        np.testing.assert_allclose(dist, np.take_along_axis(full, expected, 1), atol=1e-4)
+
+
+def test_default_epochs_follow_umap_up_to_30000_points_and_halve_above():
+    assert [proj.default_epochs(n) for n in (100, 10_000, 10_001, 30_000, 30_001, 1_000_000)] == \
+        [500, 500, 200, 200, 100, 100]
 
 
 @pytest.mark.slow

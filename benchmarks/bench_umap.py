@@ -1,0 +1,136 @@
+"""Benchmark: the run's UMAP map (core.projection.project) against umap-learn's seeded defaults.
+
+Both sides map the same embeddings (the demo run's 70,000 x 128 by default)
+to 2-D, each in a fresh Python process timed from start to finish (imports,
+numba compilation and the map), alternately in one run so that the load of a
+shared machine falls on both:
+
+* default: ``umap.UMAP(random_state=0).fit_transform(embeddings)``;
+* ours: ``core.projection.project(embeddings)`` with the run's default
+  ``ProjectionConfig``.
+
+Numba's on-disk cache starts empty for every process (NUMBA_CACHE_DIR set to
+a fresh folder), as on a fresh install; ``--warm-cache`` keeps one cache
+folder per side across the repeats instead. Neighbourhood preservation is
+``sklearn.manifold.trustworthiness`` (k = 10) of each map against the
+embeddings on the same seeded 5,000-point sample. Prints the CPU's AVX-512
+and AMX flags, the seconds of every process, the ratio of the medians, both
+trustworthiness figures, and whether ours gave the same map twice. About 5
+minutes on 2 cores with the defaults:
+
+    .venv/bin/python benchmarks/bench_umap.py [--run fashion-mnist-demo] [--store artifacts] [--repeats 2]
+    .venv/bin/python benchmarks/bench_umap.py --embeddings emb.npy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from cpu_info import cpu_line  # noqa: E402
+
+SIDES = ("default", "ours")
+SAMPLE = 5_000
+K = 10
+
+
+def map_once(side: str, embeddings: Path, out: Path) -> None:
+    """In a child process: compute one map and save it (the parent times the whole process)."""
+    x = np.load(embeddings, allow_pickle=False)
+    if side == "default":
+        import umap
+
+        xy = umap.UMAP(random_state=0).fit_transform(x)
+    else:
+        from core.projection import project
+
+        xy, _ = project(x)
+    np.save(out, np.asarray(xy, dtype=np.float32), allow_pickle=False)
+
+
+def run_side(side: str, embeddings: Path, out: Path, *, cache_dir: Path) -> float:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONWARNINGS": "ignore"}
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--child", side, str(embeddings), str(out)], check=True, env=env,
+                   cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def trustworthiness_on_sample(x: np.ndarray, xy: np.ndarray, *, seed: int = 0) -> float:
+    from sklearn.manifold import trustworthiness
+
+    rows = np.random.default_rng(seed).choice(len(x), min(SAMPLE, len(x)), replace=False)
+    return float(trustworthiness(x[rows], xy[rows], n_neighbors=K))
+
+
+def load_embeddings(args) -> np.ndarray:
+    if args.embeddings:
+        return np.load(args.embeddings, allow_pickle=False)
+    from core.store import RunStore
+
+    run = RunStore(args.store).load(args.run)
+    if run.embeddings is None:
+        sys.exit(f"error: run {args.run!r} has no embeddings")
+    return np.asarray(run.embeddings, dtype=np.float32)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        map_once(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", default="fashion-mnist-demo")
+    parser.add_argument("--store", default=None, help="run store (default: $ARTIFACTS_DIR or artifacts/)")
+    parser.add_argument("--embeddings", default=None, help="an (N, D) .npy file instead of a run's embeddings")
+    parser.add_argument("--repeats", type=int, default=2, help="processes per side (alternating)")
+    parser.add_argument("--warm-cache", action="store_true", help="keep numba's cache across a side's repeats")
+    args = parser.parse_args()
+    x = load_embeddings(args)
+    print(cpu_line())
+    print(f"embeddings: {x.shape[0]:,} x {x.shape[1]}; {args.repeats} process(es) per side, alternating; "
+          f"numba cache {'warm after the first process' if args.warm_cache else 'empty in every process'}")
+    seconds: dict[str, list[float]] = {s: [] for s in SIDES}
+    maps: dict[str, list[np.ndarray]] = {s: [] for s in SIDES}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        emb = tmp / "embeddings.npy"
+        np.save(emb, x, allow_pickle=False)
+        for i in range(args.repeats):
+            for side in (SIDES if i % 2 == 0 else SIDES[::-1]):
+                cache = tmp / (f"cache-{side}" if args.warm_cache else f"cache-{side}-{i}")
+                out = tmp / f"{side}-{i}.npy"
+                s = run_side(side, emb, out, cache_dir=cache)
+                seconds[side].append(s)
+                maps[side].append(np.load(out))
+                print(f"  {side:<7} process {i + 1}: {s:6.1f} s", flush=True)
+    med = {s: float(np.median(v)) for s, v in seconds.items()}
+    trust = {s: trustworthiness_on_sample(x, maps[s][0]) for s in SIDES}
+    same = all(np.array_equal(maps["ours"][0], m) for m in maps["ours"][1:])
+    figures = {"n": int(x.shape[0]), "d": int(x.shape[1]), "seconds": seconds, "median_s": med,
+               "speedup": med["default"] / med["ours"], "trustworthiness": trust,
+               "trustworthiness_difference": trust["ours"] - trust["default"], "ours_repeatable": same,
+               "warm_cache": args.warm_cache}
+    print(json.dumps(figures), file=sys.stderr)
+    repeat = ("ours gave the same map twice: " + ("yes" if same else "NO")) if args.repeats > 1 else ""
+    print(f"bench_umap: umap-learn defaults {med['default']:.1f} s, ours {med['ours']:.1f} s (medians of "
+          f"{args.repeats}): {figures['speedup']:.2f}x faster | trustworthiness (k={K}, {SAMPLE:,}-point sample) "
+          f"defaults {trust['default']:.4f}, ours {trust['ours']:.4f} ({trust['ours'] - trust['default']:+.4f}) | "
+          f"{repeat}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
