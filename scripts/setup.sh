@@ -29,7 +29,9 @@ stamp=.venv/.requirements.sha
 want=$(cat requirements.txt requirements-test.txt requirements-ray.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python requirements (a few minutes the first time)" >&2
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements-test.txt
+  # pip's own progress bars (downloads) on a terminal; quiet in CI logs
+  if [ -t 2 ]; then pip_output=(--progress-bar on); else pip_output=(-q); fi
+  .venv/bin/python -m pip install "${pip_output[@]}" --upgrade pip
+  .venv/bin/python -m pip install "${pip_output[@]}" -r requirements-test.txt
   echo "$want" > "$stamp"
 fi
