@@ -343,7 +343,7 @@ def filter_rows(run: Run, rule: dict) -> np.ndarray:
 
 def filters_folder(run: Run) -> Path:
     """Where saved filters live: ``<store>/.filters`` (hidden: not a run)."""
-    return run.path.parent / ".filters"
+    return run.location.parent / ".filters"
 
 
 def save_filter(rule: dict, folder: str | os.PathLike) -> Path:
