@@ -135,8 +135,8 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> bool
         ray_constants.ENABLE_RAY_CLUSTER = False
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     try:
-        if address is None:
-            ray.init(num_cpus=num_cpus, **kwargs)
+        if address is None:  # 'local': a new Ray, even where ray.init() would join a Ray running here
+            ray.init(address="local", num_cpus=num_cpus, **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -316,7 +316,8 @@ def run_inference_ray(
         ray_data_log = logging.getLogger("ray.data")
         log_level = ray_data_log.level
         ray_data_log.setLevel(logging.CRITICAL)  # a worker's error reaches the caller as one line, below
-        bar = progress_bar(progress, len(dataset), f"Predicting on Ray ({actors} actors)", unit="image", span=0.9)
+        bar = progress_bar(progress, len(dataset), f"Predicting on Ray ({actors} actor{'s' * (actors > 1)})",
+                           unit="image", span=0.9)
         try:
             for part in predicted.iter_batches(batch_size=None, batch_format="numpy"):
                 parts.append(part)
