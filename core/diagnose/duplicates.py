@@ -285,6 +285,8 @@ def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.n
 def _top_pairs(qa: np.ndarray, qb: np.ndarray, score: np.ndarray, n: int, neighbours: int
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unordered pairs (positions) with their best score, kept if among the ``neighbours`` best of either image."""
+    if len(qa) == 0:
+        return qa.astype(np.int64), qb.astype(np.int64), score
     lo, hi = np.minimum(qa, qb), np.maximum(qa, qb)
     key = lo.astype(np.int64) * n + hi
     order = np.lexsort((-score, key))

@@ -485,7 +485,7 @@ def _finding_text(rec: dict, side: str, tail: float) -> str:
     prop, name = rec["property"], rec["class"]
     k, m, rate = rec[f"{side}_errors"], rec[f"{side}_n"], rec[f"{side}_rate"]
     if prop in BOOLEAN_WORDS:
-        group = f"{BOOLEAN_WORDS[prop][0 if side == 'low' else 1]} of {name}"
+        group = BOOLEAN_WORDS[prop][0 if side == "low" else 1] + ("" if name == ALL_CLASSES else f" of {name}")
     else:
         words = TAIL_WORDS.get(prop, (f"lowest-{prop}", f"highest-{prop}"))
         where = "each class" if name == ALL_CLASSES else name
@@ -521,11 +521,13 @@ def compute_image_properties(run: Run, config: dict, progress: Progress) -> deri
                           "split": preds["split"].astype(str).to_numpy(),
                           "true_label": preds["true_label"].astype(str).to_numpy(),
                           "correct": preds["correct"].to_numpy()})
+    for c in _PROPERTY_COLUMNS:  # the same columns with or without pixels
+        table[c] = pd.array([pd.NA] * n, dtype="boolean") if c == "grayscale" else np.nan
     try:
         scan = load_scan(run, thumb_size=int(config["thumb_size"]),
                          progress=lambda m, f: progress(m, 0.8 * f))
         for c in _PROPERTY_COLUMNS:
-            table[c] = scan.properties[c].to_numpy()
+            table[c] = scan.properties[c].array
         if len(scan.skipped):
             notes.append(f"{len(scan.skipped):,} images could not be read (see image_scan's skipped table)")
     except ValueError as exc:  # a run without pixels still gets atypicality
