@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ RAY_INSTALL_HINT = "pip install -r requirements-ray.txt"
 # Set before Ray starts: no usage statistics, and (local Ray) loopback addresses only. Ray takes
 # its node address from this flag: with it off, every server of a local Ray binds to 127.0.0.1.
 _NO_USAGE_STATS = {"RAY_USAGE_STATS_ENABLED": "0"}
-_LOOPBACK_ONLY = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class RayEngineError(RuntimeError):
@@ -123,26 +124,42 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> bool
     when this call started the connection (the caller then shuts it down).
     A local Ray listens on 127.0.0.1 only; no dashboard; no usage statistics.
     """
-    os.environ.update(_NO_USAGE_STATS)
-    if address is None:
-        os.environ.update(_LOOPBACK_ONLY)
+    os.environ.update(_NO_USAGE_STATS)  # kept: any later Ray of this process stays quiet too
     ray = _import_ray()
     if ray.is_initialized():
         return False
-    if address is None:
-        from ray._private import ray_constants  # read at import: a Ray imported earlier needs this too
-
-        ray_constants.ENABLE_RAY_CLUSTER = False
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     try:
-        if address is None:  # 'local': a new Ray, even where ray.init() would join a Ray running here
-            ray.init(address="local", num_cpus=num_cpus, **kwargs)
+        if address is None:
+            with _loopback_only():  # 'local': a new Ray, even where ray.init() would join one running here
+                ray.init(address="local", num_cpus=num_cpus, **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address!r}" if address else "a local Ray"
         raise RayEngineError(f"Cannot start {where}: {_first_line(exc)}") from None
     return True
+
+
+@contextmanager
+def _loopback_only():
+    """Ray's own switch for a machine that is no cluster node (its default on macOS and Windows):
+    the node's address is 127.0.0.1, so every Ray server binds there. Ray reads it from the
+    environment at import (hence the constant too) and passes it to the processes it starts; it
+    is restored afterwards, so that this process can still join a real cluster later."""
+    from ray._private import ray_constants
+
+    previous_env, previous_flag = os.environ.get(_LOOPBACK_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_LOOPBACK_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = previous_flag
+        if previous_env is None:
+            os.environ.pop(_LOOPBACK_ENV, None)
+        else:
+            os.environ[_LOOPBACK_ENV] = previous_env
 
 
 def read_model_files(path: str | Path) -> dict[str, bytes]:
