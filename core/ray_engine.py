@@ -99,7 +99,8 @@ def engine_options(engine: str, *, address: str | None = None, num_cpus: int | N
         given = [name for name, value in (("--ray-address", address), ("--ray-cpus", num_cpus),
                                           ("--ray-actors", actors)) if value is not None]
         if given:
-            raise ValueError(f"{', '.join(given)} only apply with --engine ray. Received: --engine {engine}")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise ValueError(f"{', '.join(given)} {verb} only with --engine ray. Received: --engine {engine}")
         return None
     options = RayOptions(address=address, num_cpus=num_cpus, actors=actors)
     if not ray_available():

@@ -131,7 +131,9 @@ def _option_error(argv, capsys) -> str:
 def test_engine_options_are_checked_before_any_work(tmp_path, image_tree, tiny_model_path, capsys, monkeypatch):
     base = ["analyze", "--model", str(tiny_model_path), "--data", str(tmp_path / "absent"),
             "--store", str(tmp_path / "s")]
-    assert "--ray-address only apply with --engine ray" in _option_error(base + ["--ray-address", "auto"], capsys)
+    assert "--ray-address applies only with --engine ray" in _option_error(base + ["--ray-address", "auto"], capsys)
+    assert "--ray-cpus, --ray-actors apply only with --engine ray. Received: --engine local" in _option_error(
+        base + ["--ray-cpus", "2", "--ray-actors", "2"], capsys)
     assert "--ray-cpus must be at least 1. Received: 0" in _option_error(
         base + ["--engine", "ray", "--ray-cpus", "0"], capsys)
     assert "--ray-actors must be at least 1. Received: -2" in _option_error(
