@@ -325,11 +325,40 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return (x * y).sum(axis=1) / np.maximum(np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1)), 1e-6)
 
 
+def _sample(windows: np.ndarray, idx: np.ndarray, top: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """Bilinear windows: ``windows`` is a sliding-window view (n, P, P, wh, ww); (top, left) are
+    fractional window positions in [0, P - 1], one per pair."""
+    last = windows.shape[1] - 1
+    y0 = np.clip(np.floor(top).astype(np.int64), 0, last)
+    x0 = np.clip(np.floor(left).astype(np.int64), 0, last)
+    wy = np.clip(top - y0, 0, 1)[:, None, None].astype(np.float32)
+    wx = np.clip(left - x0, 0, 1)[:, None, None].astype(np.float32)
+    y1, x1 = np.minimum(y0 + 1, last), np.minimum(x0 + 1, last)
+    return ((1 - wy) * ((1 - wx) * windows[idx, y0, x0] + wx * windows[idx, y0, x1])
+            + wy * ((1 - wx) * windows[idx, y1, x0] + wx * windows[idx, y1, x1]))
+
+
+def _peak_offset(left: np.ndarray, centre: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Sub-pixel offset in [-0.5, 0.5] of a parabola through three correlations (0 where it has no maximum)."""
+    curvature = left - 2 * centre + right
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset = np.where(curvature < -1e-6, 0.5 * (left - right) / curvature, 0.0)
+    return np.clip(np.nan_to_num(offset), -0.5, 0.5)
+
+
 def _compare(smooth: np.ndarray, detail: np.ndarray, ia: np.ndarray, ib: np.ndarray, est_y: np.ndarray,
-             est_x: np.ndarray, *, max_shift: int) -> tuple[np.ndarray, ...]:
+             est_x: np.ndarray, refinable: np.ndarray, *, max_shift: int) -> tuple[np.ndarray, ...]:
     """Pairs (ia[i], ib[i]) of images of one size: the shift of b onto a (within +-1 of the estimate and
-    +-max_shift) that best correlates the smoothed intensities, and at that shift the detail correlation,
-    the intensity correlation and the RMS difference of the smoothed intensities (offset removed)."""
+    +-max_shift) that best correlates the smoothed intensities, refined to sub-pixel precision, and at
+    that shift the detail correlation, the intensity correlation and the RMS difference of the smoothed
+    intensities (offset removed).
+
+    A fractional shift f is applied half to each image (a by -f/2, b by +f/2, bilinear), so both are
+    smoothed alike by the interpolation: a copy shifted by one pixel of a picture twice the
+    thumbnail's size (half a thumbnail pixel) still matches. Only ``refinable`` pairs are refined: between
+    two pictures at their own size a shift of whole pixels stays whole, and letting look-alikes slide by
+    fractions of a pixel would only help them pass.
+    """
     from numpy.lib.stride_tricks import sliding_window_view
 
     n = len(ia)
@@ -339,6 +368,11 @@ def _compare(smooth: np.ndarray, detail: np.ndarray, ia: np.ndarray, ib: np.ndar
     a_int = _centred(smooth[ia, m:m + wh, m:m + ww])
     a_norm = np.sqrt((a_int * a_int).sum(axis=1))
     win = sliding_window_view(smooth, (wh, ww), axis=(1, 2))
+
+    def corr(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+        b = _centred(win[ib, m + dy, m + dx])
+        return (a_int * b).sum(axis=1) / np.maximum(a_norm * np.sqrt((b * b).sum(axis=1)), 1e-6)
+
     best = np.full(n, -2.0, np.float32)
     dy_best, dx_best = np.zeros(n, np.int64), np.zeros(n, np.int64)
     tried = set()
@@ -349,27 +383,47 @@ def _compare(smooth: np.ndarray, detail: np.ndarray, ia: np.ndarray, ib: np.ndar
             if key in tried:
                 continue
             tried.add(key)
-            b = _centred(win[ib, m + dy, m + dx])
-            r = (a_int * b).sum(axis=1) / np.maximum(a_norm * np.sqrt((b * b).sum(axis=1)), 1e-6)
+            r = corr(dy, dx)
             better = r > best
             best[better], dy_best[better], dx_best[better] = r[better], dy[better], dx[better]
-    b_int = win[ib, m + dy_best, m + dx_best]
-    diff = _centred(b_int - smooth[ia, m:m + wh, m:m + ww])
-    residual = np.sqrt((diff * diff).mean(axis=1))
+    # sub-pixel: a parabola through the correlations one pixel either side (none at the search's border)
+    fy = _peak_offset(corr(np.maximum(dy_best - 1, -m), dx_best), best, corr(np.minimum(dy_best + 1, m), dx_best))
+    fx = _peak_offset(corr(dy_best, np.maximum(dx_best - 1, -m)), best, corr(dy_best, np.minimum(dx_best + 1, m)))
+    fy[np.abs(dy_best) == m], fx[np.abs(dx_best) == m] = 0.0, 0.0
     detail_win = sliding_window_view(detail, (wh, ww), axis=(1, 2))
-    similarity = _correlation(detail[ia, m:m + wh, m:m + ww], detail_win[ib, m + dy_best, m + dx_best])
-    return similarity, best, residual, dy_best, dx_best
+
+    def measure(a_s, b_s, a_d, b_d):
+        diff = _centred(b_s - a_s)
+        return _correlation(a_d, b_d), _correlation(a_s, b_s), np.sqrt((diff * diff).mean(axis=1))
+
+    similarity, correlation, residual = measure(smooth[ia, m:m + wh, m:m + ww], win[ib, m + dy_best, m + dx_best],
+                                                detail[ia, m:m + wh, m:m + ww],
+                                                detail_win[ib, m + dy_best, m + dx_best])
+    refine = np.flatnonzero(refinable & ((np.abs(fy) >= 0.15) | (np.abs(fx) >= 0.15)))
+    shift_y, shift_x = dy_best.astype(np.float32), dx_best.astype(np.float32)
+    if len(refine):
+        ty, tx = m - fy[refine] / 2, m - fx[refine] / 2
+        uy, ux = m + dy_best[refine] + fy[refine] / 2, m + dx_best[refine] + fx[refine] / 2
+        sub = measure(_sample(win, ia[refine], ty, tx), _sample(win, ib[refine], uy, ux),
+                      _sample(detail_win, ia[refine], ty, tx), _sample(detail_win, ib[refine], uy, ux))
+        better = sub[2] < residual[refine]  # keep the whole-pixel answer where it was the closer one
+        at = refine[better]
+        similarity[at], correlation[at], residual[at] = sub[0][better], sub[1][better], sub[2][better]
+        shift_y[at], shift_x[at] = dy_best[at] + fy[at], dx_best[at] + fx[at]
+    return similarity, correlation, residual, shift_y, shift_x
 
 
 def pixel_similarity(thumbnails: np.ndarray, content_size: np.ndarray, a: np.ndarray, b: np.ndarray, *,
                      centroid_a: np.ndarray | None = None, centroid_b: np.ndarray | None = None,
-                     max_shift: int = 3) -> pd.DataFrame:
+                     original_size: np.ndarray | None = None, max_shift: int = 3) -> pd.DataFrame:
     """Compare the thumbnails of pairs (a[i], b[i]) pixel by pixel.
 
     Two contents of different sizes (a resized copy) are compared at the
     smaller size. The shift of b onto a is searched among integers within one
     pixel of the centroids' offset (fractions, (len, 2), see ``centroids``;
-    none given: around 0), at most ``max_shift``.
+    none given: around 0), at most ``max_shift``. It is refined to a fraction of a
+    pixel when one of the two was shrunk to make its thumbnail (``original_size``,
+    (N, 2) (height, width) of each picture; none given: never) or their sizes differ.
 
     Returns a DataFrame with, at the best shift: ``similarity`` (correlation of
     the fine detail, in [-1, 1]), ``correlation`` (of the lightly smoothed
@@ -383,8 +437,8 @@ def pixel_similarity(thumbnails: np.ndarray, content_size: np.ndarray, a: np.nda
     a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
     n = len(a)
     out = {"similarity": np.full(n, np.nan, np.float32), "correlation": np.full(n, np.nan, np.float32),
-           "residual": np.full(n, np.nan, np.float32), "shift_y": np.zeros(n, np.int64),
-           "shift_x": np.zeros(n, np.int64)}
+           "residual": np.full(n, np.nan, np.float32), "shift_y": np.zeros(n, np.float32),
+           "shift_x": np.zeros(n, np.float32)}
     if n == 0:
         return pd.DataFrame(out)
     ca = np.full((n, 2), 0.5) if centroid_a is None else np.asarray(centroid_a, np.float64)
@@ -414,12 +468,15 @@ def pixel_similarity(thumbnails: np.ndarray, content_size: np.ndarray, a: np.nda
             img = thumbnails[row, :content_size[row, 0], :content_size[row, 1]]
             bank[j] = cv2.resize(img, (int(w), int(h)), interpolation=cv2.INTER_AREA)
         smooth, detail = _detail_stack(bank)
+        shrunk = (np.zeros(len(content_size), bool) if original_size is None
+                  else (np.asarray(original_size) > content_size).any(axis=1))
+        refinable = shrunk[a[sel]] | shrunk[b[sel]] | (size_a[sel] != size_b[sel]).any(axis=1)
         est_y = np.rint((cb[sel, 0] - ca[sel, 0]) * h).astype(np.int64)
         est_x = np.rint((cb[sel, 1] - ca[sel, 1]) * w).astype(np.int64)
         for start in range(0, len(sel), 8192):
             part = slice(start, start + 8192)
             sim, corr, res, dy, dx = _compare(smooth, detail, ia[part], ib[part], est_y[part], est_x[part],
-                                              max_shift=max_shift)
+                                              refinable[part], max_shift=max_shift)
             at = sel[part]
             out["similarity"][at], out["correlation"][at], out["residual"][at] = sim, corr, res
             out["shift_y"][at], out["shift_x"][at] = dy, dx
@@ -429,7 +486,7 @@ def pixel_similarity(thumbnails: np.ndarray, content_size: np.ndarray, a: np.nda
 # --------------------------------------------------------------------------- all pairs of a data set
 
 def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np.ndarray, readable: np.ndarray,
-                    *, min_similarity: float = 0.9, max_residual: float = 10.0, min_correlation: float = 0.9,
+                    *, original_size: np.ndarray | None = None, min_similarity: float = 0.9, max_residual: float = 10.0, min_correlation: float = 0.9,
                     max_shift: int = 3, neighbours: int = 2, seed: int = 0,
                     progress: Progress | None = None) -> pd.DataFrame:
     """Exact and near duplicate pairs among the readable rows (see the module docstring).
@@ -438,6 +495,7 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
     ----------
     thumbnails : uint8 (N, S, S); content_size : (N, 2); digest : uint64 (N,); readable : bool (N,)
         as the shared image scan keeps them (``core.diagnose.properties.ImageScan``).
+    original_size : (N, 2) height and width of each picture (see ``pixel_similarity``).
     min_similarity : detail correlation a near pair needs; max_residual : the RMS difference
         (gray levels) it may keep; min_correlation : intensity correlation it needs (see ``pixel_similarity``).
     max_shift : largest shift (px of the thumbnail) tried; neighbours : candidates kept per image.
@@ -472,7 +530,8 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
     position = np.full(len(digest), -1)
     position[reps] = np.arange(len(reps))
     checked = pixel_similarity(thumbnails, content_size, ca, cb, centroid_a=centroid[position[ca]],
-                               centroid_b=centroid[position[cb]], max_shift=max_shift)
+                               centroid_b=centroid[position[cb]], original_size=original_size,
+                               max_shift=max_shift)
     ok = ((checked["similarity"].to_numpy() >= min_similarity) & (checked["residual"].to_numpy() <= max_residual)
           & (checked["correlation"].to_numpy() >= min_correlation))
     near = checked[ok].assign(a=ca[ok], b=cb[ok], kind="near")
@@ -491,7 +550,7 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
     swap = a > b  # b onto a by (dy, dx) is a onto b by (-dy, -dx)
     pairs["a"], pairs["b"] = np.where(swap, b, a), np.where(swap, a, b)
     for c in ("shift_y", "shift_x"):
-        shift = pairs[c].to_numpy(np.int64)
+        shift = pairs[c].to_numpy(np.float32)
         pairs[c] = np.where(swap, -shift, shift)
     pairs = pairs.drop_duplicates(["a", "b"]).sort_values(["a", "b"], kind="stable").reset_index(drop=True)
     say("duplicates: verified", 0.9)
@@ -597,7 +656,8 @@ def compute_duplicates(run: Run, config: dict, progress: Progress) -> derived.De
         raise ValueError(f"min_embedding_cosine must be None or a number in [-1, 1]. Received: {min_cos!r}")
     scan = load_scan(run, thumb_size=int(config["thumb_size"]), progress=lambda m, f: progress(m, 0.4 * f))
     say = lambda message, fraction: progress(message, 0.4 + 0.55 * fraction)  # noqa: E731
-    found = find_duplicates(scan.thumbnails, scan.content_size, scan.digest, scan.readable,
+    original = scan.properties[["height", "width"]].to_numpy(dtype=np.float64, na_value=0)
+    found = find_duplicates(scan.thumbnails, scan.content_size, scan.digest, scan.readable, original_size=original,
                             min_similarity=float(config["min_similarity"]), max_residual=float(config["max_residual"]),
                             min_correlation=float(config["min_correlation"]), max_shift=int(config["max_shift"]),
                             neighbours=int(config["neighbours"]), seed=int(config["seed"]), progress=say)
@@ -614,7 +674,7 @@ def compute_duplicates(run: Run, config: dict, progress: Progress) -> derived.De
     rank = _split_rank(splits)
     swap = (rank[a] > rank[b]) | ((rank[a] == rank[b]) & (a > b))  # train first, then val, then test
     ra, rb = np.where(swap, b, a), np.where(swap, a, b)
-    sy, sx = found["shift_y"].to_numpy(np.int64), found["shift_x"].to_numpy(np.int64)
+    sy, sx = found["shift_y"].to_numpy(np.float32), found["shift_x"].to_numpy(np.float32)
     true = preds["true"].to_numpy()
     names = np.asarray(run.classes, dtype=object)
     paths = preds["path"].astype(str).to_numpy()

@@ -259,3 +259,15 @@ def test_canvas_thumbnail_keeps_small_images_and_halves_a_doubled_one_onto_the_s
     thumb2, hw2 = canvas_thumbnail(doubled, size=32)
     assert hw2 == (28, 28) and np.array_equal(thumb2[:28, :28], img)  # a box average of 2x2 equal pixels
     assert canvas_thumbnail(np.zeros((100, 40), np.uint8), size=32)[1] == (25, 10)
+
+
+def test_a_one_pixel_shift_of_a_larger_picture_is_matched_at_half_a_thumbnail_pixel():
+    big = cv2.resize(textured(21), (64, 64), interpolation=cv2.INTER_CUBIC)
+    thumbs, sizes, _ = _scan([big, shifted(big, 1, -1, noise=4, seed=7)])  # 32 px thumbnails: a half-pixel shift
+    cent, _ = dup.centroids(thumbs, sizes, np.arange(2))
+    kw = {"centroid_a": cent[:1], "centroid_b": cent[1:]}
+    whole = dup.pixel_similarity(thumbs, sizes, [0], [1], **kw).iloc[0]  # sizes unknown: whole pixels only
+    refined = dup.pixel_similarity(thumbs, sizes, [0], [1], original_size=np.array([[64, 64], [64, 64]]), **kw).iloc[0]
+    assert whole["residual"] > 10
+    assert refined["residual"] < 10 and refined["similarity"] > 0.9
+    assert abs(refined["shift_y"] - 0.5) < 0.2 and abs(refined["shift_x"] + 0.5) < 0.2
