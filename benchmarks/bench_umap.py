@@ -10,8 +10,9 @@ shared machine falls on both:
   ``ProjectionConfig``.
 
 Numba's on-disk cache starts empty for every process (NUMBA_CACHE_DIR set to
-a fresh folder), as on a fresh install; ``--warm-cache`` keeps one cache
-folder per side across the repeats instead. Neighbourhood preservation is
+a fresh folder), as on a fresh install; ``--cache warm`` fills one cache
+folder per side first with an untimed process on 5,000 rows, as after
+``setup.sh`` (which runs ``python -m core.projection --warm-up``). Neighbourhood preservation is
 ``sklearn.manifold.trustworthiness`` (k = 10) of each map against the
 embeddings on the same seeded 5,000-point sample. Prints the CPU's AVX-512
 and AMX flags, the seconds of every process, the ratio of the medians, both
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -48,6 +50,9 @@ K = 10
 
 def map_once(side: str, embeddings: Path, out: Path) -> None:
     """In a child process: compute one map and save it (the parent times the whole process)."""
+    from core.quiet import quiet_start
+
+    quiet_start()  # no TensorFlow chatter when the default side's `import umap` loads it
     x = np.load(embeddings, allow_pickle=False)
     if side == "default":
         import umap
@@ -60,13 +65,17 @@ def map_once(side: str, embeddings: Path, out: Path) -> None:
     np.save(out, np.asarray(xy, dtype=np.float32), allow_pickle=False)
 
 
-def run_side(side: str, embeddings: Path, out: Path, *, cache_dir: Path) -> float:
+def run_side(side: str, embeddings: Path, out: Path, *, cache_dir: Path) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, all threads) of one child process."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONWARNINGS": "ignore"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--child", side, str(embeddings), str(out)], check=True, env=env,
                    cwd=ROOT)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def trustworthiness_on_sample(x: np.ndarray, xy: np.ndarray, *, seed: int = 0) -> float:
@@ -96,37 +105,50 @@ def main() -> int:
     parser.add_argument("--store", default=None, help="run store (default: $ARTIFACTS_DIR or artifacts/)")
     parser.add_argument("--embeddings", default=None, help="an (N, D) .npy file instead of a run's embeddings")
     parser.add_argument("--repeats", type=int, default=2, help="processes per side (alternating)")
-    parser.add_argument("--warm-cache", action="store_true", help="keep numba's cache across a side's repeats")
+    parser.add_argument("--cache", choices=["cold", "warm"], default="cold",
+                        help="cold: numba's on-disk cache empty in every process (a fresh install); warm: "
+                             "each side's cache filled first by one untimed process on 5,000 rows (as "
+                             "setup.sh does for the map with 'python -m core.projection --warm-up')")
     args = parser.parse_args()
     x = load_embeddings(args)
     print(cpu_line())
     print(f"embeddings: {x.shape[0]:,} x {x.shape[1]}; {args.repeats} process(es) per side, alternating; "
-          f"numba cache {'warm after the first process' if args.warm_cache else 'empty in every process'}")
+          f"numba cache {'filled first' if args.cache == 'warm' else 'empty in every process'}")
     seconds: dict[str, list[float]] = {s: [] for s in SIDES}
+    cpu: dict[str, list[float]] = {s: [] for s in SIDES}
     maps: dict[str, list[np.ndarray]] = {s: [] for s in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         emb = tmp / "embeddings.npy"
         np.save(emb, x, allow_pickle=False)
+        if args.cache == "warm":
+            np.save(tmp / "warm-up.npy", x[:5_000], allow_pickle=False)
+            for side in SIDES:
+                run_side(side, tmp / "warm-up.npy", tmp / "warm-up-out.npy", cache_dir=tmp / f"cache-{side}")
         for i in range(args.repeats):
             for side in (SIDES if i % 2 == 0 else SIDES[::-1]):
-                cache = tmp / (f"cache-{side}" if args.warm_cache else f"cache-{side}-{i}")
+                cache = tmp / (f"cache-{side}" if args.cache == "warm" else f"cache-{side}-{i}")
                 out = tmp / f"{side}-{i}.npy"
-                s = run_side(side, emb, out, cache_dir=cache)
-                seconds[side].append(s)
+                wall, used = run_side(side, emb, out, cache_dir=cache)
+                seconds[side].append(wall)
+                cpu[side].append(used)
                 maps[side].append(np.load(out))
-                print(f"  {side:<7} process {i + 1}: {s:6.1f} s", flush=True)
+                print(f"  {side:<7} process {i + 1}: {wall:6.1f} s wall, {used:6.1f} s CPU "
+                      f"(load average {os.getloadavg()[0]:.1f})", flush=True)
     med = {s: float(np.median(v)) for s, v in seconds.items()}
+    med_cpu = {s: float(np.median(v)) for s, v in cpu.items()}
     trust = {s: trustworthiness_on_sample(x, maps[s][0]) for s in SIDES}
     same = all(np.array_equal(maps["ours"][0], m) for m in maps["ours"][1:])
     figures = {"n": int(x.shape[0]), "d": int(x.shape[1]), "seconds": seconds, "median_s": med,
-               "speedup": med["default"] / med["ours"], "trustworthiness": trust,
+               "speedup": med["default"] / med["ours"], "cpu_seconds": cpu, "median_cpu_s": med_cpu,
+               "cpu_ratio": med_cpu["default"] / med_cpu["ours"], "trustworthiness": trust,
                "trustworthiness_difference": trust["ours"] - trust["default"], "ours_repeatable": same,
-               "warm_cache": args.warm_cache}
+               "numba_cache": args.cache}
     print(json.dumps(figures), file=sys.stderr)
     repeat = ("ours gave the same map twice: " + ("yes" if same else "NO")) if args.repeats > 1 else ""
     print(f"bench_umap: umap-learn defaults {med['default']:.1f} s, ours {med['ours']:.1f} s (medians of "
-          f"{args.repeats}): {figures['speedup']:.2f}x faster | trustworthiness (k={K}, {SAMPLE:,}-point sample) "
+          f"{args.repeats}): {figures['speedup']:.2f}x faster | CPU time {med_cpu['default']:.1f} s vs "
+          f"{med_cpu['ours']:.1f} s: {figures['cpu_ratio']:.2f}x | trustworthiness (k={K}, {SAMPLE:,}-point sample) "
           f"defaults {trust['default']:.4f}, ours {trust['ours']:.4f} ({trust['ours'] - trust['default']:+.4f}) | "
           f"{repeat}")
     return 0

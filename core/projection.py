@@ -74,6 +74,58 @@ def exact_neighbors(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx.astype(np.int32), dist.astype(np.float32)
 
 
+def fuzzy_graph(knn_indices: np.ndarray, knn_dists: np.ndarray, *, n_iter: int = 64):
+    """UMAP's fuzzy simplicial set of the points, from their neighbours, as a (N, N) sparse matrix.
+
+    ``knn_indices``, ``knn_dists`` : (N, k) arrays, nearest first, each row's
+    first neighbour the point itself (``exact_neighbors``). The same
+    computation as umap-learn's ``fuzzy_simplicial_set`` with its defaults
+    (local connectivity 1, fuzzy union): per point the distance to its nearest
+    neighbour (rho) and a bandwidth (sigma, by binary search) such that the
+    memberships exp(-(d - rho) / sigma) sum to log2(k), then A + A' - A*A'.
+    Written here with numpy over all rows at once because umap-learn's
+    version is numba code that is never cached and compiles in every new
+    process (4.5 s of the 70,000-point map's CPU time); tests compare the two.
+    """
+    import scipy.sparse
+
+    d = np.asarray(knn_dists, dtype=np.float32)
+    idx = np.asarray(knn_indices)
+    n, k = d.shape
+    target = np.log2(k)
+    positive = np.where(d > 0, d, np.inf)
+    rho = positive.min(axis=1).astype(np.float32)
+    rho[~np.isfinite(rho)] = 0.0  # a point whose neighbours all sit on it
+    above = np.maximum(d[:, 1:] - rho[:, None], 0)  # the first column is the point itself; exp(-0) = 1
+    lo, hi, mid = np.zeros(n), np.full(n, np.inf), np.ones(n)
+    active = np.ones(n, bool)
+    for _ in range(n_iter):
+        psum = np.exp(-(above / mid[:, None])).sum(axis=1)
+        active &= np.abs(psum - target) >= 1e-5
+        if not active.any():
+            break
+        over = active & (psum > target)
+        under = active & ~over
+        hi = np.where(over, mid, hi)
+        lo = np.where(under, mid, lo)
+        mid = np.where(over | (under & np.isfinite(hi)), (lo + hi) / 2, np.where(under, mid * 2, mid))
+    sigma = mid.astype(np.float32)
+    floor = np.where(rho > 0, 1e-3 * d.mean(axis=1), 1e-3 * d.mean()).astype(np.float32)
+    sigma = np.maximum(sigma, floor)
+    with np.errstate(divide="ignore", invalid="ignore"):  # sigma 0: all distances 0, membership 1
+        vals = np.exp(-(np.maximum(d - rho[:, None], 0) / sigma[:, None])).astype(np.float32)
+    vals[np.isnan(vals)] = 1.0
+    vals[idx == np.arange(n)[:, None]] = 0.0
+    keep = idx >= 0
+    rows = np.broadcast_to(np.arange(n)[:, None], idx.shape)[keep]
+    graph = scipy.sparse.coo_matrix((vals[keep], (rows, idx[keep])), shape=(n, n))
+    graph.eliminate_zeros()
+    transpose = graph.transpose()
+    graph = graph + transpose - graph.multiply(transpose)
+    graph.eliminate_zeros()
+    return graph
+
+
 def project(
     embeddings: np.ndarray, *, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
     pca_dims: int = 50, max_fit: int = 100_000, init: str = "pca", n_epochs: int | None = None,
@@ -116,13 +168,14 @@ def project(
         knn = (*exact_neighbors(x, k), None)
     say("Loading UMAP", 0.3)
     umap = _import_umap()
-    reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, random_state=seed, init=init,
-                        n_epochs=epochs, precomputed_knn=knn, tqdm_kwds=_epoch_progress(progress, 0.35, 0.65))
     say(f"UMAP layout of {fit_rows:,} points, {epochs} epochs", 0.35)
+    tqdm_kwds = _epoch_progress(progress, 0.35, 0.65)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
         warnings.filterwarnings("ignore", category=UserWarning, module="umap")
         if n > max_fit:
+            reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, random_state=seed, init=init,
+                                n_epochs=epochs, tqdm_kwds=tqdm_kwds)
             rng = np.random.default_rng(seed)
             fit_idx = np.sort(rng.choice(n, max_fit, replace=False))
             out = np.empty((n, 2), np.float32)
@@ -132,7 +185,14 @@ def project(
             out[rest] = reducer.transform(x[rest])
             info["fit_rows"], info["neighbors"] = max_fit, "nn-descent"
         else:
-            out = reducer.fit_transform(x).astype(np.float32)
+            from umap.umap_ import find_ab_params, simplicial_set_embedding
+
+            # What umap.UMAP(...).fit_transform does from here, minus its NaN for points without edges.
+            a, b = find_ab_params(1.0, min_dist)
+            out, _ = simplicial_set_embedding(
+                x, fuzzy_graph(*knn[:2]), 2, 1.0, a, b, 1.0, 5, epochs, init, np.random.RandomState(seed),
+                "euclidean", {}, False, {}, False, tqdm_kwds=tqdm_kwds)
+            out = np.asarray(out, dtype=np.float32)
     say(f"UMAP map of {n:,} points ready", 1.0)
     return out, info
 
@@ -418,11 +478,18 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_start()
     parser = argparse.ArgumentParser(prog="python -m core.projection", description=main.__doc__)
-    parser.add_argument("run_folder", help="the run's folder (its version folder or the store's link)")
+    parser.add_argument("run_folder", nargs="?", help="the run's folder (its version folder or the store's link)")
     parser.add_argument("--background", action="store_true",
                         help="start a background process if the map is missing, and return")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="only fill numba's on-disk cache (what `import umap` compiles), as setup.sh does")
     parser.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.warm_up:
+        _import_umap()
+        return 0
+    if args.run_folder is None:
+        parser.error("a run folder is needed (or --warm-up)")
     try:
         run = Run(Path(args.run_folder))
         if args.lock_fd is None:

@@ -70,6 +70,21 @@ def test_exact_neighbors_match_a_full_distance_matrix():
         np.testing.assert_allclose(dist, np.take_along_axis(full, expected, 1), atol=1e-4)
 
 
+@pytest.mark.slow
+def test_fuzzy_graph_equals_umap_learns_fuzzy_simplicial_set():
+    from umap.umap_ import fuzzy_simplicial_set
+
+    rng = np.random.default_rng(5)
+    for n, d, k in ((120, 4, 15), (600, 12, 10)):
+        x = rng.normal(size=(n, d)).astype(np.float32)
+        x[5:9] = x[0]  # exact duplicates: zero distances, rho from the first non-zero one
+        idx, dist = proj.exact_neighbors(x, k)
+        ours = proj.fuzzy_graph(idx, dist).tocsr()
+        ref = fuzzy_simplicial_set(x, k, np.random.RandomState(0), "euclidean", knn_indices=idx,
+                                   knn_dists=dist)[0].tocsr()
+        assert ours.nnz == ref.nnz and abs(ours - ref).max() < 1e-6
+
+
 def test_default_epochs_follow_umap_up_to_30000_points_and_halve_above():
     assert [proj.default_epochs(n) for n in (100, 10_000, 10_001, 30_000, 30_001, 1_000_000)] == \
         [500, 500, 200, 200, 100, 100]
