@@ -25,10 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from core import neighbours  # noqa: E402
 from core.metrics import confusion_matrix, confused_pairs  # noqa: E402
 from core.store import Run, RunStore  # noqa: E402
 from core.synthetic import make_synthetic_run  # noqa: E402
-from dashboard import figures, views  # noqa: E402
+from dashboard import figures, mapview, views  # noqa: E402
 
 BUDGET_S = 1.0
 
@@ -53,13 +54,26 @@ def ensure_runs(store: RunStore, n: int, k: int) -> tuple[str, str]:
 
 
 def thumbnails_page(run: Run, rows: np.ndarray) -> int:
-    from dashboard.ui import item_caption, thumbnail  # streamlit import only, no server
+    from dashboard import cache, gallery  # streamlit import only, no server
 
     page = views.page_of(rows, page=1, per_page=24)
+    key = cache.run_key(run)
     for row in page:
-        thumbnail(run, row)
-        item_caption(run, row)
+        cache.thumbnail(run, key, int(row), gallery.THUMB_PX)
+        gallery.compact_caption(run, row)
+        gallery.full_caption(run, row)
     return page.size
+
+
+def lasso(xy: np.ndarray, *, share: float, vertices: int = 300) -> np.ndarray:
+    """A wobbly closed lasso (``vertices`` points) around the first row's point, ``share`` of the map's
+    width across: the kind of region a user circles on a cluster."""
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    centre, radius = xy[0].astype(np.float64), (hi - lo) * share / 2
+    angle = np.linspace(0, 2 * np.pi, vertices, endpoint=False)
+    wobble = 1 + 0.15 * np.sin(7 * angle)
+    return np.stack([centre[0] + radius[0] * wobble * np.cos(angle),
+                     centre[1] + radius[1] * wobble * np.sin(angle)], axis=1)
 
 
 def bench_functions(a: Run, b: Run) -> list[tuple[str, float]]:
@@ -96,27 +110,40 @@ def bench_functions(a: Run, b: Run) -> list[tuple[str, float]]:
     add("probability figure (+ JSON)", lambda: figures.probability_figure(
         np.asarray(fresh.probs[row]), fresh.classes, true=int(df["true"].iat[row]),
         predicted=int(df["predicted"].iat[row])).to_json())
-    train = np.flatnonzero(df["split"].astype(str).to_numpy() == "train")
-    true = df["true"].to_numpy()
-    add("train rows by class (cached once)", lambda: [train[true[train] == c] for c in range(k)],
-        repeat=1)
-    cls_rows = train[true[train] == int(df["true"].iat[row])]
-    add(f"nearest neighbours ({cls_rows.size:,} train rows of a class)",
-        lambda: views.nearest_rows(fresh.embeddings, row, cls_rows, k=6))
-    xy = np.asarray(fresh.projection)
+    reference, pool_kind = neighbours.reference_rows(df["split"].astype(str).to_numpy())
+    pools = add("neighbour pools by class (cached once)", lambda: neighbours.rows_by_class(
+        df["true"].to_numpy(), reference, n_classes=k), repeat=1)
+    cls_rows = pools[int(df["true"].iat[row])]
+    add(f"nearest neighbours ({cls_rows.size:,} {pool_kind} rows of a class)",
+        lambda: neighbours.nearest(fresh.embeddings, row, cls_rows, k=5))
+    xy = np.ascontiguousarray(fresh.projection, dtype=np.float32)
     everything = np.ones(len(df), bool)
-    visible = add("embeddings: visible rows (no zoom)", lambda: views.visible_rows(xy, everything))
-    overlay = np.flatnonzero(~df["correct"].to_numpy())
-    plan = add("embeddings: density plan (1M -> bins + overlay)",
-               lambda: views.plan_embedding(xy, visible, overlay=overlay, overlay_cap=5000))
-    add("embeddings: density figure (+ JSON)", lambda: figures.embedding_figure(
-        plan, xy, df, fresh.classes, color_by="true class").to_json())
-    lo, hi = np.percentile(xy, [45, 55], axis=0)
-    zoomed = add("embeddings: zoomed rows", lambda: views.visible_rows(
-        xy, everything, x_range=(lo[0], hi[0]), y_range=(lo[1], hi[1])))
-    zplan = views.plan_embedding(xy, zoomed, overlay=overlay)
-    add(f"embeddings: zoomed figure, {zplan.rows.size:,} points (+ JSON)",
-        lambda: figures.embedding_figure(zplan, xy, df, fresh.classes, color_by="confidence").to_json())
+    arrays = {"true": df["true"].to_numpy(), "predicted": df["predicted"].to_numpy(),
+              "correct": df["correct"].to_numpy(bool), "confidence": df["confidence"].to_numpy()}
+    full = mapview.full_window(xy)
+    for color_by in ("true class", "correct", "confidence"):
+        plan = add(f"map: picture of all {len(df):,} points, coloured by {color_by}",
+                   lambda: mapview.plan_map(xy, everything, full, color_by=color_by, n_classes=k, **arrays))
+    add("map: figure of the picture (+ JSON)", lambda: figures.embedding_figure(
+        plan, xy, df, fresh.classes).to_json())
+    points = add("map: points sorted by y for selections (once per map)", lambda: mapview.SortedPoints(xy),
+                 repeat=1)
+    for share in (0.1, 0.4):
+        polygon = lasso(xy, share=share)
+        n_inside = points.in_polygon(polygon).size
+        add(f"map: lasso of 300 vertices -> all {n_inside:,} rows inside", lambda: points.in_polygon(polygon))
+    add("map: box -> every row inside", lambda: points.in_box((*np.percentile(xy[:, 0], [30, 70]),
+                                                               *np.percentile(xy[:, 1], [30, 70]))))
+    window = mapview.padded(mapview.shapes_bounds([("lasso", tuple(map(tuple, lasso(xy, share=0.1))))]))
+    zoomed = add("map: zoom to the selection -> re-render the window",
+                 lambda: mapview.plan_map(xy, everything, window, color_by="true class", n_classes=k, **arrays))
+    add(f"map: zoomed figure, {zoomed.n_visible:,} points in a {zoomed.mode} (+ JSON)",
+        lambda: figures.embedding_figure(zoomed, xy, df, fresh.classes).to_json())
+    small = mapview.zoom_window(window, factor=0.1)
+    close = add("map: zoom in close -> every point a marker",
+                lambda: mapview.plan_map(xy, everything, small, color_by="confidence", n_classes=k, **arrays))
+    add(f"map: close figure, {close.n_visible:,} points as {close.mode} (+ JSON)",
+        lambda: figures.embedding_figure(close, xy, df, fresh.classes).to_json())
     other = Run(b.path)
     odf = other.predictions
     add("compare: same-images check", lambda: views.comparison_problem(
@@ -159,11 +186,12 @@ def bench_apptest(store_root: Path, run_a: str, run_b: str) -> list[tuple[str, f
     page("confusion")
     page("errors")
     page("embeddings")
-    page("compare", lambda: at.selectbox(key="compare-run-b").set_value(run_b))
+    page("compare", lambda: (at.selectbox(key="compare-a").set_value(run_a),
+                             at.selectbox(key="compare-b").set_value(run_b)))
     # one interaction: choose another confusion cell (new gallery)
     at.switch_page("app_pages/confusion.py")
     at.run()
-    at.selectbox(key="cell-true").set_value(1)
+    next(s for s in at.selectbox if s.label == "True class").set_value(1)
     start = time.perf_counter()
     at.run()
     rows.append(("AppTest: confusion, choose a cell -> gallery", time.perf_counter() - start))

@@ -25,7 +25,7 @@ quiet_start()  # before anything imports TensorFlow ("Try an image" loads the ru
 import streamlit as st  # noqa: E402
 
 from core.store import RunSchemaError, RunStore  # noqa: E402
-from dashboard import cache, ui  # noqa: E402
+from dashboard import cache, gallery, state, ui  # noqa: E402
 
 PAGES = Path(__file__).resolve().parent / "app_pages"  # not "pages/": that name switches Streamlit to its legacy multipage mode
 PAGE_ICON = "🔎"
@@ -68,14 +68,24 @@ def start_pages() -> dict[str, list[st.Page]]:
 
 
 def run_page(pg: st.Page) -> None:
-    """Run the chosen page; a run's data that cannot be used stops it with one line."""
+    """Run the chosen page, then the image detail it opened; a run's data that cannot be used
+    stops the page with one line. The URL is written from the view however the page ends."""
+    notices = st.container()  # above the page: what the address asked for that could not be shown
+    state.start_run(pg.url_path)
+    gallery.start_run()
     try:
         pg.run()
+        gallery.restore_detail_from_url(st.session_state.get(ui.SCOPE_KEY))
+        gallery.detail_ui_if_open()
     except PAGE_ERRORS as exc:
         log.warning("Page %r stopped on run %r", pg.title, st.session_state.get(ui.RUN_KEY), exc_info=True)
         run_id = st.session_state.get(ui.RUN_KEY)
         what = f"This page cannot show run '{run_id}'" if run_id else "This page cannot be shown"
         ui.cannot_show(what, exc)
+    finally:
+        for line in state.warnings():
+            notices.warning(ui.plain(line))
+        state.write_url(scope=st.session_state.get(ui.SCOPE_KEY), run_id=st.session_state.get(ui.RUN_KEY))
 
 
 def main() -> None:
@@ -85,10 +95,14 @@ def main() -> None:
     pg = st.navigation(pages, position="sidebar" if runs else "hidden")
     if runs and st.session_state.pop(ui.SHOW_OVERVIEW_KEY, False):
         st.switch_page(pages["Run"][1])  # a run was just built on the start page
+    if runs:
+        ui.run_from_url([r.run_id for r in runs])
     with st.sidebar:
         if runs:
             ui.run_picker_ui(runs)
         st.caption(f"Store: {ui.plain(cache.store_root())}")
+    if runs and ui.unknown_run_ui(runs):
+        return
     notice = st.session_state.get(ui.GONE_KEY) if runs else None
     if notice:
         st.warning(ui.plain(notice))

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import metrics
+from core import metrics, neighbours
 from core.store import (MANIFEST, PREDICTIONS, Run, RunCorruptError, RunNotFoundError, RunSchemaError,
                         RunStore, RunSummary, default_store_path)
-from dashboard import views
+from dashboard import mapview, views
 
 # What opening a run raises when its files cannot be used (ValueError: a name that is no run id;
 # OSError: a file that cannot be read). Every one becomes a one-line reason.
@@ -100,10 +100,32 @@ def eval_mask(_run: Run, key: str) -> np.ndarray:
     return _run.eval_mask()
 
 
+def projection_stamp(run: Run) -> str:
+    """Changes when the run's map appears or is recomputed: 'legacy' (a projection.npy written with
+    the run), the derived result's folder, or 'none'."""
+    if (run.path / "projection.npy").exists():
+        return "legacy"
+    info = run.derived_info("projection")
+    return f"derived:{info.folder}" if info is not None else "none"
+
+
 @st.cache_resource(max_entries=8, show_spinner=False)
-def projection(_run: Run, key: str) -> np.ndarray | None:
-    """(N, 2) float32 projection in memory, or None when the run has none."""
-    return None if _run.projection is None else np.asarray(_run.projection)
+def projection(_run: Run, key: str, stamp: str) -> np.ndarray | None:
+    """(N, 2) float32 projection in memory, or None when the run has none (yet)."""
+    xy = _run.projection
+    return None if xy is None else np.ascontiguousarray(xy, dtype=np.float32)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def point_index(_run: Run, key: str, stamp: str) -> mapview.SortedPoints:
+    """The map's points sorted by y, for box and lasso selections (built once per map)."""
+    return mapview.SortedPoints(projection(_run, key, stamp))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def full_window(_run: Run, key: str, stamp: str) -> mapview.Window:
+    """The window that shows every point of the map."""
+    return mapview.full_window(projection(_run, key, stamp))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -112,20 +134,35 @@ def split_names(_run: Run, key: str) -> list[str]:
     return sorted(str(s) for s in _run.predictions["split"].unique())
 
 
+@st.cache_resource(max_entries=16, show_spinner=False)
+def map_filter(_run: Run, key: str, split: str, classes: tuple[int, ...]) -> np.ndarray:
+    """Boolean (N,) mask of the rows the map's filters keep."""
+    return views.filter_mask(_run.predictions, split=split, classes=classes)
+
+
 @st.cache_resource(max_entries=32, show_spinner=False)
-def embedding_plan(_run: Run, key: str, split: str, classes: tuple[int, ...],
-                   x_range: tuple[float, float], y_range: tuple[float, float], selected_key: str,
-                   _selected: np.ndarray, point_cap: int, overlay_cap: int) -> views.EmbeddingPlan:
-    """The Embeddings page's plan for one set of filters and selection (``selected_key`` names
-    ``_selected``): reruns that change only the colouring or the gallery page reuse it."""
+def map_plan(_run: Run, key: str, stamp: str, split: str, classes: tuple[int, ...], window: mapview.Window,
+             color_by: str, cap: int) -> mapview.MapPlan:
+    """The Embeddings page's plan for one set of filters, window and colouring: reruns that change
+    only the selection or the gallery page reuse it."""
     df = _run.predictions
-    xy = projection(_run, key)
-    rows = views.visible_rows(xy, views.filter_mask(df, split=split, classes=classes),
-                              x_range=x_range, y_range=y_range)
-    overlay = np.flatnonzero(~df["correct"].to_numpy(bool))
-    if _selected.size:
-        overlay = np.union1d(overlay, _selected)
-    return views.plan_embedding(xy, rows, cap=point_cap, overlay=overlay, overlay_cap=overlay_cap)
+    return mapview.plan_map(
+        projection(_run, key, stamp), map_filter(_run, key, split, classes), window, color_by=color_by,
+        true=df["true"].to_numpy(), predicted=df["predicted"].to_numpy(), correct=df["correct"].to_numpy(bool),
+        confidence=df["confidence"].to_numpy(), n_classes=len(_run.classes), cap=cap)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def selection_rows(_run: Run, key: str, stamp: str, split: str, classes: tuple[int, ...],
+                   shapes_text: str) -> np.ndarray:
+    """Every row the filters keep inside the selection's shapes (``state.encode_shapes`` text),
+    computed from the projection, most confident first."""
+    from dashboard.state import decode_shapes
+
+    inside = point_index(_run, key, stamp).in_shapes(decode_shapes(shapes_text))
+    inside = inside[map_filter(_run, key, split, classes)[inside]]
+    confidence = _run.predictions["confidence"].to_numpy()[inside]
+    return inside[np.argsort(-confidence, kind="stable")]
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -144,14 +181,12 @@ def class_distribution(_run: Run, key: str) -> pd.DataFrame:
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
-def train_rows_by_class(_run: Run, key: str) -> list[np.ndarray]:
-    """For each class, the row ids of its training images (split == 'train'), by true label."""
+def reference_pools(_run: Run, key: str) -> tuple[str, list[np.ndarray]]:
+    """The images neighbours are searched among, by true class, and what they are: the training
+    images when the run has a 'train' split, else every image (see ``core.neighbours``)."""
     df = _run.predictions
-    train = np.flatnonzero(df["split"].astype(str).to_numpy() == "train")
-    true = df["true"].to_numpy()[train]
-    order = np.argsort(true, kind="stable")
-    bounds = np.searchsorted(true[order], np.arange(len(_run.classes) + 1))
-    return [train[order[bounds[c]:bounds[c + 1]]] for c in range(len(_run.classes))]
+    rows, kind = neighbours.reference_rows(df["split"].astype(str).to_numpy())
+    return kind, neighbours.rows_by_class(df["true"].to_numpy(), rows, n_classes=len(_run.classes))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

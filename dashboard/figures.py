@@ -21,10 +21,12 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from core.metrics import row_normalize
-from dashboard.views import EmbeddingPlan
+from dashboard import mapview
+from dashboard.mapview import MapPlan
+from dashboard.views import share_label, top_k_with_true
 
-ERROR_COLOUR = "#d62728"
-CORRECT_COLOUR = "#8aa5c4"
+ERROR_COLOUR = mapview.ERROR_COLOUR
+CORRECT_COLOUR = mapview.CORRECT_COLOUR
 DIAGONAL_COLOUR = "#e9ecef"
 HIGHLIGHT_COLOUR = "#111111"
 MAX_LEGEND_CLASSES = 20
@@ -35,14 +37,45 @@ def _escape(names: Sequence[str]) -> list[str]:
 
 
 def tick_font_size(n_classes: int) -> int:
-    """Tick label size that keeps K labels legible without overlapping: 12 px at K<=25, down to 7 px."""
-    return int(np.clip(round(300 / max(n_classes, 1)), 7, 12))
+    """Tick label size that keeps K labels legible: 12 px at K<=25, down to 9 px (beyond 40
+    classes the axes thin their labels and show them all once zoomed)."""
+    return int(np.clip(round(300 / max(n_classes, 1)), 9, 12))
 
 
 def confusion_height(n_classes: int) -> int:
-    """Figure height in pixels: cells of 12-48 px plus room for labels."""
-    cell = float(np.clip(720 / max(n_classes, 1), 12, 48))
-    return int(max(420, cell * n_classes + 170))
+    """Figure height in pixels: cells of 8-48 px plus room for the labels."""
+    cell = float(np.clip(720 / max(n_classes, 1), 8, 48))
+    return int(max(420, cell * n_classes + 190))
+
+
+def _unique_names(names: Sequence[str]) -> list[str]:
+    """Escaped names, made unique (a category axis merges equal names) with ' (i)' where needed."""
+    out, seen = [], set()
+    for i, name in enumerate(_escape(names)):
+        label = name if name not in seen else f"{name} ({i})"
+        seen.add(label)
+        out.append(label)
+    return out
+
+
+# Reds from light but visible to dark: the lowest value (one image) never looks empty.
+CELL_COLOURS = [[0.0, "#fcbba1"], [0.25, "#fc9272"], [0.5, "#fb6a4a"], [0.75, "#de2d26"], [1.0, "#67000d"]]
+LARGE_MATRIX = 40  # beyond this many classes: WebGL click layer, zoomable, labels thinned by plotly
+
+
+def _log_ticks(low: float, high: float, *, share: bool) -> tuple[list[float], list[str]]:
+    """Colour bar ticks at powers of ten (and 2x, 5x) between log10 values ``low`` and ``high``,
+    labelled in real units (images, or percent of the true class)."""
+    values = []
+    for exponent in range(int(np.floor(low)) - 1, int(np.ceil(high)) + 1):
+        for mantissa in (1, 2, 5):
+            v = mantissa * 10.0 ** exponent
+            if low - 1e-9 <= np.log10(v) <= high + 1e-9:
+                values.append(v)
+    if not values:
+        values = [10 ** low]
+    labels = [(f"{v * 100:.3g}%" if share else f"{v:,.0f}") for v in values]
+    return [float(np.log10(v)) for v in values], labels
 
 
 def confusion_figure(
@@ -57,8 +90,13 @@ def confusion_figure(
     class_names : K names.
     class_order : class indices to show, in display order (default all K).
     normalize : colour and label cells by share of the true class's images.
-    log_color : colour on a log10 scale (empty cells stay blank).
+    log_color : colour on a log10 scale; the colour bar reads in images (or percent).
     selected : (true, predicted) full class indices of the cell to outline.
+
+    The axes are category axes of the shown names (displayed position i is category i),
+    so that beyond ``LARGE_MATRIX`` classes plotly thins the labels to what fits and shows
+    every label once the user zooms in (drag a box; double-click to zoom out). Every
+    cell's click point carries ``customdata = [true, predicted, count, share]``.
     """
     cm = np.asarray(cm)
     k = cm.shape[0]
@@ -67,61 +105,64 @@ def confusion_figure(
                          f"Received shape {cm.shape}")
     order = np.arange(k) if class_order is None else np.asarray(class_order, dtype=np.int64)
     n = len(order)
+    large = n > LARGE_MATRIX
     counts = cm[np.ix_(order, order)].astype(np.int64)
     shares = row_normalize(cm)[np.ix_(order, order)]  # share of the true class's images, all columns
     values = shares if normalize else counts.astype(np.float64)
     diagonal = order[:, None] == order[None, :]
 
-    shown = values.copy()
+    off = np.where(diagonal | (counts == 0), np.nan, values)  # blank empty cells: the eye goes to the errors
     if log_color:
-        with np.errstate(divide="ignore"):
-            shown = np.where(values > 0, np.log10(np.where(values > 0, values, 1.0)), np.nan)
-    off = np.where(diagonal, np.nan, shown)
-    if not log_color:
-        off = np.where(off > 0, off, np.nan)  # blank empty cells: the eye goes to the errors
+        with np.errstate(divide="ignore", invalid="ignore"):
+            off = np.log10(off)
     diag = np.where(diagonal, 1.0, np.nan)
 
     finite = off[np.isfinite(off)]
-    names = _escape(class_names)
-    shown_names = [names[i] for i in order]
-    positions = np.arange(n)
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if high <= low:
+        high = low + 1e-9
+    shown_names = [_unique_names(class_names)[i] for i in order]
     fig = go.Figure()
     fig.add_trace(go.Heatmap(
-        z=diag, x=positions, y=positions, colorscale=[[0, DIAGONAL_COLOUR], [1, DIAGONAL_COLOUR]],
-        showscale=False, hoverinfo="skip", xgap=1, ygap=1,
+        z=diag, x=shown_names, y=shown_names, colorscale=[[0, DIAGONAL_COLOUR], [1, DIAGONAL_COLOUR]],
+        showscale=False, hoverinfo="skip", xgap=1 if n <= 60 else 0, ygap=1 if n <= 60 else 0,
     ))
-    colorbar = {"title": "log10 " + ("share" if normalize else "count") if log_color else
-                ("share of true" if normalize else "count")}
+    what = "% of the true class" if normalize else "images"
+    colorbar: dict = {"title": {"text": what + (" (log)" if log_color else ""), "side": "right"}}
+    if log_color:
+        tickvals, ticktext = _log_ticks(low, high, share=normalize)
+        colorbar.update(tickvals=tickvals, ticktext=ticktext)
+    elif normalize:
+        colorbar.update(tickformat=".0%")
     fig.add_trace(go.Heatmap(
-        z=off, x=positions, y=positions, colorscale="Reds", hoverinfo="skip", xgap=1, ygap=1,
-        zmin=float(finite.min()) if log_color and finite.size else 0,
-        zmax=float(finite.max()) if finite.size else 1, colorbar=colorbar,
+        z=off, x=shown_names, y=shown_names, colorscale=CELL_COLOURS, hoverinfo="skip",
+        xgap=1 if n <= 60 else 0, ygap=1 if n <= 60 else 0, zmin=low, zmax=high, colorbar=colorbar,
     ))
 
     # Click layer: one nearly invisible square per cell, carrying the full class indices.
-    jj, ii = np.meshgrid(positions, positions)
-    true_idx = order[ii.ravel()]
-    pred_idx = order[jj.ravel()]
-    cnt = counts.ravel()
-    shr = shares.ravel()
-    hover = [f"true: {names[t]}<br>predicted: {names[p]}<br>images: {c:,} ({s:.1%} of {names[t]})"
-             for t, p, c, s in zip(true_idx, pred_idx, cnt, shr)]
+    jj, ii = np.meshgrid(np.arange(n), np.arange(n))
+    true_idx, pred_idx = order[ii.ravel()], order[jj.ravel()]
+    cnt, shr = counts.ravel(), shares.ravel()
+    names = np.asarray(shown_names, dtype=object)
+    # hover from customdata: one template instead of K*K strings (which plotly validates one by one)
+    customdata = np.empty((n * n, 6), dtype=object)
+    customdata[:, 0], customdata[:, 1], customdata[:, 2], customdata[:, 3] = true_idx, pred_idx, cnt, shr
+    customdata[:, 4], customdata[:, 5] = names[ii.ravel()], names[jj.ravel()]
+    hover = ("true: %{customdata[4]}<br>predicted: %{customdata[5]}<br>"
+             "images: %{customdata[2]:,} (%{customdata[3]:.1%} of the true class)<extra></extra>")
     label_cells = n <= 25
-    text = None
-    finite = off[np.isfinite(off)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     strength = (np.nan_to_num(off.ravel(), nan=low) - low) / max(high - low, 1e-12)
     text_colours = np.where(strength > 0.6, "#ffffff", "#333333").tolist()  # readable on dark red
+    text = None
     if label_cells:
-        text = [(f"{s:.0%}" if s >= 0.005 else ("<1%" if c else "")) if normalize else (f"{c:,}" if c else "")
-                for c, s in zip(cnt, shr)]
-    fig.add_trace(go.Scatter(
-        x=jj.ravel(), y=ii.ravel(), mode="markers+text" if label_cells else "markers",
-        text=text, textfont={"size": tick_font_size(n), "color": text_colours},
+        text = [share_label(c, s) if normalize else (f"{c:,}" if c else "") for c, s in zip(cnt, shr)]
+    layer = go.Scattergl if large else go.Scatter
+    fig.add_trace(layer(
+        x=names[jj.ravel()], y=names[ii.ravel()], mode="markers+text" if label_cells else "markers",
+        text=text, textfont={"size": tick_font_size(n), "color": text_colours} if label_cells else None,
         marker={"symbol": "square", "size": max(6, min(40, 500 // max(n, 1))), "opacity": 0.01,
                 "color": "#000000"},
-        customdata=np.stack([true_idx, pred_idx, cnt, shr], axis=1),
-        hovertext=hover, hoverinfo="text", showlegend=False, name="cells",
+        customdata=customdata, hovertemplate=hover, showlegend=False, name="cells",
     ))
     if selected is not None:
         where_t = np.flatnonzero(order == selected[0])
@@ -129,43 +170,50 @@ def confusion_figure(
         if where_t.size and where_p.size:
             y0, x0 = int(where_t[0]), int(where_p[0])
             fig.add_shape(type="rect", x0=x0 - 0.5, x1=x0 + 0.5, y0=y0 - 0.5, y1=y0 + 0.5,
-                          line={"color": HIGHLIGHT_COLOUR, "width": 3})
+                          line={"color": HIGHLIGHT_COLOUR, "width": 3 if n <= 60 else 2})
     font = tick_font_size(n)
+    axis = {"type": "category", "categoryorder": "array", "categoryarray": shown_names,
+            "tickfont": {"size": font}, "showgrid": False, "zeroline": False,
+            "range": [-0.5, n - 0.5], "automargin": True}
+    if not large:  # every label fits: show them all
+        axis.update(tickmode="array", tickvals=shown_names, ticktext=shown_names)
     fig.update_layout(
         height=confusion_height(n), margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        plot_bgcolor="white", clickmode="event+select", dragmode=False,
-        xaxis={"title": "Predicted class", "tickvals": positions, "ticktext": shown_names,
-               "tickfont": {"size": font}, "tickangle": -90 if n > 12 else -30,
-               "showgrid": False, "zeroline": False, "side": "bottom",
-               "range": [-0.5, n - 0.5], "constrain": "domain"},
-        yaxis={"title": "True class", "tickvals": positions, "ticktext": shown_names,
-               "tickfont": {"size": font}, "autorange": "reversed", "showgrid": False,
-               "zeroline": False, "scaleanchor": "x", "constrain": "domain"},
+        plot_bgcolor="white", clickmode="event+select", dragmode="zoom" if large else False,
+        uirevision="confusion",  # a rerun that moves the outline keeps the user's zoom
+        xaxis={**axis, "title": "Predicted class", "tickangle": -90 if n > 12 else -30, "side": "bottom"},
+        yaxis={**axis, "title": "True class", "range": [n - 0.5, -0.5]},
     )
     return fig
 
 
-def class_distribution_figure(distribution: pd.DataFrame) -> go.Figure:
-    """Grouped bars of images per class, one colour per split (columns class, split, count)."""
+def class_distribution_figure(distribution: pd.DataFrame, *, others: int = 0) -> go.Figure:
+    """Horizontal stacked bars of images per class, one colour per split (columns class, split,
+    count), classes in the table's order from the top; ``others`` names how many classes the
+    last row ('others (M classes)') sums."""
     classes = list(dict.fromkeys(distribution["class"].astype(str)))
+    names = _escape(classes)
     fig = go.Figure()
     for i, (split, part) in enumerate(distribution.groupby("split", sort=True, observed=True)):
-        fig.add_trace(go.Bar(x=_escape(part["class"]), y=part["count"], name=html.escape(str(split)),
-                             marker_color=qualitative.Set2[i % len(qualitative.Set2)]))
+        counts = part.set_index(part["class"].astype(str))["count"].reindex(classes).fillna(0)
+        fig.add_trace(go.Bar(y=names, x=counts.to_numpy(), name=html.escape(str(split)), orientation="h",
+                             marker_color=qualitative.Set2[i % len(qualitative.Set2)],
+                             hovertemplate="%{y}: %{x:,} images<extra>" + html.escape(str(split)) + "</extra>"))
     n = len(classes)
     fig.update_layout(
-        barmode="group" if n <= 30 else "stack",  # 100+ groups of bars are unreadable; stack them
-        height=360 if n <= 30 else 420, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        xaxis={"tickfont": {"size": tick_font_size(n)}, "tickangle": -90 if n > 12 else 0,
-               "title": "class"},
-        yaxis={"title": "images"}, legend={"title": "split", "orientation": "h", "y": 1.1},
+        barmode="stack", height=int(max(220, 22 * n + 90)), margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        yaxis={"autorange": "reversed", "tickfont": {"size": 12}, "automargin": True, "type": "category"},
+        xaxis={"title": "images"}, legend={"title": "split", "orientation": "h", "y": 1.02, "yanchor": "bottom"},
     )
     return fig
 
 
-def training_curves_figure(history: pd.DataFrame) -> go.Figure:
-    """Loss and accuracy per epoch, training vs validation, side by side."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"))
+def training_curves_figure(history: pd.DataFrame, *, best_epoch: int | None = None) -> go.Figure:
+    """Loss and accuracy per epoch, training vs validation, and the learning rate (log scale)
+    when the history has it; ``best_epoch`` (the weights kept) marked with a dotted line."""
+    has_lr = "learning_rate" in history and history["learning_rate"].notna().any()
+    titles = ("loss", "accuracy") + (("learning rate",) if has_lr else ())
+    fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
     styles = {"": ("train", "#1f77b4"), "val_": ("validation", "#ff7f0e")}
     for col, metric in ((1, "loss"), (2, "accuracy")):
         for prefix, (label, colour) in styles.items():
@@ -174,30 +222,43 @@ def training_curves_figure(history: pd.DataFrame) -> go.Figure:
                 fig.add_trace(go.Scatter(x=history["epoch"], y=history[name], mode="lines+markers",
                                          name=label, line={"color": colour}, legendgroup=label,
                                          showlegend=col == 1), row=1, col=col)
+    if has_lr:
+        fig.add_trace(go.Scatter(x=history["epoch"], y=history["learning_rate"], mode="lines+markers",
+                                 name="learning rate", line={"color": "#2ca02c", "shape": "hv"},
+                                 showlegend=False), row=1, col=3)
+        fig.update_yaxes(type="log", row=1, col=3, exponentformat="power")
+    if best_epoch is not None:
+        for col in range(1, len(titles) + 1):
+            fig.add_vline(x=best_epoch, line={"dash": "dot", "color": "#555555", "width": 1}, row=1, col=col)
     fig.update_xaxes(title_text="epoch")
     fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 
 
 def probability_figure(probs: np.ndarray, class_names: Sequence[str], *, true: int | None,
-                       predicted: int) -> go.Figure:
-    """Horizontal bars of every class's probability, most probable at the top.
+                       predicted: int, k: int = 10) -> go.Figure:
+    """Horizontal bars of the ``k`` most probable classes, most probable at the top, the true class
+    always among them (``views.top_k_with_true``).
 
-    The true class is green, the predicted class (when wrong) red, the rest grey.
+    The true class is green, the predicted class (when wrong) red, the rest grey; a true class
+    outside the top k is labelled with its rank.
     """
     probs = np.asarray(probs, dtype=np.float64)
-    order = np.lexsort((np.arange(probs.size), -probs))
+    order = top_k_with_true(probs, true=true, k=k)
+    rank = np.empty(probs.size, np.int64)
+    rank[np.lexsort((np.arange(probs.size), -probs))] = np.arange(1, probs.size + 1)
     names = _escape(class_names)
+    labels = [names[i] + (f" (rank {rank[i]})" if rank[i] > k else "") for i in order]
     colours = ["#2ca02c" if i == true else ERROR_COLOUR if i == predicted else "#adb5bd" for i in order]
     fig = go.Figure(go.Bar(
-        x=probs[order], y=[names[i] for i in order], orientation="h", marker_color=colours,
-        hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        x=probs[order], y=labels, orientation="h", marker_color=colours,
+        text=[f"{p:.3f}" for p in probs[order]], textposition="outside", cliponaxis=False,
+        hovertemplate="%{y}: %{x:.4f}<extra></extra>",
     ))
-    k = probs.size
     fig.update_layout(
-        height=int(max(220, min(18 * k + 80, 2200))), margin={"l": 10, "r": 10, "t": 10, "b": 10},
-        xaxis={"range": [0, 1], "title": "probability"},
-        yaxis={"autorange": "reversed", "tickfont": {"size": tick_font_size(min(k, 40))}},
+        height=int(26 * len(order) + 60), margin={"l": 10, "r": 30, "t": 10, "b": 10},
+        xaxis={"range": [0, 1.08], "title": "probability"},
+        yaxis={"autorange": "reversed", "type": "category", "tickfont": {"size": 12}, "automargin": True},
     )
     return fig
 
@@ -211,60 +272,77 @@ def _hover_text(predictions: pd.DataFrame, rows: np.ndarray) -> np.ndarray:
     return (path + "<br>true: " + true + "<br>predicted: " + pred + " (" + conf + ")").to_numpy()
 
 
-def embedding_figure(
-    plan: EmbeddingPlan, xy: np.ndarray, predictions: pd.DataFrame, class_names: Sequence[str], *,
-    color_by: str = "true class", highlight: np.ndarray | None = None,
-) -> go.Figure:
-    """The 2-D projection as a WebGL scatter (or density + overlay points) per ``plan``.
+def embedding_figure(plan: MapPlan, xy: np.ndarray, predictions: pd.DataFrame, class_names: Sequence[str], *,
+                     highlight: np.ndarray | None = None, shapes: Sequence = ()) -> go.Figure:
+    """The 2-D projection of ``plan``'s window: every visible point either as a WebGL marker
+    (``plan.mode == "points"``) or in the server-side picture(s) ``plan.images`` drawn under
+    an invisible hover grid (``"raster"``); both coloured per ``plan.color_by``.
 
-    ``color_by`` is one of "true class", "predicted class", "correct", "confidence".
-    Every point carries its row id as customdata (for box/lasso selection);
-    ``highlight`` rows (e.g. the chosen confusion cell) are outlined on top.
+    Points carry their row id as customdata (a click opens the image); grid cells carry -1.
+    ``highlight`` rows (the chosen confusion cell) are outlined on top; ``shapes`` (the
+    selection, ``mapview`` shapes) are drawn as dashed outlines. The axes are fixed to the
+    window: zoom goes through the page's controls, which re-render the window in full.
     """
-    choices = ("true class", "predicted class", "correct", "confidence")
-    if color_by not in choices:
-        raise ValueError(f"`color_by` must be one of {choices}. Received: color_by={color_by!r}")
     fig = go.Figure()
-    if plan.mode == "density":
-        xc = (plan.x_edges[:-1] + plan.x_edges[1:]) / 2
-        yc = (plan.y_edges[:-1] + plan.y_edges[1:]) / 2
-        z = np.log10(plan.histogram.T + 1.0)  # log so that sparse regions stay visible
-        z[plan.histogram.T == 0] = np.nan
-        fig.add_trace(go.Heatmap(
-            x=xc, y=yc, z=z, colorscale="Blues", showscale=False, name="density",
-            customdata=plan.histogram.T, hovertemplate="%{customdata:,} images<extra></extra>",
+    x0, x1, y0, y1 = plan.window
+    k = len(class_names)
+    names = _escape(class_names)
+    colour_rgb = mapview.class_palette(k)
+    for uri in plan.images:
+        fig.add_layout_image(source=uri, xref="x", yref="y", x=x0, y=y1, sizex=x1 - x0, sizey=y1 - y0,
+                             sizing="stretch", layer="below", opacity=1.0)
+    if plan.mode == "raster" and plan.grid is not None:
+        g = plan.grid
+        hover = [f"{c:,} images here<br>most: {names[t]} ({s:.0%})<br>errors: {e:.0%}"
+                 for c, t, s, e in zip(g.count, g.top_group, g.top_share, g.error_share)]
+        fig.add_trace(go.Scattergl(
+            x=g.x, y=g.y, mode="markers", name="grid", showlegend=False, hovertext=hover, hoverinfo="text",
+            customdata=np.full(g.x.size, -1), marker={"size": 12, "color": "rgba(0,0,0,0)"},
         ))
-    rows = plan.rows
-    xy_rows = np.asarray(xy[rows])
+    rows = plan.rows if plan.mode == "points" else np.zeros(0, np.int64)
+    xy_rows = np.asarray(xy[rows]) if rows.size else np.zeros((0, 2))
     hover = _hover_text(predictions, rows) if rows.size else np.zeros(0, dtype=object)
-    marker_size = 4 if rows.size > 5000 else 6
+    size = 5 if rows.size > 5000 else 7
 
     def add(mask: np.ndarray, name: str, marker: dict, legend: bool = True) -> None:
         fig.add_trace(go.Scattergl(
             x=xy_rows[mask, 0], y=xy_rows[mask, 1], mode="markers", name=name,
             customdata=rows[mask], hovertext=hover[mask], hoverinfo="text",
-            marker={"size": marker_size, **marker}, showlegend=legend,
+            marker={"size": size, **marker}, showlegend=legend,
         ))
 
-    if color_by in ("true class", "predicted class"):
-        labels = predictions[("true" if color_by == "true class" else "predicted")].to_numpy()[rows]
-        palette = qualitative.Dark24
-        if len(class_names) <= MAX_LEGEND_CLASSES:
-            for c, name in enumerate(_escape(class_names)):
-                add(labels == c, name, {"color": palette[c % len(palette)]})
+    def legend_only(name: str, colour: str) -> None:
+        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name=name,
+                                   marker={"size": 9, "color": colour}, hoverinfo="skip"))
+
+    if plan.color_by in ("true class", "predicted class"):
+        if plan.mode == "points":
+            labels = predictions["true" if plan.color_by == "true class" else "predicted"].to_numpy()[rows]
+            if k <= MAX_LEGEND_CLASSES:
+                for c, name in enumerate(names):
+                    add(labels == c, name, {"color": mapview.rgb_to_hex(colour_rgb[c])})
+            else:
+                add(np.ones(rows.size, bool), plan.color_by,
+                    {"color": [mapview.rgb_to_hex(c) for c in colour_rgb[labels]]}, legend=False)
+        elif k <= MAX_LEGEND_CLASSES:
+            for c, name in enumerate(names):
+                legend_only(name, mapview.rgb_to_hex(colour_rgb[c]))
+    elif plan.color_by == "correct":
+        if plan.mode == "points":
+            correct = predictions["correct"].to_numpy(bool)[rows]
+            add(correct, "correct", {"color": CORRECT_COLOUR})
+            add(~correct, "wrong", {"color": ERROR_COLOUR})
         else:
-            add(np.ones(rows.size, bool), color_by,
-                {"color": labels, "colorscale": "Turbo", "cmin": 0, "cmax": len(class_names) - 1},
-                legend=False)
-    elif color_by == "correct":
-        correct = predictions["correct"].to_numpy(bool)[rows]
-        add(correct, "correct", {"color": CORRECT_COLOUR})
-        add(~correct, "wrong", {"color": ERROR_COLOUR})
+            legend_only("correct", CORRECT_COLOUR)
+            legend_only("wrong", ERROR_COLOUR)
     else:
-        conf = predictions["confidence"].to_numpy()[rows]
-        add(np.ones(rows.size, bool), "confidence",
-            {"color": conf, "colorscale": "Viridis", "cmin": 0, "cmax": 1,
-             "colorbar": {"title": "confidence"}}, legend=False)
+        bar = {"colorbar": {"title": "confidence"}, "colorscale": "Viridis", "cmin": 0, "cmax": 1}
+        if plan.mode == "points":
+            add(np.ones(rows.size, bool), "confidence",
+                {"color": predictions["confidence"].to_numpy()[rows], **bar}, legend=False)
+        else:  # the colour bar of the picture, on an invisible point
+            fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                                       marker={"color": [0.0], "showscale": True, **bar}))
 
     if highlight is not None and len(highlight):
         hl = np.asarray(highlight, dtype=np.int64)
@@ -274,10 +352,18 @@ def embedding_figure(
             hoverinfo="text",
             marker={"size": 11, "color": "rgba(0,0,0,0)", "line": {"color": HIGHLIGHT_COLOUR, "width": 2}},
         ))
+    for kind, geometry in shapes:
+        if kind == "box":
+            fig.add_shape(type="rect", x0=geometry[0], x1=geometry[1], y0=geometry[2], y1=geometry[3],
+                          line={"color": HIGHLIGHT_COLOUR, "width": 1.5, "dash": "dash"})
+        else:
+            path = "M " + " L ".join(f"{x:.6g},{y:.6g}" for x, y in geometry) + " Z"
+            fig.add_shape(type="path", path=path, line={"color": HIGHLIGHT_COLOUR, "width": 1.5, "dash": "dash"})
     fig.update_layout(
         height=620, margin={"l": 10, "r": 10, "t": 30, "b": 10}, dragmode="lasso",
-        plot_bgcolor="white", legend={"itemsizing": "constant"},
-        xaxis={"showgrid": False, "zeroline": False}, yaxis={"showgrid": False, "zeroline": False},
+        plot_bgcolor="white", legend={"itemsizing": "constant"}, clickmode="event+select",
+        xaxis={"showgrid": False, "zeroline": False, "range": [x0, x1], "fixedrange": True},
+        yaxis={"showgrid": False, "zeroline": False, "range": [y0, y1], "fixedrange": True},
     )
     return fig
 

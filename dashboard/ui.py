@@ -1,4 +1,4 @@
-"""Widgets shared by several pages: the run picker, the current run and the image gallery.
+"""Widgets shared by several pages: the run picker, the current run, run-scoped state keys.
 
 Text that comes from user data (file, class and run names, reasons, notes) goes
 through ``plain`` before it reaches a Markdown-rendering element (``st.title``,
@@ -30,7 +30,7 @@ SHOW_OVERVIEW_KEY = "show_overview"  # set by the start page once it has built a
 GONE_KEY = "run-gone-notice"  # one line: the run shown was deleted, another is shown instead
 SCOPE_KEY = "run-scope"  # the scope of the run whose state the session holds
 SCOPED_PREFIX = "run:"
-THUMB_PX = 112
+UNKNOWN_KEY = "run-unknown"  # the run the address named that the store does not have
 _MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$:=&\"'])")
 _WORD_JOINER = "\u2060"  # invisible and unbreakable: splits what the autolinker and shortcodes look for
 _LINK_STARTS = re.compile(r"([:@])(?=\S)|(?i:(?=www\\\.))")
@@ -70,7 +70,48 @@ def readable_first(runs: Sequence[RunSummary]) -> list[tuple[RunSummary, str | N
 
 
 def _forget_gone_notice() -> None:
+    """Another run was picked: the notices and the old run's view in the address go."""
+    from dashboard import gallery, state
+
     st.session_state.pop(GONE_KEY, None)
+    st.session_state.pop(UNKNOWN_KEY, None)
+    state.forget_page_params()
+    gallery.close_detail()
+
+
+def run_from_url(ids: Sequence[str]) -> None:
+    """At the session's first run, choose the run the address names (``?run=<id>``); an id the
+    store lacks is kept in ``UNKNOWN_KEY`` for ``unknown_run_ui``."""
+    from dashboard import state
+
+    if RUN_KEY in st.session_state or UNKNOWN_KEY in st.session_state:
+        return
+    wanted = state.url_value(state.RUN_PARAM)
+    if not wanted:
+        return
+    if wanted in ids:
+        st.session_state[RUN_KEY] = wanted
+    else:
+        st.session_state[UNKNOWN_KEY] = wanted
+
+
+def _choose_run(run_id: str) -> None:
+    st.session_state[RUN_KEY] = run_id
+    _forget_gone_notice()
+
+
+def unknown_run_ui(runs: Sequence[RunSummary]) -> bool:
+    """When the address named a run the store does not have: say so, list the runs to open
+    instead and return True (the page is not drawn); False otherwise."""
+    wanted = st.session_state.get(UNKNOWN_KEY)
+    if not wanted:
+        return False
+    st.error(plain(f"The address names run '{wanted}', which is not in the store {cache.store_root()}."))
+    st.write("Open one of its runs instead:")
+    for i, (summary, problem) in enumerate(readable_first(runs)):
+        st.button(plain(describe_run(summary, problem)), key=f"open-run-{i}", on_click=_choose_run,
+                  args=(summary.run_id,), type="tertiary", disabled=problem is not None)
+    return True
 
 
 def run_picker_ui(runs: Sequence[RunSummary]) -> str | None:
@@ -147,75 +188,6 @@ def other_runs(exclude: str) -> list[tuple[RunSummary, str | None]]:
 def cannot_show(what: str, exc: BaseException | str) -> None:
     """One ``st.error`` line, as text: ``what`` cannot be shown, and why."""
     st.error(plain(f"{what}: {views.one_line(exc)}"))
-
-
-def image_ui(run: Run, row: int, *, size: int, width: int | str = "stretch") -> None:
-    """Row ``row``'s image at about ``size`` px, or one caption saying why it cannot be shown."""
-    img, reason = cache.thumbnail(run, cache.run_key(run), int(row), size)
-    if img is None:
-        st.caption(f"(image unavailable: {plain(reason)})")
-    else:
-        st.image(img, width=width)
-
-
-def thumbnail(run: Run, row: int, *, size: int = THUMB_PX) -> np.ndarray | None:
-    """The image of ``row`` scaled to about ``size`` px on its long side (crisp when enlarged),
-    or None when it cannot be shown (``cache.thumbnail`` gives the reason). Cached."""
-    return cache.thumbnail(run, cache.run_key(run), int(row), size)[0]
-
-
-def item_caption(run: Run, row: int) -> list[str]:
-    """Caption lines of a gallery image: true class, predicted class + confidence, top-3, file."""
-    df = run.predictions
-    r = df.iloc[int(row)]
-    top = [f"{r['predicted_label']} {r['confidence']:.2f}"]
-    for j in (2, 3):
-        if f"top{j}" in df.columns:
-            top.append(f"{run.classes[int(r[f'top{j}'])]} {r[f'top{j}_prob']:.2f}")
-    return [
-        f"true: {r['true_label']}",
-        f"predicted: {r['predicted_label']} ({r['confidence']:.2f})",
-        "top-3: " + ", ".join(top),
-        str(r["path"]),
-    ]
-
-
-def gallery_ui(run: Run, rows: np.ndarray, *, key: str, page_key: str | None = None,
-               per_page: int = 24, columns: int = 6, order_note: str = "most confident first",
-               extra_caption: Callable[[int], str] | None = None) -> np.ndarray:
-    """A paged grid of thumbnails with captions; loads only the current page's images.
-
-    The grid is a container with key ``gallery-<key>`` (CSS class
-    ``st-key-gallery-<key>``), each image in a container ``<key>-item-<i>``.
-    ``page_key`` (default ``scoped(run, "<key>-page")``) keys the page selector: give it
-    the selection's identity, scoped to the run, so that a new selection starts at page 1.
-    ``extra_caption(row)`` adds a line under the standard caption.
-    Returns the rows shown.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    with st.container(key=f"gallery-{key}"):
-        if rows.size == 0:
-            st.info("No images to show.")
-            return rows
-        pages = views.page_count(rows.size, per_page)
-        page = st.pagination(pages, key=page_key or scoped(run, f"{key}-page")) if pages > 1 else 1
-        shown = views.page_of(rows, page=page, per_page=per_page)
-        start = (min(max(page, 1), pages) - 1) * per_page
-        st.caption(f"Images {start + 1:,}-{start + shown.size:,} of {rows.size:,}, {order_note}.")
-        for i, row in enumerate(shown):
-            if i % columns == 0:  # one st.columns per line keeps lines aligned and items in order
-                cols = st.columns(columns)
-            with cols[i % columns], st.container(key=f"{key}-item-{i}"):
-                img, reason = cache.thumbnail(run, cache.run_key(run), int(row), THUMB_PX)
-                if img is None:
-                    st.caption(f"(image unavailable: {plain(reason)})")
-                else:
-                    st.image(img, width="stretch")
-                lines = item_caption(run, row)
-                if extra_caption is not None:
-                    lines.append(extra_caption(int(row)))
-                st.caption("  \n".join(plain(line) for line in lines))
-    return shown
 
 
 def class_label(run: Run):

@@ -1,45 +1,96 @@
 """Compare two runs on the same images: metrics and per-class deltas, and the flip list.
 
-Run A is the run chosen in the sidebar, run B is chosen here. Deltas are B - A.
-A flip is an image of A's evaluation split whose correctness changed: fixed by B
-(wrong in A, right in B) or broken by B (right in A, wrong in B), grouped by
-the confusion cell of the wrong prediction.
+Runs A and B are chosen on this page (``a=``/``b=`` in the URL), by default the
+most recent pair of readable runs made on the same images with the same
+classes (the older as A). Deltas are B - A. A flip is an image of A's
+evaluation split whose correctness changed: fixed by B (wrong in A, right in B)
+or broken by B (right in A, wrong in B), grouped by the confusion cell of the
+wrong prediction. A click on a flip (in the table or the gallery) opens the
+image detail with both runs' predictions.
 
-Run B is never a broken run by default (readable runs are listed first); a
-broken run chosen as B, or runs that cannot be compared, get one line saying why.
-The page's state is scoped to run A, and the flip browser's to the pair.
+A broken run chosen as A or B, or runs that cannot be compared, get one line
+saying why. The flip browser's state is scoped to the pair.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
+import numpy as np
 import streamlit as st
 
-from core.store import RunCorruptError
-from dashboard import cache, figures, ui, views
+from core.store import RunCorruptError, RunStore
+from dashboard import cache, figures, gallery, state, ui, views
 
 ALL = "all flips"
+A_KEY, B_KEY = "compare-a", "compare-b"
+SOURCE = "flips"
 
 
-def run_b_ui(run_a) -> str | None:
-    """The run B chosen (None: none can be); the first readable other run by default."""
-    others = ui.other_runs(run_a.id)
-    if not others:
+def _signature(run_id: str) -> tuple | None:
+    """What two comparable runs share (images, classes, data set), or None for a run that cannot be read."""
+    try:
+        run = cache.load_run(cache.store_root(), run_id)
+    except cache.RUN_ERRORS:
+        return None
+    return run.n_images, tuple(run.classes), run.data_info.fingerprint or run.data_info.name
+
+
+def default_pair(readable: list[str]) -> tuple[str, str] | None:
+    """The most recent pair of ``readable`` runs (newest first) that can be compared, as (older, newer)."""
+    signatures = [(run_id, _signature(run_id)) for run_id in readable]
+    signatures = [(run_id, sig) for run_id, sig in signatures if sig is not None]
+    while True:
+        pair = views.latest_comparable_pair(signatures)
+        if pair is None:
+            return None
+        a, b = (cache.load_run(cache.store_root(), run_id) for run_id in pair)
+        if cache.comparison_problem(a, b, cache.run_key(a), cache.run_key(b)) is None:
+            return pair
+        # same signature but not the same images: never pair the newer one with the older again
+        signatures = [(r, s if r != pair[0] else (s, "apart")) for r, s in signatures]
+
+
+def _swap() -> None:
+    st.session_state[A_KEY], st.session_state[B_KEY] = st.session_state.get(B_KEY), st.session_state.get(A_KEY)
+
+
+def pair_ui() -> tuple[str, str] | None:
+    """Runs A and B chosen on the page; None when the store cannot offer two."""
+    pairs = ui.readable_first(RunStore(cache.store_root()).list_runs())
+    ids = [summary.run_id for summary, _ in pairs]
+    if len(ids) < 2:
         st.info("The store has only one run. Analyse another model on the same images to compare.")
         return None
-    ids = [summary.run_id for summary, _ in others]
-    labels = {summary.run_id: ui.describe_run(summary, problem) for summary, problem in others}
-    readable = [summary.run_id for summary, problem in others if problem is None]
-    key = ui.scoped(run_a, "compare-run-b")
-    gone = st.session_state.get(key)
-    if gone is not None and gone not in ids:
-        del st.session_state[key]
-        st.warning(ui.plain(f"Run '{gone}' is no longer in the store"
-                            + (f"; comparing with '{readable[0]}'." if readable else ".")))
-    b_id = st.selectbox("Run B", ids, index=0 if readable else None, key=key, format_func=labels.__getitem__,
-                        placeholder="Choose a run", help="Runs that cannot be opened come last, marked broken.")
-    if b_id is None:
-        st.info("No other run of the store can be opened; the list says which are broken.")
-    return b_id
+    labels = {summary.run_id: ui.describe_run(summary, problem) for summary, problem in pairs}
+    readable = [summary.run_id for summary, problem in pairs if problem is None]
+    for key, param in ((A_KEY, "a"), (B_KEY, "b")):
+        state.seed(key, param, lambda t: state.decode_choice(t, ids, name=param), scope=None)
+    for key in (A_KEY, B_KEY):
+        gone = st.session_state.get(key)
+        if gone is not None and gone not in ids:
+            del st.session_state[key]
+            st.warning(ui.plain(f"Run '{gone}' is no longer in the store."))
+    if A_KEY not in st.session_state or B_KEY not in st.session_state:
+        pair = default_pair(readable)
+        if pair is None:
+            sidebar = st.session_state.get(ui.RUN_KEY)
+            first = sidebar if sidebar in readable else (readable[0] if readable else ids[0])
+            pair = (first, next((r for r in readable if r != first), next(r for r in ids if r != first)))
+            st.caption("No two runs of the store share their images; choose the runs to compare.")
+        st.session_state.setdefault(A_KEY, pair[0])
+        st.session_state.setdefault(B_KEY, pair[1])
+    cols = st.columns([5, 1, 5], vertical_alignment="bottom")
+    a_id = cols[0].selectbox("Run A", ids, key=A_KEY, format_func=labels.__getitem__,
+                             help="Runs that cannot be opened come last, marked broken.")
+    cols[1].button("Swap", key="compare-swap", icon=":material/swap_horiz:", on_click=_swap, width="stretch")
+    b_id = cols[2].selectbox("Run B", ids, key=B_KEY, format_func=labels.__getitem__,
+                             help="Deltas are B - A. Runs that cannot be opened come last, marked broken.")
+    state.publish(a=a_id, b=b_id)
+    if a_id == b_id:
+        st.info("Choose two different runs.")
+        return None
+    return a_id, b_id
 
 
 def metrics_ui(a, b) -> None:
@@ -59,12 +110,18 @@ def metrics_ui(a, b) -> None:
         col.caption(f"A: {fmt.format(va)}")
 
 
+def _open_flip(run_id: str, table_key: str, rows: np.ndarray) -> None:
+    picked = ((st.session_state.get(table_key) or {}).get("selection") or {}).get("rows") or []
+    if picked and 0 <= int(picked[0]) < rows.size:
+        gallery.open_detail(run_id, int(rows[int(picked[0])]), source=SOURCE)
+
+
 def flips_ui(a, b, flip_table) -> None:
     cells = views.flip_cells(flip_table, a.classes)
     n_fixed = int((flip_table["kind"] == "fixed by B").sum())
     n_broken = int((flip_table["kind"] == "broken by B").sum())
     st.subheader("Flips")
-    st.caption(f"{n_fixed:,} images fixed by B (wrong in A, right in B), {n_broken:,} broken by B "
+    st.caption(f"{views.plural(n_fixed, 'image')} fixed by B (wrong in A, right in B), {n_broken:,} broken by B "
                "(right in A, wrong in B).")
     if flip_table.empty:
         st.info("No image changed between the runs.")
@@ -73,8 +130,10 @@ def flips_ui(a, b, flip_table) -> None:
     with left:
         st.dataframe(cells[["kind", "true_label", "wrong_label", "count"]], hide_index=True,
                      width="stretch", height=320,
-                     column_config={"true_label": st.column_config.TextColumn("true"),
-                                    "wrong_label": st.column_config.TextColumn("wrong prediction")})
+                     column_config={"kind": st.column_config.TextColumn("kind", width=95),
+                                    "true_label": st.column_config.TextColumn("true"),
+                                    "wrong_label": st.column_config.TextColumn("wrong prediction"),
+                                    "count": st.column_config.NumberColumn("images", width=70)})
     with right:
         options = [ALL] + list(range(len(cells)))
         fmt = (lambda i: ALL if i == ALL else
@@ -94,16 +153,30 @@ def flips_ui(a, b, flip_table) -> None:
     st.download_button("Download flips CSV", lambda: part.to_csv(index=False).encode(),
                        file_name=f"flips_{a.id}_vs_{b.id}.csv", mime="text/csv",
                        key="download-flips")
+    rows = part["id"].to_numpy()
+    table_key = ui.scoped(a, f"flips-table-{choice}-{kind}", other=b)
+    st.dataframe(part[["kind", "path", "true_label", "predicted_a", "confidence_a", "predicted_b", "confidence_b"]],
+                 hide_index=True, width="stretch", height=240, key=table_key,
+                 on_select=partial(_open_flip, b.id, table_key, rows), selection_mode="single-row",
+                 column_config={"kind": st.column_config.TextColumn("kind", width=95, pinned=True),
+                                "path": st.column_config.TextColumn("file", width="large"),
+                                "true_label": st.column_config.TextColumn("true"),
+                                "predicted_a": st.column_config.TextColumn("A says"),
+                                "confidence_a": st.column_config.NumberColumn("A conf.", format="%.2f", width=75),
+                                "predicted_b": st.column_config.TextColumn("B says"),
+                                "confidence_b": st.column_config.NumberColumn("B conf.", format="%.2f", width=75)})
+    st.caption("Click a flip (a row, or an image below) to inspect it: the detail shows run B, with A's "
+               "prediction beside it.")
     by_row = part.set_index("id")
 
-    def a_to_b(row: int) -> str:
+    def a_to_b(_run, row: int) -> str:
         r = by_row.loc[row]
-        return (f"{r['kind']}: A said {r['predicted_a']} ({r['confidence_a']:.2f}), "
-                f"B says {r['predicted_b']} ({r['confidence_b']:.2f})")
+        return f"A: {r['predicted_a']} {r['confidence_a']:.2f} → B: {r['predicted_b']} {r['confidence_b']:.2f}"
 
-    st.caption("Captions show run B's prediction, then A's and B's side by side.")
-    ui.gallery_ui(b, part["id"].to_numpy(), key="flips", order_note="in row order", extra_caption=a_to_b,
-                  page_key=ui.scoped(a, f"flips-page-{choice}-{kind}", other=b))
+    gallery.gallery_ui(b, rows, key=SOURCE, order_note="in row order", url_param="p",
+                       title=f"flips, {choice if choice == ALL else fmt(choice)}",
+                       fields=(gallery.CaptionField("a-to-b", a_to_b),),
+                       page_key=ui.scoped(a, f"flips-page-{choice}-{kind}", other=b))
 
 
 def per_class_ui(a, b) -> None:
@@ -113,31 +186,41 @@ def per_class_ui(a, b) -> None:
     except (RunCorruptError, KeyError) as exc:  # a per_class.csv missing, unreadable or lacking a column
         ui.cannot_show("The per-class comparison cannot be shown", exc)
         return
+    every = st.toggle("Every column (A, B and the change for F1, TP, FP, FN and CER)",
+                      key=ui.scoped(a, "compare-all-columns", other=b))
+    columns = list(table.columns) if every else ["class", "f1_a", "f1_b", "f1_delta", "tp_delta", "fp_delta",
+                                                  "fn_delta", "cer_delta"]
     left, right = st.columns([3, 2])
     with left:
-        st.dataframe(table, hide_index=True, width="stretch", height=400,
-                     column_config={"class": st.column_config.TextColumn("class"),
-                                    **{c: st.column_config.NumberColumn(format="%.3f")
-                                       for c in table.columns if c.startswith("f1")},
-                                    **{c: st.column_config.NumberColumn(format="%.4f")
-                                       for c in table.columns if c.startswith("cer")}})
+        config = {"class": st.column_config.TextColumn("class", pinned=True)}
+        for c in table.columns:
+            if c == "class":
+                continue
+            metric, _, side = c.partition("_")
+            label = f"{metric.upper() if metric != 'f1' else 'F1'} {'Δ' if side == 'delta' else side.upper()}"
+            fmt = "%.3f" if metric == "f1" else "%.4f" if metric == "cer" else "%d"
+            if side == "delta" and metric in ("tp", "fp", "fn"):
+                fmt = "%+d"
+            config[c] = st.column_config.NumberColumn(label, format=fmt, width=72)
+        st.dataframe(table[columns], hide_index=True, width="stretch", height=400, column_config=config)
+        st.caption("Scroll sideways for more columns; the class column stays in place. Δ = B - A.")
     with right:
-        st.plotly_chart(figures.f1_delta_figure(table), key="compare-f1")
-
+        st.plotly_chart(figures.f1_delta_figure(table), key="compare-f1", config={"displayModeBar": False})
 
 
 def render() -> None:
-    a = ui.current_run()
     st.title("Compare runs")
-    st.caption(ui.plain(f"Run A (from the sidebar): {a.id}."))
-    b_id = run_b_ui(a)
-    if b_id is None:
+    chosen = pair_ui()
+    if chosen is None:
         return
-    try:
-        b = cache.load_run(cache.store_root(), b_id)
-    except cache.RUN_ERRORS as exc:
-        ui.cannot_show(f"Run B '{b_id}' is broken", exc)
-        return
+    runs = []
+    for label, run_id in zip("AB", chosen):
+        try:
+            runs.append(cache.load_run(cache.store_root(), run_id))
+        except cache.RUN_ERRORS as exc:
+            ui.cannot_show(f"Run {label} '{run_id}' is broken", exc)
+            return
+    a, b = runs
     key_a, key_b = cache.run_key(a), cache.run_key(b)
     problem = cache.comparison_problem(a, b, key_a, key_b)
     if problem:

@@ -4,7 +4,12 @@ Clicking uses a scatter layer over the heatmap (Streamlit returns no selection
 for ``go.Heatmap``); the two selectboxes choose the same cell without the
 mouse and are kept in sync with the last click. The chosen cell is shared
 with the Embeddings page through ``st.session_state[ui.scoped(run, ui.CELL_KEY)]``.
-Every key of the page's state is scoped to the run (see ``ui.scoped``).
+Every key of the page's state is scoped to the run (see ``ui.scoped``); the
+cell, the display options and the gallery page are in the URL (``state``).
+
+Beyond ``LARGE_K`` classes the page opens on the ``DEFAULT_TOP`` classes involved
+in most errors and says so; the full matrix is a WebGL layer whose labels
+plotly thins to what fits, all of them readable once zoomed (drag a box).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import cache, figures, ui, views
+from dashboard import cache, figures, gallery, state, ui, views
 
 CHART_KEY = "confusion-chart"
 CHART_GEN_KEY = "confusion-chart-generation"
@@ -20,24 +25,39 @@ TRUE_KEY = "cell-true"
 PRED_KEY = "cell-predicted"
 LAST_CLICK_KEY = "confusion-last-click"
 LARGE_K = 40
+DEFAULT_TOP = 30
+VALUES = ["Counts", "Row-normalised"]
 
 
 def display_ui(run) -> tuple[bool, bool, int | None]:
     """View options: (row-normalised, log colour, top-N classes or None for all). Counts or
     shares and the colour scale are preferences kept across runs; the class limit is the run's."""
     n_classes = len(run.classes)
+    scope = ui.run_scope(run)
+    state.seed("cm-view", "values", lambda t: VALUES[1] if state.decode_choice(t, ["share", "count"]) == "share"
+               else VALUES[0], scope=scope)
+    state.seed("cm-log", "log", lambda t: state.decode_choice(t, ["0", "1"]) == "1", scope=scope)
+    limit_key, top_key = ui.scoped(run, "cm-limit"), ui.scoped(run, "cm-top")
+    if n_classes > 12:
+        if state.seed(top_key, "top", lambda t: state.decode_int(t, low=5, high=n_classes, name="top"),
+                      scope=scope):
+            st.session_state[limit_key] = st.session_state[top_key] < n_classes
     cols = st.columns([2, 1, 3])
-    view = cols[0].radio("Values", ["Counts", "Row-normalised"], horizontal=True, key="cm-view")
+    view = cols[0].radio("Values", VALUES, horizontal=True, key="cm-view")
     log_color = cols[1].checkbox("Log colour scale", key="cm-log")
     top = None
     if n_classes > 12:
         with cols[2]:
-            limit = st.checkbox(f"Show only the most confused classes (of {n_classes})",
-                                value=n_classes > LARGE_K, key=ui.scoped(run, "cm-limit"))
+            if limit_key not in st.session_state:
+                st.session_state[limit_key] = n_classes > LARGE_K
+            limit = st.checkbox(f"Show only the most confused classes (of {n_classes})", key=limit_key)
             if limit:
-                top = int(st.slider("Classes shown", 5, n_classes, min(30, n_classes),
-                                    key=ui.scoped(run, "cm-top")))
-    return view == "Row-normalised", log_color, top
+                if top_key not in st.session_state:
+                    st.session_state[top_key] = min(DEFAULT_TOP, n_classes)
+                top = int(st.slider("Classes shown", 5, n_classes, key=top_key))
+    state.publish(values="share" if view == VALUES[1] else None, log="1" if log_color else None,
+                  top=str(top) if top is not None else (str(n_classes) if n_classes > LARGE_K else None))
+    return view == VALUES[1], log_color, top
 
 
 def chart_key(run) -> str:
@@ -56,8 +76,8 @@ def forget_click(gen_key: str, last_click_key: str) -> None:
 def sync_cell_state(run, cm: np.ndarray, class_order: np.ndarray) -> None:
     """Put the cell to show into the selectboxes' state before they are drawn.
 
-    A new click on the chart wins; otherwise keep the selectboxes, else the
-    cell shared by another page for this run, else the most confused cell.
+    A new click on the chart wins; otherwise keep the selectboxes, else the cell in the
+    URL, else the cell shared by another page for this run, else the most confused cell.
     """
     true_key, pred_key, last_click = (ui.scoped(run, k) for k in (TRUE_KEY, PRED_KEY, LAST_CLICK_KEY))
     chart = st.session_state.get(chart_key(run))
@@ -67,6 +87,11 @@ def sync_cell_state(run, cm: np.ndarray, class_order: np.ndarray) -> None:
         st.session_state[true_key], st.session_state[pred_key] = clicked
         return
     if true_key in st.session_state and pred_key in st.session_state:
+        return
+    k = len(run.classes)
+    cell_key = ui.scoped(run, "cell-from-url")
+    if state.seed(cell_key, "cell", lambda t: state.decode_pair(t, high=k - 1), scope=ui.run_scope(run)):
+        st.session_state[true_key], st.session_state[pred_key] = st.session_state.pop(cell_key)
         return
     shared = st.session_state.get(ui.scoped(run, ui.CELL_KEY))
     st.session_state[true_key], st.session_state[pred_key] = shared or views.default_cell(cm)
@@ -84,6 +109,18 @@ def cell_picker_ui(run) -> tuple[int, int]:
     return int(true), int(pred)
 
 
+def subset_note(cm: np.ndarray, order: np.ndarray) -> str:
+    """How the shown classes were chosen and how many of the errors they hold."""
+    off = cm.astype(np.int64).copy()
+    np.fill_diagonal(off, 0)
+    total = int(off.sum())
+    inside = int(off[np.ix_(order, order)].sum())
+    share = inside / total if total else 0.0
+    return (f"Showing the {len(order)} classes involved in the most errors (as true or as predicted class), "
+            f"in class order: {inside:,} of the {total:,} errors ({share:.0%}) are between them. "
+            "Untick the box for the full matrix.")
+
+
 def render() -> None:
     run = ui.current_run()
     key = cache.run_key(run)
@@ -95,20 +132,29 @@ def render() -> None:
                "Click a cell, or choose it below, to see its images.")
     normalize, log_color, top = display_ui(run)
     order = np.arange(k) if top is None or top >= k else views.most_confused_classes(cm, top=top)
+    if len(order) < k:
+        st.caption(subset_note(cm, order))
+    elif k > LARGE_K:
+        st.caption(f"All {k} classes: labels are thinned to what fits; drag a box over the matrix to zoom "
+                   "in and read every label, double-click to zoom out.")
     sync_cell_state(run, cm, order)
     true, pred = int(st.session_state[ui.scoped(run, TRUE_KEY)]), int(st.session_state[ui.scoped(run, PRED_KEY)])
     fig = figures.confusion_figure(cm, run.classes, class_order=order, normalize=normalize,
                                    log_color=log_color, selected=(true, pred))
     st.plotly_chart(fig, key=chart_key(run), on_select="rerun", selection_mode="points",
-                    config={"displayModeBar": False})
+                    config={"displayModeBar": k > LARGE_K, "displaylogo": False,
+                            "modeBarButtonsToRemove": ["select2d", "lasso2d", "toImage"]})
     true, pred = cell_picker_ui(run)
     st.session_state[ui.scoped(run, ui.CELL_KEY)] = (true, pred)
+    state.publish(cell=f"{true},{pred}")
     rows = views.cell_rows(run.predictions, cache.eval_mask(run, key), true=true, predicted=pred)
     share = cm[true, pred] / max(int(cm[true].sum()), 1)
     kind = "correct" if true == pred else "errors"
     st.subheader(ui.plain(f"True {run.classes[true]}, predicted {run.classes[pred]}"), anchor=False)
-    st.caption(f"{rows.size:,} images ({share:.1%} of the true class), {kind}.")
-    ui.gallery_ui(run, rows, key="confusion", page_key=ui.scoped(run, f"confusion-page-{true}-{pred}"))
+    st.caption(f"{views.plural(rows.size, 'image')} ({share:.1%} of the true class), {kind}.")
+    gallery.gallery_ui(run, rows, key="confusion", url_param="p",
+                       title=f"true {run.classes[true]}, predicted {run.classes[pred]}",
+                       page_key=ui.scoped(run, f"confusion-page-{true}-{pred}"))
 
 
 render()

@@ -1,104 +1,241 @@
-"""2-D projection (UMAP) of the run's embeddings: colour, filter, zoom, select.
+"""2-D map (UMAP) of the run's embeddings: colour, filter, zoom, select, inspect.
 
-At most ``POINT_CAP`` points reach the browser per rerun. Beyond that the
-visible rows are binned server-side into a density image and only errors, the
-chosen confusion cell and the current selection are drawn as points (sampled
-with a fixed seed when still too many); zooming (axis ranges) or filtering
-by class below the cap brings every point back.
+Every point is drawn at every size. Up to ``POINT_CAP`` points in view are
+markers (a click opens the image). Beyond that the server draws every point
+in view into a picture coloured like the markers would be (``mapview``), under
+an invisible hover grid (counts, most common class, share of errors); a click
+on the picture zooms in there.
+
+A box or lasso selects every image inside it: the rows are computed on the
+server from the projection and the drawn shape (``mapview.SortedPoints``), not
+from the points the browser happened to draw, and the gallery below pages
+through all of them. Zoom goes through the page's own controls (zoom to the
+selection, zoom out, show everything), which re-render the window at full
+detail; plotly's zoom and pan tools are off because they would only stretch
+the picture.
+
+The map is a derived analysis computed after the run is usable
+(``core.projection``): while it is computed the page says so and looks again
+every few seconds. The view (colouring, split, classes, window, selection,
+gallery page) is in the URL.
 """
 
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 
 import numpy as np
 import streamlit as st
 
-from dashboard import cache, figures, ui, views
+from core import projection as core_projection
+from dashboard import cache, figures, gallery, mapview, state, ui, views
 
 POINT_CAP = 20_000
-OVERLAY_CAP = 5_000  # fewer points over the density image, so that the density stays visible
+HIGHLIGHT_CAP = 5_000
 CHART_KEY = "embedding-chart"
-COLOUR_CHOICES = ["true class", "predicted class", "correct", "confidence"]
+COLOUR_CHOICES = list(mapview.COLOUR_BY)
+COLOUR_PARAM = {"true class": "true", "predicted class": "pred", "correct": "correct", "confidence": "conf"}
+SOURCE_SELECTION = "embedding"
+SOURCE_VIEW = "map"
 
 
-def controls_ui(run, key: str, xy: np.ndarray) -> dict:
+# --------------------------------------------------------------------------- the map's availability
+
+def map_status_ui(run) -> bool:
+    """True when the run's map can be drawn; otherwise say why (and poll while it is computed)."""
+    status = core_projection.projection_status(run)
+    if status == "ready":
+        return True
+    if status == "computing":
+        progress = core_projection.projection_progress(run) or {}
+        st.info("The UMAP map of this run is being computed in the background; this page shows it as soon "
+                "as it is ready.")
+        fraction = progress.get("fraction")
+        if isinstance(fraction, (int, float)):
+            st.progress(min(max(float(fraction), 0.0), 1.0), text=ui.plain(progress.get("message") or ""))
+        _poll(run.id)
+    elif status == "missing":
+        progress = core_projection.projection_progress(run) or {}
+        if progress.get("error"):
+            st.error(ui.plain(f"Computing the map failed: {progress['error']}"))
+        st.info("This run's UMAP map has not been computed yet.")
+        if st.button("Compute the map (in the background, a few minutes)", key="compute-map", type="primary"):
+            core_projection.start_projection(run)
+            st.rerun()
+    else:
+        info = run.derived_info(core_projection.KIND)
+        reason = (info.summary.get("reason") if info else None) or "no embeddings were extracted"
+        st.info(f"This run has no 2-D projection ({ui.plain(reason)}). Re-run the analysis with a model whose "
+                "penultimate layer can be read.")
+    return False
+
+
+@st.fragment(run_every=3)
+def _poll(run_id: str) -> None:
+    """Every few seconds: rerun the page once the map is ready."""
+    try:
+        run = cache.load_run(cache.store_root(), run_id)
+    except cache.RUN_ERRORS:
+        return
+    if core_projection.projection_status(run) != "computing":
+        st.rerun()
+
+
+# --------------------------------------------------------------------------- controls
+
+def controls_ui(run, key: str) -> dict:
     k = len(run.classes)
+    scope = ui.run_scope(run)
     splits = cache.split_names(run, key)
+    split_key, classes_key = ui.scoped(run, "emb-split"), ui.scoped(run, "emb-classes")
+    by_param = {v: c for c, v in COLOUR_PARAM.items()}
+    state.seed("emb-colour", "colour", lambda t: by_param[state.decode_choice(t, list(by_param), name="colour")],
+               scope=scope)
+    state.seed(split_key, "split", lambda t: state.decode_choice(t, ["all", *splits], name="split"), scope=scope)
+    state.seed(classes_key, "classes", lambda t: state.decode_ints(t, low=0, high=k - 1, name="classes"),
+               scope=scope)
     cols = st.columns([3, 2, 3])
-    # the colouring is a preference kept across runs; filters, zoom and selection are the run's
+    # the colouring is a preference kept across runs; filters, window and selection are the run's
     color_by = cols[0].radio("Colour by", COLOUR_CHOICES, horizontal=True, key="emb-colour")
-    split = cols[1].selectbox("Split", ["all", *splits], key=ui.scoped(run, "emb-split"))
-    classes = cols[2].multiselect("True classes", range(k), key=ui.scoped(run, "emb-classes"),
-                                  format_func=ui.class_label(run), placeholder="every class")
-    with st.expander("Zoom (axis ranges)"):
-        lo, hi = np.floor(xy.min(axis=0)), np.ceil(xy.max(axis=0))
-        zx, zy = st.columns(2)
-        x_range = zx.slider("x", float(lo[0]), float(hi[0]), (float(lo[0]), float(hi[0])),
-                            key=ui.scoped(run, "emb-x"))
-        y_range = zy.slider("y", float(lo[1]), float(hi[1]), (float(lo[1]), float(hi[1])),
-                            key=ui.scoped(run, "emb-y"))
-    return {"color_by": color_by, "split": split, "classes": classes, "x_range": x_range,
-            "y_range": y_range}
+    split = cols[1].selectbox("Split", ["all", *splits], key=split_key)
+    classes = cols[2].multiselect("True classes", range(k), key=classes_key, format_func=ui.class_label(run),
+                                  placeholder="every class")
+    state.publish(colour=COLOUR_PARAM[color_by] if color_by != COLOUR_CHOICES[0] else None,
+                  split=split if split != "all" else None, classes=state.encode_ints(classes))
+    return {"color_by": color_by, "split": split, "classes": tuple(int(c) for c in classes)}
 
 
-def highlight_rows(run, key: str) -> tuple[np.ndarray | None, str]:
+def _set(key: str, value) -> None:
+    st.session_state[key] = value
+
+
+def window_ui(run, full: mapview.Window, shapes: list) -> mapview.Window:
+    """The window in view: the run's own state, seeded from the URL, with zoom buttons."""
+    view_key, shapes_key = ui.scoped(run, "emb-view"), ui.scoped(run, "emb-shapes")
+    state.seed(view_key, "view", lambda t: state.decode_window(t), scope=ui.run_scope(run))
+    window = tuple(st.session_state.get(view_key) or full)
+    bounds = mapview.shapes_bounds(shapes)
+    cols = st.columns([2.2, 1.5, 2.2, 2.1, 3], vertical_alignment="center")
+    cols[0].button("Zoom to selection", key="emb-zoom-selection", icon=":material/zoom_in:",
+                   disabled=bounds is None, on_click=_set,
+                   args=(view_key, mapview.padded(bounds) if bounds else None))
+    cols[1].button("Zoom out", key="emb-zoom-out", icon=":material/zoom_out:", disabled=window == full,
+                   on_click=_set, args=(view_key, mapview.zoom_window(window, factor=2.0)))
+    cols[2].button("Show everything", key="emb-zoom-reset", icon=":material/fit_screen:", disabled=window == full,
+                   on_click=_set, args=(view_key, None))
+    cols[3].button("Clear selection", key="emb-clear", icon=":material/deselect:", disabled=not shapes,
+                   on_click=_set, args=(shapes_key, []))
+    if window != full:
+        cols[4].caption(ui.plain(f"Zoomed: x {window[0]:.3g} to {window[1]:.3g}, y {window[2]:.3g} to {window[3]:.3g}."))
+    state.publish(view=None if window == full else state.encode_floats(window))
+    return window
+
+
+def _on_map_event(run_id: str, chart_key: str, shapes_key: str, view_key: str, window: mapview.Window,
+                  selected: np.ndarray) -> None:
+    """A selection event of the map: keep the drawn shapes, or open the clicked image, or zoom in
+    where the picture was clicked; an empty event (a double-click) clears the selection."""
+    event = st.session_state.get(chart_key) or {}
+    selection = event.get("selection") or {}
+    shapes = mapview.shapes_from_selection(selection)
+    if shapes:
+        st.session_state[shapes_key] = state.round_shapes(shapes)
+        return
+    points = selection.get("points") or []
+    if not points:
+        st.session_state[shapes_key] = []
+        return
+    point = points[0]
+    custom = point.get("customdata")
+    row = int(custom[0] if isinstance(custom, (list, tuple)) else custom) if custom is not None else -1
+    if row >= 0:
+        source = SOURCE_SELECTION if np.any(selected == row) else SOURCE_VIEW
+        gallery.open_detail(run_id, row, source=source)
+    elif point.get("x") is not None and point.get("y") is not None:
+        x, y = float(point["x"]), float(point["y"])
+        hx, hy = (window[1] - window[0]) / 8, (window[3] - window[2]) / 8
+        st.session_state[view_key] = (x - hx, x + hx, y - hy, y + hy)
+
+
+def highlight_rows(run, key: str) -> np.ndarray | None:
     shared = st.session_state.get(ui.scoped(run, ui.CELL_KEY))
     if not shared:
-        return None, ""
+        return None
     true, pred = shared
     label = f"true {run.classes[true]}, predicted {run.classes[pred]}"
     if not st.checkbox(ui.plain(f"Highlight the confusion cell chosen on the confusion page ({label})"),
                        value=True, key=ui.scoped(run, "emb-highlight")):
-        return None, label
-    return views.cell_rows(run.predictions, cache.eval_mask(run, key), true=true, predicted=pred), label
+        return None
+    return views.cell_rows(run.predictions, cache.eval_mask(run, key), true=true, predicted=pred)
 
+
+# --------------------------------------------------------------------------- the page
 
 def render() -> None:
     run = ui.current_run()
     key = cache.run_key(run)
     st.title("Embeddings")
-    xy = cache.projection(run, key)
-    if xy is None:
-        st.info("This run has no 2-D projection (no embeddings were extracted). Re-run the analysis "
-                "with a model whose penultimate layer can be read.")
+    if not map_status_ui(run):
+        return
+    stamp = cache.projection_stamp(run)
+    xy = cache.projection(run, key, stamp)
+    if xy is None:  # the status said ready but the array is not readable (yet)
+        st.info("The map is not readable yet; reload the page in a moment.")
         return
     method = run.projection_info.get("method") or "UMAP"
-    st.caption(ui.plain(f"{method} projection of the penultimate-layer features. Box or lasso select "
-                        "points to see their images below."))
-    chosen = controls_ui(run, key, xy)
-    df = run.predictions
-    previous = st.session_state.get(ui.scoped(run, CHART_KEY))
-    selected = views.rows_from_selection(previous.get("selection") if previous else None)
-    plan = cache.embedding_plan(
-        run, key, chosen["split"], tuple(int(c) for c in chosen["classes"]),
-        tuple(chosen["x_range"]), tuple(chosen["y_range"]), hashlib.sha1(selected.tobytes()).hexdigest(),
-        selected, POINT_CAP, OVERLAY_CAP)
-    highlight, _ = highlight_rows(run, key)
-    if highlight is not None:  # only the chosen cell's rows that pass the filters
-        passing = views.filter_mask(df.iloc[highlight], split=chosen["split"], classes=chosen["classes"])
-        highlight = highlight[views.visible_rows(xy[highlight], passing, x_range=chosen["x_range"],
-                                                 y_range=chosen["y_range"])]
-    if plan.mode == "density":
-        note = (f"{plan.n_visible:,} points: showing their density, with {plan.rows.size:,} errors "
-                "and selected images as points")
-        note += " (a fixed random sample)." if plan.sampled else "."
-        st.caption(note + f" Zoom or filter to {POINT_CAP:,} points or fewer to see every point.")
+    st.caption(ui.plain(f"{method} projection of the penultimate-layer features. Draw a box or a lasso to select "
+                        "every image inside it; click a point to inspect its image."))
+    chosen = controls_ui(run, key)
+    shapes_key = ui.scoped(run, "emb-shapes")
+    state.seed(shapes_key, "sel", lambda t: state.decode_shapes(t), scope=ui.run_scope(run))
+    shapes = list(st.session_state.get(shapes_key) or [])
+    full = cache.full_window(run, key, stamp)
+    window = window_ui(run, full, shapes)
+    plan = cache.map_plan(run, key, stamp, chosen["split"], chosen["classes"], window, chosen["color_by"],
+                          POINT_CAP)
+    shapes_text = state.encode_shapes(shapes)
+    selected = (cache.selection_rows(run, key, stamp, chosen["split"], chosen["classes"], shapes_text)
+                if shapes else np.zeros(0, np.int64))
+    highlight = highlight_rows(run, key)
+    if highlight is not None:  # the chosen cell's rows that pass the filters and are in view
+        passing = cache.map_filter(run, key, chosen["split"], chosen["classes"])[highlight]
+        highlight = highlight[passing]
+        highlight = highlight[mapview.rows_in_window(xy[highlight], np.ones(highlight.size, bool), window)]
+        if highlight.size > HIGHLIGHT_CAP:
+            st.caption(f"The chosen cell has {highlight.size:,} images in view; the first {HIGHLIGHT_CAP:,} "
+                       "(most confident) are outlined.")
+            highlight = highlight[:HIGHLIGHT_CAP]
+    what = {"true class": "true class", "predicted class": "predicted class", "correct": "correctness",
+            "confidence": "confidence"}[chosen["color_by"]]
+    if plan.mode == "raster":
+        st.caption(f"{plan.n_visible:,} points in view, more than the {POINT_CAP:,} drawn one by one: every point "
+                   f"is drawn into a picture, each pixel in the mean colour of its points' {what}"
+                   + (" (errors drawn over the correct ones)" if chosen["color_by"] == "correct" else "")
+                   + ". Hover for counts; click the picture, or select and zoom, to come closer.")
     else:
-        st.caption(f"{plan.n_visible:,} points.")
-    fig = figures.embedding_figure(plan, xy, df, run.classes, color_by=chosen["color_by"],
-                                   highlight=highlight)
-    event = st.plotly_chart(fig, key=ui.scoped(run, CHART_KEY), on_select="rerun",
-                            selection_mode=("box", "lasso"))
-    selected = views.rows_from_selection((event or {}).get("selection"))
+        st.caption(f"{views.plural(plan.n_visible, 'point')} in view, coloured by {what}.")
+    gallery.register_source(run, SOURCE_VIEW, plan.rows, title="points in view")
+    fig = figures.embedding_figure(plan, xy, run.predictions, run.classes, highlight=highlight, shapes=shapes)
+    chart_key = ui.scoped(run, CHART_KEY)
+    st.plotly_chart(fig, key=chart_key, selection_mode=("points", "box", "lasso"),
+                    on_select=partial(_on_map_event, run.id, chart_key, shapes_key, ui.scoped(run, "emb-view"),
+                                      window, selected),
+                    config={"displaylogo": False, "scrollZoom": False,
+                            "modeBarButtonsToRemove": ["zoom2d", "pan2d", "zoomIn2d", "zoomOut2d", "autoScale2d",
+                                                       "resetScale2d"]})
+    state.publish(sel=shapes_text or None)
     st.subheader("Selected images")
-    if selected.size == 0:
-        st.caption("Select points with the box or lasso tool to see their images here.")
+    if not shapes:
+        st.caption("Draw a box or a lasso on the map to see every image inside it here.")
         return
-    conf = df["confidence"].to_numpy()[selected]
-    selected = selected[np.argsort(-conf, kind="stable")]
-    ui.gallery_ui(run, selected, key="embedding",
-                  page_key=ui.scoped(run, f"embedding-page-{hashlib.sha1(selected.tobytes()).hexdigest()}"))
+    in_view = int(mapview.rows_in_window(xy[selected], np.ones(selected.size, bool), window).size)
+    st.caption(f"{views.plural(selected.size, 'image')} inside the selection"
+               + (f" ({in_view:,} of them in view)" if in_view != selected.size else "")
+               + ", most confident first.")
+    digest = hashlib.sha1(shapes_text.encode()).hexdigest()[:12]
+    gallery.gallery_ui(run, selected, key=SOURCE_SELECTION, url_param="p", title="the map's selection",
+                       page_key=ui.scoped(run, f"embedding-page-{digest}-{chosen['split']}-{chosen['classes']}"))
 
 
 render()

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from dashboard import cache, figures, ui
+from dashboard import cache, figures, gallery, ui, views
 
 
 def metrics_ui(run) -> None:
@@ -43,39 +43,25 @@ def notes_ui(run) -> None:
         st.caption(ui.plain(f"Note: {note}"))
 
 
-def sample_strip(images: list[np.ndarray], *, size: int = 64, gap: int = 4) -> np.ndarray:
-    """Thumbnails side by side on white, each centred in a size x size square (RGB uint8)."""
-    tiles = []
-    for img in images:
-        rgb = np.repeat(img[:, :, None], 3, axis=2) if img.ndim == 2 else img[:, :, :3]
-        tile = np.full((size, size, 3), 255, np.uint8)
-        h, w = min(rgb.shape[0], size), min(rgb.shape[1], size)
-        y, x = (size - h) // 2, (size - w) // 2
-        tile[y:y + h, x:x + w] = rgb[:h, :w]
-        tiles += [tile, np.full((size, gap, 3), 255, np.uint8)]
-    return np.hstack(tiles[:-1])
+SAMPLES_PER_CLASS = 3
+DISTRIBUTION_TOP = 30
+
+
+def distribution_ui(run, key: str) -> None:
+    distribution = cache.class_distribution(run, key)
+    table, others = views.distribution_top(distribution, top=DISTRIBUTION_TOP)
+    if others:
+        st.caption(f"The {DISTRIBUTION_TOP} classes with most images, then the other {others:,} classes summed.")
+    st.plotly_chart(figures.class_distribution_figure(table, others=others), key="class-distribution",
+                    config={"displayModeBar": False})
 
 
 def samples_ui(run, key: str) -> None:
-    classes = run.classes
-    samples = cache.samples_per_class(run, key)
-    limit = 20
-    shown = range(len(classes)) if len(classes) <= limit else range(limit)
-    if len(classes) > limit:
-        start = st.number_input("First class", 0, len(classes) - 1, 0, step=limit,
-                                key=ui.scoped(run, "overview-sample-start"))
-        shown = range(int(start), min(int(start) + limit, len(classes)))
-    cols = st.columns(5)
-    for i, c in enumerate(shown):
-        with cols[i % 5]:
-            st.caption(ui.plain(f"{c} · {classes[c]}"))
-            images = [img for img in (ui.thumbnail(run, r, size=64) for r in samples[c][:3])
-                      if img is not None]
-            if images:
-                # one strip per class, so narrow columns (100+ classes) never wrap a sample alone
-                st.image(sample_strip(images), width="stretch")
-            else:
-                st.caption("(no images)")
+    """The first images of each class, as a gallery (a click opens an image's detail)."""
+    samples = cache.samples_per_class(run, key, per_class=SAMPLES_PER_CLASS)
+    rows = np.concatenate([s[:SAMPLES_PER_CLASS] for s in samples]) if samples else np.zeros(0, np.int64)
+    gallery.gallery_ui(run, rows, key="samples", order_note=f"the first {SAMPLES_PER_CLASS} of each class, "
+                       "in class order", title="sample images per class", url_param="p")
 
 
 def training_ui(run) -> None:
@@ -83,13 +69,34 @@ def training_ui(run) -> None:
     if not training:
         st.caption("This run analysed an existing model; it was not trained here.")
         return
+    history = run.history
+    summary = views.training_summary(history, training)
+    cols = st.columns(5)
+    planned = summary["epochs_planned"]
+    run_epochs = summary["epochs_run"]
+    cols[0].metric("Epochs trained", "?" if run_epochs is None else f"{run_epochs:,}")
+    if planned is not None:
+        cols[0].caption(f"of {planned:,} planned")
+    cols[1].metric("Stopped by", str(summary["stopped_by"] or "?"))
+    if not summary["stopped_by"]:
+        cols[1].caption("not recorded")
+    if summary["best_val_accuracy"] is not None:
+        cols[2].metric("Best validation accuracy", f"{summary['best_val_accuracy']:.2%}")
+        cols[2].caption(f"at epoch {summary['best_epoch']}")
+    if summary["first_lr"] is not None:
+        lr = (f"{summary['first_lr']:.2g}" if summary["first_lr"] == summary["last_lr"]
+              else f"{summary['first_lr']:.2g} → {summary['last_lr']:.2g}")
+        cols[3].metric("Learning rate", lr)
+    if summary["seconds"] is not None:
+        seconds = float(summary["seconds"])
+        cols[4].metric("Training time", f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min")
+    if history is not None:
+        st.plotly_chart(figures.training_curves_figure(history, best_epoch=summary["best_epoch"]),
+                        key="training-curves")
     recipe = training.get("recipe")
     if recipe:
-        st.write("What was trained:")
-        st.code(json.dumps(recipe, indent=2, default=str), language="json")
-    history = run.history
-    if history is not None:
-        st.plotly_chart(figures.training_curves_figure(history), key="training-curves")
+        with st.expander("The full recipe (what was trained)"):
+            st.code(json.dumps(recipe, indent=2, default=str), language="json")
 
 
 def render() -> None:
@@ -103,8 +110,7 @@ def render() -> None:
     counts_ui(run)
     notes_ui(run)
     st.subheader("Class distribution")
-    st.plotly_chart(figures.class_distribution_figure(cache.class_distribution(run, key)),
-                    key="class-distribution")
+    distribution_ui(run, key)
     st.subheader("Sample images per class")
     samples_ui(run, key)
     st.subheader("Training")

@@ -70,14 +70,17 @@ def captions(at: AppTest) -> list[str]:
     return [unescape(c.value) for c in at.caption]
 
 
-def gallery_paths(at: AppTest) -> list[str]:
-    """The file names shown in gallery captions (last caption line), page order."""
-    out = []
-    for text in captions(at):
-        lines = text.split("  \n")
-        if len(lines) >= 4 and lines[0].startswith("true: "):
-            out.append(lines[3])
-    return out
+def gallery_paths(at: AppTest, gallery: str) -> list[str]:
+    """The files of gallery ``gallery``'s current page, in page order (each thumbnail's open button
+    is labelled 'Open <file>')."""
+    buttons = [b for b in at.button if (b.key or "").startswith(f"gopen-{gallery}-")]
+    buttons.sort(key=lambda b: int(b.key.rsplit("-", 1)[1]))
+    return [unescape(b.label).removeprefix("Open ") for b in buttons]
+
+
+def tile_captions(at: AppTest) -> list[str]:
+    """The one-line captions of gallery thumbnails ('0.93 · true → predicted' or '0.93 · ✓ true')."""
+    return [c for c in captions(at) if re.match(r"^\d\.\d\d · ", c)]
 
 
 def test_run_picker_lists_the_runs_and_overview_shows_the_run_metrics(store):
@@ -97,7 +100,10 @@ def test_run_picker_lists_the_runs_and_overview_shows_the_run_metrics(store):
     assert shown["Images"] == f"{run.n_images:,}"
     assert shown["test split"] == f"{run.manifest['splits']['test']:,}"
     assert shown["Skipped files"] == "0"
-    assert any(c.value == "What was trained:" for c in at.markdown)
+    # the training record in a few numbers, the curves, the recipe folded away
+    assert shown["Epochs trained"] == "8"
+    assert "of 8 planned" in captions(at)
+    assert shown["Best validation accuracy"] == f"{run.history['val_accuracy'].max():.2%}"
     assert '"recipe": "synthetic"' in at.code[0].value
 
 
@@ -127,10 +133,11 @@ def test_confusion_gallery_shows_exactly_the_chosen_pair(store):
     at.run()
     expected = df.index[mask & (df["true"] == t) & (df["predicted"] == p)]
     expected = df.loc[expected].sort_values("confidence", ascending=False, kind="stable")
-    assert gallery_paths(at) == expected["path"].tolist()
-    gallery = [c for c in captions(at) if c.startswith("true: ")]
-    assert all(c.startswith(f"true: {run.classes[t]}  \npredicted: {run.classes[p]} (") for c in gallery)
+    assert gallery_paths(at, "confusion") == expected["path"].tolist()
+    tiles = tile_captions(at)
+    assert tiles == [f"{c:.2f} · {run.classes[t]} → {run.classes[p]}" for c in expected["confidence"]]
     assert f"{len(expected)} images" in " ".join(captions(at))
+    assert at.query_params["cell"] == f"{t},{p}"
 
 
 def test_a_click_on_the_chart_moves_the_selectboxes(store):
@@ -157,22 +164,29 @@ def test_errors_page_lists_and_filters_the_eval_errors(store, served):
     at.multiselect(key=key(store, "small", "errors-true")).set_value([2]).run()
     n_true2 = int((mask & ~df["correct"] & (df["true"] == 2)).sum())
     assert any(c.startswith(f"{n_true2:,} misclassified images") for c in captions(at))
+    assert at.query_params["true"] == "2"
     exported = pd.read_csv(io.BytesIO(served["download-errors"]()))
     expected_rows = df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
         "confidence", ascending=False, kind="stable")
     assert exported["id"].tolist() == expected_rows["id"].tolist()
     assert list(exported.columns) == ERROR_COLUMNS and exported["rank"].tolist() == list(range(1, n_true2 + 1))
-    paths = gallery_paths(at)  # the gallery's page, then the detail view of the top error
-    expected = df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
-        "confidence", ascending=False, kind="stable")["path"].tolist()
-    assert paths == expected[:24] + expected[:1]
-    # the detail view: probabilities chart and neighbours from the true and predicted classes
-    assert at.selectbox(key=key(store, "small", "errors-detail")).value == int(
-        df[mask & ~df["correct"] & (df["true"] == 2)].sort_values(
-            "confidence", ascending=False, kind="stable").index[0])
+    assert gallery_paths(at, "errors") == expected_rows["path"].tolist()[:24]
+    assert at.dataframe[0].value["id"].tolist() == expected_rows["id"].tolist()
+    # a click on the first thumbnail opens its detail: probabilities and neighbours of both classes
+    at.button(key="gopen-errors-0").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    top = expected_rows.iloc[0]
+    assert at.query_params["img"] == str(int(top["id"]))
+    assert any(unescape(m.value).startswith(f"**{top['true_label']}** → **{top['predicted_label']}**")
+               for m in at.markdown)
     assert any("nearest training images" in m.value for m in at.markdown)
-    # gallery thumbnails + the detail image + 6 neighbours from each of the two classes
-    assert len(at.get("image")) == min(n_true2, 24) + 1 + 2 * 6
+    # gallery thumbnails + the detail image + 5 neighbours from each of the two classes
+    assert len(at.get("image")) == min(n_true2, 24) + 1 + 2 * 5
+    assert any(c == f"Image 1 of {n_true2} · errors, most confident first" for c in captions(at))
+    # next: the second error of the list
+    at.button(key="detail-next").click().run()
+    assert at.query_params["img"] == str(int(expected_rows.iloc[1]["id"]))
+    assert any(c.startswith("Image 2 of ") for c in captions(at))
 
 
 @pytest.fixture
@@ -209,26 +223,43 @@ def test_embeddings_page_highlights_the_confusion_cell(store):
     run = store.load("small")
     assert at.checkbox(key=key(store, "small", "emb-highlight")).value
     assert run.classes[1] in unescape(at.checkbox(key=key(store, "small", "emb-highlight")).label)
-    assert any(c == "600 points." for c in captions(at))
+    assert "600 points in view, coloured by true class." in captions(at)
     at.multiselect(key=key(store, "small", "emb-classes")).set_value([0]).run()
     n0 = int((run.predictions["true"] == 0).sum())
-    assert any(c == f"{n0} points." for c in captions(at))
+    assert f"{n0} points in view, coloured by true class." in captions(at)
+    assert at.query_params["classes"] == "0"
 
 
-def test_embeddings_selection_fills_the_gallery(store):
-    at = open_page("embeddings")
-    at.session_state[key(store, "small", "embedding-chart")] = {"selection": {"points": [
-        {"customdata": 5}, {"customdata": 7}], "point_indices": [5, 7], "box": [], "lasso": []}}
-    at.run()
+def test_embeddings_selection_from_the_address_fills_the_gallery_with_every_row_inside(store):
+    """A lasso and a box in the URL (as a reload or a shared link brings them): the gallery holds
+    exactly the rows inside either shape, counted by the reference ray-cast."""
+    from dashboard import mapview
+
     run = store.load("small")
-    expected = run.predictions.loc[[5, 7]].sort_values("confidence", ascending=False)["path"].tolist()
-    assert gallery_paths(at) == expected
+    xy = np.asarray(run.projection)
+    lasso = [(-8.0, -8.0), (9.0, -6.0), (2.0, 9.0)]
+    box = (6.0, 12.0, 2.0, 12.0)
+    inside = mapview.points_in_polygon(xy, lasso) | (
+        (xy[:, 0] >= box[0]) & (xy[:, 0] <= box[1]) & (xy[:, 1] >= box[2]) & (xy[:, 1] <= box[3]))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"run": "small", "sel": "l:-8,-8,9,-6,2,9~b:6,12,2,12", "colour": "correct"})
+    at.switch_page("app_pages/embeddings.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.radio(key="emb-colour").value == "correct"
+    n = int(inside.sum())
+    assert 24 < n < 600
+    assert f"{n} images inside the selection, most confident first." in captions(at)
+    expected = run.predictions[inside].sort_values("confidence", ascending=False, kind="stable")
+    assert gallery_paths(at, "embedding") == expected["path"].tolist()[:24]
+    assert at.query_params["sel"] == "l:-8,-8,9,-6,2,9~b:6,12,2,12"
 
 
-def test_compare_page_shows_deltas_and_flips(store):
-    at = open_page("compare")
-    at.selectbox(key=key(store, "small", "compare-run-b")).set_value("better").run()
+def test_compare_page_opens_on_the_latest_comparable_pair_and_shows_deltas_and_flips(store):
+    at = open_page("compare", run_id="other")  # the sidebar's run plays no part
     assert not at.exception
+    # "other" (the newest) has other images: the latest pair on the same images is small -> better
+    assert (at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value) == ("small", "better")
+    assert (at.query_params["a"], at.query_params["b"]) == ("small", "better")
     a, b = store.load("small"), store.load("better")
     acc = next(m for m in at.metric if m.label == "Accuracy (B)")
     assert acc.value == f"{b.metrics['accuracy']:.2%}"
@@ -238,17 +269,25 @@ def test_compare_page_shows_deltas_and_flips(store):
     table = at.dataframe[0].value
     assert table["f1_delta"].to_numpy() == pytest.approx(
         b.per_class["f1"].to_numpy() - a.per_class["f1"].to_numpy())
+    assert list(table.columns) == ["class", "f1_a", "f1_b", "f1_delta", "tp_delta", "fp_delta", "fn_delta",
+                                   "cer_delta"]
     mask = a.eval_mask()
     fixed = int((mask & ~a.predictions["correct"] & b.predictions["correct"]).sum())
     broken = int((mask & a.predictions["correct"] & ~b.predictions["correct"]).sum())
     assert any(c.startswith(f"{fixed:,} images fixed by B") and f"{broken:,} broken by B" in c
                for c in captions(at))
     assert any(d.label == "Download flips CSV" for d in at.get("download_button"))
+    # a flip opens the detail of run B with A's prediction beside it
+    at.button(key="gopen-flips-0").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("A: " in c and " → B: " in c for c in captions(at))
+    at.button(key="compare-swap").click().run()
+    assert (at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value) == ("better", "small")
 
 
 def test_compare_refuses_runs_on_different_images(store):
     at = open_page("compare")
-    at.selectbox(key=key(store, "small", "compare-run-b")).set_value("other").run()
+    at.selectbox(key="compare-b").set_value("other").run()
     assert "different numbers of images (600 and 500)" in unescape(at.error[0].value)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dashboard import figures, views
+from dashboard import figures, mapview, views
 
 # rows = true, columns = predicted
 CM = np.array([[5, 2, 0],
@@ -24,13 +24,30 @@ def test_confusion_figure_greys_the_diagonal_and_colours_only_errors():
     assert np.isnan(np.asarray(off.z, float).diagonal()).all()
     assert np.asarray(off.z, float)[0, 1] == 2 and np.isnan(np.asarray(off.z, float)[0, 2])
     assert np.nansum(np.asarray(diag.z, float)) == 3  # the three diagonal cells, in grey
+    # the lightest colour of the scale is visible on white: a cell of one image never looks empty
+    assert off.colorscale[0][1] != "#ffffff" and off.zmin == 1
 
 
 def test_confusion_figure_normalised_and_log_scale():
-    _, off = heatmaps(figures.confusion_figure(CM, NAMES, normalize=True))
+    fig = figures.confusion_figure(CM, NAMES, normalize=True)
+    _, off = heatmaps(fig)
     assert np.asarray(off.z, float)[2, 1] == pytest.approx(3 / 7)
-    _, log = heatmaps(figures.confusion_figure(CM, NAMES, log_color=True))
+    layer = next(t for t in fig.data if t.type == "scatter")
+    assert list(layer.text) == ["71%", "29%", "", "12%", "88%", "", "", "43%", "57%"]  # rows: 7, 8, 7 images
+    log_fig = figures.confusion_figure(CM, NAMES, log_color=True)
+    _, log = heatmaps(log_fig)
     assert np.asarray(log.z, float)[2, 1] == pytest.approx(np.log10(3))
+    # the colour bar reads in images, at powers of ten and their doubles and fives, not "log10 count"
+    bar = log.colorbar
+    assert list(bar.ticktext) == ["1", "2"] and list(bar.tickvals) == pytest.approx([0.0, np.log10(2)])
+    assert "log10" not in bar.title.text
+
+
+def test_row_normalised_labels_never_read_zero_for_images_that_are_there():
+    cm = np.array([[995, 5], [4, 996]])
+    fig = figures.confusion_figure(cm, ["a", "b"], normalize=True)
+    layer = next(t for t in fig.data if t.type == "scatter")
+    assert list(layer.text) == [">99%", "<1%", "<1%", ">99%"]
 
 
 def test_confusion_figure_subset_keeps_full_indices_and_escapes_names():
@@ -40,6 +57,20 @@ def test_confusion_figure_subset_keeps_full_indices_and_escapes_names():
     assert list(fig.layout.yaxis.ticktext) == ["cat", "&lt;b&gt;fox&lt;/b&gt;"]
     (outline,) = fig.layout.shapes
     assert (outline.x0, outline.y0) == (-0.5, 0.5)  # predicted 0 at x=0, true 2 at y=1
+
+
+def test_a_large_matrix_is_a_zoomable_webgl_layer_with_thinned_labels():
+    k = 120
+    cm = np.eye(k, dtype=int) * 50 + np.roll(np.eye(k, dtype=int), 1, axis=1)
+    fig = figures.confusion_figure(cm, [f"class_{i:03d}" for i in range(k)])
+    layer = fig.data[-1]
+    assert layer.type == "scattergl" and len(layer.customdata) == k * k
+    assert fig.layout.dragmode == "zoom" and fig.layout.uirevision == "confusion"
+    assert fig.layout.xaxis.tickvals is None  # plotly thins the labels to what fits, all shown when zoomed
+    assert fig.layout.xaxis.type == "category" and list(fig.layout.xaxis.categoryarray)[:2] == [
+        "class_000", "class_001"]
+    assert fig.layout.height <= 1200 and fig.layout.xaxis.tickfont.size >= 9
+    assert layer.hovertemplate.startswith("true: %{customdata[4]}")
 
 
 def test_confusion_figure_grows_with_the_number_of_classes():
@@ -66,29 +97,50 @@ def predictions(n: int) -> pd.DataFrame:
     })
 
 
+def plan(df: pd.DataFrame, xy: np.ndarray, *, color_by: str, cap: int):
+    return mapview.plan_map(xy, np.ones(len(df), bool), mapview.full_window(xy), color_by=color_by,
+                            true=df["true"].to_numpy(), predicted=df["predicted"].to_numpy(),
+                            correct=df["correct"].to_numpy(), confidence=df["confidence"].to_numpy(),
+                            n_classes=3, cap=cap)
+
+
 @pytest.mark.parametrize("color_by", ["true class", "predicted class", "correct", "confidence"])
 def test_embedding_figure_points_carry_their_row_ids(color_by):
     df = predictions(300)
     xy = np.random.default_rng(1).normal(size=(300, 2))
-    plan = views.plan_embedding(xy, np.arange(300), cap=1000)
-    fig = figures.embedding_figure(plan, xy, df, NAMES, color_by=color_by, highlight=np.array([5, 6]))
-    points = [t for t in fig.data if t.name != "chosen confusion cell"]
+    fig = figures.embedding_figure(plan(df, xy, color_by=color_by, cap=1000), xy, df, NAMES,
+                                   highlight=np.array([5, 6]))
+    points = [t for t in fig.data if t.name != "chosen confusion cell" and t.x is not None and len(t.x)
+              and t.x[0] is not None]
     ids = np.sort(np.concatenate([np.asarray(t.customdata) for t in points]))
     assert ids.tolist() == list(range(300))
     assert list(fig.data[-1].customdata) == [5, 6]
+    assert fig.layout.xaxis.fixedrange and fig.layout.dragmode == "lasso"
 
 
-def test_embedding_figure_density_mode_ships_only_the_overlay():
+@pytest.mark.parametrize("color_by", ["true class", "correct", "confidence"])
+def test_embedding_figure_beyond_the_cap_draws_every_point_in_pictures(color_by):
     df = predictions(5000)
     xy = np.random.default_rng(1).normal(size=(5000, 2))
-    errors = np.flatnonzero(~df["correct"].to_numpy())
-    plan = views.plan_embedding(xy, np.arange(5000), cap=1000, overlay=errors, bins=40)
-    fig = figures.embedding_figure(plan, xy, df, NAMES, color_by="correct")
-    assert fig.data[0].type == "heatmap"
-    shipped = sum(len(t.customdata) for t in fig.data[1:])
-    assert shipped == min(1000, errors.size)
+    p = plan(df, xy, color_by=color_by, cap=1000)
+    fig = figures.embedding_figure(p, xy, df, NAMES)
+    assert p.mode == "raster" and p.n_visible == 5000
+    assert len(fig.layout.images) == (2 if color_by == "correct" else 1)  # errors on their own layer
+    assert all(img.source.startswith("data:image/png;base64,") for img in fig.layout.images)
+    grid = next(t for t in fig.data if t.name == "grid")
+    assert set(np.asarray(grid.customdata).tolist()) == {-1}
+    assert sum(int(h.split(" images here")[0].replace(",", "")) for h in grid.hovertext) == 5000
     with pytest.raises(ValueError, match="color_by"):
-        figures.embedding_figure(plan, xy, df, NAMES, color_by="size")
+        plan(df, xy, color_by="size", cap=1000)
+
+
+def test_embedding_figure_outlines_the_selection_shapes():
+    df = predictions(50)
+    xy = np.random.default_rng(1).normal(size=(50, 2))
+    fig = figures.embedding_figure(plan(df, xy, color_by="correct", cap=100), xy, df, NAMES,
+                                   shapes=[("box", (0, 1, 0, 1)), ("lasso", ((0, 0), (1, 0), (0, 1)))])
+    kinds = [s.type for s in fig.layout.shapes]
+    assert kinds == ["rect", "path"] and fig.layout.shapes[1].path == "M 0,0 L 1,0 L 0,1 Z"
 
 
 def test_probability_figure_sorts_and_colours():
@@ -98,11 +150,25 @@ def test_probability_figure_sorts_and_colours():
     assert list(bar.marker.color)[:2] == [figures.ERROR_COLOUR, "#2ca02c"]
 
 
+def test_probability_figure_shows_ten_bars_at_most_with_the_true_class():
+    probs = np.linspace(1.0, 2.0, 120)[::-1]
+    probs /= probs.sum()
+    names = [f"c{i}" for i in range(120)]
+    fig = figures.probability_figure(probs, names, true=77, predicted=0)
+    bar = fig.data[0]
+    assert len(bar.y) == 10 and bar.y[-1] == "c77 (rank 78)" and list(bar.y[:9]) == names[:9]
+    assert fig.layout.height < 400
+
+
 def test_training_curves_and_distribution_and_f1_delta():
     history = pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5], "accuracy": [0.5, 0.7],
                             "val_loss": [1.1, 0.6], "val_accuracy": [0.4, 0.6]})
     assert len(figures.training_curves_figure(history).data) == 4
+    with_lr = figures.training_curves_figure(history.assign(learning_rate=[1e-3, 1e-4]), best_epoch=2)
+    assert len(with_lr.data) == 5 and with_lr.data[-1].name == "learning rate"
+    assert with_lr.layout.yaxis3.type == "log" and len(with_lr.layout.shapes) == 3  # the best epoch, marked
     dist = views.class_distribution(predictions(30).assign(split="test"), NAMES)
-    assert len(figures.class_distribution_figure(dist).data) == 1
+    bars = figures.class_distribution_figure(dist)
+    assert len(bars.data) == 1 and bars.data[0].orientation == "h"
     table = pd.DataFrame({"class": ["a", "b", "c"], "f1_delta": [0.1, -0.3, 0.0]})
     assert list(figures.f1_delta_figure(table, top=2).data[0].y) == ["b", "a"]

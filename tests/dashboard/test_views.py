@@ -69,10 +69,14 @@ def test_cell_mapping_round_trips_through_the_confusion_figure():
     order = [1, 3]
     fig = confusion_figure(cm, list("wxyz"), class_order=order)
     layer = next(t for t in fig.data if t.type == "scatter")
+    names = list("wxyz")
     for x, y, custom in zip(layer.x, layer.y, layer.customdata):
-        point = {"x": x, "y": y}
+        # a click reports the cell's customdata (and its categories: predicted on x, true on y)
+        point = {"customdata": list(custom), "x": x, "y": y}
         assert views.cell_from_point(point, order) == (int(custom[0]), int(custom[1]))
+        assert (names[int(custom[0])], names[int(custom[1])]) == (y, x)
         assert cm[int(custom[0]), int(custom[1])] == custom[2]
+    assert views.cell_from_point({"x": 1, "y": 0}, order) == (1, 3)  # positions, when no customdata
 
 
 def test_most_confused_classes_and_default_cell():
@@ -125,54 +129,6 @@ def test_top_classes_orders_by_probability_then_index():
     assert out["class"].tolist() == ["x", "y", "w"]
     assert out["probability"].tolist() == pytest.approx([0.4, 0.4, 0.1])
     assert len(views.top_classes(np.array([0.7, 0.3]), ["a", "b"], k=3)) == 2
-
-
-def test_nearest_rows_matches_brute_force_and_skips_the_query():
-    rng = np.random.default_rng(0)
-    emb = rng.normal(size=(200, 8)).astype(np.float32)
-    candidates = np.arange(0, 200, 3)
-    got = views.nearest_rows(emb, 3, candidates, k=5)
-    others = candidates[candidates != 3]
-    dist = ((emb[others] - emb[3]) ** 2).sum(axis=1)
-    assert got.tolist() == others[np.argsort(dist)[:5]].tolist()
-    assert 3 not in got
-    assert views.nearest_rows(emb, 3, np.array([3]), k=5).size == 0
-    assert views.nearest_rows(emb, 0, np.array([5, 6]), k=5).tolist() in ([5, 6], [6, 5])
-
-
-def test_plan_embedding_draws_every_point_up_to_the_cap():
-    xy = np.random.default_rng(0).normal(size=(100, 2))
-    plan = views.plan_embedding(xy, np.arange(100), cap=100)
-    assert plan.mode == "points" and plan.rows.tolist() == list(range(100)) and plan.histogram is None
-
-
-def test_plan_embedding_bins_beyond_the_cap_and_caps_the_overlay():
-    rng = np.random.default_rng(0)
-    xy = rng.normal(size=(10_000, 2))
-    rows = np.arange(10_000)
-    overlay = np.arange(0, 10_000, 2)  # 5,000 rows, more than the cap
-    plan = views.plan_embedding(xy, rows, cap=1_000, overlay=overlay, bins=50)
-    assert plan.mode == "density" and plan.n_visible == 10_000
-    assert plan.histogram.shape == (50, 50) and plan.histogram.sum() == 10_000
-    assert plan.rows.size == 1_000 and plan.sampled
-    assert np.isin(plan.rows, overlay).all()
-    again = views.plan_embedding(xy, rows, cap=1_000, overlay=overlay, bins=50)
-    assert again.rows.tolist() == plan.rows.tolist()  # fixed seed
-    small = views.plan_embedding(xy, rows, cap=1_000, overlay=overlay[:10], overlay_cap=500, bins=50)
-    assert small.rows.tolist() == overlay[:10].tolist() and not small.sampled
-    tight = views.plan_embedding(xy, rows, cap=1_000, overlay=overlay, overlay_cap=300, bins=50)
-    assert tight.rows.size == 300
-    with pytest.raises(ValueError, match="cap=0"):
-        views.plan_embedding(xy, rows, cap=0)
-
-
-def test_visible_rows_and_selection_rows():
-    xy = np.array([[0, 0], [1, 1], [2, 2], [3, 3]], float)
-    base = np.array([True, True, True, False])
-    assert views.visible_rows(xy, base, x_range=(0.5, 3), y_range=(0, 3)).tolist() == [1, 2]
-    sel = {"points": [{"customdata": 7}, {"customdata": [3]}, {"x": 1}, {"customdata": 7}]}
-    assert views.rows_from_selection(sel).tolist() == [3, 7]
-    assert views.rows_from_selection(None).size == 0
 
 
 def test_comparison_problem_refuses_different_images():
@@ -241,3 +197,57 @@ def test_filter_mask_by_split_and_true_class():
     assert views.filter_mask(df, split="test").tolist() == [False, True, True, False]
     assert views.filter_mask(df, split="test", classes=[1]).tolist() == [False, True, False, False]
     assert views.filter_mask(df, classes=[1]).tolist() == [False, True, False, True]
+
+
+def test_top_k_with_true_keeps_the_true_class_in_the_last_place_when_it_ranks_lower():
+    probs = np.array([0.05, 0.4, 0.3, 0.2, 0.05])  # ties between class 0 and class 4
+    assert views.top_k_with_true(probs, true=1, k=3).tolist() == [1, 2, 3]
+    assert views.top_k_with_true(probs, true=4, k=3).tolist() == [1, 2, 4]
+    assert views.top_k_with_true(probs, true=None, k=10).tolist() == [1, 2, 3, 0, 4]
+    with pytest.raises(ValueError, match="Received: k=0"):
+        views.top_k_with_true(probs, true=0, k=0)
+
+
+def test_share_label_never_says_zero_for_images_that_are_there():
+    # 5 of 1,000 rounds to 0% and 995 of 1,000 to 100%: neither may be shown
+    assert views.share_label(5, 0.005) == "<1%"
+    assert views.share_label(4, 0.004) == "<1%"
+    assert views.share_label(0, 0.0) == ""
+    assert views.share_label(995, 0.995) == ">99%"
+    assert views.share_label(1000, 1.0) == "100%"
+    assert views.share_label(15, 0.015) == "2%"
+    assert views.plural(1, "image") == "1 image" and views.plural(0, "image") == "0 images"
+
+
+def test_distribution_top_keeps_the_largest_classes_and_sums_the_others():
+    names = [f"c{i}" for i in range(5)]
+    true = np.repeat(np.arange(5), [5, 1, 4, 2, 3])
+    df = pd.DataFrame({"true": true, "split": pd.Categorical(np.where(np.arange(15) % 3, "train", "test"))})
+    dist = views.class_distribution(df, names)
+    table, others = views.distribution_top(dist, top=2)
+    assert others == 3
+    assert list(dict.fromkeys(table["class"])) == ["c0", "c2", "others (3 classes)"]
+    assert table.groupby("class", sort=False)["count"].sum().tolist() == [5, 4, 6]
+    assert table["count"].sum() == 15
+    whole, none = views.distribution_top(dist, top=10)
+    assert none == 0 and whole["count"].sum() == 15
+
+
+def test_training_summary_reads_the_stop_reason_best_epoch_and_learning_rates():
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4], "val_accuracy": [0.5, 0.8, 0.7, 0.79],
+                            "learning_rate": [1e-3, 1e-3, 5e-4, 1e-4]})
+    s = views.training_summary(history, {"recipe": {"epochs": 60}, "stopped_by": "early stopping",
+                                         "seconds": 12.5})
+    assert (s["epochs_run"], s["epochs_planned"], s["stopped_by"]) == (4, 60, "early stopping")
+    assert (s["best_epoch"], s["best_val_accuracy"]) == (2, 0.8)
+    assert (s["first_lr"], s["last_lr"], s["seconds"]) == (1e-3, 1e-4, 12.5)
+    bare = views.training_summary(None, {"epochs": 3})
+    assert bare["epochs_run"] == 3 and bare["best_epoch"] is None and bare["stopped_by"] is None
+
+
+def test_latest_comparable_pair_prefers_the_newest_run_with_a_partner():
+    # newest first: d has no partner, c pairs with a (older) before b pairs with a
+    sigs = [("d", "x"), ("c", "y"), ("b", "z"), ("a", "y")]
+    assert views.latest_comparable_pair(sigs) == ("a", "c")
+    assert views.latest_comparable_pair([("b", 1), ("a", 2)]) is None
+    assert views.latest_comparable_pair([]) is None
