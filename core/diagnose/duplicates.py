@@ -38,6 +38,9 @@ each pair's ``embedding_cosine`` is reported beside the pixels' verdict, and
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pandas as pd
 
@@ -185,6 +188,34 @@ def search_descriptors(aligned: np.ndarray) -> np.ndarray:
     return desc
 
 
+def _projector(size: int, basis: np.ndarray):
+    """``f(aligned) -> (n, 9, K) float32 unit vectors``: ``search_descriptors(aligned) @ basis``, renormalised.
+
+    The descriptor and the projection are linear (the mean removal too; the
+    unit length before projecting does not change the direction after), so
+    they fold into two matrix products: ``aligned @ op.T``, then, per
+    horizontal offset, one product with ``Q`` (op rows x basis), with no
+    (n, 9, 144) array in between.
+    """
+    op, _, _ = _operator(size)
+    d, k = _DESCRIPTOR, basis.shape[1]
+    centring = np.eye(d * d, dtype=np.float32) - 1.0 / (d * d)
+    folded = (centring @ basis).reshape(d, d, k)  # (i, j, k)
+    q = np.concatenate([np.einsum("ir,ijk->rjk", op[o * d:(o + 1) * d], folded) for o in range(3)], axis=2)
+    q = q.reshape(op.shape[1] * d, 3 * k).astype(np.float32)  # rows (r, j), columns (vertical offset, k)
+
+    def project(aligned: np.ndarray) -> np.ndarray:
+        n, p, _ = aligned.shape
+        right = (aligned.reshape(n * p, p) @ op.T).reshape(n, p, 3, d)  # (n, r, horizontal offset, j)
+        out = np.empty((n, 3, 3, k), np.float32)  # (n, vertical offset, horizontal offset, k)
+        for o in range(3):
+            out[:, :, o, :] = (np.ascontiguousarray(right[:, :, o, :]).reshape(n, p * d) @ q).reshape(n, 3, k)
+        out = out.reshape(n, _VARIANTS, k)
+        return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-6)
+
+    return project
+
+
 # --------------------------------------------------------------------------- candidate pairs
 
 def _kmeans(points: np.ndarray, n_cells: int, rng: np.random.Generator, iterations: int = 8) -> np.ndarray:
@@ -238,13 +269,18 @@ def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.n
     _, vectors = np.linalg.eigh(centred.T @ centred)
     basis = np.ascontiguousarray(vectors[:, ::-1][:, :min(32, n - 1)]).astype(np.float32)
     projected = np.empty((n, _VARIANTS, basis.shape[1]), np.float16)
-    for start in range(0, n, chunk):
+    project = _projector(thumbnails.shape[1], basis)
+
+    def describe(start: int) -> int:
         stop = min(start + chunk, n)
         part = _aligned(thumbnails, content_size, rows[start:stop], centroid[start:stop], background[start:stop],
                         max_align=max_align)
-        y = search_descriptors(part) @ basis
-        projected[start:stop] = y / np.maximum(np.linalg.norm(y, axis=2, keepdims=True), 1e-6)
-        say(f"duplicates: descriptors {stop:,}/{n:,}", 0.3 * stop / n)
+        projected[start:stop] = project(part)
+        return stop
+
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:  # OpenCV and BLAS release the GIL
+        for stop in pool.map(describe, range(0, n, chunk)):
+            say(f"duplicates: descriptors {stop:,}/{n:,}", 0.3 * stop / n)
     centre = projected[:, _VARIANTS // 2].astype(np.float32)
     coarse = min(16, centre.shape[1])
     n_cells = 1 if n <= _SMALL else int(np.sqrt(2 * n))
@@ -305,13 +341,25 @@ def _top_pairs(qa: np.ndarray, qb: np.ndarray, score: np.ndarray, n: int, neighb
 
 # --------------------------------------------------------------------------- verification
 
+def _gaussian(images: np.ndarray, sigma: float) -> np.ndarray:
+    """Each image of a float32 stack (n, h, w) blurred (reflected borders), as two passes of OpenCV over
+    all rows at once: a row never reaches into the next image."""
+    import cv2
+
+    n, h, w = images.shape
+    kernel = cv2.getGaussianKernel(2 * max(1, int(np.ceil(3 * sigma))) + 1, sigma, cv2.CV_32F)
+    one = np.ones((1, 1), np.float32)
+    rows = cv2.sepFilter2D(np.ascontiguousarray(images).reshape(n * h, w), -1, kernel, one,
+                           borderType=cv2.BORDER_REFLECT)
+    cols = np.ascontiguousarray(rows.reshape(n, h, w).transpose(0, 2, 1)).reshape(n * w, h)
+    cols = cv2.sepFilter2D(cols, -1, kernel, one, borderType=cv2.BORDER_REFLECT)
+    return np.ascontiguousarray(cols.reshape(n, w, h).transpose(0, 2, 1))
+
+
 def _detail_stack(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lightly smoothed images (sigma 0.5) and their fine detail (minus a sigma 1.5 blur), (n, h, w) each."""
-    from scipy.ndimage import gaussian_filter
-
-    smooth = gaussian_filter(images, sigma=(0, _FINE, _FINE), mode="reflect", truncate=3.0)
-    detail = smooth - gaussian_filter(images, sigma=(0, _COARSE, _COARSE), mode="reflect", truncate=3.0)
-    return smooth, detail
+    smooth = _gaussian(images, _FINE)
+    return smooth, smooth - _gaussian(images, _COARSE)
 
 
 def _centred(x: np.ndarray) -> np.ndarray:
@@ -342,8 +390,13 @@ def _peak_offset(left: np.ndarray, centre: np.ndarray, right: np.ndarray) -> np.
     """Sub-pixel offset in [-0.5, 0.5] of a parabola through three correlations (0 where it has no maximum)."""
     curvature = left - 2 * centre + right
     with np.errstate(divide="ignore", invalid="ignore"):
-        offset = np.where(curvature < -1e-6, 0.5 * (left - right) / curvature, 0.0)
+        offset = np.where(curvature < -1e-6, 0.5 * (left - right) / curvature, 0.0)  # NaN sides: no offset
     return np.clip(np.nan_to_num(offset), -0.5, 0.5)
+
+
+def _margin(h: int, w: int, max_shift: int) -> int:
+    """Pixels left out on each side of the compared window (the largest shift tried)."""
+    return max(0, min(max_shift, (min(h, w) - 4) // 2))
 
 
 def _compare(smooth: np.ndarray, detail: np.ndarray, ia: np.ndarray, ib: np.ndarray, est_y: np.ndarray,
@@ -363,32 +416,43 @@ def _compare(smooth: np.ndarray, detail: np.ndarray, ia: np.ndarray, ib: np.ndar
 
     n = len(ia)
     _, h, w = smooth.shape
-    m = max(0, min(max_shift, (min(h, w) - 4) // 2))
+    m = _margin(h, w, max_shift)
     wh, ww = h - 2 * m, w - 2 * m
     a_int = _centred(smooth[ia, m:m + wh, m:m + ww])
     a_norm = np.sqrt((a_int * a_int).sum(axis=1))
     win = sliding_window_view(smooth, (wh, ww), axis=(1, 2))
 
-    def corr(dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
-        b = _centred(win[ib, m + dy, m + dx])
-        return (a_int * b).sum(axis=1) / np.maximum(a_norm * np.sqrt((b * b).sum(axis=1)), 1e-6)
+    def corr(rows: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+        b = win[ib[rows], m + dy, m + dx].reshape(len(rows), -1)
+        # a is centred, so a . b = a . (b - mean b); |b - mean b|^2 = b . b - (sum b)^2 / size
+        dot = np.einsum("ij,ij->i", a_int[rows], b)
+        b_norm = np.sqrt(np.maximum(np.einsum("ij,ij->i", b, b) - b.sum(axis=1, dtype=np.float64) ** 2 / b.shape[1], 0))
+        return dot / np.maximum(a_norm[rows] * b_norm, 1e-6)
 
-    best = np.full(n, -2.0, np.float32)
-    dy_best, dx_best = np.zeros(n, np.int64), np.zeros(n, np.int64)
-    tried = set()
-    for jy in (-1, 0, 1):
-        for jx in (-1, 0, 1):
-            dy, dx = np.clip(est_y + jy, -m, m), np.clip(est_x + jx, -m, m)
-            key = (dy.tobytes(), dx.tobytes())
-            if key in tried:
-                continue
-            tried.add(key)
-            r = corr(dy, dx)
-            better = r > best
-            best[better], dy_best[better], dx_best[better] = r[better], dy[better], dx[better]
+    every = np.arange(n)
+    offsets = np.array([-1, 0, 1])
+    grid_y = np.clip(est_y[:, None] + offsets, -m, m)  # (n, 3): the shifts tried around the estimate
+    grid_x = np.clip(est_x[:, None] + offsets, -m, m)
+    grid = np.stack([np.stack([corr(every, grid_y[:, jy], grid_x[:, jx]) for jx in range(3)], axis=1)
+                     for jy in range(3)], axis=1)  # (n, 3, 3)
+    flat = grid.reshape(n, 9).argmax(axis=1)
+    best = grid.reshape(n, 9)[every, flat].astype(np.float32)
+    dy_best, dx_best = grid_y[every, flat // 3], grid_x[every, flat % 3]
+
+    def at(ty: np.ndarray, tx: np.ndarray) -> np.ndarray:
+        """Correlation at shift (ty, tx): from the grid when it was tried, else computed; NaN outside +-m."""
+        hit_y, hit_x = grid_y == ty[:, None], grid_x == tx[:, None]
+        found = hit_y.any(axis=1) & hit_x.any(axis=1)
+        out = np.full(n, np.nan)
+        out[found] = grid[found, hit_y[found].argmax(axis=1), hit_x[found].argmax(axis=1)]
+        rest = np.flatnonzero(~found & (np.abs(ty) <= m) & (np.abs(tx) <= m))
+        if len(rest):
+            out[rest] = corr(rest, ty[rest], tx[rest])
+        return out
+
     # sub-pixel: a parabola through the correlations one pixel either side (none at the search's border)
-    fy = _peak_offset(corr(np.maximum(dy_best - 1, -m), dx_best), best, corr(np.minimum(dy_best + 1, m), dx_best))
-    fx = _peak_offset(corr(dy_best, np.maximum(dx_best - 1, -m)), best, corr(dy_best, np.minimum(dx_best + 1, m)))
+    fy = _peak_offset(at(dy_best - 1, dx_best), best, at(dy_best + 1, dx_best))
+    fx = _peak_offset(at(dy_best, dx_best - 1), best, at(dy_best, dx_best + 1))
     fy[np.abs(dy_best) == m], fx[np.abs(dx_best) == m] = 0.0, 0.0
     detail_win = sliding_window_view(detail, (wh, ww), axis=(1, 2))
 
@@ -449,17 +513,8 @@ def pixel_similarity(thumbnails: np.ndarray, content_size: np.ndarray, a: np.nda
     for h, w in np.unique(target[usable], axis=0):
         sel = np.flatnonzero(usable & (target[:, 0] == h) & (target[:, 1] == w))
         # every image once at this size: its own pixels, or shrunk (INTER_AREA) when it is the larger of a pair
-        bank_rows, bank_index = [], {}
-
-        def slot(row: int) -> int:
-            if row not in bank_index:
-                bank_index[row] = len(bank_rows)
-                bank_rows.append(row)
-            return bank_index[row]
-
-        ia = np.array([slot(r) for r in a[sel].tolist()], np.int64)
-        ib = np.array([slot(r) for r in b[sel].tolist()], np.int64)
-        rows = np.array(bank_rows, np.int64)
+        rows = np.unique(np.concatenate([a[sel], b[sel]]))
+        ia, ib = np.searchsorted(rows, a[sel]), np.searchsorted(rows, b[sel])
         bank = np.empty((len(rows), h, w), np.float32)
         native = (content_size[rows, 0] == h) & (content_size[rows, 1] == w)
         bank[native] = thumbnails[rows[native], :h, :w]
