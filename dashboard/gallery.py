@@ -390,8 +390,17 @@ def _css() -> None:
         st.session_state[_CSS_KEY] = True
 
 
-def _sync_pages(source_key: str, target_key: str) -> None:
-    st.session_state[target_key] = st.session_state[source_key]
+def _set_page(widget_key: str, page_key: str) -> None:
+    st.session_state[page_key] = st.session_state[widget_key]
+
+
+def _pager(pages: int, page: int, *, page_key: str, where: str) -> None:
+    """A page selector showing ``page``; a click sets ``st.session_state[page_key]`` (the gallery's
+    page, plain state). Its key names the page shown, so the selectors above and below the grid
+    start from the same page without writing into a widget's state."""
+    widget_key = f"{page_key}-{where}-{page}"
+    st.pagination(pages, default=page, key=widget_key, on_change=_set_page, args=(widget_key, page_key),
+                  max_visible_pages=9)
 
 
 def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most confident first",
@@ -427,19 +436,17 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most 
         per_page = int(st.session_state.get(PER_PAGE_KEY, PAGE_SIZES[0]))
         pages = views.page_count(rows.size, per_page)
         page_key = page_key or ui.scoped(run, f"{key}-page")
-        bottom_key = f"{page_key}-bottom"
         if url_param:
             state.seed(page_key, url_param, lambda t: state.decode_int(t, low=1, high=pages, name=url_param),
                        scope=ui.run_scope(run))
-        if st.session_state.get(page_key, 1) > pages:
-            st.session_state[page_key] = pages
+        page = min(max(int(st.session_state.get(page_key, 1)), 1), pages)
         top_row = st.columns([4, 1], vertical_alignment="center")
         with top_row[0]:
-            page = st.pagination(pages, key=page_key, on_change=_sync_pages, args=(page_key, bottom_key),
-                                 max_visible_pages=9) if pages > 1 else 1
+            if pages > 1:
+                _pager(pages, page, page_key=page_key, where="top")
         with top_row[1]:
             st.selectbox("Per page", PAGE_SIZES, key=PER_PAGE_KEY, label_visibility="collapsed",
-                         format_func=lambda n: f"{n} per page")
+                         format_func=lambda n: f"{n} per page", persist_state="session")
         shown = views.page_of(rows, page=page, per_page=per_page)
         start = (min(max(page, 1), pages) - 1) * per_page
         noun = "image" if rows.size == 1 else "images"
@@ -451,9 +458,7 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most 
             with cols[i % COLUMNS], st.container(key=f"{key}-item-{i}"):
                 _tile(run, int(row), key=key, i=i, fields=fields)
         if pages > 1:
-            st.session_state[bottom_key] = page
-            st.pagination(pages, key=bottom_key, on_change=_sync_pages, args=(bottom_key, page_key),
-                          max_visible_pages=9)
+            _pager(pages, page, page_key=page_key, where="bottom")
         if url_param:
             state.publish(**{url_param: str(page) if page > 1 else None})
     return shown

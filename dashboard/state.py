@@ -83,11 +83,17 @@ def decode_pair(text: str, *, high: int, name: str = "cell") -> tuple[int, int]:
 
     >>> decode_pair("2,5", high=9)
     (2, 5)
+    >>> decode_pair("2,12", high=9)
+    Traceback (most recent call last):
+    ValueError: cell must be two class indices from 0 to 9, 'i,j'. Received: '2,12'
     """
     parts = str(text).split(",")
-    if len(parts) != 2:
-        raise ValueError(f"{name} must be two class indices 'i,j'. Received: {text!r}")
-    return (decode_int(parts[0], low=0, high=high, name=name), decode_int(parts[1], low=0, high=high, name=name))
+    try:
+        if len(parts) != 2:
+            raise ValueError(text)
+        return decode_int(parts[0], low=0, high=high), decode_int(parts[1], low=0, high=high)
+    except ValueError:
+        raise ValueError(f"{name} must be two class indices from 0 to {high}, 'i,j'. Received: {text!r}") from None
 
 
 def decode_floats(text: str, *, count: int, name: str = "value") -> tuple[float, ...]:

@@ -110,7 +110,7 @@ def unknown_run_ui(runs: Sequence[RunSummary]) -> bool:
     st.write("Open one of its runs instead:")
     for i, (summary, problem) in enumerate(readable_first(runs)):
         st.button(plain(describe_run(summary, problem)), key=f"open-run-{i}", on_click=_choose_run,
-                  args=(summary.run_id,), type="tertiary", disabled=problem is not None)
+                  args=(summary.run_id,), icon=":material/arrow_forward:", disabled=problem is not None)
     return True
 
 

@@ -81,10 +81,10 @@ def pair_ui() -> tuple[str, str] | None:
         st.session_state.setdefault(A_KEY, pair[0])
         st.session_state.setdefault(B_KEY, pair[1])
     cols = st.columns([5, 1, 5], vertical_alignment="bottom")
-    a_id = cols[0].selectbox("Run A", ids, key=A_KEY, format_func=labels.__getitem__,
+    a_id = cols[0].selectbox("Run A", ids, key=A_KEY, format_func=labels.__getitem__, persist_state="session",
                              help="Runs that cannot be opened come last, marked broken.")
     cols[1].button("Swap", key="compare-swap", icon=":material/swap_horiz:", on_click=_swap, width="stretch")
-    b_id = cols[2].selectbox("Run B", ids, key=B_KEY, format_func=labels.__getitem__,
+    b_id = cols[2].selectbox("Run B", ids, key=B_KEY, format_func=labels.__getitem__, persist_state="session",
                              help="Deltas are B - A. Runs that cannot be opened come last, marked broken.")
     state.publish(a=a_id, b=b_id)
     if a_id == b_id:

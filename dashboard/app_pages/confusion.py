@@ -43,18 +43,19 @@ def display_ui(run) -> tuple[bool, bool, int | None]:
                       scope=scope):
             st.session_state[limit_key] = st.session_state[top_key] < n_classes
     cols = st.columns([2, 1, 3])
-    view = cols[0].radio("Values", VALUES, horizontal=True, key="cm-view")
-    log_color = cols[1].checkbox("Log colour scale", key="cm-log")
+    view = cols[0].radio("Values", VALUES, horizontal=True, key="cm-view", persist_state="session")
+    log_color = cols[1].checkbox("Log colour scale", key="cm-log", persist_state="session")
     top = None
     if n_classes > 12:
         with cols[2]:
             if limit_key not in st.session_state:
                 st.session_state[limit_key] = n_classes > LARGE_K
-            limit = st.checkbox(f"Show only the most confused classes (of {n_classes})", key=limit_key)
+            limit = st.checkbox(f"Show only the most confused classes (of {n_classes})", key=limit_key,
+                                persist_state="session")
             if limit:
                 if top_key not in st.session_state:
                     st.session_state[top_key] = min(DEFAULT_TOP, n_classes)
-                top = int(st.slider("Classes shown", 5, n_classes, key=top_key))
+                top = int(st.slider("Classes shown", 5, n_classes, key=top_key, persist_state="session"))
     state.publish(values="share" if view == VALUES[1] else None, log="1" if log_color else None,
                   top=str(top) if top is not None else (str(n_classes) if n_classes > LARGE_K else None))
     return view == VALUES[1], log_color, top
@@ -94,14 +95,17 @@ def sync_cell_state(run, cm: np.ndarray, class_order: np.ndarray) -> None:
         st.session_state[true_key], st.session_state[pred_key] = st.session_state.pop(cell_key)
         return
     shared = st.session_state.get(ui.scoped(run, ui.CELL_KEY))
-    st.session_state[true_key], st.session_state[pred_key] = shared or views.default_cell(cm)
+    if not shared:  # the most confused cell of the classes shown, so that it is on screen
+        t, p = views.default_cell(cm[np.ix_(class_order, class_order)])
+        shared = (int(class_order[t]), int(class_order[p]))
+    st.session_state[true_key], st.session_state[pred_key] = shared
 
 
 def cell_picker_ui(run) -> tuple[int, int]:
     k = len(run.classes)
     fmt = ui.class_label(run)
     cols = st.columns(2)
-    forget = {"on_change": forget_click,
+    forget = {"on_change": forget_click, "persist_state": "session",
               "args": (ui.scoped(run, CHART_GEN_KEY), ui.scoped(run, LAST_CLICK_KEY))}
     true = cols[0].selectbox("True class", range(k), key=ui.scoped(run, TRUE_KEY), format_func=fmt, **forget)
     pred = cols[1].selectbox("Predicted class", range(k), key=ui.scoped(run, PRED_KEY), format_func=fmt,
@@ -142,7 +146,7 @@ def render() -> None:
     fig = figures.confusion_figure(cm, run.classes, class_order=order, normalize=normalize,
                                    log_color=log_color, selected=(true, pred))
     st.plotly_chart(fig, key=chart_key(run), on_select="rerun", selection_mode="points",
-                    config={"displayModeBar": k > LARGE_K, "displaylogo": False,
+                    config={"displayModeBar": len(order) > LARGE_K, "displaylogo": False,
                             "modeBarButtonsToRemove": ["select2d", "lasso2d", "toImage"]})
     true, pred = cell_picker_ui(run)
     st.session_state[ui.scoped(run, ui.CELL_KEY)] = (true, pred)

@@ -97,10 +97,11 @@ def controls_ui(run, key: str) -> dict:
                scope=scope)
     cols = st.columns([3, 2, 3])
     # the colouring is a preference kept across runs; filters, window and selection are the run's
-    color_by = cols[0].radio("Colour by", COLOUR_CHOICES, horizontal=True, key="emb-colour")
-    split = cols[1].selectbox("Split", ["all", *splits], key=split_key)
+    color_by = cols[0].radio("Colour by", COLOUR_CHOICES, horizontal=True, key="emb-colour",
+                             persist_state="session")
+    split = cols[1].selectbox("Split", ["all", *splits], key=split_key, persist_state="session")
     classes = cols[2].multiselect("True classes", range(k), key=classes_key, format_func=ui.class_label(run),
-                                  placeholder="every class")
+                                  placeholder="every class", persist_state="session")
     state.publish(colour=COLOUR_PARAM[color_by] if color_by != COLOUR_CHOICES[0] else None,
                   split=split if split != "all" else None, classes=state.encode_ints(classes))
     return {"color_by": color_by, "split": split, "classes": tuple(int(c) for c in classes)}
@@ -127,7 +128,8 @@ def window_ui(run, full: mapview.Window, shapes: list) -> mapview.Window:
     cols[3].button("Clear selection", key="emb-clear", icon=":material/deselect:", disabled=not shapes,
                    on_click=_set, args=(shapes_key, []))
     if window != full:
-        cols[4].caption(ui.plain(f"Zoomed: x {window[0]:.3g} to {window[1]:.3g}, y {window[2]:.3g} to {window[3]:.3g}."))
+        x0, x1, y0, y1 = window
+        cols[4].caption(ui.plain(f"Zoomed: x {x0:.3g} to {x1:.3g}, y {y0:.3g} to {y1:.3g}."))
     state.publish(view=None if window == full else state.encode_floats(window))
     return window
 

@@ -30,10 +30,12 @@ def filters_ui(run) -> tuple[list[int], list[int], tuple[float, float]]:
         st.session_state[conf_key] = (0.0, 1.0)
     fmt = ui.class_label(run)
     cols = st.columns([2, 2, 2])
-    true = cols[0].multiselect("True class", range(k), key=true_key, format_func=fmt, placeholder="every class")
+    keep = {"persist_state": "session"}  # the filters outlive a visit to another page
+    true = cols[0].multiselect("True class", range(k), key=true_key, format_func=fmt, placeholder="every class",
+                               **keep)
     pred = cols[1].multiselect("Predicted class", range(k), key=pred_key, format_func=fmt,
-                               placeholder="every class")
-    low, high = cols[2].slider("Confidence", 0.0, 1.0, step=0.01, key=conf_key)
+                               placeholder="every class", **keep)
+    low, high = cols[2].slider("Confidence", 0.0, 1.0, step=0.01, key=conf_key, **keep)
     state.publish(true=state.encode_ints(true), pred=state.encode_ints(pred),
                   conf=None if (low, high) == (0.0, 1.0) else state.encode_floats((low, high)))
     return list(true), list(pred), (float(low), float(high))

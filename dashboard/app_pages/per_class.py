@@ -27,7 +27,8 @@ def table_ui(run) -> None:
         ui.cannot_show("The per-class table cannot be shown", exc)
         return
     many = len(table) > 20
-    if st.checkbox("Worst F1 first", value=many, key=ui.scoped(run, "per-class-worst-first")):
+    if st.checkbox("Worst F1 first", value=many, key=ui.scoped(run, "per-class-worst-first"),
+                   persist_state="session"):
         table = table.sort_values(["f1", "class"], kind="stable").reset_index(drop=True)
     styled = table.style.apply(
         lambda row: ["background-color: #fde2e1" if row["worst"] else "" for _ in row], axis=1)
@@ -57,7 +58,7 @@ def _pick_pair(pair_key: str, table_key: str, pairs: list[tuple[int, int]]) -> N
 
 def pairs_ui(run, key: str) -> tuple[int, int] | None:
     st.subheader("Most confused pairs")
-    top = st.number_input("Pairs", 1, 100, 15, key=ui.scoped(run, "pairs-top"))
+    top = st.number_input("Pairs", 1, 100, 15, key=ui.scoped(run, "pairs-top"), persist_state="session")
     cm = cache.eval_confusion(run, key)
     pairs = confused_pairs(cm, run.classes, top=int(top))
     index = list(zip(pairs["true_index"].astype(int), pairs["predicted_index"].astype(int)))
