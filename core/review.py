@@ -258,7 +258,9 @@ class ReviewDB:
         except sqlite3.Error as exc:
             raise ReviewError(f"{self.path}: cannot open the verdicts database ({exc})") from None
         try:
-            con.execute("PRAGMA synchronous=FULL")  # an acknowledged verdict is on disk
+            # an acknowledged verdict is on disk; retried, since even this first statement can meet
+            # "database is locked" while another process creates the file or switches it to WAL
+            self._retrying(lambda: con.execute("PRAGMA synchronous=FULL"))
             if not self._schema_ok:
                 self._prepare(con)
         except sqlite3.Error as exc:
