@@ -22,8 +22,8 @@ to ``--montage`` (a PNG) for a look.
 
 Part 2 (``--speed``, on by default) times image_scan, duplicates, image_properties and error_slices on
 a 70,000-image run whose pixels are Fashion-MNIST's in images.npy (probabilities and embeddings from
-core.synthetic), twice, alternating with nothing else; the machine's load average is printed beside,
-since other work on a shared machine slows every figure.
+core.synthetic), ``--repeats`` times; wall and CPU seconds (all threads) are printed with the
+machine's load average beside, since other work on a shared machine slows every figure.
 """
 
 from __future__ import annotations
@@ -278,13 +278,14 @@ def speed(args) -> None:
                         embeddings=arrays["embeddings"], projection=arrays["projection"], images=ds.pixels,
                         data={"name": "fashion-mnist", "kind": "fashion-mnist", "path": None, "root": None,
                               "images_in_run": True})
-        times = {}
+        times, cpu = {}, {}
         for name in kinds:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             derived.get(run, name)
-            times[name] = time.perf_counter() - t0
-        line = ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
-        print(f"  run {repeat + 1}: {line}; all four {sum(times.values()):.1f} s; {load()}")
+            times[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
+        line = ", ".join(f"{k} {v:.1f} s (CPU {cpu[k]:.1f} s)" for k, v in times.items())
+        print(f"  run {repeat + 1}: {line}; all four {sum(times.values()):.1f} s (CPU {sum(cpu.values()):.1f} s, "
+              f"all threads); {load()}")
         summary = derived.get(run, "duplicates").summary
         print(f"  duplicates found: {summary['n_pairs']:,} pairs ({summary['n_exact']:,} exact); "
               f"slices: {derived.get(run, 'error_slices').summary['n_slices']}")
