@@ -556,7 +556,8 @@ def pixel_similarity(thumbnails: np.ndarray, content_size: np.ndarray, a: np.nda
 # --------------------------------------------------------------------------- all pairs of a data set
 
 def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np.ndarray, readable: np.ndarray,
-                    *, original_size: np.ndarray | None = None, min_similarity: float = 0.9, max_residual: float = 10.0, min_correlation: float = 0.9,
+                    *, original_size: np.ndarray | None = None, min_similarity: float = 0.9,
+                    max_residual: float = 10.0, min_correlation: float = 0.9,
                     max_shift: int = 3, neighbours: int = 2, seed: int = 0,
                     progress: Progress | None = None) -> pd.DataFrame:
     """Exact and near duplicate pairs among the readable rows (see the module docstring).
@@ -752,7 +753,8 @@ def compute_duplicates(run: Run, config: dict, progress: Progress) -> derived.De
         "row_a": ra, "row_b": rb, "path_a": paths[ra], "path_b": paths[rb], "split_a": splits[ra],
         "split_b": splits[rb], "label_a": names[true[ra]], "label_b": names[true[rb]],
         "labels_agree": true[ra] == true[rb], "kind": found["kind"].to_numpy(),
-        "similarity": found["similarity"].to_numpy(np.float32), "correlation": found["correlation"].to_numpy(np.float32),
+        "similarity": found["similarity"].to_numpy(np.float32),
+        "correlation": found["correlation"].to_numpy(np.float32),
         "residual": found["residual"].to_numpy(np.float32), "embedding_cosine": cosine,
         "shift_y": np.where(swap, -sy, sy), "shift_x": np.where(swap, -sx, sx), "cross_split": splits[ra] != splits[rb],
     })

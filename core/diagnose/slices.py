@@ -336,7 +336,8 @@ def filter_rows(run: Run, rule: dict) -> np.ndarray:
         rows = np.asarray(body.get("rows") or [], np.int64)
         bad = rows[(rows < 0) | (rows >= run.n_images)]
         if len(bad):
-            raise ValueError(f"Filter {rule.get('name')!r} names rows outside 0..{run.n_images - 1}: {bad[:5].tolist()}")
+            raise ValueError(f"Filter {rule.get('name')!r} names rows outside 0..{run.n_images - 1}: "
+                             f"{bad[:5].tolist()}")
         return np.unique(rows)
     raise ValueError(f"Unknown filter rule type {body.get('type')!r}. Types: ['paths', 'rows']")
 

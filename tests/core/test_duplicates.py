@@ -271,3 +271,12 @@ def test_a_one_pixel_shift_of_a_larger_picture_is_matched_at_half_a_thumbnail_pi
     assert whole["residual"] > 10
     assert refined["residual"] < 10 and refined["similarity"] > 0.9
     assert abs(refined["shift_y"] - 0.5) < 0.2 and abs(refined["shift_x"] + 0.5) < 0.2
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    from core.diagnose import duplicates as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

@@ -31,7 +31,8 @@ def test_properties_match_numpy_on_random_images():
     gray_rgb = np.repeat(rng.integers(0, 256, (20, 20, 1), dtype=np.uint8), 3, axis=2)
     assert props.image_properties(gray_rgb)["grayscale"]
     sharp = (np.indices((40, 40)).sum(axis=0) % 2 * 255).astype(np.uint8)
-    assert props.image_properties(cv2.GaussianBlur(sharp, (0, 0), 2))["blur"] < props.image_properties(sharp)["blur"] / 100
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 2)
+    assert props.image_properties(blurred)["blur"] < props.image_properties(sharp)["blur"] / 100
     with pytest.raises(ValueError, match=r"expected a non-empty uint8 image .* Received: dtype=float64"):
         props.image_properties(np.zeros((4, 4)))
 
@@ -161,3 +162,12 @@ def test_an_undecodable_file_is_a_recorded_skip(tmp_path):
     assert scan.array("readable").tolist() == [True, False]
     table = derived.get(run, "image_properties").table("properties")
     assert table["brightness"].iloc[0] == pytest.approx(90 / 255) and pd.isna(table["brightness"].iloc[1])
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    from core.diagnose import properties as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0

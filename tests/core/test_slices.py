@@ -155,3 +155,12 @@ def test_a_run_without_embeddings_or_map_is_refused_in_one_line(tmp_path):
     with pytest.raises(LookupError, match=r"Run 'flat' has no current error slices: compute them with python -m "
                                           r"core diagnose flat"):
         sl.slice_rows(run, 0, compute=False)
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    from core.diagnose import slices as module
+
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
