@@ -346,3 +346,13 @@ def test_user_strings_reach_markdown_only_inert(tmp_path, monkeypatch):
                     assert raw not in source, (page, source)
     assert {"overview", "confusion", "errors", "embeddings"} <= seen
     assert unescape(at.title[0].value) == "Compare runs"
+    # the image detail (dialog), its buttons' labels and tooltips too
+    visit(at, "errors")
+    at.button(key="gopen-errors-0").click().run()
+    assert not at.exception and not at.error
+    sources = ([c.value for c in at.caption] + [m.value for m in at.markdown]
+               + [b.label for b in at.button] + [b.help or "" for b in at.button])
+    assert any(INJECT in unescape(source) for source in sources)
+    for source in sources:
+        for raw in ("<b>", "**y**", "](", "__b__", "http://", "evil.example"):
+            assert raw not in source, source

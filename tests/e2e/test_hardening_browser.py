@@ -106,7 +106,7 @@ def test_overview_has_its_own_address_and_nothing_is_fetched_from_elsewhere(url,
     assert page.get_by_text("Page not found").count() == 0
     page.goto(url)
     page.get_by_role("heading", name="Overview: alpha").wait_for()
-    page.wait_for_url(f"{url}/overview")
+    page.wait_for_url(f"{url}/overview?run=alpha")  # the view is in the address
     for title, heading in (("Per-class report", "Per-class report"), ("Confusion matrix", "Confusion matrix"),
                            ("Errors", "Errors"), ("Embeddings", "Embeddings"), ("Compare runs", "Compare runs"),
                            ("Try an image", "Try an image"), ("Add a run", "Classifier error analysis")):

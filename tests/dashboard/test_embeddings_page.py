@@ -1,0 +1,111 @@
+"""The Embeddings page while the map is missing, being computed, then ready; and beyond 20,000 points.
+
+"derived" is a run whose map is a derived analysis not computed yet (core.projection);
+"big" has 30,000 points (about 22,500 in its train split), more than the page draws one by one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import projection as core_projection
+from core.config import AnalysisConfig, ProjectionConfig
+from core.runs import write_run
+from core.store import RunStore
+from core.synthetic import make_synthetic_run, synthetic_arrays
+from dashboard import mapview
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+TIMEOUT = 60
+
+
+def unescape(markdown: str) -> str:
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("embeddings-store")
+    store = RunStore(root)
+    arrays = synthetic_arrays(300, 4, seed=2)
+    write_run(store, "derived", classes=list("abcd"), y_true=arrays["y_true"], probs=arrays["probs"],
+              paths=arrays["paths"], splits=arrays["splits"], embeddings=arrays["embeddings"],
+              images=arrays["images"], model={"path": "m.keras"}, data={"name": "s", "kind": "synthetic"},
+              config=AnalysisConfig(model_sha256="0" * 64, data_fingerprint="derived",
+                                    projection=ProjectionConfig()))
+    make_synthetic_run(store, "big", n=30_000, n_classes=6, seed=1)
+    old = os.environ.get("ARTIFACTS_DIR")
+    os.environ["ARTIFACTS_DIR"] = str(root)
+    yield store
+    if old is None:
+        os.environ.pop("ARTIFACTS_DIR", None)
+    else:
+        os.environ["ARTIFACTS_DIR"] = old
+
+
+def open_embeddings(run_id: str, **params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"run": run_id, **params})
+    at.switch_page("app_pages/embeddings.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_a_missing_map_is_offered_then_said_to_be_computed_then_drawn(store, monkeypatch):
+    run = store.load("derived")
+    at = open_embeddings("derived")
+    assert any("has not been computed yet" in i.value for i in at.info)
+    assert at.button(key="compute-map").label.startswith("Compute the map")
+    assert not at.get("plotly_chart")
+    # another process computes it: the page says so (its lock is held) and draws nothing yet
+    fd = core_projection._try_lock(run)
+    try:
+        at.run()
+        assert any("is being computed in the background" in i.value for i in at.info)
+        assert not at.get("plotly_chart")
+    finally:
+        os.close(fd)
+    # the map arrives (a stand-in for UMAP): the next run draws it, without reopening the page
+    monkeypatch.setattr(core_projection, "project", lambda emb, **_: (
+        np.asarray(emb, np.float32)[:, :2].copy(), {"method": "umap"}))
+    core_projection.ensure_projection(run, progress=False)
+    at.run()
+    assert not at.info and len(at.get("plotly_chart")) == 1
+    assert "300 points in view, coloured by true class." in [unescape(c.value) for c in at.caption]
+
+
+def test_beyond_the_cap_every_point_is_drawn_and_a_selection_holds_every_row_inside(store):
+    run = store.load("big")
+    xy = np.asarray(run.projection)
+    window = mapview.full_window(xy)
+    at = open_embeddings("big", colour="conf", split="train")
+    captions = [unescape(c.value) for c in at.caption]
+    train = run.predictions["split"].astype(str).to_numpy() == "train"
+    assert any(c.startswith(f"{int(train.sum()):,} points in view, more than the 20,000 drawn one by one")
+               for c in captions), captions
+    # a lasso over the left half of the map, from the address
+    x0, x1, y0, y1 = window
+    mid = (x0 + x1) / 2
+    lasso = f"l:{x0:.6g},{y0:.6g},{mid:.6g},{y0:.6g},{mid:.6g},{y1:.6g},{x0:.6g},{y1:.6g}"
+    at = open_embeddings("big", split="train", sel=lasso)
+    polygon = [(float(f"{x0:.6g}"), float(f"{y0:.6g}")), (float(f"{mid:.6g}"), float(f"{y0:.6g}")),
+               (float(f"{mid:.6g}"), float(f"{y1:.6g}")), (float(f"{x0:.6g}"), float(f"{y1:.6g}"))]
+    inside = mapview.points_in_polygon(xy, polygon) & train
+    n = int(inside.sum())
+    assert n > 5_000
+    assert f"{n:,} images inside the selection, most confident first." in [unescape(c.value) for c in at.caption]
+    assert not at.button(key="emb-zoom-selection").disabled
+    at.button(key="emb-zoom-selection").click().run()
+    assert at.query_params["view"]  # the window is in the address; the gallery still holds every row
+    assert f"{n:,} images inside the selection, most confident first." in [unescape(c.value) for c in at.caption]
+    at.button(key="emb-zoom-reset").click().run()
+    assert "view" not in at.query_params
+    at.button(key="emb-clear").click().run()
+    assert "sel" not in at.query_params

@@ -1,0 +1,158 @@
+"""Issue 9 end to end in headless Chromium, one server for the module: a click on a thumbnail opens
+that image's detail (10 and 120 classes); a lasso on a 70,000-point map gives a gallery of every image
+inside it, counted again here with the textbook ray-cast; a reload restores run, page, cell and filters.
+"""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.browser
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+           "Ankle boot"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from core.store import RunStore
+    from core.synthetic import make_synthetic_run
+
+    store = RunStore(tmp_path_factory.mktemp("e2e-issue9"))
+    make_synthetic_run(store, "c120", n=3_000, n_classes=120, seed=5, accuracy=0.8)
+    make_synthetic_run(store, "big", n=70_000, n_classes=10, seed=3, class_names=FASHION)
+    return store
+
+
+@pytest.fixture(scope="module")
+def url(store, tmp_path_factory, streamlit_server):
+    with streamlit_server(store.root, tmp_path_factory.mktemp("e2e-issue9-log") / "streamlit.log") as address:
+        yield address
+
+
+def settle(page) -> None:
+    """Wait until the script run the last action started has finished drawing."""
+    page.wait_for_timeout(400)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                           timeout=60_000)
+    page.wait_for_timeout(300)
+
+
+def params(page) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(urlparse(page.url).query).items()}
+
+
+def detail_alt(page) -> str:
+    """The file name (alt text) of the image the open detail shows."""
+    dialog = page.get_by_role("dialog")
+    dialog.wait_for()
+    return dialog.locator("[class*='st-key-detail-image'] img").get_attribute("alt")
+
+
+@pytest.mark.parametrize("run_id", ["big", "c120"])
+def test_a_click_on_a_thumbnail_opens_its_detail_and_the_arrow_keys_walk_the_gallery(url, store, page, run_id):
+    run = store.load(run_id)
+    df = run.predictions
+    mask = run.eval_mask() & ~df["correct"].to_numpy()
+    rows = np.flatnonzero(mask)
+    rows = rows[np.argsort(-df["confidence"].to_numpy()[rows], kind="stable")]  # the Errors page's order
+    page.goto(f"{url}/errors?run={run_id}")
+    page.get_by_role("heading", name="Errors").wait_for()
+    settle(page)
+    tiles = page.locator(".st-key-gallery-errors [class*='st-key-gtile-errors-']")
+    assert tiles.count() == 24
+    tiles.nth(5).click()  # anywhere on the thumbnail
+    page.get_by_role("dialog").wait_for()
+    settle(page)
+    assert detail_alt(page) == df["path"].iat[int(rows[5])]
+    dialog = page.get_by_role("dialog")
+    assert f"Image 6 of {rows.size:,}" in dialog.inner_text()
+    assert params(page)["img"] == str(int(rows[5]))
+    assert "nearest training images" in dialog.inner_text()
+    page.keyboard.press("ArrowRight")
+    settle(page)
+    assert detail_alt(page) == df["path"].iat[int(rows[6])]
+    page.keyboard.press("ArrowLeft")
+    page.keyboard.press("ArrowLeft")
+    settle(page)
+    assert detail_alt(page) == df["path"].iat[int(rows[4])]
+    page.keyboard.press("Escape")
+    page.get_by_role("dialog").wait_for(state="detached")
+    settle(page)
+    assert "img" not in params(page)
+
+
+def test_a_lasso_on_the_70000_point_map_shows_every_image_inside_it(url, store, page):
+    from dashboard import mapview, state
+
+    run = store.load("big")
+    xy = np.asarray(run.projection)
+    page.goto(f"{url}/embeddings?run=big")
+    page.get_by_role("heading", name="Embeddings").wait_for()
+    settle(page)
+    assert page.get_by_text("70,000 points in view, more than the 20,000 drawn one by one").count() == 1
+    area = page.locator("[class*='embedding-chart'] .nsewdrag").first.bounding_box()
+    # a lasso over a dense cluster and the sparse middle: a rough ellipse of 40 vertices
+    cx, cy = area["x"] + area["width"] * 0.62, area["y"] + area["height"] * 0.35
+    path = [(cx + 170 * math.cos(a), cy + 110 * math.sin(a)) for a in np.linspace(0, 2 * np.pi, 41)]
+    page.mouse.move(*path[0])
+    page.mouse.down()
+    for x, y in path[1:]:
+        page.mouse.move(x, y, steps=2)
+    page.mouse.up()
+    page.get_by_role("heading", name="Selected images").wait_for()
+    settle(page)
+    shapes = state.decode_shapes(params(page)["sel"])
+    assert [kind for kind, _ in shapes] == ["lasso"] and len(shapes[0][1]) >= 20
+    expected = int(mapview.points_in_polygon(xy, shapes[0][1]).sum())
+    assert expected > 1_000  # far more than plotly would have had points to select in the picture
+    note = page.get_by_text("inside the selection, most confident first")
+    note.wait_for()
+    assert note.inner_text().startswith(f"{expected:,} images inside the selection")
+    assert page.get_by_text(f"Images 1–24 of {expected:,}").count() == 1
+    # the selection's own pages: the last page holds the remainder
+    assert page.locator(".st-key-gallery-embedding [class*='st-key-gtile-embedding-']").count() == 24
+
+
+def test_a_reload_restores_run_page_cell_and_filters(url, store, page):
+    run = store.load("c120")
+    page.goto(f"{url}/confusion?run=c120")
+    page.get_by_role("heading", name="Confusion matrix").wait_for()
+    settle(page)
+    for label, option in (("True class", f"7 · {run.classes[7]}"), ("Predicted class", f"9 · {run.classes[9]}")):
+        page.get_by_role("combobox", name=label).click()
+        page.get_by_role("option", name=option).click()
+        settle(page)
+    page.get_by_text("Row-normalised").click()
+    settle(page)
+    heading = f"True {run.classes[7]}, predicted {run.classes[9]}"
+    page.get_by_role("heading", name=heading).wait_for()
+    assert params(page) == {"run": "c120", "cell": "7,9", "values": "share", "top": "30"}
+    page.reload()
+    page.get_by_role("heading", name=heading).wait_for()
+    settle(page)
+    assert page.get_by_role("radio", name="Row-normalised").is_checked()
+    assert page.get_by_role("combobox", name="Run").input_value().startswith("c120 ")
+    # the Errors page's filters, through the address bar of a new tab (a shared link)
+    page.locator("[data-testid='stSidebarNav']").get_by_role("link", name="Errors", exact=True).click()
+    page.get_by_role("heading", name="Errors").wait_for()
+    settle(page)
+    page.get_by_role("combobox", name="True class").click()
+    page.get_by_role("option", name=f"3 · {run.classes[3]}").click()
+    settle(page)
+    page.keyboard.press("Escape")
+    settle(page)
+    shared = page.url
+    assert params(page) == {"run": "c120", "true": "3"}
+    count = page.get_by_text("misclassified image").first.inner_text()
+    other = page.context.new_page()
+    other.goto(shared)
+    other.get_by_role("heading", name="Errors").wait_for()
+    settle(other)
+    assert other.get_by_text("misclassified image").first.inner_text() == count
+    assert f"3 · {run.classes[3]}" in other.locator("[data-testid='stMultiSelect']").first.inner_text()
+    other.close()
