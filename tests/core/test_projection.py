@@ -68,6 +68,12 @@ def test_exact_neighbors_match_a_full_distance_matrix():
         assert idx.dtype == np.int32 and dist.dtype == np.float32 and idx.shape == (n, k)
         assert np.array_equal(idx, expected)
         np.testing.assert_allclose(dist, np.take_along_axis(full, expected, 1), atol=1e-4)
+        assert np.array_equal(proj.exact_neighbors(x, k, threads=1)[0], proj.exact_neighbors(x, k, threads=3)[0])
+
+
+def test_exact_neighbors_refuse_more_neighbours_than_points():
+    with pytest.raises(ValueError, match="k must be between 1 and the number of points \\(4\\). Received: k=5"):
+        proj.exact_neighbors(np.zeros((4, 2), np.float32), 5)
 
 
 @pytest.mark.slow
