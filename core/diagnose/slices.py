@@ -14,8 +14,10 @@ that looks like it, not only on its mistakes. A slice is kept when its error
 rate is at least ``min_lift`` times, and 10 points above, what its images'
 classes make on average, with at least ``min_size`` images and ``min_errors``
 errors. It is named from its dominant true -> predicted pairs and the image
-property that stands out (median within-class percentile under 25% or over
-75%): "Shirt -> T-shirt/top, dark, 212 images, error rate 41% vs 9%".
+properties that stand out (median within-class percentile under 25% or over
+75%; atypicality is listed in ``properties`` but does not name a slice, being
+measured in the very space the slices come from): "Shirt -> T-shirt/top, dark,
+212 images, error rate 41% vs 9%".
 
 A slice can be kept as a *filter*: a JSON rule listing its images' paths,
 usable with any run on the same images (``filter_rows``); ``compare_slices``
@@ -242,9 +244,13 @@ def compute_error_slices(run: Run, config: dict, progress: Progress) -> derived.
 
             names, described = [], []
             for rec in slices.to_dict("records"):
-                standout = standout_properties(values, labels, np.flatnonzero(member == rec["slice_id"]))[:2]
-                adjectives = [TAIL_ADJECTIVES[p][0 if side == "low" else 1] for p, side, _ in standout]
-                described.append("; ".join(f"{p} {side} (median class percentile {m:.0%})" for p, side, m in standout))
+                standout = standout_properties(values, labels, np.flatnonzero(member == rec["slice_id"]))
+                # atypicality is measured in the same embedding space the slices come from: hard images are
+                # atypical almost by construction, so it is described but does not name the slice
+                adjectives = [TAIL_ADJECTIVES[p][0 if side == "low" else 1] for p, side, _ in standout
+                              if p != "atypicality"][:2]
+                described.append("; ".join(f"{p} {side} (median class percentile {m:.0%})"
+                                           for p, side, m in standout[:3]))
                 in_slice = member == rec["slice_id"]
                 pairs = _top_pairs(labels[in_slice], predicted[in_slice], run.classes)
                 names.append(_slice_name(pairs, adjectives, rec["n"], rec["error_rate"], rec["expected_rate"]))
