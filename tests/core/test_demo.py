@@ -9,7 +9,11 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import h5py
 
@@ -207,3 +211,27 @@ def test_a_shipped_model_for_other_data_is_not_used(tiny_shipped_model, tmp_path
                   progress=lambda m, f: seen.append(m))
     assert trained == ["fashion-mnist-demo"]
     assert any("not the copy the shipped model was trained on" in m for m in seen)
+
+
+# --------------------------------------------------------------------------- quiet terminal output
+
+def test_quiet_start_leaves_nothing_of_tensorflows_import_on_stderr_but_what_is_real():
+    """TensorFlow 2.21 prints the absl and oneDNN lines at import whatever TF_CPP_MIN_LOG_LEVEL says."""
+    code = ("from core.quiet import quiet_start; quiet_start(); import os, keras, tensorflow; "
+            "os.write(2, b'written after the import\\n')")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "written after the import\n"
+
+
+def test_the_import_filter_passes_on_every_line_that_is_not_known_noise(capfd):
+    from core import quiet
+
+    noise = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+             "I0000 00:00:1795369126.238189   20854 port.cc:153] oneDNN custom operations are on.\n"
+             "E0000 00:00:1795369126.238189   20854 cuda_executor.cc:1228] failed call to cuInit: UNKNOWN\n")
+    with quiet._stderr_filtered():
+        os.write(2, noise.encode() + b"ImportError: a real problem\n")
+    assert capfd.readouterr().err == "ImportError: a real problem\n"
