@@ -22,6 +22,7 @@ together.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import statistics
@@ -177,7 +178,7 @@ def main() -> None:
                 timed("sidebar -> Confusion matrix", lambda: nav.get_by_role("link", name="Confusion matrix").click(),
                       lambda: chart.wait_for(state="attached"))
             # the image detail (absent before the dashboard had one)
-            opener = page.locator(".st-key-gallery-confusion [class*='-open-'] button")
+            opener = page.locator(".st-key-gallery-confusion [class*='st-key-gtile-confusion-']")
             if opener.count():
                 for r in range(args.repeats):
                     timed("click a thumbnail -> its detail", lambda: opener.nth(r % opener.count()).click(),
@@ -187,7 +188,35 @@ def main() -> None:
                     _settled(page)
             else:
                 missing.append("click a thumbnail -> its detail (no image detail in this version)")
+            # a lasso on the map, and a zoom to it (absent before the map selected on the server)
+            nav.get_by_role("link", name="Embeddings", exact=True).click()
+            page.locator("[class*='embedding-chart'] .js-plotly-plot .main-svg").first.wait_for()
+            _settled(page)
+            zoom = page.get_by_role("button", name="Zoom to selection")
+            if zoom.count():
+                for r in range(args.repeats):
+                    if r:
+                        page.get_by_role("button", name="Show everything").click()
+                        _settled(page)
+                    area = page.locator("[class*='embedding-chart'] .nsewdrag").first.bounding_box()
+                    cx, cy = area["x"] + area["width"] * (0.3 + 0.2 * r), area["y"] + area["height"] * 0.4
+                    lasso = [(cx + 120 * math.cos(a), cy + 90 * math.sin(a))
+                             for a in np.linspace(0, 2 * math.pi, 31)]
+
+                    page.mouse.move(*lasso[0])  # drawing the lasso is the user's time, not timed
+                    page.mouse.down()
+                    for x, y in lasso[1:]:
+                        page.mouse.move(x, y)
+                    timed("map: lasso released -> gallery of every image inside", page.mouse.up,
+                          lambda: page.get_by_text("inside the selection, most confident first").wait_for())
+                    timed("map: zoom to the selection -> window re-drawn", lambda: zoom.click(),
+                          lambda: page.get_by_text("Zoomed: x").wait_for())
+            else:
+                missing.append("map lasso and zoom to selection (not in this version)")
             if args.full_matrix and k > 40:
+                nav.get_by_role("link", name="Confusion matrix", exact=True).click()
+                chart.wait_for(state="attached")
+                _settled(page)
                 toggle = page.get_by_text("Show only the most confused classes")
                 timed(f"switch to the full matrix ({k} classes)", lambda: toggle.click(),
                       lambda: page.wait_for_function(FULL_JS, arg=k - 1, timeout=120_000))

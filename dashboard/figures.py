@@ -91,7 +91,8 @@ def confusion_figure(
     class_order : class indices to show, in display order (default all K).
     normalize : colour and label cells by share of the true class's images.
     log_color : colour on a log10 scale; the colour bar reads in images (or percent).
-    selected : (true, predicted) full class indices of the cell to outline.
+    selected : (true, predicted) full class indices of the cell to outline (None: no outline; a
+        large matrix's clicked cell is shown by plotly's selection style instead).
 
     The axes are category axes of the shown names (displayed position i is category i),
     so that beyond ``LARGE_MATRIX`` classes plotly thins the labels to what fits and shows
@@ -144,11 +145,10 @@ def confusion_figure(
     true_idx, pred_idx = order[ii.ravel()], order[jj.ravel()]
     cnt, shr = counts.ravel(), shares.ravel()
     names = np.asarray(shown_names, dtype=object)
-    # hover from customdata: one template instead of K*K strings (which plotly validates one by one)
-    customdata = np.empty((n * n, 6), dtype=object)
-    customdata[:, 0], customdata[:, 1], customdata[:, 2], customdata[:, 3] = true_idx, pred_idx, cnt, shr
-    customdata[:, 4], customdata[:, 5] = names[ii.ravel()], names[jj.ravel()]
-    hover = ("true: %{customdata[4]}<br>predicted: %{customdata[5]}<br>"
+    # hover from a template over the point's categories and customdata, not K*K strings (which plotly
+    # validates one by one and the browser has to download)
+    customdata = np.stack([true_idx, pred_idx, cnt, shr], axis=1)
+    hover = ("true: %{y}<br>predicted: %{x}<br>"
              "images: %{customdata[2]:,} (%{customdata[3]:.1%} of the true class)<extra></extra>")
     label_cells = n <= 25
     strength = (np.nan_to_num(off.ravel(), nan=low) - low) / max(high - low, 1e-12)
@@ -157,12 +157,16 @@ def confusion_figure(
     if label_cells:
         text = [share_label(c, s) if normalize else (f"{c:,}" if c else "") for c, s in zip(cnt, shr)]
     layer = go.Scattergl if large else go.Scatter
+    # A large matrix marks the clicked cell with plotly's own selection style, in the browser: the
+    # figure then need not change (and be drawn again) on a click (see ``selected``).
+    selection_style = ({"selected": {"marker": {"opacity": 1.0, "color": HIGHLIGHT_COLOUR}},
+                        "unselected": {"marker": {"opacity": 0.01}}} if large else {})
     fig.add_trace(layer(
         x=names[jj.ravel()], y=names[ii.ravel()], mode="markers+text" if label_cells else "markers",
         text=text, textfont={"size": tick_font_size(n), "color": text_colours} if label_cells else None,
         marker={"symbol": "square", "size": max(6, min(40, 500 // max(n, 1))), "opacity": 0.01,
                 "color": "#000000"},
-        customdata=customdata, hovertemplate=hover, showlegend=False, name="cells",
+        customdata=customdata, hovertemplate=hover, showlegend=False, name="cells", **selection_style,
     ))
     if selected is not None:
         where_t = np.flatnonzero(order == selected[0])
@@ -278,7 +282,7 @@ def embedding_figure(plan: MapPlan, xy: np.ndarray, predictions: pd.DataFrame, c
     (``plan.mode == "points"``) or in the server-side picture(s) ``plan.images`` drawn under
     an invisible hover grid (``"raster"``); both coloured per ``plan.color_by``.
 
-    Points carry their row id as customdata (a click opens the image); grid cells carry -1.
+    Points carry their row id as customdata; grid cells carry -1.
     ``highlight`` rows (the chosen confusion cell) are outlined on top; ``shapes`` (the
     selection, ``mapview`` shapes) are drawn as dashed outlines. The axes are fixed to the
     window: zoom goes through the page's controls, which re-render the window in full.

@@ -80,10 +80,11 @@ def pair_ui() -> tuple[str, str] | None:
             st.caption("No two runs of the store share their images; choose the runs to compare.")
         st.session_state.setdefault(A_KEY, pair[0])
         st.session_state.setdefault(B_KEY, pair[1])
-    cols = st.columns([5, 1, 5], vertical_alignment="bottom")
+    cols = st.columns([5, 1.2, 5], vertical_alignment="bottom")
     a_id = cols[0].selectbox("Run A", ids, key=A_KEY, format_func=labels.__getitem__, persist_state="session",
                              help="Runs that cannot be opened come last, marked broken.")
-    cols[1].button("Swap", key="compare-swap", icon=":material/swap_horiz:", on_click=_swap, width="stretch")
+    cols[1].button("Swap", key="compare-swap", icon=":material/swap_horiz:", on_click=_swap, width="stretch",
+                   help="Swap runs A and B")
     b_id = cols[2].selectbox("Run B", ids, key=B_KEY, format_func=labels.__getitem__, persist_state="session",
                              help="Deltas are B - A. Runs that cannot be opened come last, marked broken.")
     state.publish(a=a_id, b=b_id)
@@ -190,7 +191,7 @@ def per_class_ui(a, b) -> None:
                       key=ui.scoped(a, "compare-all-columns", other=b))
     columns = list(table.columns) if every else ["class", "f1_a", "f1_b", "f1_delta", "tp_delta", "fp_delta",
                                                   "fn_delta", "cer_delta"]
-    left, right = st.columns([3, 2])
+    left, right = st.columns([7, 3])
     with left:
         config = {"class": st.column_config.TextColumn("class", pinned=True)}
         for c in table.columns:
@@ -201,7 +202,7 @@ def per_class_ui(a, b) -> None:
             fmt = "%.3f" if metric == "f1" else "%.4f" if metric == "cer" else "%d"
             if side == "delta" and metric in ("tp", "fp", "fn"):
                 fmt = "%+d"
-            config[c] = st.column_config.NumberColumn(label, format=fmt, width=72)
+            config[c] = st.column_config.NumberColumn(label, format=fmt, width=70)
         st.dataframe(table[columns], hide_index=True, width="stretch", height=400, column_config=config)
         st.caption("Scroll sideways for more columns; the class column stays in place. Δ = B - A.")
     with right:

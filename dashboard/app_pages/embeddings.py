@@ -1,10 +1,9 @@
 """2-D map (UMAP) of the run's embeddings: colour, filter, zoom, select, inspect.
 
 Every point is drawn at every size. Up to ``POINT_CAP`` points in view are
-markers (a click opens the image). Beyond that the server draws every point
-in view into a picture coloured like the markers would be (``mapview``), under
-an invisible hover grid (counts, most common class, share of errors); a click
-on the picture zooms in there.
+markers. Beyond that the server draws every point in view into a picture
+coloured like the markers would be (``mapview``), under an invisible hover
+grid (counts, most common class, share of errors).
 
 A box or lasso selects every image inside it: the rows are computed on the
 server from the projection and the drawn shape (``mapview.SortedPoints``), not
@@ -37,7 +36,6 @@ CHART_KEY = "embedding-chart"
 COLOUR_CHOICES = list(mapview.COLOUR_BY)
 COLOUR_PARAM = {"true class": "true", "predicted class": "pred", "correct": "correct", "confidence": "conf"}
 SOURCE_SELECTION = "embedding"
-SOURCE_VIEW = "map"
 
 
 # --------------------------------------------------------------------------- the map's availability
@@ -134,30 +132,12 @@ def window_ui(run, full: mapview.Window, shapes: list) -> mapview.Window:
     return window
 
 
-def _on_map_event(run_id: str, chart_key: str, shapes_key: str, view_key: str, window: mapview.Window,
-                  selected: np.ndarray) -> None:
-    """A selection event of the map: keep the drawn shapes, or open the clicked image, or zoom in
-    where the picture was clicked; an empty event (a double-click) clears the selection."""
+def _on_map_event(chart_key: str, shapes_key: str) -> None:
+    """A selection event of the map: keep the drawn boxes and lassos (in data units, rounded as the
+    URL keeps them); an empty event (a double-click) clears the selection. A click selects no point
+    in lasso mode (plotly clears the selection), so clicks are not used."""
     event = st.session_state.get(chart_key) or {}
-    selection = event.get("selection") or {}
-    shapes = mapview.shapes_from_selection(selection)
-    if shapes:
-        st.session_state[shapes_key] = state.round_shapes(shapes)
-        return
-    points = selection.get("points") or []
-    if not points:
-        st.session_state[shapes_key] = []
-        return
-    point = points[0]
-    custom = point.get("customdata")
-    row = int(custom[0] if isinstance(custom, (list, tuple)) else custom) if custom is not None else -1
-    if row >= 0:
-        source = SOURCE_SELECTION if np.any(selected == row) else SOURCE_VIEW
-        gallery.open_detail(run_id, row, source=source)
-    elif point.get("x") is not None and point.get("y") is not None:
-        x, y = float(point["x"]), float(point["y"])
-        hx, hy = (window[1] - window[0]) / 8, (window[3] - window[2]) / 8
-        st.session_state[view_key] = (x - hx, x + hx, y - hy, y + hy)
+    st.session_state[shapes_key] = state.round_shapes(mapview.shapes_from_selection(event.get("selection")))
 
 
 def highlight_rows(run, key: str) -> np.ndarray | None:
@@ -186,8 +166,8 @@ def render() -> None:
         st.info("The map is not readable yet; reload the page in a moment.")
         return
     method = run.projection_info.get("method") or "UMAP"
-    st.caption(ui.plain(f"{method} projection of the penultimate-layer features. Draw a box or a lasso to select "
-                        "every image inside it; click a point to inspect its image."))
+    st.caption(ui.plain(f"{method} projection of the penultimate-layer features. Draw a lasso (or pick the box "
+                        "tool) to select every image inside it: they appear below, a click on one opens it."))
     chosen = controls_ui(run, key)
     shapes_key = ui.scoped(run, "emb-shapes")
     state.seed(shapes_key, "sel", lambda t: state.decode_shapes(t), scope=ui.run_scope(run))
@@ -214,15 +194,13 @@ def render() -> None:
         st.caption(f"{plan.n_visible:,} points in view, more than the {POINT_CAP:,} drawn one by one: every point "
                    f"is drawn into a picture, each pixel in the mean colour of its points' {what}"
                    + (" (errors drawn over the correct ones)" if chosen["color_by"] == "correct" else "")
-                   + ". Hover for counts; click the picture, or select and zoom, to come closer.")
+                   + ". Hover for counts; select a region and zoom to it to see each point.")
     else:
         st.caption(f"{views.plural(plan.n_visible, 'point')} in view, coloured by {what}.")
-    gallery.register_source(run, SOURCE_VIEW, plan.rows, title="points in view")
     fig = figures.embedding_figure(plan, xy, run.predictions, run.classes, highlight=highlight, shapes=shapes)
     chart_key = ui.scoped(run, CHART_KEY)
-    st.plotly_chart(fig, key=chart_key, selection_mode=("points", "box", "lasso"),
-                    on_select=partial(_on_map_event, run.id, chart_key, shapes_key, ui.scoped(run, "emb-view"),
-                                      window, selected),
+    st.plotly_chart(fig, key=chart_key, selection_mode=("box", "lasso"),
+                    on_select=partial(_on_map_event, chart_key, shapes_key),
                     config={"displaylogo": False, "scrollZoom": False,
                             "modeBarButtonsToRemove": ["zoom2d", "pan2d", "zoomIn2d", "zoomOut2d", "autoScale2d",
                                                        "resetScale2d"]})

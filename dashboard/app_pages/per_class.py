@@ -33,7 +33,7 @@ def table_ui(run) -> None:
     styled = table.style.apply(
         lambda row: ["background-color: #fde2e1" if row["worst"] else "" for _ in row], axis=1)
     # Fixed widths wide enough for each header and its sort arrow (a sorted "recall" was cut to "re").
-    number = {"width": 92}
+    number = {"width": 84}
     pct = partial(st.column_config.NumberColumn, format="%.3f", **number)
     st.dataframe(styled, hide_index=True, width="stretch", height=min(38 + 35 * len(table), 600),
                  column_config={"worst": st.column_config.CheckboxColumn("worst F1", width=80),
@@ -58,7 +58,8 @@ def _pick_pair(pair_key: str, table_key: str, pairs: list[tuple[int, int]]) -> N
 
 def pairs_ui(run, key: str) -> tuple[int, int] | None:
     st.subheader("Most confused pairs")
-    top = st.number_input("Pairs", 1, 100, 15, key=ui.scoped(run, "pairs-top"), persist_state="session")
+    top = st.columns([1, 5])[0].number_input("Pairs", 1, 100, 15, key=ui.scoped(run, "pairs-top"),
+                                             persist_state="session")
     cm = cache.eval_confusion(run, key)
     pairs = confused_pairs(cm, run.classes, top=int(top))
     index = list(zip(pairs["true_index"].astype(int), pairs["predicted_index"].astype(int)))
@@ -68,14 +69,14 @@ def pairs_ui(run, key: str) -> tuple[int, int] | None:
     if pair_key not in st.session_state and index:
         st.session_state[pair_key] = index[0]
     table_key = ui.scoped(run, f"pairs-table-{int(top)}")
-    st.dataframe(pairs[["true", "predicted", "count", "share_of_true"]], hide_index=True, width="stretch",
-                 key=table_key, on_select=partial(_pick_pair, pair_key, table_key, index),
+    st.dataframe(pairs[["true", "predicted", "count", "share_of_true"]], hide_index=True, width=640,
+                 height=min(38 + 35 * len(pairs), 320), key=table_key, on_select=partial(_pick_pair, pair_key, table_key, index),
                  selection_mode="single-row",
                  column_config={"true": st.column_config.TextColumn("true"),
                                 "predicted": st.column_config.TextColumn("predicted"),
-                                "count": st.column_config.NumberColumn("images", width=70),
+                                "count": st.column_config.NumberColumn("images", width=80),
                                 "share_of_true": st.column_config.NumberColumn(
-                                    "share of true", format="%.3f", width=95)})
+                                    "share of true", format="%.3f", width=110)})
     st.caption("Click a pair to see its images below.")
     pair = st.session_state.get(pair_key)
     return tuple(pair) if pair else None
@@ -93,11 +94,8 @@ def render() -> None:
     if report is not None:
         st.download_button("Download CSV", report, file_name=f"{run.id}_per_class.csv",
                            mime="text/csv", key="download-per-class")
-    left, right = st.columns([7, 3])
-    with left:
-        table_ui(run)
-    with right:
-        pair = pairs_ui(run, key)
+    table_ui(run)
+    pair = pairs_ui(run, key)
     if pair is None:
         return
     true, pred = pair

@@ -70,7 +70,8 @@ def test_a_large_matrix_is_a_zoomable_webgl_layer_with_thinned_labels():
     assert fig.layout.xaxis.type == "category" and list(fig.layout.xaxis.categoryarray)[:2] == [
         "class_000", "class_001"]
     assert fig.layout.height <= 1200 and fig.layout.xaxis.tickfont.size >= 9
-    assert layer.hovertemplate.startswith("true: %{customdata[4]}")
+    assert layer.hovertemplate.startswith("true: %{y}<br>predicted: %{x}")
+    assert layer.selected.marker.opacity == 1.0  # the clicked cell, marked in the browser
 
 
 def test_confusion_figure_grows_with_the_number_of_classes():
