@@ -49,14 +49,15 @@ def default_epochs(n: int) -> int:
     """UMAP's optimisation epochs for ``n`` points when the config leaves it open.
 
     umap-learn's own rule up to 30,000 points (500 up to 10,000, else 200);
-    100 above, where an epoch costs the most. Measured on the demo's 70,000
-    embeddings (benchmarks/bench_umap.py): 100 epochs take half the layout
-    time of 200 and keep trustworthiness (k=10) within 0.005 of it.
+    75 above, where an epoch costs the most. Measured on the demo's 70,000
+    embeddings, trustworthiness (k=10, 5,000-point sample) against 0.9947 for
+    umap-learn's defaults: 0.9864 with 50 epochs, 0.9931 with 75, 0.9936
+    with 100; the layout takes about 0.1 s of CPU an epoch.
 
     >>> default_epochs(5_000), default_epochs(20_000), default_epochs(70_000)
-    (500, 200, 100)
+    (500, 200, 75)
     """
-    return 500 if n <= 10_000 else 200 if n <= 30_000 else 100
+    return 500 if n <= 10_000 else 200 if n <= 30_000 else 75
 
 
 def exact_neighbors(x: np.ndarray, k: int, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -91,9 +91,9 @@ def test_fuzzy_graph_equals_umap_learns_fuzzy_simplicial_set():
         assert ours.nnz == ref.nnz and abs(ours - ref).max() < 1e-6
 
 
-def test_default_epochs_follow_umap_up_to_30000_points_and_halve_above():
+def test_default_epochs_follow_umap_up_to_30000_points_and_are_fewer_above():
     assert [proj.default_epochs(n) for n in (100, 10_000, 10_001, 30_000, 30_001, 1_000_000)] == \
-        [500, 500, 200, 200, 100, 100]
+        [500, 500, 200, 200, 75, 75]
 
 
 @pytest.mark.slow
