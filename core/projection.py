@@ -12,8 +12,10 @@ While a process computes the map it holds an ``flock`` on the run's
 'computing' never outlives a killed process. A run written before maps were
 derived keeps its ``projection.npy``, which is used as is.
 
-``import umap`` imports TensorFlow when it is installed (about 20 s on two
-cores), so it happens inside ``project`` and nowhere on a path that reads runs.
+``import umap`` compiles numba code and imports TensorFlow when it is
+installed, so it happens inside ``project`` (with TensorFlow hidden from it,
+``_import_umap``) and nowhere on a path that reads runs. benchmarks/bench_umap.py
+compares ``project`` with umap-learn's seeded defaults.
 """
 
 from __future__ import annotations
@@ -201,11 +203,13 @@ def project(
     """UMAP of ``embeddings`` (N, D) to (N, 2) float32, seeded: the same input gives the same map.
 
     Steps: PCA to ``pca_dims`` when wider; the exact ``n_neighbors``
-    neighbours (``exact_neighbors``); umap-learn's fuzzy graph and layout from
-    them, starting from a PCA layout (``init='pca'``; 'spectral' is UMAP's
-    default, an eigen-decomposition that takes longer than the rest at large
-    N) for ``n_epochs`` epochs (None: ``default_epochs(N)``), single-threaded
-    (umap-learn's parallel layout gives a different map on every run).
+    neighbours (``exact_neighbors``); UMAP's fuzzy graph of them
+    (``fuzzy_graph``); umap-learn's layout (``simplicial_set_embedding``)
+    starting from a PCA layout (``init='pca'``; 'spectral' is UMAP's default,
+    an eigen-decomposition that took longer than everything else at 70,000
+    points) for ``n_epochs`` epochs (None: ``default_epochs(N)``),
+    single-threaded (umap-learn's parallel layout gives another map on every
+    run, and was no faster on 2 shared cores).
     Above ``max_fit`` rows, UMAP is fitted on a seeded sample (with its own
     NN-descent) and the other rows are placed with ``transform``.
 
