@@ -26,6 +26,7 @@ import streamlit as st  # noqa: E402
 
 from core.store import RunSchemaError, RunStore  # noqa: E402
 from dashboard import cache, gallery, state, ui  # noqa: E402
+from dashboard import attention_ui  # noqa: E402,F401 - registers the attention toggle and detail section
 
 PAGES = Path(__file__).resolve().parent / "app_pages"  # not "pages/": that name switches Streamlit to its legacy multipage mode
 PAGE_ICON = "🔎"

@@ -243,3 +243,21 @@ def run_model(_run: Run, key: str):
     from core.analyze import load_run_model  # heavy: TensorFlow, only on the "Try an image" page
 
     return load_run_model(_run)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model for attention maps...")
+def attention_explainer(_run: Run, key: str):
+    """The run's model prepared for Grad-CAM (imports TensorFlow on first use; only when the
+    attention toggle is on or the image detail asks). Refusals raise and are not cached."""
+    from core.gradcam import explainer_for_run
+
+    return explainer_for_run(_run)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def attention_memo(_run: Run, key: str):
+    """The attention maps of run ``key`` computed or read so far (dashboard.attention_ui.AttentionMemo,
+    filled under its lock by attention_ui.row_maps)."""
+    from dashboard.attention_ui import AttentionMemo
+
+    return AttentionMemo()

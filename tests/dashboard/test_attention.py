@@ -1,0 +1,226 @@
+"""Attention maps in the gallery and the image detail (dashboard.attention_ui), through AppTest.
+
+Run "cnn": an untrained small CNN (Rescaling -> Conv 8 -> Conv 8 -> GAP -> Dense softmax)
+analysed on 3 classes x 8 PNG files of 20x20 (24 rows, one gallery page of 24); run "syn": a
+synthetic run, which has no model to explain.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import derived, gradcam
+from core.store import RunStore
+from core.synthetic import make_synthetic_run
+from dashboard import attention_ui, gallery
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 60
+
+
+def unescape(markdown: str) -> str:
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+
+
+def _cnn(seed: int = 1):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((20, 20, 3))
+    x = keras.layers.Rescaling(1 / 255)(inp)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_1")(x)
+    x = keras.layers.Conv2D(8, 3, activation="relu", name="conv_2")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    out = keras.layers.Dense(3, activation="softmax", name="classifier")(x)
+    return keras.Model(inp, out, name="plain_cnn")
+
+
+def _analysed_store(base: Path) -> RunStore:
+    from core.analyze import analyze
+    from core.datasets import load_dataset
+    from tests.conftest import CLASS_COLOURS, write_image
+
+    root = base / "images"
+    for c, (name, rgb) in enumerate(CLASS_COLOURS.items()):
+        for i in range(8):
+            write_image(root / name / f"{name}_{i}.png", rgb, seed=c * 10 + i)
+    model_path = base / "plain_cnn.keras"
+    _cnn().save(model_path)
+    store = RunStore(base / "store")
+    analyze(model_path, load_dataset(root), store=store, run_id="cnn", progress=False, projection=False)
+    make_synthetic_run(store, "syn", n=40, n_classes=3, seed=0)
+    return store
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """Two copies of the store: one the in-process tests fill with maps, one kept fresh (no maps
+    stored) for the subprocess that checks the imports."""
+    first = _analysed_store(tmp_path_factory.mktemp("attention-a"))
+    fresh = _analysed_store(tmp_path_factory.mktemp("attention-b"))
+    old = os.environ.get("ARTIFACTS_DIR")
+    os.environ["ARTIFACTS_DIR"] = str(first.root)
+    attention_ui.register()
+    yield first, fresh
+    gallery.unregister(attention_ui.NAME)
+    if old is None:
+        os.environ.pop("ARTIFACTS_DIR", None)
+    else:
+        os.environ["ARTIFACTS_DIR"] = old
+
+
+def gallery_app(run_id: str) -> None:
+    """One gallery of every row of ``run_id``, and the detail it opens."""
+    import numpy as np  # noqa: F811 - AppTest runs this function's source alone
+
+    from dashboard import attention_ui, cache, gallery, state  # noqa: F401 - registers the hooks
+
+    run = cache.load_run(cache.store_root(), run_id)
+    state.start_run("test")
+    gallery.start_run()
+    gallery.gallery_ui(run, np.arange(run.n_images), key="t", title="all rows")
+    gallery.detail_ui_if_open()
+
+
+def start(run_id: str) -> AppTest:
+    at = AppTest.from_function(gallery_app, kwargs={"run_id": run_id}, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Count explain_rows calls (with their rows) and overlays drawn."""
+    calls = {"explain": [], "overlay": 0}
+    explain, overlay = gradcam.explain_rows, gradcam.overlay
+
+    def explain_rows(run, rows, **options):
+        calls["explain"].append(np.asarray(rows).tolist())
+        return explain(run, rows, **options)
+
+    def counted_overlay(image, cam, **options):
+        calls["overlay"] += 1
+        return overlay(image, cam, **options)
+
+    monkeypatch.setattr(gradcam, "explain_rows", explain_rows)
+    monkeypatch.setattr(gradcam, "overlay", counted_overlay)
+    return calls
+
+
+def test_page_batch_is_the_page_that_holds_the_row():
+    rows = np.arange(100, 150)
+    assert attention_ui.page_batch(rows, 130, per_page=24).tolist() == list(range(124, 148))
+    assert attention_ui.page_batch(rows, 149, per_page=24).tolist() == [148, 149]
+    assert attention_ui.page_batch(rows, 7, per_page=24).tolist() == [7]
+
+
+def test_toggle_overlays_the_page_in_one_call_and_detail_shows_both_maps(stores, counted):
+    store, _ = stores
+    run = store.load("cnn")
+    at = start("cnn")
+    assert counted["explain"] == [] and counted["overlay"] == 0  # off by default: nothing computed
+    toggle = at.toggle(key="gtransform-attention-t")
+    assert unescape(toggle.label) == "Show attention"
+    toggle.set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert counted["explain"] == [list(range(24))]  # the visible page, in one batched call
+    stored = derived.get(store.load("cnn"), gradcam.KIND, attention_ui.CONFIG, compute=False)  # re-read: a new derived
+    assert sorted(np.asarray(stored.array("rows")).tolist()) == list(range(24))
+    n_empty = int(np.asarray(stored.array("empty"))[:, 0].sum())
+    assert counted["overlay"] == 24 - n_empty  # every thumbnail with evidence drawn with its map
+    at.run()  # a rerun computes nothing again
+    assert len(counted["explain"]) == 1
+
+    at.button(key="gopen-t-3").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.toggle(key="gtransform-attention-detail").value
+    texts = [unescape(c.value) for c in at.caption]
+    pred, true = (run.classes[int(run.predictions[c].iat[3])] for c in ("predicted", "true"))
+    empty = np.asarray(stored.array("empty"))[list(np.asarray(stored.array("rows"))).index(3)]
+    for flag, what, name in zip(empty, ("predicted", "true"), (pred, true)):
+        wanted = (f"{what} class {name}: no positive evidence" if flag else f"{what} class: {name}")
+        assert any(t.startswith(wanted) for t in texts), (wanted, texts)
+    assert len(counted["explain"]) == 1  # the detail reuses the page's maps
+
+
+def test_empty_map_is_said_in_words_not_overlaid(stores, counted, monkeypatch):
+    store, _ = stores
+    run = store.load("cnn")
+    real = gradcam.explain_rows
+
+    def nothing_for_the_predicted_class(run, rows, **options):
+        found = real(run, rows, **options)
+        empty = found.empty.copy()
+        empty[:, 0] = True
+        maps = found.maps.copy()
+        maps[:, 0] = 0.0
+        return gradcam.Attention(**{**found.__dict__, "empty": empty, "maps": maps})
+
+    monkeypatch.setattr(gradcam, "explain_rows", nothing_for_the_predicted_class)
+    attention_ui.cache.attention_memo.clear()
+    at = start("cnn")
+    at.toggle(key="gtransform-attention-t").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    texts = [unescape(c.value) for c in at.caption]
+    name = run.classes[int(run.predictions["predicted"].iat[0])]
+    assert any(t.endswith(f"no positive evidence for {name}") for t in texts), texts
+    at.button(key="gopen-t-0").click().run()
+    texts = [unescape(c.value) for c in at.caption]
+    assert any(t.startswith(f"predicted class {name}: no positive evidence") for t in texts), texts
+    assert counted["overlay"] == 1  # only the detail's true-class map: no blank overlay anywhere
+    attention_ui.cache.attention_memo.clear()
+
+
+def test_a_run_without_a_model_says_why_in_one_line(stores, counted):
+    at = start("syn")
+    at.button(key="gopen-t-0").click().run()
+    ask = at.button(key="attention-ask")  # toggle off: the detail offers to compute
+    assert ask.label == "Show attention maps" and counted["explain"] == []
+    ask.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.toggle(key="gtransform-attention-t").value  # asking turns the shared toggle on
+    reason = "No attention maps: Grad-CAM is unavailable for run 'syn': it is synthetic and has no model"
+    texts = [unescape(c.value) for c in at.caption]
+    assert reason in texts, texts  # in the detail, as its own line
+    assert sum(reason in t for t in texts) >= 24  # and under each thumbnail instead of an overlay
+    assert counted["overlay"] == 0 and counted["explain"] == []
+
+
+SCRIPT = """
+import os, sys
+from streamlit.testing.v1 import AppTest
+os.environ["ARTIFACTS_DIR"] = sys.argv[1]
+at = AppTest.from_file(sys.argv[2], default_timeout=60).run()
+at.sidebar.selectbox(key="run_id").set_value("cnn").run()
+for page in ["overview", "confusion", "errors"]:
+    at.switch_page(f"app_pages/{page}.py").run()
+    assert not at.exception, (page, at.exception[0].value)
+opener = next(b for b in at.button if (b.key or "").startswith("gopen-errors-"))
+opener.click().run()
+assert not at.exception, at.exception[0].value
+print("off:", sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+at.toggle(key="gtransform-attention-errors").set_value(True).run()
+assert not at.exception, at.exception[0].value
+print("on:", sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+"""
+
+
+def test_pages_with_the_toggle_off_import_no_tensorflow(stores, tmp_path):
+    _, fresh = stores
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(fresh.root), str(ROOT / "dashboard" / "app.py")],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "off: []" in out.stdout, out.stdout
+    assert "on: ['keras', 'tensorflow']" in out.stdout, out.stdout  # the check can fail: on, it imports
