@@ -1,8 +1,10 @@
 """Error-analysis dashboard for Keras image classifiers: ``streamlit run dashboard/app.py``.
 
 This script is only the router: page config, navigation with sections, the
-run picker in the sidebar, then the chosen page. Runs are read from the store
-at $ARTIFACTS_DIR (default ``artifacts/``) through ``core.store``.
+run picker in the sidebar (or the run the address names), the chosen page, the
+image detail the page opened (``gallery``), then the view written to the
+address (``state``). Runs are read from the store at $ARTIFACTS_DIR (default
+``artifacts/``) through ``core.store``.
 
 Nothing the browser loads comes from outside the server: the page icon is an
 emoji (a material-symbol favicon would be fetched from fonts.gstatic.com) and
@@ -27,6 +29,8 @@ import streamlit as st  # noqa: E402
 from core.store import RunSchemaError, RunStore  # noqa: E402
 from dashboard import cache, gallery, state, ui  # noqa: E402
 from dashboard import attention_ui  # noqa: E402,F401 - registers the attention toggle and detail section
+from dashboard import diagnose_ui  # noqa: E402,F401 - registers the diagnosis caption line of every gallery
+from dashboard import review_ui  # noqa: E402,F401 - registers the verdict caption, slot and history of every gallery
 
 PAGES = Path(__file__).resolve().parent / "app_pages"  # not "pages/": that name switches Streamlit to its legacy multipage mode
 PAGE_ICON = "🔎"
@@ -53,7 +57,9 @@ def run_pages() -> dict[str, list[st.Page]]:
         "Run": [home, overview, page("per_class", "Per-class report", ":material/table:")],
         "Errors": [page("confusion", "Confusion matrix", ":material/grid_on:"),
                    page("errors", "Errors", ":material/error:"),
-                   page("embeddings", "Embeddings", ":material/scatter_plot:")],
+                   page("embeddings", "Embeddings", ":material/scatter_plot:"),
+                   page("diagnose", "Diagnose", ":material/troubleshoot:"),
+                   page("review", "Review queue", ":material/rate_review:")],
         "Tools": [page("compare", "Compare runs", ":material/compare_arrows:"),
                   page("try_image", "Try an image", ":material/upload:"),
                   page("welcome", "Add a run", ":material/add:")],
@@ -63,7 +69,8 @@ def run_pages() -> dict[str, list[st.Page]]:
 def start_pages() -> dict[str, list[st.Page]]:
     # Every page's address leads to the start page, so a bookmark of /errors on an empty
     # store shows what to do rather than "page not found"; the menu is hidden.
-    aliases = ["overview", "per_class", "confusion", "errors", "embeddings", "compare", "try_image"]
+    aliases = ["overview", "per_class", "confusion", "errors", "embeddings", "diagnose", "review", "compare",
+               "try_image"]
     return {"Start": [page("welcome", "Start", ":material/rocket_launch:", default=True)]
             + [st.Page(PAGES / "welcome.py", title="Start", url_path=name) for name in aliases]}
 
@@ -101,6 +108,7 @@ def main() -> None:
     with st.sidebar:
         if runs:
             ui.run_picker_ui(runs)
+            review_ui.reviewer_ui()
         st.caption(f"Store: {ui.plain(cache.store_root())}")
     if runs and ui.unknown_run_ui(runs):
         return

@@ -245,6 +245,63 @@ def run_model(_run: Run, key: str):
     return load_run_model(_run)
 
 
+# --------------------------------------------------------------------------- review verdicts (dashboard.review_ui)
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def review_db(root: str):
+    """The store's verdicts file (``core.review.ReviewDB``): one object for every session; each
+    thread keeps its own SQLite connection, and a verdict is one short transaction."""
+    from core.review import ReviewDB
+
+    return ReviewDB.for_store(root)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def run_review(_run: Run, key: str, root: str):
+    """``core.review.RunReview`` of the run (its canonical paths computed once)."""
+    from core.review import RunReview
+
+    return RunReview(_run, review_db(root))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def review_rows(_run: Run, key: str, root: str, revision: int) -> tuple[np.ndarray, np.ndarray]:
+    """(verdicts, new_labels) aligned with the run's rows (``RunReview.row_arrays``), read again
+    whenever the verdicts file's ``revision`` changes (any reviewer, any process)."""
+    return run_review(_run, key, root).row_arrays()
+
+
+def derived_stamp(run: Run, name: str) -> str:
+    """Changes when the derived result ``name`` of ``run`` appears or is recomputed ('none' without)."""
+    info = run.derived_info(name)
+    return f"{info.folder}" if info is not None else "none"
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def label_issues(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
+    """The stored ``label_issues`` table (most likely wrong first), or None when it is not stored
+    or stale (never computed here)."""
+    if stamp == "none":
+        return None
+    from core import derived
+    from core.diagnose import labels  # noqa: F401 - registers the kind
+
+    stored = derived.get(_run, "label_issues", compute=False)
+    return None if stored is None else stored.table("label_issues")
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def stored_slices(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
+    """The stored ``error_slices`` table of slices, or None when it is not stored or stale."""
+    if stamp == "none":
+        return None
+    from core import derived
+    from core.diagnose import slices  # noqa: F401 - registers the kind
+
+    stored = derived.get(_run, "error_slices", compute=False)
+    return None if stored is None else stored.table("slices")
+
+
 @st.cache_resource(max_entries=2, show_spinner="Loading the model for attention maps...")
 def attention_explainer(_run: Run, key: str):
     """The run's model prepared for Grad-CAM (imports TensorFlow on first use; only when the
@@ -261,3 +318,48 @@ def attention_memo(_run: Run, key: str):
     from dashboard.attention_ui import AttentionMemo
 
     return AttentionMemo()
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def label_suggestions(_run: Run, key: str, stamp: str) -> np.ndarray | None:
+    """int (N,): the class the stored ``label_issues`` result suggests for each row (-1 where it
+    scored none), or None when that result is not stored."""
+    table = label_issues(_run, key, stamp)
+    if table is None:
+        return None
+    index = {c: i for i, c in enumerate(_run.classes)}
+    suggested = np.full(_run.n_images, -1, dtype=np.int64)
+    suggested[table["row"].to_numpy(np.int64)] = [index.get(c, -1) for c in table["suggested_label"]]
+    return suggested
+
+
+# --------------------------------------------------------------------------- diagnoses (dashboard/diagnose_ui.py)
+
+def diagnoses_stamp(run: Run) -> str:
+    """Changes whenever any derived result of ``run`` is stored again (each is a new folder)."""
+    return ",".join(sorted(f"{info.name}={info.folder}" for info in run.derived_infos()))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def diagnose_rows(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
+    """Per-image diagnosis columns (``diagnose_ui.row_findings``), None when no diagnosis is stored."""
+    from dashboard import diagnose_ui  # it imports this module
+
+    findings = diagnose_ui.stored_findings(_run)
+    if all(v is None for k, v in findings.items() if k in ("label_issues", "duplicates", "error_slices")):
+        return None
+    return diagnose_ui.row_findings(_run, findings)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def diagnose_cards(_run: Run, key: str, stamp: str) -> list:
+    """The Diagnose page's cards of the stored findings (``diagnose_ui.build_cards``), ranked."""
+    from dashboard import diagnose_ui
+
+    return diagnose_ui.build_cards(_run, diagnose_ui.stored_findings(_run), eval_mask(_run, key))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def reviewed_metrics(_run: Run, key: str, root: str, revision: int):
+    """``RunReview.reviewed_metrics()`` of the run, recomputed when the verdicts' ``revision`` changes."""
+    return run_review(_run, key, root).reviewed_metrics()

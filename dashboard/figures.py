@@ -384,3 +384,56 @@ def f1_delta_figure(comparison: pd.DataFrame, *, top: int = 40) -> go.Figure:
                       xaxis={"title": "F1 change (B - A)"},
                       yaxis={"tickfont": {"size": tick_font_size(len(part))}})
     return fig
+
+
+# --------------------------------------------------------------------------- calibration (Diagnose page)
+
+CALIBRATION_SERIES = {"raw": ("before scaling", "#636efa"), "scaled": ("after temperature scaling", "#ef553b")}
+
+
+def reliability_figure(reliability: pd.DataFrame) -> go.Figure:
+    """Reliability diagram: accuracy against mean confidence per confidence bin, one line per
+    ``probabilities`` value ('raw', 'scaled'), the diagonal marking perfect calibration.
+
+    ``reliability``: the ``calibration`` kind's table, one line per (probabilities, bin) with
+    ``mean_confidence``, ``accuracy`` and ``count`` (empty bins have NaN and are not drawn).
+    """
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
+                             line={"color": "#adb5bd", "dash": "dash"}, hoverinfo="skip"))
+    for series, part in reliability.groupby("probabilities", sort=False):
+        part = part[part["count"] > 0].sort_values("mean_confidence")
+        name, colour = CALIBRATION_SERIES.get(str(series), (html.escape(str(series)), None))
+        fig.add_trace(go.Scatter(x=part["mean_confidence"], y=part["accuracy"], mode="lines+markers", name=name,
+                                 line={"color": colour}, customdata=part["count"],
+                                 hovertemplate="confidence %{x:.3f}<br>accuracy %{y:.3f}<br>"
+                                               "%{customdata:,} images<extra></extra>"))
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      title={"text": "Reliability diagram", "font": {"size": 14}},
+                      xaxis={"title": "mean confidence", "range": [0, 1]},
+                      yaxis={"title": "accuracy", "range": [0, 1.02]}, legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def confidence_histogram_figure(histogram: pd.DataFrame, *, probabilities: str = "raw") -> go.Figure:
+    """Histograms of the confidence of right and wrong predictions (stacked, one bar per bin).
+
+    ``histogram``: the ``calibration`` kind's table with ``lower``, ``upper``, ``n_correct``,
+    ``n_wrong`` per bin and ``probabilities`` ('raw' or 'scaled'); ``probabilities`` picks one.
+    """
+    part = histogram[histogram["probabilities"] == probabilities].sort_values("lower")
+    centre = (part["lower"] + part["upper"]) / 2
+    width = (part["upper"] - part["lower"]) * 0.95
+    fig = go.Figure([
+        go.Bar(x=centre, y=part["n_correct"], width=width, name="right", marker_color=CORRECT_COLOUR,
+               hovertemplate="confidence ≈ %{x:.2f}<br>%{y:,} right<extra></extra>"),
+        go.Bar(x=centre, y=part["n_wrong"], width=width, name="wrong", marker_color=ERROR_COLOUR,
+               hovertemplate="confidence ≈ %{x:.2f}<br>%{y:,} wrong<extra></extra>"),
+    ])
+    label = CALIBRATION_SERIES.get(probabilities, (probabilities, None))[0]
+    fig.update_layout(barmode="stack", height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      title={"text": f"Confidence of right and wrong predictions ({html.escape(label)})",
+                             "font": {"size": 14}},
+                      xaxis={"title": "confidence", "range": [0, 1]}, yaxis={"title": "images"},
+                      legend={"orientation": "h", "y": -0.25})
+    return fig

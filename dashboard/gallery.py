@@ -225,21 +225,23 @@ def _step(delta: int) -> None:
 
 
 def restore_detail_from_url(scope: str | None) -> None:
-    """Reopen the detail named in the URL (``img=<row>``) the first time the session draws the page:
-    from the first of the page's sources that holds that row."""
+    """Reopen the detail named in the URL (``img=<row>``) the first time the session draws the page,
+    from the first of the page's sources that holds that row; a row none holds is dropped with a
+    warning."""
     text = state.url_value(IMG_PARAM)
     if text is None or DETAIL_KEY in st.session_state or not state.may_seed(scope):
         return
     sources = st.session_state.get(SOURCES_KEY, {})
+    try:
+        row = state.decode_int(text, low=0, high=2**62, name=IMG_PARAM)
+    except ValueError as exc:
+        state.warn(f"Address parameter '{IMG_PARAM}' ignored: {exc}")
+        return
     for key, source in sources.items():
-        try:
-            row = state.decode_int(text, low=0, high=int(source.rows.max()) if source.rows.size else -1,
-                                   name=IMG_PARAM)
-        except ValueError:
-            continue
         if np.any(source.rows == row):
             open_detail(source.run_id, row, source=key)
             return
+    state.warn(f"Address parameter '{IMG_PARAM}' ignored: image {row} is not among the images this page shows.")
 
 
 def detail_ui_if_open() -> None:
@@ -449,9 +451,8 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most 
                          format_func=lambda n: f"{n} per page", persist_state="session")
         shown = views.page_of(rows, page=page, per_page=per_page)
         start = (min(max(page, 1), pages) - 1) * per_page
-        noun = "image" if rows.size == 1 else "images"
-        st.caption(f"{noun.capitalize()} {start + 1:,}–{start + shown.size:,} of {rows.size:,}, "
-                   f"{order_note}. Click an image to inspect it.")
+        span = f"Image {start + 1:,}" if shown.size == 1 else f"Images {start + 1:,}–{start + shown.size:,}"
+        st.caption(f"{span} of {rows.size:,}, {order_note}. Click an image to inspect it.")
         for i, row in enumerate(shown):
             if i % COLUMNS == 0:  # one st.columns per line keeps lines aligned and items in order
                 cols = st.columns(COLUMNS)

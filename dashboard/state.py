@@ -233,7 +233,7 @@ def seed(key: str, param: str, decode: Callable[[str], object], *, scope: str | 
     try:
         value = decode(text)
     except ValueError as exc:
-        st.session_state.setdefault(_WARNINGS_KEY, []).append(f"Address parameter '{param}' ignored: {exc}")
+        warn(f"Address parameter '{param}' ignored: {exc}")
         return False
     st.session_state[key] = transform(value) if transform else value
     return True
@@ -254,6 +254,11 @@ def start_run(page: str) -> None:
     """Forget the parameters published by the previous run; ``page`` is the page drawn now."""
     st.session_state[_PUBLISHED_KEY] = {}
     st.session_state[_PAGE_KEY] = page
+
+
+def warn(line: str) -> None:
+    """Say once, above the page, that something the address asked for could not be shown."""
+    st.session_state.setdefault(_WARNINGS_KEY, []).append(line)
 
 
 def warnings() -> list[str]:

@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
-from dashboard import cache, gallery, state, ui, views
+from dashboard import cache, diagnose_ui, gallery, state, ui, views
 
 TABLE_ROWS = 5_000  # rows sent to the browser table; the CSV has them all
 SOURCE = "errors"
@@ -53,6 +53,7 @@ def table_ui(run, rows: np.ndarray, *, filters_id: str) -> None:
     shown = rows[:TABLE_ROWS]
     table = views.export_table(run.predictions, shown)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
+    table = diagnose_ui.with_finding_columns(run, table, shown)  # label issue, copy in train, slice
     table_key = ui.scoped(run, f"errors-table-{filters_id}")
     st.dataframe(table, hide_index=True, width="stretch", height=300, key=table_key,
                  on_select=partial(_open_selected, run.id, table_key, shown), selection_mode="single-row",
@@ -78,6 +79,7 @@ def render() -> None:
     true, pred, conf = filters_ui(run)
     rows = views.filter_errors(run.predictions, cache.eval_mask(run, key), true_classes=true,
                                predicted_classes=pred, confidence_range=conf)
+    rows = diagnose_ui.errors_filters_ui(run, rows)  # label-issue score, copy in train, slice (if diagnosed)
     st.caption(f"{views.plural(rows.size, 'misclassified image')} of the '{ui.plain(run.eval_split)}' split "
                "match, most confident mistake first.")
 
