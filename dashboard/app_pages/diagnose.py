@@ -23,7 +23,7 @@ def _toggle(key: str, card: str) -> None:
 
 def status_ui(run, findings: dict) -> list[str]:
     """One line per kind that is not stored: why (a recorded skip) or that it is not computed yet.
-    Returns the kinds not stored."""
+    Returns the kinds not stored and not known to be impossible on this run."""
     missing = [name for name, stored in findings.items() if stored is None]
     skipped = diagnose_ui.skipped_reasons(run)
     for name in missing:
@@ -32,7 +32,7 @@ def status_ui(run, findings: dict) -> list[str]:
     pending = [name for name in missing if name not in skipped]
     if pending:
         st.info(ui.plain("Not computed yet for this run: " + ", ".join(pending) + "."))
-    return missing
+    return pending
 
 
 def calibration_ui(run) -> None:
@@ -82,9 +82,9 @@ def render() -> None:
                f"may count on several cards; calibration counts mistakes made with confidence ≥ "
                f"{diagnose_ui.CONFIDENT:.0%}).")
     findings = diagnose_ui.stored_findings(run)
-    missing = status_ui(run, findings)
-    if missing:
-        diagnose_ui.compute_ui(run, missing)
+    pending = status_ui(run, findings)
+    if pending:
+        diagnose_ui.compute_ui(run, pending)
     cards = diagnose_ui.cards(run)
     if not cards:
         return
