@@ -97,8 +97,8 @@ def queue_order(rows: np.ndarray, *, true_prob: np.ndarray, issue_rank: np.ndarr
 def history_table(history: pd.DataFrame) -> pd.DataFrame:
     """One image's history (``RunReview.history(path)``, oldest first) as shown: newest first, with
     what each row changed the verdict from ('before') and to ('now')."""
-    now = [verdict_text(v, lab) if a == "mark" or v else ("no verdict" if a == "undo" else "")
-           for a, v, lab in zip(history["action"], history["verdict"], history["label"])]
+    text = [x if isinstance(x, str) and x else None for x in (*history["verdict"], *history["label"])]
+    now = [verdict_text(v, lab) for v, lab in zip(text[:len(history)], text[len(history):])]
     before = ["no verdict", *now[:-1]]
     table = pd.DataFrame({"time": history["time"].astype(str).str.replace("T", " ").str[:19],
                           "reviewer": history["reviewer"], "action": history["action"],
@@ -269,8 +269,16 @@ gallery.register_detail_section("review-history", history_section)
 
 # --------------------------------------------------------------------------- metrics as reviewed
 
-def _as_reviewed_toggle() -> bool:
-    return st.toggle("Metrics as reviewed", key=AS_REVIEWED_KEY, persist_state="session",
+def _keep_as_reviewed(widget: str) -> None:
+    st.session_state[AS_REVIEWED_KEY] = st.session_state[widget]
+
+
+def _as_reviewed_toggle(where: str) -> bool:
+    """The toggle of page ``where``; its value is one session value shared by both pages (kept in
+    plain state, as ``gallery.transforms_ui`` does, since a page's widget state goes with the page)."""
+    widget = f"{AS_REVIEWED_KEY}-{where}"
+    st.session_state[widget] = bool(st.session_state.get(AS_REVIEWED_KEY, False))
+    return st.toggle("Metrics as reviewed", key=widget, on_change=_keep_as_reviewed, args=(widget,),
                      help="Count the corrected labels of 'label wrong' verdicts and leave out excluded images "
                           "(the verdicts of every reviewer on these images).")
 
@@ -283,7 +291,7 @@ def _reviewed(run: Run):
 def overview_metrics_ui(run: Run) -> bool:
     """The Overview's toggle; when on, draws the headline metrics as reviewed and returns True (the
     page then skips its own), else returns False."""
-    if not _as_reviewed_toggle():
+    if not _as_reviewed_toggle("overview"):
         return False
     s = _reviewed(run).summary
     cols = st.columns(5)
@@ -304,7 +312,7 @@ def per_class_as_reviewed_ui(run: Run) -> bool:
     """The Per-class page's toggle; when on, draws the per-class table as reviewed with its CSV
     (``<run>_per_class_reviewed.csv``, a ``labels`` column saying 'reviewed': the file
     ``python -m core review metrics --out`` writes) and returns True, else returns False."""
-    if not _as_reviewed_toggle():
+    if not _as_reviewed_toggle("per-class"):
         return False
     result = _reviewed(run)
     s = result.summary

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from dashboard import cache, figures, gallery, ui, views
+from dashboard import cache, figures, gallery, review_ui, ui, views
 
 
 def metrics_ui(run) -> None:
@@ -106,7 +106,8 @@ def render() -> None:
     model, data = run.model_info, run.data_info
     st.caption(ui.plain(f"Model {model.path or '?'} · data {data.name} ({data.path or data.kind or '?'}) · "
                         f"created {run.created or '?'} · {len(run.classes)} classes"))
-    metrics_ui(run)
+    if not review_ui.overview_metrics_ui(run):  # its toggle on: the metrics as reviewed instead
+        metrics_ui(run)
     counts_ui(run)
     notes_ui(run)
     st.subheader("Class distribution")

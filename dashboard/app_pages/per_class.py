@@ -14,7 +14,7 @@ import streamlit as st
 
 from core.metrics import confused_pairs
 from core.store import RunCorruptError
-from dashboard import cache, gallery, state, ui, views
+from dashboard import cache, gallery, review_ui, state, ui, views
 
 WORST_SHARE = 0.1  # flag the lowest-F1 tenth of the classes (at least one)
 PAIR_KEY = "per-class-pair"
@@ -87,14 +87,15 @@ def render() -> None:
     key = cache.run_key(run)
     st.title("Per-class report")
     st.caption(f"Evaluation split: '{ui.plain(run.eval_split)}'.")
-    try:
-        report = run.per_class_csv()
-    except RunCorruptError:  # per_class.csv missing or unreadable: table_ui says why, in one line
-        report = None
-    if report is not None:
-        st.download_button("Download CSV", report, file_name=f"{run.id}_per_class.csv",
-                           mime="text/csv", key="download-per-class")
-    table_ui(run)
+    if not review_ui.per_class_as_reviewed_ui(run):  # its toggle on: the table and CSV as reviewed instead
+        try:
+            report = run.per_class_csv()
+        except RunCorruptError:  # per_class.csv missing or unreadable: table_ui says why, in one line
+            report = None
+        if report is not None:
+            st.download_button("Download CSV", report, file_name=f"{run.id}_per_class.csv",
+                               mime="text/csv", key="download-per-class")
+        table_ui(run)
     pair = pairs_ui(run, key)
     if pair is None:
         return

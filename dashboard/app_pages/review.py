@@ -12,7 +12,6 @@ from dashboard import review_ui, ui
 
 def render() -> None:
     run = ui.current_run()
-    review_ui.reviewer_ui()
     st.title("Review queue", anchor=False)
     rows, how, identity = review_ui.queue_set_ui(run)
     review_ui.queue_ui(run, rows, how=how, identity=identity)

@@ -1,0 +1,253 @@
+"""Review verdicts in the dashboard (dashboard.review_ui, the Review queue page), with AppTest.
+
+Each test gets a fresh store (its own verdicts.sqlite) with run "r": 400 synthetic images of 5
+classes, about 100 in the 'test' split (the evaluation split), 80% accurate.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import streamlit
+from streamlit.testing.v1 import AppTest
+
+from core import cli, derived
+from core.review import RunReview, write_corrections
+from core.store import RunStore
+from core.synthetic import make_synthetic_run
+from dashboard import review_ui
+
+APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
+TIMEOUT = 60
+
+
+def unescape(markdown: str) -> str:
+    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> RunStore:
+    store = RunStore(tmp_path / "store")
+    make_synthetic_run(store, "r", n=400, n_classes=5, seed=3, accuracy=0.8)
+    monkeypatch.setenv("ARTIFACTS_DIR", str(store.root))
+    return store
+
+
+@pytest.fixture
+def served(monkeypatch) -> dict:
+    """What the pages hand to st.download_button, by widget key."""
+    served = {}
+    original = streamlit.download_button
+
+    def spy(label, data, *args, **kwargs):
+        served[kwargs.get("key")] = data
+        return original(label, data, *args, **kwargs)
+
+    monkeypatch.setattr(streamlit, "download_button", spy)
+    return served
+
+
+def open_page(page: str, *, reviewer: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    if reviewer is not None:
+        at.sidebar.text_input(key=review_ui.REVIEWER_KEY).input(reviewer)
+    at.switch_page(f"app_pages/{page}.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def shown_file(at: AppTest) -> str:
+    """The file of the image the queue shows (its caption's 'file: ...' line)."""
+    for c in at.caption:
+        text = unescape(c.value)
+        if text.startswith("file: "):
+            return text.splitlines()[0].removeprefix("file: ").strip()
+    raise AssertionError("no image shown")
+
+
+def click(at: AppTest, key: str) -> None:
+    at.button(key=key).click()
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+def test_suggested_class_prefers_the_stored_suggestion_then_the_most_probable_other_class():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        probs = rng.dirichlet(np.ones(6))
+        true = int(rng.integers(6))
+        expected = int(np.argsort(-probs)[0] if np.argmax(probs) != true else np.argsort(-probs)[1])
+        assert review_ui.suggested_class(true, probs) == expected
+        assert review_ui.suggested_class(true, probs, stored=true) == expected  # same as given: ignored
+        other = (true + 1) % 6
+        assert review_ui.suggested_class(true, probs, stored=other) == other
+
+
+def test_queue_order_ranked_rows_first_then_lowest_probability_of_the_given_class():
+    true_prob = np.array([0.5, 0.1, 0.9, 0.3, 0.2, 0.05])
+    rows = np.array([0, 1, 2, 3, 4, 5])
+    assert review_ui.queue_order(rows, true_prob=true_prob).tolist() == [5, 1, 4, 3, 0, 2]
+    rank = np.array([-1, -1, 1, -1, 0, -1])  # rows 4 then 2 are in the label-issues table
+    assert review_ui.queue_order(rows, true_prob=true_prob, issue_rank=rank).tolist() == [4, 2, 5, 1, 3, 0]
+
+
+def test_history_table_says_what_each_change_was_before(store):
+    review = RunReview(store.load("r"))
+    path = str(review.paths[0])
+    review.mark_row(0, "ambiguous", reviewer="ann")
+    review.mark_row(0, "label-wrong", label=review.run.classes[(int(review.run.predictions["true"].iat[0]) + 1) % 5],
+                    note="a note", reviewer="bob")
+    review.undo(path, reviewer="cid")
+    table = review_ui.history_table(review.history(path))
+    new = review.run.classes[(int(review.run.predictions["true"].iat[0]) + 1) % 5]
+    assert table["reviewer"].tolist() == ["cid", "bob", "ann"]  # newest first
+    assert table["before"].tolist() == [f"label wrong → {new}", "ambiguous", "no verdict"]
+    assert table["now"].tolist() == ["ambiguous", f"label wrong → {new}", "ambiguous"]
+    assert table["note"].tolist()[1] == "a note"
+
+
+# --------------------------------------------------------------------------- the review queue
+
+def test_queue_keys_record_verdicts_advance_and_count_progress(store, served):
+    hostile = "**eve** <b>x</b> :smile: http://e.example"
+    at = open_page("review", reviewer=hostile)
+    run = store.load("r")
+    df = run.predictions
+    errors = df.index[run.eval_mask() & ~df["correct"].to_numpy(bool)].to_numpy()
+    expected = errors[np.argsort(df["true_prob"].to_numpy()[errors], kind="stable")]  # no label issues stored
+    assert shown_file(at) == df["path"].iat[expected[0]]
+    for key in ("review-model-wrong", "review-label-wrong", "review-ambiguous", "review-exclude",
+                "review-previous", "review-next", "review-undo"):
+        assert at.button(key=key).proto.shortcut, key  # every verdict and step has its key
+    # the 'label wrong' class is preselected: the model's prediction (no label-issues analysis stored)
+    first = int(expected[0])
+    click(at, "review-label-wrong")
+    assert shown_file(at) == df["path"].iat[expected[1]]  # moved on
+    click(at, "review-exclude")
+    click(at, "review-ambiguous")
+    progress = at.get("progress")[0].proto.text
+    assert progress.startswith(f"3 of {len(expected)} reviewed")
+    assert unescape(progress).endswith(f"reviewer: {hostile}")  # shown as its characters
+    table = RunReview(run).verdicts().set_index("row")
+    assert table.loc[first, "verdict"] == "label-wrong"
+    assert table.loc[first, "new_label"] == df["predicted_label"].iat[first]
+    assert table.loc[int(expected[1]), "verdict"] == "exclude"
+    assert table.loc[int(expected[2]), "verdict"] == "ambiguous"
+    assert set(table["reviewer"]) == {hostile}
+    # previous goes back; undo there removes that verdict (and nothing else)
+    click(at, "review-previous")
+    assert shown_file(at) == df["path"].iat[expected[2]]
+    click(at, "review-undo")
+    assert set(RunReview(run).verdicts()["row"]) == {first, int(expected[1])}
+    # the export is the CLI's file, byte for byte
+    out = store.root.parent / "cli.csv"
+    assert cli.main(["review", "export", "--store", str(store.root), "--run", "r", "--out", str(out)]) == 0
+    at.run()
+    assert served["review-export"] == out.read_bytes()
+    assert served["review-export"] == (write_corrections(RunReview(run), store.root.parent / "w.csv") and
+                                       (store.root.parent / "w.csv").read_bytes())
+
+
+def test_queue_follows_stored_label_issues_and_preselects_their_suggestion(store):
+    run = store.load("r")
+    from core.diagnose import labels  # noqa: F401 - registers the kind
+
+    issues = derived.get(run, "label_issues").table("label_issues")
+    flagged = issues.loc[issues["is_issue"], ["row", "suggested_label"]]
+    assert len(flagged) >= 2, "the synthetic run should have suspected label errors"
+    at = open_page("review")
+    assert shown_file(at) == run.predictions["path"].iat[int(flagged["row"].iat[0])]
+    cls = at.selectbox(key=next(s.key for s in at.selectbox if s.key.endswith("-class")))
+    assert run.classes[cls.value] == flagged["suggested_label"].iat[0]
+    click(at, "review-label-wrong")
+    table = RunReview(run).verdicts()
+    assert table["new_label"].tolist() == [flagged["suggested_label"].iat[0]]
+    # another set: a confusion cell, in label-issue order
+    at.selectbox(key=next(s.key for s in at.selectbox if s.key.endswith(":review-set"))).set_value("cell")
+    at.run()
+    assert not at.exception
+    caption = next(unescape(c.value) for c in at.caption if "label-issue rank" in unescape(c.value))
+    assert caption.split(" ")[0].isdigit()
+
+
+# --------------------------------------------------------------------------- galleries and the detail
+
+def test_a_tile_records_its_verdict_and_its_caption_shows_it(store):
+    at = open_page("overview")
+    run = store.load("r")
+    tiles = [s for s in at.selectbox if (s.key or "").startswith("rvt-r-")]
+    assert tiles, "every thumbnail has its verdict box"
+    row = int(tiles[0].key.split("-")[2])
+    tiles[0].set_value("exclude")
+    at.run()
+    assert not at.exception
+    assert RunReview(run).verdicts()[["row", "verdict"]].values.tolist() == [[row, "exclude"]]
+    assert "verdict: exclude" in [line for c in at.caption for line in unescape(c.value).splitlines()]
+    # the box now shows the verdict, and 'undo' takes it back
+    box = next(s for s in at.selectbox if (s.key or "").startswith(f"rvt-r-{row}-"))
+    assert box.value == "exclude"
+    box.set_value("undo")
+    at.run()
+    assert RunReview(run).verdicts().empty
+
+
+def test_detail_records_a_verdict_with_a_note_shows_the_history_as_text_and_undoes(store):
+    at = open_page("review", reviewer="ann")
+    run = store.load("r")
+    click(at, "review-open")
+    form = next(r for r in at.radio if (r.key or "").startswith("rvd-"))
+    prefix = form.key.removesuffix("-verdict")
+    form.set_value("ambiguous")
+    note = "<script>alert(1)</script> **not bold**"
+    at.text_input(key=f"{prefix}-note").input(note)
+    click(at, f"{prefix}-record")
+    verdicts = RunReview(run).verdicts()
+    assert verdicts[["verdict", "note", "reviewer"]].values.tolist() == [["ambiguous", note, "ann"]]
+    history = next(d.value for d in at.dataframe if "before" in d.value.columns)
+    assert history[["reviewer", "before", "now", "note"]].values.tolist() == [["ann", "no verdict", "ambiguous",
+                                                                               note]]
+    undo = next(b for b in at.button if (b.key or "").startswith("rvh-undo-"))
+    undo.click()
+    at.run()
+    assert RunReview(run).verdicts().empty
+    assert len(RunReview(run).history()) == 2  # nothing is lost: the undo is a row of its own
+
+
+# --------------------------------------------------------------------------- metrics as reviewed
+
+def test_metrics_as_reviewed_on_overview_and_per_class_csv_is_the_cli_file(store, served):
+    run = store.load("r")
+    review = RunReview(run)
+    df = run.predictions
+    test_rows = np.flatnonzero(run.eval_mask())
+    wrong = [int(r) for r in test_rows if not df["correct"].iat[r]][:4]
+    for row in wrong[:3]:  # relabel three errors to what the model says: accuracy goes up
+        review.mark_row(row, "label-wrong", label=df["predicted_label"].iat[row], reviewer="t")
+    review.mark_row(wrong[3], "exclude", reviewer="t")
+    expected = review.reviewed_metrics()
+    at = open_page("overview")
+    at.toggle(key=f"{review_ui.AS_REVIEWED_KEY}-overview").set_value(True)
+    at.run()
+    metric = next(m for m in at.metric if m.label == "Accuracy as reviewed")
+    assert metric.value == f"{expected.summary['accuracy']:.2%}"
+    assert expected.summary["accuracy"] > expected.summary["given_accuracy"]
+    assert next(m for m in at.metric if m.label == "Evaluated images").value == f"{len(test_rows) - 1:,}"
+    at.switch_page("app_pages/per_class.py")
+    at.run()
+    assert not at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert at.toggle(key=f"{review_ui.AS_REVIEWED_KEY}-per-class").value  # the same toggle, kept across pages
+    out = store.root.parent / "reviewed.csv"
+    assert cli.main(["review", "metrics", "--store", str(store.root), "--run", "r", "--out", str(out)]) == 0
+    assert served["download-per-class-reviewed"] == out.read_bytes()
+    table = pd.read_csv(out)
+    assert set(table["labels"]) == {"reviewed"}
+    assert "download-per-class" not in served  # the given labels' CSV is not offered beside it
