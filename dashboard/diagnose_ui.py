@@ -128,8 +128,10 @@ def odd_image_cards(run: Run, stored, eval_mask: np.ndarray) -> list[Card]:
     props = stored.table("properties")
     evaluated = props[eval_mask[props["row"].to_numpy(np.int64)]]
     cards = []
+    findings = stored.table("findings")
     atypical = evaluated["atypicality"].to_numpy(float)
-    if np.isfinite(atypical).any():
+    # the property findings name atypical groups themselves when errors concentrate there
+    if np.isfinite(atypical).any() and not (findings["property"] == "atypicality").any():
         cut = float(np.nanquantile(atypical, ATYPICAL_QUANTILE))
         odd = evaluated[atypical >= cut].sort_values("atypicality", ascending=False)
         rows = odd["row"].to_numpy(np.int64)
@@ -140,12 +142,13 @@ def odd_image_cards(run: Run, stored, eval_mask: np.ndarray) -> list[Card]:
                           f"class's neighbours in embedding space): {wrong:,} of {rows.size:,} misclassified "
                           f"({wrong / max(rows.size, 1):.0%}, against {base:.0%} overall).",
                           rows, wrong, "most atypical first"))
-    findings = stored.table("findings")
     rates = stored.table("error_rates")
     for i, finding in findings.head(MAX_PROPERTY_CARDS).iterrows():
         rows = finding_rows(evaluated, rates, finding)
         cards.append(Card(f"property-{i}", "image_properties",
-                          f"Odd images: {finding['property']} of {finding['class']}", str(finding["text"]),
+                          f"Odd images: {finding['property']}, "
+                          + ("every class" if finding["class"] == "(all classes)" else str(finding["class"])),
+                          str(finding["text"]),
                           rows, _evaluated_errors(run, rows, eval_mask),
                           f"{'lowest' if finding['side'] == 'low' else 'highest'} {finding['property']} first"))
     return cards
@@ -155,7 +158,10 @@ def calibration_card(run: Run, stored, eval_mask: np.ndarray) -> list[Card]:
     errors = stored.table("confident_errors").sort_values("rank")
     rows = errors["row"].to_numpy(np.int64)
     confident = errors["confidence"].to_numpy(float) >= CONFIDENT
-    return [Card("calibration", "calibration", "Calibration", diagnose.headline("calibration", stored.summary),
+    s = stored.summary
+    return [Card("calibration", "calibration", "Calibration",
+                 f"ECE {s['ece']:.4f}, MCE {s['mce']:.4f} on '{s['split']}'; {int(confident.sum()):,} mistakes "
+                 f"made with confidence ≥ {CONFIDENT:.0%}.",
                  rows, _evaluated_errors(run, rows[confident], eval_mask),
                  "most confident mistake first (after temperature scaling)")]
 

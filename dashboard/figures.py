@@ -432,7 +432,7 @@ def confidence_histogram_figure(histogram: pd.DataFrame, *, probabilities: str =
     ])
     label = CALIBRATION_SERIES.get(probabilities, (probabilities, None))[0]
     fig.update_layout(barmode="stack", height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      title={"text": f"Confidence of right and wrong predictions ({html.escape(label)})",
+                      title={"text": f"Right and wrong, {html.escape(label)}",
                              "font": {"size": 14}},
                       xaxis={"title": "confidence", "range": [0, 1]}, yaxis={"title": "images"},
                       legend={"orientation": "h", "y": -0.25})

@@ -31,7 +31,8 @@ TIMEOUT = 90
 N_COPIES, N_DISAGREE = 12, 4
 
 
-def planted_run(store: RunStore, run_id: str, *, n: int = 600, n_classes: int = 10, seed: int = 0):
+def planted_run(store: RunStore, run_id: str, *, n: int = 600, n_classes: int = 10, seed: int = 0,
+                class_names: list[str] | None = None):
     """A synthetic run whose first 12 'test' images copy the first 12 'train' images (labels kept for all
     but the first 4). Returns (run, copied test rows, disagreeing test rows)."""
     a = synthetic_arrays(n, n_classes, accuracy=0.8, seed=seed)
@@ -45,7 +46,8 @@ def planted_run(store: RunStore, run_id: str, *, n: int = 600, n_classes: int = 
     images[dst] = images[src]
     y[dst] = y[src]
     y[dst[:N_DISAGREE]] = (y[src[:N_DISAGREE]] + 1) % n_classes
-    classes = [chr(ord("a") + i) * 3 for i in range(n_classes)]
+    classes = class_names or [f"class_{i:03d}" if n_classes > 26 else chr(ord("a") + i) * 3
+                              for i in range(n_classes)]
     run = write_run(store, run_id, classes=classes, y_true=y, probs=a["probs"], paths=a["paths"], splits=splits,
                     embeddings=a["embeddings"], projection=a["projection"], images=images,
                     model={"path": "synthetic/planted.keras", "sha256": "0" * 64, "format": "synthetic"},

@@ -1,0 +1,124 @@
+"""The Diagnose page in headless Chromium: "Compute diagnoses" with its progress bar on a
+Fashion-MNIST-like run with planted train/test copies, then the ranked cards; a card's gallery
+opens an image detail that shows the diagnosis line; a 120-class run and a folder run analysed by a
+tiny Keras model show their cards. Screenshots go to $DIAGNOSE_SHOTS (default /tmp/shots_diagnose).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.dashboard.test_diagnose_page import planted_run
+
+pytestmark = pytest.mark.browser
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+           "Ankle boot"]
+SHOTS = Path(os.environ.get("DIAGNOSE_SHOTS", "/tmp/shots_diagnose"))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, image_tree_module, tiny_model_module):
+    from core import diagnose
+    from core.analyze import analyze
+    from core.datasets import load_dataset
+    from core.store import RunStore
+
+    store = RunStore(tmp_path_factory.mktemp("e2e-diagnose"))
+    planted_run(store, "fashion", n=2_000, n_classes=10, class_names=FASHION)
+    planted_run(store, "c120", n=3_000, n_classes=120)
+    diagnose.run_diagnoses(store.load("c120"))
+    analyze(tiny_model_module, load_dataset(image_tree_module), store=store, run_id="folder", progress=False,
+            projection=False)
+    diagnose.run_diagnoses(store.load("folder"))
+    return store
+
+
+@pytest.fixture(scope="module")
+def image_tree_module(tmp_path_factory):
+    from tests.conftest import CLASS_COLOURS, write_image
+
+    root = tmp_path_factory.mktemp("folder") / "images"
+    for c, (name, rgb) in enumerate(CLASS_COLOURS.items()):
+        for split in ("train", "test"):
+            for i in range(8):
+                write_image(root / split / name / f"{name}_{i}.png", rgb, seed=c * 100 + i + (50 if split == "test"
+                                                                                             else 0))
+    # a test image that is a copy of a train image of another class: a leak whose labels disagree
+    (root / "test" / "dog" / "dog_copy.png").write_bytes((root / "train" / "cat" / "cat_0.png").read_bytes())
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_model_module(tmp_path_factory):
+    import keras
+
+    from tests.conftest import make_classifier
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny.keras"
+    make_classifier().save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def url(store, tmp_path_factory, streamlit_server):
+    with streamlit_server(store.root, tmp_path_factory.mktemp("e2e-diagnose-log") / "streamlit.log") as address:
+        yield address
+
+
+def settle(page) -> None:
+    page.wait_for_timeout(400)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                           timeout=90_000)
+    page.wait_for_timeout(300)
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_compute_then_cards_then_a_cards_gallery_and_detail(url, store, page):
+    page.set_viewport_size({"width": 1400, "height": 2600})  # Streamlit scrolls inside its main block
+    page.goto(f"{url}/diagnose?run=fashion")
+    settle(page)
+    shot(page, "fashion_before")
+    page.get_by_role("button", name="Compute diagnoses").click()
+    page.locator("[data-testid='stProgress']").first.wait_for(timeout=30_000)  # the bar shows while it runs
+    page.get_by_role("button", name="Compute diagnoses").wait_for(state="detached", timeout=90_000)
+    settle(page)
+    cards = page.locator("[class*='st-key-diagnose-card-']")
+    cards.first.wait_for()
+    titles = [t.strip() for t in page.locator("[class*='st-key-diagnose-card-'] h3").all_inner_texts()]
+    assert titles[0].startswith("1. ") and any("Leaks" in t for t in titles), titles
+    assert page.get_by_role("button", name="Compute diagnoses").count() == 0
+    shot(page, "fashion_cards")
+    leaks = page.locator("[class*='st-key-diagnose-card-leaks']")
+    leaks.get_by_role("button", name="Show its").click()
+    settle(page)
+    tiles = page.locator("[class*='st-key-gtile-diagnose-leaks-']")
+    tiles.first.wait_for()
+    assert "copy in train" in tiles.first.inner_text()
+    shot(page, "fashion_leaks_gallery")
+    tiles.first.get_by_role("button", name="Open ").click()
+    dialog = page.get_by_role("dialog")
+    dialog.wait_for()
+    settle(page)
+    assert "copy in train" in dialog.inner_text()
+    shot(page, "fashion_detail")
+
+
+@pytest.mark.parametrize("run_id", ["c120", "folder"])
+def test_stored_findings_show_as_cards(url, store, page, run_id):
+    page.set_viewport_size({"width": 1400, "height": 2600})
+    page.goto(f"{url}/diagnose?run={run_id}")
+    settle(page)
+    page.locator("[class*='st-key-diagnose-card-']").first.wait_for()
+    text = page.locator("[data-testid='stMain']").inner_text()
+    assert "Traceback" not in text and "Compute diagnoses" not in text
+    assert "Leaks" in text
+    shot(page, f"{run_id}_cards")
