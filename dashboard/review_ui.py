@@ -228,15 +228,15 @@ def verdict_slot(run: Run, row: int, where: str) -> None:
     prefix = _unique_key(f"rvd-{run.id}-{row}-{verdict}-{new_label}")
     with st.container(border=True, key=f"{prefix}-box"):
         st.markdown("**Review**")
-        cols = st.columns([3, 2, 3, 1], vertical_alignment="bottom")
-        cols[0].radio("Verdict", VERDICTS, index=VERDICTS.index(verdict) if verdict else 0, horizontal=True,
-                      format_func=VERDICT_NAMES.__getitem__, key=f"{prefix}-verdict")
+        cols = st.columns([4, 2, 3, 1], vertical_alignment="bottom")
+        chosen = cols[0].radio("Verdict", VERDICTS, index=VERDICTS.index(verdict) if verdict else None,
+                               horizontal=True, format_func=VERDICT_NAMES.__getitem__, key=f"{prefix}-verdict")
         classes = list(range(len(run.classes)))
         cols[1].selectbox("Right class (label wrong)", classes, index=new_label if new_label >= 0 else suggested,
                           format_func=ui.class_label(run), key=f"{prefix}-class")
         cols[2].text_input("Note (optional)", key=f"{prefix}-note", max_chars=MAX_NOTE)
         cols[3].button("Record", key=f"{prefix}-record", type="primary", on_click=_detail_record,
-                       args=(run.id, int(row), prefix))
+                       args=(run.id, int(row), prefix), disabled=chosen is None)
 
 
 def history_section(run: Run, row: int) -> None:
@@ -466,17 +466,17 @@ def queue_ui(run: Run, rows: np.ndarray, *, how: str, identity: str) -> None:
         st.text_input("Note (optional, kept with the verdict)", key=f"{prefix}-note", max_chars=MAX_NOTE)
         with st.container(horizontal=True, key="review-verdicts"):
             for v in VERDICTS:
-                st.button(f"{VERDICT_NAMES[v].capitalize()} ({SHORTCUTS[v]})", key=f"review-{v}",
+                st.button(VERDICT_NAMES[v].capitalize(), key=f"review-{v}",
                           shortcut=SHORTCUTS[v], type="primary" if v == verdict else "secondary",
                           on_click=_queue_mark, args=(run.id, row, v, at_key, rows_key, prefix))
         with st.container(horizontal=True, key="review-nav"):
-            st.button(f"Previous ({SHORTCUTS['previous']})", key="review-previous", shortcut=SHORTCUTS["previous"],
+            st.button("Previous", key="review-previous", shortcut=SHORTCUTS["previous"],
                       icon=":material/arrow_back:", disabled=at == 0, on_click=_queue_step,
                       args=(at_key, rows_key, -1))
-            st.button(f"Next ({SHORTCUTS['next']})", key="review-next", shortcut=SHORTCUTS["next"],
+            st.button("Next", key="review-next", shortcut=SHORTCUTS["next"],
                       icon=":material/arrow_forward:", disabled=at >= rows.size - 1, on_click=_queue_step,
                       args=(at_key, rows_key, 1))
-            st.button(f"Undo ({SHORTCUTS['undo']})", key="review-undo", shortcut=SHORTCUTS["undo"],
+            st.button("Undo", key="review-undo", shortcut=SHORTCUTS["undo"],
                       icon=":material/undo:", on_click=_queue_undo, args=(run.id, row))
             st.button("Open detail", key="review-open", icon=":material/open_in_full:",
                       on_click=gallery.open_detail, args=(run.id, row), kwargs={"source": QUEUE_SOURCE})

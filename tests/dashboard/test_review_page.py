@@ -205,7 +205,9 @@ def test_detail_records_a_verdict_with_a_note_shows_the_history_as_text_and_undo
     click(at, "review-open")
     form = next(r for r in at.radio if (r.key or "").startswith("rvd-"))
     prefix = form.key.removesuffix("-verdict")
+    assert form.value is None and at.button(key=f"{prefix}-record").disabled  # nothing preselected
     form.set_value("ambiguous")
+    at.run()
     note = "<script>alert(1)</script> **not bold**"
     at.text_input(key=f"{prefix}-note").input(note)
     click(at, f"{prefix}-record")
