@@ -151,12 +151,23 @@ def test_eight_sessions_marking_at_once_lose_no_verdict(browser, tmp_path):
     SHOTS.mkdir(parents=True, exist_ok=True)
     with server(store.root, tmp_path / "streamlit.log") as (url, _):
         contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(8)]
-        pages = [open_queue(c, url, "c120") for c in contexts]
+        pages = [c.new_page() for c in contexts]
+        for page in pages:  # the eight sessions load side by side
+            page.set_default_timeout(60_000)
+            page.goto(f"{url}/review?run=c120", wait_until="commit")
+        for page in pages:
+            page.locator("[class*='st-key-review-image'] img").first.wait_for()
+            settle(page)
         pages[0].screenshot(path=str(SHOTS / "queue_120_classes.png"), full_page=True)
-        for i, page in enumerate(pages):  # session i goes to the i-th image of the queue
-            for _ in range(i):
+        for step in range(1, 8):  # session i steps to the i-th image of the queue, the sessions in parallel
+            moving = pages[step:]
+            for page in moving:
                 page.locator("[class*='st-key-review-next'] button").click()
-                settle(page)
+            for i, page in enumerate(moving, start=step):
+                page.wait_for_function("(f) => document.querySelector(\"[class*='st-key-review-image'] img\")?.alt === f",
+                                       arg=str(paths[order[step]]))
+        for i, page in enumerate(pages):
+            settle(page)
             assert shown_file(page) == paths[order[i]]
         for page in pages:  # then all mark at once: the keys go out without waiting for the server
             page.locator("h1").first.click()
