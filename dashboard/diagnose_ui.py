@@ -23,7 +23,7 @@ import streamlit as st
 
 from core import derived, diagnose
 from core.store import Run
-from dashboard import cache, gallery, ui
+from dashboard import cache, gallery, ui, views
 
 CONFIDENT = 0.9  # a mistake at least this confident counts on the calibration card
 ATYPICAL_QUANTILE = 0.95  # the odd-images card: the evaluated images above this atypicality quantile
@@ -83,20 +83,20 @@ def duplicate_cards(run: Run, stored, eval_mask: np.ndarray) -> list[Card]:
     rows = _unique(leaks["row"])
     n_wrong = int((~leaks.drop_duplicates("row")["correct"]).sum())
     cards.append(Card("leaks", "duplicates", "Leaks: evaluated images with a near copy in train",
-                      f"{s.get('n_eval_with_train_copy', 0):,} images of '{s.get('eval_split', '?')}' have a copy "
-                      f"in train; {n_wrong:,} of them are misclassified, "
-                      f"{int((~leaks['labels_agree']).sum()):,} copies carry another label.",
+                      f"{views.plural(s.get('n_eval_with_train_copy', 0), 'image')} of "
+                      f"'{s.get('eval_split', '?')}' with a copy in train; {n_wrong:,} of them misclassified; "
+                      f"{views.plural(int((~leaks['labels_agree']).sum()), 'copy', 'copies')} with another label.",
                       rows, _evaluated_errors(run, rows, eval_mask), "closest copy first"))
     pairs = stored.table("pairs").sort_values("similarity", ascending=False)
     disagree = pairs[~pairs["labels_agree"]]
     rows = _unique(np.column_stack([disagree["row_a"], disagree["row_b"]]).ravel())
     cards.append(Card("disagreeing_copies", "duplicates", "Copies whose labels disagree",
-                      f"{len(disagree):,} pairs of (near) copies carry different labels: at least one of each "
-                      "pair is mislabelled.", rows, _evaluated_errors(run, rows, eval_mask),
+                      f"{views.plural(len(disagree), 'pair')} of (near) copies with different labels: at least "
+                      "one image of each pair is mislabelled.", rows, _evaluated_errors(run, rows, eval_mask),
                       "closest pair first, the two images side by side"))
     rows = _unique(np.column_stack([pairs["row_a"], pairs["row_b"]]).ravel())
     cards.append(Card("duplicates", "duplicates", "Duplicates",
-                      f"{s.get('n_pairs', 0):,} pairs of copies ({s.get('n_exact', 0):,} exact, "
+                      f"{views.plural(s.get('n_pairs', 0), 'pair')} of copies ({s.get('n_exact', 0):,} exact, "
                       f"{s.get('n_near', 0):,} near; {s.get('n_cross_split', 0):,} across splits) among "
                       f"{s.get('n_scanned', 0):,} images.", rows, _evaluated_errors(run, rows, eval_mask),
                       "closest pair first, the two images side by side",

@@ -78,6 +78,11 @@ def settle(page) -> None:
 
 
 def shot(page, name: str) -> None:
+    if page.locator("[class*='st-key-diagnose-card-']").count():
+        page.locator("[data-testid='stMetricValue']").first.wait_for()  # drawn, not skeletons
+    for chart in page.locator(".js-plotly-plot").all():
+        chart.wait_for()
+    page.wait_for_timeout(1_000)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
@@ -110,6 +115,11 @@ def test_compute_then_cards_then_a_cards_gallery_and_detail(url, store, page):
     settle(page)
     assert "copy in train" in dialog.inner_text()
     shot(page, "fashion_detail")
+    page.goto(f"{url}/errors?run=fashion")  # the Errors page gains the diagnosis columns and filters
+    settle(page)
+    page.get_by_text("Copy in train").first.wait_for()
+    page.wait_for_timeout(1_000)
+    page.screenshot(path=str(SHOTS / "fashion_errors.png"))
 
 
 @pytest.mark.parametrize("run_id", ["c120", "folder"])
@@ -118,7 +128,8 @@ def test_stored_findings_show_as_cards(url, store, page, run_id):
     page.goto(f"{url}/diagnose?run={run_id}")
     settle(page)
     page.locator("[class*='st-key-diagnose-card-']").first.wait_for()
+    page.locator("[class*='st-key-diagnose-card-leaks']").wait_for()
+    shot(page, f"{run_id}_cards")
     text = page.locator("[data-testid='stMain']").inner_text()
     assert "Traceback" not in text and "Compute diagnoses" not in text
     assert "Leaks" in text
-    shot(page, f"{run_id}_cards")
