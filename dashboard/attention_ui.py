@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import streamlit as st
 
-from core import derived, gradcam
+from core import derived, gradcam, neighbours
 from core.models import ModelError
 from core.store import Run
 from dashboard import cache, gallery, ui, views
@@ -91,7 +91,26 @@ def _visible_batch(run: Run, row: int) -> np.ndarray:
     for source in st.session_state.get(gallery.SOURCES_KEY, {}).values():
         if source.run_id == run.id and np.any(source.rows == int(row)):
             return page_batch(source.rows, row, per_page=per_page)
-    return np.asarray([int(row)], np.int64)
+    return _detail_batch(run, row)
+
+
+def _detail_batch(run: Run, row: int) -> np.ndarray:
+    """``row`` with the open detail's image and the neighbours it shows (the same
+    ``neighbours.nearest`` query as ``gallery.neighbours_ui``), so that the detail's thumbnails
+    cost one call rather than one each; just ``[row]`` when no detail of this run is open."""
+    request = st.session_state.get(gallery.DETAIL_KEY)
+    if not request or request.get("run") != run.id or run.embeddings is None:
+        return np.asarray([int(row)], np.int64)
+    opened = int(request["row"])
+    true, pred = int(run.predictions["true"].iat[opened]), int(run.predictions["predicted"].iat[opened])
+    top2 = gallery.df_value(run, opened, "top2")
+    classes = {true, pred} | ({int(top2)} if top2 is not None else set())
+    _, pools = cache.reference_pools(run, cache.run_key(run))
+    batch = [np.asarray([int(row), opened], np.int64)]
+    for cls in classes:
+        near, _ = neighbours.nearest(run.embeddings, opened, pools[cls], k=gallery.NEIGHBOURS)
+        batch.append(np.asarray(near, np.int64))
+    return np.unique(np.concatenate(batch))
 
 
 def _stored_rows(run: Run) -> np.ndarray:
@@ -114,8 +133,9 @@ def row_maps(run: Run, row: int, *, batch: np.ndarray | None = None) -> RowMaps 
             wanted = np.union1d(wanted[[int(r) not in memo.rows for r in wanted]], [int(row)])
             explainer = None
             if not np.isin(wanted, _stored_rows(run)).all():  # TensorFlow only when something is missing
-                with st.spinner(f"Computing attention maps for {len(wanted):,} images..."):
-                    explainer = cache.attention_explainer(run, cache.run_key(run))
+                # a toast, not a spinner: this runs inside a thumbnail's narrow column
+                st.toast(f"Computing attention maps for {len(wanted):,} images...", icon=":material/visibility:")
+                explainer = cache.attention_explainer(run, cache.run_key(run))
             attention = gradcam.explain_rows(run, wanted, explainer=explainer, **CONFIG)
         except PROBLEMS as exc:
             memo.problem = f"No attention maps: {views.one_line(exc)}"

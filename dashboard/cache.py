@@ -302,7 +302,7 @@ def stored_slices(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
     return None if stored is None else stored.table("slices")
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the model for attention maps...")
+@st.cache_resource(max_entries=2, show_spinner=False)  # attention_ui says so in a toast
 def attention_explainer(_run: Run, key: str):
     """The run's model prepared for Grad-CAM (imports TensorFlow on first use; only when the
     attention toggle is on or the image detail asks). Refusals raise and are not cached."""
