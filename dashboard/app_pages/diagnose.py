@@ -12,7 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import diagnose
-from dashboard import cache, diagnose_ui, figures, gallery, ui, views
+from dashboard import diagnose_ui, figures, gallery, ui, views
 
 OPEN_KEY = "diagnose-open"
 
@@ -97,4 +97,3 @@ def render() -> None:
 
 
 render()
-_ = cache  # the page's caches live in dashboard/cache.py (used through diagnose_ui)
