@@ -266,3 +266,67 @@ def test_reading_stored_findings_imports_no_tensorflow_or_umap(store, tmp_path):
                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "heavy: []" in out.stdout
+
+
+# --------------------------------------------------------------------------- a planted error slice
+
+SLICE_CLASSES = ["shirt", "t-shirt", "coat"]
+
+
+def sliced_run(store: RunStore, run_id: str):
+    """900 'test' images of 3 classes (as tests/core/test_slices.py): 60 shirts sit apart in embedding
+    space and are darker, and 42 of them are called t-shirt; 30 other mistakes are scattered.
+    Returns (run, the 60 odd shirts' rows)."""
+    rng = np.random.default_rng(0)
+    n = 900
+    y = np.arange(n) % 3
+    x = np.eye(3, 8)[y] * 6 + rng.normal(0, 1, (n, 8))
+    odd = np.flatnonzero(y == 0)[:60]
+    x[odd] = np.eye(1, 8, 5) * 6 + rng.normal(0, 0.7, (60, 8))
+    predicted = y.copy()
+    predicted[odd[:42]] = 1
+    other = rng.choice(np.flatnonzero(y != 0), 30, replace=False)
+    predicted[other] = (y[other] + 1) % 3
+    probs = np.full((n, 3), 0.05, np.float32)
+    probs[np.arange(n), predicted] = 0.9
+    images = np.random.default_rng(3).integers(60, 230, (n, 12, 12)).astype(np.uint8)
+    images[odd] -= 55
+    run = write_run(store, run_id, classes=SLICE_CLASSES, y_true=y, probs=probs,
+                    paths=[f"test/{i:04d}.png" for i in range(n)], splits=np.full(n, "test"),
+                    embeddings=x.astype(np.float32), images=images,
+                    data={"name": "arrays", "kind": "synthetic", "path": None, "root": None, "images_in_run": True})
+    return run, odd
+
+
+def test_slice_cards_and_the_errors_pages_slice_filter(tmp_path):
+    store = RunStore(tmp_path / "sliced")
+    run, odd = sliced_run(store, "sliced")
+    diagnose.run_diagnoses(run, kinds=("image_scan", "image_properties", "error_slices"))
+    findings = diagnose_ui.stored_findings(run)
+    cards = diagnose_ui.build_cards(run, findings, run.eval_mask())
+    stored = findings["error_slices"]
+    first = stored.table("slices").iloc[0]
+    members = stored.table("members")
+    mine = members[members["slice_id"] == first["slice_id"]].sort_values("distance")
+    card = [c for c in cards if c.key == f"slice-{int(first['slice_id'])}"][0]
+    assert card.rows.tolist() == mine["row"].tolist() and set(card.rows) <= set(odd)  # nearest the centre first
+    assert card.explains == int((~run.predictions["correct"].to_numpy()[card.rows]).sum()) > 0
+    assert card.title == f"Error slice: {first['name']}"
+    # the darker shirts also make a property finding whose rows are the shirts under their threshold
+    props = [c for c in cards if c.key.startswith("property-")]
+    assert props and any(set(c.rows) & set(odd) for c in props)
+    old = os.environ.get("ARTIFACTS_DIR")
+    os.environ["ARTIFACTS_DIR"] = str(store.root)
+    try:
+        at = open_page("errors", "sliced")
+        at.multiselect(key=ui.scoped(run, "errors-slice")).set_value([first["name"]]).run()
+        assert not at.exception, [e.value for e in at.exception]
+        df = at.dataframe[0].value
+        wrong = ~run.predictions["correct"].to_numpy()
+        assert sorted(df["id"].tolist()) == sorted(r for r in card.rows.tolist() if wrong[r])
+        assert (df["slice"] == first["name"]).all()
+    finally:
+        if old is None:
+            os.environ.pop("ARTIFACTS_DIR", None)
+        else:
+            os.environ["ARTIFACTS_DIR"] = old
