@@ -276,6 +276,16 @@ def errors_filters_ui(run: Run, rows: np.ndarray) -> np.ndarray:
     return rows[keep]
 
 
+def errors_filters_id(run: Run) -> str:
+    """The diagnosis filters' values as text ('' when unset), so that the Errors page's table and gallery
+    start afresh when they change."""
+    values = [st.session_state.get(ui.scoped(run, name)) for name in
+              ("errors-label-issue", "errors-train-copy", "errors-slice")]
+    if values[0] in (None, 0.0) and values[1] in (None, "any") and not values[2]:
+        return ""
+    return f"-{values}"
+
+
 def with_finding_columns(run: Run, table: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
     """``table`` (one line per row of ``rows``) with the label-issue score, suggested class, copy in
     train and slice columns, when findings are stored."""

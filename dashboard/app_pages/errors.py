@@ -91,7 +91,7 @@ def render() -> None:
     if rows.size == 0:
         st.info("No misclassified image matches these filters.")
         return
-    filters_id = f"{true}-{pred}-{conf}"
+    filters_id = f"{true}-{pred}-{conf}" + diagnose_ui.errors_filters_id(run)
     table_ui(run, rows, filters_id=filters_id)
     gallery.gallery_ui(run, rows, key=SOURCE, order_note="most confident mistake first", url_param="p",
                        title="errors, most confident first",
