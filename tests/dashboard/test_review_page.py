@@ -174,8 +174,19 @@ def test_queue_follows_stored_label_issues_and_preselects_their_suggestion(store
     at.selectbox(key=next(s.key for s in at.selectbox if s.key.endswith(":review-set"))).set_value("cell")
     at.run()
     assert not at.exception
+    df = run.predictions
+    mask = run.eval_mask()
+    counts = pd.crosstab(df["true"][mask], df["predicted"][mask]).reindex(index=range(5), columns=range(5),
+                                                                          fill_value=0).to_numpy().copy()
+    np.fill_diagonal(counts, -1)
+    true, pred = np.unravel_index(int(np.argmax(counts)), counts.shape)  # the default cell: the most confused
+    cell = np.flatnonzero(mask & (df["true"] == true).to_numpy() & (df["predicted"] == pred).to_numpy())
+    position = {int(r): i for i, r in enumerate(issues["row"])}
+    expected = sorted(cell, key=lambda r: position[int(r)])  # every evaluated image has a label-issue rank
     caption = next(unescape(c.value) for c in at.caption if "label-issue rank" in unescape(c.value))
-    assert caption.split(" ")[0].isdigit()
+    assert caption.startswith(f"{len(cell)} image")
+    marked = set(RunReview(run).verdicts()["row"])
+    assert shown_file(at) == df["path"].iat[next(int(r) for r in expected if r not in marked)]  # first unreviewed
 
 
 # --------------------------------------------------------------------------- galleries and the detail
