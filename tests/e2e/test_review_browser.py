@@ -25,6 +25,7 @@ import pytest
 from tests.e2e.conftest import REPO, _free_port
 
 pytestmark = pytest.mark.browser
+IMAGE_JS = "\"[class*='st-key-review-image'] img\""  # the queue's image, as a JavaScript string
 SHOTS = Path(os.environ.get("REVIEW_SHOTS", "/tmp/shots_review"))
 
 
@@ -163,8 +164,8 @@ def test_eight_sessions_marking_at_once_lose_no_verdict(browser, tmp_path):
             moving = pages[step:]
             for page in moving:
                 page.locator("[class*='st-key-review-next'] button").click()
-            for i, page in enumerate(moving, start=step):
-                page.wait_for_function("(f) => document.querySelector(\"[class*='st-key-review-image'] img\")?.alt === f",
+            for page in moving:
+                page.wait_for_function("(f) => document.querySelector(IMAGE)?.alt === f".replace("IMAGE", IMAGE_JS),
                                        arg=str(paths[order[step]]))
         for i, page in enumerate(pages):
             settle(page)
