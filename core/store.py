@@ -797,7 +797,7 @@ class RunStore:
             accuracy = math.nan
         return RunSummary(
             run_id=run_id, name=str(m.get("name") or run_id), created=str(m.get("created", "")),
-            model=Path(str(model.get("path") or "?")).name, data=str(data.get("name") or "?"),
+            model=_model_label(model), data=str(data.get("name") or "?"),
             n_images=int(counts.get("images") or 0) if isinstance(counts.get("images"), int) else 0,
             n_classes=len(m.get("classes") or []) if isinstance(m.get("classes"), list) else 0,
             accuracy=accuracy, schema_version=int(version), problem=problem,
@@ -1028,6 +1028,13 @@ def _link_or_copy(src, dst) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def _model_label(model: dict) -> str:
+    """The model column of a run list: the file name, or 'imported: FILE' for imported predictions."""
+    if model.get("format") == "predictions":
+        return f"imported: {Path(str(model.get('predictions_file') or '?')).name}"
+    return Path(str(model.get("path") or "?")).name
 
 
 def _broken(run_id: str, problem: str) -> RunSummary:

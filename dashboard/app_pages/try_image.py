@@ -22,7 +22,11 @@ from dashboard import cache, figures, ui, views
 
 def model_problem(run) -> str | None:
     """Why the run's model cannot be loaded (file missing), or None."""
-    path = (run.manifest.get("model") or {}).get("path")
+    info = run.model_info
+    path = info.path
+    if info.format == "predictions":
+        return (f"Run {run.id} was imported from predictions made elsewhere; it has no model here "
+                "to classify new images.")
     if not path:
         return f"Run {run.id} does not record its model file, so it cannot classify new images."
     if not Path(path).exists():
@@ -42,6 +46,9 @@ def render() -> None:
     except ValueError as exc:  # a malformed CLASSIFIER_MAX_PIXELS
         st.error(ui.plain(str(exc)))
         return
+    unavailable = model_problem(run)
+    if unavailable:  # said before any upload too, not only after the user has picked a file
+        st.warning(ui.plain(unavailable))
     st.caption(f"Upload a picture (JPEG, PNG, BMP or WebP, up to {MAX_UPLOAD_BYTES / 1e6:g} MB and "
                f"{max_pixels:,} pixels) to see what the run's model predicts.")
     upload = st.file_uploader("Image", type=list(views.UPLOAD_TYPES), key="try-upload",

@@ -102,4 +102,6 @@ def test_an_imported_run_says_it_has_no_model(store):
     at = open_page("try_image", "imported")
     at.get("file_uploader")[0].upload("green.png", encode_png(np.zeros((8, 8, 3), np.uint8)), "image/png").run()
     assert [unescape(e.value) for e in at.error] == [
-        "Run imported does not record its model file, so it cannot classify new images."]
+        "Run imported was imported from predictions made elsewhere; it has no model here to classify "
+        "new images."]
+    assert [unescape(w.value) for w in at.warning] == [unescape(e.value) for e in at.error]  # said up front too
