@@ -35,11 +35,19 @@ def url(store, tmp_path_factory, streamlit_server):
 
 
 def settle(page) -> None:
-    """Wait until the script run the last action started has finished drawing."""
+    """Wait until the script run the last action started has finished drawing (no running indicator,
+    no placeholder left where an element is still to come)."""
     page.wait_for_timeout(400)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
-                           timeout=60_000)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+                           " && !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=90_000)
     page.wait_for_timeout(300)
+
+
+@pytest.fixture
+def page(page):
+    """The conftest's page, patient: the machine may be shared with other work."""
+    page.set_default_timeout(90_000)
+    return page
 
 
 def params(page) -> dict[str, str]:
@@ -66,7 +74,7 @@ def test_a_click_on_a_thumbnail_opens_its_detail_and_the_arrow_keys_walk_the_gal
     tiles = page.locator(".st-key-gallery-errors [class*='st-key-gtile-errors-']")
     assert tiles.count() == 24
     tiles.nth(5).click()  # anywhere on the thumbnail
-    page.get_by_role("dialog").wait_for()
+    page.get_by_role("dialog").wait_for(timeout=90_000)
     settle(page)
     assert detail_alt(page) == df["path"].iat[int(rows[5])]
     dialog = page.get_by_role("dialog")
@@ -82,8 +90,7 @@ def test_a_click_on_a_thumbnail_opens_its_detail_and_the_arrow_keys_walk_the_gal
     assert detail_alt(page) == df["path"].iat[int(rows[4])]
     page.keyboard.press("Escape")
     page.get_by_role("dialog").wait_for(state="detached")
-    settle(page)
-    assert "img" not in params(page)
+    page.wait_for_function("() => !location.search.includes('img=')")  # the address closes it too
 
 
 def test_a_lasso_on_the_70000_point_map_shows_every_image_inside_it(url, store, page):
@@ -125,7 +132,8 @@ def test_a_reload_restores_run_page_cell_and_filters(url, store, page):
     settle(page)
     for label, option in (("True class", f"7 · {run.classes[7]}"), ("Predicted class", f"9 · {run.classes[9]}")):
         page.get_by_role("combobox", name=label).click()
-        page.get_by_role("option", name=option).click()
+        page.keyboard.type(option)  # 120 options: the list shows a window of them, typing filters
+        page.get_by_role("option", name=option, exact=True).click()
         settle(page)
     page.get_by_text("Row-normalised").click()
     settle(page)
@@ -142,7 +150,8 @@ def test_a_reload_restores_run_page_cell_and_filters(url, store, page):
     page.get_by_role("heading", name="Errors").wait_for()
     settle(page)
     page.get_by_role("combobox", name="True class").click()
-    page.get_by_role("option", name=f"3 · {run.classes[3]}").click()
+    page.keyboard.type(f"3 · {run.classes[3]}")
+    page.get_by_role("option", name=f"3 · {run.classes[3]}", exact=True).click()
     settle(page)
     page.keyboard.press("Escape")
     settle(page)
@@ -150,6 +159,7 @@ def test_a_reload_restores_run_page_cell_and_filters(url, store, page):
     assert params(page) == {"run": "c120", "true": "3"}
     count = page.get_by_text("misclassified image").first.inner_text()
     other = page.context.new_page()
+    other.set_default_timeout(90_000)
     other.goto(shared)
     other.get_by_role("heading", name="Errors").wait_for()
     settle(other)
