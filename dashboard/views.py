@@ -356,9 +356,10 @@ def class_distribution(predictions: pd.DataFrame, class_names: Sequence[str]) ->
 
 
 def distribution_top(distribution: pd.DataFrame, *, top: int = 30) -> tuple[pd.DataFrame, int]:
-    """The ``top`` classes with most images (all splits), the rest summed as one row
-    'others (M classes)'; returns (table, M). Columns as ``class_distribution``'s, classes in
-    descending total, 'others' last."""
+    """The ``top`` classes with most images (all splits), then the other M classes as one row
+    'others (M classes, mean per class)' holding their mean count per class and split (a sum
+    would dwarf every bar beside it); returns (table, M). Columns as ``class_distribution``'s,
+    classes in descending total, the others last."""
     if distribution.empty:
         return distribution, 0
     totals = distribution.groupby("class", sort=False)["count"].sum()
@@ -369,9 +370,9 @@ def distribution_top(distribution: pd.DataFrame, *, top: int = 30) -> tuple[pd.D
     table = table.sort_values(["class", "split"], kind="stable")
     table["class"] = table["class"].astype(str)
     if rest:
-        label = f"others ({len(rest)} classes)"
+        label = f"others ({len(rest)} classes, mean per class)"
         others = (distribution[distribution["class"].isin(rest)].groupby("split", sort=True)["count"].sum()
-                  .reset_index().assign(**{"class": label}))
+                  .div(len(rest)).reset_index().assign(**{"class": label}))
         table = pd.concat([table, others[["class", "split", "count"]]], ignore_index=True)
     return table.reset_index(drop=True), len(rest)
 

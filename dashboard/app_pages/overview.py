@@ -51,7 +51,8 @@ def distribution_ui(run, key: str) -> None:
     distribution = cache.class_distribution(run, key)
     table, others = views.distribution_top(distribution, top=DISTRIBUTION_TOP)
     if others:
-        st.caption(f"The {DISTRIBUTION_TOP} classes with most images, then the other {others:,} classes summed.")
+        st.caption(f"The {DISTRIBUTION_TOP} classes with most images, then the mean of the other {others:,} "
+                   "classes (per class and split).")
     st.plotly_chart(figures.class_distribution_figure(table, others=others), key="class-distribution",
                     config={"displayModeBar": False})
 
