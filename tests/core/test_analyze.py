@@ -37,7 +37,7 @@ def test_analyze_folder_writes_a_complete_run(tmp_path, image_tree, tiny_model_p
     assert np.allclose(run.probs[0], direct, atol=1e-5)
     assert first["path"] == "cat/cat_0.png"
     assert run.image_file(0) == (image_tree / "cat" / "cat_0.png").resolve()
-    assert set(run.manifest["timings"]) >= {"predict_s", "projection_s", "total_s"}
+    assert set(run.timings) >= {"predict_s", "total_s"}  # the map is timed in its own derived result
     assert run.manifest["data"]["fingerprint"] and run.manifest["model"]["sha256"]
 
 
