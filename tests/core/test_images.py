@@ -132,10 +132,14 @@ def test_pixel_limit_from_the_environment_and_the_keyword(tmp_path, monkeypatch)
 
 
 def _peak_rss_mb(code: str, **env: str) -> float:
-    """Run ``code`` in a fresh Python and return its peak resident memory in MB."""
+    """Run ``code`` in a fresh Python and return its peak resident memory in MB.
+
+    Read from /proc/self/status (VmHWM): ``ru_maxrss`` would also count the forking parent's
+    resident size, which Linux carries across fork + exec (the whole pytest process).
+    """
     script = textwrap.dedent(code) + textwrap.dedent("""
         import resource
-        print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        print("PEAK_KB", next(int(ln.split()[1]) for ln in open("/proc/self/status") if ln.startswith("VmHWM:")))
     """)
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **env}, timeout=300)
