@@ -12,9 +12,12 @@ While a process computes the map it holds an ``flock`` on the run's
 'computing' never outlives a killed process. A run written before maps were
 derived keeps its ``projection.npy``, which is used as is.
 
-``import umap`` compiles numba code and imports TensorFlow when it is
-installed, so it happens inside ``project`` (with TensorFlow hidden from it,
-``_import_umap``) and nowhere on a path that reads runs. benchmarks/bench_umap.py
+The map of up to ``max_fit`` points needs no ``import umap`` (which compiles
+numba code for ~14 s in every new process and imports TensorFlow when it is
+installed): ``core.layout`` runs UMAP's layout. umap-learn is imported only for
+the spectral start and for larger runs (fit on a sample, ``transform`` the
+rest), inside ``project`` with TensorFlow hidden from it (``_import_umap``),
+never on a path that reads runs. benchmarks/bench_umap.py
 compares ``project`` with umap-learn's seeded defaults.
 """
 
@@ -35,7 +38,7 @@ import numpy as np
 
 from core import derived
 from core.config import ProjectionConfig
-from core.progress import Progress, say_function
+from core.progress import Progress, progress_bar, say_function
 from core.store import Run, RunCorruptError, RunNotFoundError, read_manifest
 
 KIND = "projection"
@@ -204,12 +207,13 @@ def project(
 
     Steps: PCA to ``pca_dims`` when wider; the exact ``n_neighbors``
     neighbours (``exact_neighbors``); UMAP's fuzzy graph of them
-    (``fuzzy_graph``); umap-learn's layout (``simplicial_set_embedding``)
-    starting from a PCA layout (``init='pca'``; 'spectral' is UMAP's default,
-    an eigen-decomposition that took longer than everything else at 70,000
-    points) for ``n_epochs`` epochs (None: ``default_epochs(N)``),
-    single-threaded (umap-learn's parallel layout gives another map on every
-    run, and was no faster on 2 shared cores).
+    (``fuzzy_graph``); UMAP's layout (``core.layout.embed``, umap-learn's
+    algorithm without the cost of ``import umap``) starting from a PCA layout
+    (``init='pca'``; 'spectral' is UMAP's default, an eigen-decomposition that
+    took longer than everything else at 70,000 points, and needs umap-learn)
+    for ``n_epochs`` epochs (None: ``default_epochs(N)``), single-threaded
+    (umap-learn's parallel layout gives another map on every run, and was no
+    faster on 2 shared cores).
     Above ``max_fit`` rows, UMAP is fitted on a seeded sample (with its own
     NN-descent) and the other rows are placed with ``transform``.
 
@@ -233,39 +237,51 @@ def project(
         x = PCA(n_components=pca_dims, random_state=seed).fit_transform(x).astype(np.float32)
         info["pca_dims"] = pca_dims
     k = min(n_neighbors, n - 1)
-    knn = (None, None, None)
-    if n <= max_fit:
+    if n > max_fit:
+        out = _fit_sample_and_transform(x, seed=seed, k=k, min_dist=min_dist, init=init, epochs=epochs,
+                                        max_fit=max_fit, progress=progress, say=say)
+        info["fit_rows"], info["neighbors"] = max_fit, "nn-descent"
+    else:
+        from core import layout
+
         say(f"Finding the {k} nearest neighbours of {n:,} points", 0.03)
-        knn = (*exact_neighbors(x, k), None)
-    say("Loading UMAP", 0.3)
+        graph = fuzzy_graph(*exact_neighbors(x, k))
+        rng = np.random.RandomState(seed)
+        start = None
+        if init == "spectral":  # umap-learn's eigen-decomposition of the graph, then its noisy scaling
+            say("Spectral start of the layout", 0.45)
+            _import_umap()
+            from umap.spectral import spectral_layout
+
+            start = layout.noisy_scale(spectral_layout(x, graph, 2, rng, metric="euclidean", metric_kwds={}), rng)
+        say(f"UMAP layout of {n:,} points, {epochs} epochs", 0.5)
+        bar = progress_bar(progress, epochs, "UMAP layout", unit="epoch", start=0.5, span=0.5)
+        a, b = layout.ab_params(min_dist)
+        out = layout.embed(x, graph, a=a, b=b, n_epochs=epochs, rng=rng, start=start,
+                           on_epoch=lambda: bar.update(1))
+        bar.close()
+    say(f"UMAP map of {n:,} points ready", 1.0)
+    return out, info
+
+
+def _fit_sample_and_transform(x, *, seed, k, min_dist, init, epochs, max_fit, progress, say) -> np.ndarray:
+    """Above ``max_fit`` rows: umap-learn fitted on a seeded sample (its NN-descent), the rest placed by ``transform``."""
     umap = _import_umap()
-    say(f"UMAP layout of {fit_rows:,} points, {epochs} epochs", 0.35)
-    tqdm_kwds = _epoch_progress(progress, 0.35, 0.65)
+    n = len(x)
+    say(f"UMAP layout of {max_fit:,} sampled points, {epochs} epochs", 0.35)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
         warnings.filterwarnings("ignore", category=UserWarning, module="umap")
-        if n > max_fit:
-            reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, random_state=seed, init=init,
-                                n_epochs=epochs, tqdm_kwds=tqdm_kwds)
-            rng = np.random.default_rng(seed)
-            fit_idx = np.sort(rng.choice(n, max_fit, replace=False))
-            out = np.empty((n, 2), np.float32)
-            out[fit_idx] = reducer.fit_transform(x[fit_idx])
-            rest = np.setdiff1d(np.arange(n), fit_idx)
-            say(f"Placing the other {len(rest):,} points on the map", 0.99)
-            out[rest] = reducer.transform(x[rest])
-            info["fit_rows"], info["neighbors"] = max_fit, "nn-descent"
-        else:
-            from umap.umap_ import find_ab_params, simplicial_set_embedding
-
-            # What umap.UMAP(...).fit_transform does from here, minus its NaN for points without edges.
-            a, b = find_ab_params(1.0, min_dist)
-            out, _ = simplicial_set_embedding(
-                x, fuzzy_graph(*knn[:2]), 2, 1.0, a, b, 1.0, 5, epochs, init, np.random.RandomState(seed),
-                "euclidean", {}, False, {}, False, tqdm_kwds=tqdm_kwds)
-            out = np.asarray(out, dtype=np.float32)
-    say(f"UMAP map of {n:,} points ready", 1.0)
-    return out, info
+        reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, random_state=seed, init=init,
+                            n_epochs=epochs, tqdm_kwds=_epoch_progress(progress, 0.35, 0.65))
+        rng = np.random.default_rng(seed)
+        fit_idx = np.sort(rng.choice(n, max_fit, replace=False))
+        out = np.empty((n, 2), np.float32)
+        out[fit_idx] = reducer.fit_transform(x[fit_idx])
+        rest = np.setdiff1d(np.arange(n), fit_idx)
+        say(f"Placing the other {len(rest):,} points on the map", 0.99)
+        out[rest] = reducer.transform(x[rest])
+    return out
 
 
 def _epoch_progress(progress: bool | Progress, start: float, span: float) -> dict:
