@@ -35,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from cpu_info import cpu_line  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -102,6 +104,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--full-matrix", action="store_true", help="also time clicks on the full matrix")
     args = ap.parse_args()
+    print(cpu_line(), flush=True)
     root = Path(args.store or tempfile.mkdtemp(prefix="bench-browser-"))
     store = RunStore(root)
     run_id = f"bench-{args.n}-{args.classes}-a"

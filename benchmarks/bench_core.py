@@ -25,6 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=128)
     args = ap.parse_args()
+    print(cpu_line(), flush=True)
     print(f"cores: {os.cpu_count()}, images: {args.images}, repeats: {args.repeats} (median shown)")
 
     one, two = bench_inference(args.images, args.repeats, args.batch)

@@ -39,6 +39,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 
 def write_flipped_folder(root: Path, *, n_train: int, n_test: int, flip: float, seed: int) -> dict[str, str]:
@@ -88,6 +89,7 @@ def main() -> None:
                              "(default: %(default)s)")
     parser.add_argument("--work", default=None, help="folder for data, models and runs (default: temporary)")
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     from core.review import RunReview
     from core.store import RunStore
 

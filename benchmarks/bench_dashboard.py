@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 import numpy as np  # noqa: E402
 
@@ -205,6 +206,7 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=None, help="store to build/reuse the runs in")
     parser.add_argument("--no-apptest", action="store_true", help="skip whole-page AppTest timings")
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     root = args.store or Path(tempfile.mkdtemp(prefix="bench_dashboard_"))
     store = RunStore(root)
     run_a, run_b = ensure_runs(store, args.n, args.classes)

@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 from core.datasets import load_fashion_mnist  # noqa: E402
 from core.demo import cpu_has_fast_bfloat16, demo_recipe  # noqa: E402
@@ -43,6 +44,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-budget", type=float, default=330.0)
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     data = load_fashion_mnist()
     bf16 = cpu_has_fast_bfloat16()
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,22 +31,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 from core.diagnose import DIAGNOSES  # noqa: E402
 from core.store import RunStore  # noqa: E402
 from core.synthetic import make_synthetic_run  # noqa: E402
 
 TARGET_S = 30.0
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    wanted = sorted({f for f in line.split() if f.startswith(("avx512", "amx"))})
-    return " ".join(wanted) or "no AVX-512/AMX flags"
 
 
 def diagnose(store: Path, run_id: str, *, force: bool) -> tuple[float, int, str]:
@@ -64,7 +55,7 @@ def main() -> None:
     parser.add_argument("--run", default=None, help="an existing run instead of a synthetic one")
     parser.add_argument("--store", default=None, help="its store (default: $ARTIFACTS_DIR or ./artifacts)")
     args = parser.parse_args()
-    print(f"CPU: {os.cpu_count()} cores; {cpu_flags()}")
+    print(cpu_line(), flush=True)
     print(f"kinds in DIAGNOSES: {', '.join(DIAGNOSES)}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.run:

@@ -43,6 +43,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 import cv2  # noqa: E402
 
@@ -304,6 +305,7 @@ def main() -> None:
     parser.add_argument("--no-quality", action="store_true", help="skip part 1")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     if not args.no_quality:
         quality(args)
     if not args.no_speed:

@@ -32,20 +32,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 import numpy as np  # noqa: E402
 
 DEMO_MODELS = (ROOT / "core" / "demo_model" / "model.keras", ROOT / "models" / "fashion-mnist-demo" / "model.keras")
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = sorted({f for f in flags if f.startswith(("avx512", "amx"))})
-    return " ".join(wanted) or "no AVX-512 or AMX flags"
 
 
 def make_gradcam_heatmap(img_array, model, last_conv_layer_name, pred_index=None):
@@ -199,9 +190,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48, help="images in the batched-vs-loop comparison")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     # keras.io's example passes a plain batch to a model built with an input list: Keras warns each call
     warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
-    print(f"CPU flags: {cpu_flags()}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f} "
+    print(f"load average {os.getloadavg()[0]:.1f} "
           "(a shared machine: compare the ratios, not the seconds)")
     from core.datasets import load_fashion_mnist
 

@@ -35,23 +35,13 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 import numpy as np  # noqa: E402
 
 from core import derived  # noqa: E402
 from core.diagnose import labels as label_module  # noqa: E402
 from core.store import RunStore  # noqa: E402
-
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    wanted = sorted({f for f in line.split() if f.startswith(("avx512", "amx"))})
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    return f"{model}; {' '.join(wanted) or 'no AVX-512/AMX flags'}"
 
 
 def train_and_predict(epochs: int, seed: int) -> dict:
@@ -107,7 +97,7 @@ def main() -> None:
     parser.add_argument("--cache", default=None, help="npz of the trained model's outputs (written if absent)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (alternating)")
     args = parser.parse_args()
-    print(f"CPU: {cpu_flags()}; {os.cpu_count()} cores")
+    print(cpu_line(), flush=True)
 
     if args.cache and Path(args.cache).is_file():
         with np.load(args.cache, allow_pickle=False) as f:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -113,6 +114,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--work", default=None, help="folder for the images, model and runs (default: a temp dir)")
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     cpus = os.cpu_count() or 1
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-ray-"))
     images, model_path = work / "images", work / "model.keras"

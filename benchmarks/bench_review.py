@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cpu_info import cpu_line  # this script's folder is on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 
 WRITER = """
@@ -79,6 +81,7 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--dir", default=None, help="folder for the databases (default: a temporary folder)")
     args = parser.parse_args()
+    print(cpu_line(), flush=True)
     sys.path.insert(0, str(REPO))
     folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-review-"))
     folder.mkdir(parents=True, exist_ok=True)
