@@ -322,7 +322,8 @@ def test_the_start_page_builds_the_demo_with_progress_then_shows_it(tmp_path, mo
     demo = pytest.importorskip("core.demo")
     calls = []
 
-    def fake_run_demo(*, store, progress=None):
+    def fake_run_demo(*, store, progress=None, background_projection=False):
+        calls.append(("background map", background_projection))
         for message, fraction in (("Training", 0.5), ("Analysing", 1.0)):
             progress(message, fraction)
             calls.append((message, fraction))
@@ -333,7 +334,7 @@ def test_the_start_page_builds_the_demo_with_progress_then_shows_it(tmp_path, mo
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     at.button(key="build-demo").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert calls == [("Training", 0.5), ("Analysing", 1.0)]
+    assert calls == [("background map", True), ("Training", 0.5), ("Analysing", 1.0)]
     assert [unescape(t.value) for t in at.title] == ["Overview: demo"]
     assert at.sidebar.selectbox(key="run_id").value == "demo"
 
