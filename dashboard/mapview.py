@@ -304,9 +304,13 @@ def rasterise(xy: np.ndarray, colours: np.ndarray, window: Window, *, width: int
 
 @dataclass(frozen=True)
 class GridSummary:
-    """What a coarse grid over a window holds, for hover text: per non-empty cell its centre,
-    count, most common group, that group's share and the share of errors."""
+    """What a coarse ``width`` x ``height`` grid over a window holds, for hover text: per non-empty
+    cell its flat index ``cell`` (row 0 at the top), centre, count, most common group, that
+    group's share and the share of errors."""
 
+    width: int
+    height: int
+    cell: np.ndarray
     x: np.ndarray
     y: np.ndarray
     count: np.ndarray
@@ -339,7 +343,7 @@ def grid_summary(xy: np.ndarray, groups: np.ndarray, wrong: np.ndarray, window: 
     x0, x1, y0, y1 = window
     col, row = cells % width, cells // width
     return GridSummary(
-        x=x0 + (col + 0.5) * (x1 - x0) / width, y=y1 - (row + 0.5) * (y1 - y0) / height,
+        width=width, height=height, cell=cells, x=x0 + (col + 0.5) * (x1 - x0) / width, y=y1 - (row + 0.5) * (y1 - y0) / height,
         count=counts[cells], top_group=top_group[cells], top_share=top_count[cells] / counts[cells],
         error_share=errors[cells] / counts[cells])
 

@@ -64,9 +64,13 @@ def map_status_ui(run) -> bool:
             st.rerun()
     else:
         info = run.derived_info(core_projection.KIND)
-        reason = (info.summary.get("reason") if info else None) or "no embeddings were extracted"
-        st.info(f"This run has no 2-D projection ({ui.plain(reason)}). Re-run the analysis with a model whose "
-                "penultimate layer can be read.")
+        reason = info.summary.get("reason") if info else None
+        if reason is None and core_projection.projection_config(run) is None and run.embeddings is not None:
+            st.info("This run was analysed without a 2-D map (`--no-projection`). Re-run the analysis without "
+                    "that option to get one.")
+            return False
+        st.info(f"This run has no 2-D projection ({ui.plain(reason or 'no embeddings were extracted')}). Re-run "
+                "the analysis with a model whose penultimate layer can be read.")
     return False
 
 

@@ -39,6 +39,9 @@ def store(tmp_path_factory):
               images=arrays["images"], model={"path": "m.keras"}, data={"name": "s", "kind": "synthetic"},
               config=AnalysisConfig(model_sha256="0" * 64, data_fingerprint="derived",
                                     projection=ProjectionConfig()))
+    write_run(store, "no-map", classes=list("abcd"), y_true=arrays["y_true"], probs=arrays["probs"],
+              paths=arrays["paths"], embeddings=arrays["embeddings"], model={"path": "m.keras"},
+              config=AnalysisConfig(model_sha256="0" * 64, data_fingerprint="no-map", projection=None))
     make_synthetic_run(store, "big", n=30_000, n_classes=6, seed=1)
     old = os.environ.get("ARTIFACTS_DIR")
     os.environ["ARTIFACTS_DIR"] = str(root)
@@ -56,6 +59,14 @@ def open_embeddings(run_id: str, **params: str) -> AppTest:
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def test_a_run_analysed_with_no_projection_says_so_not_that_it_has_no_embeddings(store):
+    at = open_embeddings("no-map")
+    assert [unescape(i.value) for i in at.info] == [
+        "This run was analysed without a 2-D map (`--no-projection`). Re-run the analysis without that option "
+        "to get one."]
+    assert not at.get("plotly_chart")
 
 
 def test_a_missing_map_is_offered_then_said_to_be_computed_then_drawn(store, monkeypatch):

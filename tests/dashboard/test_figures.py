@@ -128,9 +128,12 @@ def test_embedding_figure_beyond_the_cap_draws_every_point_in_pictures(color_by)
     assert p.mode == "raster" and p.n_visible == 5000
     assert len(fig.layout.images) == (2 if color_by == "correct" else 1)  # errors on their own layer
     assert all(img.source.startswith("data:image/png;base64,") for img in fig.layout.images)
-    grid = next(t for t in fig.data if t.name == "grid")
-    assert set(np.asarray(grid.customdata).tolist()) == {-1}
-    assert sum(int(h.split(" images here")[0].replace(",", "")) for h in grid.hovertext) == 5000
+    grid = next(t for t in fig.data if t.name == "grid")  # hover text on a transparent heatmap
+    z, text = np.asarray(grid.z, float), np.asarray(grid.text, object)
+    assert z.shape == text.shape and np.nansum(z) == 5000
+    assert (np.isfinite(z) == (text != "")).all()  # hover text exactly on the non-empty cells
+    assert sum(int(h.split(" images here")[0].replace(",", "")) for h in text[text != ""]) == 5000
+    assert any(t.type == "scatter" and t.name == "selectable" for t in fig.data)  # keeps box and lasso on
     with pytest.raises(ValueError, match="color_by"):
         plan(df, xy, color_by="size", cap=1000)
 
