@@ -33,7 +33,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   if [ -t 2 ]; then pip_output=(--progress-bar on); else pip_output=(-q); fi
   .venv/bin/python -m pip install "${pip_output[@]}" --upgrade pip
   .venv/bin/python -m pip install "${pip_output[@]}" -r requirements-test.txt
-  echo "setup: compiling UMAP's numba functions into their on-disk cache (once, about 15 s)" >&2
+  echo "setup: compiling the map's numba functions into their on-disk cache (once, a few seconds)" >&2
   .venv/bin/python -m core.projection --warm-up
   echo "$want" > "$stamp"
 fi
