@@ -18,7 +18,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 UPLOAD_TYPES = ("jpg", "jpeg", "png", "bmp", "webp")
 EXPORT_COLUMNS = ["id", "path", "split", "true_label", "predicted_label", "confidence", "true_prob"]
 # The columns of predictions.parquet the pages read; a run without one of them cannot be shown.
@@ -328,18 +327,6 @@ def flag_worst(table: pd.DataFrame, *, share: float = 0.1) -> pd.DataFrame:
     out = table.copy()
     out.insert(0, "worst", (ranked <= n_worst).to_numpy())
     return out
-
-
-# --- uploads ------------------------------------------------------------------
-def upload_problem(name: str, size: int, *, max_bytes: int = MAX_UPLOAD_BYTES) -> str | None:
-    """Why an uploaded file is refused before decoding (too big, wrong extension), or None."""
-    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-    if ext not in UPLOAD_TYPES:
-        return f"{name}: not an accepted image type (accepted: {', '.join(UPLOAD_TYPES)})."
-    if size > max_bytes:
-        return (f"{name}: {size / 1024 / 1024:.1f} MB is larger than the "
-                f"{max_bytes / 1024 / 1024:.0f} MB limit.")
-    return None
 
 
 def class_distribution(predictions: pd.DataFrame, class_names: Sequence[str]) -> pd.DataFrame:

@@ -179,12 +179,6 @@ def test_flag_worst():
         views.flag_worst(table, share=0)
 
 
-def test_upload_problem():
-    assert views.upload_problem("cat.JPG", 1000) is None
-    assert "larger than the 10 MB limit" in views.upload_problem("cat.png", 11 * 1024 * 1024)
-    assert "not an accepted image type" in views.upload_problem("notes.txt", 10)
-
-
 def test_class_distribution_lists_every_class_per_split():
     out = views.class_distribution(tiny_predictions(), list("abc"))
     assert out.values.tolist() == [["a", "test", 3], ["b", "test", 1], ["c", "test", 0],
