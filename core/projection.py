@@ -33,6 +33,7 @@ import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -65,7 +66,8 @@ def default_epochs(n: int) -> int:
     return 500 if n <= 10_000 else 200 if n <= 30_000 else 75
 
 
-def exact_neighbors(x: np.ndarray, k: int, *, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def exact_neighbors(x: np.ndarray, k: int, *, threads: int | None = None,
+                    on_rows: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact ``k`` nearest neighbours of every row of ``x`` (N, D) among the rows, itself included.
 
     Returns ``(indices, distances)``, int32 and float32 arrays of shape
@@ -79,9 +81,10 @@ def exact_neighbors(x: np.ndarray, k: int, *, threads: int | None = None) -> tup
     (the same method, exact and compiled ahead of time) because that one
     computes float32 distances in float64: 16 s of CPU against 11 s on the
     demo's 70,000 points; UMAP's NN-descent is approximate and compiles
-    numba code in every new process (about 23 s of CPU).
+    numba code in every new process (about 23 s of CPU). ``on_rows(r)`` is
+    called (in this thread) each time another ``r`` rows are done.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from threadpoolctl import threadpool_limits
 
@@ -95,14 +98,18 @@ def exact_neighbors(x: np.ndarray, k: int, *, threads: int | None = None) -> tup
     best_i = np.zeros((n, k), np.int64)
     rows, cols = 256, 4096
 
-    def block(r0: int) -> None:
+    def block(r0: int) -> int:
         q, bd, bi = x[r0:r0 + rows], best_d[r0:r0 + rows], best_i[r0:r0 + rows]
         for c0 in range(0, n, cols):
             merge(q @ x[c0:c0 + cols].T, squares[r0:r0 + rows], squares[c0:c0 + cols], c0, bd, bi)
+        return len(q)
 
     # one BLAS thread per worker: the workers are the parallelism
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-        list(pool.map(block, range(0, n, rows)))
+        for done in as_completed([pool.submit(block, r0) for r0 in range(0, n, rows)]):
+            finished = done.result()  # raises what the block raised
+            if on_rows is not None:
+                on_rows(finished)
     dist = np.empty((n, k), np.float32)
     for r0 in range(0, n, 8192):  # exact distances of the chosen pairs (no cancellation error)
         diff = x[r0:r0 + 8192, None, :] - x[best_i[r0:r0 + 8192]]
@@ -244,8 +251,10 @@ def project(
     else:
         from core import layout
 
-        say(f"Finding the {k} nearest neighbours of {n:,} points", 0.03)
-        graph = fuzzy_graph(*exact_neighbors(x, k))
+        bar = progress_bar(progress, n, f"Finding the {k} nearest neighbours", unit="point", start=0.03,
+                           span=0.42)
+        graph = fuzzy_graph(*exact_neighbors(x, k, on_rows=bar.update))
+        bar.close()
         rng = np.random.RandomState(seed)
         start = None
         if init == "spectral":  # umap-learn's eigen-decomposition of the graph, then its noisy scaling
