@@ -45,11 +45,14 @@ def e2e_store(tmp_path_factory):
 
 
 @contextmanager
-def serve(store_root: Path, log: Path) -> Iterator[str]:
-    """A Streamlit server of the dashboard on the store at ``store_root``; yields its URL."""
+def streamlit_process(store_root: Path, log: Path, *, append: bool = False,
+                      poll: float = 0.5) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A Streamlit server of the dashboard on the store at ``store_root``, its output written to
+    ``log`` (added to it with ``append``), health checked every ``poll`` seconds; yields (URL, process).
+    Stopped on leaving, unless it has already exited (a test may kill it)."""
     port = _free_port()
     env = {**os.environ, "ARTIFACTS_DIR": str(store_root), "PYTHONPATH": str(REPO)}
-    with open(log, "w") as fh:
+    with open(log, "a" if append else "w") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"),
              "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
@@ -64,24 +67,48 @@ def serve(store_root: Path, log: Path) -> Iterator[str]:
                     if r.status == 200:
                         break
             except OSError:
-                time.sleep(0.5)
+                time.sleep(poll)
             if proc.poll() is not None:
                 pytest.fail(f"streamlit exited with {proc.returncode}: {log.read_text()[-2000:]}")
         else:
             pytest.fail(f"streamlit did not answer in 90 s: {log.read_text()[-2000:]}")
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextmanager
+def serve(store_root: Path, log: Path) -> Iterator[str]:
+    """A Streamlit server of the dashboard on the store at ``store_root``; yields its URL."""
+    with streamlit_process(store_root, log) as (url, _):
+        yield url
+
+
+def settle(page) -> None:
+    """Wait until the script run the last action started has finished (no running indicator), up to 90 s."""
+    page.wait_for_timeout(400)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
+                           timeout=90_000)
+    page.wait_for_timeout(300)
 
 
 @pytest.fixture(scope="session")
 def streamlit_server():
     """``serve``, for test modules that serve a store of their own."""
     return serve
+
+
+@pytest.fixture(scope="module")
+def url(store, request, tmp_path_factory):
+    """``serve`` on the store of the module's own ``store`` fixture, for the module; yields the URL."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    with serve(store.root, tmp_path_factory.mktemp(f"{name}-log") / "streamlit.log") as address:
+        yield address
 
 
 @pytest.fixture(scope="module")

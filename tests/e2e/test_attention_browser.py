@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.dashboard.test_attention import _analysed_store
+from tests.e2e.conftest import settle
 
 SHOTS = Path(os.environ.get("ATTENTION_SHOTS", "/tmp/shots_attention"))
 
@@ -21,19 +22,6 @@ SHOTS = Path(os.environ.get("ATTENTION_SHOTS", "/tmp/shots_attention"))
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return _analysed_store(tmp_path_factory.mktemp("e2e-attention"))
-
-
-@pytest.fixture(scope="module")
-def url(store, tmp_path_factory, streamlit_server):
-    with streamlit_server(store.root, tmp_path_factory.mktemp("e2e-attention-log") / "streamlit.log") as address:
-        yield address
-
-
-def settle(page) -> None:
-    page.wait_for_timeout(400)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
-                           timeout=90_000)
-    page.wait_for_timeout(300)
 
 
 def test_toggle_overlays_thumbnails_and_the_detail_shows_both_maps(url, store, page):

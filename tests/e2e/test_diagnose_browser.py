@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.dashboard.test_diagnose_page import planted_run
+from tests.e2e.conftest import settle
 
 pytestmark = pytest.mark.browser
 
@@ -21,7 +22,7 @@ SHOTS = Path(os.environ.get("DIAGNOSE_SHOTS", "/tmp/shots_diagnose"))
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory, image_tree_module, tiny_model_module):
+def store(tmp_path_factory, image_tree_module, tiny_model_path):
     from core import diagnose
     from core.analyze import analyze
     from core.datasets import load_dataset
@@ -31,7 +32,7 @@ def store(tmp_path_factory, image_tree_module, tiny_model_module):
     planted_run(store, "fashion", n=2_000, n_classes=10, class_names=FASHION)
     planted_run(store, "c120", n=3_000, n_classes=120)
     diagnose.run_diagnoses(store.load("c120"))
-    analyze(tiny_model_module, load_dataset(image_tree_module), store=store, run_id="folder", progress=False,
+    analyze(tiny_model_path, load_dataset(image_tree_module), store=store, run_id="folder", progress=False,
             projection=False)
     diagnose.run_diagnoses(store.load("folder"))
     return store
@@ -50,31 +51,6 @@ def image_tree_module(tmp_path_factory):
     # a test image that is a copy of a train image of another class: a leak whose labels disagree
     (root / "test" / "dog" / "dog_copy.png").write_bytes((root / "train" / "cat" / "cat_0.png").read_bytes())
     return root
-
-
-@pytest.fixture(scope="module")
-def tiny_model_module(tmp_path_factory):
-    import keras
-
-    from tests.conftest import make_classifier
-
-    keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("models") / "tiny.keras"
-    make_classifier().save(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def url(store, tmp_path_factory, streamlit_server):
-    with streamlit_server(store.root, tmp_path_factory.mktemp("e2e-diagnose-log") / "streamlit.log") as address:
-        yield address
-
-
-def settle(page) -> None:
-    page.wait_for_timeout(400)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')",
-                           timeout=90_000)
-    page.wait_for_timeout(300)
 
 
 def shot(page, name: str) -> None:

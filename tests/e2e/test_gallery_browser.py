@@ -28,12 +28,6 @@ def store(tmp_path_factory):
     return store
 
 
-@pytest.fixture(scope="module")
-def url(store, tmp_path_factory, streamlit_server):
-    with streamlit_server(store.root, tmp_path_factory.mktemp("e2e-issue9-log") / "streamlit.log") as address:
-        yield address
-
-
 def settle(page) -> None:
     """Wait until the script run the last action started has finished drawing (no running indicator,
     no placeholder left where an element is still to come)."""

@@ -59,12 +59,6 @@ def store(tmp_path_factory):
     return store
 
 
-@pytest.fixture(scope="module")
-def url(store, tmp_path_factory, streamlit_server):
-    with streamlit_server(store.root, tmp_path_factory.mktemp("e2e-hardening-log") / "streamlit.log") as address:
-        yield address
-
-
 def settle(page) -> None:
     """Wait until the script run the last action started has finished drawing."""
     page.wait_for_timeout(400)

@@ -3,7 +3,7 @@ survive a kill -9 of the server and come back in the export (the CLI's file, byt
 browser sessions marking different images at once lose none.
 
 Each test serves its own store (synthetic runs share one data-set identity, so verdicts on one
-store's runs would show in another's). The server is started here rather than with conftest's
+store's runs would show in another's). The server is conftest's ``streamlit_process`` rather than
 ``serve`` because the test must kill it with SIGKILL, not stop it.
 """
 
@@ -11,56 +11,22 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from tests.e2e.conftest import REPO, _free_port
+from tests.e2e.conftest import streamlit_process
 
 pytestmark = pytest.mark.browser
 IMAGE_JS = "\"[class*='st-key-review-image'] img\""  # the queue's image, as a JavaScript string
 SHOTS = Path(os.environ.get("REVIEW_SHOTS", "/tmp/shots_review"))
 
 
-@contextmanager
 def server(root: Path, log: Path):
-    """A Streamlit server of the dashboard on ``root``; yields (url, process)."""
-    port = _free_port()
-    env = {**os.environ, "ARTIFACTS_DIR": str(root), "PYTHONPATH": str(REPO)}
-    with open(log, "a") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(REPO / "dashboard" / "app.py"), "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.3)
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        else:
-            pytest.fail(f"streamlit did not answer in 90 s: {log.read_text()[-2000:]}")
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    """A Streamlit server of the dashboard on ``root``, its log added to across restarts; yields (url, process)."""
+    return streamlit_process(root, log, append=True, poll=0.3)
 
 
 def settle(page) -> None:
