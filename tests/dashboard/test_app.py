@@ -9,14 +9,11 @@ has different images, so it cannot be compared with "small".
 from __future__ import annotations
 
 import io
-import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit
 from streamlit.testing.v1 import AppTest
 
 from core.images import encode_png
@@ -24,9 +21,8 @@ from core.reports import ERROR_COLUMNS
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
 from dashboard import ui, views
-
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-TIMEOUT = 60
+from tests.dashboard import apptest
+from tests.dashboard.apptest import APP, TIMEOUT, artifacts_dir, unescape
 
 
 @pytest.fixture(scope="module")
@@ -36,29 +32,12 @@ def store(tmp_path_factory):
     make_synthetic_run(store, "small", n=600, n_classes=5, seed=0, accuracy=0.8)
     make_synthetic_run(store, "better", n=600, n_classes=5, seed=0, accuracy=0.9)
     make_synthetic_run(store, "other", n=500, n_classes=5, seed=1, history=False)
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(root)
-    yield store
-    if old is None:
-        os.environ.pop("ARTIFACTS_DIR", None)
-    else:
-        os.environ["ARTIFACTS_DIR"] = old
+    with artifacts_dir(root):
+        yield store
 
 
 def open_page(page: str, run_id: str = "small") -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    at.sidebar.selectbox(key="run_id").set_value(run_id)
-    at.switch_page(f"app_pages/{page}.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def unescape(markdown: str) -> str:
-    """The text a Markdown source renders as (``ui.plain`` backslash-escapes user text and puts
-    invisible word joiners where autolinks and shortcodes would start)."""
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+    return apptest.open_page(page, run_id)
 
 
 def key(store: RunStore, run_id: str, name: str, *, other: str | None = None) -> str:
@@ -187,20 +166,6 @@ def test_errors_page_lists_and_filters_the_eval_errors(store, served):
     at.button(key="detail-next").click().run()
     assert at.query_params["img"] == str(int(expected_rows.iloc[1]["id"]))
     assert any(c.startswith("Image 2 of ") for c in captions(at))
-
-
-@pytest.fixture
-def served(monkeypatch) -> dict:
-    """What the pages hand to st.download_button, by widget key (bytes, or a callable)."""
-    served = {}
-    original = streamlit.download_button
-
-    def spy(label, data, *args, **kwargs):
-        served[kwargs.get("key")] = data
-        return original(label, data, *args, **kwargs)
-
-    monkeypatch.setattr(streamlit, "download_button", spy)
-    return served
 
 
 def test_per_class_download_is_exactly_the_cli_report(store, served):

@@ -7,8 +7,6 @@ synthetic run, which has no model to explain.
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,13 +19,9 @@ from core import derived, gradcam
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
 from dashboard import attention_ui, gallery
+from tests.dashboard.apptest import TIMEOUT, artifacts_dir, unescape
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT = 60
-
-
-def unescape(markdown: str) -> str:
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
 
 
 def _cnn(seed: int = 1):
@@ -66,15 +60,10 @@ def stores(tmp_path_factory):
     stored) for the subprocess that checks the imports."""
     first = _analysed_store(tmp_path_factory.mktemp("attention-a"))
     fresh = _analysed_store(tmp_path_factory.mktemp("attention-b"))
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(first.root)
-    attention_ui.register()
-    yield first, fresh
-    gallery.unregister(attention_ui.NAME)
-    if old is None:
-        os.environ.pop("ARTIFACTS_DIR", None)
-    else:
-        os.environ["ARTIFACTS_DIR"] = old
+    with artifacts_dir(first.root):
+        attention_ui.register()
+        yield first, fresh
+        gallery.unregister(attention_ui.NAME)
 
 
 def gallery_app(run_id: str) -> None:

@@ -9,7 +9,6 @@ with a tiny Keras model (tests/conftest.py).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,9 +23,10 @@ from core.runs import write_run
 from core.store import RunStore
 from core.synthetic import make_synthetic_run, synthetic_arrays
 from dashboard import diagnose_ui, figures, ui
+from tests.dashboard import apptest
+from tests.dashboard.apptest import APP, artifacts_dir
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = str(ROOT / "dashboard" / "app.py")
 TIMEOUT = 90
 N_COPIES, N_DISAGREE = 12, 4
 
@@ -67,23 +67,12 @@ def store(tmp_path_factory):
     planted_run(store, "computed")
     make_synthetic_run(store, "bare", n=300, n_classes=4, with_images=False)
     diagnose.run_diagnoses(store.load("computed"))
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(root)
-    yield store
-    if old is None:
-        os.environ.pop("ARTIFACTS_DIR", None)
-    else:
-        os.environ["ARTIFACTS_DIR"] = old
+    with artifacts_dir(root):
+        yield store
 
 
 def open_page(page: str, run_id: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    at.sidebar.selectbox(key="run_id").set_value(run_id)
-    at.switch_page(f"app_pages/{page}.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return apptest.open_page(page, run_id, timeout=TIMEOUT)
 
 
 def texts(at: AppTest) -> str:
@@ -224,9 +213,7 @@ def test_folder_run_diagnoses_in_the_page(tmp_path, image_tree, tiny_model_path)
     store = RunStore(tmp_path / "store")
     analyze(tiny_model_path, load_dataset(image_tree), store=store, run_id="folder", progress=False,
             projection=False)
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(store.root)
-    try:
+    with artifacts_dir(store.root):
         at = open_page("diagnose", "folder")
         at.button(key="diagnose-compute").click().run()
         assert not at.exception, [e.value for e in at.exception]
@@ -236,11 +223,6 @@ def test_folder_run_diagnoses_in_the_page(tmp_path, image_tree, tiny_model_path)
         said = texts(at)
         for name in set(diagnose.DIAGNOSES) - set(stored):
             assert f"{name}: cannot run on this run:" in said
-    finally:
-        if old is None:
-            os.environ.pop("ARTIFACTS_DIR", None)
-        else:
-            os.environ["ARTIFACTS_DIR"] = old
 
 
 LIGHT = """
@@ -315,9 +297,7 @@ def test_slice_cards_and_the_errors_pages_slice_filter(tmp_path):
     # the darker shirts also make a property finding whose rows are the shirts under their threshold
     props = [c for c in cards if c.key.startswith("property-")]
     assert props and any(set(c.rows) & set(odd) for c in props)
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(store.root)
-    try:
+    with artifacts_dir(store.root):
         at = open_page("errors", "sliced")
         at.multiselect(key=ui.scoped(run, "errors-slice")).set_value([first["name"]]).run()
         assert not at.exception, [e.value for e in at.exception]
@@ -325,8 +305,3 @@ def test_slice_cards_and_the_errors_pages_slice_filter(tmp_path):
         wrong = ~run.predictions["correct"].to_numpy()
         assert sorted(df["id"].tolist()) == sorted(r for r in card.rows.tolist() if wrong[r])
         assert (df["slice"] == first["name"]).all()
-    finally:
-        if old is None:
-            os.environ.pop("ARTIFACTS_DIR", None)
-        else:
-            os.environ["ARTIFACTS_DIR"] = old

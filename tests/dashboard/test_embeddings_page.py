@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,13 +18,7 @@ from core.runs import write_run
 from core.store import RunStore
 from core.synthetic import make_synthetic_run, synthetic_arrays
 from dashboard import mapview
-
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-TIMEOUT = 60
-
-
-def unescape(markdown: str) -> str:
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+from tests.dashboard.apptest import artifacts_dir, open_address, unescape
 
 
 @pytest.fixture(scope="module")
@@ -43,22 +35,12 @@ def store(tmp_path_factory):
               paths=arrays["paths"], embeddings=arrays["embeddings"], model={"path": "m.keras"},
               config=AnalysisConfig(model_sha256="0" * 64, data_fingerprint="no-map", projection=None))
     make_synthetic_run(store, "big", n=30_000, n_classes=6, seed=1)
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(root)
-    yield store
-    if old is None:
-        os.environ.pop("ARTIFACTS_DIR", None)
-    else:
-        os.environ["ARTIFACTS_DIR"] = old
+    with artifacts_dir(root):
+        yield store
 
 
 def open_embeddings(run_id: str, **params: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.query_params.update({"run": run_id, **params})
-    at.switch_page("app_pages/embeddings.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_address("embeddings", run=run_id, **params)
 
 
 def test_a_run_analysed_with_no_projection_says_so_not_that_it_has_no_embeddings(store):

@@ -6,9 +6,6 @@ Run "g": 120 synthetic images of 4 classes; run "flat": a plain folder's run (ev
 
 from __future__ import annotations
 
-import os
-import re
-
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -18,12 +15,7 @@ from core.runs import write_run
 from core.store import RunStore
 from core.synthetic import make_synthetic_run, synthetic_arrays
 from dashboard import gallery, ui
-
-TIMEOUT = 60
-
-
-def unescape(markdown: str) -> str:
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+from tests.dashboard.apptest import TIMEOUT, artifacts_dir, unescape
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +28,8 @@ def store(tmp_path_factory):
               paths=[f"img/{i:03d}.png" for i in range(80)], splits=np.full(80, "test"),
               embeddings=arrays["embeddings"], images=arrays["images"],
               model={"path": "m.keras"}, data={"name": "flat", "kind": "synthetic"})
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(root)
-    yield store
-    if old is None:
-        os.environ.pop("ARTIFACTS_DIR", None)
-    else:
-        os.environ["ARTIFACTS_DIR"] = old
+    with artifacts_dir(root):
+        yield store
 
 
 def gallery_app(run_id: str = "g", rows: list[int] | None = None) -> None:

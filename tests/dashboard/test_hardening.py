@@ -11,9 +11,6 @@ skipped it.
 from __future__ import annotations
 
 import json
-import os
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,16 +22,10 @@ from core.runs import write_run
 from core.store import RunStore
 from core.synthetic import make_synthetic_run, synthetic_arrays
 from dashboard import views
+from tests.dashboard.apptest import APP, TIMEOUT, artifacts_dir, unescape
 
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-TIMEOUT = 60
 PAGES = ["overview", "per_class", "confusion", "errors", "embeddings", "compare"]
 INJECT = "<b>x</b> **y** [z](http://e) http://e __b__"
-
-
-def unescape(markdown: str) -> str:
-    """The text a Markdown source shows: backslash escapes undone, invisible word joiners removed."""
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
 
 
 def _edit_manifest(store: RunStore, run_id: str, edit) -> None:
@@ -86,13 +77,8 @@ def store(tmp_path_factory):
     parquet.write_bytes(parquet.read_bytes()[: parquet.stat().st_size // 2])
     # the newest run of the store: the picker's and Compare's first candidate
     _edit_manifest(store, "trunc-parquet", lambda m: {**m, "created": "2100-01-01T00:00:00+00:00"})
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(root)
-    yield store
-    if old is None:
-        os.environ.pop("ARTIFACTS_DIR", None)
-    else:
-        os.environ["ARTIFACTS_DIR"] = old
+    with artifacts_dir(root):
+        yield store
 
 
 def start(run_id: str | None = None) -> AppTest:

@@ -7,12 +7,8 @@ Run "onnx" is the tiny ONNX classifier of tests/core/test_onnx.py on 12 PNGs of 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core import projection as projection_module
 from core.analyze import analyze, load_run_model
@@ -22,12 +18,10 @@ from core.importer import import_predictions
 from core.store import RunStore
 from tests.conftest import CLASS_COLOURS, write_image
 from tests.core.test_onnx import make_onnx_classifier
-from tests.dashboard.test_app import unescape
+from tests.dashboard.apptest import artifacts_dir, open_page, unescape
 
 pytest.importorskip("onnxruntime")
 
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-TIMEOUT = 60
 PAGES = ("overview", "per_class", "confusion", "errors", "embeddings", "compare", "try_image")
 
 
@@ -52,23 +46,8 @@ def store(tmp_path_factory):
     np.savez(base / "preds.npz", paths=np.array(run.predictions["path"], dtype=str), probs=np.asarray(run.probs))
     import_predictions(dataset, base / "preds.npz", store=store, run_id="imported", progress=False,
                        projection=False)
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(store.root)
-    yield store
-    if old is None:
-        os.environ.pop("ARTIFACTS_DIR", None)
-    else:
-        os.environ["ARTIFACTS_DIR"] = old
-
-
-def open_page(page: str, run_id: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    at.sidebar.selectbox(key="run_id").set_value(run_id)
-    at.switch_page(f"app_pages/{page}.py")
-    at.run()
-    assert not at.exception, (page, run_id, [e.value for e in at.exception])
-    return at
+    with artifacts_dir(store.root):
+        yield store
 
 
 @pytest.mark.parametrize("run_id", ["onnx", "imported"])

@@ -6,13 +6,9 @@ classes, about 100 in the 'test' split (the evaluation split), 80% accurate.
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
-import streamlit
 from streamlit.testing.v1 import AppTest
 
 from core import cli, derived
@@ -20,13 +16,7 @@ from core.review import RunReview, write_corrections
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
 from dashboard import review_ui
-
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-TIMEOUT = 60
-
-
-def unescape(markdown: str) -> str:
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+from tests.dashboard.apptest import APP, TIMEOUT, unescape
 
 
 @pytest.fixture
@@ -35,20 +25,6 @@ def store(tmp_path, monkeypatch) -> RunStore:
     make_synthetic_run(store, "r", n=400, n_classes=5, seed=3, accuracy=0.8)
     monkeypatch.setenv("ARTIFACTS_DIR", str(store.root))
     return store
-
-
-@pytest.fixture
-def served(monkeypatch) -> dict:
-    """What the pages hand to st.download_button, by widget key."""
-    served = {}
-    original = streamlit.download_button
-
-    def spy(label, data, *args, **kwargs):
-        served[kwargs.get("key")] = data
-        return original(label, data, *args, **kwargs)
-
-    monkeypatch.setattr(streamlit, "download_button", spy)
-    return served
 
 
 def open_page(page: str, *, reviewer: str | None = None) -> AppTest:

@@ -7,20 +7,13 @@ and which opens on the page of that address. Store: "small" (600 images, 5 class
 
 from __future__ import annotations
 
-import os
-import re
-from pathlib import Path
-
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
 from dashboard import state, ui, views
-
-APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "app.py")
-TIMEOUT = 60
+from tests.dashboard.apptest import artifacts_dir, open_address, unescape
 
 
 @pytest.fixture(scope="module")
@@ -29,27 +22,8 @@ def store(tmp_path_factory):
     store = RunStore(root)
     make_synthetic_run(store, "small", n=600, n_classes=5, seed=0, accuracy=0.8)
     make_synthetic_run(store, "wide", n=400, n_classes=8, seed=4, accuracy=0.7)
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(root)
-    yield store
-    if old is None:
-        os.environ.pop("ARTIFACTS_DIR", None)
-    else:
-        os.environ["ARTIFACTS_DIR"] = old
-
-
-def unescape(markdown: str) -> str:
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
-
-
-def open_address(page: str, **params: str) -> AppTest:
-    """A fresh session on ``/<page>?<params>``: what a reload or a shared link does."""
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.query_params.update(params)
-    at.switch_page(f"app_pages/{page}.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    with artifacts_dir(root):
+        yield store
 
 
 # --------------------------------------------------------------------------- codecs

@@ -8,8 +8,6 @@ shows all five. Sizes in messages are MB of 10^6 bytes, as the uploader shows.
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -26,10 +24,10 @@ from core.runs import write_run
 from core.store import RunStore
 from tests.conftest import write_image
 from tests.core.test_images import BOMB_REASON, png_bytes
+from tests.dashboard import apptest
+from tests.dashboard.apptest import APP, artifacts_dir, unescape
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = str(ROOT / "dashboard" / "app.py")
-TIMEOUT = 60
 
 
 def make_file_run(store_root: Path, data: Path) -> None:
@@ -53,28 +51,12 @@ def make_file_run(store_root: Path, data: Path) -> None:
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     make_file_run(root, tmp_path_factory.mktemp("data"))
-    old = os.environ.get("ARTIFACTS_DIR")
-    os.environ["ARTIFACTS_DIR"] = str(root)
-    yield root
-    if old is None:
-        os.environ.pop("ARTIFACTS_DIR", None)
-    else:
-        os.environ["ARTIFACTS_DIR"] = old
+    with artifacts_dir(root):
+        yield root
 
 
 def open_page(page: str) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    at.sidebar.selectbox(key="run_id").set_value("files")
-    at.switch_page(f"app_pages/{page}.py")
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def unescape(markdown: str) -> str:
-    """The text a Markdown source renders as (the app escapes user text, ui.plain)."""
-    return re.sub(r"\\(.)", r"\1", markdown).replace("\u2060", "")
+    return apptest.open_page(page, "files")
 
 
 def test_gallery_names_the_refused_image_and_reruns_decode_nothing(store, monkeypatch):
