@@ -97,12 +97,6 @@ def settle(page) -> None:
     page.wait_for_timeout(300)
 
 
-@pytest.fixture(scope="session")
-def streamlit_server():
-    """``serve``, for test modules that serve a store of their own."""
-    return serve
-
-
 @pytest.fixture(scope="module")
 def url(store, request, tmp_path_factory):
     """``serve`` on the store of the module's own ``store`` fixture, for the module; yields the URL."""
