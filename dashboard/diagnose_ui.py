@@ -23,7 +23,7 @@ import streamlit as st
 
 from core import derived, diagnose
 from core.store import Run
-from dashboard import cache, gallery, ui, views
+from dashboard import cache, gallery, state, ui, views
 
 CONFIDENT = 0.9  # a mistake at least this confident counts on the calibration card
 ATYPICAL_QUANTILE = 0.95  # the odd-images card: the evaluated images above this atypicality quantile
@@ -251,20 +251,52 @@ def caption_text(run: Run, row: int) -> str | None:
 gallery.register_caption_field("diagnose", caption_text)
 
 
+COPY_CHOICES = ("any", "has a copy in train", "no copy in train")
+COPY_PARAM = {"has a copy in train": "yes", "no copy in train": "no"}
+
+
+def _decode_score(text: str) -> float:
+    """The URL's minimum label-issue score: one number in [0, 1]."""
+    (value,) = state.decode_floats(text, count=1, name="issue")
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"issue must be a number from 0 to 1. Received: {text!r}")
+    return value
+
+
+def _decode_slices(text: str, slices: list[str]) -> list[str]:
+    """The URL's error slices: indices into the run's sorted slice names."""
+    if not slices:
+        raise ValueError(f"slice: this run has no error slices. Received: {text!r}")
+    return [slices[i] for i in state.decode_ints(text, low=0, high=len(slices) - 1, name="slice")]
+
+
 def errors_filters_ui(run: Run, rows: np.ndarray) -> np.ndarray:
     """The Errors page's diagnosis filters (label-issue score, copy in train, slice) applied to ``rows``;
-    nothing when no finding is stored."""
+    nothing when no finding is stored. Their values are in the URL (issue, copy, slice)."""
     table = rows_table(run)
     if table is None:
         return rows
-    cols = st.columns([2, 2, 2])
-    low = cols[0].slider("Label-issue score at least", 0.0, 1.0, 0.0, step=0.05,
-                         key=ui.scoped(run, "errors-label-issue"))
-    copy = cols[1].selectbox("Copy in train", ["any", "has a copy in train", "no copy in train"],
-                             key=ui.scoped(run, "errors-train-copy"))
+    scope = ui.run_scope(run)
+    score_key, copy_key, slice_key = (ui.scoped(run, name) for name in
+                                      ("errors-label-issue", "errors-train-copy", "errors-slice"))
     slices = sorted(s for s in table["slice"].unique() if s)
-    picked = cols[2].multiselect("Error slice", slices, key=ui.scoped(run, "errors-slice"),
-                                 placeholder="every image")
+    by_param = {param: choice for choice, param in COPY_PARAM.items()}
+    state.seed(score_key, "issue", lambda t: _decode_score(t), scope=scope)
+    state.seed(copy_key, "copy", lambda t: by_param[state.decode_choice(t, list(by_param), name="copy")],
+               scope=scope)
+    # slices by their place in the sorted list of names (names are free text)
+    state.seed(slice_key, "slice", lambda t: _decode_slices(t, slices), scope=scope)
+    if score_key not in st.session_state:
+        st.session_state[score_key] = 0.0
+    if copy_key not in st.session_state:
+        st.session_state[copy_key] = COPY_CHOICES[0]
+    keep_state = {"persist_state": "session"}  # like the class and confidence filters
+    cols = st.columns([2, 2, 2])
+    low = cols[0].slider("Label-issue score at least", 0.0, 1.0, step=0.05, key=score_key, **keep_state)
+    copy = cols[1].selectbox("Copy in train", COPY_CHOICES, key=copy_key, **keep_state)
+    picked = cols[2].multiselect("Error slice", slices, key=slice_key, placeholder="every image", **keep_state)
+    state.publish(issue=state.number(low) if low > 0 else None, copy=COPY_PARAM.get(copy),
+                  slice=state.encode_ints([slices.index(p) for p in picked if p in slices]))
     sub = table.iloc[rows]
     keep = np.ones(rows.size, bool)
     if low > 0:
