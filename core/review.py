@@ -763,9 +763,34 @@ def _write_csv_atomic(table: pd.DataFrame, out: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+FREE_TEXT_COLUMNS = ("note", "reviewer")
+
+
+def spreadsheet_safe(table: pd.DataFrame, columns: tuple[str, ...] = FREE_TEXT_COLUMNS) -> pd.DataFrame:
+    """``table`` with the free text of ``columns`` that a spreadsheet would run as a formula (a cell
+    starting with = + - @, a tab or a carriage return) prefixed with an apostrophe, OWASP's advice
+    against CSV injection. Only free text: paths and labels are read back by ``read_corrections``.
+
+    >>> spreadsheet_safe(pd.DataFrame({"note": ["=1+2", "blurry", "-2 px"]}))["note"].tolist()
+    ["'=1+2", 'blurry', "'-2 px"]
+    """
+    out = table.copy()
+    for column in columns:
+        if column in out:
+            text = out[column].fillna("").astype(str)
+            out[column] = np.where(text.str.startswith(FORMULA_STARTS), "'" + text, text)
+    return out
+
+
+def corrections_csv(review: RunReview) -> bytes:
+    """The corrections export as CSV bytes (what ``write_corrections`` writes and the dashboard serves)."""
+    return spreadsheet_safe(review.corrections()).to_csv(index=False).encode("utf-8")
+
+
 def write_corrections(review: RunReview, out: str | os.PathLike) -> int:
-    """``review.corrections()`` written as CSV to ``out``; returns the number of rows."""
-    table = review.corrections()
+    """``review.corrections()`` written as CSV to ``out`` (free text made spreadsheet-safe); returns the rows."""
+    table = spreadsheet_safe(review.corrections())
     _write_csv_atomic(table, Path(out))
     return len(table)
 

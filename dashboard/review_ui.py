@@ -26,6 +26,7 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
+from core import review as core_review
 from core.review import MAX_NOTE, MAX_REVIEWER, VERDICTS, ReviewError, default_reviewer
 from core.store import Run
 from dashboard import cache, gallery, ui, views
@@ -505,9 +506,10 @@ def queue_ui(run: Run, rows: np.ndarray, *, how: str, identity: str) -> None:
 def export_ui(run: Run) -> None:
     """The verdicts in force on the run's images, and their CSV: the file ``python -m core review
     export`` writes."""
-    table = _review(run).corrections()
+    review = _review(run)
+    table = review.corrections()
     st.download_button(f"Export verdicts (CSV, {views.plural(len(table), 'image')})",
-                       table.to_csv(index=False).encode("utf-8"), file_name=f"{run.id}_corrections.csv",
+                       core_review.corrections_csv(review), file_name=f"{run.id}_corrections.csv",
                        mime="text/csv", key="review-export", icon=":material/download:")
     if len(table):
         st.dataframe(table, hide_index=True, width="stretch",

@@ -271,6 +271,24 @@ def test_corrections_export_and_apply_to_the_data_set(store, image_tree, tmp_pat
     assert dataset.classes[dataset.labels[dataset.paths.index("cat/cat_1.png")]] == "cat"  # input untouched
 
 
+def test_a_note_or_reviewer_a_spreadsheet_would_run_is_exported_inert_and_the_file_still_applies(
+        store, image_tree, tmp_path):
+    review = RunReview(folder_run(store, image_tree, "formula"))
+    review.mark("cat/cat_1.png", "label-wrong", label="dog", note='=HYPERLINK("http://evil.example","x")',
+                reviewer="@bob")
+    review.mark("fox/fox_0.png", "exclude", note="-2 px off, +noise", reviewer="ann")
+    review.mark("dog/dog_0.png", "ambiguous", note="plain", reviewer="cy")
+    out = tmp_path / "corrections.csv"
+    assert write_corrections(review, out) == 3
+    table = pd.read_csv(out, keep_default_na=False)
+    assert table["note"].tolist() == ['\'=HYPERLINK("http://evil.example","x")', "plain", "'-2 px off, +noise"]
+    assert table["reviewer"].tolist() == ["'@bob", "cy", "ann"]
+    assert table["path"].tolist() == ["cat/cat_1.png", "dog/dog_0.png", "fox/fox_0.png"]  # read back as they are
+    fixed, record = apply_corrections(load_dataset(image_tree), read_corrections(out))
+    assert (record["relabelled"], record["dropped"]) == (1, 1)
+    assert review.corrections()["note"].iloc[0].startswith("=")  # stored and shown as written
+
+
 @pytest.mark.parametrize("text, message", [
     ("path,verdict\ncat/cat_1.png,exclude\n", "missing column(s) ['new_label']"),
     ("path,new_label,verdict\ncat/cat_1.png,,wrong\n", "bad.csv:2: unknown verdict 'wrong'"),
