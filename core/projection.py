@@ -40,7 +40,7 @@ import numpy as np
 from core import derived
 from core.config import ProjectionConfig
 from core.progress import Progress, progress_bar, say_function
-from core.store import Run, RunCorruptError, RunNotFoundError, read_manifest
+from core.store import Run, RunCorruptError, RunNotFoundError, read_manifest, try_flock
 
 KIND = "projection"
 LOCK_FILE = ".projection.lock"
@@ -449,23 +449,20 @@ def projection_progress(run: Run) -> dict | None:
 # --------------------------------------------------------------------------- running it
 
 def _open_lock(run: Run) -> int | None:
+    """The run's projection lock file opened for a blocking flock, or None in a read-only store."""
     try:
         return os.open(run.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:  # a read-only store: nobody can be computing into it
+    except OSError:
         return None
 
 
 def _try_lock(run: Run) -> int | None:
-    """An fd holding the run's projection lock, or None when another process holds it."""
-    fd = _open_lock(run)
-    if fd is None:
-        return None
+    """An fd holding the run's projection lock, or None when another process holds it (or the store
+    is read-only: nobody can be computing into it)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+        return try_flock(run.path / LOCK_FILE)
+    except OSError:
         return None
-    return fd
 
 
 def _lock_is_held(run: Run) -> bool:

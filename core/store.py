@@ -701,8 +701,9 @@ _held: dict[str, tuple[int, int]] = {}  # lock file -> (fd, depth) held by this 
 _held_guard = threading.Lock()
 
 
-def _try_flock(file: Path) -> int | None:
-    """An open fd holding an exclusive flock on ``file``, or None if another process holds it."""
+def try_flock(file: Path) -> int | None:
+    """An open fd holding an exclusive flock on ``file`` (created if need be), or None if another
+    process holds it. OSError when the file cannot be opened (a read-only store)."""
     fd = os.open(file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -721,7 +722,7 @@ def _release(fd: int | None) -> None:
 
 
 def _hold_writer_lock(folder: Path) -> int:
-    fd = _try_flock(folder / WRITER_LOCK)
+    fd = try_flock(folder / WRITER_LOCK)
     if fd is None:  # a fresh folder of ours: cannot be held by anyone else
         raise RuntimeError(f"Cannot lock {folder}")
     return fd
@@ -742,7 +743,7 @@ def _flock(file: Path, *, timeout_s: float = 30.0) -> Iterator[None]:
     """A blocking exclusive flock, for short critical sections (derived-analysis commits)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        fd = _try_flock(file)
+        fd = try_flock(file)
         if fd is not None:
             break
         if time.monotonic() > deadline:
@@ -884,7 +885,7 @@ class RunStore:
                 fd, depth = _held[file]
                 _held[file] = (fd, depth + 1)
             else:
-                fd = _try_flock(Path(file))
+                fd = try_flock(Path(file))
                 if fd is None:
                     raise RunBusyError(
                         f"Run {run_id!r} is being written by another process in {self.root}; "
@@ -944,7 +945,7 @@ class RunStore:
             if not p.is_dir():
                 continue
             lock = p / WRITER_LOCK
-            fd = _try_flock(lock) if lock.exists() else -1
+            fd = try_flock(lock) if lock.exists() else -1
             if fd is None:
                 continue  # its writer is alive
             if fd == -1 and time.time() - p.stat().st_mtime < 3600 and not p.name.startswith(".trash-"):
@@ -986,7 +987,7 @@ class RunStore:
 
 def _sweep_unreferenced_derived(run_dir: Path) -> list[str]:
     """Derived folders and staged manifests that no manifest names (a writer killed mid-commit)."""
-    lock = _try_flock(run_dir / ".derived.lock")
+    lock = try_flock(run_dir / ".derived.lock")
     if lock is None:
         return []  # a derived analysis is being committed right now
     removed = []
