@@ -62,19 +62,13 @@ def write_images(root: Path, *, n: int, n_classes: int, size: int = 60) -> None:
 
 
 def small_cnn(path: Path, *, n_classes: int, size: int = 60) -> None:
-    """The Simpsons report's from-scratch CNN shape (Conv/MaxPool x3 + Dense 256/128), untrained."""
+    """bench_core's CNN (the Simpsons report's shape), untrained, saved to ``path``."""
     import keras
 
+    from bench_core import small_cnn as build
+
     keras.utils.set_random_seed(0)
-    keras.Sequential([
-        keras.Input((size, size, 3)), keras.layers.Rescaling(1 / 255),
-        keras.layers.Conv2D(32, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(64, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Conv2D(128, 3, padding="same", activation="relu"), keras.layers.MaxPooling2D(),
-        keras.layers.Flatten(), keras.layers.Dense(256, activation="relu"), keras.layers.Dropout(0.5),
-        keras.layers.Dense(128, activation="relu"), keras.layers.Dropout(0.3),
-        keras.layers.Dense(n_classes, activation="softmax"),
-    ]).save(path)
+    build((size, size, 3), n_classes).save(path)
 
 
 def load_average() -> str:
