@@ -141,21 +141,35 @@ def headline(name: str, summary: dict) -> str:
 
 @contextmanager
 def stderr_progress(desc: str) -> Iterator[Progress]:
-    """A ``Progress`` that drives one tqdm bar on stderr by fraction, the latest message beside it."""
+    """A ``Progress`` on stderr: on a terminal one tqdm bar by fraction with the latest message beside
+    it (redrawn at most 5 times a second); elsewhere (a log, a pipe) one line per step, where the
+    part of the message before its first ':' changes, so that a log is not filled with redraws."""
+    if not sys.stderr.isatty():
+        last = [None]
+
+        def line(message: str, fraction: float) -> None:
+            step = message.split(":", 1)[0]
+            if step != last[0]:
+                last[0] = step
+                print(f"{desc}: {100 * min(max(fraction, 0.0), 1.0):3.0f}% {message}", file=sys.stderr, flush=True)
+
+        yield line
+        return
     from tqdm.auto import tqdm
 
     bar = tqdm(total=1000, desc=desc, file=sys.stderr, mininterval=0.2,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}")
 
     def update(message: str, fraction: float) -> None:
+        bar.set_postfix_str(message, refresh=False)  # drawn by the next update, at most every 0.2 s
         target = int(round(1000 * min(max(fraction, 0.0), 1.0)))
         if target > bar.n:
             bar.update(target - bar.n)
-        bar.set_postfix_str(message)
 
     try:
         yield update
     finally:
+        bar.refresh()
         bar.close()
 
 

@@ -134,3 +134,16 @@ def test_diagnose_imports_neither_tensorflow_nor_umap(tmp_path):
     assert (tmp_path / "o" / "issues.csv").is_file() and (tmp_path / "o" / "summary.json").is_file()
     assert np.isfinite(json.loads((tmp_path / "o" / "summary.json").read_text())
                        ["kinds"]["calibration"]["summary"]["ece"])
+
+
+def test_progress_in_a_log_is_one_line_per_step_not_a_redraw_per_message(capsys):
+    from core.diagnose import stderr_progress
+
+    with stderr_progress("diagnose r") as progress:  # pytest's stderr is no terminal, as a log or a pipe
+        for i in range(500):
+            progress(f"image scan: {i:,}/500 images", 0.1 + 0.3 * i / 500)
+        progress("image scan: done", 0.4)
+        progress("duplicates: starting", 0.4)
+        progress("duplicates: verifying 12 pairs", 0.9)
+    assert capsys.readouterr().err.splitlines() == [
+        "diagnose r:  10% image scan: 0/500 images", "diagnose r:  40% duplicates: starting"]
