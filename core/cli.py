@@ -484,7 +484,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_review(args: argparse.Namespace) -> int:
     """``python -m core review ACTION --run RUN ...``; mark and undo print the new verdict's id."""
-    from core.review import RunReview, write_corrections
+    from core.review import RunReview, spreadsheet_safe, write_corrections
 
     review = RunReview(RunStore(args.store).load(args.run))
     action = args.review_action
@@ -505,7 +505,7 @@ def cmd_review(args: argparse.Namespace) -> int:
             table = review.verdicts()
             if args.path is not None:
                 table = table[table["row"] == review.row(args.path)]
-        _write_csv(table, args.out)
+        _write_csv(spreadsheet_safe(table), args.out)
     elif action == "export":
         n = write_corrections(review, args.out)
         print(f"Wrote {n:,} corrections to {args.out}", file=sys.stderr)

@@ -207,3 +207,14 @@ def test_export_of_a_run_without_verdicts_is_an_empty_table_with_the_columns(sto
     assert rc == 0 and "Wrote 0 corrections" in err
     assert (tmp_path / "c.csv").read_text().strip() == ",".join(CORRECTION_COLUMNS)
     assert np.asarray(pd.read_csv(tmp_path / "c.csv").columns).tolist() == CORRECTION_COLUMNS
+
+
+def test_review_list_writes_formula_notes_inert(store, image_tree, capsys):
+    folder_run(RunStore(store), image_tree, "r1")
+    common = ["--run", "r1", "--store", str(store)]
+    assert review(capsys, "mark", *common, "--path", "cat/cat_1.png", "--verdict", "exclude",
+                  "--note", "=cmd|' /C calc'!A0", "--reviewer", "+ann")[0] == 0
+    for extra in ([], ["--path", "cat/cat_1.png", "--history"]):
+        rc, out, _ = review(capsys, "list", *common, *extra)
+        listed = pd.read_csv(StringIO(out), keep_default_na=False)
+        assert rc == 0 and listed[["note", "reviewer"]].values.tolist() == [["'=cmd|' /C calc'!A0", "'+ann"]]
