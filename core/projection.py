@@ -12,12 +12,11 @@ While a process computes the map it holds an ``flock`` on the run's
 'computing' never outlives a killed process. A run written before maps were
 derived keeps its ``projection.npy``, which is used as is.
 
-The map of up to ``max_fit`` points needs no ``import umap`` (which compiles
-numba code for ~14 s in every new process and imports TensorFlow when it is
-installed): ``core.layout`` runs UMAP's layout. umap-learn is imported only for
-the spectral start and for larger runs (fit on a sample, ``transform`` the
-rest), inside ``project`` with TensorFlow hidden from it (``_import_umap``),
-never on a path that reads runs. benchmarks/bench_umap.py
+The map needs no ``import umap`` (which compiles numba code for ~14 s in
+every new process and imports TensorFlow when it is installed):
+``core.layout`` runs UMAP's layout. umap-learn is imported only for the
+spectral start, inside ``project`` with TensorFlow hidden from it
+(``_import_umap``), never on a path that reads runs. benchmarks/bench_umap.py
 compares ``project`` with umap-learn's seeded defaults.
 """
 
@@ -176,19 +175,7 @@ def fuzzy_graph(knn_indices: np.ndarray, knn_dists: np.ndarray, *, n_iter: int =
     rho = positive.min(axis=1).astype(np.float32)
     rho[~np.isfinite(rho)] = 0.0  # a point whose neighbours all sit on it
     above = np.maximum(d[:, 1:] - rho[:, None], 0)  # the first column is the point itself; exp(-0) = 1
-    lo, hi, mid = np.zeros(n), np.full(n, np.inf), np.ones(n)
-    active = np.ones(n, bool)
-    for _ in range(n_iter):
-        psum = np.exp(-(above / mid[:, None])).sum(axis=1)
-        active &= np.abs(psum - target) >= 1e-5
-        if not active.any():
-            break
-        over = active & (psum > target)
-        under = active & ~over
-        hi = np.where(over, mid, hi)
-        lo = np.where(under, mid, lo)
-        mid = np.where(over | (under & np.isfinite(hi)), (lo + hi) / 2, np.where(under, mid * 2, mid))
-    sigma = mid.astype(np.float32)
+    sigma = _bandwidths(above, target, n_iter=n_iter)
     floor = np.where(rho > 0, 1e-3 * d.mean(axis=1), 1e-3 * d.mean()).astype(np.float32)
     sigma = np.maximum(sigma, floor)
     with np.errstate(divide="ignore", invalid="ignore"):  # sigma 0: all distances 0, membership 1
@@ -203,6 +190,24 @@ def fuzzy_graph(knn_indices: np.ndarray, knn_dists: np.ndarray, *, n_iter: int =
     graph = graph + transpose - graph.multiply(transpose)
     graph.eliminate_zeros()
     return graph
+
+
+def _bandwidths(above: np.ndarray, target: float, *, n_iter: int = 64) -> np.ndarray:
+    """Per row the sigma (float32) with sum(exp(-above / sigma)) = ``target``, by binary search."""
+    n = len(above)
+    lo, hi, mid = np.zeros(n), np.full(n, np.inf), np.ones(n)
+    active = np.ones(n, bool)
+    for _ in range(n_iter):
+        psum = np.exp(-(above / mid[:, None])).sum(axis=1)
+        active &= np.abs(psum - target) >= 1e-5
+        if not active.any():
+            break
+        over = active & (psum > target)
+        under = active & ~over
+        hi = np.where(over, mid, hi)
+        lo = np.where(under, mid, lo)
+        mid = np.where(over | (under & np.isfinite(hi)), (lo + hi) / 2, np.where(under, mid * 2, mid))
+    return mid.astype(np.float32)
 
 
 def project(
@@ -221,8 +226,9 @@ def project(
     for ``n_epochs`` epochs (None: ``default_epochs(N)``), single-threaded
     (umap-learn's parallel layout gives another map on every run, and was no
     faster on 2 shared cores).
-    Above ``max_fit`` rows, UMAP is fitted on a seeded sample (with its own
-    NN-descent) and the other rows are placed with ``transform``.
+    Above ``max_fit`` rows, UMAP is fitted on a seeded sample of ``max_fit``
+    rows and every other row is placed among its nearest sampled rows
+    (``_fit_sample_and_place``).
 
     ``progress`` gets the steps and the layout's epochs (True: a tqdm bar on
     stderr). Returns ``(projection, info)``; projection is None (and
@@ -245,79 +251,168 @@ def project(
         info["pca_dims"] = pca_dims
     k = min(n_neighbors, n - 1)
     if n > max_fit:
-        out = _fit_sample_and_transform(x, seed=seed, k=k, min_dist=min_dist, init=init, epochs=epochs,
-                                        max_fit=max_fit, progress=progress, say=say)
-        info["fit_rows"], info["neighbors"] = max_fit, "nn-descent"
+        out = _fit_sample_and_place(x, seed=seed, k=k, min_dist=min_dist, init=init, epochs=epochs,
+                                    max_fit=max_fit, progress=progress, say=say)
+        info["fit_rows"], info["neighbors"] = max_fit, "exact in the sample, approximate for the rest"
     else:
-        from core import layout
-
-        bar = progress_bar(progress, n, f"Finding the {k} nearest neighbours", unit="point", start=0.03,
-                           span=0.42)
-        graph = fuzzy_graph(*exact_neighbors(x, k, on_rows=bar.update))
-        bar.close()
-        rng = np.random.RandomState(seed)
-        start = None
-        if init == "spectral":  # umap-learn's eigen-decomposition of the graph, then its noisy scaling
-            say("Spectral start of the layout", 0.45)
-            _import_umap()
-            from umap.spectral import spectral_layout
-
-            start = layout.noisy_scale(spectral_layout(x, graph, 2, rng, metric="euclidean", metric_kwds={}), rng)
-        say(f"UMAP layout of {n:,} points, {epochs} epochs", 0.5)
-        bar = progress_bar(progress, epochs, "UMAP layout", unit="epoch", start=0.5, span=0.5)
-        a, b = layout.ab_params(min_dist)
-        out = layout.embed(x, graph, a=a, b=b, n_epochs=epochs, rng=rng, start=start,
-                           on_epoch=lambda: bar.update(1))
-        bar.close()
+        out = _layout(x, seed=seed, k=k, min_dist=min_dist, init=init, epochs=epochs, progress=progress,
+                      say=say, start=0.03, span=0.97)
     say(f"UMAP map of {n:,} points ready", 1.0)
     return out, info
 
 
-def _fit_sample_and_transform(x, *, seed, k, min_dist, init, epochs, max_fit, progress, say) -> np.ndarray:
-    """Above ``max_fit`` rows: umap-learn fitted on a seeded sample (its NN-descent), the rest placed by ``transform``."""
-    umap = _import_umap()
+def _layout(x: np.ndarray, *, seed, k, min_dist, init, epochs, progress, say, start: float,
+            span: float) -> np.ndarray:
+    """UMAP of every row of ``x``: exact neighbours, fuzzy graph, ``core.layout`` (fractions from
+    ``start`` over ``span`` of the caller's progress)."""
+    from core import layout
+
     n = len(x)
-    say(f"UMAP layout of {max_fit:,} sampled points, {epochs} epochs", 0.35)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*n_jobs value 1 overridden.*")
-        warnings.filterwarnings("ignore", category=UserWarning, module="umap")
-        reducer = umap.UMAP(n_components=2, n_neighbors=k, min_dist=min_dist, random_state=seed, init=init,
-                            n_epochs=epochs, tqdm_kwds=_epoch_progress(progress, 0.35, 0.65))
-        rng = np.random.default_rng(seed)
-        fit_idx = np.sort(rng.choice(n, max_fit, replace=False))
-        out = np.empty((n, 2), np.float32)
-        out[fit_idx] = reducer.fit_transform(x[fit_idx])
-        rest = np.setdiff1d(np.arange(n), fit_idx)
-        say(f"Placing the other {len(rest):,} points on the map", 0.99)
-        out[rest] = reducer.transform(x[rest])
+    bar = progress_bar(progress, n, f"Finding the {k} nearest neighbours", unit="point", start=start,
+                       span=0.45 * span)
+    graph = fuzzy_graph(*exact_neighbors(x, k, on_rows=bar.update))
+    bar.close()
+    rng = np.random.RandomState(seed)
+    first = None
+    if init == "spectral":  # umap-learn's eigen-decomposition of the graph, then its noisy scaling
+        say("Spectral start of the layout", start + 0.45 * span)
+        _import_umap()
+        from umap.spectral import spectral_layout
+
+        first = layout.noisy_scale(spectral_layout(x, graph, 2, rng, metric="euclidean", metric_kwds={}), rng)
+    say(f"UMAP layout of {n:,} points, {epochs} epochs", start + 0.47 * span)
+    bar = progress_bar(progress, epochs, "UMAP layout", unit="epoch", start=start + 0.47 * span, span=0.53 * span)
+    a, b = layout.ab_params(min_dist)
+    out = layout.embed(x, graph, a=a, b=b, n_epochs=epochs, rng=rng, start=first, on_epoch=lambda: bar.update(1))
+    bar.close()
     return out
 
 
-def _epoch_progress(progress: bool | Progress, start: float, span: float) -> dict:
-    """umap-learn's ``tqdm_kwds``: a tqdm bar on stderr (True), the epochs reported to a callback, or nothing."""
-    if progress is True:
-        return {"desc": "UMAP layout", "unit": "epoch", "disable": False, "file": sys.stderr,
-                "mininterval": 0.5, "bar_format": None}
-    if not callable(progress):
-        return {"disable": True}
-    return {"disable": False, "file": _EpochWriter(progress, start, span), "mininterval": 0.5,
-            "bar_format": "{n}/{total}", "ascii": True}
+def _fit_sample_and_place(x, *, seed, k, min_dist, init, epochs, max_fit, progress, say) -> np.ndarray:
+    """Above ``max_fit`` rows: UMAP of a seeded sample of ``max_fit`` rows (``_layout``); every other
+    row is placed at the membership-weighted mean of its ``k`` nearest sampled rows
+    (``nearest_in_sample``, approximate), UMAP's weights, as umap-learn's ``transform`` starts (its
+    refining epochs are left out)."""
+    n = len(x)
+    rng = np.random.default_rng(seed)
+    fit_idx = np.sort(rng.choice(n, max_fit, replace=False))
+    rest = np.setdiff1d(np.arange(n), fit_idx)
+    out = np.empty((n, 2), np.float32)
+    out[fit_idx] = _layout(x[fit_idx], seed=seed, k=k, min_dist=min_dist, init=init, epochs=epochs,
+                           progress=progress, say=say, start=0.0, span=0.7)
+    bar = progress_bar(progress, len(rest), f"Placing the other {len(rest):,} points", unit="point", start=0.7,
+                       span=0.3)
+    idx, dist = nearest_in_sample(x[fit_idx], x[rest], k, seed=seed, on_rows=bar.update)
+    bar.close()
+    weights = memberships(dist)
+    out[rest] = (np.einsum("ij,ijk->ik", weights, out[fit_idx][idx]) / weights.sum(axis=1, keepdims=True))
+    return out
 
 
-class _EpochWriter:
-    """A file for tqdm whose bar is '{n}/{total}': each write becomes ``progress('UMAP layout: epoch n of total', f)``."""
+def memberships(dists: np.ndarray, *, n_iter: int = 64) -> np.ndarray:
+    """UMAP's membership strengths (N, k) of each row's neighbours at ``dists`` (N, k), nearest first,
+    none of them the row itself: exp(-(d - rho) / sigma), rho the nearest non-zero distance, sigma
+    such that a row's strengths sum to log2(k) (``fuzzy_graph``'s rows, before the fuzzy union).
 
-    def __init__(self, progress: Progress, start: float, span: float):
-        self.progress, self.start, self.span = progress, start, span
+    >>> memberships(np.array([[1.0, 2.0, 3.0, 4.0]])).sum().round(4)
+    np.float32(2.0)
+    """
+    d = np.asarray(dists, dtype=np.float32)
+    positive = np.where(d > 0, d, np.inf)
+    rho = positive.min(axis=1).astype(np.float32)
+    rho[~np.isfinite(rho)] = 0.0
+    above = np.maximum(d - rho[:, None], 0)
+    sigma = _bandwidths(above, np.log2(d.shape[1]), n_iter=n_iter)
+    sigma = np.maximum(sigma, np.where(rho > 0, 1e-3 * d.mean(axis=1), 1e-3 * max(float(d.mean()), 1e-12)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vals = np.exp(-(above / sigma[:, None])).astype(np.float32)
+    vals[~np.isfinite(vals)] = 1.0
+    return vals
 
-    def write(self, text: str) -> None:
-        done, _, total = text.strip("\r\n ").rpartition("\r")[-1].partition("/")
-        if done.isdigit() and total.isdigit() and int(total):
-            n, total = int(done), int(total)
-            self.progress(f"UMAP layout: epoch {n} of {total}", self.start + self.span * n / total)
 
-    def flush(self) -> None:
-        pass
+def nearest_in_sample(sample: np.ndarray, queries: np.ndarray, k: int, *, seed: int = 0, probes: int = 8,
+                      on_rows: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Approximately the ``k`` nearest rows of ``sample`` (M, D) to each row of ``queries`` (Q, D).
+
+    An inverted-file search: the sample is cut into about sqrt(M) cells by a few seeded k-means
+    steps; each query is compared with every sampled row in its ``probes`` nearest cells (the same
+    blocks of float32 products and numba fold as ``exact_neighbors``). Queries with fewer than
+    ``k`` candidates there are searched exhaustively. Returns ``(indices into sample, distances)``,
+    (Q, k) int32 and float32, nearest first. Deterministic for a seed. ``on_rows(r)``: progress.
+    """
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    m, q = len(sample), len(queries)
+    if not 1 <= k <= m:
+        raise ValueError(f"k must be between 1 and the sample size ({m}). Received: k={k}")
+    cells = _kmeans_cells(sample, max(1, int(round(np.sqrt(m)))), seed=seed)
+    centroids, labels = cells
+    order = np.argsort(labels, kind="stable")
+    sorted_sample = sample[order]
+    bounds = np.searchsorted(labels[order], np.arange(len(centroids) + 1))
+    probes = min(probes, len(centroids))
+    merge = _jitted(_fold_into_nearest, nogil=True)
+    best_d = np.full((q, k), np.inf, np.float32)
+    best_i = np.zeros((q, k), np.int64)
+    sq_sample = np.einsum("ij,ij->i", sorted_sample, sorted_sample)
+    sq_queries = np.einsum("ij,ij->i", queries, queries)
+    chunk = 65_536
+    probe = np.empty((q, probes), np.int64)
+    sq_centroids = np.einsum("ij,ij->i", centroids, centroids)
+    for r0 in range(0, q, chunk):  # each query's nearest cells
+        d2 = sq_centroids[None, :] - 2.0 * (queries[r0:r0 + chunk] @ centroids.T)
+        near = np.argpartition(d2, probes - 1, axis=1)[:, :probes] if probes < len(centroids) else \
+            np.broadcast_to(np.arange(len(centroids)), (len(d2), probes))
+        probe[r0:r0 + chunk] = near
+    pairs_query = np.repeat(np.arange(q), probes)
+    pairs_cell = probe.ravel()
+    by_cell = np.argsort(pairs_cell, kind="stable")
+    starts = np.searchsorted(pairs_cell[by_cell], np.arange(len(centroids) + 1))
+    for c in range(len(centroids)):
+        lo, hi = bounds[c], bounds[c + 1]
+        rows = pairs_query[by_cell[starts[c]:starts[c + 1]]]
+        if hi == lo or rows.size == 0:
+            continue
+        for r0 in range(0, rows.size, chunk):
+            block = rows[r0:r0 + chunk]
+            bd, bi = best_d[block], best_i[block]
+            merge(queries[block] @ sorted_sample[lo:hi].T, sq_queries[block], sq_sample[lo:hi], lo, bd, bi)
+            best_d[block], best_i[block] = bd, bi
+        if on_rows is not None:
+            on_rows(int(round(rows.size / probes)))
+    short = np.flatnonzero(~np.isfinite(best_d[:, -1]))
+    for r0 in range(0, short.size, 4096):  # too few candidates in the probed cells: every sampled row
+        block = short[r0:r0 + 4096]
+        bd = np.full((len(block), k), np.inf, np.float32)
+        bi = np.zeros((len(block), k), np.int64)
+        for c0 in range(0, m, 4096):
+            merge(queries[block] @ sorted_sample[c0:c0 + 4096].T, sq_queries[block], sq_sample[c0:c0 + 4096],
+                  c0, bd, bi)
+        best_d[block], best_i[block] = bd, bi
+    dist = np.empty((q, k), np.float32)
+    for r0 in range(0, q, 8192):  # exact distances of the chosen pairs
+        diff = queries[r0:r0 + 8192, None, :] - sorted_sample[best_i[r0:r0 + 8192]]
+        dist[r0:r0 + 8192] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+    index = order[best_i]
+    sort = np.lexsort((index, dist), axis=1)
+    return np.take_along_axis(index, sort, 1).astype(np.int32), np.take_along_axis(dist, sort, 1)
+
+
+def _kmeans_cells(x: np.ndarray, n_cells: int, *, seed: int, steps: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids (C, D), label of each row): ``steps`` Lloyd steps from a seeded sample of rows.
+    Cells that empty keep their previous centroid."""
+    rng = np.random.default_rng(seed)
+    centroids = x[np.sort(rng.choice(len(x), n_cells, replace=False))].copy()
+    labels = np.zeros(len(x), np.int64)
+    for _ in range(steps + 1):
+        sq = np.einsum("ij,ij->i", centroids, centroids)
+        for r0 in range(0, len(x), 65_536):
+            labels[r0:r0 + 65_536] = np.argmin(sq[None, :] - 2.0 * (x[r0:r0 + 65_536] @ centroids.T), axis=1)
+        counts = np.bincount(labels, minlength=n_cells)
+        sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=n_cells) for j in range(x.shape[1])], 1)
+        filled = counts > 0
+        centroids[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
+    return centroids, labels
 
 
 def _import_umap():
@@ -337,27 +432,13 @@ def _import_umap():
                 import umap
         finally:
             del sys.modules["tensorflow"]
-    _cache_layout_epoch(umap)
     return umap
-
-
-def _cache_layout_epoch(umap) -> None:
-    """Let numba keep umap-learn's compiled layout epoch on disk (as ``cache=True`` would).
-
-    umap-learn 0.5.12 jits ``_optimize_layout_euclidean_single_epoch`` at
-    import without ``cache=True``, so every new process compiled it again
-    (2-3 s of CPU); ``enable_caching`` is what numba's decorator calls for
-    ``cache=True``. Without that attribute (another umap-learn), nothing changes.
-    """
-    epoch = getattr(umap.layouts, "_nb_optimize_layout_euclidean_single_epoch", None)
-    if epoch is not None and hasattr(epoch, "enable_caching") and not getattr(epoch, "_core_cached", False):
-        epoch.enable_caching()
-        epoch._core_cached = True
 
 
 # --------------------------------------------------------------------------- the derived kind
 
-@derived.register(KIND, version=1, defaults=asdict(ProjectionConfig()),
+# version 2: core.layout instead of umap-learn's layout; above max_fit rows, placement instead of transform
+@derived.register(KIND, version=2, defaults=asdict(ProjectionConfig()),
                   description="2-D UMAP map of the embeddings")
 def compute_projection(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
     """The run's map as a derived result: array ``xy`` (N, 2) float32, or none with summary['reason']."""

@@ -87,13 +87,59 @@ def test_neighbourhoods_are_kept_as_well_as_by_umap_learns_layout_of_the_same_gr
     assert min(ours) > 0.9
 
 
-def test_a_map_of_a_few_thousand_points_imports_no_umap():
+def test_a_map_with_or_without_a_sample_imports_no_umap():
     code = ("import sys, numpy as np\n"
             "from core.projection import project\n"
             "rng = np.random.default_rng(0)\n"
             "xy, info = project(rng.normal(size=(1500, 64)).astype(np.float32), n_epochs=20)\n"
             "assert xy.shape == (1500, 2) and info['neighbors'] == 'exact'\n"
+            "xy, info = project(rng.normal(size=(1500, 64)).astype(np.float32), n_epochs=20, max_fit=500)\n"
+            "assert xy.shape == (1500, 2) and info['fit_rows'] == 500\n"
             "print(sorted(m for m in ('umap', 'pynndescent', 'tensorflow') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_nearest_in_sample_finds_almost_every_true_neighbour_and_is_repeatable():
+    from core.projection import nearest_in_sample
+
+    x = _clusters(6000, 12, k=12, seed=3)
+    sample, queries = x[:2000], x[2000:]
+    idx, dist = nearest_in_sample(sample, queries, 10, seed=1)
+    full = np.sqrt(((queries[:, None, :].astype(np.float64) - sample[None]) ** 2).sum(-1))
+    exact = np.argsort(full, axis=1)[:, :10]
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, exact)])
+    assert recall > 0.95, recall
+    assert idx.dtype == np.int32 and dist.dtype == np.float32 and idx.shape == (4000, 10)
+    assert (np.diff(dist, axis=1) >= 0).all()  # nearest first
+    np.testing.assert_allclose(dist, np.take_along_axis(full, idx.astype(np.int64), 1), rtol=1e-4, atol=1e-4)
+    again = nearest_in_sample(sample, queries, 10, seed=1)
+    assert np.array_equal(idx, again[0]) and np.array_equal(dist, again[1])
+
+
+def test_queries_with_too_few_candidates_in_their_cells_are_searched_in_the_whole_sample():
+    from core.projection import nearest_in_sample
+
+    rng = np.random.default_rng(4)
+    groups = rng.normal(0, 50, (5, 4))
+    sample = (np.repeat(groups, 6, axis=0) + rng.normal(0, 0.1, (30, 4))).astype(np.float32)  # 5 cells of 6
+    queries = rng.normal(0, 50, (200, 4)).astype(np.float32)
+    idx, dist = nearest_in_sample(sample, queries, 30, probes=1)  # no cell holds 30 candidates
+    full = np.sqrt(((queries[:, None, :].astype(np.float64) - sample[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(dist, np.sort(full, axis=1), rtol=1e-4, atol=1e-3)
+    assert (np.sort(idx, axis=1) == np.arange(30)).all()
+
+
+@pytest.mark.slow
+def test_a_map_fitted_on_a_sample_keeps_neighbourhoods_like_the_full_map():
+    from sklearn.manifold import trustworthiness
+
+    from core.projection import project
+
+    x = _clusters(6000, 20, k=10, seed=5)
+    full, _ = project(x, n_epochs=100)
+    sampled, info = project(x, n_epochs=100, max_fit=1500)
+    assert info["fit_rows"] == 1500 and np.isfinite(sampled).all()
+    t_full, t_sampled = (trustworthiness(x, m, n_neighbors=10) for m in (full, sampled))
+    assert t_sampled > t_full - 0.02, (t_full, t_sampled)
