@@ -21,6 +21,7 @@ minutes on 2 cores with the defaults:
 
     .venv/bin/python benchmarks/bench_umap.py [--run fashion-mnist-demo] [--store artifacts] [--repeats 2]
     .venv/bin/python benchmarks/bench_umap.py --embeddings emb.npy
+    .venv/bin/python benchmarks/bench_umap.py --embeddings emb.npy --max-fit 100000 --repeats 1   # sampled path
 """
 
 from __future__ import annotations
@@ -48,8 +49,13 @@ SAMPLE = 5_000
 K = 10
 
 
-def map_once(side: str, embeddings: Path, out: Path) -> None:
-    """In a child process: compute one map and save it (the parent times the whole process)."""
+def map_once(side: str, embeddings: Path, out: Path, max_fit: int | None = None) -> None:
+    """In a child process: compute one map and save it (the parent times the whole process).
+
+    With ``max_fit`` (fewer than the rows): umap-learn's defaults fitted on the
+    same seeded sample that ``project`` fits, the other rows placed by its
+    ``transform``; ours is ``project(x, max_fit=max_fit)``.
+    """
     from core.quiet import quiet_start
 
     quiet_start()  # no TensorFlow chatter when the default side's `import umap` loads it
@@ -57,22 +63,31 @@ def map_once(side: str, embeddings: Path, out: Path) -> None:
     if side == "default":
         import umap
 
-        xy = umap.UMAP(random_state=0).fit_transform(x)
+        if max_fit is None or max_fit >= len(x):
+            xy = umap.UMAP(random_state=0).fit_transform(x)
+        else:
+            fit = np.sort(np.random.default_rng(0).choice(len(x), max_fit, replace=False))  # project's sample
+            rest = np.setdiff1d(np.arange(len(x)), fit)
+            reducer = umap.UMAP(random_state=0)
+            xy = np.empty((len(x), 2), np.float32)
+            xy[fit] = reducer.fit_transform(x[fit])
+            xy[rest] = reducer.transform(x[rest])
     else:
         from core.projection import project
 
-        xy, _ = project(x)
+        xy, _ = project(x) if max_fit is None else project(x, max_fit=max_fit)
     np.save(out, np.asarray(xy, dtype=np.float32), allow_pickle=False)
 
 
-def run_side(side: str, embeddings: Path, out: Path, *, cache_dir: Path) -> tuple[float, float]:
+def run_side(side: str, embeddings: Path, out: Path, *, cache_dir: Path,
+             max_fit: int | None = None) -> tuple[float, float]:
     """Wall seconds and CPU seconds (user + system, all threads) of one child process."""
     env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONWARNINGS": "ignore"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--child", side, str(embeddings), str(out)], check=True, env=env,
-                   cwd=ROOT)
+    subprocess.run([sys.executable, __file__, "--child", side, str(embeddings), str(out), str(max_fit or "")],
+                   check=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -98,13 +113,16 @@ def load_embeddings(args) -> np.ndarray:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        map_once(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
+        map_once(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5]) if sys.argv[5:] and sys.argv[5] else None)
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="fashion-mnist-demo")
     parser.add_argument("--store", default=None, help="run store (default: $ARTIFACTS_DIR or artifacts/)")
     parser.add_argument("--embeddings", default=None, help="an (N, D) .npy file instead of a run's embeddings")
     parser.add_argument("--repeats", type=int, default=2, help="processes per side (alternating)")
+    parser.add_argument("--max-fit", type=int, default=None,
+                        help="fit both sides on the same seeded sample of this many rows; umap-learn places the "
+                             "rest with transform, ours with project(max_fit=...)")
     parser.add_argument("--cache", choices=["cold", "warm"], default="cold",
                         help="cold: numba's on-disk cache empty in every process (a fresh install); warm: "
                              "each side's cache filled first by one untimed process on 5,000 rows (as "
@@ -113,7 +131,8 @@ def main() -> int:
     x = load_embeddings(args)
     print(cpu_line())
     print(f"embeddings: {x.shape[0]:,} x {x.shape[1]}; {args.repeats} process(es) per side, alternating; "
-          f"numba cache {'filled first' if args.cache == 'warm' else 'empty in every process'}")
+          f"numba cache {'filled first' if args.cache == 'warm' else 'empty in every process'}"
+          + (f"; both fitted on the same {args.max_fit:,} sampled rows" if args.max_fit else ""))
     seconds: dict[str, list[float]] = {s: [] for s in SIDES}
     cpu: dict[str, list[float]] = {s: [] for s in SIDES}
     maps: dict[str, list[np.ndarray]] = {s: [] for s in SIDES}
@@ -129,7 +148,7 @@ def main() -> int:
             for side in (SIDES if i % 2 == 0 else SIDES[::-1]):
                 cache = tmp / (f"cache-{side}" if args.cache == "warm" else f"cache-{side}-{i}")
                 out = tmp / f"{side}-{i}.npy"
-                wall, used = run_side(side, emb, out, cache_dir=cache)
+                wall, used = run_side(side, emb, out, cache_dir=cache, max_fit=args.max_fit)
                 seconds[side].append(wall)
                 cpu[side].append(used)
                 maps[side].append(np.load(out))
