@@ -541,25 +541,29 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 1 if results.skipped else 0
 
 
-def cmd_label_issues(args: argparse.Namespace) -> int:
-    from core.diagnose import label_issues_csv, stderr_progress
+def _diagnosis_csv(args: argparse.Namespace, what: str, table_of) -> int:
+    """Load the run, compute (or read) one diagnosis with a progress line, write its CSV."""
+    from core.diagnose import stderr_progress
 
     run = RunStore(args.store).load(args.run)
-    with stderr_progress(f"label issues {run.id}") as progress:
-        table = label_issues_csv(run, issues_only=args.issues_only, force=args.force, progress=progress)
+    with stderr_progress(f"{what} {run.id}") as progress:
+        table = table_of(run, progress)
     _write_csv(table, args.out)
     return 0
+
+
+def cmd_label_issues(args: argparse.Namespace) -> int:
+    from core.diagnose import label_issues_csv
+
+    return _diagnosis_csv(args, "label issues", lambda run, progress: label_issues_csv(
+        run, issues_only=args.issues_only, force=args.force, progress=progress))
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
-    from core.diagnose import stderr_progress
     from core.diagnose.duplicates import duplicates_csv
 
-    run = RunStore(args.store).load(args.run)
-    with stderr_progress(f"duplicates {run.id}") as progress:
-        table = duplicates_csv(run, cross_split_only=args.cross_split, force=args.force, progress=progress)
-    _write_csv(table, args.out)
-    return 0
+    return _diagnosis_csv(args, "duplicates", lambda run, progress: duplicates_csv(
+        run, cross_split_only=args.cross_split, force=args.force, progress=progress))
 
 
 COMMANDS = {"analyze": cmd_analyze, "import": cmd_import, "runs": cmd_runs, "report": cmd_report,

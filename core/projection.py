@@ -109,12 +109,21 @@ def exact_neighbors(x: np.ndarray, k: int, *, threads: int | None = None,
             finished = done.result()  # raises what the block raised
             if on_rows is not None:
                 on_rows(finished)
-    dist = np.empty((n, k), np.float32)
-    for r0 in range(0, n, 8192):  # exact distances of the chosen pairs (no cancellation error)
-        diff = x[r0:r0 + 8192, None, :] - x[best_i[r0:r0 + 8192]]
+    return _exact_and_sorted(x, x, best_i)
+
+
+def _exact_and_sorted(queries: np.ndarray, points: np.ndarray, chosen: np.ndarray,
+                      ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen neighbours (rows of ``points``, (Q, k) per query) with their distances computed
+    exactly (no cancellation error of the |a|^2 + |b|^2 - 2ab blocks), sorted by distance, then by
+    id: ``(ids (int32), distances (float32))``; ``ids`` maps rows of ``points`` to the ids returned."""
+    dist = np.empty(chosen.shape, np.float32)
+    for r0 in range(0, len(queries), 8192):
+        diff = queries[r0:r0 + 8192, None, :] - points[chosen[r0:r0 + 8192]]
         dist[r0:r0 + 8192] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-    order = np.lexsort((best_i, dist), axis=1)  # by distance, then row number
-    return (np.take_along_axis(best_i, order, 1).astype(np.int32), np.take_along_axis(dist, order, 1))
+    index = chosen if ids is None else ids[chosen]
+    order = np.lexsort((index, dist), axis=1)
+    return np.take_along_axis(index, order, 1).astype(np.int32), np.take_along_axis(dist, order, 1)
 
 
 def _fold_into_nearest(dots, sq_rows, sq_cols, col0, best_d, best_i):
@@ -335,7 +344,7 @@ def nearest_in_sample(sample: np.ndarray, queries: np.ndarray, k: int, *, seed: 
     """Approximately the ``k`` nearest rows of ``sample`` (M, D) to each row of ``queries`` (Q, D).
 
     An inverted-file search: the sample is cut into about sqrt(M) cells by a few seeded k-means
-    steps; each query is compared with every sampled row in its ``probes`` nearest cells (the same
+    steps (``_kmeans_cells``); each query is compared with every sampled row in its ``probes`` nearest cells (the same
     blocks of float32 products and numba fold as ``exact_neighbors``). Queries with fewer than
     ``k`` candidates there are searched exhaustively. Returns ``(indices into sample, distances)``,
     (Q, k) int32 and float32, nearest first. Deterministic for a seed. ``on_rows(r)``: progress.
@@ -345,8 +354,7 @@ def nearest_in_sample(sample: np.ndarray, queries: np.ndarray, k: int, *, seed: 
     m, q = len(sample), len(queries)
     if not 1 <= k <= m:
         raise ValueError(f"k must be between 1 and the sample size ({m}). Received: k={k}")
-    cells = _kmeans_cells(sample, max(1, int(round(np.sqrt(m)))), seed=seed)
-    centroids, labels = cells
+    centroids, labels = _kmeans_cells(sample, max(1, int(round(np.sqrt(m)))), seed=seed)
     order = np.argsort(labels, kind="stable")
     sorted_sample = sample[order]
     bounds = np.searchsorted(labels[order], np.arange(len(centroids) + 1))
@@ -389,30 +397,19 @@ def nearest_in_sample(sample: np.ndarray, queries: np.ndarray, k: int, *, seed: 
             merge(queries[block] @ sorted_sample[c0:c0 + 4096].T, sq_queries[block], sq_sample[c0:c0 + 4096],
                   c0, bd, bi)
         best_d[block], best_i[block] = bd, bi
-    dist = np.empty((q, k), np.float32)
-    for r0 in range(0, q, 8192):  # exact distances of the chosen pairs
-        diff = queries[r0:r0 + 8192, None, :] - sorted_sample[best_i[r0:r0 + 8192]]
-        dist[r0:r0 + 8192] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-    index = order[best_i]
-    sort = np.lexsort((index, dist), axis=1)
-    return np.take_along_axis(index, sort, 1).astype(np.int32), np.take_along_axis(dist, sort, 1)
+    return _exact_and_sorted(queries, sorted_sample, best_i, ids=order)
 
 
 def _kmeans_cells(x: np.ndarray, n_cells: int, *, seed: int, steps: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids (C, D), label of each row): ``steps`` Lloyd steps from a seeded sample of rows.
-    Cells that empty keep their previous centroid."""
-    rng = np.random.default_rng(seed)
-    centroids = x[np.sort(rng.choice(len(x), n_cells, replace=False))].copy()
-    labels = np.zeros(len(x), np.int64)
-    for _ in range(steps + 1):
-        sq = np.einsum("ij,ij->i", centroids, centroids)
-        for r0 in range(0, len(x), 65_536):
-            labels[r0:r0 + 65_536] = np.argmin(sq[None, :] - 2.0 * (x[r0:r0 + 65_536] @ centroids.T), axis=1)
-        counts = np.bincount(labels, minlength=n_cells)
-        sums = np.stack([np.bincount(labels, weights=x[:, j], minlength=n_cells) for j in range(x.shape[1])], 1)
-        filled = counts > 0
-        centroids[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
-    return centroids, labels
+    """(centroids (C, D) float32, label of each row): scikit-learn's k-means, ``steps`` Lloyd steps
+    from a seeded choice of rows (cells for a search, not a clustering to report)."""
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():  # fewer distinct rows than cells: some cells stay empty, which is fine
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        km = KMeans(n_cells, init="random", n_init=1, max_iter=steps, random_state=seed).fit(x)
+    return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
 
 
 def _import_umap():

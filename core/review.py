@@ -783,9 +783,9 @@ def spreadsheet_safe(table: pd.DataFrame, columns: tuple[str, ...] = FREE_TEXT_C
     return out
 
 
-def corrections_csv(review: RunReview) -> bytes:
-    """The corrections export as CSV bytes (what ``write_corrections`` writes and the dashboard serves)."""
-    return spreadsheet_safe(review.corrections()).to_csv(index=False).encode("utf-8")
+def corrections_csv(corrections: pd.DataFrame) -> bytes:
+    """``RunReview.corrections()`` as the CSV bytes ``write_corrections`` writes (the dashboard's export)."""
+    return spreadsheet_safe(corrections).to_csv(index=False).encode("utf-8")
 
 
 def write_corrections(review: RunReview, out: str | os.PathLike) -> int:

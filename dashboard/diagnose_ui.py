@@ -281,7 +281,7 @@ def errors_filters_ui(run: Run, rows: np.ndarray) -> np.ndarray:
                                       ("errors-label-issue", "errors-train-copy", "errors-slice"))
     slices = sorted(s for s in table["slice"].unique() if s)
     by_param = {param: choice for choice, param in COPY_PARAM.items()}
-    state.seed(score_key, "issue", lambda t: _decode_score(t), scope=scope)
+    state.seed(score_key, "issue", _decode_score, scope=scope)
     state.seed(copy_key, "copy", lambda t: by_param[state.decode_choice(t, list(by_param), name="copy")],
                scope=scope)
     # slices by their place in the sorted list of names (names are free text)

@@ -343,7 +343,8 @@ def grid_summary(xy: np.ndarray, groups: np.ndarray, wrong: np.ndarray, window: 
     x0, x1, y0, y1 = window
     col, row = cells % width, cells // width
     return GridSummary(
-        width=width, height=height, cell=cells, x=x0 + (col + 0.5) * (x1 - x0) / width, y=y1 - (row + 0.5) * (y1 - y0) / height,
+        width=width, height=height, cell=cells,
+        x=x0 + (col + 0.5) * (x1 - x0) / width, y=y1 - (row + 0.5) * (y1 - y0) / height,
         count=counts[cells], top_group=top_group[cells], top_share=top_count[cells] / counts[cells],
         error_share=errors[cells] / counts[cells])
 

@@ -506,10 +506,9 @@ def queue_ui(run: Run, rows: np.ndarray, *, how: str, identity: str) -> None:
 def export_ui(run: Run) -> None:
     """The verdicts in force on the run's images, and their CSV: the file ``python -m core review
     export`` writes."""
-    review = _review(run)
-    table = review.corrections()
+    table = _review(run).corrections()
     st.download_button(f"Export verdicts (CSV, {views.plural(len(table), 'image')})",
-                       core_review.corrections_csv(review), file_name=f"{run.id}_corrections.csv",
+                       core_review.corrections_csv(table), file_name=f"{run.id}_corrections.csv",
                        mime="text/csv", key="review-export", icon=":material/download:")
     if len(table):
         st.dataframe(table, hide_index=True, width="stretch",

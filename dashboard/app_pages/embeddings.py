@@ -59,7 +59,8 @@ def map_status_ui(run) -> bool:
         if progress.get("error"):
             st.error(ui.plain(f"Computing the map failed: {progress['error']}"))
         st.info("This run's UMAP map has not been computed yet.")
-        if st.button("Compute the map (in the background; about 15 s for 70,000 images)", key="compute-map", type="primary"):
+        if st.button("Compute the map (in the background; about 15 s for 70,000 images)", key="compute-map",
+                     type="primary"):
             core_projection.start_projection(run)
             st.rerun()
     else:
