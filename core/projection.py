@@ -605,13 +605,18 @@ def _compute_holding_lock(run: Run, progress: bool | Progress) -> None:
     """Compute and store the map (the caller holds the lock); progress also goes to the progress file."""
     say = say_function(progress)
     file = run.path / PROGRESS_FILE
-    last = [0.0]
+    written, said = [0.0], [0.0, ""]
 
     def report(message: str, fraction: float) -> None:
-        say(message, 0.92 + 0.08 * fraction)
-        now = time.monotonic()
-        if now - last[0] >= 0.5 or fraction >= 1.0:
-            last[0] = now
+        # the steps report every epoch and row block: the file at most twice a second; the caller at
+        # each new step (the text before ':') and otherwise every 2 s, so that a log gets lines, not
+        # one line per epoch
+        now, step = time.monotonic(), message.split(":", 1)[0]
+        if step != said[1] or now - said[0] >= 2.0 or fraction >= 1.0:
+            said[0], said[1] = now, step
+            say(message, 0.92 + 0.08 * fraction)
+        if now - written[0] >= 0.5 or fraction >= 1.0:
+            written[0] = now
             _write_progress(file, message=message, fraction=fraction)
 
     try:

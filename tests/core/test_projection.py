@@ -209,3 +209,12 @@ def test_background_process_computes_the_same_map_as_this_process(tmp_path):
     assert projection_status(run) == "ready"
     here, _ = project(np.asarray(run.embeddings), seed=0)
     assert np.array_equal(store.load("r").projection, here)  # seeded: the same map in any process
+
+
+def test_ensure_projection_tells_its_caller_each_step_not_each_epoch(tmp_path):
+    run = _run_without_map(RunStore(tmp_path))
+    messages = []
+    proj.ensure_projection(run, progress=lambda m, f: messages.append(m))
+    layout = [m for m in messages if m.startswith("UMAP layout: ")]
+    assert layout and len(layout) <= 5, layout  # 500 epochs, reported when the step starts and every 2 s
+    assert any(m.startswith("Finding the ") for m in messages) and messages[-1].endswith("UMAP map ready")
