@@ -1,0 +1,91 @@
+"""What a diagnosis kind shows, declared as plain data in ``core``.
+
+A derived kind (``core.derived``) may declare ``findings(run, stored) ->
+Findings``: the *cards* of the Diagnose page and the report (one finding each,
+with the rows of the images behind it), the *per-image columns* it adds to
+the Errors table, galleries and CSVs, the *caption* lines of an image, and the
+*filters* of the Errors page and the Review queue. The dashboard and the
+report render these generically, so a new kind is one module of
+``core/diagnose`` and its tests; neither the dashboard nor the report reads a
+kind's tables.
+
+N images per run; ``rows`` are row ids of ``run.predictions``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+#: Filter types: ``min``, a slider "at least" over a score in [0, 1] (NaN never passes);
+#: ``flag``, any / yes / no over a boolean column; ``choices``, a multiselect over a text column
+#: ('' means none and is never offered).
+FILTER_TYPES = ("min", "flag", "choices")
+
+
+@dataclass(frozen=True)
+class Card:
+    """One finding: ``rows`` (int64 (M,), most suspicious first).
+
+    ``explains``: the rows whose evaluated errors the card counts (default ``rows``; the
+    calibration card counts only its confident mistakes). ``order_note`` says the order of
+    ``rows`` ("most likely mislabelled first"); ``notes`` are extra lines (caveats).
+    """
+
+    key: str
+    kind: str
+    title: str
+    text: str
+    rows: np.ndarray
+    order_note: str
+    notes: tuple[str, ...] = ()
+    explains: np.ndarray | None = None
+
+    def explained_rows(self) -> np.ndarray:
+        return np.asarray(self.rows if self.explains is None else self.explains, np.int64)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A per-image column a kind adds: ``name`` in ``Findings.columns``, ``label`` as shown."""
+
+    name: str
+    label: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A caption line of an image: ``template`` formatted with the image's columns
+    (``str.format`` fields by column name), shown when column ``when`` is true / non-empty."""
+
+    template: str
+    when: str
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A filter over column ``column``: ``type`` one of ``FILTER_TYPES``; ``param`` its key in the
+    page's address (short, unique across kinds); ``label`` as shown."""
+
+    column: str
+    label: str
+    type: str
+    param: str
+
+    def __post_init__(self):
+        if self.type not in FILTER_TYPES:
+            raise ValueError(f"Unknown filter type {self.type!r}. The available types are {list(FILTER_TYPES)}")
+
+
+@dataclass(frozen=True)
+class Findings:
+    """A kind's findings for one run: ``columns`` has one line per image (N, index = row id)."""
+
+    cards: tuple[Card, ...] = ()
+    columns: pd.DataFrame | None = None
+    column_specs: tuple[Column, ...] = ()
+    captions: tuple[Caption, ...] = ()
+    filters: tuple[Filter, ...] = field(default=())
