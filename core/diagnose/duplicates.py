@@ -58,11 +58,14 @@ _DIMS = 32
 _SMALL = 3000
 _FINE, _COARSE = 0.5, 1.5
 _BLURS = (0.0, 0.8)
+_STRUCTURE = 2.0  # sigma (px) of the low-pass that keeps what differs in shape and drops noise
 SCALE_RANGE = (0.7, 1.45)  # what a crop (up to ~30%) or a zoom out may change the scale by
 MAX_ANISOTROPY = 1.25  # a crop of another aspect resized back stretches one axis at most this much
 MAX_ROTATION = 15.0  # degrees
 MIN_OVERLAP = 0.5  # of the compared grid
-MAX_RATIO = 0.8  # a near pair's residual / allowed residual (see ``find_duplicates``)
+MAX_RATIO = 1.0  # a near pair's residual / allowed residual (see ``register_pair``)
+MAX_STRUCTURE = 3.5  # RMS gray levels of the residual low-passed at _STRUCTURE px: what differs in shape
+MAX_PEAK = 12.0  # the largest local difference in shape (gray levels, same low-pass) a near pair may keep
 _MAX_GROUP_PAIRS = 6
 PAIR_COLUMNS = ["row_a", "row_b", "path_a", "path_b", "split_a", "split_b", "label_a", "label_b",
                 "labels_agree", "kind", "similarity", "correlation", "residual", "embedding_cosine", "shift_y",
@@ -348,15 +351,16 @@ def _top_pairs(qa: np.ndarray, qb: np.ndarray, score: np.ndarray, n: int, neighb
 
 # --------------------------------------------------------------------------- verification
 
-def _work_image(thumbnails: np.ndarray, content_size: np.ndarray, row: int, size: int) -> np.ndarray:
-    """The thumbnail's content stretched to (size, size) float32."""
+def _work_image(thumbnails: np.ndarray, content_size: np.ndarray, row: int, shape: tuple[int, int]) -> np.ndarray:
+    """The thumbnail's content as float32, stretched to ``shape`` (height, width) unless it has that size."""
     import cv2
 
     h, w = int(content_size[row, 0]), int(content_size[row, 1])
     img = thumbnails[row, :h, :w].astype(np.float32)
-    if (h, w) == (size, size):
+    if (h, w) == tuple(shape):
         return img
-    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if h > size and w > size else cv2.INTER_LINEAR)
+    shrink = h > shape[0] and w > shape[1]
+    return cv2.resize(img, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def _noise(img: np.ndarray) -> float:
@@ -392,7 +396,7 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) -> dict:
-    """Register ``moving`` onto ``template`` (both (W, W) float32) from the affine ``init`` (2, 3), which
+    """Register ``moving`` onto ``template`` (both (h, w) float32) from the affine ``init`` (2, 3), which
     maps template coordinates to moving ones (OpenCV's ECC convention), and measure how well they agree.
 
     The registration is OpenCV's ECC (Evangelidis & Psarakis 2008: it maximises
@@ -410,7 +414,7 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     """
     import cv2
 
-    w = template.shape[0]
+    h, w = template.shape
     criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-3)
     warp = init.astype(np.float32).copy()
     try:
@@ -418,14 +422,14 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     except cv2.error:  # no convergence (a flat image, a far start): keep the start, the residual decides
         warp = init.astype(np.float32).copy()
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    moved = cv2.warpAffine(moving, warp, (w, w), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    inside = cv2.warpAffine(np.ones_like(moving), warp, (w, w), flags=flags, borderMode=cv2.BORDER_CONSTANT,
+    moved = cv2.warpAffine(moving, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    inside = cv2.warpAffine(np.ones_like(moving), warp, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
                             borderValue=0.0) > 0.999
     inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     overlap = float(inside.mean())
     out = {"warp": warp, "residual": np.inf, "allowed": 0.0, "detail": np.nan, "overlap": overlap, "blur": 0.0,
-           "tone": 0.0}
-    if inside.sum() < 0.25 * w * w:
+           "tone": 0.0, "structure": np.inf, "peak": np.inf, "half_pixel": 0.0}
+    if inside.sum() < 0.25 * h * w:
         return out
     best = None
     for sigma in _BLURS:
@@ -441,8 +445,15 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     levels = np.linspace(0, 255, 18, dtype=np.float32)
     tone = float(np.abs(coef[0] + coef[1] * levels + coef[2] * levels * levels / 255.0 - levels).max())
     fitted = coef[0] + coef[1] * q + coef[2] * q * q / 255.0
+    diff = np.where(inside, t - fitted, 0.0).astype(np.float32)
+    weight = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), _STRUCTURE)
+    low = cv2.GaussianBlur(diff, (0, 0), _STRUCTURE) / np.maximum(weight, 1e-3)
+    core_ = inside & (weight > 0.5)
+    structure = float(np.sqrt(np.mean(low[core_] ** 2))) if core_.any() else np.inf
+    peak = float(np.abs(low[core_]).max()) if core_.any() else np.inf
     out.update(residual=residual, allowed=float(np.sqrt(half_pixel ** 2 + _noise(template) ** 2 + _noise(moving) ** 2)),
-               detail=_pearson(_detail(t)[inside], _detail(fitted)[inside]), blur=blur, tone=tone)
+               detail=_pearson(_detail(t)[inside], _detail(fitted)[inside]), blur=blur, tone=tone,
+               structure=structure, peak=peak, half_pixel=half_pixel)
     return out
 
 
@@ -453,16 +464,16 @@ def _flip(img: np.ndarray, flip: str) -> np.ndarray:
     return img[:, ::-1] if flip == "h" else img[::-1, :] if flip == "v" else img
 
 
-def describe_transform(g: np.ndarray, flip: str, size: int) -> dict:
+def describe_transform(g: np.ndarray, flip: str, shape: tuple[int, int]) -> dict:
     """What the affine map ``g`` (3, 3; a's pixel (x, y) to b's, on the size x size grid) does.
 
-    ``flip`` is the mirror it contains ('', 'h' or 'v'). Returns ``scale`` (b
+    ``flip`` is the mirror it contains ('', 'h' or 'v'); ``shape`` the grid's (height, width). Returns ``scale`` (b
     shows a enlarged that much: > 1 a crop of a), ``rotation`` (degrees), ``shift_y``,
     ``shift_x`` (where a's centre lands in b, minus the centre, grid pixels) and
     ``anisotropy`` (ratio of the linear part's singular values, 1 for a similarity).
     """
     linear = g[:2, :2] @ _FLIP_MAPS[flip] if flip else g[:2, :2]
-    centre = np.array([(size - 1) / 2.0, (size - 1) / 2.0, 1.0])
+    centre = np.array([(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0, 1.0])
     moved = g @ centre
     sv = np.linalg.svd(linear, compute_uv=False)
     det = float(np.linalg.det(linear))
@@ -478,7 +489,8 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
 
     ``query``, ``match``, ``variant`` as ``candidate_pairs`` returns them;
     ``centroid_of`` (N, 2) each row's centroid (fractions, see ``centroids``).
-    Both contents are stretched to ``size`` (the thumbnails' side). Returns one
+    Two contents of the same size are compared on their own grid; others are
+    both stretched to ``size`` x ``size`` (default: the thumbnails' side). Returns one
     row per pair with ``a``, ``b`` (rows, a < b), ``flip``, ``scale``, ``rotation``,
     ``anisotropy``, ``shift_y``, ``shift_x``, ``proper`` (b against a, see
     ``describe_transform``), ``residual``, ``allowed``, ``detail``, ``overlap``,
@@ -488,34 +500,38 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     say = progress or (lambda message, fraction: None)
     query, match, variant = (np.asarray(x, np.int64) for x in (query, match, variant))
     cols = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
-            "allowed", "detail", "overlap", "blur", "tone"]
+            "allowed", "detail", "overlap", "blur", "tone", "structure", "peak", "half_pixel"]
 
     def chunk(start: int) -> list[dict]:
-        cache: dict[int, np.ndarray] = {}
+        cache: dict[tuple, np.ndarray] = {}
         records = []
         for q, m, v in zip(query[start:start + 1024].tolist(), match[start:start + 1024].tolist(),
                            variant[start:start + 1024].tolist()):
+            same = (content_size[q] == content_size[m]).all()
+            shape = (int(content_size[m, 0]), int(content_size[m, 1])) if same else (size, size)
             for row in (q, m):
-                if row not in cache:
-                    cache[row] = _work_image(thumbnails, content_size, row, size)
+                if (row, shape) not in cache:
+                    cache[(row, shape)] = _work_image(thumbnails, content_size, row, shape)
             flip, zoom = FLIPS[v // len(ZOOMS)], ZOOMS[v % len(ZOOMS)]
-            template, moving = cache[m], np.ascontiguousarray(_flip(cache[q], flip))
-            ct = np.asarray(centroid_of[m], np.float64)[::-1] * size - 0.5  # (x, y) in grid pixels
-            cq = np.asarray(centroid_of[q], np.float64)[::-1] * size - 0.5
+            template, moving = cache[(m, shape)], np.ascontiguousarray(_flip(cache[(q, shape)], flip))
+            grid = np.array([shape[1], shape[0]], np.float64)  # (x, y)
+            ct = np.asarray(centroid_of[m], np.float64)[::-1] * grid - 0.5  # (x, y) in grid pixels
+            cq = np.asarray(centroid_of[q], np.float64)[::-1] * grid - 0.5
             fmap = np.eye(3)
             if flip:
                 axis = 0 if flip == "h" else 1
-                cq[axis] = size - 1 - cq[axis]
-                fmap[axis, axis], fmap[axis, 2] = -1.0, size - 1
+                cq[axis] = grid[axis] - 1 - cq[axis]
+                fmap[axis, axis], fmap[axis, 2] = -1.0, grid[axis] - 1
             init = np.float32([[1 / zoom, 0, cq[0] - ct[0] / zoom], [0, 1 / zoom, cq[1] - ct[1] / zoom]])
             got = register_pair(template, moving, init)
             g = fmap @ np.vstack([got["warp"].astype(np.float64), [0, 0, 1]])  # template pixel -> query pixel
             a, b, blur = (m, q, got["blur"]) if m < q else (q, m, -got["blur"])
             if m > q:
                 g = np.linalg.inv(g)
-            records.append({"a": a, "b": b, "flip": flip, **describe_transform(g, flip, size),
+            records.append({"a": a, "b": b, "flip": flip, **describe_transform(g, flip, shape),
                             "residual": got["residual"], "allowed": got["allowed"], "detail": got["detail"],
-                            "overlap": got["overlap"], "blur": blur, "tone": got["tone"]})
+                            "overlap": got["overlap"], "blur": blur, "tone": got["tone"],
+                            "structure": got["structure"], "peak": got["peak"], "half_pixel": got["half_pixel"]})
         return records
 
     out = []
@@ -569,8 +585,8 @@ def transform_text(rec: dict, *, resized: bool = False, gray_change: str = "") -
     if abs(rotation) >= 1.0:
         parts.append(f"rotated {abs(rotation):.0f}°")
     dy, dx = float(rec.get("shift_y", 0.0)), float(rec.get("shift_x", 0.0))
-    if abs(scale - 1) <= 0.04 and max(abs(dy), abs(dx)) >= 1.0:
-        parts.append(f"shifted {dy:+.0f}, {dx:+.0f} px")
+    if abs(scale - 1) <= 0.04 and max(abs(dy), abs(dx)) >= 1.5:
+        parts.append(f"shifted {round(dy):+d}, {round(dx):+d} px")
     if resized:
         parts.append("resized")
     blur = float(rec.get("blur", 0.0))
@@ -637,7 +653,8 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
     say(f"duplicates: verifying {len(found['query']):,} candidate pairs", 0.5)
     checked = verify_pairs(thumbnails, content_size, found["query"], found["match"], found["variant"], centroid_of,
                            progress=lambda m, f: say(m, 0.5 + 0.4 * f))
-    ok = plausible(checked) & (checked["residual"].to_numpy() <= max_ratio * checked["allowed"].to_numpy())
+    ok = (plausible(checked) & (checked["residual"].to_numpy() <= max_ratio * checked["allowed"].to_numpy())
+          & (checked["structure"].to_numpy() <= MAX_STRUCTURE) & (checked["peak"].to_numpy() <= MAX_PEAK))
     near = checked[ok].reset_index(drop=True)
     near["kind"] = "near"
     near["similarity"] = np.clip(1 - near["residual"] / np.maximum(near["allowed"], 1e-6), 0, 1)
