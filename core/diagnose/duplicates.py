@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from core import derived
-from core.diagnose.properties import load_scan
+from core.diagnose.properties import ImageScanConfig, load_scan
+from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
 
@@ -759,12 +761,33 @@ def eval_images_with_train_copy(pairs: pd.DataFrame, predictions: pd.DataFrame, 
     return out.sort_values(["correct", "similarity"], ascending=[True, False], kind="stable").reset_index(drop=True)
 
 
-@derived.register("duplicates", version=2,
-                  defaults={"thumb_size": 32, "max_ratio": MAX_RATIO, "neighbours": 2, "min_embedding_cosine": None,
-                            "seed": 0},
+@dataclass(frozen=True)
+class DuplicatesConfig:
+    """``thumb_size`` of the shared image scan; ``max_ratio``, ``neighbours``, ``seed`` (see
+    ``find_duplicates``); ``min_embedding_cosine`` (None: not used) also requires a near pair's
+    penultimate features to agree that much."""
+
+    thumb_size: int = 32
+    max_ratio: float = MAX_RATIO
+    neighbours: int = 2
+    min_embedding_cosine: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        ImageScanConfig(thumb_size=self.thumb_size)
+        for name, low, high in (("max_ratio", 0, 10), ("neighbours", 1, 100)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and low <= value <= high):
+                raise UserError(f"duplicates: {name} must be a number in [{low}, {high}]. Received: {name}={value!r}")
+        cos = self.min_embedding_cosine
+        if cos is not None and (isinstance(cos, bool) or not (isinstance(cos, (int, float)) and -1 <= cos <= 1)):
+            raise UserError(f"duplicates: min_embedding_cosine must be None or a number in [-1, 1]. Received: {cos!r}")
+
+
+@derived.register("duplicates", version=2, config=DuplicatesConfig,
                   description="exact and near duplicate images within and across splits (leakage), "
                               "through flips, crops, rotations, blur, noise and tone changes")
-def compute_duplicates(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -> derived.DerivedResult:
     """Duplicate pairs of the run's images, and the evaluated images that have a copy in train.
 
     Arrays (N,): ``group`` (connected groups of copies, -1 for none),
@@ -776,16 +799,14 @@ def compute_duplicates(run: Run, config: dict, progress: Progress) -> derived.De
     ``neighbours``, ``seed`` (see ``find_duplicates``); ``min_embedding_cosine`` (None: not used) also
     requires a near pair's penultimate features to agree that much.
     """
-    min_cos = config["min_embedding_cosine"]
-    if min_cos is not None and not (isinstance(min_cos, (int, float)) and -1 <= min_cos <= 1):
-        raise ValueError(f"min_embedding_cosine must be None or a number in [-1, 1]. Received: {min_cos!r}")
-    scan = load_scan(run, thumb_size=int(config["thumb_size"]), progress=lambda m, f: progress(m, 0.4 * f))
+    min_cos = config.min_embedding_cosine
+    scan = load_scan(run, thumb_size=config.thumb_size, progress=lambda m, f: progress(m, 0.4 * f))
     say = lambda message, fraction: progress(message, 0.4 + 0.55 * fraction)  # noqa: E731
     original = scan.properties[["height", "width"]].to_numpy(dtype=np.float64, na_value=0)
     gray = scan.properties["grayscale"].to_numpy(dtype=bool, na_value=False) if "grayscale" in scan.properties else None
     found = find_duplicates(scan.thumbnails, scan.content_size, scan.digest, scan.readable, original_size=original,
-                            grayscale=gray, max_ratio=float(config["max_ratio"]), neighbours=int(config["neighbours"]),
-                            seed=int(config["seed"]), progress=say)
+                            grayscale=gray, max_ratio=float(config.max_ratio), neighbours=int(config.neighbours),
+                            seed=int(config.seed), progress=say)
     a, b = found["a"].to_numpy(np.int64), found["b"].to_numpy(np.int64)
     cosine = _embedding_cosine(run.embeddings, a, b)
     notes = []
