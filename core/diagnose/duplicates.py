@@ -66,7 +66,7 @@ MAX_ANISOTROPY = 1.25  # a crop of another aspect resized back stretches one axi
 MAX_ROTATION = 15.0  # degrees
 MIN_OVERLAP = 0.5  # of the compared grid
 MAX_RATIO = 1.0  # a near pair's residual / allowed residual (see ``register_pair``)
-MAX_STRUCTURE = 3.5  # RMS gray levels of the residual low-passed at _STRUCTURE px: what differs in shape
+MAX_STRUCTURE = 3.0  # RMS gray levels of the residual low-passed at _STRUCTURE px: what differs in shape
 MAX_PEAK = 12.0  # the largest local difference in shape (gray levels, same low-pass) a near pair may keep
 _MAX_GROUP_PAIRS = 6
 PAIR_COLUMNS = ["row_a", "row_b", "path_a", "path_b", "split_a", "split_b", "label_a", "label_b",
@@ -427,7 +427,13 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     moved = cv2.warpAffine(moving, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     inside = cv2.warpAffine(np.ones_like(moving), warp, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
                             borderValue=0.0) > 0.999
-    inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    # leave out a band along both frames' edges: what a shift or crop pushes out is replaced there
+    # (by padding or replicated rows) in one image and not the other
+    band = max(1, round(min(h, w) / 14))
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((2 * band + 1, 2 * band + 1), np.uint8)).astype(bool)
+    frame = np.zeros_like(inside)
+    frame[band:h - band, band:w - band] = True
+    inside &= frame
     overlap = float(inside.mean())
     out = {"warp": warp, "residual": np.inf, "allowed": 0.0, "detail": np.nan, "overlap": overlap, "blur": 0.0,
            "tone": 0.0, "structure": np.inf, "peak": np.inf, "half_pixel": 0.0}
