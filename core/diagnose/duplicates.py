@@ -65,6 +65,7 @@ SCALE_RANGE = (0.7, 1.45)  # what a crop (up to ~30%) or a zoom out may change t
 MAX_ANISOTROPY = 1.25  # a crop of another aspect resized back stretches one axis at most this much
 MAX_ROTATION = 15.0  # degrees
 MIN_OVERLAP = 0.5  # of the compared grid
+MAX_TONE = 80.0  # gray levels: brightness, contrast and gamma edits move a level by less than a third of the range
 MAX_RATIO = 1.0  # a near pair's residual / allowed residual (see ``register_pair``)
 MAX_STRUCTURE = 3.0  # RMS gray levels of the residual low-passed at _STRUCTURE px: what differs in shape
 MAX_PEAK = 12.0  # the largest local difference in shape (gray levels, same low-pass) a near pair may keep
@@ -412,7 +413,7 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     by half a pixel and both images' noise, added in quadrature), ``detail``
     (correlation of the fine detail), ``overlap`` (fraction of the template
     covered), ``blur`` (sigma, positive: the template was smoothed, negative: the
-    moving image was) and ``tone`` (largest change of the tone curve, gray levels).
+    moving image was) and ``tone`` (largest change of the tone curve, gray levels; inf where it falls).
     """
     import cv2
 
@@ -451,7 +452,10 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     gy, gx = np.gradient(t)
     half_pixel = 0.5 * float(np.sqrt(np.mean((gx[inside] ** 2 + gy[inside] ** 2) / 2.0)))
     levels = np.linspace(0, 255, 18, dtype=np.float32)
-    tone = float(np.abs(coef[0] + coef[1] * levels + coef[2] * levels * levels / 255.0 - levels).max())
+    curve = coef[0] + coef[1] * levels + coef[2] * levels * levels / 255.0
+    tone = float(np.abs(curve - levels).max())
+    if (np.diff(curve) <= 0).any():  # an edit keeps the order of gray levels: a falling curve is no edit
+        tone = float("inf")
     fitted = coef[0] + coef[1] * q + coef[2] * q * q / 255.0
     diff = np.where(inside, t - fitted, 0.0).astype(np.float32)
     weight = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), _STRUCTURE)
@@ -555,12 +559,13 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
 def plausible(checked: pd.DataFrame) -> np.ndarray:
     """The registrations an edit could have made: no mirror beyond the one searched, a scale within
     ``SCALE_RANGE`` (a crop to 70% or a zoom out to 70%), little stretch, a small rotation, most of the
-    picture overlapping."""
+    picture overlapping, a rising tone curve that moves no gray level by more than ``MAX_TONE``."""
     return (checked["proper"].to_numpy(bool)
             & checked["scale"].between(*SCALE_RANGE).to_numpy()
             & (checked["anisotropy"].to_numpy() <= MAX_ANISOTROPY)
             & (np.abs(checked["rotation"].to_numpy()) <= MAX_ROTATION)
-            & (checked["overlap"].to_numpy() >= MIN_OVERLAP))
+            & (checked["overlap"].to_numpy() >= MIN_OVERLAP)
+            & (checked["tone"].to_numpy() <= MAX_TONE))
 
 
 def transform_texts(pairs: pd.DataFrame, original_size: np.ndarray | None, grayscale: np.ndarray | None) -> list[str]:
