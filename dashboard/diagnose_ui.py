@@ -75,6 +75,19 @@ def label_issue_cards(run: Run, stored, eval_mask: np.ndarray) -> list[Card]:
                  stored.summary), rows, _evaluated_errors(run, rows, eval_mask), "most likely mislabelled first")]
 
 
+def _edited_text(leaks: pd.DataFrame) -> str:
+    """' 12 of them edited (flipped, cropped, rotated…): ...' from the leaks' ``transform`` column."""
+    if "transform" not in leaks or leaks.empty:
+        return ""
+    how = leaks.drop_duplicates("row")["transform"].astype(str)
+    edited = how[~how.isin(["identical pixels", "re-encoded or noisy (same geometry)"])]
+    if edited.empty:
+        return ""
+    common = edited.value_counts().head(3)
+    return (f" {len(edited):,} of them edited, e.g. "
+            + "; ".join(f"{text} ({count:,})" for text, count in common.items()) + ".")
+
+
 def duplicate_cards(run: Run, stored, eval_mask: np.ndarray) -> list[Card]:
     s = stored.summary
     cards = []
@@ -85,7 +98,8 @@ def duplicate_cards(run: Run, stored, eval_mask: np.ndarray) -> list[Card]:
     cards.append(Card("leaks", "duplicates", "Leaks: evaluated images with a near copy in train",
                       f"{views.plural(s.get('n_eval_with_train_copy', 0), 'image')} of "
                       f"'{s.get('eval_split', '?')}' with a copy in train; {n_wrong:,} of them misclassified; "
-                      f"{views.plural(int((~leaks['labels_agree']).sum()), 'copy', 'copies')} with another label.",
+                      f"{views.plural(int((~leaks['labels_agree']).sum()), 'copy', 'copies')} with another label."
+                      + _edited_text(stored.table("eval_with_train_copy")),
                       rows, _evaluated_errors(run, rows, eval_mask), "closest copy first"))
     pairs = stored.table("pairs").sort_values("similarity", ascending=False)
     disagree = pairs[~pairs["labels_agree"]]
@@ -209,11 +223,12 @@ def cards(run: Run) -> list[Card]:
 
 def row_findings(run: Run, findings: dict) -> pd.DataFrame:
     """One row per image (N): ``label_issue`` score (NaN if unscored), ``suggested`` class, ``is_issue``,
-    ``train_copy`` (an evaluated image with a near copy in train) and ``slice`` name ('' for none)."""
+    ``train_copy`` (an evaluated image with a near copy in train), ``train_copy_how`` (how that copy
+    differs, in words: 'flipped left-right, cropped to 90%'; '' for none) and ``slice`` name ('' for none)."""
     n = len(run.predictions)
     out = pd.DataFrame({"label_issue": np.full(n, np.nan), "suggested": np.full(n, "", dtype=object),
                         "is_issue": np.zeros(n, bool), "train_copy": np.zeros(n, bool),
-                        "slice": np.full(n, "", dtype=object)})
+                        "train_copy_how": np.full(n, "", dtype=object), "slice": np.full(n, "", dtype=object)})
     if findings.get("label_issues") is not None:
         t = findings["label_issues"].table("label_issues")
         rows = t["row"].to_numpy(np.int64)
@@ -223,6 +238,8 @@ def row_findings(run: Run, findings: dict) -> pd.DataFrame:
     if findings.get("duplicates") is not None:
         t = findings["duplicates"].table("eval_with_train_copy")
         out.loc[t["row"].to_numpy(np.int64), "train_copy"] = True
+        if "transform" in t:  # duplicates v2: how the copy differs ("flipped left-right, cropped to 90%")
+            out.loc[t["row"].to_numpy(np.int64), "train_copy_how"] = t["transform"].astype(str).to_numpy()
     if findings.get("error_slices") is not None:
         s = findings["error_slices"]
         names = dict(zip(s.table("slices")["slice_id"], s.table("slices")["name"].astype(str)))
@@ -244,7 +261,8 @@ def caption_text(run: Run, row: int) -> str | None:
     if r["is_issue"]:
         parts.append(f"label issue {r['label_issue']:.2f} → suggested {r['suggested']}")
     if r["train_copy"]:
-        parts.append("copy in train")
+        how = str(r.get("train_copy_how", "") or "")
+        parts.append(f"copy in train ({how})" if how and how != "identical pixels" else "copy in train")
     return " · ".join(parts) or None
 
 
@@ -329,6 +347,8 @@ def with_finding_columns(run: Run, table: pd.DataFrame, rows: np.ndarray) -> pd.
     table["label issue"] = sub["label_issue"].to_numpy()
     table["suggested"] = sub["suggested"].to_numpy()
     table["copy in train"] = sub["train_copy"].to_numpy()
+    if "train_copy_how" in sub:
+        table["copy edit"] = sub["train_copy_how"].to_numpy()
     table["slice"] = sub["slice"].to_numpy()
     return table
 

@@ -66,6 +66,7 @@ MAX_ANISOTROPY = 1.25  # a crop of another aspect resized back stretches one axi
 MAX_ROTATION = 15.0  # degrees
 MIN_OVERLAP = 0.5  # of the compared grid
 MAX_TONE = 80.0  # gray levels: brightness, contrast and gamma edits move a level by less than a third of the range
+MAX_RESIDUAL = 16.0  # RMS gray levels: a copy carries noise of sigma ~11 at most on each side (16 = 11 * sqrt 2)
 MAX_RATIO = 1.0  # a near pair's residual / allowed residual (see ``register_pair``)
 MAX_STRUCTURE = 3.0  # RMS gray levels of the residual low-passed at _STRUCTURE px: what differs in shape
 MAX_PEAK = 12.0  # the largest local difference in shape (gray levels, same low-pass) a near pair may keep
@@ -666,7 +667,8 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
     say(f"duplicates: verifying {len(found['query']):,} candidate pairs", 0.5)
     checked = verify_pairs(thumbnails, content_size, found["query"], found["match"], found["variant"], centroid_of,
                            progress=lambda m, f: say(m, 0.5 + 0.4 * f))
-    ok = (plausible(checked) & (checked["residual"].to_numpy() <= max_ratio * checked["allowed"].to_numpy())
+    residual = checked["residual"].to_numpy()
+    ok = (plausible(checked) & (residual <= max_ratio * checked["allowed"].to_numpy()) & (residual <= MAX_RESIDUAL)
           & (checked["structure"].to_numpy() <= MAX_STRUCTURE) & (checked["peak"].to_numpy() <= MAX_PEAK))
     near = checked[ok].reset_index(drop=True)
     near["kind"] = "near"
