@@ -80,6 +80,7 @@ import numpy as np
 import pandas as pd
 
 from core import derived
+from core.diagnose.findings import Caption, Card, Column, Filter, Findings, plural, unique_rows
 from core.diagnose.properties import ImageScanConfig, load_scan
 from core.errors import UserError
 from core.progress import Progress
@@ -832,7 +833,63 @@ class DuplicatesConfig:
             raise UserError(f"duplicates: min_embedding_cosine must be None or a number in [-1, 1]. Received: {cos!r}")
 
 
-@derived.register("duplicates", version=2, config=DuplicatesConfig,
+def _edited_text(leaks: pd.DataFrame) -> str:
+    """' 12 of them edited, e.g. flipped left-right (5); ...' from the leaks' ``transform`` column."""
+    if "transform" not in leaks or leaks.empty:
+        return ""
+    how = leaks.drop_duplicates("row")["transform"].astype(str)
+    edited = how[~how.isin(["identical pixels", "re-encoded or noisy (same geometry)"])]
+    if edited.empty:
+        return ""
+    common = edited.value_counts().head(3)
+    return (f" {len(edited):,} of them edited, e.g. "
+            + "; ".join(f"{text} ({count:,})" for text, count in common.items()) + ".")
+
+
+def duplicate_findings(run: Run, stored) -> Findings:
+    """Cards for leaks (evaluated images with a copy in train that are wrong or labelled otherwise),
+    copies whose labels disagree and all duplicates; the per-image ``train_copy`` flag, its caption
+    line and the Errors page's 'copy in train' filter."""
+    s = stored.summary
+    leaks = stored.table("eval_with_train_copy")
+    leaks = leaks[~leaks["correct"] | ~leaks["labels_agree"]].sort_values("similarity", ascending=False)
+    n_wrong = int((~leaks.drop_duplicates("row")["correct"]).sum())
+    pairs = stored.table("pairs").sort_values("similarity", ascending=False)
+    disagree = pairs[~pairs["labels_agree"]]
+    cards = (
+        Card("leaks", "duplicates", "Leaks: evaluated images with a near copy in train",
+             f"{plural(s.get('n_eval_with_train_copy', 0), 'image')} of '{s.get('eval_split', '?')}' with a copy "
+             f"in train; {n_wrong:,} of them misclassified; "
+             f"{plural(int((~leaks['labels_agree']).sum()), 'copy', 'copies')} with another label.",
+             unique_rows(leaks["row"]), "closest copy first"),
+        Card("disagreeing_copies", "duplicates", "Copies whose labels disagree",
+             f"{plural(len(disagree), 'pair')} of (near) copies with different labels: at least one image of "
+             "each pair is mislabelled.", unique_rows(np.column_stack([disagree["row_a"], disagree["row_b"]]).ravel()),
+             "closest pair first, the two images side by side"),
+        Card("duplicates", "duplicates", "Duplicates",
+             f"{plural(s.get('n_pairs', 0), 'pair')} of copies ({s.get('n_exact', 0):,} exact, "
+             f"{s.get('n_near', 0):,} near; {s.get('n_cross_split', 0):,} across splits) among "
+             f"{s.get('n_scanned', 0):,} images.", unique_rows(np.column_stack([pairs["row_a"], pairs["row_b"]]).ravel()),
+             "closest pair first, the two images side by side", notes=tuple(str(n) for n in s.get("notes", []))),
+    )
+    table = stored.table("eval_with_train_copy")
+    columns = pd.DataFrame({"train_copy": np.zeros(run.n_images, bool),
+                            "train_copy_edit": np.full(run.n_images, "", dtype=object)})
+    rows = table["row"].to_numpy(np.int64)
+    columns.loc[rows, "train_copy"] = True
+    if "transform" in table:  # how the copy differs; nothing to say for identical pixels
+        how = table["transform"].astype(str).to_numpy()
+        columns.loc[rows, "train_copy_edit"] = np.where(how == "identical pixels", "", how)
+    return Findings(cards=cards, columns=columns,
+                    column_specs=(Column("train_copy", "copy in train", "an evaluated image with a near copy in train"),
+                                  Column("train_copy_edit", "copy edit",
+                                         "how the training copy differs: 'flipped left-right, cropped to 90%'")),
+                    captions=(Caption("copy in train", when="train_copy"),
+                              Caption("copy edited: {train_copy_edit}", when="train_copy_edit")),
+                    filters=(Filter("train_copy", "Copy in train", "flag", "copy"),))
+
+
+@derived.register("duplicates", version=2, config=DuplicatesConfig, findings=duplicate_findings,
                   description="exact and near duplicate images within and across splits (leakage), "
                               "through flips, crops, rotations, blur, noise and tone changes")
 def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -> derived.DerivedResult:
