@@ -235,8 +235,7 @@ def _verify(images, pairs):
 
 
 def _accepted(checked):
-    return (dup.plausible(checked) & (checked["residual"] <= checked["allowed"])
-            & (checked["structure"] <= dup.MAX_STRUCTURE) & (checked["peak"] <= dup.MAX_PEAK)).to_numpy()
+    return dup.accepted(checked)
 
 
 def test_registration_recovers_shift_flip_and_rotation_and_rejects_look_alikes():
