@@ -192,7 +192,9 @@ def plant(folder: Path, train: list, test: list, labels: list, lookalikes: list,
         rel = f"test/{labels[src]}/lookalike_{j:04d}.png"
         _write(folder, rel, img)
         looks.append((train_paths[src], rel))
-    return {"copies": copies, "lookalikes": looks}
+    truth = {"copies": copies, "lookalikes": looks}
+    (folder / "truth.json").write_text(json.dumps(truth))  # for a look at what was missed; not an image
+    return truth
 
 
 def _closest(target: np.ndarray, pool: np.ndarray) -> int:

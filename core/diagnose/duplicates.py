@@ -498,6 +498,11 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     tone = float(np.abs(curve - levels).max())
     if (np.diff(curve) <= 0).any():  # an edit keeps the order of gray levels: a falling curve is no edit
         tone = float("inf")
+    noise = float(np.hypot(_noise(template), _noise(moving)))
+    out.update(residual=residual, allowed=float(np.hypot(half_pixel, noise)), blur=blur, tone=tone,
+               half_pixel=half_pixel, noise=noise)
+    if residual > MAX_RESIDUAL or tone > MAX_TONE:  # refused whatever the rest says: spare the rest
+        return out
     fitted = coef[0] + coef[1] * q + coef[2] * q * q / 255.0
     weight = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), _STRUCTURE)
     core_ = inside & (weight > 0.5)
@@ -516,11 +521,8 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     there = cv2.warpAffine(template, warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     back = cv2.warpAffine(there, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     self_structure, self_peak = shape_difference(template, back)
-    noise = float(np.hypot(_noise(template), _noise(moving)))
-    out.update(residual=residual, allowed=float(np.hypot(half_pixel, noise)),
-               detail=_pearson(_detail(t)[inside], _detail(fitted)[inside]), blur=blur, tone=tone,
-               structure=structure, peak=peak, half_pixel=half_pixel, self_structure=self_structure,
-               self_peak=self_peak, noise=noise)
+    out.update(detail=_pearson(_detail(t)[inside], _detail(fitted)[inside]), structure=structure, peak=peak,
+               self_structure=self_structure, self_peak=self_peak)
     return out
 
 
