@@ -140,7 +140,8 @@ def edit(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarr
     if kind.startswith("shift"):
         step = max(1, round(w / 10))
         dy, dx = (int(v) for v in rng.choice([-step, step], 2))
-        return cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REPLICATE), ".png"
+        moved = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REPLICATE)
+        return moved, ".png"
     if kind == "blur":
         return cv2.GaussianBlur(img, (0, 0), 0.8 * w / 28), ".png"
     if kind.startswith("noise"):
@@ -290,7 +291,8 @@ def score(found: set, truth: dict) -> dict:
     # a copy of a copy's training source is planted; a pair of a copy with another training image is "other"
     others = cross - planted - looks
     return {"per_kind": per_kind, "recall": len(found & planted) / len(planted), "lookalikes": len(found & looks),
-            "n_lookalikes": len(looks), "others": len(others), "others_with_copy": sum(bool(p & copy_paths) for p in others),
+            "n_lookalikes": len(looks), "others": len(others),
+            "others_with_copy": sum(bool(p & copy_paths) for p in others),
             "others_per_1000": 1000 * len(others) / truth["n_test"]}
 
 
@@ -317,8 +319,8 @@ def _relative(folder: Path, p: str) -> str:
 
 
 def compare(name: str, folder: Path, truth: dict, other_python: str | None) -> None:
-    n = sum(1 for _ in folder.rglob("*") if _.is_file())
-    print(f"\n== {name}: {n:,} files in {folder} ({len(truth['copies'])} planted copies, "
+    n = sum(1 for f in folder.rglob("*") if f.suffix in (".png", ".jpg"))
+    print(f"\n== {name}: {n:,} images in {folder} ({len(truth['copies'])} planted copies, "
           f"{len(truth['lookalikes'])} look-alikes, {truth['n_test']:,} test images); {load()}", flush=True)
     rows = []
     ours, status = _run(sys.executable, OURS, folder, str(REPO))

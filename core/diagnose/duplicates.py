@@ -39,9 +39,9 @@ How near copies are found (nothing quadratic in N):
      0.7-1.45, stretch <= 1.25, rotation <= 15°, half the grid overlapping,
      tone moved by <= 80 gray levels);
    * the RMS residual is at most ``allowed``: what half a pixel of
-     misregistration (the template's own difference from itself moved by half
+     misregistration (the template, smoothed by 0.8 px, against itself moved by half
      a pixel) and the two images' noise (Immerkaer's Laplacian, median) leave,
-     added in quadrature, and at most 16 gray levels;
+     (each counted up to 12 gray levels) added in quadrature, and at most 14 gray levels;
    * what is left is noise, not shape: the residual low-passed at 2 px (its
      *structure*) has an RMS of at most what resampling alone leaves under the
      found warp (the template sent through the warp and back, compared with
@@ -104,7 +104,8 @@ MAX_ANISOTROPY = 1.25  # a crop of another aspect resized back stretches one axi
 MAX_ROTATION = 15.0  # degrees
 MIN_OVERLAP = 0.5  # of the compared grid
 MAX_TONE = 80.0  # gray levels: brightness, contrast and gamma edits move a level by less than a third of the range
-MAX_RESIDUAL = 16.0  # RMS gray levels: a copy carries noise of sigma ~11 at most on each side (16 = 11 * sqrt 2)
+MAX_RESIDUAL = 14.0  # RMS gray levels: a copy carries noise of sigma ~10 at most on each side (14 = 10 * sqrt 2)
+MAX_NOISE = 12.0  # gray levels: the noise a copy may carry (sigma, each image); more hides what differs
 MAX_RATIO = 1.0  # a near pair's residual / allowed residual (see ``register_pair``)
 MAX_STRUCTURE = 4.5  # RMS gray levels of the residual low-passed at _STRUCTURE px: what differs in shape
 MAX_PEAK = 16.0  # the largest local difference in shape (gray levels, same low-pass) a near pair may keep
@@ -490,7 +491,7 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
             if best is None or residual < best[0] - 1e-6:
                 best = (residual, coef, side * sigma, t, q)
     residual, coef, blur, t, q = best
-    gy, gx = np.gradient(t)
+    gy, gx = np.gradient(cv2.GaussianBlur(t, (0, 0), _BLURS[1]))  # the picture's edges, not its pixel noise
     half_pixel = 0.5 * float(np.sqrt(np.mean((gx[inside] ** 2 + gy[inside] ** 2) / 2.0)))
     lo, hi = np.percentile(q[inside], [1, 99])  # the gray levels the pair has, not the whole range
     levels = np.linspace(lo, max(hi, lo + 1), 18, dtype=np.float32)
@@ -498,7 +499,7 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     tone = float(np.abs(curve - levels).max())
     if (np.diff(curve) <= 0).any():  # an edit keeps the order of gray levels: a falling curve is no edit
         tone = float("inf")
-    noise = float(np.hypot(_noise(template), _noise(moving)))
+    noise = float(np.hypot(min(_noise(template), MAX_NOISE), min(_noise(moving), MAX_NOISE)))
     out.update(residual=residual, allowed=float(np.hypot(half_pixel, noise)), blur=blur, tone=tone,
                half_pixel=half_pixel, noise=noise)
     if residual > MAX_RESIDUAL or tone > MAX_TONE:  # refused whatever the rest says: spare the rest

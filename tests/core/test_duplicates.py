@@ -194,7 +194,8 @@ def test_cli_writes_the_csv_and_refuses_bad_input_in_one_line(folder_run, tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "'nope'" in err[0]
     assert "transform" in csv.columns and csv["transform"].notna().all()
-    with pytest.raises(ValueError, match=r"duplicates: neighbours must be a number in \[1, 100\]. Received: neighbours=0"):
+    with pytest.raises(ValueError,
+                       match=r"duplicates: neighbours must be a number in \[1, 100\]. Received: neighbours=0"):
         derived.get(run, "duplicates", {"neighbours": 0})
     with pytest.raises(ValueError, match=r"duplicates: min_embedding_cosine must be None or a number in \[-1, 1\]. "
                                          r"Received: 'high'"):
