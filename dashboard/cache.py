@@ -237,9 +237,9 @@ def thumbnail(_run: Run, key: str, row: int, size: int) -> tuple[np.ndarray | No
 def run_model(_run: Run, key: str):
     """The run's model for single-image predictions (imports TensorFlow on first use).
 
-    Loaded in Keras safe mode unless the run was analysed with the unsafe-load opt-in; a
-    model that can run arbitrary code otherwise raises ModelError, and the refusal (an
-    exception) is not cached."""
+    Loaded in Keras safe mode unless the dashboard's operator listed the file's hash in
+    ``CLASSIFIER_TRUSTED_MODELS`` (``core.trust``; never the run's manifest); a model that can
+    run arbitrary code otherwise raises ModelError, and the refusal (an exception) is not cached."""
     from core.analyze import load_run_model  # heavy: TensorFlow, only on the "Try an image" page
 
     return load_run_model(_run)
