@@ -138,6 +138,9 @@ def get(run: Run, name: str, config: Mapping[str, object] | None = None, *, comp
         return StoredDerived(run, run.derived_info(name))
     if not compute:
         return None
+    from core.store import check_writable
+
+    check_writable(run.path, f"derived analysis {name!r} of run {run.id!r}")  # before, not after, computing
     say = say_function(progress)
     t0 = time.perf_counter()
     result = k.compute(run, full, say)

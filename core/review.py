@@ -252,6 +252,10 @@ class ReviewDB:
         held = getattr(self._local, "connection", None)
         if held is not None and held[0] == os.getpid():  # never use a connection across fork()
             return held[1]
+        if self.read_only():
+            con = self._connect_read_only()
+            self._local.connection = (os.getpid(), con)
+            return con
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
@@ -271,6 +275,42 @@ class ReviewDB:
             raise
         self._local.connection = (os.getpid(), con)
         return con
+
+    def read_only(self) -> bool:
+        """Whether this process cannot write the verdicts file (a read-only mount, a folder or file
+        without write permission): then it is read without creating or changing anything."""
+        if self.path.exists():
+            return not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
+        folder = self.path.parent
+        while not folder.exists() and folder.parent != folder:
+            folder = folder.parent
+        return not os.access(folder, os.W_OK)
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that writes nothing. A WAL file needs its -shm beside it, which SQLite cannot
+        create in a read-only folder: then the file is opened as immutable (its last checkpoint; a
+        WAL left behind by a writer that never closed is not seen, and said nowhere else)."""
+        uri = self.path.resolve().as_uri()
+        last: sqlite3.Error | None = None
+        for options in ("mode=ro", "mode=ro&immutable=1"):
+            try:
+                con = sqlite3.connect(f"{uri}?{options}", uri=True, timeout=self.busy_timeout_s,
+                                      isolation_level=None)
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            if version > SCHEMA_VERSION:
+                con.close()
+                raise ReviewError(f"{self.path} was written by a newer version (schema {version}; this one "
+                                  f"reads up to {SCHEMA_VERSION}): update the code")
+            return con
+        raise self._error(last) from None
+
+    def _check_writable(self) -> None:
+        if self.read_only():
+            raise ReviewError(f"{self.path}: the store is read-only here (a read-only mount or no write "
+                              "permission), so verdicts can be read but not recorded")
 
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
@@ -337,6 +377,7 @@ class ReviewDB:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken with BEGIN IMMEDIATE (so reads inside it see a state no
         other writer can change before COMMIT); rolled back on any exception."""
+        self._check_writable()
         con = self._connect()
         try:
             self._retrying(lambda: con.execute("BEGIN IMMEDIATE"))
