@@ -20,6 +20,7 @@ from core import metrics
 from core.config import AnalysisConfig, ProjectionConfig
 from core.datasets import ImageDataset, iter_batches
 from core.images import fit_to_input
+from core.finite import drop_non_finite
 from core.models import (SCALES, InferenceModel, ModelError, build_inference_model, file_sha256,
                          load_model, model_format, prepare_input)
 from core.progress import Progress, progress_bar, say_function, slug
@@ -244,6 +245,7 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
         ok_rows, outputs, features, failed = run_inference(
             inference, dataset, batch_size=batch_size, image_size=image_size, progress=progress)
     predict_s = time.perf_counter() - t0
+    ok_rows, outputs, features, failed = drop_non_finite(ok_rows, outputs, features, failed, dataset.paths)
     if len(ok_rows) == 0:
         raise ModelError(f"None of the {len(dataset)} images could be decoded "
                          f"(first reason: {failed[0]['reason'] if failed else 'unknown'})")
