@@ -62,6 +62,7 @@ def test_a_model_whose_outputs_are_all_nan_stops_in_one_line(tmp_path, capsys, i
     assert code == 2, err
     errors = [line for line in err if line.startswith("error:")]
     assert len(errors) == 1 and err[-1] == errors[0], err
+    assert not any("Warning" in line for line in err), err  # no numpy RuntimeWarning before the line
     assert "not finite (NaN or inf) for all 15 images" in errors[0] and "(first: cat/cat_0.png)" in errors[0]
     assert not RunStore(tmp_path / "store").list_runs()
 
