@@ -280,7 +280,7 @@ def verdict_slot(run: Run, row: int, where: str) -> None:
     if where == "tile":
         options = ["", *VERDICTS] + (["undo"] if verdict else [])
         shown = new_label if verdict == "label-wrong" else suggested
-        names = {"": "verdict…", "undo": "↶ undo", "label-wrong": f"label wrong → {run.classes[shown]}",
+        names = {"": "verdict…", "undo": "↶ undo", "label-wrong": ui.visible(f"label wrong → {run.classes[shown]}"),
                  **{v: VERDICT_NAMES[v] for v in VERDICTS if v != "label-wrong"}}
         widget = _unique_key(f"rvt-{run.id}-{row}-{verdict}-{new_label}")
         st.selectbox(ui.plain(f"Verdict on {run.predictions['path'].iat[int(row)]}"), options,
@@ -320,7 +320,7 @@ def history_section(run: Run, row: int) -> None:
         st.markdown(f"**Verdict history** · now: {ui.plain(now)}")
         st.button("Undo", key=_unique_key(f"rvh-undo-{run.id}-{row}-{len(history)}"), icon=":material/undo:",
                   on_click=undo, args=(run.id, int(row)), disabled=_nothing_to_undo(history))
-    st.dataframe(history_table(history), hide_index=True, width="stretch",
+    st.dataframe(ui.shown(history_table(history)), hide_index=True, width="stretch",
                  column_config={c: st.column_config.TextColumn(c) for c in ("reviewer", "before", "now", "note")})
 
 
@@ -399,7 +399,7 @@ def per_class_as_reviewed_ui(run: Run) -> bool:
     st.download_button("Download CSV (labels as reviewed)", result.per_class.to_csv(index=False).encode("utf-8"),
                        file_name=f"{run.id}_per_class_reviewed.csv", mime="text/csv",
                        key="download-per-class-reviewed")
-    st.dataframe(result.per_class, hide_index=True, width="stretch",
+    st.dataframe(ui.shown(result.per_class), hide_index=True, width="stretch",
                  column_config={"class": st.column_config.TextColumn("class", pinned=True)})
     st.caption(f"Labels as reviewed: {s['relabelled']:,} corrected, {s['excluded']:,} images excluded; "
                f"accuracy {s['accuracy']:.2%} (given labels: {s['given_accuracy']:.2%}).")
@@ -456,7 +456,7 @@ def queue_set_ui(run: Run) -> tuple[np.ndarray, str, str]:
             options["min_confidence"] = st.slider("Minimum confidence", 0.0, 1.0, 0.9, 0.05,
                                                   key=ui.scoped(run, "review-min-confidence"))
         elif which == "slice":
-            names = dict(zip(slices["slice_id"].astype(int), slices["name"].astype(str)))
+            names = dict(zip(slices["slice_id"].astype(int), map(ui.visible, slices["name"].astype(str))))
             options["slice_id"] = st.selectbox("Slice", list(names), format_func=names.__getitem__,
                                                key=ui.scoped(run, "review-slice"))
         elif which == "cell":
@@ -579,5 +579,5 @@ def export_ui(run: Run) -> None:
                        core_review.corrections_csv(table), file_name=f"{run.id}_corrections.csv",
                        mime="text/csv", key="review-export", icon=":material/download:")
     if len(table):
-        st.dataframe(table, hide_index=True, width="stretch",
+        st.dataframe(ui.shown(table), hide_index=True, width="stretch",
                      column_config={c: st.column_config.TextColumn(c) for c in table.columns})

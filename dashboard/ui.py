@@ -36,6 +36,34 @@ _WORD_JOINER = "\u2060"  # invisible and unbreakable: splits what the autolinker
 _LINK_STARTS = re.compile(r"([:@])(?=\S)|(?i:(?=www\\\.))")
 
 
+# Characters that change how the text around them is shown without being seen: C0/C1 controls,
+# bidi embeddings, overrides and isolates (U+202E shows "\u202eevil\u202c txt.exe" as "live txt.exe"),
+# marks and zero-width spaces. ``visible`` writes each as <U+XXXX>.
+_HIDDEN = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f"
+                     "\u202a-\u202e\u2066-\u2069\ufeff\ufff9-\ufffb]")
+
+
+def visible(text: object) -> str:
+    """``text`` with every invisible control or bidi character written as ``<U+XXXX>``: for widget
+    options and table cells, which are not Markdown (``plain`` does this too).
+
+    >>> visible("\u202eevil\u202c txt.exe")
+    '<U+202E>evil<U+202C> txt.exe'
+    """
+    return _HIDDEN.sub(lambda m: f"<U+{ord(m.group()):04X}>", str(text))
+
+
+def shown(table):
+    """A copy of the DataFrame ``table`` whose text cells are ``visible`` (for ``st.dataframe``)."""
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype == object or str(out[column].dtype) in ("string", "str"):
+            values = out[column]
+            out[column] = values.where(values.isna(), values.astype(str).str.replace(_HIDDEN, lambda m: (
+                f"<U+{ord(m.group()):04X}>"), regex=True))
+    return out
+
+
 def plain(text: object) -> str:
     """``text`` as Markdown that shows exactly its characters, on one line.
 
@@ -48,17 +76,17 @@ def plain(text: object) -> str:
     >>> plain("**y** http://e.example")
     '\\\\*\\\\*y\\\\*\\\\* http\\\\:\\u2060//e\\\\.example'
     """
-    escaped = _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).splitlines()))
+    escaped = _MARKDOWN_PUNCTUATION.sub(r"\\\1", visible(" ".join(str(text).splitlines())))
     return _LINK_STARTS.sub(lambda m: (m.group(1) or "") + _WORD_JOINER, escaped)
 
 
 def describe_run(summary: RunSummary, problem: str | None = None) -> str:
     """The picker's line for a run (plain text: options are not Markdown)."""
     if problem:
-        return f"⚠ {summary.name} · broken"
+        return visible(f"⚠ {summary.name} · broken")
     date = summary.created[:16].replace("T", " ")
     acc = f"{summary.accuracy:.1%}" if summary.accuracy == summary.accuracy else "n/a"
-    return f"{summary.name} · {summary.model} · {summary.data} · {date} · acc {acc}"
+    return visible(f"{summary.name} · {summary.model} · {summary.data} · {date} · acc {acc}")
 
 
 def readable_first(runs: Sequence[RunSummary]) -> list[tuple[RunSummary, str | None]]:
@@ -193,4 +221,4 @@ def cannot_show(what: str, exc: BaseException | str) -> None:
 def class_label(run: Run):
     """format_func for class-index widgets: 'index · name'."""
     classes = run.classes
-    return lambda i: f"{i} · {classes[i]}"
+    return lambda i: visible(f"{i} · {classes[i]}")
