@@ -214,7 +214,8 @@ def _read_csv(path: Path, classes: Sequence[str], say: Progress | None = None) -
             path_at = columns.index("path")
             class_at = [i for i, c in enumerate(columns) if c != "path"]
             order = align_columns([columns[i] for i in class_at], classes, file=path.name)
-            take = np.asarray(class_at)[order]
+            take = [int(i) for i in np.asarray(class_at)[order]]
+            sliced = take == list(range(take[0], take[0] + len(take))) if take else False  # one slice per row
             chunk_rows = max(1, CSV_CELLS_PER_CHUNK // len(columns))
             texts: list[list[str]] = []
             lines: list[int] = []
@@ -225,7 +226,7 @@ def _read_csv(path: Path, classes: Sequence[str], say: Progress | None = None) -
                     raise PredictionsError(f"{path.name}: line {reader.line_num} has {len(row)} fields but the "
                                            f"header has {len(columns)} (a ragged row)")
                 paths.append(normal_path(row[path_at]))
-                texts.append([row[i] for i in take])
+                texts.append(row[take[0]:take[0] + len(take)] if sliced else [row[i] for i in take])
                 lines.append(reader.line_num)
                 if len(texts) >= chunk_rows:
                     blocks.append(_parse_numbers(texts, paths=paths[-len(texts):], lines=lines,
