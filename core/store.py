@@ -63,15 +63,15 @@ DEFAULT_STORE = Path(__file__).resolve().parent.parent / "artifacts"
 _TOO_BROAD_ROOTS = {Path("/"), Path.home().resolve()}
 
 
-class RunNotFoundError(LookupError):
+class RunNotFoundError(UserError, LookupError):
     """No run of that id in the store."""
 
 
-class RunSchemaError(RuntimeError):
+class RunSchemaError(UserError, RuntimeError):
     """The run was written by another schema version and must be re-made."""
 
 
-class RunCorruptError(ValueError):
+class RunCorruptError(UserError):
     """A run whose files are missing, truncated or of the wrong shape (the message names the file)."""
 
 
@@ -88,11 +88,11 @@ def check_writable(folder: Path, what: str) -> None:
                                  f"{what} cannot be written; reading works")
 
 
-class RunBusyError(RuntimeError):
+class RunBusyError(UserError, RuntimeError):
     """Another process is writing a run of the same name."""
 
 
-class RunConflictError(RuntimeError):
+class RunConflictError(UserError, RuntimeError):
     """A run of that name exists and was made from another config."""
 
 
@@ -109,7 +109,7 @@ def valid_run_id(run_id: str) -> str:
         and all(c.isalnum() or c in "-_." for c in run_id)
     )
     if not ok:
-        raise ValueError(
+        raise UserError(
             f"Invalid run name {run_id!r}: use 1-120 letters, digits, '-', '_' or '.', "
             "not starting with '.'"
         )
@@ -442,18 +442,6 @@ class Run:
     @cached_property
     def embeddings(self) -> np.ndarray | None:
         return self._array("embeddings")
-
-    @property
-    def projection(self) -> np.ndarray | None:
-        """(N, 2) float32 UMAP map, or None while there is none.
-
-        The map is computed after the run is written, as its derived analysis
-        'projection' (runs written before that keep ``projection.npy``);
-        ``core.projection.projection_status`` says whether it is on its way.
-        """
-        from core.projection import stored_projection  # numpy only: no umap, no TensorFlow
-
-        return stored_projection(self)
 
     @cached_property
     def per_class(self) -> pd.DataFrame:
