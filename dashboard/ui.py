@@ -186,6 +186,25 @@ def enter_run_scope(run: Run | None) -> None:
     st.session_state[SCOPE_KEY] = scope
 
 
+REDRAWN_KEY = "run-redrawn"  # how many times in a row a page was redrawn because its run was re-made
+
+
+def run_stamp_now() -> str:
+    """The chosen run's ``cache.run_stamp`` now ("" without a chosen run)."""
+    run_id = st.session_state.get(RUN_KEY)
+    return cache.run_stamp(cache.store_root(), run_id) if run_id else ""
+
+
+def redraw_if_replaced(stamp: str) -> None:
+    """When the chosen run was re-made (its link now names another version) since ``stamp`` was
+    taken, the files the page was reading went with the old version: draw the page again, on the
+    new version, instead of saying the run is broken (at most 3 times in a row)."""
+    if stamp == run_stamp_now() or st.session_state.get(REDRAWN_KEY, 0) >= 3:
+        return
+    st.session_state[REDRAWN_KEY] = st.session_state.get(REDRAWN_KEY, 0) + 1
+    st.rerun()
+
+
 def current_run() -> Run:
     """The run chosen in the sidebar; stops the page with one line when there is none or it
     cannot be opened (the reason, naming the file at fault)."""
@@ -193,9 +212,11 @@ def current_run() -> Run:
     if not run_id:
         st.info("No run chosen. Pick one in the sidebar, or build one from the start page.")
         st.stop()
+    stamp = run_stamp_now()
     try:
         run = cache.load_run(cache.store_root(), run_id)
     except cache.RUN_ERRORS as exc:
+        redraw_if_replaced(stamp)
         enter_run_scope(None)
         st.error(plain(f"Run '{run_id}' is broken: {views.one_line(exc)}"))
         st.stop()
