@@ -77,6 +77,8 @@ CAUSE_WORDS = {
 TABLE_COLUMNS = ["row", "path", "given_label", "predicted_label", "cause", "confidence", "suggested_label",
                  "evidence", "model_confidence", "label_score"]
 CSV_COLUMNS = ["path", "given_label", "predicted_label", "cause", "confidence", "suggested_label", "evidence"]
+LABEL_LEVEL = 0.1  # defaults of the quantile levels (see the module docstring)
+ATYPICAL_LEVEL = 0.99
 _MIN_CLASS_COUNT = 20  # correct images of a class below which its quantiles are pooled over all classes
 _EPS = 1e-6
 
@@ -85,22 +87,73 @@ _EPS = 1e-6
 
 def class_neighbour_distances(query: np.ndarray, reference: np.ndarray, reference_labels: np.ndarray, *,
                               n_classes: int, k: int = 10, query_ids: np.ndarray | None = None,
-                              reference_ids: np.ndarray | None = None, batch_size: int = 1024
-                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Class-conditional and overall nearest reference images (cosine).
+                              reference_ids: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
+    """Mean cosine distance to the ``k`` nearest reference images of each class: float64 (Nq, K).
 
     Parameters
     ----------
     query : float array (Nq, D); reference : float array (Nr, D) with labels (Nr,) in range(n_classes).
-    query_ids, reference_ids : optional int arrays; a reference with its query's id is not its neighbour.
+    query_ids, reference_ids : optional int arrays; a reference with its query's id is not its neighbour
+        (leave-one-out).
 
-    Returns
-    -------
-    distances : float64 (Nq, K), mean distance to the ``k`` nearest reference images of each class
-        (fewer when the class has fewer; inf for a class without reference images).
-    nearest : int64 (Nq, k), indices into ``reference`` of the k nearest of any class, nearest first.
-    nearest_distance : float64 (Nq, k), their distances.
+    A class with fewer than ``k`` reference images uses those it has; one without any gets inf.
+    Time O(Nq * Nr * D), memory O(batch_size * max class size).
+
+    >>> ref = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    >>> class_neighbour_distances(np.array([[1.0, 0.0]]), ref, np.array([0, 0, 1]), n_classes=2, k=1).round(3)
+    array([[0., 1.]])
     """
+    query, reference, reference_labels = _check(query, reference, reference_labels, k)
+    loo = query_ids is not None and reference_ids is not None
+    distances = np.full((len(query), n_classes), np.inf)
+    if len(query) == 0:
+        return distances
+    reference = _unit_rows(reference)
+    members = [np.flatnonzero(reference_labels == c) for c in range(n_classes)]
+    blocks = [reference[idx] for idx in members]
+    for start in range(0, len(query), batch_size):
+        stop = min(start + batch_size, len(query))
+        block = _unit_rows(query[start:stop])
+        for c, idx in enumerate(members):
+            kc = min(k, len(idx) - (1 if loo else 0))
+            if kc < 1:
+                continue
+            similarity = block @ blocks[c].T  # (b, n_c)
+            if loo:
+                similarity[np.asarray(query_ids[start:stop])[:, None] == np.asarray(reference_ids)[idx][None, :]] = -2
+            n_c = similarity.shape[1]
+            best = np.partition(similarity, n_c - kc, axis=1)[:, n_c - kc:]  # values only: cheaper than indices
+            distances[start:stop, c] = 1.0 - best.mean(axis=1)
+    return np.maximum(distances, 0.0)
+
+
+def nearest_reference(query: np.ndarray, reference: np.ndarray, *, k: int = 10, query_ids: np.ndarray | None = None,
+                      reference_ids: np.ndarray | None = None, batch_size: int = 1024
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest reference images of any class: indices int64 (Nq, k') into ``reference``
+    and cosine distances (Nq, k'), nearest first; k' = min(k, available)."""
+    query, reference, _ = _check(query, reference, np.zeros(len(reference), np.int64), k)
+    loo = query_ids is not None and reference_ids is not None
+    k_all = max(min(k, len(reference) - (1 if loo else 0)), 0)
+    nearest = np.zeros((len(query), k_all), np.int64)
+    nearest_distance = np.zeros((len(query), k_all))
+    if len(query) == 0 or k_all == 0:
+        return nearest, nearest_distance
+    reference = _unit_rows(reference)
+    for start in range(0, len(query), batch_size):
+        stop = min(start + batch_size, len(query))
+        similarity = _unit_rows(query[start:stop]) @ reference.T
+        if loo:
+            similarity[np.asarray(query_ids[start:stop])[:, None] == np.asarray(reference_ids)[None, :]] = -2
+        top = np.argpartition(-similarity, k_all - 1, axis=1)[:, :k_all]
+        top_sim = np.take_along_axis(similarity, top, axis=1)
+        order = np.argsort(-top_sim, axis=1, kind="stable")
+        nearest[start:stop] = np.take_along_axis(top, order, axis=1)
+        nearest_distance[start:stop] = np.maximum(1.0 - np.take_along_axis(top_sim, order, axis=1), 0.0)
+    return nearest, nearest_distance
+
+
+def _check(query, reference, reference_labels, k):
     query = np.asarray(query, dtype=np.float32)
     reference = np.asarray(reference, dtype=np.float32)
     reference_labels = np.asarray(reference_labels, dtype=np.int64)
@@ -111,35 +164,7 @@ def class_neighbour_distances(query: np.ndarray, reference: np.ndarray, referenc
         raise ValueError(f"{len(reference_labels)} reference labels for {len(reference)} reference rows")
     if k < 1:
         raise ValueError(f"k must be at least 1. Received: k={k}")
-    loo = query_ids is not None and reference_ids is not None
-    k_all = min(k, len(reference) - (1 if loo else 0))
-    distances = np.full((len(query), n_classes), np.inf)
-    nearest = np.full((len(query), max(k_all, 0)), -1, np.int64)
-    nearest_distance = np.full((len(query), max(k_all, 0)), np.nan)
-    if len(query) == 0 or k_all < 1:
-        return distances, nearest, nearest_distance
-    reference = _unit_rows(reference)
-    members = [np.flatnonzero(reference_labels == c) for c in range(n_classes)]
-    ref_ids = np.asarray(reference_ids) if loo else None
-    for start in range(0, len(query), batch_size):
-        stop = min(start + batch_size, len(query))
-        similarity = _unit_rows(query[start:stop]) @ reference.T  # (b, Nr)
-        if loo:
-            similarity[np.asarray(query_ids[start:stop])[:, None] == ref_ids[None, :]] = -np.inf
-        top = np.argpartition(-similarity, k_all - 1, axis=1)[:, :k_all]
-        top_sim = np.take_along_axis(similarity, top, axis=1)
-        order = np.argsort(-top_sim, axis=1, kind="stable")
-        nearest[start:stop] = np.take_along_axis(top, order, axis=1)
-        nearest_distance[start:stop] = 1.0 - np.take_along_axis(top_sim, order, axis=1)
-        for c, idx in enumerate(members):
-            kc = min(k, len(idx) - (1 if loo else 0))
-            if kc < 1:
-                continue
-            block = similarity[:, idx]
-            best = -np.partition(-block, kc - 1, axis=1)[:, :kc]
-            with np.errstate(invalid="ignore"):  # -inf (the image itself) never among the best kc
-                distances[start:stop, c] = 1.0 - best.mean(axis=1)
-    return np.maximum(distances, 0.0), nearest, np.maximum(nearest_distance, 0.0)
+    return query, reference, reference_labels
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -243,12 +268,13 @@ def reference_words(source: str) -> str:
     return {"train": "training images", "val": "validation images"}.get(source, "other evaluated images")
 
 
-def neighbour_evidence(run: Run, *, k: int, max_reference: int, seed: int, progress: Progress | None = None
-                       ) -> dict | None:
+def neighbour_evidence(run: Run, *, k: int, max_reference: int, seed: int, nearest_for: np.ndarray | None = None,
+                       progress: Progress | None = None) -> dict | None:
     """Class-conditional neighbour distances of the evaluated rows, or None without embeddings.
 
-    Keys: ``rows`` (evaluated rows, M), ``distances`` (M, K), ``nearest`` (M, k) run rows,
-    ``nearest_distance`` (M, k), ``reference`` (source words), ``n_reference``.
+    Keys: ``rows`` (evaluated rows, M), ``distances`` (M, K), ``reference`` (``train``, ``val`` or
+    ``leave-one-out``), ``n_reference``, ``ref_rows``; with ``nearest_for`` (run rows) also
+    ``nearest`` (len, k) run rows of their k nearest reference images and ``nearest_distance``.
     """
     if run.embeddings is None:
         return None
@@ -259,11 +285,17 @@ def neighbour_evidence(run: Run, *, k: int, max_reference: int, seed: int, progr
     loo = source == "leave-one-out"
     if progress:
         progress(f"causes: nearest {reference_words(source)} in embedding space", 0.1)
-    distances, nearest, nearest_distance = class_neighbour_distances(
-        np.asarray(embeddings[rows]), np.asarray(embeddings[ref]), given[ref], n_classes=len(run.classes), k=k,
-        query_ids=rows if loo else None, reference_ids=ref if loo else None)
-    return {"rows": rows, "distances": distances, "nearest": np.where(nearest >= 0, ref[np.maximum(nearest, 0)], -1),
-            "nearest_distance": nearest_distance, "reference": source, "n_reference": int(len(ref))}
+    reference = np.asarray(embeddings[ref], np.float32)
+    distances = class_neighbour_distances(np.asarray(embeddings[rows]), reference, given[ref],
+                                          n_classes=len(run.classes), k=k,
+                                          query_ids=rows if loo else None, reference_ids=ref if loo else None)
+    out = {"rows": rows, "distances": distances, "reference": source, "n_reference": int(len(ref)), "ref_rows": ref}
+    if nearest_for is not None:
+        nearest, nearest_distance = nearest_reference(np.asarray(embeddings[nearest_for]), reference, k=k,
+                                                      query_ids=nearest_for if loo else None,
+                                                      reference_ids=ref if loo else None)
+        out["nearest"], out["nearest_distance"] = ref[nearest], nearest_distance
+    return out
 
 
 def _stored(run: Run, name: str):
@@ -302,7 +334,7 @@ def inputs_available(run: Run) -> dict[str, bool]:
 
 
 @derived.register("causes", version=1, description="a cause for every misclassified image, with its evidence",
-                  defaults={"k": 10, "max_reference": 20000, "label_level": 0.1, "atypical_level": 0.99,
+                  defaults={"k": 10, "max_reference": 20000, "label_level": LABEL_LEVEL, "atypical_level": ATYPICAL_LEVEL,
                             "property_level": 0.01, "seed": 0})
 def compute_causes(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
     """One cause per misclassified image of the evaluated split (see the module docstring).
@@ -339,7 +371,7 @@ def compute_causes(run: Run, config: dict, progress: Progress) -> derived.Derive
     err_rows = evaluated[err_local]
 
     evidence = neighbour_evidence(run, k=k, max_reference=int(config["max_reference"]), seed=int(config["seed"]),
-                                  progress=progress)
+                                  nearest_for=err_rows, progress=progress)
     copies = _train_copies(run)
     props = _properties(run)
     not_assessed = []
@@ -421,14 +453,11 @@ def compute_causes(run: Run, config: dict, progress: Progress) -> derived.Derive
                                 "correctly classified images to derive thresholds from)")
         where = reference_words(evidence["reference"])
         ref_given = given_all
-        near_rows = evidence["nearest"][err_local]
-        near_dist = evidence["nearest_distance"][err_local]
+        near_rows, near_dist = evidence["nearest"], evidence["nearest_distance"]
         votes = np.zeros((n_err, n_classes))
-        valid = near_rows >= 0
         for j in range(n_err):
-            labels_j = ref_given[near_rows[j][valid[j]]]
-            votes[j] = np.bincount(labels_j, minlength=n_classes)
-        n_near = valid.sum(axis=1)
+            votes[j] = np.bincount(ref_given[near_rows[j]], minlength=n_classes)
+        n_near = np.full(n_err, near_rows.shape[1])
         d_err = distances[err_local]
         lr = log_ratio(d_err, ey, ep)
         if thresholds.usable:
@@ -471,8 +500,8 @@ def compute_causes(run: Run, config: dict, progress: Progress) -> derived.Derive
             flat = near_rows.ravel()
             neighbour_tables.append(pd.DataFrame({
                 "row": np.repeat(err_rows, near_rows.shape[1]), "rank": ranks.astype(np.int16),
-                "neighbour_row": flat, "neighbour_label": names[ref_given[np.maximum(flat, 0)]],
-                "distance": near_dist.ravel().astype(np.float32)})[flat >= 0])
+                "neighbour_row": flat, "neighbour_label": names[ref_given[flat]],
+                "distance": near_dist.ravel().astype(np.float32)}))
 
     # without neighbours: the model's margin, little information; the rest undetermined
     if n_err and (cause == "").any():
