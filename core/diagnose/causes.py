@@ -58,10 +58,13 @@ self-confidence and the neighbour log-ratio, both as log-likelihood ratios).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from core import derived
+from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
 
@@ -333,10 +336,97 @@ def inputs_available(run: Run) -> dict[str, bool]:
             "image_properties": _stored(run, "image_properties") is not None}
 
 
-@derived.register("causes", version=1, description="a cause for every misclassified image, with its evidence",
-                  defaults={"k": 10, "max_reference": 20000, "label_level": LABEL_LEVEL, "atypical_level": ATYPICAL_LEVEL,
-                            "property_level": 0.01, "seed": 0})
-def compute_causes(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+CARD_TITLES = {
+    "model": "Model errors: the image looks like its label",
+    "label": "Wrong labels: the model and the neighbours agree on another class",
+    "copy": "Copies of training images that carry another label",
+    "ambiguous": "Ambiguous images: between two classes, or little information",
+    "atypical": "Atypical images: unlike every class the model knows",
+    "undetermined": "Errors whose cause the run cannot tell",
+}
+CAPTION_WORDS = {"label": "label error", "model": "model error", "ambiguous": "ambiguous", "atypical": "atypical",
+                 "copy": "copy of a training image", "undetermined": "cause undetermined"}
+
+
+def pair_mix_lines(summary: dict, *, limit: int = 10) -> list[str]:
+    """'Shirt → T-shirt/top: 41 label, 12 model, 30 ambiguous' for the most frequent confused pairs."""
+    lines = []
+    for pair in summary.get("pair_mix", [])[:limit]:
+        mix = ", ".join(f"{pair[c]:,} {c}" for c in CAUSES if pair.get(c))
+        lines.append(f"{pair['given']} → {pair['predicted']}: {mix}")
+    return lines
+
+
+def causes_findings(run: Run, stored) -> "Findings":
+    """One card per cause found (the model's errors first, then by count), the per-image columns
+    ``cause``, ``cause_confidence``, ``cause_suggested``, ``cause_evidence``, a caption line
+    ("model error: 7 of its 10 nearest training images are Shirt, ...") and a choice filter on the cause."""
+    from core.diagnose.findings import Caption, Card, Column, Filter, Findings
+
+    table = stored.table("causes")
+    summary = stored.summary
+    n = run.n_images
+    at = table["row"].to_numpy(np.int64)
+    columns = pd.DataFrame({"cause": np.full(n, "", dtype=object), "cause_confidence": np.full(n, np.nan),
+                            "cause_suggested": np.full(n, "", dtype=object),
+                            "cause_evidence": np.full(n, "", dtype=object),
+                            "cause_words": np.full(n, "", dtype=object)})
+    columns.loc[at, "cause"] = table["cause"].astype(str).to_numpy()
+    columns.loc[at, "cause_confidence"] = table["confidence"].to_numpy(float)
+    columns.loc[at, "cause_suggested"] = table["suggested_label"].astype(str).to_numpy()
+    columns.loc[at, "cause_evidence"] = table["evidence"].astype(str).to_numpy()
+    columns.loc[at, "cause_words"] = table["cause"].map(CAPTION_WORDS).astype(str).to_numpy()
+    notes = tuple(x for x in [summary.get("not_assessed_line", "")] if x)
+    where = summary.get("reference_words")
+    neighbours_note = ((f"Neighbours: {where}" + (" (each image left out of its own)"
+                                                  if summary.get("reference") == "leave-one-out" else "") + ".")
+                       if where else "")
+    cards = []
+    counts = summary.get("counts", {})
+    for cause in sorted((c for c in CAUSES if counts.get(c)), key=lambda c: (c != "model", -counts[c])):
+        part = table[table["cause"] == cause].sort_values(["confidence", "row"], ascending=[False, True],
+                                                          kind="stable")
+        text = (f"{len(part):,} of {summary['n_errors']:,} errors of '{summary['split']}': {CAUSE_WORDS[cause]}. "
+                f"{neighbours_note}").strip()
+        cards.append(Card(f"causes_{cause}", "causes", CARD_TITLES[cause], text, part["row"].to_numpy(np.int64),
+                          "most confident cause first", notes=notes))
+    return Findings(
+        cards=tuple(cards), columns=columns,
+        column_specs=(Column("cause", "cause", "why the model gets this image wrong (see core.diagnose.causes)"),
+                      Column("cause_confidence", "cause confidence", "how clearly the evidence decides the cause"),
+                      Column("cause_suggested", "suggested label (cause)", "the likely right label, for 'label'"),
+                      Column("cause_evidence", "evidence", "what decided the cause")),
+        captions=(Caption("{cause_words}: {cause_evidence}", when="cause"),),
+        filters=(Filter("cause", "Cause of the error", "choices", "cause"),))
+
+
+@dataclass(frozen=True)
+class CausesConfig:
+    """``k`` neighbours; ``max_reference`` (a seeded sample of at most that many reference images);
+    ``label_level``, ``atypical_level`` (quantile levels, see the module docstring);
+    ``property_level`` (the low-information percentile); ``seed``."""
+
+    k: int = 10
+    max_reference: int = 20000
+    label_level: float = LABEL_LEVEL
+    atypical_level: float = ATYPICAL_LEVEL
+    property_level: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("k", "max_reference"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UserError(f"causes: {name} must be an integer of at least 1. Received: {value!r}")
+        for name in ("label_level", "atypical_level", "property_level"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 < value < 1.0:
+                raise UserError(f"causes: {name} must be a number within (0, 1). Received: {value!r}")
+
+
+@derived.register("causes", version=1, config=CausesConfig, findings=causes_findings,
+                  description="a cause for every misclassified image, with its evidence")
+def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derived.DerivedResult:
     """One cause per misclassified image of the evaluated split (see the module docstring).
 
     Arrays (N,): ``cause`` int8 (index into ``CAUSES``, -1 for images that are not evaluated
@@ -349,10 +439,7 @@ def compute_causes(run: Run, config: dict, progress: Progress) -> derived.Derive
     images), ``label_level`` and ``atypical_level`` (quantile levels, see above),
     ``property_level`` (the low-information percentile), ``seed``.
     """
-    for name in ("label_level", "atypical_level", "property_level"):
-        if not 0.0 < float(config[name]) < 1.0:
-            raise ValueError(f"{name} must be within (0, 1). Received: {name}={config[name]!r}")
-    k = int(config["k"])
+    k = config.k
     preds = run.predictions
     names = np.asarray(run.classes, dtype=object)
     n_classes = len(names)
@@ -370,7 +457,7 @@ def compute_causes(run: Run, config: dict, progress: Progress) -> derived.Derive
     err_local = np.flatnonzero(wrong)
     err_rows = evaluated[err_local]
 
-    evidence = neighbour_evidence(run, k=k, max_reference=int(config["max_reference"]), seed=int(config["seed"]),
+    evidence = neighbour_evidence(run, k=k, max_reference=config.max_reference, seed=config.seed,
                                   nearest_for=err_rows, progress=progress)
     copies = _train_copies(run)
     props = _properties(run)
@@ -413,7 +500,7 @@ def compute_causes(run: Run, config: dict, progress: Progress) -> derived.Derive
         ref_rows, _ = reference_rows(run, max_reference=10 ** 9, seed=0)
         ref_props = props.reindex(ref_rows)
         mine = props.reindex(err_rows)
-        level = float(config["property_level"])
+        level = config.property_level
         for prop, word in (("contrast", "low contrast"), ("blur", "blurry")):
             values = mine[prop].to_numpy(np.float64, na_value=np.nan)
             pct = _percentile_of(ref_props[prop].to_numpy(np.float64, na_value=np.nan), values)
@@ -446,8 +533,8 @@ def compute_causes(run: Run, config: dict, progress: Progress) -> derived.Derive
         distances = evidence["distances"]
         label_score = label_score + log_ratio(distances, given, suggested_class)
         correct = ~wrong
-        thresholds = Thresholds(given[correct], distances[correct], level=float(config["label_level"]),
-                                atypical_level=float(config["atypical_level"]))
+        thresholds = Thresholds(given[correct], distances[correct], level=config.label_level,
+                                atypical_level=config.atypical_level)
         if not thresholds.usable:
             not_assessed.append(f"label, model and atypical by neighbours (fewer than {_MIN_CLASS_COUNT} "
                                 "correctly classified images to derive thresholds from)")
@@ -515,7 +602,7 @@ def compute_causes(run: Run, config: dict, progress: Progress) -> derived.Derive
             ref_m = correct_margin[correct_pred == p]
             if len(ref_m) < _MIN_CLASS_COUNT:
                 ref_m = correct_margin
-            low_margin = runner_up == y and len(ref_m) and margin < np.quantile(ref_m, float(config["label_level"]))
+            low_margin = runner_up == y and len(ref_m) and margin < np.quantile(ref_m, config.label_level)
             if low_info[j]:
                 cause[j], confidence[j], sentence[j] = "ambiguous", info_conf[j], f"{low_words[j]}; {says[j]}"
             elif low_margin:
