@@ -12,7 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import diagnose
-from dashboard import diagnose_ui, figures, gallery, ui, views
+from dashboard import causes_ui, diagnose_ui, figures, gallery, ui, views
 
 OPEN_KEY = "diagnose-open"
 
@@ -91,6 +91,7 @@ def render() -> None:
     open_key = ui.scoped(run, OPEN_KEY)
     for rank, card in enumerate(cards, start=1):
         card_ui(run, card, rank, open_key)
+    causes_ui.pair_mix_ui(run)  # "Shirt → T-shirt/top: 41 label, 12 model, 30 ambiguous"
     headlines = {name: diagnose.headline(name, s.summary) for name, s in findings.items() if s is not None}
     with st.expander("Every diagnosis, one line each"):
         st.caption("  \n".join(ui.plain(f"{name}: {line}") for name, line in headlines.items()))
