@@ -311,7 +311,8 @@ def stored_causes(_run: Run, key: str, stamp: str):
     stored = derived.get(_run, "causes", compute=False)
     if stored is None:
         return None
-    return stored.table("causes").set_index("row", drop=False), stored.table("neighbours"), stored.summary
+    table = stored.table("causes")
+    return table.set_axis(table["row"].to_numpy(), axis=0), stored.table("neighbours"), stored.summary
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)  # attention_ui says so in a toast

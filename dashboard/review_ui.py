@@ -405,7 +405,8 @@ def queue_set_ui(run: Run) -> tuple[np.ndarray, str, str]:
             options["min_confidence"] = st.slider("Minimum confidence", 0.0, 1.0, 0.9, 0.05,
                                                   key=ui.scoped(run, "review-min-confidence"))
         elif which == "cause":
-            options["cause"] = st.selectbox("Cause", list(CAUSES), format_func=CAPTION_WORDS.__getitem__,
+            options["cause"] = st.selectbox("Cause", sorted(CAUSES, key=lambda c: c != "model"),  # model first
+                                            format_func=CAPTION_WORDS.__getitem__,
                                             key=ui.scoped(run, "review-cause"))
         elif which == "slice":
             names = dict(zip(slices["slice_id"].astype(int), slices["name"].astype(str)))
