@@ -86,12 +86,12 @@ def render() -> None:
     if pending:
         diagnose_ui.compute_ui(run, pending)
     cards = diagnose_ui.cards(run)
-    if not cards:
-        return
     open_key = ui.scoped(run, OPEN_KEY)
     for rank, card in enumerate(cards, start=1):
         card_ui(run, card, rank, open_key)
     causes_ui.pair_mix_ui(run)  # "Shirt → T-shirt/top: 41 label, 12 model, 30 ambiguous"
+    if not cards:
+        return
     headlines = {name: diagnose.headline(name, s.summary) for name, s in findings.items() if s is not None}
     with st.expander("Every diagnosis, one line each"):
         st.caption("  \n".join(ui.plain(f"{name}: {line}") for name, line in headlines.items()))
