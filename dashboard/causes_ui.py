@@ -90,7 +90,7 @@ def detail_section(run: Run, row: int) -> None:
     for cell, (_, n) in zip(cells, near.iterrows()):
         with cell, st.container(key=f"cause-near-{int(n['rank'])}"):
             gallery.image_ui(run, int(n["neighbour_row"]), size=NEIGHBOUR_PX)
-            st.caption(ui.plain(str(n["neighbour_label"])) + "  \n" + f"distance {float(n['distance']):.2f}")
+            st.caption(ui.plain(str(n["neighbour_label"])) + "  \n" + f"cosine distance {float(n['distance']):.2f}")
 
 
 gallery.register_detail_section(NAME, detail_section)

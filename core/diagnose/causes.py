@@ -45,7 +45,7 @@ margins of the correct predictions of p) can be decided; every other error's
 cause is ``undetermined`` and the summary's ``not_assessed`` line says so.
 
 Confidence (in [0, 1]): ``label`` the share of correct p images less clearly p
-than this one; ``model`` one minus that share; ``ambiguous`` one minus the gap
+than this one; ``model`` the share of its k nearest reference images that carry its given label; ``ambiguous`` one minus the gap
 between the shares of the two classes among its k nearest images (or, for
 little information, one minus the property's percentile); ``atypical`` the
 share of correct images of its nearest class nearer to it than it; ``copy``
@@ -424,7 +424,7 @@ class CausesConfig:
                 raise UserError(f"causes: {name} must be a number within (0, 1). Received: {value!r}")
 
 
-@derived.register("causes", version=1, config=CausesConfig, findings=causes_findings,
+@derived.register("causes", version=2, config=CausesConfig, findings=causes_findings,
                   description="a cause for every misclassified image, with its evidence")
 def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derived.DerivedResult:
     """One cause per misclassified image of the evaluated split (see the module docstring).
@@ -574,7 +574,7 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
                     sentence[j] = f"{low_words[j]}; {says[j]}"
                 elif lr[j] <= 0:
                     cause[j] = "model"
-                    confidence[j] = 1.0 - thresholds.share_below(p, y, lr[j])
+                    confidence[j] = votes[j, y] / max(n_near[j], 1)
                     sentence[j] = (f"{split}; its nearest {names[y]} images are as close as its nearest "
                                    f"{names[p]} ones ({d_err[j, y]:.3f} vs {d_err[j, p]:.3f}), yet {says[j]}")
                 else:

@@ -50,7 +50,7 @@ def test_detail_says_the_cause_and_shows_the_neighbours_that_decided_it(store):
     assert f"Cause: {CAPTION_WORDS[table['cause'].iloc[0]]}" in " ".join(text)
     assert table["evidence"].iloc[0] in text
     near = neighbours[neighbours["row"] == row].sort_values("rank")
-    labels = [t.split("\n")[0].strip() for t in text if "distance" in t]
+    labels = [t.split("\n")[0].strip() for t in text if "cosine distance" in t]
     assert labels == near["neighbour_label"].astype(str).tolist()
     assert len(at.get("image")) == len(near)
     # the cause mix per confused pair, first pair first
