@@ -444,7 +444,7 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
     names = np.asarray(run.classes, dtype=object)
     n_classes = len(names)
     if n_classes < 2:
-        raise ValueError(f"causes need at least 2 classes; run {run.id!r} has {run.classes}")
+        raise UserError(f"causes need at least 2 classes; run {run.id!r} has {run.classes}")
     given_all = preds["true"].to_numpy().astype(np.int64)
     pred_all = preds["predicted"].to_numpy().astype(np.int64)
     probs_all = run.probs
