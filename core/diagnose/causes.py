@@ -313,11 +313,28 @@ def _stored(run: Run, name: str):
 
 
 def _train_copies(run: Run) -> pd.DataFrame | None:
+    """Evaluated images with a near copy in train whose label differs from theirs: ``row``,
+    ``copy_row``, ``copy_path``, ``copy_label``, ``similarity`` (the most similar copy per row);
+    None without a current duplicates result. Reads the ``duplicates`` kind's
+    ``eval_with_train_copy`` table by its row columns only (the train copy's row is ``copy_row``,
+    or ``row_train``), and takes labels and paths from the run."""
     stored = _stored(run, "duplicates")
     if stored is None:
         return None
     table = stored.table("eval_with_train_copy")
-    return table[~table["labels_agree"].astype(bool)]
+    copy_column = next((c for c in ("copy_row", "row_train") if c in table.columns), None)
+    if copy_column is None or "row" not in table.columns or "similarity" not in table.columns:
+        raise UserError(f"The duplicates result of run {run.id!r} has no train-copy rows "
+                        f"(columns {list(table.columns)}): recompute it with `duplicates --force`")
+    preds = run.predictions
+    true = preds["true"].to_numpy()
+    names = np.asarray(run.classes, dtype=object)
+    rows = table["row"].to_numpy(np.int64)
+    copies = table[copy_column].to_numpy(np.int64)
+    out = pd.DataFrame({"row": rows, "copy_row": copies, "copy_path": preds["path"].astype(str).to_numpy()[copies],
+                        "copy_label": names[true[copies]], "similarity": table["similarity"].to_numpy(np.float64)})
+    out = out[true[rows] != true[copies]]
+    return out.sort_values(["row", "similarity"], ascending=[True, False], kind="stable").drop_duplicates("row")
 
 
 def _properties(run: Run) -> pd.DataFrame | None:
