@@ -92,3 +92,21 @@ def test_review_queue_by_cause_and_confident_errors_led_by_the_models_own(store)
     causes = table.set_index("row").loc[rows, "cause"].to_numpy()
     n_model = int((causes == "model").sum())
     assert n_model and (causes[:n_model] == "model").all() and "own errors first" in how
+
+
+def test_errors_page_filters_by_cause_and_shows_the_cause_columns(store):
+    from tests.dashboard.apptest import open_page
+
+    run = store.load("c")
+    table = derived.get(run, "causes", compute=False).table("causes")
+    at = open_page("errors", "c")
+    ms = at.multiselect(key=next(m.key for m in at.multiselect if m.key.endswith("errors-filter-cause")))
+    assert sorted(ms.options) == sorted(set(table["cause"]))
+    ms.set_value(["model"])
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    n_model = int((table["cause"] == "model").sum())
+    assert any(unescape(c.value).startswith(f"{n_model} misclassified image") for c in at.caption)
+    shown = at.dataframe[0].value
+    assert set(shown["cause"]) == {"model"} and shown["evidence"].str.len().gt(0).all()
+    assert at.query_params["cause"]  # the filter is in the address
