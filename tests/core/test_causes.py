@@ -192,7 +192,8 @@ def test_a_train_copy_with_another_label_is_a_copy(tmp_path):
     assert not results.skipped
     by_row = results["causes"].table("causes").set_index("row")
     assert by_row.loc[row, "cause"] == "copy" and by_row.loc[row, "confidence"] > 0.9
-    assert f"train/{source:05d}.png" in by_row.loc[row, "evidence"] and "the model repeats it" in by_row.loc[row, "evidence"]
+    evidence = by_row.loc[row, "evidence"]
+    assert f"train/{source:05d}.png" in evidence and "the model repeats it" in evidence
     assert (by_row.drop(index=row)["cause"] != "copy").all()
     assert "copy" not in results["causes"].summary["not_assessed_line"]
 
