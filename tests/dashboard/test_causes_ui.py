@@ -100,12 +100,18 @@ def test_errors_page_filters_by_cause_and_shows_the_cause_columns(store):
     run = store.load("c")
     table = derived.get(run, "causes", compute=False).table("causes")
     at = open_page("errors", "c")
+    n_model = int((table["cause"] == "model").sum())
+    causes = at.dataframe[0].value["cause"].tolist()  # the screw-vs-nut view leads with the model's own errors
+    assert n_model and causes[:n_model] == ["model"] * n_model and "model" not in causes[n_model:]
+    assert any("the model's own errors first" in unescape(c.value) for c in at.caption)
+    at.toggle(key=next(t.key for t in at.toggle if t.key.endswith("errors-model-first"))).set_value(False).run()
+    confidence = at.dataframe[0].value["confidence"].to_numpy()
+    assert (np.diff(confidence) <= 1e-9).all()  # off: most confident first, whatever the cause
     ms = at.multiselect(key=next(m.key for m in at.multiselect if m.key.endswith("errors-filter-cause")))
     assert sorted(ms.options) == sorted(set(table["cause"]))
     ms.set_value(["model"])
     at.run()
     assert not at.exception, [e.value for e in at.exception]
-    n_model = int((table["cause"] == "model").sum())
     assert any(unescape(c.value).startswith(f"{n_model} misclassified image") for c in at.caption)
     shown = at.dataframe[0].value
     assert set(shown["cause"]) == {"model"} and shown["evidence"].str.len().gt(0).all()
