@@ -75,12 +75,7 @@ def run_diagnoses(run: Run, *, progress: bool | Progress = False, kinds: tuple[s
 
         step(f"{name}: starting", 0.0)
         try:
-            if name == "causes":  # recomputed when the duplicates or properties it read have changed
-                from core.diagnose.causes import get_causes
-
-                results[name] = get_causes(run, force=force, progress=step)
-            else:
-                results[name] = derived.get(run, name, force=force, progress=step)
+            results[name] = derived.get(run, name, force=force, progress=step)
         except _SKIPPABLE as exc:
             skipped[name] = first_line(exc)
         step(f"{name}: {'skipped' if name in skipped else 'done'}", 1.0)

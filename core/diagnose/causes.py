@@ -313,9 +313,6 @@ def neighbour_evidence(run: Run, *, k: int, max_reference: int, seed: int, neare
 
 def _stored(run: Run, name: str):
     """A current stored result of kind ``name``, or None (never computed here: causes stay fast)."""
-    from core.diagnose import load_kinds
-
-    load_kinds()
     try:
         return derived.get(run, name, compute=False)
     except (derived.DerivedError, OSError, ValueError):
@@ -361,6 +358,12 @@ def inputs_available(run: Run) -> dict[str, bool]:
     """Which inputs causes would use now: embeddings, duplicates, image properties."""
     return {"embeddings": run.embeddings is not None, "duplicates": _stored(run, "duplicates") is not None,
             "image_properties": _stored(run, "image_properties") is not None}
+
+
+def causes_run_config(run: Run) -> dict:
+    """The config a run asks for: the defaults, and the stored results causes read (``inputs``), so that
+    a stored result becomes stale, and is recomputed, when duplicates or image properties appear or go."""
+    return {"inputs": ",".join(name for name, there in inputs_available(run).items() if there)}
 
 
 CARD_TITLES = {
@@ -439,6 +442,7 @@ class CausesConfig:
     atypical_level: float = ATYPICAL_LEVEL
     property_level: float = 0.01
     seed: int = 0
+    inputs: str = ""  # what the run had when computed (``causes_run_config``): a change makes the result stale
 
     def __post_init__(self):
         for name in ("k", "max_reference"):
@@ -451,7 +455,7 @@ class CausesConfig:
                 raise UserError(f"causes: {name} must be a number within (0, 1). Received: {value!r}")
 
 
-@derived.register("causes", version=2, config=CausesConfig, findings=causes_findings,
+@derived.register("causes", version=2, config=CausesConfig, findings=causes_findings, run_config=causes_run_config,
                   description="a cause for every misclassified image, with its evidence")
 def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derived.DerivedResult:
     """One cause per misclassified image of the evaluated split (see the module docstring).
@@ -692,12 +696,8 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
 
 
 def get_causes(run: Run, *, force: bool = False, progress: bool | Progress = False) -> derived.StoredDerived:
-    """The stored causes of ``run``, recomputed when an input they use (duplicates, image properties)
-    has appeared or gone since they were computed."""
-    stored = None if force else derived.get(run, "causes", compute=False)
-    if stored is not None and stored.summary.get("inputs") != inputs_available(run):
-        stored = None
-    return stored if stored is not None else derived.get(run, "causes", force=True, progress=progress)
+    """The stored causes of ``run`` (recomputed when an input they read has appeared or gone since)."""
+    return derived.get(run, "causes", force=force, progress=progress)
 
 
 def causes_csv(run: Run, *, force: bool = False, progress: bool | Progress = False) -> pd.DataFrame:
