@@ -80,7 +80,7 @@ def render() -> None:
     rows = views.filter_errors(run.predictions, cache.eval_mask(run, key), true_classes=true,
                                predicted_classes=pred, confidence_range=conf)
     rows = diagnose_ui.errors_filters_ui(run, rows)  # label-issue score, copy in train, slice (if diagnosed)
-    order = "most confident mistake first"
+    order, title = "most confident mistake first", "errors, most confident first"
     if causes_ui.stored(run) is not None and st.toggle("Model errors first", value=True,
                                                        key=ui.scoped(run, "errors-model-first"),
                                                        help="Errors whose cause is 'model' (the image looks like "
@@ -88,6 +88,7 @@ def render() -> None:
                                                             "confident first."):
         rows, _ = causes_ui.model_errors_first(run, rows)
         order = "the model's own errors first, each part most confident first"
+        title = "errors, the model's own first"
     st.caption(f"{views.plural(rows.size, 'misclassified image')} of the '{ui.plain(run.eval_split)}' split "
                f"match, {order}.")
 
@@ -103,7 +104,7 @@ def render() -> None:
                   + ("-model-first" if st.session_state.get(ui.scoped(run, "errors-model-first")) else ""))
     table_ui(run, rows, filters_id=filters_id)
     gallery.gallery_ui(run, rows, key=SOURCE, order_note=order, url_param="p",
-                       title=f"errors, {order}",
+                       title=title,
                        page_key=ui.scoped(run, f"errors-page-{filters_id}"))
 
 
