@@ -331,13 +331,16 @@ def _summary(run: Run) -> Section:
     model, data = run.model_info, run.data_info
     skipped = len(run.skipped)
     n_eval = int(m.get("n", 0))
-    s.narrative.append(f"The model {clean(Path(model.path).name)} ({model.format}) classifies {n_eval:,} images of "
+    model_name = Path(model.path).name if model.path else "(no model file recorded)"
+    s.narrative.append(f"The model {clean(model_name)} ({model.format or 'unknown format'}) classifies {n_eval:,} images of "
                        f"the {clean(run.eval_split)} split with accuracy {_pct(m.get('accuracy'))} and macro-F1 "
                        f"{_f3(m.get('macro_f1'))}; {int(m.get('errors', 0)):,} of them are wrong"
                        + (f", and the right class is among its three most probable in "
                           f"{_pct(m.get('top3_accuracy'))} of cases." if m.get("top3_accuracy") is not None else "."))
     rows = [["Run", run.id], ["Created", run.created[:19].replace("T", " ")],
-            ["Model", f"{model.path} ({model.format}, input {model.input_size}, scale {model.scale})"],
+            ["Model", f"{model.path or '?'} ({model.format or '?'}" + (f", input {model.input_size[0]}x{model.input_size[1]}"
+                                                          if model.input_size else "")
+             + (f", scale {model.scale}" if model.scale else "") + ")"],
             ["Data", f"{data.name} ({data.kind}" + (f", {data.path}" if data.path else "") + ")"],
             ["Classes", f"{len(run.classes):,}"],
             ["Images", f"{run.n_images:,} (" + ", ".join(f"{k} {v:,}" for k, v in sorted(run.splits.items())) + ")"],
@@ -709,8 +712,11 @@ def _comparison(run: Run, other: Run, budget: _Budget, wanted: int) -> Section:
                        f"{clean(other.id)} ({(acc_b - acc_a) * 100:+.2f} points); it fixes {cmp.n_fixed:,} images and "
                        f"breaks {cmp.n_broken:,}.")
     if len(f1):
-        s.narrative.append(f"Largest F1 gain: {clean(f1['class'].iat[-1])} ({f1['f1_delta'].iat[-1]:+.3f}); "
-                           f"largest loss: {clean(f1['class'].iat[0])} ({f1['f1_delta'].iat[0]:+.3f}).")
+        gain, loss = f1.iloc[-1], f1.iloc[0]
+        s.narrative.append((f"Largest F1 gain: {clean(gain['class'])} ({gain['f1_delta']:+.3f})" if gain["f1_delta"] > 0
+                            else "No class gains F1")
+                           + (f"; largest loss: {clean(loss['class'])} ({loss['f1_delta']:+.3f})."
+                              if loss["f1_delta"] < 0 else "; no class loses F1."))
     fmt = {"accuracy": "{:.4f}", "macro_f1": "{:.4f}", "top3_accuracy": "{:.4f}", "errors": "{:,.0f}", "n": "{:,.0f}"}
     s.blocks.append(Table(["metric", f"A: {other.id}", f"B: {run.id}", "B - A"],
                           [[r["metric"], fmt[r["metric"]].format(r["a"]), fmt[r["metric"]].format(r["b"]),
