@@ -210,6 +210,19 @@ def _blend(share: float, colour=(31, 119, 180)) -> str:
     return f"rgb({r},{g},{b})"
 
 
+def _share_label(share: float) -> str:
+    """A row share that never reads 0% for images that are there nor 100% for a row not whole.
+
+    >>> [_share_label(x) for x in (0.004, 0.005, 0.5, 0.996, 1.0)]
+    ['<1%', '<1%', '50%', '>99%', '100%']
+    """
+    if share < 0.01:
+        return "<1%"
+    if share < 1.0 and round(share * 100) >= 100:
+        return ">99%"
+    return f"{share:.0%}"
+
+
 def confusion_svg(cm: np.ndarray, names: Sequence[str], *, normalise: bool, title: str) -> str:
     """The matrix as an SVG heat map (rows true, columns predicted), counts or row shares in the cells."""
     k = len(names)
@@ -235,9 +248,7 @@ def confusion_svg(cm: np.ndarray, names: Sequence[str], *, normalise: bool, titl
                          f'stroke="#ddd"><title>{esc(names[i])} → {esc(names[j])}: {int(cm[i, j]):,} '
                          f'({share:.1%})</title></rect>')
             if show_text and cm[i, j]:
-                label = f"{share:.0%}" if normalise else f"{int(cm[i, j])}"
-                if normalise and share < 0.005:
-                    label = "<1%"
+                label = _share_label(share) if normalise else f"{int(cm[i, j])}"
                 fill = "#fff" if share > 0.55 else "#222"
                 parts.append(f'<text x="{left + j * cell + cell / 2:.0f}" y="{y + cell / 2 + 4:.0f}" '
                              f'text-anchor="middle" fill="{fill}" font-size="{9 if cell < 34 else 11}">'
@@ -247,9 +258,10 @@ def confusion_svg(cm: np.ndarray, names: Sequence[str], *, normalise: bool, titl
 
 def line_chart_svg(series: dict[str, Sequence[float]], *, title: str, y_label: str,
                    x: Sequence[float] | None = None, diagonal: bool = False, points: bool = False,
-                   y_range: tuple[float, float] | None = None) -> str:
-    """Lines (or points) of named series over a shared x; ``diagonal`` draws y = x (the reliability diagram)."""
-    width, height, left, top, right, bottom = 420, 260, 48, 24, 110, 34
+                   y_range: tuple[float, float] | None = None, integer_x: bool = False) -> str:
+    """Lines (or points) of named series over a shared x; ``diagonal`` draws y = x (the reliability diagram);
+    ``integer_x`` puts ticks on whole numbers only (epochs)."""
+    width, height, left, top, right, bottom = 430, 260, 58, 24, 110, 34
     w, h = width - left - right, height - top - bottom
     xs = {name: np.asarray(x if x is not None else np.arange(1, len(v) + 1), float) for name, v in series.items()}
     ys = {name: np.asarray(v, float) for name, v in series.items()}
@@ -270,10 +282,13 @@ def line_chart_svg(series: dict[str, Sequence[float]], *, title: str, y_label: s
         _, yy = px(x0, t)
         parts.append(f'<line x1="{left}" x2="{left + w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eee"/>'
                      f'<text x="{left - 4}" y="{yy + 4:.1f}" text-anchor="end">{t:.3g}</text>')
-    for t in np.linspace(x0, x1, 5):
+    ticks = np.linspace(x0, x1, 5)
+    if integer_x:
+        ticks = np.unique(np.round(ticks))
+    for t in ticks:
         xx, _ = px(t, y0)
         parts.append(f'<text x="{xx:.1f}" y="{top + h + 14}" text-anchor="middle">{t:.3g}</text>')
-    parts.append(f'<text x="{left - 36}" y="{top + h / 2:.0f}" transform="rotate(-90 {left - 36} {top + h / 2:.0f})" '
+    parts.append(f'<text x="12" y="{top + h / 2:.0f}" transform="rotate(-90 12 {top + h / 2:.0f})" '
                  f'text-anchor="middle">{esc(y_label)}</text>')
     if diagonal:
         a, b = px(0, 0), px(1, 1)
@@ -534,12 +549,33 @@ def _confident_errors(run: Run, budget: _Budget, flags: list, wanted: int) -> Se
     return s
 
 
-_FALLBACK_ROWS = {  # kind: (table, rows filter, sort column, ascending) for kinds that declare no findings
-    "label_issues": ("label_issues", "is_issue", "score", False),
-    "calibration": ("confident_errors", None, "rank", True),
-    "duplicates": ("eval_with_train_copy", None, "similarity", False),
-    "image_properties": ("properties", None, "atypicality", False),
+# For kinds that declare no findings: (table, rows filter column, sort column, ascending, what the images are)
+_FALLBACK_ROWS = {
+    "label_issues": ("label_issues", "is_issue", "score", False, "most likely mislabelled first"),
+    "calibration": ("confident_errors", None, "rank", True, "the most confident mistakes first"),
+    "duplicates": ("eval_with_train_copy", None, "similarity", False,
+                   "evaluated images with a near copy in train, closest copy first"),
+    "image_properties": ("properties", None, "atypicality", False, "the most atypical evaluated images first"),
 }
+_FALLBACK_HEADLINES = {
+    "duplicates": lambda s: (f"{s['n_pairs']:,} pairs of copies ({s['n_exact']:,} exact, {s['n_near']:,} near; "
+                             f"{s['n_cross_split']:,} across splits); {s['n_eval_with_train_copy']:,} images of "
+                             f"'{s['eval_split']}' have a copy in train, {s['n_eval_errors_with_train_copy']:,} of "
+                             "them misclassified."),
+    "image_properties": lambda s: f"{s['n_findings']:,} findings; the first: {s['top_finding']}.",
+    "error_slices": lambda s: (f"{s['n_slices']:,} slices of the embedding space where errors concentrate hold "
+                               f"{s['errors_in_slices']:,} of the {s['n_errors']:,} errors of '{s['split']}'."),
+    "image_scan": lambda s: f"{s['n_readable']:,} of {s['n_images']:,} images read, {s['n_skipped']:,} skipped.",
+}
+
+
+def _headline(name: str, summary: dict) -> str:
+    from core import diagnose
+
+    try:
+        return _FALLBACK_HEADLINES[name](summary)
+    except (KeyError, TypeError, ValueError):
+        return diagnose.headline(name, summary)
 
 
 def declared_findings(run: Run) -> dict:
@@ -582,7 +618,7 @@ def _diagnoses(run: Run, declared: dict, budget: _Budget, per_card: int) -> Sect
         if name in declared:
             continue
         s.blocks.append(("h3", name.replace("_", " ").capitalize()))
-        s.blocks.append(diagnose.headline(name, st.summary))
+        s.blocks.append(_headline(name, st.summary))
         if name == "calibration":
             s.blocks.extend(_calibration_blocks(st))
         if name == "error_slices":
@@ -596,8 +632,9 @@ def _diagnoses(run: Run, declared: dict, budget: _Budget, per_card: int) -> Sect
             if spec[2] in table:
                 table = table.sort_values(spec[2], ascending=spec[3], kind="stable")
             rows = pd.unique(table["row"].to_numpy(np.int64)) if "row" in table else np.zeros(0, np.int64)
+            rows = rows[eval_mask[rows]] if name == "image_properties" else rows
             if len(rows):
-                s.blocks.append(f"{_plural(len(rows), 'image')}; the first by {spec[2]}:")
+                s.blocks.append(f"{_plural(len(rows), 'image')}, {spec[4]}:")
                 s.blocks.append(_pictures(run, rows, budget, caption, wanted=per_card))
     if "calibration" in stored:
         c = stored["calibration"].summary
@@ -690,7 +727,8 @@ def _training(run: Run) -> Section | None:
             series = {c: history[c].to_numpy(float) for c in (metric, f"val_{metric}") if c in history}
             if series:
                 s.blocks.append(Figure(alt=f"training {metric}", svg=line_chart_svg(
-                    series, x=history["epoch"].to_numpy(float), title=metric.capitalize(), y_label=metric)))
+                    series, x=history["epoch"].to_numpy(float), title=metric.capitalize(), y_label=metric,
+                    integer_x=True)))
     rows = [[str(k), str(v)] for k, v in recipe.items()]
     for key in ("seconds", "stopped_by", "test_accuracy", "mixed_precision", "command"):
         if training.get(key) is not None:
