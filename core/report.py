@@ -223,13 +223,19 @@ def _share_label(share: float) -> str:
     return f"{share:.0%}"
 
 
-def confusion_svg(cm: np.ndarray, names: Sequence[str], *, normalise: bool, title: str) -> str:
-    """The matrix as an SVG heat map (rows true, columns predicted), counts or row shares in the cells."""
+def confusion_svg(cm: np.ndarray, names: Sequence[str], *, normalise: bool, title: str,
+                  row_totals: np.ndarray | None = None) -> str:
+    """The matrix as an SVG heat map (rows true, columns predicted), counts or row shares in the cells.
+
+    ``row_totals`` (K,): the images of each true class when ``cm`` is a part of the full matrix (its
+    shares are of the whole row, not of the classes shown); default the rows' own sums.
+    """
     k = len(names)
     cell = max(12, min(44, 560 // max(k, 1)))
     left, top = 130, 110
-    width, height = left + cell * k + 10, top + cell * k + 30
-    shares = M.row_normalize(cm)
+    width, height = left + cell * k + 70, top + cell * k + 30
+    totals = cm.sum(axis=1) if row_totals is None else np.asarray(row_totals)
+    shares = np.divide(cm, totals[:, None], out=np.zeros(cm.shape, float), where=totals[:, None] > 0)
     parts = [f'<text x="{left}" y="14" font-weight="bold">{esc(title)}</text>',
              f'<text x="{left + cell * k / 2:.0f}" y="{height - 6}" text-anchor="middle">predicted</text>',
              f'<text x="12" y="{top + cell * k / 2:.0f}" text-anchor="middle" '
@@ -403,6 +409,10 @@ def _per_class(run: Run, cm: np.ndarray) -> Section:
     for r in table[cols].itertuples(index=False):
         shown.append([str(r[0])] + [f"{v:.3f}" for v in r[1:4]] + [f"{int(v):,}" for v in r[4:9]] + [f"{r[9]:.4f}"])
         values.append([str(r[0])] + [float(v) for v in r[1:4]] + [int(v) for v in r[4:9]] + [float(r[9])])
+    if len(table) > 20:  # a long table: the weakest first, then every class in order
+        s.blocks.append(("h3", f"The {_plural(len(worst), 'weakest class', 'weakest classes')}"))
+        s.blocks.append(Table(cols, [shown[int(i)] for i in worst], numeric=set(range(1, 10))))
+        s.blocks.append(("h3", "Every class"))
     s.blocks.append(Table(cols, shown, highlight=set(int(w) for w in worst), numeric=set(range(1, 10)),
                           values=values))
     return s
@@ -425,12 +435,16 @@ def _confusion(run: Run, cm: np.ndarray, budget: _Budget) -> Section:
     sub_names = [names[i] for i in keep]
     note = "" if len(keep) == len(names) else (f" The {len(keep)} classes most involved in errors of "
                                               f"{len(names):,}; the full matrix is in the dashboard.")
-    s.blocks.append(Figure(alt="confusion matrix, counts", svg=confusion_svg(sub, sub_names, normalise=False,
-                                                                            title="Counts (rows: true class)"),
+    totals = cm.sum(axis=1)[keep]
+    s.blocks.append(Figure(alt="confusion matrix, counts", svg=confusion_svg(
+        sub, sub_names, normalise=False, title="Counts (rows: true class)", row_totals=totals),
                            caption="Rows are true classes, columns predicted." + note))
     s.blocks.append(Figure(alt="confusion matrix, row-normalised",
-                           svg=confusion_svg(sub, sub_names, normalise=True, title="Share of each true class"),
-                           caption="Each row sums to 100%: where each class's images go." + note))
+                           svg=confusion_svg(sub, sub_names, normalise=True, title="Share of each true class",
+                                             row_totals=totals),
+                           caption="Where each true class's images go: shares of the whole row"
+                                   + (", other classes included." if len(keep) < len(names) else " (100% a row).")
+                                   + note))
     pairs = M.confused_pairs(cm, names, top=10)
     errors = int(cm.sum() - np.trace(cm))
     if len(pairs):

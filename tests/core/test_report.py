@@ -170,7 +170,15 @@ def test_a_hundred_classes_keep_the_matrix_to_twenty_classes(tmp_path):
     html = render_html(report)
     confusion = next(s for s in report.sections if s.key == "confusion")
     assert "The 20 classes most involved in errors of 120" in confusion.blocks[0].caption
-    assert len(tables(html, "per-class")[0]) == 120
+    weakest, every = tables(html, "per-class")
+    assert len(every) == 120 and len(weakest) == 12
+    assert [r["cells"][0][0] for r in weakest] == [run.classes[i] for i in worst_classes(run.per_class)]
+    # the shares of a part of the matrix are of the whole row (every class of the row counted)
+    preds, mask = run.predictions, run.eval_mask()
+    cm = M.confusion_matrix(preds["true"][mask], preds["predicted"][mask], n_classes=120)
+    i = int(matrix_classes(cm)[0])
+    name = run.classes[i]
+    assert f"{name} → {name}: {cm[i, i]:,} ({cm[i, i] / cm[i].sum():.1%})" in html
     cm = np.array([[5, 1, 0], [0, 5, 0], [3, 0, 5]])
     assert matrix_classes(cm, top=2).tolist() == [0, 2]
 
