@@ -250,6 +250,12 @@ def test_compare_page_opens_on_the_latest_comparable_pair_and_shows_deltas_and_f
     assert (at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value) == ("better", "small")
 
 
+def test_overview_offers_the_report_for_download(store):
+    at = open_page("overview")
+    assert not at.exception
+    assert [d.label for d in at.get("download_button")] == ["Download report"]
+
+
 def test_compare_refuses_runs_on_different_images(store):
     at = open_page("compare")
     at.selectbox(key="compare-b").set_value("other").run()
