@@ -427,7 +427,7 @@ def matrix_classes(cm: np.ndarray, top: int = MATRIX_CLASSES) -> np.ndarray:
     return np.sort(np.lexsort((np.arange(len(cm)), -involvement))[:top])
 
 
-def _confusion(run: Run, cm: np.ndarray, budget: _Budget) -> Section:
+def _confusion(run: Run, cm: np.ndarray, budget: _Budget, per_pair: int = 4) -> Section:
     s = Section("confusion", "Confusion matrix")
     names = run.classes
     keep = matrix_classes(cm)
@@ -466,7 +466,7 @@ def _confusion(run: Run, cm: np.ndarray, budget: _Budget) -> Section:
             rows = np.flatnonzero(hit)
             rows = rows[np.argsort(-preds["confidence"].to_numpy()[rows], kind="stable")]
             s.blocks.append(("h3", f"{p['true']} → {p['predicted']} ({int(p['count']):,})"))
-            s.blocks.append(_pictures(run, rows, budget, caption, wanted=4))
+            s.blocks.append(_pictures(run, rows, budget, caption, wanted=per_pair))
     else:
         s.narrative.append("No image of the evaluated split is misclassified.")
     return s
@@ -844,14 +844,20 @@ def build_report(run: Run, *, compare_with: Run | None = None, max_images: int =
     mask = run.eval_mask()
     cm = M.confusion_matrix(preds["true"].to_numpy()[mask], preds["predicted"].to_numpy()[mask],
                             n_classes=len(run.classes))
-    sections = [_summary(run), _per_class(run, cm), _confusion(run, cm, _Budget(budget.take(max_images // 5)))]
+    # the budget's shares: a fifth for the confused pairs, a quarter for the most confident errors, a sixth
+    # for a comparison, the rest for the diagnoses; more images give each pair, error list and card more
+    pairs_budget = _Budget(max_images // 5)
+    sections = [_summary(run), _per_class(run, cm),
+                _confusion(run, cm, pairs_budget, per_pair=min(12, max(4, max_images // 30)))]
+    budget.take(max_images // 5 - pairs_budget.left)
     declared = declared_findings(run)
     flags = _image_flags(run, declared)
-    errors = _confident_errors(run, budget, flags, wanted=max(0, min(24, max_images // 4)))
+    errors = _confident_errors(run, budget, flags, wanted=min(100, max_images // 4))
     if errors is not None:
         sections.append(errors)
     compare_share = max_images // 6 if compare_with is not None else 0
-    diag = _diagnoses(run, declared, _Budget(max(0, budget.left - compare_share)), per_card=6)
+    diag = _diagnoses(run, declared, _Budget(max(0, budget.left - compare_share)),
+                      per_card=min(24, max(6, max_images // 20)))
     if diag is not None:
         sections.append(diag)
     for extra in (_map(run), _training(run)):
