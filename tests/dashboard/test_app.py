@@ -335,8 +335,10 @@ def test_compare_pairs_runs_on_the_same_images_whose_splits_differ(tmp_path):
     rng = np.random.default_rng(0)
     for run_id, accuracy in (("seed-a", 0.8), ("seed-b", 0.9)):
         probs = synthetic_arrays(400, 4, seed=5 if run_id == "seed-a" else 6, accuracy=accuracy)["probs"]
+        # the data set's fingerprint hashes the splits too, so it differs between the two runs
         write_run(local, run_id, classes=list("abcd"), y_true=arrays["y_true"], probs=probs, paths=paths,
-                  splits=np.where(rng.random(400) < 0.5, "test", "train"))
+                  splits=np.where(rng.random(400) < 0.5, "test", "train"),
+                  data={"name": "photos", "kind": "folder", "fingerprint": f"fp-{run_id}"})
     with artifacts_dir(local.root):
         at = open_page("compare", run_id="seed-b")
     a_id, b_id = at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value
