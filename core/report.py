@@ -144,19 +144,21 @@ def _thumbnail(run: Run, row: int) -> tuple[bytes | None, str]:
     """Encoded thumbnail of ``row`` (PNG for small gray pictures, JPEG for photos), or (None, why not)."""
     import cv2
 
-    from core.images import thumbnail, to_uint8_rgb
+    from core.images import thumbnail
 
     try:
-        img = run.image(int(row))
+        img = run.image(int(row))  # RGB or gray uint8 (images.npy or the file, read inside the data root)
     except (OSError, ValueError) as exc:  # PermissionError outside the data root, an unreadable file
         return None, str(exc)
     if img is None:
         return None, "image not readable"
-    img = to_uint8_rgb(np.asarray(img)) if img.dtype != np.uint8 or img.ndim == 3 and img.shape[2] not in (1, 3) \
-        else np.asarray(img)
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        img = np.clip(img, 0, 255).astype(np.uint8)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
-    img = thumbnail(img, size=THUMB_PX)
+    if max(img.shape[:2]) > THUMB_PX:  # never enlarged here: the page scales small pictures up (pixelated)
+        img = thumbnail(img, size=THUMB_PX)
     small = img.shape[0] * img.shape[1] <= 64 * 64 or img.ndim == 2
     bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
     ok, buf = cv2.imencode(".png" if small else ".jpg", bgr, [] if small else [cv2.IMWRITE_JPEG_QUALITY, 80])
@@ -986,16 +988,35 @@ def _write_atomic(file: Path, data: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- Markdown
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>&~])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|~&])")
+_MD_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+[.)])")
 
 
 def md(text: object) -> str:
-    """``clean(text)`` with Markdown's special characters escaped (and no raw HTML).
+    """``clean(text)`` as Markdown text: inline specials escaped (no link, emphasis, raw HTML or entity
+    can form), and a heading, list or quote marker at its start too.
 
     >>> md("<script>*x*")
     '\\\\<script\\\\>\\\\*x\\\\*'
+    >>> md("- 1. T-shirt/top")
+    '\\\\- 1. T-shirt/top'
     """
-    return _MD_SPECIAL.sub(r"\\\1", clean(text)).replace("\n", " ")
+    text = _MD_SPECIAL.sub(r"\\\1", clean(text)).replace("\n", " ")
+    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text)
+
+
+def _at_least(data: bytes, size: int) -> bytes:
+    """An encoded picture enlarged (nearest neighbour, same format) to ``size`` px on its long side when
+    smaller: a Markdown viewer shows pictures at their own size, unlike the report's page."""
+    import cv2
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or max(img.shape[:2]) >= size:
+        return data
+    factor = max(1, size // max(img.shape[:2]))
+    big = cv2.resize(img, (img.shape[1] * factor, img.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
+    ok, buf = cv2.imencode(".png" if data[:4] == b"\x89PNG" else ".jpg", big)
+    return buf.tobytes() if ok else data
 
 
 def write_markdown(report: Report, folder: str | Path) -> list[Path]:
@@ -1042,7 +1063,8 @@ def write_markdown(report: Report, folder: str | Path) -> list[Path]:
                 lines += [f"![{md(b.alt)}]({ref})", "", f"*{md(b.caption)}*" if b.caption else "", ""]
             elif isinstance(b, list):
                 for p in b:
-                    ref = save(p.data, "png" if p.mime == "image/png" else "jpg") if p.data else None
+                    ref = save(_at_least(p.data, THUMB_PX), "png" if p.mime == "image/png" else "jpg") \
+                        if p.data else None
                     text = " · ".join(md(line) for line in p.lines)
                     lines.append(f"- ![{md(p.lines[0] if p.lines else '')}]({ref}) {text}" if ref else f"- {text}")
                 lines.append("")
