@@ -627,6 +627,8 @@ def _diagnoses(run: Run, declared: dict, budget: _Budget, per_card: int) -> Sect
             s.blocks.append(("h3", card.title))
             s.blocks.append(card.text)
             s.blocks.extend(f"Note: {n}" for n in card.notes)
+            if card.kind == "calibration" and "calibration" in stored:
+                s.blocks.extend(_calibration_blocks(stored["calibration"]))
             if len(card.rows):
                 s.blocks.append(f"{_plural(len(card.rows), 'image')}, {card.order_note}:")
                 s.blocks.append(_pictures(run, card.rows, budget, caption, wanted=per_card))
