@@ -131,7 +131,8 @@ def _compared_rows(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray, str]:
     true_a, true_b = pa["true"].to_numpy()[rows_a], pb["true"].to_numpy()[rows_b]
     if not np.array_equal(true_a, true_b):
         first = int(np.flatnonzero(true_a != true_b)[0])
-        raise ComparisonError(f"The runs give the same image different true labels ({pa['path'].iat[rows_a[first]]!r}); "
+        path = pa["path"].iat[rows_a[first]]
+        raise ComparisonError(f"The runs give the same image different true labels ({path!r}); "
                               "compare runs on the same data set.")
     shared = rows_a.size
     in_eval = a.eval_mask()[rows_a] & b.eval_mask()[rows_b]

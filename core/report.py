@@ -245,7 +245,8 @@ def confusion_svg(cm: np.ndarray, names: Sequence[str], *, normalise: bool, titl
     show_text = cell >= 22
     for i in range(k):
         y = top + i * cell
-        parts.append(f'<text x="{left - 4}" y="{y + cell / 2 + 4:.0f}" text-anchor="end">{esc(_short(names[i]))}</text>')
+        parts.append(f'<text x="{left - 4}" y="{y + cell / 2 + 4:.0f}" text-anchor="end">'
+                     f'{esc(_short(names[i]))}</text>')
         x = left + i * cell + cell / 2
         parts.append(f'<text x="{x:.0f}" y="{top - 4}" transform="rotate(-55 {x:.0f} {top - 4})">'
                      f'{esc(_short(names[i]))}</text>')
@@ -355,14 +356,15 @@ def _summary(run: Run) -> Section:
     skipped = len(run.skipped)
     n_eval = int(m.get("n", 0))
     model_name = Path(model.path).name if model.path else "(no model file recorded)"
-    s.narrative.append(f"The model {clean(model_name)} ({model.format or 'unknown format'}) classifies {n_eval:,} images of "
+    s.narrative.append(f"The model {clean(model_name)} ({model.format or 'unknown format'}) classifies "
+                       f"{n_eval:,} images of "
                        f"the {clean(run.eval_split)} split with accuracy {_pct(m.get('accuracy'))} and macro-F1 "
                        f"{_f3(m.get('macro_f1'))}; {int(m.get('errors', 0)):,} of them are wrong"
                        + (f", and the right class is among its three most probable in "
                           f"{_pct(m.get('top3_accuracy'))} of cases." if m.get("top3_accuracy") is not None else "."))
     rows = [["Run", run.id], ["Created", run.created[:19].replace("T", " ")],
-            ["Model", f"{model.path or '?'} ({model.format or '?'}" + (f", input {model.input_size[0]}x{model.input_size[1]}"
-                                                          if model.input_size else "")
+            ["Model", f"{model.path or '?'} ({model.format or '?'}"
+             + (f", input {model.input_size[0]}x{model.input_size[1]}" if model.input_size else "")
              + (f", scale {model.scale}" if model.scale else "") + ")"],
             ["Data", f"{data.name} ({data.kind}" + (f", {data.path}" if data.path else "") + ")"],
             ["Classes", f"{len(run.classes):,}"],
@@ -464,7 +466,8 @@ def _confusion(run: Run, cm: np.ndarray, budget: _Budget, per_pair: int = 4) -> 
         for _, p in pairs.head(6).iterrows():
             if budget.left <= 0:
                 break
-            hit = mask & (preds["true"].to_numpy() == p["true_index"]) & (preds["predicted"].to_numpy() == p["predicted_index"])
+            hit = (mask & (preds["true"].to_numpy() == p["true_index"])
+                   & (preds["predicted"].to_numpy() == p["predicted_index"]))
             rows = np.flatnonzero(hit)
             rows = rows[np.argsort(-preds["confidence"].to_numpy()[rows], kind="stable")]
             s.blocks.append(("h3", f"{p['true']} → {p['predicted']} ({int(p['count']):,})"))
@@ -536,7 +539,8 @@ def _confident_errors(run: Run, budget: _Budget, flags: list, wanted: int) -> Se
         return None
     s = Section("errors", "Most confident errors")
     high = int((table["confidence"] >= 0.9).sum())
-    s.narrative.append(f"{_plural(len(table), 'error')} in the {clean(run.eval_split)} split; {high:,} of them are made "
+    s.narrative.append(f"{_plural(len(table), 'error')} in the {clean(run.eval_split)} split; {high:,} of them are "
+                       "made "
                        f"with confidence ≥ 0.90, the most confident at {table['confidence'].iat[0]:.2f} "
                        f"({clean(table['true_label'].iat[0])} called {clean(table['predicted_label'].iat[0])}).")
     causes = _stored(run, "causes")
