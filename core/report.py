@@ -292,8 +292,9 @@ def line_chart_svg(series: dict[str, Sequence[float]], *, title: str, y_label: s
         parts.append(f'<line x1="{left}" x2="{left + w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#eee"/>'
                      f'<text x="{left - 4}" y="{yy + 4:.1f}" text-anchor="end">{t:.3g}</text>')
     ticks = np.linspace(x0, x1, 5)
-    if integer_x:
-        ticks = np.unique(np.round(ticks))
+    if integer_x:  # whole numbers, evenly spaced: 1, 3, 5, 7 rather than 1, 3, 4, 6, 8
+        step = max(1, math.ceil((x1 - x0) / 5))
+        ticks = np.arange(math.ceil(x0), x1 + 0.5, step)
     for t in ticks:
         xx, _ = px(t, y0)
         parts.append(f'<text x="{xx:.1f}" y="{top + h + 14}" text-anchor="middle">{t:.3g}</text>')
