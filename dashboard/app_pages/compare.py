@@ -28,6 +28,7 @@ from dashboard import cache, figures, gallery, state, ui, views
 ALL = "all flips"
 A_KEY, B_KEY = "compare-a", "compare-b"
 SOURCE = "flips"
+OVERLAP_SEARCH = 5  # with no two runs on the same images, the newest runs tried for images in common
 
 
 def _signature(run_id: str) -> tuple | None:
@@ -47,12 +48,26 @@ def default_pair(readable: list[str]) -> tuple[str, str] | None:
     while True:
         pair = views.latest_comparable_pair(signatures)
         if pair is None:
-            return None
+            return _overlapping_pair(readable[:OVERLAP_SEARCH])
         a, b = (cache.load_run(cache.store_root(), run_id) for run_id in pair)
         if not isinstance(cache.comparison(a, b, cache.run_key(a), cache.run_key(b)), str):
             return pair
         # same signature but not the same images: never pair the newer one with the older again
         signatures = [(r, s if r != pair[0] else (s, "apart")) for r, s in signatures]
+
+
+def _overlapping_pair(newest_first: list[str]) -> tuple[str, str] | None:
+    """The most recent pair of runs that can still be compared (they share some images, compared on those),
+    as (older, newer); None when no two can."""
+    for i, newer in enumerate(newest_first):
+        for older in newest_first[i + 1:]:
+            try:
+                a, b = (cache.load_run(cache.store_root(), run_id) for run_id in (older, newer))
+            except cache.RUN_ERRORS:
+                continue
+            if not isinstance(cache.comparison(a, b, cache.run_key(a), cache.run_key(b)), str):
+                return older, newer
+    return None
 
 
 def _swap() -> None:
@@ -81,8 +96,8 @@ def pair_ui() -> tuple[str, str] | None:
             sidebar = st.session_state.get(ui.RUN_KEY)
             first = sidebar if sidebar in readable else (readable[0] if readable else ids[0])
             pair = (first, next((r for r in readable if r != first), next(r for r in ids if r != first)))
-            st.caption("No two runs of the store hold the same images and classes; choose the runs to compare "
-                       "(they are compared on the images both hold, if any).")
+            st.caption("No two runs of the store can be compared (the same classes and images in common); "
+                       "choose the runs to compare.")
         st.session_state.setdefault(A_KEY, pair[0])
         st.session_state.setdefault(B_KEY, pair[1])
     cols = st.columns([5, 1.2, 5], vertical_alignment="bottom")

@@ -350,3 +350,25 @@ def test_compare_pairs_runs_on_the_same_images_whose_splits_differ(tmp_path):
     assert any(c.startswith(f"{cmp.n_fixed:,} images fixed by B") for c in captions(at))
     acc = next(m for m in at.metric if m.label == "Accuracy (B)")
     assert acc.value == f"{cmp.metric('accuracy')[1]:.2%}"
+
+
+def test_compare_opens_on_runs_that_share_only_some_images(tmp_path):
+    """No two runs hold the same images, but two share 200: the page pairs them and says what it compares."""
+    from core.compare import compare
+    from core.runs import write_run
+    from core.synthetic import synthetic_arrays
+
+    local = RunStore(tmp_path / "store")
+    arrays = synthetic_arrays(400, 3, seed=1)
+    paths = np.array([f"img/{i:04d}.png" for i in range(400)])
+    for run_id, rows in (("first-300", np.arange(300)), ("last-300", np.arange(100, 400))):
+        write_run(local, run_id, classes=list("abc"), y_true=arrays["y_true"][rows], probs=arrays["probs"][rows],
+                  paths=list(paths[rows]), splits=np.array(["test"] * len(rows)))
+    with artifacts_dir(local.root):
+        at = open_page("compare", run_id="first-300")
+    a_id, b_id = at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value
+    assert {a_id, b_id} == {"first-300", "last-300"}
+    assert not at.error and not any(c.startswith("No two runs") for c in captions(at))
+    cmp = compare(local.load(a_id), local.load(b_id))
+    assert cmp.metric("n") == (200, 200)
+    assert f"Compared {cmp.basis}." in captions(at) and "of the 200 images they share" in cmp.basis
