@@ -1,4 +1,5 @@
-"""The HTML report opened from disk in headless Chromium with every network request refused.
+"""The HTML report opened from disk in headless Chromium with every network request refused, and the
+dashboard's Download report button giving the CLI's file byte for byte.
 
 A synthetic run with hostile class names (markup, a right-to-left override), its
 diagnoses and a second run to compare with: the report must load with no failed
@@ -81,3 +82,19 @@ def test_report_renders_offline_with_no_failed_request_and_no_console_error(brow
     context.close()
     if shutil.which("pdftoppm"):
         os.system(f"pdftoppm -r 50 -png {shots / 'report.pdf'} {shots / 'page'}")
+
+
+def test_the_dashboards_download_report_is_the_clis_file(server, e2e_store, page, tmp_path):
+    from core.cli import main
+
+    page.goto(f"{server}/overview")
+    page.wait_for_selector("[data-testid='stSidebar']")
+    button = page.get_by_role("button", name="Download report")
+    button.wait_for()
+    with page.expect_download(timeout=90_000) as info:
+        button.click()
+    downloaded = tmp_path / "downloaded.html"
+    info.value.save_as(downloaded)
+    assert info.value.suggested_filename == "report_e2e-run.html"
+    assert main(["report", "e2e-run", "--store", str(e2e_store.root), "--html", str(tmp_path / "cli.html")]) == 0
+    assert downloaded.read_bytes() == (tmp_path / "cli.html").read_bytes()
