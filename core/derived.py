@@ -16,6 +16,7 @@ arrays they came from. Reading imports neither TensorFlow nor umap.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import pkgutil
 import platform
@@ -111,8 +112,10 @@ def _as_declared(config_type: type, name: str, value):
 
 _REGISTRY: dict[str, DerivedKind] = {}
 
-#: Modules that register kinds besides those of ``core.diagnose`` (each of which is imported).
+#: Modules that register kinds besides those of ``DIAGNOSES_PACKAGE`` (each of which is imported):
+#: a new diagnosis is a module of that package, found without being listed anywhere.
 KIND_MODULES: tuple[str, ...] = ("core.projection", "core.gradcam")
+DIAGNOSES_PACKAGE = "core.diagnose"
 
 
 def register(name: str, *, version: int, config: type | None = None,
@@ -148,14 +151,13 @@ def register(name: str, *, version: int, config: type | None = None,
 def load_kinds() -> None:
     """Import every module that registers kinds: ``KIND_MODULES`` and each module of ``core.diagnose``.
 
+    The modules are found by name (as plugins are), so this registry depends on none of them.
     Light: none of them imports TensorFlow or umap at import time.
     """
-    import core.diagnose as diagnose_package
-
-    for module in KIND_MODULES:
+    spec = importlib.util.find_spec(DIAGNOSES_PACKAGE)
+    found = [f"{DIAGNOSES_PACKAGE}.{m.name}" for m in pkgutil.iter_modules(spec.submodule_search_locations or [])]
+    for module in (*KIND_MODULES, *found):
         importlib.import_module(module)
-    for module in pkgutil.iter_modules(diagnose_package.__path__):
-        importlib.import_module(f"core.diagnose.{module.name}")
 
 
 def kinds() -> dict[str, DerivedKind]:

@@ -38,7 +38,7 @@ import numpy as np
 
 from core import derived
 from core.config import ProjectionConfig
-from core.errors import UserError
+from core.errors import UserError, first_line
 from core.progress import Progress, progress_bar, say_function
 from core.store import Run, RunCorruptError, RunNotFoundError, read_manifest, try_flock
 
@@ -693,9 +693,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.close(args.lock_fd)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, LookupError, RuntimeError, OSError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
-              file=sys.stderr)
+    except (UserError, OSError) as exc:  # the background process's boundary, like the CLI's
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

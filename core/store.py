@@ -430,18 +430,6 @@ class Run:
     def embeddings(self) -> np.ndarray | None:
         return self._array("embeddings")
 
-    @property
-    def projection(self) -> np.ndarray | None:
-        """(N, 2) float32 UMAP map, or None while there is none.
-
-        The map is computed after the run is written, as its derived analysis
-        'projection' (runs written before that keep ``projection.npy``);
-        ``core.projection.projection_status`` says whether it is on its way.
-        """
-        from core.projection import stored_projection  # numpy only: no umap, no TensorFlow
-
-        return stored_projection(self)
-
     @cached_property
     def per_class(self) -> pd.DataFrame:
         file = self.location / PER_CLASS

@@ -285,3 +285,15 @@ def forget_page_params() -> None:
     so the old run's cell, filters and selection mean nothing)."""
     st.session_state[_PUBLISHED_KEY] = {}
     st.session_state[_WRITTEN_BY_KEY] = ("", None)
+
+
+# --------------------------------------------------------------------------- the image detail
+
+DETAIL_KEY = "image-detail"  # {"source": str, "run": str, "row": int} while the detail is open
+IMG_PARAM = "img"
+
+
+def close_detail() -> None:
+    """Close the image detail (its session state and its ``img`` in the address)."""
+    st.session_state.pop(DETAIL_KEY, None)
+    publish(**{IMG_PARAM: None})

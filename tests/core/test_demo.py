@@ -16,7 +16,6 @@ import zipfile
 from pathlib import Path
 
 import h5py
-
 import numpy as np
 import pytest
 
@@ -195,7 +194,7 @@ def test_first_run_can_leave_the_map_to_a_background_process(tiny_shipped_model,
     run = demo.run_demo(store=RunStore(tmp_path / "runs"), shipped_dir=tiny_shipped_model,
                         background_projection=True, progress=lambda m, f: None)
     assert started == ["fashion-mnist-demo"]
-    assert projection.projection_status(run) == "missing" and run.projection is None  # the stub started nothing
+    assert projection.projection_status(run) == "missing" and projection.stored_projection(run) is None  # the stub started nothing
     assert run.embeddings.shape == (160, 8)
 
 

@@ -17,6 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.images import encode_png
+from core.projection import stored_projection
 from core.reports import ERROR_COLUMNS
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
@@ -201,7 +202,7 @@ def test_embeddings_selection_from_the_address_fills_the_gallery_with_every_row_
     from dashboard import mapview
 
     run = store.load("small")
-    xy = np.asarray(run.projection)
+    xy = np.asarray(stored_projection(run))
     lasso = [(-8.0, -8.0), (9.0, -6.0), (2.0, 9.0)]
     box = (6.0, 12.0, 2.0, 12.0)
     inside = mapview.points_in_polygon(xy, lasso) | (

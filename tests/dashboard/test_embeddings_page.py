@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import projection as core_projection
 from core.config import AnalysisConfig, ProjectionConfig
+from core.projection import stored_projection
 from core.runs import write_run
 from core.store import RunStore
 from core.synthetic import make_synthetic_run, synthetic_arrays
@@ -76,7 +77,7 @@ def test_a_missing_map_is_offered_then_said_to_be_computed_then_drawn(store, mon
 
 def test_beyond_the_cap_every_point_is_drawn_and_a_selection_holds_every_row_inside(store):
     run = store.load("big")
-    xy = np.asarray(run.projection)
+    xy = np.asarray(stored_projection(run))
     window = mapview.full_window(xy)
     at = open_embeddings("big", colour="conf", split="train")
     captions = [unescape(c.value) for c in at.caption]
