@@ -148,7 +148,7 @@ def _thumbnail(run: Run, row: int) -> tuple[bytes | None, str]:
 
     try:
         img = run.image(int(row))  # RGB or gray uint8 (images.npy or the file, read inside the data root)
-    except (OSError, ValueError) as exc:  # PermissionError outside the data root, an unreadable file
+    except (OSError, UserError) as exc:  # PermissionError outside the data root, a damaged images.npy
         return None, str(exc)
     if img is None:
         return None, "image not readable"
@@ -528,7 +528,7 @@ def _stored(run: Run, name: str):
         return None
     try:
         return derived.get(run, name, compute=False)
-    except (ValueError, OSError):
+    except (UserError, OSError):  # a stored result that cannot be read: the report goes on without it
         return None
 
 
@@ -699,9 +699,11 @@ def _slice_blocks(run: Run, stored, budget: _Budget, caption, per_card: int) -> 
 
 
 def _map(run: Run) -> Section | None:
+    from core.projection import stored_projection
+
     try:
-        xy = run.projection
-    except (OSError, ValueError):
+        xy = stored_projection(run)
+    except (UserError, OSError):  # a damaged map: the report goes on without it
         return None
     if xy is None:
         return None
@@ -818,7 +820,7 @@ def _verdicts(run: Run) -> Section | None:
         if table.empty:
             return None
         reviewed = review.reviewed_metrics()
-    except (ReviewError, OSError, ValueError) as exc:
+    except (ReviewError, OSError) as exc:
         s = Section("verdicts", "Verdicts")
         s.blocks.append(f"The verdicts cannot be read: {exc}")
         return s

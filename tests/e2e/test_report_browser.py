@@ -90,7 +90,7 @@ def test_the_dashboards_download_report_is_the_clis_file(server, e2e_store, page
     page.goto(f"{server}/overview")
     page.wait_for_selector("[data-testid='stSidebar']")
     button = page.get_by_role("button", name="Download report")
-    button.wait_for()
+    button.wait_for(timeout=90_000)  # a busy machine: the first script run of a fresh server is slow
     with page.expect_download(timeout=90_000) as info:
         button.click()
     downloaded = tmp_path / "downloaded.html"
