@@ -138,6 +138,13 @@ def test_every_user_string_is_escaped(page):
     assert page.count("<style>") == 1 and not re.search(r"<link|@import|url\(", page)
 
 
+def test_a_run_with_a_map_training_and_a_comparison_has_those_sections(page):
+    keys = re.findall(r'<section id="([a-z-]+)"', page)
+    assert keys == ["summary", "per-class", "confusion", "errors", "map", "training", "compare"]
+    # the map by class and by correctness, as PNG pictures
+    assert len(re.findall(r'<img src="data:image/png;base64,[^"]+" alt="map coloured by', page)) == 2
+
+
 def test_sections_only_when_the_run_has_the_data(tmp_path):
     store = RunStore(tmp_path)
     # no projection, no training, no diagnoses, no verdicts, every prediction right
