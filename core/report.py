@@ -765,7 +765,7 @@ def _training(run: Run) -> Section | None:
 
 
 def _comparison(run: Run, other: Run, budget: _Budget, wanted: int) -> Section:
-    from core.compare import FIXED, compare, flip_cells
+    from core.compare import BROKEN, FIXED, compare, flip_cells
 
     cmp = compare(other, run)  # A = the other run, B = this one: deltas say what this run changed
     s = Section("compare", f"Compared with run {clean(other.id)}")
@@ -800,10 +800,10 @@ def _comparison(run: Run, other: Run, budget: _Budget, wanted: int) -> Section:
             r = fl.loc[row]
             return [f"{r['kind']}: {r['predicted_a']} {r['confidence_a']:.2f} → {r['predicted_b']} "
                     f"{r['confidence_b']:.2f}", f"true {r['true_label']}", str(r["path"])]
-        for kind in (FIXED, "broken by B"):
-            part = cmp.flips[cmp.flips["kind"] == kind].sort_values("confidence_b", ascending=kind != FIXED)
+        for flip in (FIXED, BROKEN):  # B's most confident answers first: its surest fixes and worst breaks
+            part = cmp.flips[cmp.flips["kind"] == flip].sort_values("confidence_b", ascending=False, kind="stable")
             if len(part):
-                s.blocks.append(("h3", f"{kind} ({len(part):,})"))
+                s.blocks.append(("h3", f"{flip} ({len(part):,}), B's most confident first"))
                 s.blocks.append(_pictures(run, part["id"].to_numpy(), budget, caption, wanted=wanted // 2))
     return s
 
