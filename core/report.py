@@ -1036,6 +1036,9 @@ def write_markdown(report: Report, folder: str | Path) -> list[Path]:
         images.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"Cannot create the folder {str(images)!r}: {exc.strerror or exc}") from None
+    for old in images.iterdir():  # the pictures of an earlier report in this folder (ours only, by name)
+        if re.fullmatch(r"img\d{4}\.(png|jpg|svg)", old.name) and old.is_file():
+            old.unlink()
     written: list[Path] = []
     counter = [0]
 
@@ -1056,7 +1059,7 @@ def write_markdown(report: Report, folder: str | Path) -> list[Path]:
             elif isinstance(b, tuple) and b[0] == "h3":
                 lines += [f"### {md(b[1])}", ""]
             elif isinstance(b, tuple) and b[0] == "legend":
-                continue
+                lines += ["Colours: " + ", ".join(f"{md(name)} {colour}" for colour, name in b[1]), ""]
             elif isinstance(b, Table):
                 cols = b.columns if any(b.columns) else ["", ""]
                 lines.append("| " + " | ".join(md(c) for c in cols) + " |")

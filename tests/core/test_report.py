@@ -242,3 +242,13 @@ def test_building_a_report_imports_neither_tensorflow_nor_umap(store):
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_markdown_rewritten_in_the_same_folder_keeps_no_stale_picture_and_no_other_file(store, tmp_path):
+    folder = tmp_path / "md"
+    write_markdown(build_report(store.load("run"), max_images=12), folder)
+    (folder / "images" / "mine.png").write_bytes(b"user file")
+    files = write_markdown(build_report(store.load("run"), max_images=0), folder)
+    pictures = sorted(p.name for p in (folder / "images").iterdir())
+    assert pictures == sorted([f.name for f in files[1:]] + ["mine.png"])
+    assert "Colours: " in (folder / "report.md").read_text()
