@@ -60,7 +60,7 @@ def open_run(root: str, run_id: str) -> Run:
     run = RunStore(root).load(run_id)
     try:
         names = set(pq.read_schema(run.path / PREDICTIONS).names)
-    except Exception as exc:  # pyarrow's errors for a damaged file are of several types
+    except Exception as exc:  # boundary: pyarrow's errors for a damaged file are of several types
         raise RunCorruptError(f"{run.location / PREDICTIONS}: not a readable Parquet file "
                               f"({views.one_line(exc)})") from None
     missing = [c for c in views.PREDICTION_COLUMNS if c not in names]
