@@ -301,6 +301,17 @@ def build_parser() -> argparse.ArgumentParser:
     du.add_argument("--cross-split", action="store_true", help="only pairs whose two images are in different splits")
     du.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
 
+    ca = sub.add_parser("causes", parents=[store],
+                        help="a cause for every misclassified image (label, model, ambiguous, atypical, copy) with "
+                             "its evidence, as CSV",
+                        epilog="Neighbours come from the run's train split (else val, else the evaluated images "
+                               "left out one by one); causes that cannot be assessed are named on stderr.")
+    ca.add_argument("run")
+    ca.add_argument("--out", default=None, help="CSV file: path, given_label, predicted_label, cause, confidence, "
+                                               "suggested_label, evidence; the model's most confident errors "
+                                               "first (default: print to stdout)")
+    ca.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
+
     add_train_arguments(sub.add_parser("train", parents=[store], help="train a model with a recipe, then analyse it"))
     add_review_arguments(sub.add_parser("review", help="verdicts on a run's images: mark, list, undo, export, "
                                                      "manifest, metrics"), store)
@@ -627,11 +638,28 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         run, cross_split_only=args.cross_split, force=args.force, progress=progress))
 
 
+def cmd_causes(args: argparse.Namespace) -> int:
+    from core.diagnose import stderr_progress
+    from core.diagnose.causes import CSV_COLUMNS, get_causes
+
+    run = RunStore(args.store).load(args.run)
+    with stderr_progress(f"causes {run.id}") as progress:
+        stored = get_causes(run, force=args.force, progress=progress)
+    s = stored.summary
+    mix = ", ".join(f"{n:,} {c}" for c, n in s["counts"].items() if n)
+    where = f"; neighbours: {s['reference_words']}" if s.get("reference_words") else ""
+    print(f"{s['n_errors']:,} errors of '{s['split']}': {mix or 'none'}{where}", file=sys.stderr)
+    if s.get("not_assessed_line"):
+        print(s["not_assessed_line"], file=sys.stderr)
+    _write_csv(stored.table("causes")[CSV_COLUMNS].reset_index(drop=True), args.out)
+    return 0
+
+
 COMMANDS = {"analyze": cmd_analyze, "import": cmd_import, "runs": cmd_runs, "report": cmd_report,
             "compare": cmd_compare, "errors": cmd_errors,
             "delete": cmd_delete, "explain": cmd_explain, "train": cmd_train, "demo": cmd_demo,
             "review": cmd_review, "diagnose": cmd_diagnose, "label-issues": cmd_label_issues,
-            "duplicates": cmd_duplicates}
+            "duplicates": cmd_duplicates, "causes": cmd_causes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -310,6 +310,21 @@ def stored_slices(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
     return None if stored is None else stored.table("slices")
 
 
+@st.cache_resource(max_entries=8, show_spinner=False)
+def stored_causes(_run: Run, key: str, stamp: str):
+    """The stored ``causes`` result's (table, neighbours table, summary), or None when it is not
+    stored or stale (never computed here)."""
+    if stamp == "none":
+        return None
+    from core import derived
+
+    stored = derived.get(_run, "causes", compute=False)
+    if stored is None:
+        return None
+    table = stored.table("causes")
+    return table.set_axis(table["row"].to_numpy(), axis=0), stored.table("neighbours"), stored.summary
+
+
 @st.cache_resource(max_entries=2, show_spinner=False)  # attention_ui says so in a toast
 def attention_explainer(_run: Run, key: str):
     """The run's model prepared for Grad-CAM (imports TensorFlow on first use; only when the
