@@ -60,7 +60,8 @@ class DerivedKind:
     rows extend the stored result; ``run_config``: the config a run asks for (the projection's
     comes from the run's own config); ``findings``: what the kind shows (cards, per-image columns,
     captions, filters; ``core.diagnose.findings``); ``libraries``: distributions whose versions
-    are recorded with each result."""
+    are recorded with each result; ``unavailable``: why a run cannot have it (None: it can);
+    ``ready``: the run has it in a form older than derived results (``core.jobs`` reads both)."""
 
     name: str
     version: int
@@ -72,6 +73,8 @@ class DerivedKind:
     run_config: Callable[[Run], Mapping[str, object] | None] | None = None
     findings: Callable | None = None
     libraries: tuple[str, ...] = ()
+    unavailable: Callable[[Run], str | None] | None = None
+    ready: Callable[[Run], bool] | None = None
 
     def full_config(self, config: Mapping[str, object] | object | None) -> dict:
         """The defaults updated with ``config`` (a mapping or an instance of ``config_type``),
@@ -122,6 +125,7 @@ def register(name: str, *, version: int, config: type | None = None,
              defaults: Mapping[str, object] | None = None, row_inputs: bool = False,
              run_config: Callable[[Run], Mapping[str, object] | None] | None = None,
              findings: Callable | None = None, libraries: tuple[str, ...] = (),
+             unavailable: Callable[[Run], str | None] | None = None, ready: Callable[[Run], bool] | None = None,
              description: str = "") -> Callable:
     """Decorator registering ``compute`` as kind ``name``: the one way a kind comes to exist.
 
@@ -143,7 +147,8 @@ def register(name: str, *, version: int, config: type | None = None,
         _REGISTRY[name] = DerivedKind(name=name, version=version, compute=compute, config_type=config,
                                       defaults=json.loads(json.dumps(dict(defaults or {}))),
                                       description=description, row_inputs=row_inputs,
-                                      run_config=run_config, findings=findings, libraries=tuple(libraries))
+                                      run_config=run_config, findings=findings, libraries=tuple(libraries),
+                                      unavailable=unavailable, ready=ready)
         return compute
     return decorate
 

@@ -304,7 +304,7 @@ class Run:
             rows = pq.read_metadata(self.path / PREDICTIONS).num_rows
         except FileNotFoundError:
             raise RunCorruptError(f"{file}: missing") from None
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        except Exception as exc:  # boundary: pyarrow raises ArrowInvalid, OSError, ... for a damaged file
             raise RunCorruptError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
         _require(rows == n, file, f"{rows} rows, the manifest says {n}")
         probs = self._array("probs", required=True)
@@ -419,7 +419,7 @@ class Run:
             return pd.read_parquet(self.path / PREDICTIONS)
         except FileNotFoundError:
             raise RunCorruptError(f"{file}: missing") from None
-        except Exception as exc:  # pyarrow's errors for a damaged file are of several types
+        except Exception as exc:  # boundary: pyarrow's errors for a damaged file are of several types
             raise RunCorruptError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
 
     def _array(self, name: str, *, required: bool = False) -> np.ndarray | None:

@@ -60,7 +60,7 @@ def open_run(root: str, run_id: str) -> Run:
     run = RunStore(root).load(run_id)
     try:
         names = set(pq.read_schema(run.path / PREDICTIONS).names)
-    except Exception as exc:  # pyarrow's errors for a damaged file are of several types
+    except Exception as exc:  # boundary: pyarrow's errors for a damaged file are of several types
         raise RunCorruptError(f"{run.location / PREDICTIONS}: not a readable Parquet file "
                               f"({views.one_line(exc)})") from None
     missing = [c for c in views.PREDICTION_COLUMNS if c not in names]
@@ -201,17 +201,24 @@ def samples_per_class(_run: Run, key: str, per_class: int = 4) -> list[np.ndarra
     return [order[bounds[c]:min(bounds[c] + per_class, bounds[c + 1])] for c in range(len(_run.classes))]
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def comparison_problem(_a: Run, _b: Run, key_a: str, key_b: str) -> str | None:
-    """Why runs A and B cannot be compared image by image, or None."""
-    return views.comparison_problem(_a.predictions, _b.predictions, classes_a=_a.classes,
-                                    classes_b=_b.classes)
-
-
 @st.cache_data(max_entries=8, show_spinner=False)
-def flips(_a: Run, _b: Run, key_a: str, key_b: str) -> pd.DataFrame:
-    """Images fixed and broken by run B relative to run A on A's evaluation split."""
-    return views.flips(_a.predictions, _b.predictions, eval_mask(_a, key_a))
+def comparison(_a: Run, _b: Run, key_a: str, key_b: str):
+    """Runs A and B compared on the images held out by both (``core.compare.Comparison``), or the
+    one line saying why they cannot be compared."""
+    from core.compare import ComparisonError, compare
+
+    try:
+        return compare(_a, _b)
+    except ComparisonError as exc:
+        return str(exc)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def image_signature(_run: Run, key: str) -> str:
+    """The run's images and labels as one hash, whatever their splits (``core.compare.image_signature``)."""
+    from core.compare import image_signature as signature
+
+    return signature(_run)
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
@@ -305,6 +312,21 @@ def stored_slices(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
 
     stored = derived.get(_run, "error_slices", compute=False)
     return None if stored is None else stored.table("slices")
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def stored_causes(_run: Run, key: str, stamp: str):
+    """The stored ``causes`` result's (table, neighbours table, summary), or None when it is not
+    stored or stale (never computed here)."""
+    if stamp == "none":
+        return None
+    from core import derived
+
+    stored = derived.get(_run, "causes", compute=False)
+    if stored is None:
+        return None
+    table = stored.table("causes")
+    return table.set_axis(table["row"].to_numpy(), axis=0), stored.table("neighbours"), stored.summary
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)  # attention_ui says so in a toast

@@ -27,9 +27,10 @@ import streamlit as st
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
 from core import review as core_review
+from core.diagnose.causes import CAPTION_WORDS, CAUSES
 from core.review import MAX_NOTE, MAX_REVIEWER, VERDICTS, ReviewError, default_reviewer
 from core.store import Run
-from dashboard import cache, gallery, state, ui, views
+from dashboard import cache, causes_ui, gallery, state, ui, views
 
 REVIEWER_KEY = "reviewer-name"
 AS_REVIEWED_KEY = "metrics-as-reviewed"
@@ -40,8 +41,8 @@ VERDICT_NAMES = {"model-wrong": "model wrong", "label-wrong": "label wrong", "am
 # keys, which the image detail's previous/next use.
 SHORTCUTS = {"model-wrong": "M", "label-wrong": "L", "ambiguous": "A", "exclude": "X", "undo": "U",
              "previous": "P", "next": "N"}
-QUEUE_SETS = {"suspected": "Suspected label errors", "confident": "Confident errors", "slice": "An error slice",
-              "cell": "A confusion cell"}
+QUEUE_SETS = {"suspected": "Suspected label errors", "confident": "Confident errors", "cause": "Errors of one cause",
+              "slice": "An error slice", "cell": "A confusion cell"}
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -409,7 +410,7 @@ def per_class_as_reviewed_ui(run: Run) -> bool:
 # --------------------------------------------------------------------------- the review queue
 
 def queue_rows(run: Run, *, which: str, min_confidence: float = 0.9, slice_id: int | None = None,
-               cell: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
+               cell: tuple[int, int] | None = None, cause: str = "model") -> tuple[np.ndarray, str]:
     """The rows of one queue set of the evaluation split, most likely label errors first, and a
     line saying how they were chosen and ordered."""
     key = cache.run_key(run)
@@ -424,7 +425,16 @@ def queue_rows(run: Run, *, which: str, min_confidence: float = 0.9, slice_id: i
         rows, how = np.flatnonzero(errors), "errors (no label-issues analysis stored)"
     elif which == "confident":
         rows = np.flatnonzero(errors & (df["confidence"].to_numpy() >= min_confidence))
+        rows = rows[np.argsort(-df["confidence"].to_numpy()[rows], kind="stable")]
+        rows, with_causes = causes_ui.model_errors_first(run, rows)
         how = f"errors with confidence ≥ {min_confidence:.2f}"
+        if with_causes:  # the analyst's errors lead: the image looks like its label, the model is wrong
+            return rows, f"{how}; the model's own errors first, then the others, most confident first"
+    elif which == "cause":
+        rows = causes_ui.cause_rows(run, cause)
+        if rows is None:
+            return np.zeros(0, np.int64), "errors by cause (no causes stored: run diagnose)"
+        return rows, f"errors whose cause is '{cause}', most confident cause first"
     elif which == "slice":
         from core.diagnose.slices import slice_rows
 
@@ -455,6 +465,10 @@ def queue_set_ui(run: Run) -> tuple[np.ndarray, str, str]:
         if which == "confident":
             options["min_confidence"] = st.slider("Minimum confidence", 0.0, 1.0, 0.9, 0.05,
                                                   key=ui.scoped(run, "review-min-confidence"))
+        elif which == "cause":
+            options["cause"] = st.selectbox("Cause", sorted(CAUSES, key=lambda c: c != "model"),  # model first
+                                            format_func=CAPTION_WORDS.__getitem__,
+                                            key=ui.scoped(run, "review-cause"))
         elif which == "slice":
             names = dict(zip(slices["slice_id"].astype(int), map(ui.visible, slices["name"].astype(str))))
             options["slice_id"] = st.selectbox("Slice", list(names), format_func=names.__getitem__,

@@ -202,7 +202,7 @@ def url_value(param: str) -> str | None:
     """The URL's value of ``param`` (its last occurrence), or None."""
     try:
         values = st.query_params.get_all(param)
-    except Exception:  # noqa: BLE001 - no script run context (a bare import)
+    except Exception:  # boundary: no script run context (a bare import); streamlit's error types vary
         return None
     return values[-1] if values else None
 

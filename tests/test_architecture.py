@@ -48,7 +48,8 @@ def _broad_handlers(path: Path) -> list[int]:
         if not isinstance(node, ast.ExceptHandler) or node.type is None:
             continue
         names = {n.id for n in ast.walk(node.type) if isinstance(n, ast.Name)}
-        if names & BROAD or len(names & BUILTIN_GROUP) >= 2:
+        reraises = isinstance(node.body[-1], ast.Raise) and node.body[-1].exc is None  # clean up, raise on
+        if (names & BROAD or len(names & BUILTIN_GROUP) >= 2) and not reraises:
             lines.append(node.lineno)
     return lines
 

@@ -30,6 +30,7 @@ DIAGNOSES: tuple[str, ...] = (
     "duplicates",
     "image_properties",
     "error_slices",
+    "causes",  # last: it reads the duplicates and image properties computed before it
 )
 
 
@@ -111,6 +112,8 @@ def write_findings(results: DiagnosisResults, out: str | Path) -> list[Path]:
 def _label_issues_headline(s: dict) -> str:
     line = (f"{s['n_issues']:,} of {s['n_scored']:,} images of '{s['split']}' probably mislabelled "
             f"({s['issue_rate']:.1%})")
+    if "n_cleanlab_flags" in s:
+        line += f", confirmed by a second signal of {s['n_cleanlab_flags']:,} cleanlab flags"
     if s.get("top_pairs"):
         top = s["top_pairs"][0]
         line += f"; most often given '{top['given']}' where '{top['suggested']}' is likelier ({top['count']:,})"
@@ -122,7 +125,16 @@ def _calibration_headline(s: dict) -> str:
             f"({s['fit_on']}): ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}")
 
 
+def _causes_headline(s: dict) -> str:
+    mix = ", ".join(f"{n:,} {c}" for c, n in s["counts"].items() if n)
+    line = f"{s['n_errors']:,} errors of '{s['split']}': {mix or 'none'}"
+    if s.get("reference"):
+        line += f" (neighbours: {s['reference_words']}{' left out one by one' if s['reference'] == 'leave-one-out' else ''})"
+    return line + (f". {s['not_assessed_line']}" if s.get("not_assessed_line") else "")
+
+
 HEADLINES: dict[str, Callable[[dict], str]] = {
+    "causes": _causes_headline,
     "label_issues": _label_issues_headline,
     "calibration": _calibration_headline,
 }

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import pytest
 
-from core import cli, datasets, demo
+from core import cli, datasets, demo, jobs
 from core.store import RunStore
 
 
@@ -190,7 +190,7 @@ def test_first_run_can_leave_the_map_to_a_background_process(tiny_shipped_model,
     from core import projection
 
     started = []
-    monkeypatch.setattr(projection, "start_projection", lambda run: started.append(run.id))
+    monkeypatch.setattr(jobs, "start", lambda run, name: started.append(run.id))
     run = demo.run_demo(store=RunStore(tmp_path / "runs"), shipped_dir=tiny_shipped_model,
                         background_projection=True, progress=lambda m, f: None)
     assert started == ["fashion-mnist-demo"]

@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pytest
 
+from core import jobs
 from core import projection as proj
 from core.config import AnalysisConfig, ProjectionConfig
 from core.projection import project, projection_status, stored_projection
@@ -146,7 +147,7 @@ def test_a_held_lock_reads_computing_and_a_released_one_missing(tmp_path):
 def test_background_ensure_does_not_start_a_second_process_while_one_computes(tmp_path, monkeypatch):
     run = _run_without_map(RunStore(tmp_path))
     started = []
-    monkeypatch.setattr(proj, "start_projection", lambda r: started.append(r.id))
+    monkeypatch.setattr(jobs, "start", lambda r, name: started.append(r.id))
     fd = os.open(run.path / proj.LOCK_FILE, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:

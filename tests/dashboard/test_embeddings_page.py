@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import jobs
 from core import projection as core_projection
 from core.config import AnalysisConfig, ProjectionConfig
 from core.projection import stored_projection
@@ -59,7 +60,7 @@ def test_a_missing_map_is_offered_then_said_to_be_computed_then_drawn(store, mon
     assert at.button(key="compute-map").label.startswith("Compute the map")
     assert not at.get("plotly_chart")
     # another process computes it: the page says so (its lock is held) and draws nothing yet
-    fd = core_projection._try_lock(run)
+    fd = jobs.try_lock(run, "projection")
     try:
         at.run()
         assert any("is being computed in the background" in i.value for i in at.info)
