@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the last convolutional map, inside a nested backbone too); OUTER/INNER for a "
                    "layer inside a nested backbone, e.g. vgg16/block5_conv3")
     x.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+    x.add_argument("--unsafe-load", action="store_true", help="load the run's model even if it can run code "
+                   "(a Lambda layer, a SavedModel): only for a file you trust")
 
     g = sub.add_parser("diagnose", parents=[store],
                        help="why errors happen: every diagnosis (label issues, calibration, ...) stored in the run",
@@ -488,7 +490,13 @@ def cmd_explain(args) -> int:
         cell = f"true {args.true or 'any'}, predicted {args.predicted or 'any'}"
         raise UserError(f"Nothing to explain: no {'images' if args.true and args.predicted else 'errors'} "
                          f"({cell}) in split {args.split or run.eval_split!r} of run {run.id!r}")
-    attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, progress=True)
+    explainer = None
+    if args.unsafe_load:  # the opt-in comes from this command line, never from the run's manifest
+        from core.gradcam import explainer_for_run
+
+        explainer = explainer_for_run(run, layer=args.cam_layer, unsafe=True)
+    attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, explainer=explainer,
+                             progress=True)
     index = write_explanations(run, attention, args.out)
     for row, reason in attention.skipped.items():
         print(f"skipped row {row}: {reason}", file=sys.stderr)

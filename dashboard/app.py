@@ -82,11 +82,14 @@ def run_page(pg: st.Page) -> None:
     notices = st.container()  # above the page: what the address asked for that could not be shown
     state.start_run(pg.url_path)
     gallery.start_run()
+    stamp = ui.run_stamp_now()
     try:
         pg.run()
         gallery.restore_detail_from_url(st.session_state.get(ui.SCOPE_KEY))
         gallery.detail_ui_if_open()
+        st.session_state.pop(ui.REDRAWN_KEY, None)
     except PAGE_ERRORS as exc:
+        ui.redraw_if_replaced(stamp)  # the run was re-made while the page read it: draw the new one
         log.warning("Page %r stopped on run %r", pg.title, st.session_state.get(ui.RUN_KEY), exc_info=True)
         run_id = st.session_state.get(ui.RUN_KEY)
         what = f"This page cannot show run '{run_id}'" if run_id else "This page cannot be shown"

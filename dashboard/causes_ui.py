@@ -66,7 +66,7 @@ def pair_mix_ui(run: Run) -> None:
     with st.container(border=True, key="diagnose-cause-mix"):
         st.subheader("Causes per confused pair", anchor=False)
         st.caption("  \n".join(ui.plain(line) for line in pair_mix_lines(summary, limit=3)))
-        st.dataframe(pair_mix_table(summary), hide_index=True, width="stretch")
+        st.dataframe(ui.shown(pair_mix_table(summary)), hide_index=True, width="stretch")
         if summary.get("not_assessed_line"):
             st.caption(ui.plain(summary["not_assessed_line"]))
 

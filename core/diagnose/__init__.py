@@ -21,7 +21,7 @@ import pandas as pd
 from core import derived
 from core.errors import UserError, first_line
 from core.progress import Progress, say_function
-from core.store import Run
+from core.store import ReadOnlyStoreError, Run
 
 DIAGNOSES: tuple[str, ...] = (
     "label_issues",
@@ -76,6 +76,8 @@ def run_diagnoses(run: Run, *, progress: bool | Progress = False, kinds: tuple[s
         step(f"{name}: starting", 0.0)
         try:
             results[name] = derived.get(run, name, force=force, progress=step)
+        except ReadOnlyStoreError:
+            raise  # the same for every kind: one line, not one per kind
         except _SKIPPABLE as exc:
             skipped[name] = first_line(exc)
         step(f"{name}: {'skipped' if name in skipped else 'done'}", 1.0)

@@ -55,7 +55,7 @@ def table_ui(run, rows: np.ndarray, *, filters_id: str) -> None:
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table = diagnose_ui.with_finding_columns(run, table, shown)  # label issue, copy in train, slice
     table_key = ui.scoped(run, f"errors-table-{filters_id}")
-    st.dataframe(table, hide_index=True, width="stretch", height=300, key=table_key,
+    st.dataframe(ui.shown(table), hide_index=True, width="stretch", height=300, key=table_key,
                  on_select=partial(_open_selected, run.id, table_key, shown), selection_mode="single-row",
                  column_config={"rank": st.column_config.NumberColumn("rank", width=60, pinned=True),
                                 "id": st.column_config.NumberColumn("id", width=80),
