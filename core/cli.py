@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {analyze,import,runs,report,errors,delete,explain,train,demo,review,diagnose,label-issues,duplicates}``.
+"""Command line: ``python -m core {analyze,import,runs,report,compare,errors,delete,explain,train,demo,review,diagnose,label-issues,duplicates}``.
 
 Every error the user can cause (``core.errors.UserError``, or an OSError such as a full disk)
 ends in one line on stderr and exit status 2; anything else is a bug and shows its traceback
@@ -232,9 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("runs", parents=[store], help="list stored runs")
 
-    r = sub.add_parser("report", parents=[store], help="write the per-class table as CSV")
+    r = sub.add_parser("report", parents=[store], help="write the per-class table as CSV, or the whole "
+                       "error-analysis report as one HTML file (--html) or Markdown (--markdown)")
     r.add_argument("run")
     r.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+    r.add_argument("--html", default=None, metavar="FILE", help="write the report as one self-contained HTML file")
+    r.add_argument("--markdown", default=None, metavar="DIR", help="write the report as DIR/report.md + DIR/images/")
+    r.add_argument("--compare", default=None, metavar="OTHER_RUN",
+                   help="add the comparison with another run on the same images (deltas are RUN - OTHER_RUN)")
+    r.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="at most N thumbnails in the report (bounds its size; default 120)")
+
+    c = sub.add_parser("compare", parents=[store], help="compare two runs on the images both hold out: "
+                       "metrics.csv, per_class.csv (B - A) and flips.csv")
+    c.add_argument("a", metavar="A")
+    c.add_argument("b", metavar="B")
+    c.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for metrics.csv, per_class.csv, flips.csv (default: print the metrics as CSV)")
 
     e = sub.add_parser("errors", parents=[store], help="write misclassified images, most confident first")
     e.add_argument("run")
@@ -259,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the last convolutional map, inside a nested backbone too); OUTER/INNER for a "
                    "layer inside a nested backbone, e.g. vgg16/block5_conv3")
     x.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+    x.add_argument("--unsafe-load", action="store_true", help="load the run's model even if it can run code "
+                   "(a Lambda layer, a SavedModel): only for a file you trust")
 
     g = sub.add_parser("diagnose", parents=[store],
                        help="why errors happen: every diagnosis (label issues, calibration, ...) stored in the run",
@@ -287,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                "cross-split pairs first (default: print to stdout)")
     du.add_argument("--cross-split", action="store_true", help="only pairs whose two images are in different splits")
     du.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
+
+    ca = sub.add_parser("causes", parents=[store],
+                        help="a cause for every misclassified image (label, model, ambiguous, atypical, copy) with "
+                             "its evidence, as CSV",
+                        epilog="Neighbours come from the run's train split (else val, else the evaluated images "
+                               "left out one by one); causes that cannot be assessed are named on stderr.")
+    ca.add_argument("run")
+    ca.add_argument("--out", default=None, help="CSV file: path, given_label, predicted_label, cause, confidence, "
+                                               "suggested_label, evidence; the model's most confident errors "
+                                               "first (default: print to stdout)")
+    ca.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
 
     add_train_arguments(sub.add_parser("train", parents=[store], help="train a model with a recipe, then analyse it"))
     add_review_arguments(sub.add_parser("review", help="verdicts on a run's images: mark, list, undo, export, "
@@ -388,6 +415,8 @@ def cmd_runs(args) -> int:
 
 def cmd_report(args) -> int:
     run = RunStore(args.store).load(args.run)
+    if args.html or args.markdown or args.compare or args.max_images is not None:
+        return _write_report(args, run)
     data = run.per_class_csv()
     if args.out is None:
         sys.stdout.write(data.decode())
@@ -395,6 +424,45 @@ def cmd_report(args) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_bytes(data)
         print(f"Wrote {len(run.classes)} classes to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _write_report(args, run) -> int:
+    from core.errors import UserError
+    from core.report import DEFAULT_MAX_IMAGES, build_report, write_html, write_markdown
+
+    if not (args.html or args.markdown):
+        raise UserError("--compare and --max-images go with --html FILE or --markdown DIR.")
+    if args.out:
+        raise UserError("--out writes the per-class CSV; give it alone, or --html/--markdown without it.")
+    other = RunStore(args.store).load(args.compare) if args.compare else None
+    max_images = DEFAULT_MAX_IMAGES if args.max_images is None else args.max_images
+    report = build_report(run, compare_with=other, max_images=max_images)
+    if args.html:
+        size = write_html(report, args.html)
+        print(f"Wrote the report of run '{run.id}' to {args.html} ({size / 1e6:.2f} MB, "
+              f"{report.n_images} images)", file=sys.stderr)
+    if args.markdown:
+        files = write_markdown(report, args.markdown)
+        print(f"Wrote the report of run '{run.id}' to {Path(args.markdown) / 'report.md'} "
+              f"(+ {len(files) - 1} images)", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from core.compare import compare
+
+    store = RunStore(args.store)
+    a, b = store.load(args.a), store.load(args.b)
+    comparison = compare(a, b)
+    if args.out is None:
+        sys.stdout.write(comparison.metrics.to_csv(index=False))
+    else:
+        comparison.write(args.out)
+    acc_a, acc_b = comparison.metric("accuracy")
+    print(f"Compared '{a.id}' (A) and '{b.id}' (B) {comparison.basis}: accuracy {acc_a:.4f} -> {acc_b:.4f}, "
+          f"{comparison.n_fixed:,} images fixed by B, {comparison.n_broken:,} broken"
+          + (f"; wrote metrics.csv, per_class.csv, flips.csv to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 
@@ -423,7 +491,13 @@ def cmd_explain(args) -> int:
         cell = f"true {args.true or 'any'}, predicted {args.predicted or 'any'}"
         raise UserError(f"Nothing to explain: no {'images' if args.true and args.predicted else 'errors'} "
                          f"({cell}) in split {args.split or run.eval_split!r} of run {run.id!r}")
-    attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, progress=True)
+    explainer = None
+    if args.unsafe_load:  # the opt-in comes from this command line, never from the run's manifest
+        from core.gradcam import explainer_for_run
+
+        explainer = explainer_for_run(run, layer=args.cam_layer, unsafe=True)
+    attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, explainer=explainer,
+                             progress=True)
     index = write_explanations(run, attention, args.out)
     for row, reason in attention.skipped.items():
         print(f"skipped row {row}: {reason}", file=sys.stderr)
@@ -573,11 +647,28 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         run, cross_split_only=args.cross_split, force=args.force, progress=progress))
 
 
+def cmd_causes(args: argparse.Namespace) -> int:
+    from core.diagnose import stderr_progress
+    from core.diagnose.causes import CSV_COLUMNS, get_causes
+
+    run = RunStore(args.store).load(args.run)
+    with stderr_progress(f"causes {run.id}") as progress:
+        stored = get_causes(run, force=args.force, progress=progress)
+    s = stored.summary
+    mix = ", ".join(f"{n:,} {c}" for c, n in s["counts"].items() if n)
+    where = f"; neighbours: {s['reference_words']}" if s.get("reference_words") else ""
+    print(f"{s['n_errors']:,} errors of '{s['split']}': {mix or 'none'}{where}", file=sys.stderr)
+    if s.get("not_assessed_line"):
+        print(s["not_assessed_line"], file=sys.stderr)
+    _write_csv(stored.table("causes")[CSV_COLUMNS].reset_index(drop=True), args.out)
+    return 0
+
+
 COMMANDS = {"analyze": cmd_analyze, "import": cmd_import, "runs": cmd_runs, "report": cmd_report,
-            "errors": cmd_errors,
+            "compare": cmd_compare, "errors": cmd_errors,
             "delete": cmd_delete, "explain": cmd_explain, "train": cmd_train, "demo": cmd_demo,
             "review": cmd_review, "diagnose": cmd_diagnose, "label-issues": cmd_label_issues,
-            "duplicates": cmd_duplicates}
+            "duplicates": cmd_duplicates, "causes": cmd_causes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,6 +75,19 @@ class RunCorruptError(UserError):
     """A run whose files are missing, truncated or of the wrong shape (the message names the file)."""
 
 
+class ReadOnlyStoreError(UserError):
+    """A write asked of a store (or run) this process cannot write to; reading it still works."""
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Raise ReadOnlyStoreError (one line naming ``folder``) when this process cannot write there."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise ReadOnlyStoreError(f"{folder} is read-only here (a read-only mount or no write permission): "
+                                 f"{what} cannot be written; reading works")
+
+
 class RunBusyError(UserError, RuntimeError):
     """Another process is writing a run of the same name."""
 
@@ -291,7 +304,7 @@ class Run:
             rows = pq.read_metadata(self.path / PREDICTIONS).num_rows
         except FileNotFoundError:
             raise RunCorruptError(f"{file}: missing") from None
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        except Exception as exc:  # boundary: pyarrow raises ArrowInvalid, OSError, ... for a damaged file
             raise RunCorruptError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
         _require(rows == n, file, f"{rows} rows, the manifest says {n}")
         probs = self._array("probs", required=True)
@@ -406,7 +419,7 @@ class Run:
             return pd.read_parquet(self.path / PREDICTIONS)
         except FileNotFoundError:
             raise RunCorruptError(f"{file}: missing") from None
-        except Exception as exc:  # pyarrow's errors for a damaged file are of several types
+        except Exception as exc:  # boundary: pyarrow's errors for a damaged file are of several types
             raise RunCorruptError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
 
     def _array(self, name: str, *, required: bool = False) -> np.ndarray | None:
@@ -429,18 +442,6 @@ class Run:
     @cached_property
     def embeddings(self) -> np.ndarray | None:
         return self._array("embeddings")
-
-    @property
-    def projection(self) -> np.ndarray | None:
-        """(N, 2) float32 UMAP map, or None while there is none.
-
-        The map is computed after the run is written, as its derived analysis
-        'projection' (runs written before that keep ``projection.npy``);
-        ``core.projection.projection_status`` says whether it is on its way.
-        """
-        from core.projection import stored_projection  # numpy only: no umap, no TensorFlow
-
-        return stored_projection(self)
 
     @cached_property
     def per_class(self) -> pd.DataFrame:
@@ -491,6 +492,7 @@ class Run:
         temporary folder, removed by the next sweep).
         """
         valid_run_id(name)
+        check_writable(self.path, f"derived analysis {name!r} of run {self.id!r}")
         base = self.path / "derived"
         base.mkdir(exist_ok=True)
         uid = uuid.uuid4().hex[:8]
@@ -527,7 +529,9 @@ class Run:
         return info
 
     def record_unsafe_opt_in(self) -> None:
-        """Mark the run's model as loadable outside safe mode (the user opted in for this file)."""
+        """Record in the manifest that the run was analysed with the unsafe-load opt-in (information
+        only: core.trust decides what is loaded)."""
+        check_writable(self.path, f"run {self.id!r}")
         with _flock(self.path / ".derived.lock"):
             manifest = read_manifest(self.path)
             manifest.setdefault("model", {})["unsafe_load"] = True
@@ -535,6 +539,7 @@ class Run:
         self.manifest = manifest
 
     def delete_derived(self, name: str) -> None:
+        check_writable(self.path, f"run {self.id!r}")
         with _flock(self.path / ".derived.lock"):
             manifest = read_manifest(self.path)
             old = (manifest.get("derived") or {}).pop(name, None)
@@ -881,6 +886,7 @@ class RunStore:
         Raises RunBusyError at once when another process holds it.
         """
         valid_run_id(run_id)
+        check_writable(self.root, f"run {run_id!r}")
         (self.root / LOCKS).mkdir(parents=True, exist_ok=True)
         file = str((self.root / LOCKS / f"{run_id}.lock").resolve())
         with _held_guard:
@@ -961,6 +967,14 @@ class RunStore:
             self._restore_lost_links(versions)
         return removed
 
+    def writable(self) -> bool:
+        """Whether this process can change the store (False on a read-only mount or without write
+        permission on its folder; True for a store not created yet)."""
+        folder = self.root
+        while not folder.exists() and folder.parent != folder:
+            folder = folder.parent
+        return os.access(folder, os.W_OK)
+
     def _restore_lost_links(self, versions: Path) -> None:
         linked = {_current_version(self.root / name) for name in self.run_ids()}
         by_run: dict[str, list[Path]] = {}
@@ -990,7 +1004,10 @@ class RunStore:
 
 def _sweep_unreferenced_derived(run_dir: Path) -> list[str]:
     """Derived folders and staged manifests that no manifest names (a writer killed mid-commit)."""
-    lock = try_flock(run_dir / ".derived.lock")
+    try:
+        lock = try_flock(run_dir / ".derived.lock")
+    except OSError:
+        return []  # a run folder this process cannot write to: nothing to repair from here
     if lock is None:
         return []  # a derived analysis is being committed right now
     removed = []

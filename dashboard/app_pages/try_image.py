@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core.errors import UserError
 from core.images import MAX_UPLOAD_BYTES, decode_bytes, max_pixels_limit, thumbnail, upload_problem
 from dashboard import cache, figures, ui, views
 
@@ -78,13 +79,13 @@ def render() -> None:
     try:
         model = cache.run_model(run, cache.run_key(run))
         probs = np.asarray(model.predict(pixels), dtype=np.float64)
-    except Exception as exc:  # a model that cannot be loaded or run: say why, keep the page
+    except (UserError, OSError) as exc:  # a model that cannot be loaded or run (core says why): keep the page
         right.error(ui.plain(f"The model could not classify this image: {exc}"))
         return
     with right:
         top = views.top_classes(probs, run.classes, k=3)
         st.subheader("Top-3 classes")
-        st.dataframe(top, hide_index=True, width="stretch",
+        st.dataframe(ui.shown(top), hide_index=True, width="stretch",
                      column_config={"class": st.column_config.TextColumn("class"),
                                     "probability": st.column_config.ProgressColumn(
                                         "probability", format="%.3f", min_value=0.0, max_value=1.0)})
