@@ -284,7 +284,7 @@ def _cells(points: np.ndarray, n_cells: int, seed: int) -> np.ndarray:
     return km.cluster_centers_.astype(np.float32)
 
 
-def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.ndarray, *, neighbours: int = 4,
+def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.ndarray, *, neighbours: int = 2,
                     min_score: float = 0.5, max_align: float = 6.0, seed: int = 0,
                     progress: Progress | None = None) -> dict[str, np.ndarray]:
     """Pairs of ``rows`` whose search descriptors match best, each with the variant that matched.
