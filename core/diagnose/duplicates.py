@@ -714,7 +714,7 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
     """
     for name, value, low, high in (("max_ratio", max_ratio, 0, 10), ("neighbours", neighbours, 1, 100)):
         if isinstance(value, bool) or not (isinstance(value, (int, float)) and low <= value <= high):
-            raise ValueError(f"{name} must be a number in [{low}, {high}]. Received: {name}={value!r}")
+            raise UserError(f"{name} must be a number in [{low}, {high}]. Received: {name}={value!r}")
     say = progress or (lambda message, fraction: None)
     group = exact_groups(digest, readable)
     members = {int(g): np.flatnonzero(group == g) for g in np.unique(group[group >= 0])}
