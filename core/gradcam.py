@@ -204,7 +204,7 @@ class CamExplainer:
     many batches (the TensorFlow function is traced once per batch shape).
     """
 
-    cam_model: object              # keras.Model: input -> [feature map, score input]
+    cam_model: object              # callable: input -> (feature map, score input); see _TappedForward
     layer: str                     # 'conv_2' or 'vgg16/block5_conv3'
     score: str                     # how the class scores are obtained, in words
     input_size: tuple[int, int] | None
@@ -323,11 +323,9 @@ def _candidates(model) -> list[tuple[str, object, tuple | None]]:
     for lyr in _top_layers(model):
         if isinstance(lyr, keras.Model):
             for inner in _top_layers(lyr):
-                t = _layer_output(inner)
-                out.append((f"{lyr.name}/{inner.name}", inner, _spatial(t.shape) if t is not None else None))
+                out.append((f"{lyr.name}/{inner.name}", inner, _spatial(_layer_shape(inner))))
         else:
-            t = _layer_output(lyr)
-            out.append((lyr.name, lyr, _spatial(t.shape) if t is not None else None))
+            out.append((lyr.name, lyr, _spatial(_layer_shape(lyr))))
     return out
 
 
@@ -355,23 +353,33 @@ def find_cam_layer(model) -> str:
 
 
 def _score_input(model):
-    """(tensor giving the scores, Dense to recompute or None, activation removed, words)."""
+    """(layer whose input gives the scores or None for the model's outputs, Dense to recompute
+    or None, activation removed, words)."""
     import keras
 
     out = model.outputs[0]
-    head = out._keras_history.operation
+    head = model.layers[-1] if isinstance(model, keras.Sequential) else out._keras_history.operation
     act = getattr(getattr(head, "activation", None), "__name__", None)
     if isinstance(head, keras.layers.Softmax):
         act = "softmax"
-    n_out = int(out.shape[-1])
-    if act in ("softmax", "sigmoid") and isinstance(head, keras.layers.Dense) and len(head.input.shape) == 2:
-        return head.input, head, act, f"logits: Dense {head.name!r} recomputed without its {act}"
+    head_in = _layer_input_shape(head)
+    if act in ("softmax", "sigmoid") and isinstance(head, keras.layers.Dense) and len(head_in or ()) == 2:
+        return head, head, act, f"logits: Dense {head.name!r} recomputed without its {act}"
     if act in ("softmax", "sigmoid") and isinstance(head, (keras.layers.Activation, keras.layers.Softmax)):
-        return head.input, None, act, f"logits: the input of {head.name!r}"
+        return head, None, act, f"logits: the input of {head.name!r}"
     if act in (None, "linear"):
-        return out, None, None, "the model's outputs (logits)"
-    return out, None, None, (f"the model's outputs after its {act} activation (no linear layer before "
-                             "it was found, so these are not logits)")
+        return None, None, None, "the model's outputs (logits)"
+    return None, None, None, (f"the model's outputs after its {act} activation (no linear layer before "
+                              "it was found, so these are not logits)")
+
+
+def _layer_input_shape(layer) -> tuple | None:
+    try:
+        return tuple(layer.input.shape)
+    except (AttributeError, ValueError):
+        nodes = getattr(layer, "_inbound_nodes", None) or []
+        inputs = nodes[0].input_tensors if nodes else []
+        return tuple(inputs[0].shape) if len(inputs) == 1 else None
 
 
 def build_explainer(model, *, layer: str | None = None, scale: str = "unit") -> CamExplainer:
@@ -390,7 +398,7 @@ def build_explainer(model, *, layer: str | None = None, scale: str = "unit") -> 
         raise GradCamUnavailable("Grad-CAM needs an image model with one input of shape (batch, height, "
                                  f"width, channels). Received inputs {[tuple(t.shape) for t in model.inputs]}")
     path = layer or find_cam_layer(model)
-    pre, linear, activation, words = _score_input(model)
+    head, linear, activation, words = _score_input(model)
     outer_name, _, inner_name = path.partition("/")
     try:
         outer = model.get_layer(outer_name)
@@ -398,72 +406,111 @@ def build_explainer(model, *, layer: str | None = None, scale: str = "unit") -> 
         names = [lyr.name for lyr in _top_layers(model)]
         raise ModelError(f"No layer named {outer_name!r} (--cam-layer {path!r}). Layers: {names} "
                          "(a layer inside a nested model: OUTER/INNER, e.g. vgg16/block5_conv3)") from None
-    if inner_name or isinstance(outer, keras.Model):
-        cam_model = _tapped_chain(model, outer, inner_name, path, head_input=pre is not model.outputs[0])
-    else:
-        feature = _layer_output(outer)
-        if feature is None:
-            raise ModelError(f"--cam-layer {path!r} is used more than once in the model; name another layer")
-        _check_map(feature, path)
-        cam_model = keras.Model(model.inputs[0], [feature, pre], name="gradcam")
+    chain = [outer]
+    if inner_name:
+        if not isinstance(outer, keras.Model):
+            raise ModelError(f"--cam-layer {path!r}: {outer.name!r} is a {type(outer).__name__}, not a nested model")
+        try:
+            chain.append(outer.get_layer(inner_name))
+        except ValueError:
+            names = [lyr.name for lyr in outer.layers]
+            raise ModelError(f"No layer named {inner_name!r} inside {outer.name!r} (--cam-layer {path!r}). "
+                             f"Its last layers: {names[-8:]}") from None
+    feature_shape = _layer_shape(chain[-1])
+    if _spatial(feature_shape) is None:
+        raise ModelError(f"--cam-layer {path!r} outputs shape {feature_shape}; Grad-CAM needs a feature "
+                         "map (batch, height, width, channels)")
     in_shape = tuple(model.inputs[0].shape)
     explainer = CamExplainer(
-        cam_model=cam_model, layer=path, score=words,
+        cam_model=_TappedForward(model, chain, head, path), layer=path, score=words,
         input_size=(in_shape[1], in_shape[2]) if in_shape[1] and in_shape[2] else None,
-        channels=int(in_shape[3]), feature_size=_spatial(cam_model.outputs[0].shape), scale=scale,
+        channels=int(in_shape[3]), feature_size=_spatial(feature_shape), scale=scale,
         activation=activation, _linear=linear,
         _binary=activation == "sigmoid" and int(model.outputs[0].shape[-1]) == 1)
     _check_against_model(explainer, model, path)
     return explainer
 
 
-def _check_map(tensor, path: str) -> None:
-    hw = _spatial(tensor.shape)
-    if hw is None:
-        raise ModelError(f"--cam-layer {path!r} outputs shape {tuple(tensor.shape)}; Grad-CAM needs a feature "
-                         "map (batch, height, width, channels)")
+def _layer_shape(layer) -> tuple | None:
+    """A layer's output shape (batch first), from its first call when it was called several times
+    (a Sequential model loaded from a file holds one call per graph it was built in)."""
+    t = _layer_output(layer)
+    if t is None:
+        nodes = getattr(layer, "_inbound_nodes", None) or []
+        outputs = nodes[0].outputs if nodes else []
+        t = outputs[0] if len(outputs) == 1 else None
+    return tuple(t.shape) if t is not None else None
 
 
-def _tapped_chain(model, outer, inner_name: str, path: str, *, head_input: bool):
-    """input -> [map at ``path``, score input]: the chain of top-level layers rebuilt with a copy
-    of the nested model ``outer`` that also outputs its layer ``inner_name`` (its own output
-    when empty). Refused, in one line, for models whose top-level layers branch."""
-    import keras
+class _TappedForward:
+    """``forward(x) -> (feature map at the chain's last layer, the scores' input)`` computed by
+    running the model's own graph (Keras' ``_run_through_graph``; a Sequential's layers in order)
+    with the chosen layer's output and the head's input picked up on the way, and entering a
+    nested model on the chain the same way.
 
-    if not isinstance(outer, keras.Model):
-        raise ModelError(f"--cam-layer {path!r}: {outer.name!r} is a {type(outer).__name__}, not a nested model")
-    if inner_name:
-        try:
-            inner = outer.get_layer(inner_name)
-        except ValueError:
-            names = [lyr.name for lyr in outer.layers]
-            raise ModelError(f"No layer named {inner_name!r} inside {outer.name!r} (--cam-layer {path!r}). "
-                             f"Its last layers: {names[-8:]}") from None
-        _check_map(inner.output, path)
-        tap = keras.Model(outer.inputs, [outer.outputs[0], inner.output], name=f"{outer.name}_gradcam_tap")
-    else:
-        _check_map(outer.outputs[0], path)
-        tap = None
-    layers = _top_layers(model)
-    head = model.outputs[0]._keras_history.operation
-    inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="image")
-    x, feature, before_head = inputs, None, None
-    try:
-        for lyr in layers:
-            if lyr is head:
-                before_head = x
-            if lyr is outer:
-                x, feature = tap(x) if tap is not None else (lyr(x),) * 2
-            else:
-                x = lyr(x)
-    except Exception:  # a branching graph breaks the chain in layer-specific ways
-        raise GradCamUnavailable(
-            f"--cam-layer {path!r}: the model's top-level layers are not a single chain, so a layer inside "
-            f"the nested model {outer.name!r} cannot be reached; name a top-level layer") from None
-    if feature is None or before_head is None:
-        raise GradCamUnavailable(f"--cam-layer {path!r}: the rebuilt chain does not reach {outer.name!r} "
-                                 "and the classifier; name a top-level layer")
-    return keras.Model(inputs, [feature, before_head if head_input else x], name="gradcam")
+    Why not ``keras.Model(model.inputs, [layer.output, head.input])``: ``layer.output`` is the
+    output of the layer's *first* call, and a model loaded from a file (a Sequential above all)
+    holds several calls per layer, so the tensor tapped is not the one connected to the scores
+    and ``tape.gradient`` returns None. Running the graph taps the very tensors that give the
+    scores, whatever the model's structure (branches, residual adds, nested backbones).
+    """
+
+    def __init__(self, model, chain: list, head, path: str):
+        self.model, self.chain, self.head, self.path = model, chain, head, path
+        self.outputs = [_FeatureSpec(_layer_shape(chain[-1]))]
+
+    def __call__(self, x, training: bool = False):
+        found: dict[str, list] = {"feature": [], "head": []}
+        out = self._run(self.model, x, list(self.chain), found, top=True)
+        if len(found["feature"]) != 1:
+            used = f"used {len(found['feature'])} times" if found["feature"] else "never used"
+            raise GradCamUnavailable(f"Grad-CAM at {self.path!r}: the layer is {used} on the way from the input "
+                                     "to the scores; name another layer with --cam-layer")
+        if self.head is None:
+            pre = out[0] if isinstance(out, (list, tuple)) else out
+        elif len(found["head"]) == 1:
+            pre = found["head"][0]
+        else:
+            raise GradCamUnavailable(f"Grad-CAM: the output layer {self.head.name!r} is not reached once on the "
+                                     "way from the input to the scores")
+        return found["feature"][0], pre
+
+    def _run(self, model, x, chain: list, found: dict, *, top: bool):
+        import keras
+        from keras.src.models.functional import operation_fn
+
+        target = chain[0]
+
+        def wrap(op):
+            call = operation_fn(op, training=False)
+            if op is target and len(chain) > 1:
+                return lambda *a, **k: self._run(op, a[0], chain[1:], found, top=False)
+            if op is target:
+                def tapped(*a, **k):
+                    out = call(*a, **k)
+                    found["feature"].append(out[0] if isinstance(out, (list, tuple)) else out)
+                    return out
+                return tapped
+            if top and op is self.head:
+                def head(*a, **k):
+                    found["head"].append(a[0])
+                    return call(*a, **k)
+                return head
+            return call
+
+        if isinstance(model, keras.Sequential):
+            for lyr in model.layers:
+                x = wrap(lyr)(x)
+            return x
+        if not hasattr(model, "_run_through_graph"):
+            raise GradCamUnavailable(f"Grad-CAM: {model.name!r} is a subclassed model without a layer graph, so "
+                                     "no layer inside it can be reached; save it as a functional model")
+        return model._run_through_graph(model._standardize_inputs(x), operation_fn=wrap)
+
+
+@dataclass(frozen=True)
+class _FeatureSpec:
+    shape: tuple | None
 
 
 def _check_against_model(explainer: CamExplainer, model, path: str) -> None:
@@ -487,7 +534,7 @@ def _check_against_model(explainer: CamExplainer, model, path: str) -> None:
         raise GradCamUnavailable(
             f"Grad-CAM at {path!r}: the rebuilt model does not reproduce the model's outputs (largest "
             f"difference {np.max(np.abs(got - expected)) if got.shape == expected.shape else 'shape'}); "
-            "its top-level layers are probably not one chain")
+            "a layer on the way to the scores behaves differently when called again (a custom layer?)")
 
 
 def check_explainable(run: Run) -> None:
