@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from core.demo import DEMO_EPOCHS
@@ -239,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete", parents=[store], help="delete a stored run")
     d.add_argument("run")
 
-    x = sub.add_parser("explain", parents=[store], help="Grad-CAM maps of a run's images: cams.npy, index.csv, "
+    x = sub.add_parser("explain", parents=[store], help="attention maps (Grad-CAM or occlusion) of a run's images: cams.npy, index.csv, "
                        "one overlay PNG per image (the most confident errors, or one confusion cell)")
     x.add_argument("run")
     x.add_argument("--out", required=True, metavar="DIR", help="folder for cams.npy, index.csv and the PNGs")
@@ -252,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cam-layer", default=None, metavar="NAME", help="layer whose feature map is weighted "
                    "(default: the last convolutional map, inside a nested backbone too); OUTER/INNER for a "
                    "layer inside a nested backbone, e.g. vgg16/block5_conv3")
-    x.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+    x.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], default="gradcam",
+                   help="gradcam/gradcam++: Keras models; occlusion: any model (ONNX, SavedModel, Keras), "
+                   "37 forward passes per image, the cost printed")
 
     g = sub.add_parser("diagnose", parents=[store],
                        help="why errors happen: every diagnosis (label issues, calibration, ...) stored in the run",
@@ -416,13 +419,19 @@ def cmd_explain(args) -> int:
         cell = f"true {args.true or 'any'}, predicted {args.predicted or 'any'}"
         raise ValueError(f"Nothing to explain: no {'images' if args.true and args.predicted else 'errors'} "
                          f"({cell}) in split {args.split or run.eval_split!r} of run {run.id!r}")
+    t0 = time.perf_counter()
     attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, progress=True)
+    seconds = time.perf_counter() - t0
     index = write_explanations(run, attention, args.out)
     for row, reason in attention.skipped.items():
         print(f"skipped row {row}: {reason}", file=sys.stderr)
     n_empty = int(index.filter(like="empty_").to_numpy().sum())
     print(f"Wrote {len(index)} maps at layer {attention.layer!r} ({attention.method}) to {args.out}"
           + (f"; {n_empty} without positive evidence (empty_* in index.csv)" if n_empty else ""), file=sys.stderr)
+    if attention.method == "occlusion" and attention.cost:
+        print(f"Occlusion cost: {attention.cost['passes_per_image']} forward passes per image; "
+              f"{seconds:.1f} s for {len(rows)} images this time ({seconds / max(len(rows), 1):.2f} s per image, "
+              "stored maps read back for free); bound it with --limit", file=sys.stderr)
     return 0
 
 

@@ -112,7 +112,7 @@ def _as_declared(config_type: type, name: str, value):
 _REGISTRY: dict[str, DerivedKind] = {}
 
 #: Modules that register kinds besides those of ``core.diagnose`` (each of which is imported).
-KIND_MODULES: tuple[str, ...] = ("core.projection", "core.gradcam")
+KIND_MODULES: tuple[str, ...] = ("core.projection", "core.gradcam", "core.occlusion")
 
 
 def register(name: str, *, version: int, config: type | None = None,

@@ -24,19 +24,22 @@ Grad-CAM++ (Chattopadhay et al., 2018) replaces the mean by
   than shown as a blank overlay.
 
 Cached in the run as the derived analysis ``attention_maps`` (core.derived; config:
-method and layer): ``explain_rows(run, rows)`` computes only the rows not stored yet and
-adds them, so a gallery page of 24 costs 24 images. ``derived.get`` passes nothing but a
-config to a kind, so the requested rows travel in a context variable; a plain
-``derived.get(run, "attention_maps")`` keeps what is stored, or explains the 24 most
-confident errors of the evaluation split. Stored: the raw maps at feature resolution
-(``coarse``, (m, 2, h, w) float32), upsampled and scaled to [0, 1] when read.
+method and layer; the rows are an input): ``explain_rows(run, rows)`` asks
+``derived.get(..., rows=rows)``, which computes only the rows not stored yet and adds them
+to the stored maps, so a gallery page of 24 costs 24 images and earlier pages are kept. A
+plain ``derived.get(run, "attention_maps")`` keeps what is stored, or explains the 24 most
+confident errors of the evaluation split. ``explain_rows(method="occlusion")`` does the same
+with the model-agnostic occlusion maps of ``core.occlusion`` (kind ``occlusion_maps``).
+Stored: the raw maps at feature resolution (``coarse``, (m, 2, h, w) float32), upsampled
+and scaled to [0, 1] when read.
 
 TensorFlow and Keras are imported only when something must be computed.
 """
 
 from __future__ import annotations
 
-import contextvars
+import threading
+import time
 import re
 import warnings
 from collections.abc import Sequence
@@ -47,20 +50,24 @@ import numpy as np
 import pandas as pd
 
 from core import derived
+from core.errors import UserError
 from core.models import ModelError
 from core.progress import Progress, say_function, slug
 from core.store import Run
 
 KIND = "attention_maps"
 KIND_VERSION = 1
-METHODS = ("gradcam", "gradcam++")
+METHODS = ("gradcam", "gradcam++")         # the attention_maps kind's (Keras models)
+ALL_METHODS = METHODS + ("occlusion",)     # occlusion: any model (core.occlusion)
 WHICH = ("predicted", "true")
 DEFAULT_LIMIT = 24
+BATCH = 32   # images per forward pass
+CHUNK = 8    # images per stored step when explain_rows has a time budget
 # A map whose positive part is below this fraction of its largest magnitude is rounding noise.
 EMPTY_TOLERANCE = 1e-6
 
 
-class GradCamUnavailable(ModelError):
+class GradCamUnavailable(ModelError, UserError):
     """Grad-CAM cannot be computed for this model (the message says why, in one line)."""
 
 
@@ -544,7 +551,12 @@ def check_explainable(run: Run) -> None:
     if info.format == "savedmodel":
         raise GradCamUnavailable(
             f"Grad-CAM is unavailable for run {run.id!r}: its model is a SavedModel, which Keras 3 loads as "
-            "one opaque function without layers; save the model as .keras and re-analyse")
+            "one opaque function without layers; use --method occlusion (any model), or save the model as "
+            ".keras and re-analyse")
+    if info.format == "onnx":
+        raise GradCamUnavailable(
+            f"Grad-CAM is unavailable for run {run.id!r}: its model is an ONNX graph, which has no Keras layers "
+            "to take gradients at; use --method occlusion (any model)")
     if info.format == "synthetic" or not info.path:
         raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: it is synthetic and has no model"
                                  if info.format == "synthetic" else
@@ -593,17 +605,7 @@ class Attention:
     layer: str
     method: str
     score: str
-
-
-@dataclass
-class _Request:
-    rows: np.ndarray
-    explainer: CamExplainer | None
-    batch_size: int
-    skipped: dict[int, str] = field(default_factory=dict)
-
-
-_REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("gradcam_request", default=None)
+    cost: dict = field(default_factory=dict)  # occlusion: passes_per_image, seconds_per_image
 
 
 def _check_rows(run: Run, rows) -> np.ndarray:
@@ -622,42 +624,84 @@ def _check_options(*, which, method: str, layer: str | None) -> tuple[str, ...]:
     unknown = [w for w in which if w not in WHICH]
     if unknown or not which:
         raise ValueError(f"which must name some of {list(WHICH)}. Received: which={which!r}")
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}. The available methods are {list(METHODS)}")
+    if method not in ALL_METHODS:
+        raise ValueError(f"Unknown method {method!r}. The available methods are {list(ALL_METHODS)}")
     if layer is not None and (not isinstance(layer, str) or not layer.strip("/") or layer.count("/") > 1):
         raise ValueError(f"--cam-layer must be NAME or OUTER/INNER. Received: {layer!r}")
+    if layer is not None and method == "occlusion":
+        raise ValueError("--cam-layer applies to Grad-CAM; occlusion has no layer (it hides patches of the image)")
     return which
+
+
+def kind_and_config(method: str, layer: str | None = None) -> tuple[str, dict]:
+    """The derived kind that stores ``method``'s maps and its config."""
+    if method == "occlusion":
+        from core import occlusion
+
+        return occlusion.KIND, {}
+    return KIND, {"method": method, "layer": layer}
 
 
 def explain_rows(run: Run, rows: Sequence[int] | np.ndarray, *, which: Sequence[str] | str = WHICH,
                  method: str = "gradcam", layer: str | None = None, explainer: CamExplainer | None = None,
-                 batch_size: int = 32, progress: bool | Progress = False) -> Attention:
+                 budget_s: float | None = None, progress: bool | Progress = False) -> Attention:
     """Attention maps of ``rows`` of ``run``, computed for the rows not cached yet, then cached.
 
-    Rows already stored for this ``method`` and ``layer`` are read back without
-    TensorFlow. ``explainer`` (from ``explainer_for_run(run, layer=layer)``) saves loading
-    the model again. Raises GradCamUnavailable (one line) when the model has no layers to
-    explain, ValueError for a row that is not in the run.
+    ``method``: 'gradcam', 'gradcam++' (Keras models) or 'occlusion' (any model; core.occlusion).
+    Rows already stored for this method (and ``layer``) are read back without TensorFlow;
+    the missing ones are computed and *added* to the stored result (derived row inputs).
+    ``explainer`` (from ``explainer_for_run(run, layer=layer)``) saves loading the model
+    again. ``budget_s``: stop starting new batches once this many seconds have passed; the
+    rows left are reported in ``skipped`` ("over the time budget") and computed next time.
+    Raises GradCamUnavailable (one line) when the model cannot be explained this way,
+    ValueError for a row that is not in the run.
     """
     which = _check_options(which=which, method=method, layer=layer)
     rows = _check_rows(run, rows)
-    check_explainable(run)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive. Received: {batch_size}")
-    if explainer is not None and layer is not None and explainer.layer != layer:
-        raise ValueError(f"The explainer was built for layer {explainer.layer!r}, not {layer!r}")
-    config = {"method": method, "layer": layer}
-    stored = derived.get(run, KIND, config, compute=False)
+    name, config = kind_and_config(method, layer)
+    if method == "occlusion":
+        from core.occlusion import check_occludable
+
+        check_occludable(run)
+    else:
+        check_explainable(run)
+        if explainer is not None and layer is not None and explainer.layer != layer:
+            raise ValueError(f"The explainer was built for layer {explainer.layer!r}, not {layer!r}")
+        if explainer is not None:
+            remember_explainer(run, explainer, layer=layer)
+    if budget_s is not None and budget_s <= 0:
+        raise ValueError(f"budget_s must be positive. Received: {budget_s}")
+    stored = derived.get(run, name, config, compute=False)
+    missing = np.unique(rows) if stored is None else np.setdiff1d(rows, stored.array("rows"))
     skipped: dict[int, str] = {}
-    if stored is None or not np.isin(rows, stored.array("rows")).all():
-        request = _Request(rows=np.unique(rows), explainer=explainer, batch_size=batch_size)
-        token = _REQUEST.set(request)
-        try:
-            stored = derived.get(run, KIND, config, force=True, progress=progress)
-        finally:
-            _REQUEST.reset(token)
-        skipped = request.skipped
+    if len(missing):
+        # in chunks when a budget is set, so that what was done is stored when time runs out
+        step = len(missing) if budget_s is None else CHUNK
+        t0 = time.perf_counter()
+        for start in range(0, len(missing), step):
+            if budget_s is not None and start and time.perf_counter() - t0 > budget_s:
+                for r in missing[start:]:
+                    skipped[int(r)] = (f"not computed: over the time budget of {budget_s:g} s for {method} "
+                                       "maps; ask again to continue")
+                break
+            stored = derived.get(run, name, config, rows=missing[start:start + step], progress=progress)
+            skipped.update(stored.skipped)
+    if stored is None:  # every requested row was skipped before anything was stored
+        return _nothing_read(run, rows, which=which, method=method, skipped=skipped)
     return _read(run, stored, rows, which=which, method=method, skipped=skipped)
+
+
+def _nothing_read(run: Run, rows: np.ndarray, *, which: tuple[str, ...], method: str,
+                  skipped: dict[int, str]) -> Attention:
+    size = _run_input(run, None)[0]
+    cols = [WHICH.index(w) for w in which]
+    classes = np.stack([run.predictions["predicted"].to_numpy()[rows],
+                        run.predictions["true"].to_numpy()[rows]], axis=1)[:, cols].astype(np.int64)
+    n, j = len(rows), len(cols)
+    return Attention(rows=rows, which=which, maps=np.full((n, j, *size), np.nan, np.float32),
+                     empty=np.zeros((n, j), bool), classes=classes, peak=np.zeros((n, j), np.float32),
+                     skipped={int(r): skipped.get(int(r), "not computed") for r in rows},
+                     layer="?", method=method, score="?")
 
 
 def attention_maps(run: Run, rows: Sequence[int] | np.ndarray, *, which: Sequence[str] | str = WHICH,
@@ -689,7 +733,8 @@ def _read(run: Run, stored, rows: np.ndarray, *, which: tuple[str, ...], method:
         peak[have] = coarse.max(axis=(-2, -1))
     missing = {int(r): skipped.get(int(r), "not computed") for r in rows[~have]}
     return Attention(rows=rows, which=which, maps=maps, empty=empty, classes=classes, peak=peak,
-                     skipped=missing, layer=str(summary["layer"]), method=method, score=str(summary["score"]))
+                     skipped=missing, layer=str(summary["layer"]), method=method, score=str(summary["score"]),
+                     cost={k: summary[k] for k in ("passes_per_image", "seconds_per_image") if k in summary})
 
 
 def _load_pixels(run: Run, rows: np.ndarray, *, size: tuple[int, int], channels: int
@@ -713,57 +758,113 @@ def _load_pixels(run: Run, rows: np.ndarray, *, size: tuple[int, int], channels:
     return ok, (np.stack(pixels) if pixels else np.zeros((0, *size, channels), np.uint8)), skipped
 
 
-@derived.register(KIND, version=KIND_VERSION, defaults={"method": "gradcam", "layer": None},
+@dataclass(frozen=True)
+class GradCamConfig:
+    """Options of the ``attention_maps`` kind: the method and the layer (None: ``find_cam_layer``)."""
+
+    method: str = "gradcam"
+    layer: str | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}. The available methods are {list(METHODS)}")
+        if self.layer is not None and (not isinstance(self.layer, str) or not self.layer.strip("/")
+                                       or self.layer.count("/") > 1):
+            raise ValueError(f"--cam-layer must be NAME or OUTER/INNER. Received: {self.layer!r}")
+
+
+# Explainers loaded for a run (its model is loaded once per process): (run uid, layer) -> explainer.
+_EXPLAINERS: dict[tuple[str, str | None], CamExplainer] = {}
+_EXPLAINERS_LOCK = threading.Lock()
+_EXPLAINERS_KEPT = 2
+
+
+def remember_explainer(run: Run, explainer: CamExplainer, *, layer: str | None = None) -> None:
+    """Keep ``explainer`` for ``run`` (and ``layer``) so that computing its maps does not load the
+    model again; the two most recent are kept."""
+    with _EXPLAINERS_LOCK:
+        _EXPLAINERS.pop((run.uid, layer), None)
+        _EXPLAINERS[(run.uid, layer)] = explainer
+        while len(_EXPLAINERS) > _EXPLAINERS_KEPT:
+            _EXPLAINERS.pop(next(iter(_EXPLAINERS)))
+
+
+def cached_explainer(run: Run, *, layer: str | None = None) -> CamExplainer:
+    """``explainer_for_run(run, layer=layer)``, loaded once and kept (see ``remember_explainer``)."""
+    with _EXPLAINERS_LOCK:
+        found = _EXPLAINERS.get((run.uid, layer))
+    if found is None:
+        found = explainer_for_run(run, layer=layer)
+        remember_explainer(run, found, layer=layer)
+    return found
+
+
+def previous_arrays(previous) -> dict[str, np.ndarray] | None:
+    """The stored rows/coarse/empty arrays a row-input attention kind extends, or None."""
+    return {k: np.asarray(previous.array(k)) for k in ("rows", "coarse", "empty")} if previous else None
+
+
+def empty_result(previous, feature_size) -> dict[str, np.ndarray]:
+    """Zero rows, shaped like the stored result (or like ``feature_size``) so that it extends it."""
+    if previous is not None:
+        h, w = np.asarray(previous.array("coarse")).shape[-2:]
+    else:
+        h, w = feature_size or (1, 1)
+    return {"rows": np.zeros(0, np.int64), "coarse": np.zeros((0, 2, h, w), np.float32),
+            "empty": np.zeros((0, 2), bool)}
+
+
+@derived.register(KIND, version=KIND_VERSION, config=GradCamConfig, row_inputs=True,
+                  libraries=("tensorflow", "keras"),
                   description="Grad-CAM maps of the predicted and the true class, per requested row")
-def _compute_attention(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def _compute_attention(run: Run, config: GradCamConfig, progress: Progress, *, rows, previous
+                       ) -> derived.DerivedResult:
+    """Maps of ``rows`` (the rows not stored yet; None: the 24 most confident errors of the
+    evaluation split), returned for derived.get to add to ``previous``."""
     from core.models import prepare_input
 
-    request = _REQUEST.get()
-    previous = derived.get(run, KIND, config, compute=False)
-    old = {name: np.asarray(previous.array(name)) for name in ("rows", "coarse", "empty")} if previous else None
-    if request is None:  # a plain derived.get: keep what is stored, else the first page of errors
-        wanted = old["rows"] if old is not None else select_rows(run, limit=DEFAULT_LIMIT)
-        request = _Request(rows=wanted, explainer=None, batch_size=32)
-    missing = np.setdiff1d(request.rows, old["rows"] if old is not None else [])
-    explainer = request.explainer
-    size, channels = _run_input(run, explainer)
+    if rows is None:
+        rows = select_rows(run, limit=DEFAULT_LIMIT)
+        if previous is not None:
+            rows = np.setdiff1d(rows, previous.array("rows"))
+    rows = np.asarray(rows, np.int64)
+    explainer = None
+    size, channels = _run_input(run, None)
     preds = run.predictions
     targets = np.stack([preds["predicted"].to_numpy(), preds["true"].to_numpy()], axis=1)
-    rows, coarse, empty = ([old["rows"]], [old["coarse"]], [old["empty"]]) if old is not None else ([], [], [])
+    done_rows, coarse, empty, skipped = [], [], [], {}
     mismatched = 0
-    for start in range(0, len(missing), request.batch_size):
-        chunk = missing[start:start + request.batch_size]
-        ok, pixels, skipped = _load_pixels(run, chunk, size=size, channels=channels)
-        request.skipped.update(skipped)
+    for start in range(0, len(rows), BATCH):
+        chunk = rows[start:start + BATCH]
+        ok, pixels, bad = _load_pixels(run, chunk, size=size, channels=channels)
+        skipped.update(bad)
         if ok:
             if explainer is None:  # loaded only once some image needs it
-                explainer = explainer_for_run(run, layer=config["layer"])
+                explainer = cached_explainer(run, layer=config.layer)
             maps, flags, scores = explainer.maps(prepare_input(pixels, explainer.scale), targets[ok],
-                                                 method=config["method"])
+                                                 method=config.method)
             mismatched += int((scores.argmax(axis=1) != targets[ok, 0]).sum())
-            rows.append(np.asarray(ok, np.int64))
+            done_rows.append(np.asarray(ok, np.int64))
             coarse.append(maps)
             empty.append(flags)
-        done = min(start + len(chunk), len(missing))
-        progress(f"Grad-CAM: {done:,}/{len(missing):,} images", done / max(len(missing), 1))
+        done = min(start + len(chunk), len(rows))
+        progress(f"Grad-CAM: {done:,}/{len(rows):,} images", done / max(len(rows), 1))
     summary = dict(previous.summary) if previous is not None else {}
     if explainer is not None:
         summary.update({"layer": explainer.layer, "score": explainer.score,
                         "feature_size": list(explainer.feature_size or ())})
-    summary.setdefault("layer", config["layer"] or "?")
+    summary.setdefault("layer", config.layer or "?")
     summary.setdefault("score", "?")
+    arrays = ({"rows": np.concatenate(done_rows), "coarse": np.concatenate(coarse), "empty": np.concatenate(empty)}
+              if done_rows else empty_result(previous, explainer.feature_size if explainer else None))
     summary.update({
-        "input_size": list(size), "rows": int(sum(len(r) for r in rows)),
-        "empty_maps": int(sum(int(e.sum()) for e in empty)),
+        "input_size": list(size), "rows": int(summary.get("rows", 0)) + len(arrays["rows"]),
+        "empty_maps": int(summary.get("empty_maps", 0)) + int(arrays["empty"].sum()),
         # the model's argmax on these pixels should be the run's prediction; more than a tie now
         # and then means the model file or the preprocessing changed since the run
         "prediction_mismatches": int(summary.get("prediction_mismatches", 0)) + mismatched,
     })
-    if not rows:  # nothing could be read: an empty result, so the caller reports the skips
-        h, w = explainer.feature_size if explainer is not None and explainer.feature_size else (1, 1)
-        rows, coarse, empty = [np.zeros(0, np.int64)], [np.zeros((0, 2, h, w), np.float32)], [np.zeros((0, 2), bool)]
-    return derived.DerivedResult(arrays={"rows": np.concatenate(rows), "coarse": np.concatenate(coarse),
-                                         "empty": np.concatenate(empty)}, summary=summary)
+    return derived.DerivedResult(arrays=arrays, summary=summary, skipped=skipped)
 
 
 def _run_input(run: Run, explainer: CamExplainer | None) -> tuple[tuple[int, int], int]:

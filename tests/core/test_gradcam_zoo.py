@@ -28,7 +28,7 @@ def _textbook_sequential(size=28, channels=1):
     L = keras.layers
     return keras.Sequential([keras.Input((size, size, channels)), L.Conv2D(8, 3, activation="relu"),
                              L.MaxPooling2D(), L.Conv2D(16, 3, activation="relu"), L.MaxPooling2D(),
-                             L.Conv2D(16, 3, activation="relu"), L.GlobalAveragePooling2D(),
+                             L.Conv2D(16, 3, activation="relu", name="conv_c"), L.GlobalAveragePooling2D(),
                              L.Dense(N_CLASSES, activation="softmax")])
 
 
@@ -38,7 +38,7 @@ def _flatten_sequential(size=28, channels=1):
 
     L = keras.layers
     return keras.Sequential([keras.Input((size, size, channels)), L.Conv2D(8, 3, activation="relu"),
-                             L.MaxPooling2D(), L.Conv2D(8, 3, activation="relu"), L.Flatten(),
+                             L.MaxPooling2D(), L.Conv2D(8, 3, activation="relu", name="conv_b"), L.Flatten(),
                              L.Dense(16, activation="relu"), L.Dropout(0.5),
                              L.Dense(N_CLASSES, activation="softmax")])
 
@@ -68,7 +68,7 @@ def _separable_depthwise(size=24, channels=3):
     x = L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same")(x))
     x = L.Activation("relu")(x)
     x = L.SeparableConv2D(16, 3, padding="same", activation="relu")(x)
-    x = L.BatchNormalization()(x)
+    x = L.BatchNormalization(name="sep_bn")(x)
     z = L.Dense(N_CLASSES)(L.GlobalAveragePooling2D()(x))
     return keras.Model(inp, L.Activation("softmax", name="probs")(z), name="mobile_like")
 
@@ -83,8 +83,8 @@ def _augmentation_inside(size=32, channels=3):
                                name="data_augmentation")
     return keras.Sequential([keras.Input((size, size, channels)), augment, L.Rescaling(1.0 / 255),
                              L.Conv2D(8, 3, padding="same", activation="relu"), L.MaxPooling2D(),
-                             L.Conv2D(16, 3, padding="same", activation="relu"), L.MaxPooling2D(),
-                             L.Flatten(), L.Dense(16, activation="relu"),
+                             L.Conv2D(16, 3, padding="same", activation="relu", name="conv_b"),
+                             L.MaxPooling2D(), L.Flatten(), L.Dense(16, activation="relu"),
                              L.Dense(N_CLASSES, activation="softmax")])
 
 
@@ -110,11 +110,11 @@ def _backbone(name: str, size: int, *, sequential: bool = False):
 
 
 FAST = [
-    ("textbook_sequential", _textbook_sequential, ("keras", "h5"), "conv2d_2", 1),
-    ("flatten_sequential", _flatten_sequential, ("keras", "h5"), "conv2d_1", 1),
+    ("textbook_sequential", _textbook_sequential, ("keras", "h5"), "conv_c", 1),
+    ("flatten_sequential", _flatten_sequential, ("keras", "h5"), "conv_b", 1),
     ("residual_bn_logits", _residual_bn_logits, ("keras",), "block1_out", 3),
-    ("separable_depthwise", _separable_depthwise, ("keras", "h5"), "batch_normalization_1", 3),
-    ("augmentation_inside", _augmentation_inside, ("keras",), "conv2d_1", 3),
+    ("separable_depthwise", _separable_depthwise, ("keras", "h5"), "sep_bn", 3),
+    ("augmentation_inside", _augmentation_inside, ("keras",), "conv_b", 3),
 ]
 
 BACKBONES = [
