@@ -38,6 +38,7 @@ import numpy as np
 
 from core import derived
 from core.config import ProjectionConfig
+from core.errors import UserError
 from core.progress import Progress, progress_bar, say_function
 from core.store import Run, RunCorruptError, RunNotFoundError, read_manifest, try_flock
 
@@ -90,7 +91,7 @@ def exact_neighbors(x: np.ndarray, k: int, *, threads: int | None = None,
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     if not 1 <= k <= n:
-        raise ValueError(f"k must be between 1 and the number of points ({n}). Received: k={k}")
+        raise UserError(f"k must be between 1 and the number of points ({n}). Received: k={k}")
     merge = _jitted(_fold_into_nearest, nogil=True)
     squares = np.einsum("ij,ij->i", x, x)
     best_d = np.full((n, k), np.inf, np.float32)
@@ -353,7 +354,7 @@ def nearest_in_sample(sample: np.ndarray, queries: np.ndarray, k: int, *, seed: 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     m, q = len(sample), len(queries)
     if not 1 <= k <= m:
-        raise ValueError(f"k must be between 1 and the sample size ({m}). Received: k={k}")
+        raise UserError(f"k must be between 1 and the sample size ({m}). Received: k={k}")
     centroids, labels = _kmeans_cells(sample, max(1, int(round(np.sqrt(m)))), seed=seed)
     order = np.argsort(labels, kind="stable")
     sorted_sample = sample[order]

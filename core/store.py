@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import SCHEMA_VERSION, AnalysisConfig
+from core.errors import UserError
 
 READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
@@ -62,23 +63,23 @@ DEFAULT_STORE = Path(__file__).resolve().parent.parent / "artifacts"
 _TOO_BROAD_ROOTS = {Path("/"), Path.home().resolve()}
 
 
-class RunNotFoundError(LookupError):
+class RunNotFoundError(UserError, LookupError):
     """No run of that id in the store."""
 
 
-class RunSchemaError(RuntimeError):
+class RunSchemaError(UserError, RuntimeError):
     """The run was written by another schema version and must be re-made."""
 
 
-class RunCorruptError(ValueError):
+class RunCorruptError(UserError):
     """A run whose files are missing, truncated or of the wrong shape (the message names the file)."""
 
 
-class RunBusyError(RuntimeError):
+class RunBusyError(UserError, RuntimeError):
     """Another process is writing a run of the same name."""
 
 
-class RunConflictError(RuntimeError):
+class RunConflictError(UserError, RuntimeError):
     """A run of that name exists and was made from another config."""
 
 
@@ -95,7 +96,7 @@ def valid_run_id(run_id: str) -> str:
         and all(c.isalnum() or c in "-_." for c in run_id)
     )
     if not ok:
-        raise ValueError(
+        raise UserError(
             f"Invalid run name {run_id!r}: use 1-120 letters, digits, '-', '_' or '.', "
             "not starting with '.'"
         )
