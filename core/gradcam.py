@@ -50,7 +50,7 @@ import numpy as np
 import pandas as pd
 
 from core import derived
-from core.errors import UserError
+from core.errors import UserError, first_line
 from core.models import ModelError
 from core.progress import Progress, say_function, slug
 from core.store import Run
@@ -67,7 +67,7 @@ CHUNK = 8    # images per stored step when explain_rows has a time budget
 EMPTY_TOLERANCE = 1e-6
 
 
-class GradCamUnavailable(ModelError, UserError):
+class GradCamUnavailable(ModelError):
     """Grad-CAM cannot be computed for this model (the message says why, in one line)."""
 
 
@@ -246,8 +246,14 @@ class CamExplainer:
         if n_targets not in self._functions:  # traced once per number of classes, any batch size
             signature = [tf.TensorSpec((None, *x.shape[1:]), tf.float32),
                          tf.TensorSpec((None, n_targets), tf.int32)]
-            self._functions[n_targets] = tf.function(self._step, input_signature=signature)
-        A, grads, scores = self._functions[n_targets](tf.constant(x), tf.constant(classes))
+            # autograph off: _step's loop is over a fixed number of classes, and an error raised while
+            # tracing reaches the caller as raised, not rewrapped as "in user code:"
+            self._functions[n_targets] = tf.function(self._step, input_signature=signature, autograph=False)
+        try:
+            A, grads, scores = self._functions[n_targets](tf.constant(x), tf.constant(classes))
+        except tf.errors.OpError as exc:  # TensorFlow failed while running: say where, in one line
+            raise GradCamUnavailable(f"Grad-CAM at layer {self.layer!r} failed in TensorFlow on a batch of shape "
+                                     f"{list(x.shape)}: {first_line(exc)}") from None
         return A.numpy(), grads.numpy(), scores.numpy()
 
     def _step(self, x, classes):
@@ -259,7 +265,11 @@ class CamExplainer:
             picked = tf.gather(scores, classes, batch_dims=1)            # (n, J)
             # images are independent, so d(sum over the batch)/dA_i = dy_i/dA_i
             totals = [tf.reduce_sum(picked[:, j]) for j in range(classes.shape[1])]
-        grads = tf.stack([tape.gradient(t, A) for t in totals], axis=1)
+        grads = [tape.gradient(t, A) for t in totals]
+        if any(g is None for g in grads):
+            raise GradCamUnavailable(f"Grad-CAM: the class scores do not depend on layer {self.layer!r} (no gradient "
+                                     "reaches it); name a layer before the classifier with --cam-layer")
+        grads = tf.stack(grads, axis=1)
         del tape
         return tf.cast(A, tf.float32), tf.cast(grads, tf.float32), scores
 
@@ -611,11 +621,11 @@ class Attention:
 def _check_rows(run: Run, rows) -> np.ndarray:
     arr = np.atleast_1d(np.asarray(rows))
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-        raise ValueError(f"rows must be a list of row numbers. Received: {rows!r}"[:300])
+        raise UserError(f"rows must be a list of row numbers. Received: {rows!r}"[:300])
     arr = arr.astype(np.int64)
     bad = arr[(arr < 0) | (arr >= run.n_images)]
     if len(bad):
-        raise ValueError(f"Row {int(bad[0])} is not in run {run.id!r}, which has rows 0..{run.n_images - 1}")
+        raise UserError(f"Row {int(bad[0])} is not in run {run.id!r}, which has rows 0..{run.n_images - 1}")
     return arr
 
 
@@ -623,13 +633,13 @@ def _check_options(*, which, method: str, layer: str | None) -> tuple[str, ...]:
     which = (which,) if isinstance(which, str) else tuple(which)
     unknown = [w for w in which if w not in WHICH]
     if unknown or not which:
-        raise ValueError(f"which must name some of {list(WHICH)}. Received: which={which!r}")
+        raise UserError(f"which must name some of {list(WHICH)}. Received: which={which!r}")
     if method not in ALL_METHODS:
-        raise ValueError(f"Unknown method {method!r}. The available methods are {list(ALL_METHODS)}")
+        raise UserError(f"Unknown method {method!r}. The available methods are {list(ALL_METHODS)}")
     if layer is not None and (not isinstance(layer, str) or not layer.strip("/") or layer.count("/") > 1):
-        raise ValueError(f"--cam-layer must be NAME or OUTER/INNER. Received: {layer!r}")
+        raise UserError(f"--cam-layer must be NAME or OUTER/INNER. Received: {layer!r}")
     if layer is not None and method == "occlusion":
-        raise ValueError("--cam-layer applies to Grad-CAM; occlusion has no layer (it hides patches of the image)")
+        raise UserError("--cam-layer applies to Grad-CAM; occlusion has no layer (it hides patches of the image)")
     return which
 
 
@@ -767,10 +777,10 @@ class GradCamConfig:
 
     def __post_init__(self):
         if self.method not in METHODS:
-            raise ValueError(f"Unknown method {self.method!r}. The available methods are {list(METHODS)}")
+            raise UserError(f"Unknown method {self.method!r}. The available methods are {list(METHODS)}")
         if self.layer is not None and (not isinstance(self.layer, str) or not self.layer.strip("/")
                                        or self.layer.count("/") > 1):
-            raise ValueError(f"--cam-layer must be NAME or OUTER/INNER. Received: {self.layer!r}")
+            raise UserError(f"--cam-layer must be NAME or OUTER/INNER. Received: {self.layer!r}")
 
 
 # Explainers loaded for a run (its model is loaded once per process): (run uid, layer) -> explainer.
@@ -889,11 +899,11 @@ def select_rows(run: Run, *, true_class: str | None = None, predicted_class: str
     preds = run.predictions
     classes = run.classes
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1. Received: {limit}")
+        raise UserError(f"--limit must be at least 1. Received: {limit}")
     for option, name in (("--true", true_class), ("--predicted", predicted_class)):
         if name is not None and name not in classes:
             shown = classes if len(classes) <= 30 else classes[:30] + ["..."]
-            raise ValueError(f"Unknown class {name!r} for {option}. The run's classes: {shown}")
+            raise UserError(f"Unknown class {name!r} for {option}. The run's classes: {shown}")
     split = split or run.eval_split
     splits = preds["split"]
     if split == "all":
@@ -901,7 +911,7 @@ def select_rows(run: Run, *, true_class: str | None = None, predicted_class: str
     else:
         known = sorted(str(s) for s in splits.unique())
         if split not in known:
-            raise ValueError(f"Unknown split {split!r}. The run has: {known + ['all']}")
+            raise UserError(f"Unknown split {split!r}. The run has: {known + ['all']}")
         mask = (splits == split).to_numpy()
     if true_class is not None:
         mask = mask & (preds["true"].to_numpy() == classes.index(true_class))
@@ -954,7 +964,7 @@ def write_explanations(run: Run, attention: Attention, out_dir: str | Path) -> p
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
+        raise UserError(f"--out {str(out)!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     _remove_earlier_pngs(out)
     preds = run.predictions

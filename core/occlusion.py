@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core import derived
+from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
 
@@ -49,9 +50,9 @@ class OcclusionConfig:
 
     def __post_init__(self):
         if not isinstance(self.grid, int) or not 2 <= self.grid <= 32:
-            raise ValueError(f"occlusion grid must be an integer from 2 to 32. Received: grid={self.grid!r}")
+            raise UserError(f"occlusion grid must be an integer from 2 to 32. Received: grid={self.grid!r}")
         if not isinstance(self.patch, int) or not 1 <= self.patch < self.grid:
-            raise ValueError(f"occlusion patch must be an integer from 1 to grid - 1 = {self.grid - 1}. "
+            raise UserError(f"occlusion patch must be an integer from 1 to grid - 1 = {self.grid - 1}. "
                              f"Received: patch={self.patch!r}")
 
     @property
