@@ -40,10 +40,20 @@ def load() -> str:
 
 def time_pages(run, rows: np.ndarray, repeats: int) -> list[float]:
     from core import occlusion
-    from core.gradcam import explain_rows
+    from core.gradcam import _load_pixels, _run_input, explain_rows
 
-    occlusion.run_model(run)  # loaded once, as the dashboard keeps it
+    model = occlusion.run_model(run)  # loaded once, as the dashboard keeps it
     explain_rows(run, rows[:2], method="occlusion")  # warm-up (tracing), not timed
+    # the floor: the same number of plain forward passes (batches of PASSES) on the page's images
+    size, channels = _run_input(run, None)
+    _, pixels, _ = _load_pixels(run, rows[2:2 + PAGE], size=size, channels=channels)
+    passes = len(pixels) * occlusion.OcclusionConfig().passes_per_image
+    batch = np.resize(pixels, (occlusion.PASSES, *pixels.shape[1:]))
+    t0 = time.perf_counter()
+    for _ in range(-(-passes // occlusion.PASSES)):
+        model.predict_batch(batch)
+    floor = time.perf_counter() - t0
+    print(f"  {passes} plain forward passes (the floor for a page): {floor:.2f} s, {load()}", flush=True)
     times = []
     for k in range(repeats):
         page = rows[2 + k * PAGE:2 + (k + 1) * PAGE]
@@ -51,7 +61,8 @@ def time_pages(run, rows: np.ndarray, repeats: int) -> list[float]:
         att = explain_rows(run, page, method="occlusion")
         times.append(time.perf_counter() - t0)
         assert not att.skipped and np.isfinite(att.maps).all()
-        print(f"  page {k + 1}: {times[-1]:.2f} s ({times[-1] / len(page):.3f} s per image), {load()}", flush=True)
+        print(f"  page {k + 1}: {times[-1]:.2f} s ({times[-1] / len(page):.3f} s per image; "
+              f"{times[-1] / floor:.2f}x the floor), {load()}", flush=True)
     return times
 
 
