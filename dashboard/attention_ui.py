@@ -29,6 +29,7 @@ predicted class and 1 the true class (``core.gradcam.WHICH``).
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,6 +48,7 @@ METHOD_LABELS = {"off": "Off", "gradcam": "Grad-CAM", "occlusion": "Occlusion", 
 DETAIL_PANEL_PX = 224
 CONFIG = {"method": "gradcam", "layer": None}  # the derived kind's defaults: the dashboard explains with them
 PAGE_BUDGET_S = 20.0  # occlusion seconds per page; the rest of the page is computed on the next rerun
+DEFER_S = 2.0  # a row left over by a budgeted page stays "over the budget" this long (the rest of that script run)
 # What computing maps may raise for a run whose model cannot be explained or loaded: one line each.
 PROBLEMS = (gradcam.GradCamUnavailable, ModelError, ValueError, OSError, ImportError)
 
@@ -69,6 +71,7 @@ class AttentionMemo:
     rows: dict[int, RowMaps] = field(default_factory=dict)
     problem: str | None = None
     cost: dict = field(default_factory=dict)  # occlusion: passes_per_image, seconds_per_image
+    deferred: dict[int, tuple[str, float]] = field(default_factory=dict)  # row -> (reason, when): over budget
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -185,6 +188,9 @@ def row_maps(run: Run, row: int, *, method: str = "gradcam", batch: np.ndarray |
             return memo.problem
         if int(row) in memo.rows:
             return memo.rows[int(row)]
+        deferred = memo.deferred.get(int(row))
+        if deferred is not None and time.monotonic() - deferred[1] < DEFER_S:
+            return RowMaps(reason=deferred[0])  # left over by this script run's budgeted page
         name, config = gradcam.kind_and_config(method)
         try:
             if method == "occlusion":
@@ -213,13 +219,15 @@ def row_maps(run: Run, row: int, *, method: str = "gradcam", batch: np.ndarray |
         for k, r in enumerate(attention.rows):
             reason = attention.skipped.get(int(r))
             if reason is not None and "time budget" in reason:
-                found = RowMaps(reason=reason)  # not kept: the next rerun computes it
-                if int(r) == int(row):
-                    return found
+                # not kept as a result: the next rerun computes it (the rest of this run's thumbnails
+                # of the page say so, without starting another budget each)
+                memo.deferred[int(r)] = (reason, time.monotonic())
                 continue
             memo.rows[int(r)] = (RowMaps(reason=f"no attention map: {reason}") if reason is not None
                                  else RowMaps(maps=attention.maps[k], empty=attention.empty[k]))
         memo.cost = attention.cost or memo.cost
+        if int(row) in memo.deferred and int(row) not in memo.rows:
+            return RowMaps(reason=memo.deferred[int(row)][0])
         return memo.rows[int(row)]
 
 

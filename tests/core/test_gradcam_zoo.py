@@ -117,13 +117,15 @@ FAST = [
     ("augmentation_inside", _augmentation_inside, ("keras",), "conv_b", 3),
 ]
 
+# Sizes where each backbone's last stage still has a 2x2 map or more (at 32x32 it is 1x1 for the
+# 32-stride backbones, and find_cam_layer then rightly takes the stage before).
 BACKBONES = [
     ("vgg16", 32, False, "vgg16/block5_conv3"),
     ("vgg16", 32, True, "vgg16/block5_conv3"),
-    ("resnet50", 32, False, "resnet50/conv5_block3_out"),
-    ("mobilenetv2", 32, False, "mobilenetv2/out_relu"),
-    ("efficientnetb0", 32, False, "efficientnetb0/top_activation"),
-    ("densenet121", 32, False, "densenet121/relu"),
+    ("resnet50", 64, False, "resnet50/conv5_block3_out"),
+    ("mobilenetv2", 64, False, "mobilenetv2/out_relu"),
+    ("efficientnetb0", 64, False, "efficientnetb0/top_activation"),
+    ("densenet121", 64, False, "densenet121/relu"),
     ("xception", 71, False, "xception/block14_sepconv2_act"),
 ]
 

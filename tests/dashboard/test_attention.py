@@ -241,3 +241,24 @@ def test_pages_with_the_toggle_off_import_no_tensorflow(stores, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "off: []" in out.stdout, out.stdout
     assert "on: ['keras', 'tensorflow']" in out.stdout, out.stdout  # the check can fail: on, it imports
+
+
+def test_occlusion_page_budget_leaves_the_rest_for_the_next_rerun(stores, monkeypatch):
+    import time
+
+    store, _ = stores
+    attention_ui.cache.attention_memo.clear()
+    derived.delete(store.load("cnn"), "occlusion_maps")
+    monkeypatch.setattr(attention_ui, "PAGE_BUDGET_S", 1e-9)  # one chunk of 8 rows, then out of time
+    monkeypatch.setattr(attention_ui, "DEFER_S", 0.5)
+    at = start("cnn")
+    at.segmented_control(key="attention-method-t").set_value("occlusion").run()
+    assert not at.exception, [e.value for e in at.exception]
+    over = [c for c in at.caption if "over the time budget" in unescape(c.value)]
+    stored = derived.get(store.load("cnn"), "occlusion_maps", compute=False)
+    assert len(np.asarray(stored.array("rows"))) == 8 and len(over) == 24 - 8  # said, not computed twice
+    time.sleep(0.6)
+    at.run()  # the next rerun goes on with the page
+    stored = derived.get(store.load("cnn"), "occlusion_maps", compute=False)
+    assert len(np.asarray(stored.array("rows"))) == 16
+    attention_ui.cache.attention_memo.clear()
