@@ -118,7 +118,10 @@ def test_the_detail_has_one_control_comparing_grad_cam_and_occlusion(url, store,
         dialog.locator(f"[class*='st-key-attention-{method}-image'] img").wait_for(timeout=90_000)
         for which in ("predicted", "true"):
             panel = dialog.locator(f"[class*='st-key-attention-{method}-{which}']")
-            assert panel.locator("img").count() == 1 or "no positive evidence" in panel.inner_text()
+            # each map is an image, or says in words that it is empty
+            panel.locator("img").or_(panel.get_by_text("no positive evidence")).wait_for(timeout=90_000)
+            assert f"{which} class" in panel.inner_text()
+    page.wait_for_function("() => [...document.querySelectorAll('[role=dialog] img')].every(i => i.complete)")
     assert "occlusion: 37 model passes per image" in dialog.inner_text()
     page.screenshot(path=SHOTS / f"e2e_detail_both_{n_classes}.png", full_page=True)
     dialog.locator("[class*='st-key-attention-occlusion-image']").scroll_into_view_if_needed()
