@@ -56,6 +56,7 @@ from core.progress import Progress, say_function, slug
 from core.store import Run
 
 KIND = "attention_maps"
+OCCLUSION_KIND = "occlusion_maps"  # registered by core.occlusion (which imports this module, not the reverse)
 KIND_VERSION = 1
 METHODS = ("gradcam", "gradcam++")         # the attention_maps kind's (Keras models)
 ALL_METHODS = METHODS + ("occlusion",)     # occlusion: any model (core.occlusion)
@@ -573,6 +574,16 @@ def check_explainable(run: Run) -> None:
                                  f"Grad-CAM is unavailable for run {run.id!r}: it records no model file")
 
 
+def check_has_model(run: Run, *, what: str) -> None:
+    """Raise GradCamUnavailable (one line) for a run without a model to run: synthetic, or no model
+    file recorded. Reads the manifest only."""
+    info = run.model_info
+    if info.format == "synthetic" or not info.path:
+        raise GradCamUnavailable(f"{what} are unavailable for run {run.id!r}: "
+                                 + ("it is synthetic and has no model" if info.format == "synthetic"
+                                    else "it records no model file"))
+
+
 def explainer_for_run(run: Run, *, layer: str | None = None) -> CamExplainer:
     """The run's model prepared for Grad-CAM, loaded as ``core.analyze.load_run_model`` does
     (Keras safe mode unless the run recorded the unsafe-load opt-in). Slow (TensorFlow):
@@ -646,9 +657,7 @@ def _check_options(*, which, method: str, layer: str | None) -> tuple[str, ...]:
 def kind_and_config(method: str, layer: str | None = None) -> tuple[str, dict]:
     """The derived kind that stores ``method``'s maps and its config."""
     if method == "occlusion":
-        from core import occlusion
-
-        return occlusion.KIND, {}
+        return OCCLUSION_KIND, {}
     return KIND, {"method": method, "layer": layer}
 
 
@@ -670,9 +679,7 @@ def explain_rows(run: Run, rows: Sequence[int] | np.ndarray, *, which: Sequence[
     rows = _check_rows(run, rows)
     name, config = kind_and_config(method, layer)
     if method == "occlusion":
-        from core.occlusion import check_occludable
-
-        check_occludable(run)
+        check_has_model(run, what="Occlusion maps")
     else:
         check_explainable(run)
         if explainer is not None and layer is not None and explainer.layer != layer:

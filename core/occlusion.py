@@ -35,7 +35,7 @@ from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
 
-KIND = "occlusion_maps"
+KIND = "occlusion_maps"  # core.gradcam.OCCLUSION_KIND
 KIND_VERSION = 1
 PASSES = 64        # occluded images per forward pass
 _MODELS_KEPT = 2
@@ -153,13 +153,9 @@ _LOCK = threading.Lock()
 
 def check_occludable(run: Run) -> None:
     """Raise (one line) for a run without a model to run: synthetic, or no model file recorded."""
-    from core.gradcam import GradCamUnavailable
+    from core.gradcam import check_has_model
 
-    info = run.model_info
-    if info.format == "synthetic" or not info.path:
-        raise GradCamUnavailable(f"Occlusion maps are unavailable for run {run.id!r}: "
-                                 + ("it is synthetic and has no model" if info.format == "synthetic"
-                                    else "it records no model file"))
+    check_has_model(run, what="Occlusion maps")
 
 
 def run_model(run: Run):
