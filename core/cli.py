@@ -490,9 +490,11 @@ def cmd_explain(args) -> int:
     print(f"Wrote {len(index)} maps at layer {attention.layer!r} ({attention.method}) to {args.out}"
           + (f"; {n_empty} without positive evidence (empty_* in index.csv)" if n_empty else ""), file=sys.stderr)
     if attention.method == "occlusion" and attention.cost:
-        print(f"Occlusion cost: {attention.cost['passes_per_image']} forward passes per image; "
-              f"{seconds:.1f} s for {len(rows)} images this time ({seconds / max(len(rows), 1):.2f} s per image, "
-              "stored maps read back for free); bound it with --limit", file=sys.stderr)
+        per = attention.cost.get("last_seconds_per_image") or attention.cost.get("seconds_per_image")
+        print(f"Occlusion cost: {attention.cost['passes_per_image']} forward passes per image"
+              + (f", {per:.3f} s per image computed" if per else "")
+              + f"; {seconds:.1f} s in all for {len(rows)} images (model load included; stored maps are read "
+              "back for free); bound it with --limit", file=sys.stderr)
     return 0
 
 

@@ -523,6 +523,8 @@ class _TappedForward:
         if not hasattr(model, "_run_through_graph"):
             raise GradCamUnavailable(f"Grad-CAM: {model.name!r} is a subclassed model without a layer graph, so "
                                      "no layer inside it can be reached; save it as a functional model")
+        if isinstance(getattr(model, "_inputs_struct", None), list) and not isinstance(x, (list, tuple)):
+            x = [x]  # a model built with a one-element input list: the same structure, so Keras does not warn
         return model._run_through_graph(model._standardize_inputs(x), operation_fn=wrap)
 
 
@@ -751,7 +753,8 @@ def _read(run: Run, stored, rows: np.ndarray, *, which: tuple[str, ...], method:
     missing = {int(r): skipped.get(int(r), "not computed") for r in rows[~have]}
     return Attention(rows=rows, which=which, maps=maps, empty=empty, classes=classes, peak=peak,
                      skipped=missing, layer=str(summary["layer"]), method=method, score=str(summary["score"]),
-                     cost={k: summary[k] for k in ("passes_per_image", "seconds_per_image") if k in summary})
+                     cost={k: summary[k] for k in ("passes_per_image", "seconds_per_image", "last_seconds_per_image")
+                           if k in summary})
 
 
 def _load_pixels(run: Run, rows: np.ndarray, *, size: tuple[int, int], channels: int
