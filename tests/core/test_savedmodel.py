@@ -112,3 +112,18 @@ def test_run_model_loads_a_savedmodel_only_for_a_run_made_with_the_opt_in(tmp_pa
     with pytest.raises(ModelError, match="has changed since the run was analysed") as changed:
         load_run_model(run)
     assert "--" not in str(changed.value) and not marker.exists()
+
+
+def test_occlusion_maps_for_a_savedmodel_run_grad_cam_refused_in_one_line(tmp_path, image_tree, marker_savedmodel):
+    """A SavedModel has no layers for Grad-CAM, but occlusion only needs its predictions."""
+    from core.gradcam import GradCamUnavailable, explain_rows
+
+    folder, _ = marker_savedmodel
+    run = analyze(folder, load_dataset(image_tree), store=RunStore(tmp_path / "s"), progress=False,
+                  projection=False, unsafe=True)
+    got = explain_rows(run, [0, 1, 2], method="occlusion")
+    assert got.maps.shape == (3, 2, 20, 20) and not got.skipped and np.isfinite(got.maps).all()
+    live = got.maps[~got.empty]
+    assert len(live) >= 2 and np.allclose(live.max(axis=(1, 2)), 1.0)
+    with pytest.raises(GradCamUnavailable, match="SavedModel.*use --method occlusion"):
+        explain_rows(run, [0], method="gradcam")
