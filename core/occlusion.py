@@ -158,6 +158,16 @@ def check_occludable(run: Run) -> None:
     check_has_model(run, what="Occlusion maps")
 
 
+def remember_model(run: Run, model) -> None:
+    """Keep ``model`` (a ``core.analyze.RunModel`` of ``run``, e.g. loaded with the command line's
+    unsafe-load opt-in) so that this process computes ``run``'s maps with it."""
+    with _LOCK:
+        _RUN_MODELS.pop(run.uid, None)
+        _RUN_MODELS[run.uid] = model
+        while len(_RUN_MODELS) > _MODELS_KEPT:
+            _RUN_MODELS.pop(next(iter(_RUN_MODELS)))
+
+
 def run_model(run: Run):
     """``core.analyze.load_run_model(run)``, loaded once per process (the two most recent runs kept)."""
     with _LOCK:
