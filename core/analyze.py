@@ -329,14 +329,18 @@ class RunModel:
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities (K,) for one RGB/gray uint8 image of any size."""
-        x = fit_to_input(pixels, size=self.size, channels=self.channels)[None]
-        x = prepare_input(x, self.inference.scale)
+        return self.predict_batch(fit_to_input(pixels, size=self.size, channels=self.channels)[None])[0]
+
+    def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Probabilities (n, K) for uint8 (n, H, W, C) images already at the model's input size
+        (``core.images.fit_to_input``), fed as the analysis fed them."""
+        x = prepare_input(np.asarray(pixels), self.inference.scale)
         if self.inference.has_features:
             out, _ = self.inference.model.predict_on_batch(x)
         else:
             out = self.inference.model(x)
         return to_probabilities(np.asarray(out), activation=self.inference.output_activation,
-                                n_classes=self.n_classes)[0]
+                                n_classes=self.n_classes)
 
 
 def load_run_model(run: Run, *, unsafe: bool = False) -> RunModel:

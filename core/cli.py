@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -259,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("delete", parents=[store], help="delete a stored run")
     d.add_argument("run")
 
-    x = sub.add_parser("explain", parents=[store], help="Grad-CAM maps of a run's images: cams.npy, index.csv, "
+    x = sub.add_parser("explain", parents=[store], help="attention maps (Grad-CAM or occlusion) of a run's images: cams.npy, index.csv, "
                        "one overlay PNG per image (the most confident errors, or one confusion cell)")
     x.add_argument("run")
     x.add_argument("--out", required=True, metavar="DIR", help="folder for cams.npy, index.csv and the PNGs")
@@ -272,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cam-layer", default=None, metavar="NAME", help="layer whose feature map is weighted "
                    "(default: the last convolutional map, inside a nested backbone too); OUTER/INNER for a "
                    "layer inside a nested backbone, e.g. vgg16/block5_conv3")
-    x.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+    x.add_argument("--method", choices=["gradcam", "gradcam++", "occlusion"], default="gradcam",
+                   help="gradcam/gradcam++: Keras models; occlusion: any model (ONNX, SavedModel, Keras), "
+                   "37 forward passes per image, the cost printed")
     x.add_argument("--unsafe-load", action="store_true", help="load the run's model even if it can run code "
                    "(a Lambda layer, a SavedModel): only for a file you trust")
 
@@ -493,17 +496,31 @@ def cmd_explain(args) -> int:
                          f"({cell}) in split {args.split or run.eval_split!r} of run {run.id!r}")
     explainer = None
     if args.unsafe_load:  # the opt-in comes from this command line, never from the run's manifest
-        from core.gradcam import explainer_for_run
+        if args.method == "occlusion":
+            from core import occlusion
+            from core.analyze import load_run_model
 
-        explainer = explainer_for_run(run, layer=args.cam_layer, unsafe=True)
+            occlusion.remember_model(run, load_run_model(run, unsafe=True))
+        else:
+            from core.gradcam import explainer_for_run
+
+            explainer = explainer_for_run(run, layer=args.cam_layer, unsafe=True)
+    t0 = time.perf_counter()
     attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, explainer=explainer,
                              progress=True)
+    seconds = time.perf_counter() - t0
     index = write_explanations(run, attention, args.out)
     for row, reason in attention.skipped.items():
         print(f"skipped row {row}: {reason}", file=sys.stderr)
     n_empty = int(index.filter(like="empty_").to_numpy().sum())
     print(f"Wrote {len(index)} maps at layer {attention.layer!r} ({attention.method}) to {args.out}"
           + (f"; {n_empty} without positive evidence (empty_* in index.csv)" if n_empty else ""), file=sys.stderr)
+    if attention.method == "occlusion" and attention.cost:
+        per = attention.cost.get("last_seconds_per_image") or attention.cost.get("seconds_per_image")
+        print(f"Occlusion cost: {attention.cost['passes_per_image']} forward passes per image"
+              + (f", {per:.3f} s per image computed" if per else "")
+              + f"; {seconds:.1f} s in all for {len(rows)} images (model load included; stored maps are read "
+              "back for free); bound it with --limit", file=sys.stderr)
     return 0
 
 

@@ -117,7 +117,7 @@ _REGISTRY: dict[str, DerivedKind] = {}
 
 #: Modules that register kinds besides those of ``DIAGNOSES_PACKAGE`` (each of which is imported):
 #: a new diagnosis is a module of that package, found without being listed anywhere.
-KIND_MODULES: tuple[str, ...] = ("core.projection", "core.gradcam")
+KIND_MODULES: tuple[str, ...] = ("core.projection", "core.gradcam", "core.occlusion")
 DIAGNOSES_PACKAGE = "core.diagnose"
 
 

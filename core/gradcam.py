@@ -24,19 +24,22 @@ Grad-CAM++ (Chattopadhay et al., 2018) replaces the mean by
   than shown as a blank overlay.
 
 Cached in the run as the derived analysis ``attention_maps`` (core.derived; config:
-method and layer): ``explain_rows(run, rows)`` computes only the rows not stored yet and
-adds them, so a gallery page of 24 costs 24 images. ``derived.get`` passes nothing but a
-config to a kind, so the requested rows travel in a context variable; a plain
-``derived.get(run, "attention_maps")`` keeps what is stored, or explains the 24 most
-confident errors of the evaluation split. Stored: the raw maps at feature resolution
-(``coarse``, (m, 2, h, w) float32), upsampled and scaled to [0, 1] when read.
+method and layer; the rows are an input): ``explain_rows(run, rows)`` asks
+``derived.get(..., rows=rows)``, which computes only the rows not stored yet and adds them
+to the stored maps, so a gallery page of 24 costs 24 images and earlier pages are kept. A
+plain ``derived.get(run, "attention_maps")`` keeps what is stored, or explains the 24 most
+confident errors of the evaluation split. ``explain_rows(method="occlusion")`` does the same
+with the model-agnostic occlusion maps of ``core.occlusion`` (kind ``occlusion_maps``).
+Stored: the raw maps at feature resolution (``coarse``, (m, 2, h, w) float32), upsampled
+and scaled to [0, 1] when read.
 
 TensorFlow and Keras are imported only when something must be computed.
 """
 
 from __future__ import annotations
 
-import contextvars
+import threading
+import time
 import re
 import warnings
 from collections.abc import Sequence
@@ -47,15 +50,20 @@ import numpy as np
 import pandas as pd
 
 from core import derived
+from core.errors import UserError, first_line
 from core.models import ModelError
 from core.progress import Progress, say_function, slug
 from core.store import Run
 
 KIND = "attention_maps"
+OCCLUSION_KIND = "occlusion_maps"  # registered by core.occlusion (which imports this module, not the reverse)
 KIND_VERSION = 1
-METHODS = ("gradcam", "gradcam++")
+METHODS = ("gradcam", "gradcam++")         # the attention_maps kind's (Keras models)
+ALL_METHODS = METHODS + ("occlusion",)     # occlusion: any model (core.occlusion)
 WHICH = ("predicted", "true")
 DEFAULT_LIMIT = 24
+BATCH = 32   # images per forward pass
+CHUNK = 8    # images per stored step when explain_rows has a time budget
 # A map whose positive part is below this fraction of its largest magnitude is rounding noise.
 EMPTY_TOLERANCE = 1e-6
 
@@ -204,7 +212,7 @@ class CamExplainer:
     many batches (the TensorFlow function is traced once per batch shape).
     """
 
-    cam_model: object              # keras.Model: input -> [feature map, score input]
+    cam_model: object              # callable: input -> (feature map, score input); see _TappedForward
     layer: str                     # 'conv_2' or 'vgg16/block5_conv3'
     score: str                     # how the class scores are obtained, in words
     input_size: tuple[int, int] | None
@@ -239,8 +247,14 @@ class CamExplainer:
         if n_targets not in self._functions:  # traced once per number of classes, any batch size
             signature = [tf.TensorSpec((None, *x.shape[1:]), tf.float32),
                          tf.TensorSpec((None, n_targets), tf.int32)]
-            self._functions[n_targets] = tf.function(self._step, input_signature=signature)
-        A, grads, scores = self._functions[n_targets](tf.constant(x), tf.constant(classes))
+            # autograph off: _step's loop is over a fixed number of classes, and an error raised while
+            # tracing reaches the caller as raised, not rewrapped as "in user code:"
+            self._functions[n_targets] = tf.function(self._step, input_signature=signature, autograph=False)
+        try:
+            A, grads, scores = self._functions[n_targets](tf.constant(x), tf.constant(classes))
+        except tf.errors.OpError as exc:  # TensorFlow failed while running: say where, in one line
+            raise GradCamUnavailable(f"Grad-CAM at layer {self.layer!r} failed in TensorFlow on a batch of shape "
+                                     f"{list(x.shape)}: {first_line(exc)}") from None
         return A.numpy(), grads.numpy(), scores.numpy()
 
     def _step(self, x, classes):
@@ -252,7 +266,11 @@ class CamExplainer:
             picked = tf.gather(scores, classes, batch_dims=1)            # (n, J)
             # images are independent, so d(sum over the batch)/dA_i = dy_i/dA_i
             totals = [tf.reduce_sum(picked[:, j]) for j in range(classes.shape[1])]
-        grads = tf.stack([tape.gradient(t, A) for t in totals], axis=1)
+        grads = [tape.gradient(t, A) for t in totals]
+        if any(g is None for g in grads):
+            raise GradCamUnavailable(f"Grad-CAM: the class scores do not depend on layer {self.layer!r} (no gradient "
+                                     "reaches it); name a layer before the classifier with --cam-layer")
+        grads = tf.stack(grads, axis=1)
         del tape
         return tf.cast(A, tf.float32), tf.cast(grads, tf.float32), scores
 
@@ -323,11 +341,9 @@ def _candidates(model) -> list[tuple[str, object, tuple | None]]:
     for lyr in _top_layers(model):
         if isinstance(lyr, keras.Model):
             for inner in _top_layers(lyr):
-                t = _layer_output(inner)
-                out.append((f"{lyr.name}/{inner.name}", inner, _spatial(t.shape) if t is not None else None))
+                out.append((f"{lyr.name}/{inner.name}", inner, _spatial(_layer_shape(inner))))
         else:
-            t = _layer_output(lyr)
-            out.append((lyr.name, lyr, _spatial(t.shape) if t is not None else None))
+            out.append((lyr.name, lyr, _spatial(_layer_shape(lyr))))
     return out
 
 
@@ -355,23 +371,33 @@ def find_cam_layer(model) -> str:
 
 
 def _score_input(model):
-    """(tensor giving the scores, Dense to recompute or None, activation removed, words)."""
+    """(layer whose input gives the scores or None for the model's outputs, Dense to recompute
+    or None, activation removed, words)."""
     import keras
 
     out = model.outputs[0]
-    head = out._keras_history.operation
+    head = model.layers[-1] if isinstance(model, keras.Sequential) else out._keras_history.operation
     act = getattr(getattr(head, "activation", None), "__name__", None)
     if isinstance(head, keras.layers.Softmax):
         act = "softmax"
-    n_out = int(out.shape[-1])
-    if act in ("softmax", "sigmoid") and isinstance(head, keras.layers.Dense) and len(head.input.shape) == 2:
-        return head.input, head, act, f"logits: Dense {head.name!r} recomputed without its {act}"
+    head_in = _layer_input_shape(head)
+    if act in ("softmax", "sigmoid") and isinstance(head, keras.layers.Dense) and len(head_in or ()) == 2:
+        return head, head, act, f"logits: Dense {head.name!r} recomputed without its {act}"
     if act in ("softmax", "sigmoid") and isinstance(head, (keras.layers.Activation, keras.layers.Softmax)):
-        return head.input, None, act, f"logits: the input of {head.name!r}"
+        return head, None, act, f"logits: the input of {head.name!r}"
     if act in (None, "linear"):
-        return out, None, None, "the model's outputs (logits)"
-    return out, None, None, (f"the model's outputs after its {act} activation (no linear layer before "
-                             "it was found, so these are not logits)")
+        return None, None, None, "the model's outputs (logits)"
+    return None, None, None, (f"the model's outputs after its {act} activation (no linear layer before "
+                              "it was found, so these are not logits)")
+
+
+def _layer_input_shape(layer) -> tuple | None:
+    try:
+        return tuple(layer.input.shape)
+    except (AttributeError, ValueError):
+        nodes = getattr(layer, "_inbound_nodes", None) or []
+        inputs = nodes[0].input_tensors if nodes else []
+        return tuple(inputs[0].shape) if len(inputs) == 1 else None
 
 
 def build_explainer(model, *, layer: str | None = None, scale: str = "unit") -> CamExplainer:
@@ -390,7 +416,7 @@ def build_explainer(model, *, layer: str | None = None, scale: str = "unit") -> 
         raise GradCamUnavailable("Grad-CAM needs an image model with one input of shape (batch, height, "
                                  f"width, channels). Received inputs {[tuple(t.shape) for t in model.inputs]}")
     path = layer or find_cam_layer(model)
-    pre, linear, activation, words = _score_input(model)
+    head, linear, activation, words = _score_input(model)
     outer_name, _, inner_name = path.partition("/")
     try:
         outer = model.get_layer(outer_name)
@@ -398,72 +424,113 @@ def build_explainer(model, *, layer: str | None = None, scale: str = "unit") -> 
         names = [lyr.name for lyr in _top_layers(model)]
         raise ModelError(f"No layer named {outer_name!r} (--cam-layer {path!r}). Layers: {names} "
                          "(a layer inside a nested model: OUTER/INNER, e.g. vgg16/block5_conv3)") from None
-    if inner_name or isinstance(outer, keras.Model):
-        cam_model = _tapped_chain(model, outer, inner_name, path, head_input=pre is not model.outputs[0])
-    else:
-        feature = _layer_output(outer)
-        if feature is None:
-            raise ModelError(f"--cam-layer {path!r} is used more than once in the model; name another layer")
-        _check_map(feature, path)
-        cam_model = keras.Model(model.inputs[0], [feature, pre], name="gradcam")
+    chain = [outer]
+    if inner_name:
+        if not isinstance(outer, keras.Model):
+            raise ModelError(f"--cam-layer {path!r}: {outer.name!r} is a {type(outer).__name__}, not a nested model")
+        try:
+            chain.append(outer.get_layer(inner_name))
+        except ValueError:
+            names = [lyr.name for lyr in outer.layers]
+            raise ModelError(f"No layer named {inner_name!r} inside {outer.name!r} (--cam-layer {path!r}). "
+                             f"Its last layers: {names[-8:]}") from None
+    feature_shape = _layer_shape(chain[-1])
+    if _spatial(feature_shape) is None:
+        raise ModelError(f"--cam-layer {path!r} outputs shape {feature_shape}; Grad-CAM needs a feature "
+                         "map (batch, height, width, channels)")
     in_shape = tuple(model.inputs[0].shape)
     explainer = CamExplainer(
-        cam_model=cam_model, layer=path, score=words,
+        cam_model=_TappedForward(model, chain, head, path), layer=path, score=words,
         input_size=(in_shape[1], in_shape[2]) if in_shape[1] and in_shape[2] else None,
-        channels=int(in_shape[3]), feature_size=_spatial(cam_model.outputs[0].shape), scale=scale,
+        channels=int(in_shape[3]), feature_size=_spatial(feature_shape), scale=scale,
         activation=activation, _linear=linear,
         _binary=activation == "sigmoid" and int(model.outputs[0].shape[-1]) == 1)
     _check_against_model(explainer, model, path)
     return explainer
 
 
-def _check_map(tensor, path: str) -> None:
-    hw = _spatial(tensor.shape)
-    if hw is None:
-        raise ModelError(f"--cam-layer {path!r} outputs shape {tuple(tensor.shape)}; Grad-CAM needs a feature "
-                         "map (batch, height, width, channels)")
+def _layer_shape(layer) -> tuple | None:
+    """A layer's output shape (batch first), from its first call when it was called several times
+    (a Sequential model loaded from a file holds one call per graph it was built in)."""
+    t = _layer_output(layer)
+    if t is None:
+        nodes = getattr(layer, "_inbound_nodes", None) or []
+        outputs = nodes[0].outputs if nodes else []
+        t = outputs[0] if len(outputs) == 1 else None
+    return tuple(t.shape) if t is not None else None
 
 
-def _tapped_chain(model, outer, inner_name: str, path: str, *, head_input: bool):
-    """input -> [map at ``path``, score input]: the chain of top-level layers rebuilt with a copy
-    of the nested model ``outer`` that also outputs its layer ``inner_name`` (its own output
-    when empty). Refused, in one line, for models whose top-level layers branch."""
-    import keras
+class _TappedForward:
+    """``forward(x) -> (feature map at the chain's last layer, the scores' input)`` computed by
+    running the model's own graph (Keras' ``_run_through_graph``; a Sequential's layers in order)
+    with the chosen layer's output and the head's input picked up on the way, and entering a
+    nested model on the chain the same way.
 
-    if not isinstance(outer, keras.Model):
-        raise ModelError(f"--cam-layer {path!r}: {outer.name!r} is a {type(outer).__name__}, not a nested model")
-    if inner_name:
-        try:
-            inner = outer.get_layer(inner_name)
-        except ValueError:
-            names = [lyr.name for lyr in outer.layers]
-            raise ModelError(f"No layer named {inner_name!r} inside {outer.name!r} (--cam-layer {path!r}). "
-                             f"Its last layers: {names[-8:]}") from None
-        _check_map(inner.output, path)
-        tap = keras.Model(outer.inputs, [outer.outputs[0], inner.output], name=f"{outer.name}_gradcam_tap")
-    else:
-        _check_map(outer.outputs[0], path)
-        tap = None
-    layers = _top_layers(model)
-    head = model.outputs[0]._keras_history.operation
-    inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="image")
-    x, feature, before_head = inputs, None, None
-    try:
-        for lyr in layers:
-            if lyr is head:
-                before_head = x
-            if lyr is outer:
-                x, feature = tap(x) if tap is not None else (lyr(x),) * 2
-            else:
-                x = lyr(x)
-    except Exception:  # a branching graph breaks the chain in layer-specific ways
-        raise GradCamUnavailable(
-            f"--cam-layer {path!r}: the model's top-level layers are not a single chain, so a layer inside "
-            f"the nested model {outer.name!r} cannot be reached; name a top-level layer") from None
-    if feature is None or before_head is None:
-        raise GradCamUnavailable(f"--cam-layer {path!r}: the rebuilt chain does not reach {outer.name!r} "
-                                 "and the classifier; name a top-level layer")
-    return keras.Model(inputs, [feature, before_head if head_input else x], name="gradcam")
+    Why not ``keras.Model(model.inputs, [layer.output, head.input])``: ``layer.output`` is the
+    output of the layer's *first* call, and a model loaded from a file (a Sequential above all)
+    holds several calls per layer, so the tensor tapped is not the one connected to the scores
+    and ``tape.gradient`` returns None. Running the graph taps the very tensors that give the
+    scores, whatever the model's structure (branches, residual adds, nested backbones).
+    """
+
+    def __init__(self, model, chain: list, head, path: str):
+        self.model, self.chain, self.head, self.path = model, chain, head, path
+        self.outputs = [_FeatureSpec(_layer_shape(chain[-1]))]
+
+    def __call__(self, x, training: bool = False):
+        found: dict[str, list] = {"feature": [], "head": []}
+        out = self._run(self.model, x, list(self.chain), found, top=True)
+        if len(found["feature"]) != 1:
+            used = f"used {len(found['feature'])} times" if found["feature"] else "never used"
+            raise GradCamUnavailable(f"Grad-CAM at {self.path!r}: the layer is {used} on the way from the input "
+                                     "to the scores; name another layer with --cam-layer")
+        if self.head is None:
+            pre = out[0] if isinstance(out, (list, tuple)) else out
+        elif len(found["head"]) == 1:
+            pre = found["head"][0]
+        else:
+            raise GradCamUnavailable(f"Grad-CAM: the output layer {self.head.name!r} is not reached once on the "
+                                     "way from the input to the scores")
+        return found["feature"][0], pre
+
+    def _run(self, model, x, chain: list, found: dict, *, top: bool):
+        import keras
+        from keras.src.models.functional import operation_fn
+
+        target = chain[0]
+
+        def wrap(op):
+            call = operation_fn(op, training=False)
+            if op is target and len(chain) > 1:
+                return lambda *a, **k: self._run(op, a[0], chain[1:], found, top=False)
+            if op is target:
+                def tapped(*a, **k):
+                    out = call(*a, **k)
+                    found["feature"].append(out[0] if isinstance(out, (list, tuple)) else out)
+                    return out
+                return tapped
+            if top and op is self.head:
+                def head(*a, **k):
+                    found["head"].append(a[0])
+                    return call(*a, **k)
+                return head
+            return call
+
+        if isinstance(model, keras.Sequential):
+            for lyr in model.layers:
+                x = wrap(lyr)(x)
+            return x
+        if not hasattr(model, "_run_through_graph"):
+            raise GradCamUnavailable(f"Grad-CAM: {model.name!r} is a subclassed model without a layer graph, so "
+                                     "no layer inside it can be reached; save it as a functional model")
+        if isinstance(getattr(model, "_inputs_struct", None), list) and not isinstance(x, (list, tuple)):
+            x = [x]  # a model built with a one-element input list: the same structure, so Keras does not warn
+        return model._run_through_graph(model._standardize_inputs(x), operation_fn=wrap)
+
+
+@dataclass(frozen=True)
+class _FeatureSpec:
+    shape: tuple | None
 
 
 def _check_against_model(explainer: CamExplainer, model, path: str) -> None:
@@ -487,7 +554,7 @@ def _check_against_model(explainer: CamExplainer, model, path: str) -> None:
         raise GradCamUnavailable(
             f"Grad-CAM at {path!r}: the rebuilt model does not reproduce the model's outputs (largest "
             f"difference {np.max(np.abs(got - expected)) if got.shape == expected.shape else 'shape'}); "
-            "its top-level layers are probably not one chain")
+            "a layer on the way to the scores behaves differently when called again (a custom layer?)")
 
 
 def check_explainable(run: Run) -> None:
@@ -497,11 +564,26 @@ def check_explainable(run: Run) -> None:
     if info.format == "savedmodel":
         raise GradCamUnavailable(
             f"Grad-CAM is unavailable for run {run.id!r}: its model is a SavedModel, which Keras 3 loads as "
-            "one opaque function without layers; save the model as .keras and re-analyse")
+            "one opaque function without layers; use --method occlusion (any model), or save the model as "
+            ".keras and re-analyse")
+    if info.format == "onnx":
+        raise GradCamUnavailable(
+            f"Grad-CAM is unavailable for run {run.id!r}: its model is an ONNX graph, which has no Keras layers "
+            "to take gradients at; use --method occlusion (any model)")
     if info.format == "synthetic" or not info.path:
         raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: it is synthetic and has no model"
                                  if info.format == "synthetic" else
                                  f"Grad-CAM is unavailable for run {run.id!r}: it records no model file")
+
+
+def check_has_model(run: Run, *, what: str) -> None:
+    """Raise GradCamUnavailable (one line) for a run without a model to run: synthetic, or no model
+    file recorded. Reads the manifest only."""
+    info = run.model_info
+    if info.format == "synthetic" or not info.path:
+        raise GradCamUnavailable(f"{what} are unavailable for run {run.id!r}: "
+                                 + ("it is synthetic and has no model" if info.format == "synthetic"
+                                    else "it records no model file"))
 
 
 def explainer_for_run(run: Run, *, layer: str | None = None, unsafe: bool = False) -> CamExplainer:
@@ -547,27 +629,17 @@ class Attention:
     layer: str
     method: str
     score: str
-
-
-@dataclass
-class _Request:
-    rows: np.ndarray
-    explainer: CamExplainer | None
-    batch_size: int
-    skipped: dict[int, str] = field(default_factory=dict)
-
-
-_REQUEST: contextvars.ContextVar[_Request | None] = contextvars.ContextVar("gradcam_request", default=None)
+    cost: dict = field(default_factory=dict)  # occlusion: passes_per_image, seconds_per_image
 
 
 def _check_rows(run: Run, rows) -> np.ndarray:
     arr = np.atleast_1d(np.asarray(rows))
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
-        raise ValueError(f"rows must be a list of row numbers. Received: {rows!r}"[:300])
+        raise UserError(f"rows must be a list of row numbers. Received: {rows!r}"[:300])
     arr = arr.astype(np.int64)
     bad = arr[(arr < 0) | (arr >= run.n_images)]
     if len(bad):
-        raise ValueError(f"Row {int(bad[0])} is not in run {run.id!r}, which has rows 0..{run.n_images - 1}")
+        raise UserError(f"Row {int(bad[0])} is not in run {run.id!r}, which has rows 0..{run.n_images - 1}")
     return arr
 
 
@@ -575,43 +647,81 @@ def _check_options(*, which, method: str, layer: str | None) -> tuple[str, ...]:
     which = (which,) if isinstance(which, str) else tuple(which)
     unknown = [w for w in which if w not in WHICH]
     if unknown or not which:
-        raise ValueError(f"which must name some of {list(WHICH)}. Received: which={which!r}")
-    if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}. The available methods are {list(METHODS)}")
+        raise UserError(f"which must name some of {list(WHICH)}. Received: which={which!r}")
+    if method not in ALL_METHODS:
+        raise UserError(f"Unknown method {method!r}. The available methods are {list(ALL_METHODS)}")
     if layer is not None and (not isinstance(layer, str) or not layer.strip("/") or layer.count("/") > 1):
-        raise ValueError(f"--cam-layer must be NAME or OUTER/INNER. Received: {layer!r}")
+        raise UserError(f"--cam-layer must be NAME or OUTER/INNER. Received: {layer!r}")
+    if layer is not None and method == "occlusion":
+        raise UserError("--cam-layer applies to Grad-CAM; occlusion has no layer (it hides patches of the image)")
     return which
+
+
+def kind_and_config(method: str, layer: str | None = None) -> tuple[str, dict]:
+    """The derived kind that stores ``method``'s maps and its config."""
+    if method == "occlusion":
+        return OCCLUSION_KIND, {}
+    return KIND, {"method": method, "layer": layer}
 
 
 def explain_rows(run: Run, rows: Sequence[int] | np.ndarray, *, which: Sequence[str] | str = WHICH,
                  method: str = "gradcam", layer: str | None = None, explainer: CamExplainer | None = None,
-                 batch_size: int = 32, progress: bool | Progress = False) -> Attention:
+                 budget_s: float | None = None, progress: bool | Progress = False) -> Attention:
     """Attention maps of ``rows`` of ``run``, computed for the rows not cached yet, then cached.
 
-    Rows already stored for this ``method`` and ``layer`` are read back without
-    TensorFlow. ``explainer`` (from ``explainer_for_run(run, layer=layer)``) saves loading
-    the model again. Raises GradCamUnavailable (one line) when the model has no layers to
-    explain, ValueError for a row that is not in the run.
+    ``method``: 'gradcam', 'gradcam++' (Keras models) or 'occlusion' (any model; core.occlusion).
+    Rows already stored for this method (and ``layer``) are read back without TensorFlow;
+    the missing ones are computed and *added* to the stored result (derived row inputs).
+    ``explainer`` (from ``explainer_for_run(run, layer=layer)``) saves loading the model
+    again. ``budget_s``: stop starting new batches once this many seconds have passed; the
+    rows left are reported in ``skipped`` ("over the time budget") and computed next time.
+    Raises GradCamUnavailable (one line) when the model cannot be explained this way,
+    ValueError for a row that is not in the run.
     """
     which = _check_options(which=which, method=method, layer=layer)
     rows = _check_rows(run, rows)
-    check_explainable(run)
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive. Received: {batch_size}")
-    if explainer is not None and layer is not None and explainer.layer != layer:
-        raise ValueError(f"The explainer was built for layer {explainer.layer!r}, not {layer!r}")
-    config = {"method": method, "layer": layer}
-    stored = derived.get(run, KIND, config, compute=False)
+    name, config = kind_and_config(method, layer)
+    if method == "occlusion":
+        check_has_model(run, what="Occlusion maps")
+    else:
+        check_explainable(run)
+        if explainer is not None and layer is not None and explainer.layer != layer:
+            raise ValueError(f"The explainer was built for layer {explainer.layer!r}, not {layer!r}")
+        if explainer is not None:
+            remember_explainer(run, explainer, layer=layer)
+    if budget_s is not None and budget_s <= 0:
+        raise ValueError(f"budget_s must be positive. Received: {budget_s}")
+    stored = derived.get(run, name, config, compute=False)
+    missing = np.unique(rows) if stored is None else np.setdiff1d(rows, stored.array("rows"))
     skipped: dict[int, str] = {}
-    if stored is None or not np.isin(rows, stored.array("rows")).all():
-        request = _Request(rows=np.unique(rows), explainer=explainer, batch_size=batch_size)
-        token = _REQUEST.set(request)
-        try:
-            stored = derived.get(run, KIND, config, force=True, progress=progress)
-        finally:
-            _REQUEST.reset(token)
-        skipped = request.skipped
+    if len(missing):
+        # in chunks when a budget is set, so that what was done is stored when time runs out
+        step = len(missing) if budget_s is None else CHUNK
+        t0 = time.perf_counter()
+        for start in range(0, len(missing), step):
+            if budget_s is not None and start and time.perf_counter() - t0 > budget_s:
+                for r in missing[start:]:
+                    skipped[int(r)] = (f"not computed: over the time budget of {budget_s:g} s for {method} "
+                                       "maps; ask again to continue")
+                break
+            stored = derived.get(run, name, config, rows=missing[start:start + step], progress=progress)
+            skipped.update(stored.skipped)
+    if stored is None:  # every requested row was skipped before anything was stored
+        return _nothing_read(run, rows, which=which, method=method, skipped=skipped)
     return _read(run, stored, rows, which=which, method=method, skipped=skipped)
+
+
+def _nothing_read(run: Run, rows: np.ndarray, *, which: tuple[str, ...], method: str,
+                  skipped: dict[int, str]) -> Attention:
+    size = _run_input(run, None)[0]
+    cols = [WHICH.index(w) for w in which]
+    classes = np.stack([run.predictions["predicted"].to_numpy()[rows],
+                        run.predictions["true"].to_numpy()[rows]], axis=1)[:, cols].astype(np.int64)
+    n, j = len(rows), len(cols)
+    return Attention(rows=rows, which=which, maps=np.full((n, j, *size), np.nan, np.float32),
+                     empty=np.zeros((n, j), bool), classes=classes, peak=np.zeros((n, j), np.float32),
+                     skipped={int(r): skipped.get(int(r), "not computed") for r in rows},
+                     layer="?", method=method, score="?")
 
 
 def attention_maps(run: Run, rows: Sequence[int] | np.ndarray, *, which: Sequence[str] | str = WHICH,
@@ -643,7 +753,9 @@ def _read(run: Run, stored, rows: np.ndarray, *, which: tuple[str, ...], method:
         peak[have] = coarse.max(axis=(-2, -1))
     missing = {int(r): skipped.get(int(r), "not computed") for r in rows[~have]}
     return Attention(rows=rows, which=which, maps=maps, empty=empty, classes=classes, peak=peak,
-                     skipped=missing, layer=str(summary["layer"]), method=method, score=str(summary["score"]))
+                     skipped=missing, layer=str(summary["layer"]), method=method, score=str(summary["score"]),
+                     cost={k: summary[k] for k in ("passes_per_image", "seconds_per_image", "last_seconds_per_image")
+                           if k in summary})
 
 
 def _load_pixels(run: Run, rows: np.ndarray, *, size: tuple[int, int], channels: int
@@ -667,57 +779,113 @@ def _load_pixels(run: Run, rows: np.ndarray, *, size: tuple[int, int], channels:
     return ok, (np.stack(pixels) if pixels else np.zeros((0, *size, channels), np.uint8)), skipped
 
 
-@derived.register(KIND, version=KIND_VERSION, defaults={"method": "gradcam", "layer": None},
+@dataclass(frozen=True)
+class GradCamConfig:
+    """Options of the ``attention_maps`` kind: the method and the layer (None: ``find_cam_layer``)."""
+
+    method: str = "gradcam"
+    layer: str | None = None
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UserError(f"Unknown method {self.method!r}. The available methods are {list(METHODS)}")
+        if self.layer is not None and (not isinstance(self.layer, str) or not self.layer.strip("/")
+                                       or self.layer.count("/") > 1):
+            raise UserError(f"--cam-layer must be NAME or OUTER/INNER. Received: {self.layer!r}")
+
+
+# Explainers loaded for a run (its model is loaded once per process): (run uid, layer) -> explainer.
+_EXPLAINERS: dict[tuple[str, str | None], CamExplainer] = {}
+_EXPLAINERS_LOCK = threading.Lock()
+_EXPLAINERS_KEPT = 2
+
+
+def remember_explainer(run: Run, explainer: CamExplainer, *, layer: str | None = None) -> None:
+    """Keep ``explainer`` for ``run`` (and ``layer``) so that computing its maps does not load the
+    model again; the two most recent are kept."""
+    with _EXPLAINERS_LOCK:
+        _EXPLAINERS.pop((run.uid, layer), None)
+        _EXPLAINERS[(run.uid, layer)] = explainer
+        while len(_EXPLAINERS) > _EXPLAINERS_KEPT:
+            _EXPLAINERS.pop(next(iter(_EXPLAINERS)))
+
+
+def cached_explainer(run: Run, *, layer: str | None = None) -> CamExplainer:
+    """``explainer_for_run(run, layer=layer)``, loaded once and kept (see ``remember_explainer``)."""
+    with _EXPLAINERS_LOCK:
+        found = _EXPLAINERS.get((run.uid, layer))
+    if found is None:
+        found = explainer_for_run(run, layer=layer)
+        remember_explainer(run, found, layer=layer)
+    return found
+
+
+def previous_arrays(previous) -> dict[str, np.ndarray] | None:
+    """The stored rows/coarse/empty arrays a row-input attention kind extends, or None."""
+    return {k: np.asarray(previous.array(k)) for k in ("rows", "coarse", "empty")} if previous else None
+
+
+def empty_result(previous, feature_size) -> dict[str, np.ndarray]:
+    """Zero rows, shaped like the stored result (or like ``feature_size``) so that it extends it."""
+    if previous is not None:
+        h, w = np.asarray(previous.array("coarse")).shape[-2:]
+    else:
+        h, w = feature_size or (1, 1)
+    return {"rows": np.zeros(0, np.int64), "coarse": np.zeros((0, 2, h, w), np.float32),
+            "empty": np.zeros((0, 2), bool)}
+
+
+@derived.register(KIND, version=KIND_VERSION, config=GradCamConfig, row_inputs=True,
+                  libraries=("tensorflow", "keras"),
                   description="Grad-CAM maps of the predicted and the true class, per requested row")
-def _compute_attention(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def _compute_attention(run: Run, config: GradCamConfig, progress: Progress, *, rows, previous
+                       ) -> derived.DerivedResult:
+    """Maps of ``rows`` (the rows not stored yet; None: the 24 most confident errors of the
+    evaluation split), returned for derived.get to add to ``previous``."""
     from core.models import prepare_input
 
-    request = _REQUEST.get()
-    previous = derived.get(run, KIND, config, compute=False)
-    old = {name: np.asarray(previous.array(name)) for name in ("rows", "coarse", "empty")} if previous else None
-    if request is None:  # a plain derived.get: keep what is stored, else the first page of errors
-        wanted = old["rows"] if old is not None else select_rows(run, limit=DEFAULT_LIMIT)
-        request = _Request(rows=wanted, explainer=None, batch_size=32)
-    missing = np.setdiff1d(request.rows, old["rows"] if old is not None else [])
-    explainer = request.explainer
-    size, channels = _run_input(run, explainer)
+    if rows is None:
+        rows = select_rows(run, limit=DEFAULT_LIMIT)
+        if previous is not None:
+            rows = np.setdiff1d(rows, previous.array("rows"))
+    rows = np.asarray(rows, np.int64)
+    explainer = None
+    size, channels = _run_input(run, None)
     preds = run.predictions
     targets = np.stack([preds["predicted"].to_numpy(), preds["true"].to_numpy()], axis=1)
-    rows, coarse, empty = ([old["rows"]], [old["coarse"]], [old["empty"]]) if old is not None else ([], [], [])
+    done_rows, coarse, empty, skipped = [], [], [], {}
     mismatched = 0
-    for start in range(0, len(missing), request.batch_size):
-        chunk = missing[start:start + request.batch_size]
-        ok, pixels, skipped = _load_pixels(run, chunk, size=size, channels=channels)
-        request.skipped.update(skipped)
+    for start in range(0, len(rows), BATCH):
+        chunk = rows[start:start + BATCH]
+        ok, pixels, bad = _load_pixels(run, chunk, size=size, channels=channels)
+        skipped.update(bad)
         if ok:
             if explainer is None:  # loaded only once some image needs it
-                explainer = explainer_for_run(run, layer=config["layer"])
+                explainer = cached_explainer(run, layer=config.layer)
             maps, flags, scores = explainer.maps(prepare_input(pixels, explainer.scale), targets[ok],
-                                                 method=config["method"])
+                                                 method=config.method)
             mismatched += int((scores.argmax(axis=1) != targets[ok, 0]).sum())
-            rows.append(np.asarray(ok, np.int64))
+            done_rows.append(np.asarray(ok, np.int64))
             coarse.append(maps)
             empty.append(flags)
-        done = min(start + len(chunk), len(missing))
-        progress(f"Grad-CAM: {done:,}/{len(missing):,} images", done / max(len(missing), 1))
+        done = min(start + len(chunk), len(rows))
+        progress(f"Grad-CAM: {done:,}/{len(rows):,} images", done / max(len(rows), 1))
     summary = dict(previous.summary) if previous is not None else {}
     if explainer is not None:
         summary.update({"layer": explainer.layer, "score": explainer.score,
                         "feature_size": list(explainer.feature_size or ())})
-    summary.setdefault("layer", config["layer"] or "?")
+    summary.setdefault("layer", config.layer or "?")
     summary.setdefault("score", "?")
+    arrays = ({"rows": np.concatenate(done_rows), "coarse": np.concatenate(coarse), "empty": np.concatenate(empty)}
+              if done_rows else empty_result(previous, explainer.feature_size if explainer else None))
     summary.update({
-        "input_size": list(size), "rows": int(sum(len(r) for r in rows)),
-        "empty_maps": int(sum(int(e.sum()) for e in empty)),
+        "input_size": list(size), "rows": int(summary.get("rows", 0)) + len(arrays["rows"]),
+        "empty_maps": int(summary.get("empty_maps", 0)) + int(arrays["empty"].sum()),
         # the model's argmax on these pixels should be the run's prediction; more than a tie now
         # and then means the model file or the preprocessing changed since the run
         "prediction_mismatches": int(summary.get("prediction_mismatches", 0)) + mismatched,
     })
-    if not rows:  # nothing could be read: an empty result, so the caller reports the skips
-        h, w = explainer.feature_size if explainer is not None and explainer.feature_size else (1, 1)
-        rows, coarse, empty = [np.zeros(0, np.int64)], [np.zeros((0, 2, h, w), np.float32)], [np.zeros((0, 2), bool)]
-    return derived.DerivedResult(arrays={"rows": np.concatenate(rows), "coarse": np.concatenate(coarse),
-                                         "empty": np.concatenate(empty)}, summary=summary)
+    return derived.DerivedResult(arrays=arrays, summary=summary, skipped=skipped)
 
 
 def _run_input(run: Run, explainer: CamExplainer | None) -> tuple[tuple[int, int], int]:
@@ -742,11 +910,11 @@ def select_rows(run: Run, *, true_class: str | None = None, predicted_class: str
     preds = run.predictions
     classes = run.classes
     if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be at least 1. Received: {limit}")
+        raise UserError(f"--limit must be at least 1. Received: {limit}")
     for option, name in (("--true", true_class), ("--predicted", predicted_class)):
         if name is not None and name not in classes:
             shown = classes if len(classes) <= 30 else classes[:30] + ["..."]
-            raise ValueError(f"Unknown class {name!r} for {option}. The run's classes: {shown}")
+            raise UserError(f"Unknown class {name!r} for {option}. The run's classes: {shown}")
     split = split or run.eval_split
     splits = preds["split"]
     if split == "all":
@@ -754,7 +922,7 @@ def select_rows(run: Run, *, true_class: str | None = None, predicted_class: str
     else:
         known = sorted(str(s) for s in splits.unique())
         if split not in known:
-            raise ValueError(f"Unknown split {split!r}. The run has: {known + ['all']}")
+            raise UserError(f"Unknown split {split!r}. The run has: {known + ['all']}")
         mask = (splits == split).to_numpy()
     if true_class is not None:
         mask = mask & (preds["true"].to_numpy() == classes.index(true_class))
@@ -807,7 +975,7 @@ def write_explanations(run: Run, attention: Attention, out_dir: str | Path) -> p
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
+        raise UserError(f"--out {str(out)!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     _remove_earlier_pngs(out)
     preds = run.predictions

@@ -1,21 +1,26 @@
-"""Attention maps (Grad-CAM, core.gradcam) in every gallery and in the image detail.
+"""Attention maps (Grad-CAM, core.gradcam; occlusion, core.occlusion) in every gallery and in the image detail.
 
 Importing this module registers, through the gallery's hooks:
 
-* the transform ``attention`` ("Show attention"): a toggle above every gallery and in
-  the detail that draws each thumbnail with its predicted-class map over it;
-* the caption field ``attention``: while the toggle is on, one line under a thumbnail
-  whose map cannot be shown, saying why in words (no positive evidence for the class,
-  an image that could not be read, or a model that cannot be explained);
-* the detail section ``attention``: the image, the predicted-class map and the
-  true-class map side by side (computed when the toggle is on or the user asks).
+* the transform ``attention`` with its own control: one segmented control "Attention:
+  Off · Grad-CAM · Occlusion" above every gallery and beside the detail's image (one
+  shared value; the detail adds "Both" to compare the two methods on a Keras run).
+  Grad-CAM is offered for Keras runs only; occlusion for any model (ONNX, SavedModel,
+  Keras). While a method is chosen, each thumbnail is drawn with its predicted-class map;
+* the caption field ``attention``: one line under a thumbnail whose map cannot be shown,
+  saying why in words (no positive evidence, an image that could not be read, a model that
+  cannot be explained, or a page over its occlusion time budget);
+* the detail section ``attention``: the image, the predicted-class map and the true-class
+  map side by side, per chosen method (two rows for "Both"), with occlusion's cost.
 
 Maps are computed on demand for the page shown only: the first thumbnail of a page
-without a map asks ``core.gradcam.explain_rows`` for every row of that page at once
-(one batched call, which stores the maps in the run as the derived kind
-``attention_maps``), and the maps are kept in memory per run (``AttentionMemo``).
-TensorFlow is imported only when a map must be computed: never while the toggle is off
-and the detail's maps are not asked for; maps stored earlier are read without it.
+without a map asks ``core.gradcam.explain_rows`` for every row of that page at once (one
+batched call; the maps are added to the run's derived kind ``attention_maps`` or
+``occlusion_maps``), and kept in memory per run and method (``AttentionMemo``).
+Occlusion has a time budget per page (``PAGE_BUDGET_S``): rows left over are said so
+under their thumbnails and computed on the next rerun. TensorFlow is imported only when a
+Grad-CAM map (or a Keras model's occlusion map) must be computed; stored maps are read
+without it.
 
 Conventions: maps are float32 (H, W) in [0, 1] at the model's input size, index 0 the
 predicted class and 1 the true class (``core.gradcam.WHICH``).
@@ -23,6 +28,7 @@ predicted class and 1 the true class (``core.gradcam.WHICH``).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +40,14 @@ from core.store import Run
 from dashboard import cache, gallery, ui, views
 
 NAME = "attention"
-LABEL = "Show attention"
-TOGGLE_KEY = f"gtransform-{NAME}"  # the value every gallery's and the detail's toggle share (gallery.transforms_ui)
+LABEL = "Attention"
+TOGGLE_KEY = f"gtransform-{NAME}"  # True while a method is chosen (gallery._transformed reads it)
+METHOD_KEY = "attention-method"    # the method every gallery's and the detail's control share
+METHOD_LABELS = {"off": "Off", "gradcam": "Grad-CAM", "occlusion": "Occlusion", "compare": "Both"}
 DETAIL_PANEL_PX = 224
 CONFIG = {"method": "gradcam", "layer": None}  # the derived kind's defaults: the dashboard explains with them
+PAGE_BUDGET_S = 20.0  # occlusion seconds per page; the rest of the page is computed on the next rerun
+DEFER_S = 2.0  # a row left over by a budgeted page stays "over the budget" this long (the rest of that script run)
 # What computing maps may raise for a run whose model cannot be explained or loaded: one line each.
 PROBLEMS = (gradcam.GradCamUnavailable, ModelError, ValueError, OSError, ImportError)
 
@@ -57,6 +67,60 @@ AttentionMemo = cache.AttentionMemo  # kept in dashboard.cache with the cached f
 
 def toggle_on() -> bool:
     return bool(st.session_state.get(TOGGLE_KEY, False))
+
+
+def grad_cam_offered(run: Run) -> bool:
+    """Grad-CAM needs a Keras model: not offered for ONNX and SavedModel runs (occlusion is)."""
+    return run.model_info.format not in ("onnx", "savedmodel")
+
+
+def methods(run: Run, *, where: str) -> list[str]:
+    """The control's options for ``run`` ("detail" adds "compare" where Grad-CAM is offered)."""
+    out = ["off"] + (["gradcam"] if grad_cam_offered(run) else []) + ["occlusion"]
+    return out + (["compare"] if where == "detail" and grad_cam_offered(run) else [])
+
+
+def chosen(run: Run, *, where: str = "gallery") -> str:
+    """The shared choice as it applies to ``run`` here: a method this run offers, or "off"."""
+    value = st.session_state.get(METHOD_KEY, "off") or "off"
+    if value == "compare" and where != "detail":
+        value = "gradcam"
+    if value not in methods(run, where=where):
+        value = "occlusion" if value in ("gradcam", "compare") else "off"
+    return value
+
+
+def overlay_method(run: Run) -> str:
+    """The method whose predicted-class map is drawn over thumbnails and the detail's image."""
+    value = chosen(run)
+    return "gradcam" if value == "compare" else value
+
+
+def _copy_choice(widget: str) -> None:
+    value = st.session_state.get(widget) or "off"
+    st.session_state[METHOD_KEY] = value
+    st.session_state[TOGGLE_KEY] = value != "off"
+
+
+def control(run: Run, key: str) -> None:
+    """The one attention control: Off · Grad-CAM · Occlusion (· Both in the detail), shared by
+    every gallery and the detail."""
+    where = "detail" if key == "detail" else "gallery"
+    options = methods(run, where=where)
+    widget = f"attention-method-{key}"
+    st.session_state[widget] = chosen(run, where=where)
+    st.session_state[TOGGLE_KEY] = st.session_state[widget] != "off"
+    help_text = ("Grad-CAM: where the model's last convolutional map speaks for the class (Keras models). "
+                 "Occlusion: how much the class probability drops when each patch is hidden (any model; "
+                 f"{_passes()} model passes per image, at most {PAGE_BUDGET_S:g} s per page).")
+    st.segmented_control(ui.plain(LABEL), options, key=widget, format_func=METHOD_LABELS.get,
+                         on_change=_copy_choice, args=(widget,), help=help_text)
+
+
+def _passes() -> int:
+    from core.occlusion import OcclusionConfig
+
+    return OcclusionConfig().passes_per_image
 
 
 def page_batch(rows: np.ndarray, row: int, *, per_page: int) -> np.ndarray:
@@ -105,46 +169,67 @@ def _detail_batch(run: Run, row: int) -> np.ndarray:
     return np.unique(np.concatenate(batch))
 
 
-def _stored_rows(run: Run) -> np.ndarray:
-    stored = derived.get(run, gradcam.KIND, CONFIG, compute=False)
-    return np.asarray(stored.array("rows")) if stored is not None else np.zeros(0, np.int64)
-
-
-def row_maps(run: Run, row: int, *, batch: np.ndarray | None = None) -> RowMaps | str:
-    """Row ``row``'s maps, computing the missing rows of ``batch`` (default: the visible page that
-    holds ``row``) in one call; or the one-line reason (str) why this run has no maps at all."""
-    memo = cache.attention_memo(run, cache.run_key(run))
-    with memo.lock:  # one computation per run at a time; other sessions then find the rows done
+def row_maps(run: Run, row: int, *, method: str = "gradcam", batch: np.ndarray | None = None) -> RowMaps | str:
+    """Row ``row``'s ``method`` maps, computing the missing rows of ``batch`` (default: the visible page
+    that holds ``row``) in one call; or the one-line reason (str) why this run has no such maps."""
+    memo = cache.attention_memo(run, f"{cache.run_key(run)}|{method}")
+    with memo.lock:  # one computation per run and method at a time; other sessions then find the rows done
         if memo.problem is not None:
             return memo.problem
         if int(row) in memo.rows:
             return memo.rows[int(row)]
+        deferred = memo.deferred.get(int(row))
+        if deferred is not None and time.monotonic() - deferred[1] < DEFER_S:
+            return RowMaps(reason=deferred[0])  # left over by this script run's budgeted page
+        name, config = gradcam.kind_and_config(method)
         try:
-            gradcam.check_explainable(run)
+            if method == "occlusion":
+                from core.occlusion import check_occludable
+
+                check_occludable(run)
+            else:
+                gradcam.check_explainable(run)
             wanted = _visible_batch(run, row) if batch is None else np.asarray(batch, np.int64)
             wanted = np.union1d(wanted[[int(r) not in memo.rows for r in wanted]], [int(row)])
             explainer = None
-            if not np.isin(wanted, _stored_rows(run)).all():  # TensorFlow only when something is missing
+            stored = derived.get(run, name, config, compute=False)
+            have = np.asarray(stored.array("rows")) if stored is not None else np.zeros(0, np.int64)
+            if not np.isin(wanted, have).all():  # a model only when something is missing
                 # a toast, not a spinner: this runs inside a thumbnail's narrow column
-                st.toast(f"Computing attention maps for {len(wanted):,} images...", icon=":material/visibility:")
-                explainer = cache.attention_explainer(run, cache.run_key(run))
-            attention = gradcam.explain_rows(run, wanted, explainer=explainer, **CONFIG)
+                st.toast(f"Computing {METHOD_LABELS[method]} maps for {len(wanted):,} images...",
+                         icon=":material/visibility:")
+                if method != "occlusion":
+                    explainer = cache.attention_explainer(run, cache.run_key(run))
+            options = ({"budget_s": PAGE_BUDGET_S} if method == "occlusion"
+                       else {"explainer": explainer, "layer": CONFIG["layer"]})
+            attention = gradcam.explain_rows(run, wanted, method=method, **options)
         except PROBLEMS as exc:
             memo.problem = f"No attention maps: {views.one_line(exc)}"
             return memo.problem
         for k, r in enumerate(attention.rows):
             reason = attention.skipped.get(int(r))
+            if reason is not None and "time budget" in reason:
+                # not kept as a result: the next rerun computes it (the rest of this run's thumbnails
+                # of the page say so, without starting another budget each)
+                memo.deferred[int(r)] = (reason, time.monotonic())
+                continue
             memo.rows[int(r)] = (RowMaps(reason=f"no attention map: {reason}") if reason is not None
                                  else RowMaps(maps=attention.maps[k], empty=attention.empty[k]))
+        memo.cost = attention.cost or memo.cost
+        if int(row) in memo.deferred and int(row) not in memo.rows:
+            return RowMaps(reason=memo.deferred[int(row)][0])
         return memo.rows[int(row)]
 
 
 # --------------------------------------------------------------------------- the hooks
 
 def overlay_transform(run: Run, row: int, pixels: np.ndarray) -> np.ndarray:
-    """The gallery transform: ``pixels`` with the predicted-class map over them, or unchanged when
-    the row has no map or an empty one (the caption line says which)."""
-    found = row_maps(run, row)
+    """The gallery transform: ``pixels`` with the chosen method's predicted-class map over them, or
+    unchanged when the row has no map or an empty one (the caption line says which)."""
+    method = overlay_method(run)
+    if method == "off":
+        return pixels
+    found = row_maps(run, row, method=method)
     if isinstance(found, str) or found.maps is None or bool(found.empty[0]):
         return pixels
     try:
@@ -154,10 +239,11 @@ def overlay_transform(run: Run, row: int, pixels: np.ndarray) -> np.ndarray:
 
 
 def caption_line(run: Run, row: int) -> str | None:
-    """While the toggle is on: why a thumbnail shows no heat (in words), else nothing."""
-    if not toggle_on():
+    """While a method is chosen: why a thumbnail shows no heat (in words), else nothing."""
+    method = overlay_method(run)
+    if not toggle_on() or method == "off":
         return None
-    found = row_maps(run, row)
+    found = row_maps(run, row, method=method)
     if isinstance(found, str):
         return found
     if found.reason is not None:
@@ -167,33 +253,47 @@ def caption_line(run: Run, row: int) -> str | None:
     return None
 
 
-def _ask() -> None:
-    st.session_state[TOGGLE_KEY] = True
-
-
 def detail_section(run: Run, row: int) -> None:
-    """The image, the predicted-class map and the true-class map side by side."""
-    st.markdown("**Attention (Grad-CAM)**")
-    memo = cache.attention_memo(run, cache.run_key(run))
-    if not toggle_on() and int(row) not in memo.rows and memo.problem is None:
-        st.button("Show attention maps", key="attention-ask", on_click=_ask, icon=":material/visibility:",
-                  help="Compute Grad-CAM maps (loads the run's model once)")
+    """The image, the predicted-class map and the true-class map side by side, per chosen method."""
+    value = chosen(run, where="detail")
+    if value == "off":
+        st.markdown("**Attention**")
+        st.caption(ui.plain(_off_hint(run)))
         return
-    found = row_maps(run, row)
+    for method in (("gradcam", "occlusion") if value == "compare" else (value,)):
+        _method_row(run, row, method)
+
+
+def _off_hint(run: Run) -> str:
+    offered = " or ".join(METHOD_LABELS[m] for m in methods(run, where="gallery") if m != "off")
+    return f"Choose {offered} under the image to see what the model looks at."
+
+
+def _method_row(run: Run, row: int, method: str) -> None:
+    st.markdown(f"**Attention ({METHOD_LABELS[method]})**")
+    found = row_maps(run, row, method=method)
     if isinstance(found, str) or found.reason is not None:
         st.caption(ui.plain(found if isinstance(found, str) else found.reason))
         return
+    memo = cache.attention_memo(run, f"{cache.run_key(run)}|{method}")
+    if method == "occlusion":
+        cost = memo.cost or _stored_cost(run)
+        if cost:
+            per = cost.get("seconds_per_image")
+            st.caption(ui.plain(f"occlusion: {cost['passes_per_image']} model passes per image"
+                                + (f", {per:.2f} s per image on this server" if per else "")
+                                + "; red: hiding it lowers the class probability most"))
     img, reason = cache.thumbnail(run, cache.run_key(run), int(row), DETAIL_PANEL_PX)
     if img is None:
         st.caption(ui.plain(f"(image unavailable: {reason})"))
         return
     pred, true = int(run.predictions["predicted"].iat[int(row)]), int(run.predictions["true"].iat[int(row)])
     panels = st.columns(3)
-    with panels[0], st.container(key="attention-image"):
+    with panels[0], st.container(key=f"attention-{method}-image"):
         st.image(img, width="stretch")
         st.caption("image")
     for j, (cls, what) in enumerate(((pred, "predicted"), (true, "true"))):
-        with panels[j + 1], st.container(key=f"attention-{gradcam.WHICH[j]}"):
+        with panels[j + 1], st.container(key=f"attention-{method}-{gradcam.WHICH[j]}"):
             if bool(found.empty[j]):
                 st.caption(ui.plain(f"{what} class {run.classes[cls]}: no positive evidence; nothing in this "
                                     "image speaks for this class (the map is empty)"))
@@ -202,9 +302,17 @@ def detail_section(run: Run, row: int) -> None:
             st.caption(ui.plain(f"{what} class: {run.classes[cls]}"))
 
 
+def _stored_cost(run: Run) -> dict:
+    from core.occlusion import KIND
+
+    stored = derived.get(run, KIND, compute=False)
+    summary = stored.summary if stored is not None else {}
+    return {k: summary[k] for k in ("passes_per_image", "seconds_per_image") if k in summary}
+
+
 def register() -> None:
-    """Add the toggle, the caption line and the detail section to every gallery (done at import)."""
-    gallery.register_transform(NAME, LABEL, overlay_transform)
+    """Add the control, the caption line and the detail section to every gallery (done at import)."""
+    gallery.register_transform(NAME, LABEL, overlay_transform, control=control)
     gallery.register_caption_field(NAME, caption_line)
     gallery.register_detail_section(NAME, detail_section)
 

@@ -352,6 +352,8 @@ class AttentionMemo:
 
     rows: dict = field(default_factory=dict)
     problem: str | None = None
+    cost: dict = field(default_factory=dict)  # occlusion: passes_per_image, seconds_per_image
+    deferred: dict = field(default_factory=dict)  # row -> (reason, time.monotonic()): over a page's budget
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 

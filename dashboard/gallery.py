@@ -94,6 +94,7 @@ class ImageTransform:
     label: str
     apply: Callable[[Run, int, np.ndarray], np.ndarray]
     default: bool = False
+    control: Callable[[Run, str], None] | None = None  # draws its own widget instead of the toggle
 
 
 @dataclass(frozen=True)
@@ -116,9 +117,10 @@ def register_caption_field(name: str, text: Callable[[Run, int], str | None]) ->
 
 
 def register_transform(name: str, label: str, apply: Callable[[Run, int, np.ndarray], np.ndarray], *,
-                       default: bool = False) -> None:
-    """Offer a per-image transform as a toggle above every gallery and in the detail."""
-    _TRANSFORMS[name] = ImageTransform(name, label, apply, default)
+                       default: bool = False, control: Callable[[Run, str], None] | None = None) -> None:
+    """Offer a per-image transform as a toggle above every gallery and in the detail, or as the
+    widget ``control(run, key)`` draws there (it keeps ``gtransform-<name>`` true while applied)."""
+    _TRANSFORMS[name] = ImageTransform(name, label, apply, default, control)
 
 
 def register_item_slot(name: str, render: Callable[[Run, int, str], None]) -> None:
@@ -293,9 +295,13 @@ def _copy_state(source: str, target: str) -> None:
     st.session_state[target] = st.session_state[source]
 
 
-def transforms_ui(*, key: str) -> None:
-    """One toggle per registered transform; every gallery's and the detail's toggle share one value."""
+def transforms_ui(run: Run, *, key: str) -> None:
+    """One toggle (or the transform's own control) per registered transform; every gallery's and the
+    detail's widget share one value."""
     for t in _TRANSFORMS.values():
+        if t.control is not None:
+            t.control(run, key)
+            continue
         shared, widget = f"gtransform-{t.name}", f"gtransform-{t.name}-{key}"
         st.session_state.setdefault(shared, t.default)
         st.session_state[widget] = st.session_state[shared]
@@ -323,7 +329,7 @@ def image_detail_ui(run: Run, row: int, *, fields: Sequence[CaptionField] = ()) 
         with st.container(key="detail-image"):
             image_ui(run, row, size=DETAIL_PX, width="stretch")
         if _TRANSFORMS:
-            transforms_ui(key="detail")
+            transforms_ui(run, key="detail")
     with right:
         verdict = "correct" if true == pred else "wrong"
         st.markdown(f"**{ui.plain(r['true_label'])}** → **{ui.plain(r['predicted_label'])}** "
@@ -428,7 +434,7 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most 
             st.info("No images to show.")
             return rows
         if _TRANSFORMS:
-            transforms_ui(key=key)
+            transforms_ui(run, key=key)
         per_page = int(st.session_state.get(PER_PAGE_KEY, PAGE_SIZES[0]))
         pages = views.page_count(rows.size, per_page)
         page_key = page_key or ui.scoped(run, f"{key}-page")

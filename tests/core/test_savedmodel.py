@@ -136,3 +136,22 @@ def test_run_model_loads_a_savedmodel_only_when_the_process_trusts_its_file(tmp_
     monkeypatch.delenv(ENV_TRUSTED)
     load_run_model(run, unsafe=True).predict(run.image(3))
     assert marker.exists()
+
+def test_occlusion_maps_for_a_savedmodel_run_grad_cam_refused_in_one_line(tmp_path, image_tree, marker_savedmodel):
+    """A SavedModel has no layers for Grad-CAM, but occlusion only needs its predictions."""
+    from core.gradcam import GradCamUnavailable, explain_rows
+
+    folder, _ = marker_savedmodel
+    run = analyze(folder, load_dataset(image_tree), store=RunStore(tmp_path / "s"), progress=False,
+                  projection=False, unsafe=True)
+    with pytest.raises(ModelError, match="SavedModel"):   # not trusted by this process: refused
+        explain_rows(run, [0, 1, 2], method="occlusion")
+    from core import occlusion
+
+    occlusion.remember_model(run, load_run_model(run, unsafe=True))  # the caller's opt-in (explain --unsafe-load)
+    got = explain_rows(run, [0, 1, 2], method="occlusion")
+    assert got.maps.shape == (3, 2, 20, 20) and not got.skipped and np.isfinite(got.maps).all()
+    live = got.maps[~got.empty]
+    assert len(live) >= 2 and np.allclose(live.max(axis=(1, 2)), 1.0)
+    with pytest.raises(GradCamUnavailable, match="SavedModel.*use --method occlusion"):
+        explain_rows(run, [0], method="gradcam")

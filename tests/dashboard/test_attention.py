@@ -117,9 +117,9 @@ def test_toggle_overlays_the_page_in_one_call_and_detail_shows_both_maps(stores,
     run = store.load("cnn")
     at = start("cnn")
     assert counted["explain"] == [] and counted["overlay"] == 0  # off by default: nothing computed
-    toggle = at.toggle(key="gtransform-attention-t")
-    assert unescape(toggle.label) == "Show attention"
-    toggle.set_value(True).run()
+    control = at.segmented_control(key="attention-method-t")
+    assert unescape(control.label) == "Attention" and control.value == "off"
+    control.set_value("gradcam").run()
     assert not at.exception, [e.value for e in at.exception]
     assert counted["explain"] == [list(range(24))]  # the visible page, in one batched call
     stored = derived.get(store.load("cnn"), gradcam.KIND, attention_ui.CONFIG, compute=False)  # re-read: a new derived
@@ -131,7 +131,7 @@ def test_toggle_overlays_the_page_in_one_call_and_detail_shows_both_maps(stores,
 
     at.button(key="gopen-t-3").click().run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.toggle(key="gtransform-attention-detail").value
+    assert at.segmented_control(key="attention-method-detail").value == "gradcam"  # the shared choice
     texts = [unescape(c.value) for c in at.caption]
     pred, true = (run.classes[int(run.predictions[c].iat[3])] for c in ("predicted", "true"))
     empty = np.asarray(stored.array("empty"))[list(np.asarray(stored.array("rows"))).index(3)]
@@ -157,7 +157,7 @@ def test_empty_map_is_said_in_words_not_overlaid(stores, counted, monkeypatch):
     monkeypatch.setattr(gradcam, "explain_rows", nothing_for_the_predicted_class)
     attention_ui.cache.attention_memo.clear()
     at = start("cnn")
-    at.toggle(key="gtransform-attention-t").set_value(True).run()
+    at.segmented_control(key="attention-method-t").set_value("gradcam").run()
     assert not at.exception, [e.value for e in at.exception]
     texts = [unescape(c.value) for c in at.caption]
     name = run.classes[int(run.predictions["predicted"].iat[0])]
@@ -172,16 +172,44 @@ def test_empty_map_is_said_in_words_not_overlaid(stores, counted, monkeypatch):
 def test_a_run_without_a_model_says_why_in_one_line(stores, counted):
     at = start("syn")
     at.button(key="gopen-t-0").click().run()
-    ask = at.button(key="attention-ask")  # toggle off: the detail offers to compute
-    assert ask.label == "Show attention maps" and counted["explain"] == []
-    ask.click().run()
+    texts = [unescape(c.value) for c in at.caption]
+    assert "Choose Grad-CAM or Occlusion under the image to see what the model looks at." in texts
+    assert counted["explain"] == []
+    at.segmented_control(key="attention-method-detail").set_value("gradcam").run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.toggle(key="gtransform-attention-t").value  # asking turns the shared toggle on
+    assert at.segmented_control(key="attention-method-t").value == "gradcam"  # one shared choice
     reason = "No attention maps: Grad-CAM is unavailable for run 'syn': it is synthetic and has no model"
     texts = [unescape(c.value) for c in at.caption]
     assert reason in texts, texts  # in the detail, as its own line
     assert sum(reason in t for t in texts) >= 24  # and under each thumbnail instead of an overlay
     assert counted["overlay"] == 0 and counted["explain"] == []
+
+
+def test_the_detail_has_one_attention_control_and_compares_the_methods(stores, counted):
+    store, _ = stores
+    at = start("cnn")
+    at.button(key="gopen-t-5").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    # one control: no toggle, no button
+    assert not [t for t in at.toggle if "attention" in (t.key or "")]
+    assert not [b for b in at.button if "attention" in (b.key or "")]
+    detail = at.segmented_control(key="attention-method-detail")
+    assert detail.value == "off" and counted["explain"] == []
+    detail.set_value("compare").run()
+    assert not at.exception, [e.value for e in at.exception]
+    markdown = [unescape(m.value) for m in at.markdown]
+    assert "**Attention (Grad-CAM)**" in markdown and "**Attention (Occlusion)**" in markdown
+    texts = [unescape(c.value) for c in at.caption]
+    assert any(t.startswith("occlusion: 37 model passes per image") for t in texts), texts
+    run = store.load("cnn")
+    occluded = derived.get(run, "occlusion_maps", compute=False)
+    assert occluded is not None and 5 in np.asarray(occluded.array("rows")).tolist()
+    # galleries show the Grad-CAM overlay for "Both", and the gallery control offers no "Both"
+    assert at.segmented_control(key="attention-method-t").value == "gradcam"
+    at.segmented_control(key="attention-method-t").set_value("occlusion").run()
+    assert not at.exception, [e.value for e in at.exception]
+    occluded = derived.get(store.load("cnn"), "occlusion_maps", compute=False)
+    assert sorted(np.asarray(occluded.array("rows")).tolist()) == list(range(24))  # the page, extended
 
 
 SCRIPT = """
@@ -197,7 +225,7 @@ opener = next(b for b in at.button if (b.key or "").startswith("gopen-errors-"))
 opener.click().run()
 assert not at.exception, at.exception[0].value
 print("off:", sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
-at.toggle(key="gtransform-attention-errors").set_value(True).run()
+at.segmented_control(key="attention-method-errors").set_value("gradcam").run()
 assert not at.exception, at.exception[0].value
 print("on:", sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
 """
@@ -213,3 +241,24 @@ def test_pages_with_the_toggle_off_import_no_tensorflow(stores, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "off: []" in out.stdout, out.stdout
     assert "on: ['keras', 'tensorflow']" in out.stdout, out.stdout  # the check can fail: on, it imports
+
+
+def test_occlusion_page_budget_leaves_the_rest_for_the_next_rerun(stores, monkeypatch):
+    import time
+
+    store, _ = stores
+    attention_ui.cache.attention_memo.clear()
+    derived.delete(store.load("cnn"), "occlusion_maps")
+    monkeypatch.setattr(attention_ui, "PAGE_BUDGET_S", 1e-9)  # one chunk of 8 rows, then out of time
+    monkeypatch.setattr(attention_ui, "DEFER_S", 0.5)
+    at = start("cnn")
+    at.segmented_control(key="attention-method-t").set_value("occlusion").run()
+    assert not at.exception, [e.value for e in at.exception]
+    over = [c for c in at.caption if "over the time budget" in unescape(c.value)]
+    stored = derived.get(store.load("cnn"), "occlusion_maps", compute=False)
+    assert len(np.asarray(stored.array("rows"))) == 8 and len(over) == 24 - 8  # said, not computed twice
+    time.sleep(0.6)
+    at.run()  # the next rerun goes on with the page
+    stored = derived.get(store.load("cnn"), "occlusion_maps", compute=False)
+    assert len(np.asarray(stored.array("rows"))) == 16
+    attention_ui.cache.attention_memo.clear()
