@@ -99,14 +99,14 @@ def cam_from_gradients(feature_maps: np.ndarray, gradients: np.ndarray, *,
     [True]
     """
     if method not in METHODS:
-        raise ValueError(f"Unknown method {method!r}. The available methods are {list(METHODS)}")
+        raise UserError(f"Unknown method {method!r}. The available methods are {list(METHODS)}")
     A = np.asarray(feature_maps, dtype=np.float32)
     g = np.asarray(gradients, dtype=np.float32)
     if A.ndim != 4:
-        raise ValueError(f"feature_maps must be (n, h, w, c). Received shape {A.shape}")
+        raise UserError(f"feature_maps must be (n, h, w, c). Received shape {A.shape}")
     per_class = g.ndim == 5
     if g.shape != A.shape[:1] + g.shape[1:2] * per_class + A.shape[1:]:
-        raise ValueError(f"gradients of shape {g.shape} do not match feature_maps of shape {A.shape}")
+        raise UserError(f"gradients of shape {g.shape} do not match feature_maps of shape {A.shape}")
     if per_class:
         A = A[:, None]
     if method == "gradcam":
@@ -170,10 +170,10 @@ def overlay(image_uint8: np.ndarray, cam: np.ndarray, *, alpha: float = 0.6) -> 
     image = _as_rgb(image_uint8)
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim != 2 or not np.isfinite(cam).all():
-        raise ValueError(f"cam must be a finite (h, w) map. Received shape {cam.shape}"
+        raise UserError(f"cam must be a finite (h, w) map. Received shape {cam.shape}"
                          + ("" if cam.ndim != 2 else " with NaN or infinite values"))
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be within [0, 1]. Received: alpha={alpha}")
+        raise UserError(f"alpha must be within [0, 1]. Received: alpha={alpha}")
     h, w = image.shape[:2]
     cam = np.clip(cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR) if cam.shape != (h, w) else cam, 0, 1)
     heat = cv2.cvtColor(cv2.applyColorMap(np.round(cam * 255).astype(np.uint8), cv2.COLORMAP_JET),
@@ -185,14 +185,14 @@ def overlay(image_uint8: np.ndarray, cam: np.ndarray, *, alpha: float = 0.6) -> 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8. Received dtype {image.dtype}")
+        raise UserError(f"image must be uint8. Received dtype {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
     if image.ndim == 2:
         return np.repeat(image[..., None], 3, axis=2)
     if image.ndim == 3 and image.shape[2] == 3:
         return image
-    raise ValueError(f"image must be (H, W), (H, W, 1) or (H, W, 3). Received shape {image.shape}")
+    raise UserError(f"image must be (H, W), (H, W, 1) or (H, W, 3). Received shape {image.shape}")
 
 
 # --------------------------------------------------------------------------- the model side
@@ -242,7 +242,7 @@ class CamExplainer:
         x = np.asarray(x, dtype=np.float32)
         classes = np.asarray(classes, dtype=np.int32)
         if classes.ndim != 2 or len(classes) != len(x):
-            raise ValueError(f"classes must be (n, J) for n={len(x)} images. Received shape {classes.shape}")
+            raise UserError(f"classes must be (n, J) for n={len(x)} images. Received shape {classes.shape}")
         n_targets = classes.shape[1]
         if n_targets not in self._functions:  # traced once per number of classes, any batch size
             signature = [tf.TensorSpec((None, *x.shape[1:]), tf.float32),
@@ -686,11 +686,11 @@ def explain_rows(run: Run, rows: Sequence[int] | np.ndarray, *, which: Sequence[
     else:
         check_explainable(run)
         if explainer is not None and layer is not None and explainer.layer != layer:
-            raise ValueError(f"The explainer was built for layer {explainer.layer!r}, not {layer!r}")
+            raise UserError(f"The explainer was built for layer {explainer.layer!r}, not {layer!r}")
         if explainer is not None:
             remember_explainer(run, explainer, layer=layer)
     if budget_s is not None and budget_s <= 0:
-        raise ValueError(f"budget_s must be positive. Received: {budget_s}")
+        raise UserError(f"budget_s must be positive. Received: {budget_s}")
     stored = derived.get(run, name, config, compute=False)
     missing = np.unique(rows) if stored is None else np.setdiff1d(rows, stored.array("rows"))
     skipped: dict[int, str] = {}
