@@ -52,7 +52,7 @@ import pandas as pd
 from core import derived
 from core.errors import UserError, first_line
 from core.models import ModelError
-from core.progress import Progress, say_function, slug
+from core.progress import Progress, slug
 from core.store import Run
 
 KIND = "attention_maps"
