@@ -210,7 +210,7 @@ class CamExplainer:
     input_size: tuple[int, int] | None
     channels: int
     feature_size: tuple[int, int] | None
-    scale: str = "unit"            # pixel range for core.models.prepare_input
+    scale: object = "unit"         # a core.preprocess.Preprocessing (or its spec) for feed()
     activation: str | None = None  # 'softmax' or 'sigmoid' when the scores are logits, else None
     _linear: object = None         # the Dense layer recomputed without its activation, or None
     _binary: bool = False          # one sigmoid unit: scores (-z, z) for classes (0, 1)
@@ -221,7 +221,7 @@ class CamExplainer:
 
         Parameters
         ----------
-        x : float32 (n, H, W, C), already scaled for the model (core.models.prepare_input).
+        x : float32 (n, H, W, C), already preprocessed for the model (core.preprocess.feed).
         classes : int (n, J), the classes to explain for each image.
 
         Returns
@@ -494,14 +494,16 @@ def check_explainable(run: Run) -> None:
     """Raise GradCamUnavailable (one line) for a run whose model has no layers: a SavedModel, or
     none at all (synthetic runs). Reads the manifest only."""
     info = run.model_info
-    if info.format == "savedmodel":
+    from core import formats
+
+    fmt = formats.find(info.format)
+    if fmt is None or not info.path:
+        raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: it has no model file"
+                                 + (f" (a {info.format} run)" if info.format else ""))
+    if "gradcam" not in fmt.attention:
         raise GradCamUnavailable(
-            f"Grad-CAM is unavailable for run {run.id!r}: its model is a SavedModel, which Keras 3 loads as "
-            "one opaque function without layers; save the model as .keras and re-analyse")
-    if info.format == "synthetic" or not info.path:
-        raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: it is synthetic and has no model"
-                                 if info.format == "synthetic" else
-                                 f"Grad-CAM is unavailable for run {run.id!r}: it records no model file")
+            f"Grad-CAM is unavailable for run {run.id!r}: its model is a {fmt.description}, which has no Keras "
+            "layers to take gradients at; save the model as .keras and re-analyse")
 
 
 def explainer_for_run(run: Run, *, layer: str | None = None) -> CamExplainer:
@@ -517,7 +519,7 @@ def explainer_for_run(run: Run, *, layer: str | None = None) -> CamExplainer:
     if not inference.has_features:
         raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: its model has no layers to "
                                  "take gradients at")
-    explainer = build_explainer(inference.model, layer=layer, scale=inference.scale)
+    explainer = build_explainer(inference.model, layer=layer, scale=inference.preprocessing)
     explainer.input_size = tuple(run_model.size) or explainer.input_size
     explainer.channels = int(run_model.channels)
     return explainer
@@ -669,7 +671,7 @@ def _load_pixels(run: Run, rows: np.ndarray, *, size: tuple[int, int], channels:
 @derived.register(KIND, version=KIND_VERSION, defaults={"method": "gradcam", "layer": None},
                   description="Grad-CAM maps of the predicted and the true class, per requested row")
 def _compute_attention(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
-    from core.models import prepare_input
+    from core.preprocess import feed
 
     request = _REQUEST.get()
     previous = derived.get(run, KIND, config, compute=False)
@@ -691,7 +693,7 @@ def _compute_attention(run: Run, config: dict, progress: Progress) -> derived.De
         if ok:
             if explainer is None:  # loaded only once some image needs it
                 explainer = explainer_for_run(run, layer=config["layer"])
-            maps, flags, scores = explainer.maps(prepare_input(pixels, explainer.scale), targets[ok],
+            maps, flags, scores = explainer.maps(feed(pixels, explainer.scale), targets[ok],
                                                  method=config["method"])
             mismatched += int((scores.argmax(axis=1) != targets[ok, 0]).sum())
             rows.append(np.asarray(ok, np.int64))

@@ -1,7 +1,7 @@
 """ONNX image classifiers run with onnxruntime: class outputs and embeddings in one pass.
 
 Conventions. A batch handed to ``OnnxClassifier.predict_on_batch`` is float32
-(N, H, W, C), pixels already scaled (``core.models.prepare_input``), as for a
+(N, H, W, C), pixels already preprocessed (``core.preprocess.feed``), as for a
 Keras model; it is transposed to the model's own input layout, NCHW (what
 ``torch.onnx.export`` writes) or NHWC (Keras/tf2onnx exports), which is read
 from the input shape: the channel axis is the one fixed at 1 or 3. The call
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core.models import SCALES, InferenceModel, ModelError
+from core.formats.base import InferenceModel, ModelError
+from core.preprocess import Preprocessing, check_channels
 
 ONNX_SUFFIXES = (".onnx",)
 # Operators whose tensors are NCHW by the ONNX specification.
@@ -175,7 +176,7 @@ def external_data_files(path: str | Path) -> list[Path]:
     """The files beside ``path`` that hold its weights ("external data", used above 2 GB), sorted.
 
     Empty for a model that keeps its weights inside (most do) and for a file
-    that does not parse (loading it says why). ``core.models.file_sha256``
+    that does not parse (loading it says why). the ONNX format's hash (``core.formats.onnx``)
     hashes them with the model, so new weights make a new run.
     """
     import onnx
@@ -361,21 +362,22 @@ class OnnxClassifier:
         return np.concatenate(outs), np.concatenate(feats)
 
 
-def onnx_inference_model(model: OnnxModel, *, layer: str | None = None, scale: str = "auto") -> InferenceModel:
+def onnx_inference_model(model: OnnxModel, *, layer: str | None = None,
+                         preprocessing: Preprocessing = Preprocessing()) -> InferenceModel:
     """Wrap ``model`` for ``core.analyze``: one call gives class outputs and features.
 
-    ``scale`` 'auto' is 'raw' for a model whose node names show its own
+    ``preprocessing`` 'auto' is 'raw' for a model whose node names show its own
     rescaling layer (a Keras export), else 'unit'; a torchvision model needs
-    'imagenet'. Raises ModelError (one line) for an unknown ``layer``, a scale
-    the input cannot take, or a model whose output size cannot be found.
+    'imagenet' (or Keras' name for it, 'torch'). Raises ModelError (one line)
+    for an unknown ``layer``, a preprocessing the input cannot take, or a model
+    whose output size cannot be found.
     """
-    if scale not in SCALES:
-        raise ModelError(f"scale must be one of {list(SCALES)}. Received: scale={scale!r}")
     info = model.info
-    resolved = ("raw" if info.rescales_input else "unit") if scale == "auto" else scale
-    if resolved == "imagenet" and info.channels != 3:
-        raise ModelError(f"scale 'imagenet' normalises 3 RGB channels; ONNX model {model.path.name!r} takes "
-                         f"{info.channels}")
+    resolved = preprocessing.resolved("raw" if info.rescales_input else "unit")
+    try:
+        check_channels(resolved, info.channels)
+    except ValueError as exc:
+        raise ModelError(f"ONNX model {model.path.name!r}: {exc}") from None
     graph = model.proto.graph
     if layer is None:
         tensor, layer_name = default_feature_tensor(graph)
@@ -393,5 +395,6 @@ def onnx_inference_model(model: OnnxModel, *, layer: str | None = None, scale: s
         n_outputs = int(classifier.predict_on_batch(probe)[0].shape[1])
     return InferenceModel(
         model=classifier, input_size=info.input_size, channels=info.channels, n_outputs=int(n_outputs),
-        layer=layer_name, output_activation=info.output_activation, scale=resolved, has_features=True,
+        layer=layer_name, output_activation=info.output_activation, preprocessing=resolved, has_features=True,
+        rescales_input=info.rescales_input,
     )
