@@ -18,7 +18,10 @@ chance: among the images on which the two disagree in correctness, the better
 option must win by at least ``MIN_Z`` (3) standard deviations (McNemar's test).
 Options that give the same numbers (keras' 'tf' and 'symmetric', 'torch' and
 'imagenet') are evaluated once. Among options within one point of the best,
-the one with the lowest cross-entropy on the sample is named.
+the one that changes least (mode, channel order) is named, then the one with
+the lowest cross-entropy: a model that is nearly scale-invariant (ReLU
+networks) scores the same on 0..1 and -1..1 input but is only more confident,
+not more right, on the larger one.
 
 The result is a plain dict (JSON) stored in the run's manifest
 (``model.input_check``) so that the Overview reads it without TensorFlow; its
@@ -113,6 +116,12 @@ def permutation_fit(confusion: np.ndarray) -> tuple[np.ndarray, float, float]:
     return order, float(np.trace(c) / total), float(c[true_idx, pred_idx].sum() / total)
 
 
+def _changes(current: Preprocessing, spec: str) -> int:
+    """How many of (mode, channel order) differ from ``current``: ties go to the smallest change."""
+    other = Preprocessing.parse(spec)
+    return int(other.mode != current.mode) + int(other.channel_order != current.channel_order)
+
+
 def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
     p = np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)
     return float(-np.log(p).mean())
@@ -158,7 +167,7 @@ def check_input(
             sample_probs[candidate.spec] = probs
     best_acc = max(accuracies.values()) if n else float("nan")
     contenders = [s for s, a in accuracies.items() if a >= best_acc - TIE]
-    best = min(contenders, key=lambda s: (losses[s], s != current.spec)) if n else current.spec
+    best = min(contenders, key=lambda s: (_changes(current, s), losses[s])) if n else current.spec
     suggested = best if best != current.spec and clearly_better(correct[best], current_correct) else None
 
     lines: list[str] = []

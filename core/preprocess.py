@@ -124,11 +124,11 @@ class Preprocessing:
         return Preprocessing(SAME_AS.get(self.mode, self.mode), self.channel_order)
 
 
-def check_channels(preprocessing: Preprocessing, channels: int) -> None:
+def check_channels(preprocessing: Preprocessing, channels: int, *, what: str = "the model takes") -> None:
     """Raise PreprocessError when ``preprocessing`` needs 3 channels and the model takes another number."""
     if preprocessing.mode in _THREE_CHANNEL_MODES and channels != 3:
-        raise PreprocessError(f"--preprocess {preprocessing.mode} normalises 3 colour channels; the model "
-                              f"takes {channels}")
+        raise PreprocessError(f"--preprocess {preprocessing.mode} normalises 3 colour channels; {what} "
+                              f"{channels}")
 
 
 def feed(pixels: np.ndarray, preprocessing: "Preprocessing | str") -> np.ndarray:
@@ -149,7 +149,7 @@ def feed(pixels: np.ndarray, preprocessing: "Preprocessing | str") -> np.ndarray
     x = np.asarray(pixels)
     if x.ndim != 4:
         raise PreprocessError(f"Expected a batch of images (N, H, W, C). Received shape {x.shape}")
-    check_channels(p, x.shape[-1])
+    check_channels(p, x.shape[-1], what="the images have")
     x = x.astype(np.float32)
     if p.channel_order == "bgr" and x.shape[-1] == 3:
         x = x[..., ::-1]

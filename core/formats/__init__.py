@@ -65,7 +65,7 @@ def detect(path: str | Path) -> ModelFormat:
     if p.is_dir():
         raise ModelError(f"Not a model: folder {str(p)!r} is not a SavedModel (it has no saved_model.pb)")
     expected = ", ".join(f.description for f in formats)
-    raise ModelError(f"Not a model file: {str(p)!r} (expected one of: {expected})")
+    raise ModelError(f"Not a model file: {str(p)!r} (expected: {expected})")
 
 
 def of_model(model) -> ModelFormat:

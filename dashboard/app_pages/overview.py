@@ -43,6 +43,21 @@ def notes_ui(run) -> None:
         st.caption(ui.plain(f"Note: {note}"))
 
 
+def input_check_ui(run) -> None:
+    """The analysis' check of the model's input: a warning per mismatch it found (a preprocessing
+    or class order that fits the model clearly better), else one caption saying what was checked."""
+    info = run.model_info
+    check = info.input_check
+    if not check:
+        return
+    for line in info.input_warnings:
+        st.warning(ui.plain(line), icon=":material/warning:")
+    if not info.input_warnings and check.get("sample"):
+        fed = check.get("current", info.scale)
+        st.caption(ui.plain(f"Input check: the model was fed {fed}; {len(check.get('accuracies') or {}) - 1} other "
+                            f"preprocessings scored no better on {check['sample']:,} sampled images."))
+
+
 SAMPLES_PER_CLASS = 3
 DISTRIBUTION_TOP = 30
 
@@ -111,6 +126,7 @@ def render() -> None:
         metrics_ui(run)
     counts_ui(run)
     notes_ui(run)
+    input_check_ui(run)
     st.subheader("Class distribution")
     distribution_ui(run, key)
     st.subheader("Sample images per class")
