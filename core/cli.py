@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from core import formats
 from core.demo import DEMO_EPOCHS
 from core.errors import UserError
 from core.preprocess import CHANNEL_ORDERS, PREPROCESS_CHOICES
@@ -169,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("analyze", parents=[store], help="predict a data set with a model and store the run")
-    a.add_argument("--model", required=True, help=".keras, .h5, SavedModel folder or .onnx")
+    a.add_argument("--model", required=True,
+                   help="the model: " + ", ".join(f.description for f in formats.all_formats().values()))
     a.add_argument("--data", required=True,
                    help="class-folder tree, flat <class>_<n>.<ext> folder, CSV manifest, or fashion-mnist/digits")
     a.add_argument("--layer", default=None, help="layer whose output is the embedding "

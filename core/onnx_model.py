@@ -34,7 +34,6 @@ import numpy as np
 from core.formats.base import InferenceModel, ModelError
 from core.preprocess import Preprocessing, check_channels
 
-ONNX_SUFFIXES = (".onnx",)
 # Operators whose tensors are NCHW by the ONNX specification.
 _NCHW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization",
                        "InstanceNormalization", "LRN", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
