@@ -13,6 +13,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from core.errors import UserError
+
 SCHEMA_VERSION = 2  # 2: manifest gains 'analysis', 'run_uid' and 'derived'; 1 is still read
 
 
@@ -36,13 +38,13 @@ class ProjectionConfig:
 
     def __post_init__(self):
         if self.method != "umap":
-            raise ValueError(f"Unknown projection method {self.method!r}. Available: ['umap']")
+            raise UserError(f"Unknown projection method {self.method!r}. Available: ['umap']")
         if self.n_neighbors < 2:
-            raise ValueError(f"n_neighbors must be at least 2. Received: n_neighbors={self.n_neighbors}")
+            raise UserError(f"n_neighbors must be at least 2. Received: n_neighbors={self.n_neighbors}")
         if self.init not in ("pca", "spectral"):
-            raise ValueError(f"Unknown UMAP init {self.init!r}. Available: ['pca', 'spectral']")
+            raise UserError(f"Unknown UMAP init {self.init!r}. Available: ['pca', 'spectral']")
         if self.n_epochs is not None and self.n_epochs < 1:
-            raise ValueError(f"n_epochs must be at least 1. Received: n_epochs={self.n_epochs}")
+            raise UserError(f"n_epochs must be at least 1. Received: n_epochs={self.n_epochs}")
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -231,18 +231,19 @@ class DerivedInfo:
     files: tuple[str, ...]
     seconds: float | None
     summary: dict
+    versions: dict = field(default_factory=dict)  # library versions it was computed with
 
     @classmethod
     def from_manifest(cls, name: str, m: dict) -> "DerivedInfo":
         return cls(name=name, version=int(m.get("version", 0)), config=dict(m.get("config") or {}),
                    created=str(m.get("created", "")), folder=str(m.get("folder", "")),
                    files=tuple(m.get("files") or ()), seconds=m.get("seconds"),
-                   summary=dict(m.get("summary") or {}))
+                   summary=dict(m.get("summary") or {}), versions=dict(m.get("versions") or {}))
 
     def to_manifest(self) -> dict:
         return {"version": self.version, "config": self.config, "created": self.created,
                 "folder": self.folder, "files": list(self.files), "seconds": self.seconds,
-                "summary": self.summary}
+                "summary": self.summary, "versions": self.versions}
 
 
 @dataclass(frozen=True)
@@ -492,8 +493,8 @@ class Run:
         return folder
 
     def save_derived(self, name: str, *, version: int, config: dict, arrays: dict[str, np.ndarray],
-                     tables: dict[str, pd.DataFrame], summary: dict, seconds: float | None = None
-                     ) -> DerivedInfo:
+                     tables: dict[str, pd.DataFrame], summary: dict, seconds: float | None = None,
+                     versions: dict[str, str] | None = None) -> DerivedInfo:
         """Store a derived analysis in this run: its files, then one atomic manifest update.
 
         A process killed at any point leaves the run as it was (at most a hidden
@@ -519,7 +520,8 @@ class Run:
             info = DerivedInfo(name=name, version=version, config=dict(config),
                                created=_now(), folder=folder, files=tuple(files),
                                seconds=None if seconds is None else round(seconds, 3),
-                               summary=json.loads(json.dumps(summary, default=_json_default)))
+                               summary=json.loads(json.dumps(summary, default=_json_default)),
+                               versions=dict(versions or {}))
             with _flock(self.path / ".derived.lock"):
                 manifest = read_manifest(self.path)  # another writer may have added one meanwhile
                 old = (manifest.get("derived") or {}).get(name)

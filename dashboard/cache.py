@@ -284,7 +284,6 @@ def label_issues(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
     if stamp == "none":
         return None
     from core import derived
-    from core.diagnose import labels  # noqa: F401 - registers the kind
 
     stored = derived.get(_run, "label_issues", compute=False)
     return None if stored is None else stored.table("label_issues")
@@ -296,7 +295,6 @@ def stored_slices(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
     if stamp == "none":
         return None
     from core import derived
-    from core.diagnose import slices  # noqa: F401 - registers the kind
 
     stored = derived.get(_run, "error_slices", compute=False)
     return None if stored is None else stored.table("slices")

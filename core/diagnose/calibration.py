@@ -24,10 +24,13 @@ by confidence can.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from core import derived
+from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
 
@@ -214,9 +217,22 @@ def _fit_and_held_out_rows(run: Run, eval_rows: np.ndarray, seed: int) -> tuple[
                        f"evaluated on the other half ({len(held):,})")
 
 
-@derived.register("calibration", version=1, defaults={"n_bins": 15, "seed": 0},
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """``n_bins`` equal-width confidence bins; ``seed`` picks the half that fits the temperature
+    when the run has no validation split."""
+
+    n_bins: int = 15
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.n_bins, int) or self.n_bins < 2:
+            raise UserError(f"calibration: n_bins must be an integer of at least 2. Received: {self.n_bins!r}")
+
+
+@derived.register("calibration", version=1, config=CalibrationConfig,
                   description="ECE/MCE, reliability, confidence histograms, temperature scaling")
-def compute_calibration(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def compute_calibration(run: Run, config: CalibrationConfig, progress: Progress) -> derived.DerivedResult:
     """Calibration of the evaluated split, before and after temperature scaling.
 
     Summary: ``ece``, ``mce`` (evaluated split, raw probabilities), ``temperature``,
@@ -227,12 +243,12 @@ def compute_calibration(run: Run, config: dict, progress: Progress) -> derived.D
     ``confident_errors`` (the evaluated split's errors ranked by scaled confidence).
     Array ``scaled_confidence`` float32 (N,): every row's top-1 probability after scaling.
     """
-    n_bins = int(config["n_bins"])
+    n_bins = config.n_bins
     preds = run.predictions
     labels = preds["true"].to_numpy().astype(np.int64)
     eval_rows = np.flatnonzero(run.eval_mask())
     progress("calibration: fitting the temperature", 0.1)
-    fit_rows, held_rows, fit_on = _fit_and_held_out_rows(run, eval_rows, int(config["seed"]))
+    fit_rows, held_rows, fit_on = _fit_and_held_out_rows(run, eval_rows, config.seed)
     probs = run.probs
     temperature = fit_temperature(probs[fit_rows], labels[fit_rows], inputs="probs")
     progress("calibration: scaling", 0.5)

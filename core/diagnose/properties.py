@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from core import derived
+from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
 
@@ -270,18 +271,29 @@ def scan_images(run: Run, *, thumb_size: int = 32, workers: int | None = None,
                      properties=table, skipped=skipped_table)
 
 
-@derived.register("image_scan", version=1, defaults={"thumb_size": 32},
+@dataclass(frozen=True)
+class ImageScanConfig:
+    """``thumb_size``: the side of the square grey thumbnails kept of every image."""
+
+    thumb_size: int = 32
+
+    def __post_init__(self):
+        if not isinstance(self.thumb_size, int) or not 8 <= self.thumb_size <= 256:
+            raise UserError(f"thumb_size must be a whole number of pixels in 8..256. Received: thumb_size={self.thumb_size!r}")
+
+
+@derived.register("image_scan", version=1, config=ImageScanConfig,
                   description="one pass over the pixels: thumbnails, pixel digests and image properties")
-def compute_image_scan(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def compute_image_scan(run: Run, config: ImageScanConfig, progress: Progress) -> derived.DerivedResult:
     """Arrays ``thumbnails`` (N, S, S) uint8, ``content_size`` (N, 2), ``digest`` (N,) uint64,
     ``readable`` (N,); tables ``properties`` and ``skipped`` (see ``ImageScan``)."""
-    scan = scan_images(run, thumb_size=int(config["thumb_size"]), progress=progress)
+    scan = scan_images(run, thumb_size=config.thumb_size, progress=progress)
     return derived.DerivedResult(
         arrays={"thumbnails": scan.thumbnails, "content_size": scan.content_size, "digest": scan.digest,
                 "readable": scan.readable},
         tables={"properties": scan.properties, "skipped": scan.skipped},
         summary={"n_images": int(run.n_images), "n_readable": int(scan.readable.sum()),
-                 "n_skipped": int(len(scan.skipped)), "thumb_size": int(config["thumb_size"]),
+                 "n_skipped": int(len(scan.skipped)), "thumb_size": config.thumb_size,
                  "skipped_examples": scan.skipped.head(5).to_dict("records")},
     )
 
@@ -496,11 +508,30 @@ def _finding_text(rec: dict, side: str, tail: float) -> str:
 
 # --------------------------------------------------------------------------- the derived kind
 
-@derived.register("image_properties", version=1,
-                  defaults={"thumb_size": 32, "k": 10, "max_reference": 2000, "tail": 0.1, "min_count": 5,
-                            "seed": 0},
+@dataclass(frozen=True)
+class ImagePropertiesConfig:
+    """``thumb_size`` of the shared image scan; atypicality from the ``k`` nearest of at most
+    ``max_reference`` labelled images (sampled with ``seed``); the error rate of each property's
+    ``tail`` (fraction, each side) per class, for classes with at least ``min_count`` images there."""
+
+    thumb_size: int = 32
+    k: int = 10
+    max_reference: int = 2000
+    tail: float = 0.1
+    min_count: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        ImageScanConfig(thumb_size=self.thumb_size)
+        if not isinstance(self.k, int) or self.k < 1:
+            raise UserError(f"image_properties: k must be a positive integer. Received: {self.k!r}")
+        if not 0.0 < float(self.tail) < 0.5:
+            raise UserError(f"image_properties: tail must be between 0 and 0.5. Received: {self.tail!r}")
+
+
+@derived.register("image_properties", version=1, config=ImagePropertiesConfig,
                   description="image properties and atypicality, and the error rate in their tails per class")
-def compute_image_properties(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def compute_image_properties(run: Run, config: ImagePropertiesConfig, progress: Progress) -> derived.DerivedResult:
     """Per-image properties and atypicality, and error rates by property for the evaluated split.
 
     Arrays (N,): ``atypicality`` (robust z within the true class, NaN without
@@ -524,7 +555,7 @@ def compute_image_properties(run: Run, config: dict, progress: Progress) -> deri
     for c in _PROPERTY_COLUMNS:  # the same columns with or without pixels
         table[c] = pd.array([pd.NA] * n, dtype="boolean") if c == "grayscale" else np.nan
     try:
-        scan = load_scan(run, thumb_size=int(config["thumb_size"]),
+        scan = load_scan(run, thumb_size=config.thumb_size,
                          progress=lambda m, f: progress(m, 0.8 * f))
         for c in _PROPERTY_COLUMNS:
             table[c] = scan.properties[c].array
@@ -534,9 +565,9 @@ def compute_image_properties(run: Run, config: dict, progress: Progress) -> deri
         notes.append(f"No image properties: {exc}")
     progress("image properties: atypicality in embedding space", 0.85)
     if run.embeddings is not None:
-        distance, robust_z, _ = knn_atypicality(run.embeddings, labels, k=int(config["k"]),
-                                                max_reference=int(config["max_reference"]),
-                                                seed=int(config["seed"]))
+        distance, robust_z, _ = knn_atypicality(run.embeddings, labels, k=config.k,
+                                                max_reference=config.max_reference,
+                                                seed=config.seed)
     else:
         distance = robust_z = np.full(n, np.nan, np.float32)
         notes.append("The run has no embeddings: no atypicality")
@@ -548,8 +579,8 @@ def compute_image_properties(run: Run, config: dict, progress: Progress) -> deri
               for p in PROPERTIES if p in table and table[p].notna().any()}
     progress("image properties: error rates by property", 0.95)
     rates = property_error_rates(values, labels[eval_rows], table["correct"].to_numpy()[eval_rows],
-                                 classes=run.classes, tail=float(config["tail"]), min_count=int(config["min_count"]))
-    findings = error_rate_findings(rates, tail=float(config["tail"]))
+                                 classes=run.classes, tail=float(config.tail), min_count=config.min_count)
+    findings = error_rate_findings(rates, tail=float(config.tail))
     progress("image properties: done", 1.0)
     return derived.DerivedResult(
         arrays={"atypicality": robust_z.astype(np.float32), "knn_distance": distance.astype(np.float32)},

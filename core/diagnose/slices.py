@@ -29,12 +29,14 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from core import derived
+from core.errors import UserError
 from core.progress import Progress, slug
 from core.store import Run
 
@@ -201,12 +203,33 @@ def standout_properties(values: dict[str, np.ndarray], labels: np.ndarray, membe
 
 # --------------------------------------------------------------------------- the derived kind
 
-@derived.register("error_slices", version=1,
-                  defaults={"max_margin": 0.2, "min_size": 20, "min_errors": 5, "min_lift": 2.0,
-                            "hard_per_cluster": 20, "max_clusters": 40, "dims": 32, "use_properties": True,
-                            "seed": 0},
+@dataclass(frozen=True)
+class ErrorSlicesConfig:
+    """See ``find_slices`` for each option; ``dims``: PCA width of the embeddings clustered;
+    ``use_properties``: name slices by the image properties that set them apart too."""
+
+    max_margin: float = 0.2
+    min_size: int = 20
+    min_errors: int = 5
+    min_lift: float = 2.0
+    hard_per_cluster: int = 20
+    max_clusters: int = 40
+    dims: int = 32
+    use_properties: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("min_size", "min_errors", "hard_per_cluster", "max_clusters", "dims"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"error_slices: {name} must be a positive integer. Received: {value!r}")
+        if not 0.0 < float(self.max_margin) <= 1.0:
+            raise UserError(f"error_slices: max_margin must be in (0, 1]. Received: {self.max_margin!r}")
+
+
+@derived.register("error_slices", version=1, config=ErrorSlicesConfig,
                   description="groups of errors found in embedding space, named by their confusions and properties")
-def compute_error_slices(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def compute_error_slices(run: Run, config: ErrorSlicesConfig, progress: Progress) -> derived.DerivedResult:
     """Slices of the evaluated split (see the module docstring).
 
     Arrays: ``slice`` (N,) int32 (-1: none). Tables: ``slices`` (``SLICE_COLUMNS``,
@@ -220,7 +243,7 @@ def compute_error_slices(run: Run, config: dict, progress: Progress) -> derived.
     notes = []
     if run.embeddings is not None:
         space = "embeddings"
-        features = _features(run.embeddings[rows], dims=int(config["dims"]), seed=int(config["seed"]))
+        features = _features(run.embeddings[rows], dims=config.dims, seed=config.seed)
     elif run.projection is not None:
         space = "projection"
         features = np.asarray(run.projection[rows], np.float32)
@@ -232,11 +255,11 @@ def compute_error_slices(run: Run, config: dict, progress: Progress) -> derived.
     predicted = preds["predicted"].to_numpy()[rows]
     margin = margins(run.probs[rows])
     slices, member, distance = find_error_slices(
-        features, labels, predicted, margin, classes=run.classes, max_margin=float(config["max_margin"]),
-        min_size=int(config["min_size"]), min_errors=int(config["min_errors"]), min_lift=float(config["min_lift"]),
-        hard_per_cluster=int(config["hard_per_cluster"]), max_clusters=int(config["max_clusters"]),
-        seed=int(config["seed"]))
-    if config["use_properties"] and len(slices):
+        features, labels, predicted, margin, classes=run.classes, max_margin=float(config.max_margin),
+        min_size=config.min_size, min_errors=config.min_errors, min_lift=float(config.min_lift),
+        hard_per_cluster=config.hard_per_cluster, max_clusters=config.max_clusters,
+        seed=config.seed)
+    if config.use_properties and len(slices):
         progress("error slices: image properties", 0.6)
         values = _property_values(run, rows, notes, progress)
         if values:
