@@ -33,7 +33,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from cpu_info import cpu_line  # noqa: E402
 
-import numpy as np  # noqa: E402
 
 
 def _analyse(case, store, *, option: dict | None):

@@ -49,6 +49,7 @@ def _inference(model, **options):
 
 
 FORMATS = (
-    ModelFormat(name="onnx", description=".onnx file", suffixes=(".onnx",), claims=_claims, check=_check, hash=_hash, load=_load,
-                owns=_owns, inference=_inference, embeddings=True, attention=("occlusion",), ray=False),
+    ModelFormat(name="onnx", description=".onnx file", suffixes=(".onnx",), claims=_claims, check=_check,
+                hash=_hash, load=_load, owns=_owns, inference=_inference, embeddings=True,
+                attention=("occlusion",), ray=False),
 )

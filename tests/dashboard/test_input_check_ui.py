@@ -32,7 +32,8 @@ def store(tmp_path_factory):
                 {"sample": 200, "seconds": 0.3, "current": "unit", "accuracies": {"unit": 0.03, "unit+bgr": 0.8},
                  "suggested": "unit+bgr", "class_order": None, "rescaling_layer": None, "lines": [LINE]})
     _with_check(make_synthetic_run(store, "fine", n=200, n_classes=4, seed=1, history=False),
-                {"sample": 150, "seconds": 0.3, "current": "unit", "accuracies": {"unit": 0.9, "raw": 0.5, "symmetric": 0.9},
+                {"sample": 150, "seconds": 0.3, "current": "unit",
+                 "accuracies": {"unit": 0.9, "raw": 0.5, "symmetric": 0.9},
                  "suggested": None, "class_order": None, "rescaling_layer": None, "lines": []})
     make_synthetic_run(store, "old", n=200, n_classes=4, seed=2, history=False)
     with artifacts_dir(root):
