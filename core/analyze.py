@@ -211,7 +211,8 @@ def analyze(
         model_sha = fmt.hash(model_path)
     else:
         fmt = formats.of_model(model)
-        model_path = model_path or getattr(model, "path", None)  # an ONNX model knows its file
+        file = getattr(model, "path", None)  # an ONNX model knows its file (a Keras layer's 'path' is a name)
+        model_path = model_path or (file if isinstance(file, Path) else None)
         model_sha = fmt.hash(Path(model_path)) if model_path else _weights_sha(model)
     config = analysis_config(model_sha256=model_sha, dataset=dataset, layer=layer, scale=scale,
                              channel_order=channel_order, image_size=image_size, projection=projection,

@@ -61,7 +61,12 @@ def build_inference_model(model, *, layer: str | None = None, scale: str | None 
         preprocessing = scale or "auto"
     if isinstance(preprocessing, str) and preprocessing.partition("+")[0] not in PREPROCESS_CHOICES:
         raise ModelError(f"--preprocess must be one of {list(PREPROCESS_CHOICES)}. Received: {preprocessing!r}")
-    return formats.of_model(model).inference(model, layer=layer, preprocessing=Preprocessing.parse(preprocessing))
+    fmt = formats.of_model(model)
+    preprocessing = Preprocessing.parse(preprocessing)
+    if preprocessing.mode not in fmt.preprocessing:
+        raise ModelError(f"--preprocess {preprocessing.mode} is not available for a {fmt.description}. "
+                         f"Available: {list(fmt.preprocessing)}")
+    return fmt.inference(model, layer=layer, preprocessing=preprocessing)
 
 
 def prepare_input(batch_uint8, scale: str):

@@ -56,15 +56,20 @@ def test_a_new_format_is_one_module(tmp_path, monkeypatch):
         "FORMATS = (ModelFormat(name='tiny', description='.tiny file', suffixes=('.tiny',),\n"
         "    claims=lambda p: p.suffix == '.tiny', check=lambda p: None, hash=lambda p: 'h',\n"
         "    load=lambda p, unsafe=False: ('tiny', p), owns=lambda m: isinstance(m, tuple) and m[0] == 'tiny',\n"
-        "    inference=lambda m, **o: o, attention=('occlusion',)),)\n")
+        "    inference=lambda m, **o: o, attention=('occlusion',), preprocessing=('auto', 'unit')),)\n")
     monkeypatch.setattr(formats, "__path__", [*formats.__path__, str(tmp_path)])
     monkeypatch.setattr(formats, "_REGISTRY", {})
     (tmp_path / "m.tiny").write_bytes(b"1")
-    from core.models import file_sha256, load_model, model_format
+    from core.models import build_inference_model, file_sha256, load_model, model_format
 
     assert model_format(tmp_path / "m.tiny") == "tiny" and file_sha256(tmp_path / "m.tiny") == "h"
     assert load_model(tmp_path / "m.tiny") == ("tiny", tmp_path / "m.tiny")
     assert ".tiny" in formats.model_suffixes()
+    model = load_model(tmp_path / "m.tiny")
+    assert build_inference_model(model, preprocessing="unit+bgr")["preprocessing"].spec == "unit+bgr"
+    with pytest.raises(ModelError, match=r"--preprocess caffe is not available for a .tiny file. Available: "
+                                         r"\['auto', 'unit'\]"):
+        build_inference_model(model, preprocessing="caffe")
 
 
 def _imports(path: Path) -> set[str]:

@@ -91,6 +91,14 @@ def test_class_order_from_a_permuted_confusion_matrix():
     # a good model's matrix is its own best permutation: nothing said
     _, d, p = permutation_fit(np.array([[40, 5], [6, 39]]))
     assert d == p
+    # a weak model's real confusion (classes 0 and 1 often mistaken for each other) is not an order problem
+    weak = np.array([[25, 55, 20], [50, 30, 20], [10, 10, 80]])
+    _, d, p = permutation_fit(weak)
+    assert p - d >= 0.10 and p < 1.5 * d
+    finding = check_input(lambda x: x, np.zeros((0, 4, 4, 3), np.uint8), np.zeros(0, np.int64),
+                          current=Preprocessing("unit"), current_probs=np.zeros((0, 3)), classes=["a", "b", "c"],
+                          confusion=weak)
+    assert finding["class_order"] is None and finding["lines"] == []
 
 
 def test_clearly_better_needs_gain_and_significance():
