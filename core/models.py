@@ -14,6 +14,7 @@ from pathlib import Path
 
 from core import formats
 from core.formats.base import InferenceModel, ModelError, UnsafeModelError
+from core.formats.files import hash_files
 from core.formats.keras import PYTHON_CODE_RISK
 from core.formats.savedmodel import SAVEDMODEL_RISK, SavedModelClassifier
 from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, PREPROCESS_CHOICES, Preprocessing, feed
@@ -34,8 +35,11 @@ def model_format(path: str | Path) -> str:
 
 def file_sha256(path: str | Path) -> str:
     """Content hash of a model: its file, every file of a SavedModel folder, or an ONNX file with its
-    external weights (see each format's ``hash``)."""
-    return formats.detect(path).hash(Path(path))
+    external weights (the hash of the format that claims the path); of any other file (a predictions
+    file), its bytes."""
+    p = Path(path)
+    fmt = next((f for f in formats.all_formats().values() if f.claims(p)), None)
+    return fmt.hash(p) if fmt is not None else hash_files(p)
 
 
 def load_model(path: str | Path, *, unsafe: bool = False):
