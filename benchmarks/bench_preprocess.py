@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     print(cpu_line())
     print(f"load average {os.getloadavg()[0]:.2f}; {args.n_train} training and {args.n_test} test images "
           "per model, 32x32 colour")
-    header = (f"{'model (user recipe)':<50} {'option':<26} {'user acc':>8} {'tool acc':>8} {'delta pt':>8} "
+    header = (f"{'model (user recipe)':<50} {'option':<30} {'user acc':>8} {'tool acc':>8} {'delta pt':>8} "
               f"{'agree %':>7} {'fires':>5} | {'default acc':>11} {'default check says':<34} {'ok':>3} "
               f"{'check s':>7}")
     rows = []
@@ -102,10 +102,11 @@ def main(argv=None) -> int:
                 says = f"suggests {suggested}" if suggested else "(silent: MISSED)"
             option = " ".join(f"{k}={v}" for k, v in case.option.items())
             rows.append((case.name, option, user_acc, tool_acc, agree, fires, default_run.metrics["accuracy"], says,
-                         ok, check.get("seconds", float("nan")), check.get("sample", 0), train_s))
+                         ok, default_run.timings.get("input_check_s", float("nan")), check.get("sample", 0),
+                         train_s))
     print(header)
     for (name, option, user_acc, tool_acc, agree, fires, default_acc, says, ok, check_s, sample, _) in rows:
-        print(f"{name[:50]:<50} {option:<26} {user_acc:>8.4f} {tool_acc:>8.4f} {100 * (tool_acc - user_acc):>8.2f} "
+        print(f"{name[:50]:<50} {option:<30} {user_acc:>8.4f} {tool_acc:>8.4f} {100 * (tool_acc - user_acc):>8.2f} "
               f"{100 * agree:>7.2f} {'YES' if fires else 'no':>5} | {default_acc:>11.4f} {says[:34]:<34} "
               f"{'yes' if ok else 'NO':>3} {check_s:>7.2f}")
     sample = max((r[10] for r in rows), default=0)

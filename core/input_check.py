@@ -12,11 +12,11 @@ images: at most 9 extra passes over the sample, i.e. at most
 compares accuracies; the class order is judged from the confusion matrix
 (``permutation_fit``), which costs no prediction at all, and named when the
 best permutation of the classes explains at least 10 points and 1.5 times as
-many images as the order used.
+many images as the order used, on at least 20 images per class.
 
 A finding is *clear* only when the better option beats the current one by at
-least ``MIN_GAIN`` (10 points) on the sample and the difference is beyond
-chance: among the images on which the two disagree in correctness, the better
+least ``MIN_GAIN`` (10 points) on the sample, beats always answering the
+sample's commonest class by as much, and the difference is beyond chance: among the images on which the two disagree in correctness, the better
 option must win by at least ``MIN_Z`` (3) standard deviations (McNemar's test).
 Options that give the same numbers (keras' 'tf' and 'symmetric', 'torch' and
 'imagenet') are evaluated once. Among options within one point of the best,
@@ -27,7 +27,7 @@ not more right, on the larger one.
 
 The result is a plain dict (JSON) stored in the run's manifest
 (``model.input_check``) so that the Overview reads it without TensorFlow; its
-``lines`` are what ``analyze`` prints and the Overview shows.
+``lines`` (warnings) and ``notes`` are what ``analyze`` prints and the Overview shows.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ TIE = 0.01
 # A class order is named only when the permuted matrix explains 1.5 times as many images as the
 # diagonal: a weak model's real confusions (shirt <-> T-shirt) also gain a little from a swap.
 ORDER_RATIO = 1.5
+# ... and only on at least this many images per class (the best of K! orders fits small samples by chance).
+MIN_PER_CLASS = 20
 _CANDIDATE_MODES = tuple(m for m in MODES if m not in SAME_AS)  # raw, unit, symmetric, imagenet, caffe
 
 
@@ -148,7 +150,8 @@ def check_input(
 
     Returns a JSON-able dict: ``sample`` size, ``seconds``, ``accuracies`` {spec: acc},
     ``current``, ``suggested`` (a spec or None), ``class_order`` (names or None),
-    and ``lines``, the sentences to show (empty when all is well).
+    ``lines``, the warnings to show (empty when all is well), and ``notes``, sentences
+    that are no warning (the model rescales its own input: nothing to pass).
     """
     t0 = time.perf_counter()
     labels = np.asarray(labels, np.int64)
@@ -170,10 +173,14 @@ def check_input(
             accuracies[candidate.spec] = float(correct[candidate.spec].mean())
             losses[candidate.spec] = _nll(probs, labels)
             sample_probs[candidate.spec] = probs
+    # A better option must make the model classify: beat always answering the sample's commonest class
+    # (an untrained or collapsed model only changes which constant it answers).
+    majority = float(np.bincount(labels).max() / n) if n else 1.0
     best_acc = max(accuracies.values()) if n else float("nan")
     contenders = [s for s, a in accuracies.items() if a >= best_acc - TIE]
     best = min(contenders, key=lambda s: (_changes(current, s), losses[s])) if n else current.spec
-    suggested = best if best != current.spec and clearly_better(correct[best], current_correct) else None
+    suggested = (best if best != current.spec and accuracies[best] >= majority + MIN_GAIN
+                 and clearly_better(correct[best], current_correct) else None)
 
     lines: list[str] = []
     if suggested is not None:
@@ -187,8 +194,9 @@ def check_input(
         if rescaling_layer:
             lines.append(f"The model holds its own preprocessing layer {rescaling_layer!r}: it expects raw 0..255 "
                          "pixels with no --preprocess.")
-    elif rescaling_layer and current.mode == "raw":
-        lines.append(f"The model holds its own preprocessing layer {rescaling_layer!r}: raw 0..255 pixels are fed, "
+    notes: list[str] = []
+    if suggested is None and rescaling_layer and current.mode == "raw":
+        notes.append(f"The model holds its own preprocessing layer {rescaling_layer!r}: raw 0..255 pixels are fed, "
                      "no --preprocess is needed.")
 
     # Class order: from the sample under the suggested preprocessing, else from the whole split.
@@ -200,8 +208,10 @@ def check_input(
     else:
         matrix = np.asarray(confusion)
     order, diagonal, permuted = permutation_fit(matrix)
+    counts = matrix.sum(axis=1)
     class_order = None
-    if (permuted - diagonal >= MIN_GAIN and permuted >= ORDER_RATIO * diagonal
+    if (matrix.sum() >= MIN_PER_CLASS * len(matrix) and permuted - diagonal >= MIN_GAIN
+            and permuted >= ORDER_RATIO * diagonal and permuted >= counts.max() / counts.sum() + MIN_GAIN
             and not np.array_equal(order, np.arange(len(order)))):
         class_order = [classes[i] for i in order]
         shown = ",".join(class_order) if len(class_order) <= 20 else ",".join(class_order[:20]) + ",..."
@@ -217,7 +227,7 @@ def check_input(
                          "--channel-order and --classes.")
     return {"sample": int(n), "seconds": round(time.perf_counter() - t0, 2), "current": current.spec,
             "accuracies": {s: round(a, 4) for s, a in accuracies.items()}, "suggested": suggested,
-            "class_order": class_order, "rescaling_layer": rescaling_layer, "lines": lines}
+            "class_order": class_order, "rescaling_layer": rescaling_layer, "lines": lines, "notes": notes}
 
 
 def expected_from_training(training: dict | None) -> tuple[float, str] | None:

@@ -192,8 +192,16 @@ class ModelInfo:
 
     @property
     def input_warnings(self) -> list[str]:
-        """The input check's sentences (a preprocessing or class-order mismatch), empty when all is well."""
-        lines = (self.input_check or {}).get("lines") or []
+        """The input check's warnings (a preprocessing or class-order mismatch), empty when all is well."""
+        return self._input_sentences("lines")
+
+    @property
+    def input_notes(self) -> list[str]:
+        """The input check's sentences that are no warning (e.g. the model rescales its own input)."""
+        return self._input_sentences("notes")
+
+    def _input_sentences(self, key: str) -> list[str]:
+        lines = (self.input_check or {}).get(key) or []
         return [str(line) for line in lines] if isinstance(lines, list) else []
 
     @property

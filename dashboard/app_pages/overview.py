@@ -52,6 +52,8 @@ def input_check_ui(run) -> None:
         return
     for line in info.input_warnings:
         st.warning(ui.plain(line), icon=":material/warning:")
+    for line in info.input_notes:
+        st.caption(ui.plain(line))
     if not info.input_warnings and check.get("sample"):
         fed = check.get("current", info.scale)
         st.caption(ui.plain(f"Input check: the model was fed {fed}; {len(check.get('accuracies') or {}) - 1} other "

@@ -68,8 +68,8 @@ def test_own_preprocessing_layer_means_nothing_to_pass():
     confusion = np.diag(np.bincount(labels, minlength=2))
     finding = check_input(raw_model, images, labels, current=Preprocessing("raw", "bgr"), current_probs=probs,
                           classes=CLASSES, confusion=confusion, rescaling_layer="rescaling")
-    assert finding["suggested"] is None
-    assert finding["lines"] == ["The model holds its own preprocessing layer 'rescaling': raw 0..255 pixels are fed, "
+    assert finding["suggested"] is None and finding["lines"] == []
+    assert finding["notes"] == ["The model holds its own preprocessing layer 'rescaling': raw 0..255 pixels are fed, "
                                 "no --preprocess is needed."]
 
 
@@ -130,3 +130,22 @@ def test_history_and_expected_accuracy():
     assert finding["lines"] == ["Accuracy 0.60 here but 0.99 in training (val_accuracy): the images, their "
                                 "preprocessing or the class order may differ from training; see --preprocess, "
                                 "--channel-order and --classes."]
+
+
+def test_a_model_that_answers_one_class_is_no_evidence():
+    """An untrained model answers a constant whose class depends on the input's range or order; the
+    option that happens to make it answer the commonest class is not a finding."""
+    images, _ = _images(200)
+    labels = np.r_[np.zeros(60, np.int64), np.ones(140, np.int64)]   # 30 % / 70 %
+
+    def constant(x):  # class 0 for RGB input, class 1 once the channels are reversed
+        red_first = x[..., 0].mean() > x[..., 2].mean()
+        return np.tile([0.9, 0.1] if red_first else [0.1, 0.9], (len(x), 1))
+
+    images[..., 0] = 200
+    images[..., 2] = 10
+    probs = constant(feed(images, "unit"))
+    finding = check_input(constant, images, labels, current=Preprocessing("unit"), current_probs=probs,
+                          classes=CLASSES, confusion=np.array([[60, 0], [140, 0]]))
+    assert finding["accuracies"]["unit"] == 0.3 and finding["accuracies"]["unit+bgr"] == 0.7
+    assert finding["suggested"] is None and finding["lines"] == []

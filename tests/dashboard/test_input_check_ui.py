@@ -34,7 +34,9 @@ def store(tmp_path_factory):
     _with_check(make_synthetic_run(store, "fine", n=200, n_classes=4, seed=1, history=False),
                 {"sample": 150, "seconds": 0.3, "current": "unit",
                  "accuracies": {"unit": 0.9, "raw": 0.5, "symmetric": 0.9},
-                 "suggested": None, "class_order": None, "rescaling_layer": None, "lines": []})
+                 "suggested": None, "class_order": None, "rescaling_layer": "rescaling", "lines": [],
+                 "notes": ["The model holds its own preprocessing layer 'rescaling': raw 0..255 pixels are fed, "
+                           "no --preprocess is needed."]})
     make_synthetic_run(store, "old", n=200, n_classes=4, seed=2, history=False)
     with artifacts_dir(root):
         yield store
@@ -49,7 +51,9 @@ def test_overview_warns_of_a_mismatch(store):
 def test_overview_says_what_was_checked_when_all_is_well(store):
     at = apptest.open_page("overview", "fine")
     assert not at.warning
-    assert "Input check: the model was fed unit; 2 other preprocessings scored no better on 150 sampled images." in \
-        [unescape(c.value) for c in at.caption]
+    shown = [unescape(c.value) for c in at.caption]
+    assert "Input check: the model was fed unit; 2 other preprocessings scored no better on 150 sampled images." in shown
+    assert "The model holds its own preprocessing layer 'rescaling': raw 0..255 pixels are fed, no --preprocess is " \
+           "needed." in shown
     at = apptest.open_page("overview", "old")
     assert not at.warning and not any("Input check" in unescape(c.value) for c in at.caption)
