@@ -1,18 +1,21 @@
-"""Command line: ``python -m core {analyze,import,runs,report,errors,delete,explain,train,demo,review,diagnose,label-issues,duplicates}``.
+"""Command line: ``python -m core {analyze,import,runs,report,compare,errors,delete,explain,train,demo,review,diagnose,label-issues,duplicates}``.
 
-Every error the user can cause ends in one line on stderr and exit status 2;
-Ctrl-C ends with status 130 and leaves no half-written run.
+Every error the user can cause (``core.errors.UserError``, or an OSError such as a full disk)
+ends in one line on stderr and exit status 2; anything else is a bug and shows its traceback
+(``--debug`` or ``CLASSIFIER_DEBUG=1`` shows it for user errors too). Ctrl-C ends with status
+130 and leaves no half-written run.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 from core import formats
 from core.demo import DEMO_EPOCHS
-from core.errors import UserError
+from core.errors import UserError, debug_enabled, first_line
 from core.preprocess import CHANNEL_ORDERS, PREPROCESS_CHOICES
 from core.quiet import quiet_start
 from core.recipes import (AUGMENTATIONS, BACKBONES, LR_SCHEDULES, OPTIMIZERS, RECIPES, Recipe, parse_int_list,
@@ -167,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     store = _store_parent()
     parser = argparse.ArgumentParser(prog="python -m core",
                                      description="Error analysis for Keras image classifiers.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of every error (also CLASSIFIER_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("analyze", parents=[store], help="predict a data set with a model and store the run")
@@ -239,9 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("runs", parents=[store], help="list stored runs")
 
-    r = sub.add_parser("report", parents=[store], help="write the per-class table as CSV")
+    r = sub.add_parser("report", parents=[store], help="write the per-class table as CSV, or the whole "
+                       "error-analysis report as one HTML file (--html) or Markdown (--markdown)")
     r.add_argument("run")
     r.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+    r.add_argument("--html", default=None, metavar="FILE", help="write the report as one self-contained HTML file")
+    r.add_argument("--markdown", default=None, metavar="DIR", help="write the report as DIR/report.md + DIR/images/")
+    r.add_argument("--compare", default=None, metavar="OTHER_RUN",
+                   help="add the comparison with another run on the same images (deltas are RUN - OTHER_RUN)")
+    r.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="at most N thumbnails in the report (bounds its size; default 120)")
+
+    c = sub.add_parser("compare", parents=[store], help="compare two runs on the images both hold out: "
+                       "metrics.csv, per_class.csv (B - A) and flips.csv")
+    c.add_argument("a", metavar="A")
+    c.add_argument("b", metavar="B")
+    c.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for metrics.csv, per_class.csv, flips.csv (default: print the metrics as CSV)")
 
     e = sub.add_parser("errors", parents=[store], help="write misclassified images, most confident first")
     e.add_argument("run")
@@ -353,7 +372,7 @@ def cmd_analyze(args) -> int:
     from core.datasets import load_dataset
 
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive. Received: {args.batch_size}")
+        raise UserError(f"--batch-size must be positive. Received: {args.batch_size}")
     from core.ray_engine import engine_options
 
     # a missing Ray or a --ray-* option without --engine ray stops here, before any data is read
@@ -407,7 +426,7 @@ def cmd_import(args) -> int:
 
     predictions = Path(args.predictions)
     if not predictions.is_file():  # fail fast, before the data set is listed
-        raise ValueError(f"Predictions file does not exist: {str(predictions)!r}")
+        raise UserError(f"Predictions file does not exist: {str(predictions)!r}")
     dataset = load_dataset(args.data, classes=_classes_arg(args.classes))
     print(f"Data: {dataset!r}", file=sys.stderr)
     run = import_predictions(dataset, predictions, store=RunStore(args.store), run_id=args.name,
@@ -437,6 +456,8 @@ def cmd_runs(args) -> int:
 
 def cmd_report(args) -> int:
     run = RunStore(args.store).load(args.run)
+    if args.html or args.markdown or args.compare or args.max_images is not None:
+        return _write_report(args, run)
     data = run.per_class_csv()
     if args.out is None:
         sys.stdout.write(data.decode())
@@ -444,6 +465,45 @@ def cmd_report(args) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_bytes(data)
         print(f"Wrote {len(run.classes)} classes to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _write_report(args, run) -> int:
+    from core.errors import UserError
+    from core.report import DEFAULT_MAX_IMAGES, build_report, write_html, write_markdown
+
+    if not (args.html or args.markdown):
+        raise UserError("--compare and --max-images go with --html FILE or --markdown DIR.")
+    if args.out:
+        raise UserError("--out writes the per-class CSV; give it alone, or --html/--markdown without it.")
+    other = RunStore(args.store).load(args.compare) if args.compare else None
+    max_images = DEFAULT_MAX_IMAGES if args.max_images is None else args.max_images
+    report = build_report(run, compare_with=other, max_images=max_images)
+    if args.html:
+        size = write_html(report, args.html)
+        print(f"Wrote the report of run '{run.id}' to {args.html} ({size / 1e6:.2f} MB, "
+              f"{report.n_images} images)", file=sys.stderr)
+    if args.markdown:
+        files = write_markdown(report, args.markdown)
+        print(f"Wrote the report of run '{run.id}' to {Path(args.markdown) / 'report.md'} "
+              f"(+ {len(files) - 1} images)", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from core.compare import compare
+
+    store = RunStore(args.store)
+    a, b = store.load(args.a), store.load(args.b)
+    comparison = compare(a, b)
+    if args.out is None:
+        sys.stdout.write(comparison.metrics.to_csv(index=False))
+    else:
+        comparison.write(args.out)
+    acc_a, acc_b = comparison.metric("accuracy")
+    print(f"Compared '{a.id}' (A) and '{b.id}' (B) {comparison.basis}: accuracy {acc_a:.4f} -> {acc_b:.4f}, "
+          f"{comparison.n_fixed:,} images fixed by B, {comparison.n_broken:,} broken"
+          + (f"; wrote metrics.csv, per_class.csv, flips.csv to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 
@@ -470,7 +530,7 @@ def cmd_explain(args) -> int:
                        limit=args.limit)
     if len(rows) == 0:
         cell = f"true {args.true or 'any'}, predicted {args.predicted or 'any'}"
-        raise ValueError(f"Nothing to explain: no {'images' if args.true and args.predicted else 'errors'} "
+        raise UserError(f"Nothing to explain: no {'images' if args.true and args.predicted else 'errors'} "
                          f"({cell}) in split {args.split or run.eval_split!r} of run {run.id!r}")
     attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, progress=True)
     index = write_explanations(run, attention, args.out)
@@ -518,9 +578,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``python -m core demo``: prints the run id; 130 on Ctrl-C."""
     if args.time_budget is not None and args.time_budget <= 0:
-        raise ValueError(f"--time-budget must be positive seconds. Received: {args.time_budget}")
+        raise UserError(f"--time-budget must be positive seconds. Received: {args.time_budget}")
     if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1. Received: {args.epochs}")
+        raise UserError(f"--epochs must be at least 1. Received: {args.epochs}")
     from core.demo import run_demo
     from core.training import TrainingInterrupted
 
@@ -623,22 +683,34 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"analyze": cmd_analyze, "import": cmd_import, "runs": cmd_runs, "report": cmd_report,
-            "errors": cmd_errors,
+            "compare": cmd_compare, "errors": cmd_errors,
             "delete": cmd_delete, "explain": cmd_explain, "train": cmd_train, "demo": cmd_demo,
             "review": cmd_review, "diagnose": cmd_diagnose, "label-issues": cmd_label_issues,
             "duplicates": cmd_duplicates}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A ``UserError`` (and an ``OSError``: a full disk, a read-only folder, a
+    missing permission) ends in one line and exit status 2; any other exception is a bug and
+    keeps its traceback. ``--debug`` or ``CLASSIFIER_DEBUG=1`` shows the traceback of those too."""
     quiet_start()  # before anything imports TensorFlow: no start-up chatter in the output
     args = build_parser().parse_args(argv)
+    debug = args.debug or debug_enabled()
     try:
         RunStore(args.store).sweep()  # leftovers of writers killed earlier (never a live writer's)
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("Interrupted: nothing half-written was kept.", file=sys.stderr)
         return 130
-    except (ValueError, LookupError, RuntimeError, OSError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
-              file=sys.stderr)
+    except (UserError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """A user error's first line; an OSError as 'FILE: reason' (its errno text, not Python's repr)."""
+    if isinstance(exc, OSError) and not isinstance(exc, UserError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return first_line(exc)

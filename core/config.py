@@ -94,11 +94,11 @@ class AnalysisConfig:
     def from_dict(cls, data: dict) -> "AnalysisConfig":
         """Inverse of ``to_dict``; raises ValueError naming an unknown or missing field."""
         if not isinstance(data, dict):
-            raise ValueError(f"An analysis config must be a JSON object. Received: {type(data).__name__}")
+            raise UserError(f"An analysis config must be a JSON object. Received: {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown analysis config fields {unknown}. Known: {sorted(known)}")
+            raise UserError(f"Unknown analysis config fields {unknown}. Known: {sorted(known)}")
         data = dict(data)
         if data.get("image_size") is not None:
             data["image_size"] = tuple(int(v) for v in data["image_size"])
@@ -107,7 +107,7 @@ class AnalysisConfig:
         try:
             return cls(**data)
         except TypeError as exc:
-            raise ValueError(f"Incomplete analysis config: {exc}") from None
+            raise UserError(f"Incomplete analysis config: {exc}") from None
 
     def replace(self, **changes) -> "AnalysisConfig":
         from dataclasses import replace

@@ -132,7 +132,7 @@ def load_onnx(path: str | Path) -> OnnxModel:
     p = Path(path)
     try:
         proto = onnx.load(str(p))
-    except Exception as exc:  # protobuf DecodeError, OSError, onnx's own errors for external data
+    except Exception as exc:  # boundary: protobuf DecodeError, OSError, onnx's own errors for external data
         raise ModelError(f"Not an ONNX model file: {str(p)!r} ({_first_line(exc)})") from None
     graph = proto.graph
     if not graph.node:
@@ -183,7 +183,7 @@ def external_data_files(path: str | Path) -> list[Path]:
     p = Path(path)
     try:
         proto = onnx.load(str(p), load_external_data=False)
-    except Exception:  # not ONNX: load_onnx reports it
+    except Exception:  # boundary: not ONNX: load_onnx reports it
         return []
     folder = p.parent.resolve()
     files = set()
@@ -324,7 +324,7 @@ class OnnxClassifier:
             # Default mode, CPU provider, no register_custom_ops_library: standard operators only.
             self.session = ort.InferenceSession(proto.SerializeToString(), sess_options=options,
                                                 providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
+        except Exception as exc:  # boundary: onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot run {str(model.path)!r}: {_first_line(exc)}") from None
         session_input = self.session.get_inputs()[0]
         self.input_dtype = _FLOAT_TYPES.get(session_input.type, np.float32)
@@ -349,7 +349,7 @@ class OnnxClassifier:
                 chunk = np.concatenate([chunk, pad])
             try:
                 result = self.session.run(names, {self.info.input_name: chunk})
-            except Exception as exc:  # onnxruntime's InvalidArgument, Fail, ... (wrong size, bad graph)
+            except Exception as exc:  # boundary: onnxruntime's InvalidArgument, Fail, ... (wrong size, bad graph)
                 raise ModelError(f"onnxruntime failed on {self.info.path.name!r} with input of shape "
                                  f"{list(chunk.shape)}: {_first_line(exc)}") from None
             m = min(len(chunk), n - start)

@@ -140,7 +140,7 @@ def feed(pixels: np.ndarray, preprocessing: "Preprocessing | str") -> np.ndarray
     >>> x = np.array([[[[255, 0, 0]]]], np.uint8)        # one red pixel, RGB
     >>> feed(x, "unit").ravel().tolist(), feed(x, "unit+bgr").ravel().tolist()
     ([1.0, 0.0, 0.0], [0.0, 0.0, 1.0])
-    >>> np.round(feed(x, "caffe").ravel(), 3).tolist()   # BGR minus the BGR means
+    >>> [round(float(v), 3) for v in feed(x, "caffe").ravel()]   # BGR minus the BGR means
     [-103.939, -116.779, 131.32]
     """
     p = Preprocessing.parse(preprocessing)

@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import SCHEMA_VERSION, AnalysisConfig
+from core.errors import UserError
 
 READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
@@ -62,23 +63,23 @@ DEFAULT_STORE = Path(__file__).resolve().parent.parent / "artifacts"
 _TOO_BROAD_ROOTS = {Path("/"), Path.home().resolve()}
 
 
-class RunNotFoundError(LookupError):
+class RunNotFoundError(UserError, LookupError):
     """No run of that id in the store."""
 
 
-class RunSchemaError(RuntimeError):
+class RunSchemaError(UserError, RuntimeError):
     """The run was written by another schema version and must be re-made."""
 
 
-class RunCorruptError(ValueError):
+class RunCorruptError(UserError):
     """A run whose files are missing, truncated or of the wrong shape (the message names the file)."""
 
 
-class RunBusyError(RuntimeError):
+class RunBusyError(UserError, RuntimeError):
     """Another process is writing a run of the same name."""
 
 
-class RunConflictError(RuntimeError):
+class RunConflictError(UserError, RuntimeError):
     """A run of that name exists and was made from another config."""
 
 
@@ -95,7 +96,7 @@ def valid_run_id(run_id: str) -> str:
         and all(c.isalnum() or c in "-_." for c in run_id)
     )
     if not ok:
-        raise ValueError(
+        raise UserError(
             f"Invalid run name {run_id!r}: use 1-120 letters, digits, '-', '_' or '.', "
             "not starting with '.'"
         )
@@ -309,7 +310,7 @@ class Run:
             rows = pq.read_metadata(self.path / PREDICTIONS).num_rows
         except FileNotFoundError:
             raise RunCorruptError(f"{file}: missing") from None
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        except Exception as exc:  # boundary: pyarrow raises ArrowInvalid, OSError, ... for a damaged file
             raise RunCorruptError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
         _require(rows == n, file, f"{rows} rows, the manifest says {n}")
         probs = self._array("probs", required=True)
@@ -424,7 +425,7 @@ class Run:
             return pd.read_parquet(self.path / PREDICTIONS)
         except FileNotFoundError:
             raise RunCorruptError(f"{file}: missing") from None
-        except Exception as exc:  # pyarrow's errors for a damaged file are of several types
+        except Exception as exc:  # boundary: pyarrow's errors for a damaged file are of several types
             raise RunCorruptError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
 
     def _array(self, name: str, *, required: bool = False) -> np.ndarray | None:
@@ -447,18 +448,6 @@ class Run:
     @cached_property
     def embeddings(self) -> np.ndarray | None:
         return self._array("embeddings")
-
-    @property
-    def projection(self) -> np.ndarray | None:
-        """(N, 2) float32 UMAP map, or None while there is none.
-
-        The map is computed after the run is written, as its derived analysis
-        'projection' (runs written before that keep ``projection.npy``);
-        ``core.projection.projection_status`` says whether it is on its way.
-        """
-        from core.projection import stored_projection  # numpy only: no umap, no TensorFlow
-
-        return stored_projection(self)
 
     @cached_property
     def per_class(self) -> pd.DataFrame:

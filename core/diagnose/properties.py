@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from core import derived
+from core.diagnose.findings import Card, Findings
 from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
@@ -104,7 +105,7 @@ def image_properties(img: np.ndarray) -> dict:
 
     img = np.asarray(img)
     if img.dtype != np.uint8 or img.ndim not in (2, 3) or img.size == 0:
-        raise ValueError(f"expected a non-empty uint8 image (H, W) or (H, W, C). Received: dtype={img.dtype}, "
+        raise UserError(f"expected a non-empty uint8 image (H, W) or (H, W, C). Received: dtype={img.dtype}, "
                          f"shape={img.shape}")
     h, w = img.shape[:2]
     small = _shrunk(img, PROPERTY_SIZE)
@@ -231,10 +232,10 @@ def scan_images(run: Run, *, thumb_size: int = 32, workers: int | None = None,
     reason; the others go on.
     """
     if not isinstance(thumb_size, int) or not 8 <= thumb_size <= 256:
-        raise ValueError(f"thumb_size must be a whole number of pixels in 8..256. Received: thumb_size={thumb_size!r}")
+        raise UserError(f"thumb_size must be a whole number of pixels in 8..256. Received: thumb_size={thumb_size!r}")
     n = run.n_images
     if run.data_root is None and not run.data_info.images_in_run:
-        raise ValueError(f"Run {run.id!r} has neither image files (no data root) nor images.npy: "
+        raise UserError(f"Run {run.id!r} has neither image files (no data root) nor images.npy: "
                          "there are no pixels to scan")
     run.predictions, run._pixels  # load once here, not once per thread
     thumbs = np.zeros((n, thumb_size, thumb_size), np.uint8)
@@ -333,10 +334,10 @@ def knn_atypicality(embeddings: np.ndarray, labels: np.ndarray, *, k: int = 10, 
     embeddings = np.asarray(embeddings, dtype=np.float32)
     labels = np.asarray(labels)
     if embeddings.ndim != 2 or len(embeddings) != len(labels):
-        raise ValueError(f"embeddings must be (N, D) with N = len(labels). Received: {embeddings.shape} and "
+        raise UserError(f"embeddings must be (N, D) with N = len(labels). Received: {embeddings.shape} and "
                          f"{labels.shape}")
     if k < 1 or max_reference < 2:
-        raise ValueError(f"k must be >= 1 and max_reference >= 2. Received: k={k}, max_reference={max_reference}")
+        raise UserError(f"k must be >= 1 and max_reference >= 2. Received: k={k}, max_reference={max_reference}")
     n = len(labels)
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     distance = np.full(n, np.nan, np.float32)
@@ -416,7 +417,7 @@ def property_error_rates(values: dict[str, np.ndarray], labels: np.ndarray, corr
     [0.1, 1.0, 10.0, 0.0]
     """
     if not 0 < tail < 0.5:
-        raise ValueError(f"tail must be in (0, 0.5). Received: tail={tail}")
+        raise UserError(f"tail must be in (0, 0.5). Received: tail={tail}")
     labels = np.asarray(labels)
     correct = np.asarray(correct, dtype=bool)
     wrong = ~correct
@@ -529,7 +530,60 @@ class ImagePropertiesConfig:
             raise UserError(f"image_properties: tail must be between 0 and 0.5. Received: {self.tail!r}")
 
 
-@derived.register("image_properties", version=1, config=ImagePropertiesConfig,
+ATYPICAL_QUANTILE = 0.95  # the odd-images card: the evaluated images above this atypicality quantile
+MAX_PROPERTY_CARDS = 5
+
+
+def finding_rows(properties: pd.DataFrame, error_rates: pd.DataFrame, finding: pd.Series) -> np.ndarray:
+    """The rows of one property finding (its class, or every class, and its tail of the property).
+
+    ``properties``: the ``image_properties`` table of every image; ``error_rates``: its per-class
+    thresholds. Rows of the evaluated split (``finding``'s group), most extreme value first.
+    """
+    prop, side = finding["property"], finding["side"]
+    rates = error_rates[(error_rates["property"] == prop) & (error_rates["class"] != "(all classes)")]
+    if finding["class"] != "(all classes)":
+        rates = rates[rates["class"] == finding["class"]]
+    threshold = dict(zip(rates["class"], rates[f"{side}_threshold"]))
+    per_row = properties["true_label"].map(threshold).to_numpy(float)
+    value = properties[prop].to_numpy(float)
+    inside = (value <= per_row) if side == "low" else (value >= per_row)
+    inside &= ~np.isnan(per_row)
+    picked = properties[inside]
+    picked = picked.sort_values(prop, ascending=side == "low")
+    return picked["row"].to_numpy(np.int64)
+
+
+def property_findings(run: Run, stored) -> Findings:
+    """Cards for the most atypical evaluated images (unless a property finding already names
+    atypicality) and for each of the ``MAX_PROPERTY_CARDS`` strongest property findings."""
+    props = stored.table("properties")
+    evaluated = props[run.eval_mask()[props["row"].to_numpy(np.int64)]]
+    cards = []
+    findings = stored.table("findings")
+    atypical = evaluated["atypicality"].to_numpy(float)
+    if np.isfinite(atypical).any() and not (findings["property"] == "atypicality").any():
+        cut = float(np.nanquantile(atypical, ATYPICAL_QUANTILE))
+        odd = evaluated[atypical >= cut].sort_values("atypicality", ascending=False)
+        rows = odd["row"].to_numpy(np.int64)
+        wrong = int((~odd["correct"].to_numpy(bool)).sum())
+        base = float((~evaluated["correct"]).mean()) if len(evaluated) else 0.0
+        cards.append(Card("atypical", "image_properties", "Odd images: the most atypical",
+                          f"The {1 - ATYPICAL_QUANTILE:.0%} most atypical evaluated images (far from their "
+                          f"class's neighbours in embedding space): {wrong:,} of {rows.size:,} misclassified "
+                          f"({wrong / max(rows.size, 1):.0%}, against {base:.0%} overall).",
+                          rows, "most atypical first"))
+    rates = stored.table("error_rates")
+    for i, finding in findings.head(MAX_PROPERTY_CARDS).iterrows():
+        cards.append(Card(f"property-{i}", "image_properties",
+                          f"Odd images: {finding['property']}, "
+                          + ("every class" if finding["class"] == "(all classes)" else str(finding["class"])),
+                          str(finding["text"]), finding_rows(evaluated, rates, finding),
+                          f"{'lowest' if finding['side'] == 'low' else 'highest'} {finding['property']} first"))
+    return Findings(cards=tuple(cards))
+
+
+@derived.register("image_properties", version=1, config=ImagePropertiesConfig, findings=property_findings,
                   description="image properties and atypicality, and the error rate in their tails per class")
 def compute_image_properties(run: Run, config: ImagePropertiesConfig, progress: Progress) -> derived.DerivedResult:
     """Per-image properties and atypicality, and error rates by property for the evaluated split.

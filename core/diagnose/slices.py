@@ -36,8 +36,10 @@ import numpy as np
 import pandas as pd
 
 from core import derived
-from core.errors import UserError
+from core.diagnose.findings import Card, Column, Filter, Findings
+from core.errors import UserError, first_line
 from core.progress import Progress, slug
+from core.projection import stored_projection
 from core.store import Run
 
 SLICE_COLUMNS = ["slice_id", "name", "n", "errors", "error_rate", "expected_rate", "lift", "excess_errors",
@@ -109,7 +111,7 @@ def find_error_slices(features: np.ndarray, labels: np.ndarray, predicted: np.nd
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     n = len(labels)
     if features.ndim != 2 or len(features) != n or len(predicted) != n or len(margin) != n:
-        raise ValueError(f"features (n, d), labels, predicted and margin must have the same n. Received: "
+        raise UserError(f"features (n, d), labels, predicted and margin must have the same n. Received: "
                          f"{features.shape}, {labels.shape}, {predicted.shape}, {np.shape(margin)}")
     wrong = labels != predicted
     hard = np.flatnonzero(wrong | (np.asarray(margin) < max_margin))
@@ -227,7 +229,31 @@ class ErrorSlicesConfig:
             raise UserError(f"error_slices: max_margin must be in (0, 1]. Received: {self.max_margin!r}")
 
 
-@derived.register("error_slices", version=1, config=ErrorSlicesConfig,
+#: At most this many slices get a card of their own (the worst first).
+MAX_SLICE_CARDS = 5
+
+
+def slice_findings(run: Run, stored) -> Findings:
+    """A card per slice (the worst ``MAX_SLICE_CARDS``), each image's ``slice`` name and the Errors
+    page's slice filter."""
+    slices = stored.table("slices")
+    members = stored.table("members")
+    cards = []
+    for _, s in slices.head(MAX_SLICE_CARDS).iterrows():
+        mine = members[members["slice_id"] == s["slice_id"]].sort_values("distance")
+        cards.append(Card(f"slice-{int(s['slice_id'])}", "error_slices", f"Error slice: {s['name']}",
+                          f"{int(s['n']):,} images, error rate {s['error_rate']:.0%} against "
+                          f"{s['expected_rate']:.0%} expected ({s['lift']:.1f}x); "
+                          f"{s['excess_errors']:.0f} errors more than expected.",
+                          mine["row"].to_numpy(np.int64), "closest to the slice's centre first"))
+    names = dict(zip(slices["slice_id"], slices["name"].astype(str)))
+    columns = pd.DataFrame({"slice": np.full(run.n_images, "", dtype=object)})
+    columns.loc[members["row"].to_numpy(np.int64), "slice"] = members["slice_id"].map(names).fillna("").to_numpy()
+    return Findings(cards=tuple(cards), columns=columns, column_specs=(Column("slice", "slice"),),
+                    filters=(Filter("slice", "Error slice", "choices", "slice"),))
+
+
+@derived.register("error_slices", version=1, config=ErrorSlicesConfig, findings=slice_findings,
                   description="groups of errors found in embedding space, named by their confusions and properties")
 def compute_error_slices(run: Run, config: ErrorSlicesConfig, progress: Progress) -> derived.DerivedResult:
     """Slices of the evaluated split (see the module docstring).
@@ -244,12 +270,12 @@ def compute_error_slices(run: Run, config: ErrorSlicesConfig, progress: Progress
     if run.embeddings is not None:
         space = "embeddings"
         features = _features(run.embeddings[rows], dims=config.dims, seed=config.seed)
-    elif run.projection is not None:
+    elif (xy := stored_projection(run)) is not None:
         space = "projection"
-        features = np.asarray(run.projection[rows], np.float32)
+        features = np.asarray(xy[rows], np.float32)
         notes.append("The run has no embeddings: slices found on the 2-D map.")
     else:
-        raise ValueError(f"Run {run.id!r} has neither embeddings nor a projection to find slices in")
+        raise UserError(f"Run {run.id!r} has neither embeddings nor a projection to find slices in")
     progress("error slices: clustering the hard images", 0.2)
     labels = preds["true"].to_numpy()[rows]
     predicted = preds["predicted"].to_numpy()[rows]
@@ -306,8 +332,8 @@ def _property_values(run: Run, rows: np.ndarray, notes: list, progress: Progress
     try:
         table = derived.get(run, "image_properties",
                             progress=lambda m, f: progress(m, 0.6 + 0.3 * f)).table("properties")
-    except (ValueError, LookupError, OSError) as exc:
-        notes.append(f"Slices named without image properties: {exc}")
+    except (UserError, OSError) as exc:
+        notes.append(f"Slices named without image properties: {first_line(exc)}")
         return {}
     return {p: table[p].to_numpy(dtype=np.float64, na_value=np.nan)[rows] for p in _STANDOUT_PROPERTIES
             if p in PROPERTIES and p in table and table[p].notna().any()}
@@ -318,7 +344,7 @@ def _property_values(run: Run, rows: np.ndarray, notes: list, progress: Progress
 def _stored(run: Run, *, compute: bool) -> derived.StoredDerived:
     stored = derived.get(run, "error_slices", compute=compute)
     if stored is None:
-        raise LookupError(f"Run {run.id!r} has no current error slices: compute them with "
+        raise UserError(f"Run {run.id!r} has no current error slices: compute them with "
                           f"python -m core diagnose {run.id}")
     return stored
 
@@ -328,7 +354,7 @@ def slice_rows(run: Run, slice_id: int, *, compute: bool = True) -> np.ndarray:
     members = _stored(run, compute=compute).table("members")
     known = sorted(set(members["slice_id"].tolist()))
     if slice_id not in known:
-        raise LookupError(f"Run {run.id!r} has no slice {slice_id!r}. Slices: {known}")
+        raise UserError(f"Run {run.id!r} has no slice {slice_id!r}. Slices: {known}")
     return np.sort(members.loc[members["slice_id"] == slice_id, "row"].to_numpy(np.int64))
 
 
@@ -352,7 +378,7 @@ def filter_rows(run: Run, rule: dict) -> np.ndarray:
     A rule of type ``rows`` (``{"type": "rows", "rows": [...]}``) applies only to the run it names.
     """
     if not isinstance(rule, dict) or rule.get("format") != FILTER_FORMAT or not isinstance(rule.get("rule"), dict):
-        raise ValueError(f"Not a filter (expected format {FILTER_FORMAT!r}). Received keys: "
+        raise UserError(f"Not a filter (expected format {FILTER_FORMAT!r}). Received keys: "
                          f"{sorted(rule) if isinstance(rule, dict) else type(rule).__name__}")
     body = rule["rule"]
     if body.get("type") == "paths":
@@ -361,14 +387,14 @@ def filter_rows(run: Run, rule: dict) -> np.ndarray:
         return np.sort(np.flatnonzero(paths.isin(wanted))).astype(np.int64)
     if body.get("type") == "rows":
         if (rule.get("source") or {}).get("run_uid") != run.uid:
-            raise ValueError(f"Filter {rule.get('name')!r} lists rows of another run; it cannot apply to {run.id!r}")
+            raise UserError(f"Filter {rule.get('name')!r} lists rows of another run; it cannot apply to {run.id!r}")
         rows = np.asarray(body.get("rows") or [], np.int64)
         bad = rows[(rows < 0) | (rows >= run.n_images)]
         if len(bad):
-            raise ValueError(f"Filter {rule.get('name')!r} names rows outside 0..{run.n_images - 1}: "
+            raise UserError(f"Filter {rule.get('name')!r} names rows outside 0..{run.n_images - 1}: "
                              f"{bad[:5].tolist()}")
         return np.unique(rows)
-    raise ValueError(f"Unknown filter rule type {body.get('type')!r}. Types: ['paths', 'rows']")
+    raise UserError(f"Unknown filter rule type {body.get('type')!r}. Types: ['paths', 'rows']")
 
 
 def filters_folder(run: Run) -> Path:
@@ -379,7 +405,7 @@ def filters_folder(run: Run) -> Path:
 def save_filter(rule: dict, folder: str | os.PathLike) -> Path:
     """Write ``rule`` as ``<folder>/<slug of its name>.json`` (atomically; replaces a filter of that name)."""
     if not (isinstance(rule, dict) and rule.get("format") == FILTER_FORMAT and isinstance(rule.get("name"), str)):
-        raise ValueError(f"Not a filter with a name (format {FILTER_FORMAT!r}). Received: "
+        raise UserError(f"Not a filter with a name (format {FILTER_FORMAT!r}). Received: "
                          f"{rule.get('format') if isinstance(rule, dict) else type(rule).__name__!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -420,7 +446,7 @@ def compare_slices(run_a: Run, run_b: Run, *, alpha: float = 0.05) -> pd.DataFra
     b_rows = pd.Series(np.arange(run_b.n_images), index=run_b.predictions["path"].astype(str))
     b_rows = b_rows[~b_rows.index.duplicated()]
     if not b_rows.index.isin(run_a.predictions["path"].astype(str)).any():
-        raise ValueError(f"Runs {run_a.id!r} and {run_b.id!r} share no image paths: they are not on the same images")
+        raise UserError(f"Runs {run_a.id!r} and {run_b.id!r} share no image paths: they are not on the same images")
     correct_a = run_a.predictions["correct"].to_numpy()
     correct_b = run_b.predictions["correct"].to_numpy()
     out = []

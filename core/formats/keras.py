@@ -284,7 +284,7 @@ def _tap_nested_layer(model, layer: str):
                 x, features = tap(x)
             else:
                 x = lyr(x)
-    except Exception:  # a branching graph breaks the chain in layer-specific ways
+    except Exception:  # boundary: a branching graph breaks the chain in layer-specific ways (-> ModelError)
         raise not_a_chain from None
     rebuilt = keras.Model(inputs, x, name=f"{model.name}_rebuilt")
     probe = np.random.default_rng(0).uniform(0, 255, (2, *model.inputs[0].shape[1:])).astype("float32")

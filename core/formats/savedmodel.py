@@ -42,7 +42,7 @@ class SavedModelClassifier:
 
         try:
             loaded = tf.saved_model.load(str(path))
-        except Exception as exc:  # TF raises many types for a broken SavedModel
+        except Exception as exc:  # boundary: TF raises many types for a broken SavedModel
             raise ModelError(f"Cannot load SavedModel {str(path)!r}: {first_line(exc)}") from None
         sigs = dict(loaded.signatures)
         name = "serving_default" if "serving_default" in sigs else next(iter(sigs), None)
