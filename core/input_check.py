@@ -217,8 +217,10 @@ def check_input(
         shown = ",".join(class_order) if len(class_order) <= 20 else ",".join(class_order[:20]) + ",..."
         lines.append(f"Class order mismatch: accuracy {diagonal:.2f} with the class order {class_source or 'used'}; "
                      f"{permuted:.2f} if the model's outputs are in the order {shown}. If that is the order the "
-                     f"model was trained with, pass --classes {shown if len(class_order) <= 20 else 'FILE'} "
-                     "(or a classes.txt beside the model).")
+                     "model was trained with, pass --classes "
+                     + (f"{shown} (or a classes.txt beside the model)." if len(class_order) <= 20 else
+                        f"FILE with all {len(class_order)} names in that order (they are in the run's manifest, "
+                        "model.input_check.class_order), or a classes.txt beside the model."))
     if expected_accuracy is not None and run_accuracy is not None and suggested is None and class_order is None:
         expected, source = expected_accuracy
         if expected - run_accuracy >= MIN_GAIN:

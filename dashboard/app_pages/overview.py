@@ -136,11 +136,11 @@ def render() -> None:
     st.caption(ui.plain(f"Model {model.path or '?'} · data {data.name} ({data.path or data.kind or '?'}) · "
                         f"created {run.created or '?'} · {len(run.classes)} classes"))
     report_ui(run)
+    input_check_ui(run)  # above the metrics: a mismatch makes them wrong
     if not review_ui.overview_metrics_ui(run):  # its toggle on: the metrics as reviewed instead
         metrics_ui(run)
     counts_ui(run)
     notes_ui(run)
-    input_check_ui(run)
     st.subheader("Class distribution")
     distribution_ui(run, key)
     st.subheader("Sample images per class")
