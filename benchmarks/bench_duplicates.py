@@ -1,29 +1,27 @@
-"""Duplicates and leakage on Fashion-MNIST written as PNG files, with copies of training images planted
-in the test split; then the speed of every kind of issue 10 part 2 on a 70,000-image run.
+"""Leakage through edits: planted copies of training images in test/, made 13-14 ways, plus hard
+look-alikes, found (or not) by ``duplicates``, CleanVision and perceptual hashes, side by side.
 
-Part 1 writes the 70,000 images to ``--folder`` (train/<class>/, test/<class>/; reused when present),
-copies ``--planted`` training images into test/ in 7 ways (a byte copy, JPEG q90, 2x larger, 0.75x
-smaller, shifted 1 px + noise, shifted 2 px + noise, shifted 1 px + noise + JPEG q85), 10% of them
-under another class, and prints for each method the recall of the planted pairs and the number of
-*other* train-test pairs it reports per 1,000 images:
+Two seeded folders of real files (PNG, JPEG where a kind says so), written under ``--folder``:
 
-* ``duplicates`` (this repository, pixels only: the run has no embeddings);
-* an exact-hash baseline (MD5 of the file bytes);
-* CleanVision 0.3.7 (``exact_duplicates``: MD5; ``near_duplicates``: equal 8x8 pHash), run in-process
-  when importable, else with ``--cleanvision-python`` (it pulls matplotlib and more, so it lives in its
-  own virtualenv)::
+* ``gray``: 10,000 28 x 28 grayscale images from Fashion-MNIST's *test* split (8,000 in train/,
+  2,000 in test/); ``--per-kind`` test images are copies of training images made each way below;
+  ``--per-kind`` others are *look-alikes*: for a training image, the image of the same class closest
+  to it in pixels among Fashion-MNIST's 60,000 *training* images (none of which is in the folder).
+* ``colour``: 2,000 96 x 96 colour scenes (1,600 train, 400 test) drawn from families of similar
+  scenes (the same shapes, one moved or recoloured); look-alikes are the closest sibling in pixels.
 
-      python -m venv /tmp/cv-venv && /tmp/cv-venv/bin/pip install cleanvision==0.3.7
-      .venv/bin/python benchmarks/bench_duplicates.py --cleanvision-python /tmp/cv-venv/bin/python
+Kinds: byte copy, PNG re-encode (pixels identical, file differs), JPEG q60, flip left-right, flip
+upside down, crop to 85-92% + resize back, rotate 3-5°, scale 0.7x or 1.5x, shift 3 px (1/10 of the
+side), blur sigma 0.8 (28 px; 2.7 px at 96), Gaussian noise sigma 8, gamma 0.8 or 1.25, contrast x0.7-0.85
++ brightness +10..40, and (colour only) grayscale conversion.
 
-Fashion-MNIST itself holds near-identical pictures (the same product photographed twice, plain
-trousers that differ by a few pixels); "other" pairs include them, and the 24 most similar are written
-to ``--montage`` (a PNG) for a look.
+Per method: recall per kind, look-alikes reported (of the planted ones), *other* train-test pairs per
+1,000 test images, wall time and peak memory (each method runs in its own process, decoding the files
+itself). ``duplicates``' thresholds were chosen on a development set (Fashion-MNIST training images,
+seed 1), never on these folders. CleanVision and imagehash live in their own virtualenv::
 
-Part 2 (``--speed``, on by default) times image_scan, duplicates, image_properties and error_slices on
-a 70,000-image run whose pixels are Fashion-MNIST's in images.npy (probabilities and embeddings from
-core.synthetic), ``--repeats`` times; wall and CPU seconds (all threads) are printed with the
-machine's load average beside, since other work on a shared machine slows every figure.
+    python3 -m venv /tmp/dupbench && /tmp/dupbench/bin/pip install cleanvision imagehash
+    .venv/bin/python benchmarks/bench_duplicates.py --other-python /tmp/dupbench/bin/python
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,21 +44,67 @@ from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.pat
 
 import cv2  # noqa: E402
 
-from core import derived  # noqa: E402
-from core.datasets import load_dataset, load_fashion_mnist  # noqa: E402
-from core.progress import slug  # noqa: E402
-from core.runs import write_run  # noqa: E402
-from core.store import RunStore  # noqa: E402
+KINDS = ("byte copy", "png re-encode", "jpeg q60", "flip left-right", "flip upside down", "crop 85-92%",
+         "rotate 3-5°", "scale 0.7x/1.5x", "shift 3px", "blur", "noise 8", "gamma", "brightness/contrast",
+         "grayscale")
 
-KINDS = ("byte copy", "jpeg q90", "2x larger", "0.75x smaller", "shift 1px + noise", "shift 2px + noise",
-         "shift 1px + noise + jpeg q85")
+OURS = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[3])
+import numpy as np, tempfile
+from core import derived
+from core.datasets import load_dataset
+from core.runs import write_run
+from core.store import RunStore
+import core.diagnose.duplicates
+ds = load_dataset(sys.argv[1])
+probs = np.eye(len(ds.classes), dtype=np.float32)[ds.labels]
+run = write_run(RunStore(tempfile.mkdtemp(prefix="bench-dup-")), "planted", classes=ds.classes, y_true=ds.labels,
+                probs=probs, paths=ds.paths, splits=ds.splits,
+                data={"name": "planted", "kind": "folder", "path": sys.argv[1], "root": str(ds.root),
+                      "images_in_run": False})
+t1 = time.perf_counter()
+pairs = derived.get(run, "duplicates").table("pairs")
+out = {"pairs": [[a, b, t] for a, b, t in zip(pairs["path_a"], pairs["path_b"], pairs["transform"])],
+       "seconds": time.perf_counter() - t0, "setup": t1 - t0,
+       "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+json.dump(out, open(sys.argv[2], "w"))
+"""
+
 CLEANVISION = r"""
-import json, sys
+import json, resource, sys, time
+t0 = time.perf_counter()
 from cleanvision import Imagelab
 lab = Imagelab(data_path=sys.argv[1])
 lab.find_issues({"exact_duplicates": {}, "near_duplicates": {}})
-out = {k: [[str(p) for p in s] for s in lab.info[k]["sets"]] for k in ("exact_duplicates", "near_duplicates")}
-json.dump(out, open(sys.argv[2], "w"))
+sets = [[str(p) for p in s] for k in ("exact_duplicates", "near_duplicates") for s in lab.info[k]["sets"]]
+json.dump({"sets": sets, "seconds": time.perf_counter() - t0,
+           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, open(sys.argv[2], "w"))
+"""
+
+IMAGEHASH = r"""
+import json, os, resource, sys, time
+t0 = time.perf_counter()
+import numpy as np, imagehash
+from PIL import Image
+root = sys.argv[1]
+paths = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+               if f.lower().endswith((".png", ".jpg")))
+bits = np.array([imagehash.phash(Image.open(os.path.join(root, p))).hash.ravel() for p in paths], bool)
+codes = np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+out = {}
+for limit in (4, 10):
+    pairs = []
+    for i in range(0, len(codes), 512):
+        x = codes[i:i + 512, None] ^ codes[None, :]
+        d = np.unpackbits(x.view(np.uint8).reshape(len(x), len(codes), 8), axis=2).sum(axis=2)
+        a, b = np.nonzero(d <= limit)
+        keep = a + i < b
+        pairs += [[paths[i + p], paths[q]] for p, q in zip(a[keep], b[keep])]
+    out[str(limit)] = pairs
+json.dump({"pairs": out, "seconds": time.perf_counter() - t0,
+           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, open(sys.argv[2], "w"))
 """
 
 
@@ -69,247 +112,272 @@ def load() -> str:
     return "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
 
 
-# --------------------------------------------------------------------------- the folder
+# --------------------------------------------------------------------------- the edits
 
-def _plant(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
-    def shift(x, dy, dx):
-        return cv2.warpAffine(x, np.float32([[1, 0, dx], [0, 1, dy]]), x.shape[::-1], borderValue=0)
-
-    def noise(x, sigma=5.0):
-        return np.clip(x + rng.normal(0, sigma, x.shape), 0, 255).astype(np.uint8)
-
-    def jpeg(x, q):
-        return cv2.imdecode(cv2.imencode(".jpg", x, [cv2.IMWRITE_JPEG_QUALITY, q])[1], cv2.IMREAD_GRAYSCALE)
-
-    sign = lambda: int(rng.choice([-1, 1]))  # noqa: E731
-    if kind == "byte copy":
-        return img, ".png"  # the file itself is copied below
-    if kind == "jpeg q90":
-        return img, ".jpg"  # written with quality 90 below
-    if kind == "2x larger":
-        return cv2.resize(img, (56, 56), interpolation=cv2.INTER_CUBIC), ".png"
-    if kind == "0.75x smaller":
-        return cv2.resize(img, (21, 21), interpolation=cv2.INTER_LINEAR), ".png"
-    if kind == "shift 1px + noise":
-        return noise(shift(img, int(rng.integers(-1, 2)), sign())), ".png"
-    if kind == "shift 2px + noise":
-        return noise(shift(img, int(rng.integers(-2, 3)), 2 * sign())), ".png"
-    if kind == "shift 1px + noise + jpeg q85":
-        return jpeg(noise(shift(img, sign(), int(rng.integers(-1, 2)))), 85), ".png"
+def edit(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """(pixels, extension) of a copy of ``img`` made by ``kind``."""
+    h, w = img.shape[:2]
+    if kind in ("byte copy", "png re-encode"):
+        return img, ".png"
+    if kind == "jpeg q60":
+        return img, ".jpg"
+    if kind == "flip left-right":
+        return img[:, ::-1].copy(), ".png"
+    if kind == "flip upside down":
+        return img[::-1].copy(), ".png"
+    if kind.startswith("crop"):
+        f = rng.uniform(0.85, 0.92)
+        ch, cw = int(round(h * f)), int(round(w * f))
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        return cv2.resize(img[y:y + ch, x:x + cw], (w, h), interpolation=cv2.INTER_LINEAR), ".png"
+    if kind.startswith("rotate"):
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(3, 5) * rng.choice([-1, 1]), 1.0)
+        return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT), ".png"
+    if kind.startswith("scale"):
+        f = float(rng.choice([0.7, 1.5]))
+        size = (int(round(w * f)), int(round(h * f)))
+        return cv2.resize(img, size, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC), ".png"
+    if kind.startswith("shift"):
+        step = max(1, round(w / 10))
+        dy, dx = (int(v) for v in rng.choice([-step, step], 2))
+        moved = cv2.warpAffine(img, np.float32([[1, 0, dx], [0, 1, dy]]), (w, h), borderMode=cv2.BORDER_REPLICATE)
+        return moved, ".png"
+    if kind == "blur":
+        return cv2.GaussianBlur(img, (0, 0), 0.8 * w / 28), ".png"
+    if kind.startswith("noise"):
+        return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8), ".png"
+    if kind == "gamma":
+        return (255 * (img / 255.0) ** float(rng.choice([0.8, 1.25]))).astype(np.uint8), ".png"
+    if kind == "brightness/contrast":
+        return np.clip(img * rng.uniform(0.7, 0.85) + rng.uniform(10, 40), 0, 255).astype(np.uint8), ".png"
+    if kind == "grayscale":
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), ".png"
     raise ValueError(kind)
 
 
-def make_folder(folder: Path, *, planted: int, seed: int) -> list[tuple[str, str, str]]:
-    """Fashion-MNIST as PNGs plus planted copies; returns (train path, copy path, kind) per planted copy."""
-    marker = folder / ".planted.json"
-    if marker.exists():
-        saved = json.loads(marker.read_text())
-        if saved["planted"] == planted and saved["seed"] == seed:
-            return [tuple(t) for t in saved["truth"]]
+def _write(folder: Path, rel: str, img: np.ndarray) -> None:
+    (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 60] if rel.endswith(".jpg") else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+    assert cv2.imwrite(str(folder / rel), img, params), rel
+
+
+def plant(folder: Path, train: list, test: list, labels: list, lookalikes: list, kinds: tuple, per_kind: int,
+          rng: np.random.Generator) -> dict:
+    """Write train/<label>/, test/<label>/ and the planted copies; ``lookalikes`` (train index, image).
+
+    Returns the truth: ``copies`` [(train path, test path, kind)], ``lookalikes`` [(train path, test path)].
+    """
     shutil.rmtree(folder, ignore_errors=True)
-    ds = load_fashion_mnist()
-    names = [slug(c) for c in ds.classes]
-    paths = [f"{s}/{names[y]}/{i:05d}.png" for i, (s, y) in enumerate(zip(ds.splits, ds.labels))]
-    for s in ("train", "test"):
-        for name in names:
-            (folder / s / name).mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda i: cv2.imwrite(str(folder / paths[i]), ds.pixels[i]), range(len(paths)), chunksize=512))
-    print(f"wrote {len(paths):,} PNGs to {folder} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    rng = np.random.default_rng(seed)
-    train = np.flatnonzero(ds.splits == "train")
-    truth = []
-    for j, src in enumerate(rng.choice(train, planted, replace=False)):
-        kind = KINDS[j % len(KINDS)]
-        label = int(ds.labels[src])
-        if rng.random() < 0.1:  # filed under another class: the labels disagree
-            label = int((label + rng.integers(1, len(names))) % len(names))
-        img, ext = _plant(ds.pixels[src], kind, rng)
-        copy = f"test/{names[label]}/planted_{j:05d}{ext}"
+    train_paths = []
+    for i, (img, y) in enumerate(zip(train, labels[:len(train)])):
+        train_paths.append(f"train/{y}/{i:05d}.png")
+        _write(folder, train_paths[-1], img)
+    for i, (img, y) in enumerate(zip(test, labels[len(train):])):
+        _write(folder, f"test/{y}/{i:05d}.png", img)
+    copies, looks = [], []
+    sources = rng.choice(len(train), per_kind * len(kinds), replace=False)
+    for j, src in enumerate(sources):
+        kind = kinds[j // per_kind]
+        img, ext = edit(train[src], kind, rng)
+        rel = f"test/{labels[src]}/copy_{j:04d}{ext}"
         if kind == "byte copy":
-            shutil.copy(folder / paths[src], folder / copy)
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(folder / train_paths[src], folder / rel)
+        elif kind == "png re-encode":  # the same pixels in another file
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(folder / rel), img, [cv2.IMWRITE_PNG_COMPRESSION, 9])
         else:
-            params = [cv2.IMWRITE_JPEG_QUALITY, 90] if ext == ".jpg" else []
-            cv2.imwrite(str(folder / copy), img, params)
-        truth.append((paths[src], copy, kind))
-    marker.write_text(json.dumps({"planted": planted, "seed": seed, "truth": truth}))
+            _write(folder, rel, img)
+        copies.append((train_paths[src], rel, kind))
+    for j, (src, img) in enumerate(lookalikes):
+        rel = f"test/{labels[src]}/lookalike_{j:04d}.png"
+        _write(folder, rel, img)
+        looks.append((train_paths[src], rel))
+    truth = {"copies": copies, "lookalikes": looks}
+    (folder / "truth.json").write_text(json.dumps(truth))  # for a look at what was missed; not an image
     return truth
+
+
+def _closest(target: np.ndarray, pool: np.ndarray) -> int:
+    d = ((pool.reshape(len(pool), -1).astype(np.float32) - target.reshape(-1).astype(np.float32)) ** 2).sum(axis=1)
+    return int(d.argmin())
+
+
+def gray_set(folder: Path, *, per_kind: int, seed: int) -> dict:
+    from core.datasets import load_fashion_mnist
+
+    ds = load_fashion_mnist()
+    rng = np.random.default_rng(seed)
+    base = np.flatnonzero(ds.splits == "test")
+    outside = np.flatnonzero(ds.splits == "train")
+    kinds = KINDS[:-1]
+    order = rng.permutation(base)
+    n_train = 8000
+    n_test = 2000 - per_kind * (len(kinds) + 1)
+    train, test = order[:n_train], order[n_train:n_train + n_test]
+    names = [c.replace("/", "-").replace(" ", "_") for c in ds.classes]
+    labels = [names[y] for y in ds.labels[np.concatenate([train, test])]]
+    looks = []
+    for src in rng.choice(n_train, per_kind, replace=False):
+        same = outside[ds.labels[outside] == ds.labels[train[src]]]
+        looks.append((int(src), ds.pixels[same[_closest(ds.pixels[train[src]], ds.pixels[same])]]))
+    truth = plant(folder, list(ds.pixels[train]), list(ds.pixels[test]), labels, looks, kinds, per_kind, rng)
+    return {**truth, "kinds": list(kinds), "n_test": 2000}
+
+
+def scene(rng: np.random.Generator, layout: dict | None = None, *, size: int = 96) -> tuple[np.ndarray, dict]:
+    """A colour scene: a gradient background, 4-6 shapes and a fine texture. With ``layout``, a sibling:
+    the same scene with one shape moved by 3-6 px and recoloured, and a new texture."""
+    if layout is None:
+        layout = {"bg": rng.uniform(30, 220, (2, 3)).tolist(),
+                  "shapes": [{"kind": str(rng.choice(["ellipse", "rect"])), "c": rng.uniform(0, size, 2).tolist(),
+                              "r": rng.uniform(8, 26, 2).tolist(), "angle": float(rng.uniform(0, 180)),
+                              "colour": rng.uniform(0, 255, 3).tolist()} for _ in range(int(rng.integers(4, 7)))]}
+    else:
+        layout = json.loads(json.dumps(layout))
+        shape = layout["shapes"][int(rng.integers(len(layout["shapes"])))]
+        shape["c"] = (np.array(shape["c"]) + rng.choice([-1, 1], 2) * rng.uniform(3, 6, 2)).tolist()
+        shape["colour"] = np.clip(np.array(shape["colour"]) + rng.normal(0, 40, 3), 0, 255).tolist()
+    t = np.linspace(0, 1, size)[:, None, None]
+    img = (np.array(layout["bg"][0]) * (1 - t) + np.array(layout["bg"][1]) * t) * np.ones((size, size, 3))
+    img = img.astype(np.float32)
+    for s in layout["shapes"]:
+        c, r = tuple(int(round(v)) for v in s["c"]), tuple(int(round(v)) for v in s["r"])
+        if s["kind"] == "ellipse":
+            cv2.ellipse(img, c, r, s["angle"], 0, 360, s["colour"], -1, cv2.LINE_AA)
+        else:
+            box = cv2.boxPoints(((c[0], c[1]), (2 * r[0], 2 * r[1]), s["angle"])).astype(np.int32)
+            cv2.fillPoly(img, [box], s["colour"], cv2.LINE_AA)
+    texture = cv2.GaussianBlur(rng.normal(0, 1, (size, size)).astype(np.float32), (0, 0), 1.2)
+    img += 40 * texture[:, :, None] / max(float(texture.std()), 1e-6) * 0.3
+    return np.clip(img, 0, 255).astype(np.uint8), layout
+
+
+def colour_set(folder: Path, *, per_kind: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    n_train, n_total = 1600, 2000
+    n_test = n_total - n_train - per_kind * (len(KINDS) + 1)
+    images, layouts, labels = [], [], []
+    while len(images) < n_train + n_test:  # families of 1-3 similar scenes, labelled by family group
+        family = int(rng.integers(10))
+        img, layout = scene(rng)
+        images.append(img), layouts.append(layout), labels.append(f"class{family}")
+        for _ in range(int(rng.integers(0, 3))):
+            img, _ = scene(rng, layout)
+            images.append(img), layouts.append(layout), labels.append(f"class{family}")
+    order = rng.permutation(len(images))[:n_train + n_test]
+    images = [images[i] for i in order]
+    layouts = [layouts[i] for i in order]
+    labels = [labels[i] for i in order]
+    looks = []
+    for src in rng.choice(n_train, per_kind, replace=False):
+        siblings = np.stack([scene(rng, layouts[src])[0] for _ in range(8)])
+        looks.append((int(src), siblings[_closest(images[src], siblings)]))
+    truth = plant(folder, images[:n_train], images[n_train:], labels, looks, KINDS, per_kind, rng)
+    return {**truth, "kinds": list(KINDS), "n_test": n_total - n_train}
 
 
 # --------------------------------------------------------------------------- scoring
 
-def score_pairs(pairs: set[tuple[str, str]], truth: list, n_images: int) -> dict:
-    """Recall per kind, and the other train-test pairs (unordered path pairs) per 1,000 images."""
-    planted = {frozenset((a, b)) for a, b, _ in truth}
-    found = {frozenset(p) for p in pairs}
-    per_kind = {k: np.mean([frozenset((a, b)) in found for a, b, kk in truth if kk == k]) for k in KINDS}
-    cross = {p for p in found if {q.split("/")[0] for q in p} == {"train", "test"}}
-    others = cross - planted
-    with_copy = sum(any("planted_" in q for q in p) for p in others)
-    return {"recall": len(found & planted) / len(planted), "per_kind": per_kind, "others": len(others),
-            "others_per_1000": 1000 * len(others) / n_images, "others_with_a_planted_copy": with_copy}
+def score(found: set, truth: dict) -> dict:
+    """Recall per kind, look-alikes reported and other train-test pairs per 1,000 test images, from a set of
+    unordered path pairs (frozensets)."""
+    per_kind = {k: float(np.mean([frozenset((a, b)) in found for a, b, kk in truth["copies"] if kk == k]))
+                for k in truth["kinds"]}
+    planted = {frozenset((a, b)) for a, b, _ in truth["copies"]}
+    looks = {frozenset(p) for p in truth["lookalikes"]}
+    copy_paths = {b for _, b, _ in truth["copies"]}
+    cross = {p for p in found if sorted(q.split("/")[0] for q in p) == ["test", "train"]}
+    # a copy of a copy's training source is planted; a pair of a copy with another training image is "other"
+    others = cross - planted - looks
+    return {"per_kind": per_kind, "recall": len(found & planted) / len(planted), "lookalikes": len(found & looks),
+            "n_lookalikes": len(looks), "others": len(others),
+            "others_with_copy": sum(bool(p & copy_paths) for p in others),
+            "others_per_1000": 1000 * len(others) / truth["n_test"]}
 
 
-def score_sets(sets: list[list[str]], truth: list, n_images: int) -> dict:
-    """As ``score_pairs`` for a method that reports groups (every pair of a group counts), without listing them."""
-    where = {}
-    for g, members in enumerate(sets):
-        for p in members:
-            where[p] = g
-    per_kind = {k: np.mean([a in where and where.get(b) == where[a] for a, b, kk in truth if kk == k]) for k in KINDS}
-    found_planted = sum(a in where and where.get(b) == where[a] for a, b, _ in truth)
-    cross = sum(sum(p.split("/")[0] == "train" for p in s) * sum(p.split("/")[0] == "test" for p in s) for s in sets)
-    others = cross - found_planted
-    return {"recall": found_planted / len(truth), "per_kind": per_kind, "others": int(others),
-            "others_per_1000": 1000 * others / n_images, "others_with_a_planted_copy": None}
+def pairs_of_sets(sets: list[list[str]]) -> set:
+    out = set()
+    for s in sets:
+        train = [p for p in s if p.startswith("train/")]
+        test = [p for p in s if p.startswith("test/")]
+        out |= {frozenset((a, b)) for a in train for b in test}
+    return out
 
 
-def _relative(folder: Path, paths: list[str]) -> list[str]:
-    return [str(Path(p).resolve().relative_to(folder.resolve())) for p in paths]
-
-
-def md5_sets(folder: Path, paths: list[str]) -> list[list[str]]:
-    import hashlib
-
-    digests = {}
-    for p in paths:
-        digests.setdefault(hashlib.md5((folder / p).read_bytes()).hexdigest(), []).append(p)
-    return [g for g in digests.values() if len(g) > 1]
-
-
-def run_cleanvision(folder: Path, python: str | None) -> tuple[dict | None, float, str]:
-    out = Path(tempfile.mkdtemp()) / "cleanvision.json"
-    t0 = time.perf_counter()
-    try:
-        import cleanvision  # noqa: F401
-        cmd = [sys.executable, "-c", CLEANVISION, str(folder), str(out)]
-    except ImportError:
-        if python is None:
-            return None, 0.0, "not importable here and no --cleanvision-python given"
-        cmd = [python, "-c", CLEANVISION, str(folder), str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+def _run(python: str, code: str, folder: Path, *extra: str) -> tuple[dict | None, str]:
+    out = Path(tempfile.mkdtemp()) / "out.json"
+    done = subprocess.run([python, "-c", code, str(folder), str(out), *extra], capture_output=True, text=True)
     if done.returncode != 0:
-        return None, 0.0, f"failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
-    return json.loads(out.read_text()), time.perf_counter() - t0, "ok"
+        tail = done.stderr.strip().splitlines()
+        return None, f"failed: {tail[-1] if tail else done.returncode}"
+    return json.loads(out.read_text()), "ok"
 
 
-def print_score(name: str, s: dict) -> None:
-    kinds = ", ".join(f"{k} {v:.0%}" for k, v in s["per_kind"].items())
-    extra = "" if s["others_with_a_planted_copy"] is None else \
-        f" ({s['others_with_a_planted_copy']} of them with a planted copy)"
-    print(f"{name:<34} recall {s['recall']:6.1%}   other train-test pairs {s['others']:6,} "
-          f"= {s['others_per_1000']:6.2f} per 1,000 images{extra}")
-    print(f"{'':<34} by kind: {kinds}")
+def _relative(folder: Path, p: str) -> str:
+    return str(Path(p).resolve().relative_to(folder.resolve())) if os.path.isabs(p) else p
 
 
-def montage(folder: Path, table, truth: list, file: Path, count: int = 24) -> None:
-    planted = {frozenset((a, b)) for a, b, _ in truth}
-    cross = table[(table["split_a"] == "train") & (table["split_b"] == "test")]
-    others = cross[[frozenset((a, b)) not in planted for a, b in zip(cross["path_a"], cross["path_b"])]]
-    others = others.sort_values("similarity", ascending=False).head(count)
-    tiles = []
-    for a, b in zip(others["path_a"], others["path_b"]):
-        pair = [cv2.resize(cv2.imread(str(folder / p), cv2.IMREAD_GRAYSCALE), (56, 56), interpolation=cv2.INTER_NEAREST)
-                for p in (a, b)]
-        tiles.append(np.hstack(pair + [np.full((56, 6), 128, np.uint8)]))
-    if tiles:
-        tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % 6)
-        cv2.imwrite(str(file), np.vstack([np.hstack(tiles[i:i + 6]) for i in range(0, len(tiles), 6)]))
-        print(f"the {len(others)} most similar other train-test pairs (train left, test right): {file}")
-
-
-# --------------------------------------------------------------------------- part 1 and part 2
-
-def quality(args) -> None:
-    import core.diagnose.duplicates  # noqa: F401  (registers the kinds)
-
-    folder = Path(args.folder)
-    truth = make_folder(folder, planted=args.planted, seed=args.seed)
-    dataset = load_dataset(str(folder))
-    n = len(dataset)
-    probs = np.eye(len(dataset.classes), dtype=np.float32)[dataset.labels]
-    store = RunStore(tempfile.mkdtemp(prefix="bench-dup-"))
-    run = write_run(store, "planted", classes=dataset.classes, y_true=dataset.labels, probs=probs,
-                    paths=dataset.paths, splits=dataset.splits,
-                    data={"name": "fashion-mnist-png", "kind": "folder", "path": str(folder),
-                          "root": str(dataset.root), "images_in_run": False})
-    print(f"\n{n:,} images ({', '.join(f'{s} {c:,}' for s, c in run.splits.items())}); {len(truth):,} planted "
-          f"copies of training images in test/, {sum(1 for _ in KINDS)} kinds; {load()}")
-    t0 = time.perf_counter()
-    derived.get(run, "image_scan")
-    t1 = time.perf_counter()
-    stored = derived.get(run, "duplicates")
-    t2 = time.perf_counter()
-    table = stored.table("pairs")
-    print(f"duplicates: decoding {n:,} PNG/JPEG files {t1 - t0:.1f} s, search and verification {t2 - t1:.1f} s; "
-          f"{len(table):,} pairs in all; {load()}")
-    print_score("duplicates (this repository)", score_pairs(set(zip(table["path_a"], table["path_b"])), truth, n))
-    print_score("exact hash (MD5 of the file)", score_sets(md5_sets(folder, dataset.paths), truth, n))
-    result, seconds, status = run_cleanvision(folder, args.cleanvision_python) if not args.skip_cleanvision \
-        else (None, 0.0, "skipped (--skip-cleanvision)")
-    if result is None:
-        print(f"CleanVision: {status}")
+def compare(name: str, folder: Path, truth: dict, other_python: str | None) -> None:
+    n = sum(1 for f in folder.rglob("*") if f.suffix in (".png", ".jpg"))
+    print(f"\n== {name}: {n:,} images in {folder} ({len(truth['copies'])} planted copies, "
+          f"{len(truth['lookalikes'])} look-alikes, {truth['n_test']:,} test images); {load()}", flush=True)
+    rows = []
+    ours, status = _run(sys.executable, OURS, folder, str(REPO))
+    if ours is None:
+        print(f"duplicates: {status}")
     else:
-        rel = {k: [_relative(folder, s) for s in v] for k, v in result.items()}
-        print(f"CleanVision 0.3.7 took {seconds:.0f} s on the same folder; {load()}")
-        print_score("CleanVision exact_duplicates", score_sets(rel["exact_duplicates"], truth, n))
-        print_score("CleanVision near_duplicates", score_sets(rel["near_duplicates"], truth, n))
-        print_score("CleanVision exact + near", score_sets(rel["exact_duplicates"] + rel["near_duplicates"], truth, n))
-    if args.montage:
-        montage(folder, table, truth, Path(args.montage))
-
-
-def speed(args) -> None:
-    import core.diagnose.duplicates  # noqa: F401
-    import core.diagnose.properties  # noqa: F401
-    import core.diagnose.slices  # noqa: F401
-    from core.synthetic import synthetic_arrays
-
-    ds = load_fashion_mnist()
-    n = len(ds)
-    arrays = synthetic_arrays(n, 10, with_images=False, seed=args.seed)
-    store = RunStore(tempfile.mkdtemp(prefix="bench-speed-"))
-    kinds = ("image_scan", "duplicates", "image_properties", "error_slices")
-    print(f"\nSpeed on a {n:,}-image run (Fashion-MNIST pixels in images.npy, synthetic probabilities and "
-          f"{arrays['embeddings'].shape[1]}-d embeddings), {os.cpu_count()} CPUs:")
-    for repeat in range(args.repeats):
-        run = write_run(store, f"speed{repeat}", classes=list(ds.classes), y_true=arrays["y_true"],
-                        probs=arrays["probs"], paths=arrays["paths"], splits=arrays["splits"],
-                        embeddings=arrays["embeddings"], projection=arrays["projection"], images=ds.pixels,
-                        data={"name": "fashion-mnist", "kind": "fashion-mnist", "path": None, "root": None,
-                              "images_in_run": True})
-        times, cpu = {}, {}
-        for name in kinds:
-            t0, c0 = time.perf_counter(), time.process_time()
-            derived.get(run, name)
-            times[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
-        line = ", ".join(f"{k} {v:.1f} s (CPU {cpu[k]:.1f} s)" for k, v in times.items())
-        print(f"  run {repeat + 1}: {line}; all four {sum(times.values()):.1f} s (CPU {sum(cpu.values()):.1f} s, "
-              f"all threads); {load()}")
-        summary = derived.get(run, "duplicates").summary
-        print(f"  duplicates found: {summary['n_pairs']:,} pairs ({summary['n_exact']:,} exact); "
-              f"slices: {derived.get(run, 'error_slices').summary['n_slices']}")
+        found = {frozenset((a, b)) for a, b, _ in ours["pairs"]}
+        rows.append(("duplicates (this repo)", score(found, truth), ours["seconds"], ours["peak_mb"]))
+        said = {frozenset((a, b)): t for a, b, t in ours["pairs"]}
+        examples = {}
+        for a, b, k in truth["copies"]:
+            if frozenset((a, b)) in said and k not in examples:
+                examples[k] = said[frozenset((a, b))]
+        print("transform found, one example per kind: " + "; ".join(f"{k}: {v}" for k, v in examples.items()))
+    if other_python:
+        cv, status = _run(other_python, CLEANVISION, folder)
+        if cv is None:
+            print(f"CleanVision: {status}")
+        else:
+            sets = [[_relative(folder, p) for p in s] for s in cv["sets"]]
+            rows.append(("CleanVision (exact+near)", score(pairs_of_sets(sets), truth), cv["seconds"], cv["peak_mb"]))
+        ih, status = _run(other_python, IMAGEHASH, folder)
+        if ih is None:
+            print(f"imagehash: {status}")
+        else:
+            for limit, pairs in ih["pairs"].items():
+                rows.append((f"imagehash pHash <= {limit} bits", score({frozenset(p) for p in pairs}, truth),
+                             ih["seconds"], ih["peak_mb"]))
+    kinds = truth["kinds"]
+    print(f"{'method':<27}{'recall':>7}{'min kind':>9}{'look-alikes':>12}{'other/1000':>11}{'time s':>8}{'peak MB':>8}")
+    for label, s, seconds, peak in rows:
+        print(f"{label:<27}{s['recall']:>7.1%}{min(s['per_kind'].values()):>9.0%}"
+              f"{s['lookalikes']:>6}/{s['n_lookalikes']:<5}{s['others_per_1000']:>11.2f}{seconds:>8.1f}{peak:>8.0f}")
+    print("recall per kind:")
+    print(f"  {'kind':<22}" + "".join(f"{label[:14]:>16}" for label, *_ in rows))
+    for k in kinds:
+        print(f"  {k:<22}" + "".join(f"{s['per_kind'][k]:>16.0%}" for _, s, *_ in rows))
+    if len(rows) > 1 and rows[0][0].startswith("duplicates") and rows[1][0].startswith("CleanVision"):
+        print(f"time: duplicates / CleanVision = {rows[0][2] / rows[1][2]:.2f} (same folder, same run; {load()})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "bench_duplicates", "fashion-mnist"))
-    parser.add_argument("--planted", type=int, default=1400, help="copies planted in test/ (default %(default)s)")
+    parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "bench_duplicates"))
+    parser.add_argument("--sets", default="gray,colour", help="comma-separated: gray, colour (default %(default)s)")
+    parser.add_argument("--per-kind", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cleanvision-python", default=None, metavar="PYTHON",
-                        help="a Python with cleanvision installed, when this one has none")
-    parser.add_argument("--skip-cleanvision", action="store_true")
-    parser.add_argument("--montage", default=os.path.join(tempfile.gettempdir(), "bench_duplicates", "others.png"))
-    parser.add_argument("--no-speed", action="store_true", help="skip part 2")
-    parser.add_argument("--no-quality", action="store_true", help="skip part 1")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--other-python", default=None, metavar="PYTHON",
+                        help="a Python with cleanvision and imagehash installed (their own virtualenv)")
     args = parser.parse_args()
     print(cpu_line(), flush=True)
-    if not args.no_quality:
-        quality(args)
-    if not args.no_speed:
-        speed(args)
+    for name in args.sets.split(","):
+        folder = Path(args.folder) / name
+        t0 = time.perf_counter()
+        truth = (gray_set if name == "gray" else colour_set)(folder, per_kind=args.per_kind, seed=args.seed)
+        print(f"wrote the {name} set in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        compare(name, folder, truth, args.other_python)
 
 
 if __name__ == "__main__":

@@ -310,8 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="exact and near duplicate images within and across splits (leakage), as CSV")
     du.add_argument("run")
     du.add_argument("--out", default=None, help="CSV file: path_a, path_b, split_a, split_b, similarity, kind, "
-                                               "labels_agree, label_a, label_b, row_a, row_b; cross-split pairs "
-                                               "first (default: print to stdout)")
+                                               "labels_agree, label_a, label_b, row_a, row_b, transform (how b "
+                                               "differs from a: 'flipped left-right, cropped to 90%%'), residual; "
+                                               "cross-split pairs first (default: print to stdout)")
     du.add_argument("--cross-split", action="store_true", help="only pairs whose two images are in different splits")
     du.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
 

@@ -68,16 +68,16 @@ class RayOptions:
 
     def __post_init__(self):
         if self.address is not None and not str(self.address).strip():
-            raise ValueError(f"--ray-address must name a cluster (HOST:PORT or auto). Received: {self.address!r}")
+            raise UserError(f"--ray-address must name a cluster (HOST:PORT or auto). Received: {self.address!r}")
         if self.num_cpus is not None and self.num_cpus < 1:
-            raise ValueError(f"--ray-cpus must be at least 1. Received: {self.num_cpus}")
+            raise UserError(f"--ray-cpus must be at least 1. Received: {self.num_cpus}")
         if self.num_cpus is not None and self.address is not None:
-            raise ValueError(f"--ray-cpus sizes a local Ray only; the cluster at --ray-address {self.address!r} "
+            raise UserError(f"--ray-cpus sizes a local Ray only; the cluster at --ray-address {self.address!r} "
                              f"has its own CPUs. Received: --ray-cpus {self.num_cpus}")
         if self.actors is not None and self.actors < 1:
-            raise ValueError(f"--ray-actors must be at least 1. Received: {self.actors}")
+            raise UserError(f"--ray-actors must be at least 1. Received: {self.actors}")
         if self.cpus_per_actor < 1:
-            raise ValueError(f"cpus_per_actor must be at least 1. Received: {self.cpus_per_actor}")
+            raise UserError(f"cpus_per_actor must be at least 1. Received: {self.cpus_per_actor}")
 
 
 def ray_available() -> bool:
@@ -97,13 +97,13 @@ def engine_options(engine: str, *, address: str | None = None, num_cpus: int | N
     Imports nothing heavy: a cached run stays free of Ray.
     """
     if engine not in ENGINES:
-        raise ValueError(f"Unknown engine {engine!r}. Available: {list(ENGINES)}")
+        raise UserError(f"Unknown engine {engine!r}. Available: {list(ENGINES)}")
     if engine == "local":
         given = [name for name, value in (("--ray-address", address), ("--ray-cpus", num_cpus),
                                           ("--ray-actors", actors)) if value is not None]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
-            raise ValueError(f"{', '.join(given)} {verb} only with --engine ray. Received: --engine {engine}")
+            raise UserError(f"{', '.join(given)} {verb} only with --engine ray. Received: --engine {engine}")
         return None
     options = RayOptions(address=address, num_cpus=num_cpus, actors=actors)
     if not ray_available():
@@ -338,7 +338,7 @@ def run_inference_ray(
 
     options = options or RayOptions()
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive. Received: {batch_size}")
+        raise UserError(f"batch_size must be positive. Received: {batch_size}")
     max_pixels = max_pixels_limit()  # a bad CLASSIFIER_MAX_PIXELS stops here, not in every actor
     model_files = read_model_files(model_path)
     started = init_ray(address=options.address, num_cpus=options.num_cpus)

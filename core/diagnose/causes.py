@@ -74,6 +74,7 @@ import numpy as np
 import pandas as pd
 
 from core import derived
+from core.diagnose.findings import Caption, Card, Column, Filter, Findings
 from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
@@ -171,12 +172,12 @@ def _check(query, reference, reference_labels, k):
     reference = np.asarray(reference, dtype=np.float32)
     reference_labels = np.asarray(reference_labels, dtype=np.int64)
     if query.ndim != 2 or reference.ndim != 2 or query.shape[1] != reference.shape[1]:
-        raise ValueError(f"query and reference must be (N, D) with the same D. "
+        raise UserError(f"query and reference must be (N, D) with the same D. "
                          f"Received shapes {query.shape} and {reference.shape}")
     if len(reference_labels) != len(reference):
-        raise ValueError(f"{len(reference_labels)} reference labels for {len(reference)} reference rows")
+        raise UserError(f"{len(reference_labels)} reference labels for {len(reference)} reference rows")
     if k < 1:
-        raise ValueError(f"k must be at least 1. Received: k={k}")
+        raise UserError(f"k must be at least 1. Received: k={k}")
     return query, reference, reference_labels
 
 
@@ -264,7 +265,7 @@ def _percentile_of(reference: np.ndarray, values: np.ndarray) -> np.ndarray:
 def reference_rows(run: Run, *, max_reference: int, seed: int) -> tuple[np.ndarray, str]:
     """The rows neighbours come from and what they are: ('train' | 'val' | 'leave-one-out')."""
     if max_reference < 1:
-        raise ValueError(f"max_reference must be at least 1. Received: {max_reference}")
+        raise UserError(f"max_reference must be at least 1. Received: {max_reference}")
     splits = run.predictions["split"].astype(str).to_numpy()
     rows, source = np.flatnonzero(run.eval_mask()), "leave-one-out"
     if run.eval_split != "all":
@@ -387,12 +388,10 @@ def pair_mix_lines(summary: dict, *, limit: int = 10) -> list[str]:
     return lines
 
 
-def causes_findings(run: Run, stored) -> "Findings":
+def causes_findings(run: Run, stored) -> Findings:
     """One card per cause found (the model's errors first, then by count), the per-image columns
     ``cause``, ``cause_confidence``, ``cause_suggested``, ``cause_evidence``, a caption line
     ("model error: 7 of its 10 nearest training images are Shirt, ...") and a choice filter on the cause."""
-    from core.diagnose.findings import Caption, Card, Column, Filter, Findings
-
     table = stored.table("causes")
     summary = stored.summary
     n = run.n_images

@@ -4,26 +4,63 @@ Conventions: N images (the run's rows). A *pair* is two rows (a, b) with
 a < b in split order (train, val, test, then the others) and then row order,
 so a train-test pair names its training image first. ``kind`` is ``exact``
 (identical decoded pixels, whatever the files: a PNG copied or re-saved) or
-``near`` (re-encoded, resized, shifted by a pixel or two, mild noise).
+``near`` (the same picture after the edits people and pipelines make: a flip
+left-right or upside down, a crop of up to ~15% resized back, a rotation of a
+few degrees, a resize, a shift, blur, noise, JPEG/PNG re-encoding,
+brightness/contrast/gamma, grayscale conversion). Each near pair says what was
+found, in words (``transform``: "flipped left-right, cropped to 90%, rotated 4°").
 
 How near copies are found (nothing quadratic in N):
 
 1. Every image's gray thumbnail (from the shared ``image_scan``: never
-   enlarged, so a 28 px image keeps its pixels) is stretched to S x S and
-   re-centred on its intensity centroid (measured against the border's median,
-   to sub-pixel precision): a copy shifted by a few pixels lands in the same
-   place. A blurred 12 x 12 summary of its central part, at the centred
-   position and one pixel around it (9 variants), is its search descriptor.
+   enlarged, so a 28 px image keeps its pixels; colour is converted to gray,
+   so a grayscale copy looks the same) is stretched to S x S and re-centred on
+   its intensity centroid (measured against the border's median): a shifted
+   copy lands in the same place. Blurred 12 x 12 summaries of its central part
+   are its search descriptors, in 9 *variants*: as it is, mirrored left-right,
+   mirrored upside down, each seen whole or zoomed on its centre by 1.09 and
+   1.18 (what a crop to 92% or 85% resized back shows). Mean removed and unit
+   length, so brightness and contrast do not count; blurred, so blur, noise,
+   re-encoding and a few degrees of rotation move them little.
 2. Candidates: an inverted-file index (k-means cells on a PCA of the
-   descriptors); each variant of each image is compared with the images of its
-   cell only, and each image keeps its ``neighbours`` best matches. Work is
-   about N * sqrt(N) descriptor products, not N^2.
-3. Verification on the thumbnails' own pixels: the best integer shift (up to
-   ``max_shift`` px) around the centroids' offset, then the correlation of the
-   fine detail (difference of Gaussians, sigma 0.5 and 1.5 px) over the
-   overlap. Two look-alikes (two plain T-shirts) correlate in intensity
-   (r > 0.99 is common in Fashion-MNIST) but not in detail; a copy does in
-   both. ``similarity`` is that detail correlation (1.0 for exact copies).
+   descriptors) holds each image as it is; each variant of each image is a
+   query compared with the images of its cell only, and each image keeps its
+   ``neighbours`` best matches (with the variant that matched). Work is about
+   9 N * sqrt(N) descriptor products, not N^2.
+3. Verification registers each candidate pair on the thumbnails' pixels:
+   the query mirrored as its variant says, then OpenCV's ECC (an affine motion,
+   started from the variant's zoom and the centroids' offset), then over the
+   overlap (a band along both frames' edges left out, where a shift or crop
+   pads) the tone curve (quadratic: brightness, contrast, gamma; it must rise)
+   and the blur (either side smoothed by 0.8 px, or neither) that bring the
+   two closest. A pair is a near copy when (``find_duplicates``):
+
+   * the registration is one an edit makes (``plausible``: a scale within
+     0.7-1.45, stretch <= 1.25, rotation <= 15°, half the grid overlapping,
+     tone moved by <= 80 gray levels);
+   * the RMS residual is at most ``allowed``: what half a pixel of
+     misregistration (the template, smoothed by 0.8 px, against itself moved by half
+     a pixel) and the two images' noise (Immerkaer's Laplacian, median) leave,
+     (each counted up to 12 gray levels) added in quadrature, and at most 14 gray levels;
+   * what is left is noise, not shape: the residual low-passed at 2 px (its
+     *structure*) has an RMS of at most what resampling alone leaves under the
+     found warp (the template sent through the warp and back, compared with
+     itself: the image's own self-similarity under that edit) plus 1 gray
+     level (at least 2, at most 4.5), and is nowhere more than 16. Two
+     look-alikes (two plain T-shirts, two photos of one scene with an object
+     moved) differ in shape somewhere; a copy differs by noise and resampling.
+
+   These bounds were set on a development set (3,000 Fashion-MNIST *training*
+   images with copies planted with seed 1) and never on the benchmark's sets
+   (Fashion-MNIST *test* images, seed 0; colour scenes).
+
+Memory for N images: the thumbnails (N x S x S bytes, memory-mapped from
+the image scan: 1 GB for 1,000,000 images at S = 32), the centroids (N x 2
+float64), the projected descriptors (N x 9 x 32 float16: 576 MB for
+1,000,000), the cells' lists (N x 2 int64) and the candidates (at most
+N x ``neighbours`` x 2 pairs, a few floats each); the verification goes
+through the candidates 1,024 at a time, and a cell's queries 2,048 at a time
+against at most a few thousand members. Nothing holds N x N.
 
 The penultimate features alone would not do: their cosine is as high for two
 ordinary look-alikes of a class as for a copy. Where the run has embeddings,
@@ -40,27 +77,45 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from core import derived
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings, plural, unique_rows
-from core.diagnose.properties import load_scan
+from core.diagnose.properties import ImageScanConfig, load_scan
+from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
+FLIPS = ("", "h", "v")
+ZOOMS = (1.0, 1.09, 1.18)
+_VARIANTS = len(FLIPS) * len(ZOOMS)
+_DESCRIPTOR = 12
+_DIMS = 32
+_SMALL = 3000
+_FINE, _COARSE = 0.5, 1.5
+_BLURS = (0.0, 0.8)
+_STRUCTURE = 2.0  # sigma (px) of the low-pass that keeps what differs in shape and drops noise
+SCALE_RANGE = (0.7, 1.45)  # what a crop (up to ~30%) or a zoom out may change the scale by
+MAX_ANISOTROPY = 1.25  # a crop of another aspect resized back stretches one axis at most this much
+MAX_ROTATION = 15.0  # degrees
+MIN_OVERLAP = 0.5  # of the compared grid
+MAX_TONE = 80.0  # gray levels: brightness, contrast and gamma edits move a level by less than a third of the range
+MAX_RESIDUAL = 14.0  # RMS gray levels: a copy carries noise of sigma ~10 at most on each side (14 = 10 * sqrt 2)
+MAX_NOISE = 12.0  # gray levels: the noise a copy may carry (sigma, each image); more hides what differs
+MAX_RATIO = 1.0  # a near pair's residual / allowed residual (see ``register_pair``)
+MAX_STRUCTURE = 4.5  # RMS gray levels of the residual low-passed at _STRUCTURE px: what differs in shape
+MAX_PEAK = 16.0  # the largest local difference in shape (gray levels, same low-pass) a near pair may keep
+SELF_MARGIN = 1.0  # gray levels a copy's shape difference may exceed what resampling alone leaves (at least 2)
+_MAX_GROUP_PAIRS = 6
 PAIR_COLUMNS = ["row_a", "row_b", "path_a", "path_b", "split_a", "split_b", "label_a", "label_b",
-                "labels_agree", "kind", "similarity", "correlation", "embedding_cosine", "shift_y", "shift_x",
-                "cross_split"]
+                "labels_agree", "kind", "similarity", "correlation", "residual", "embedding_cosine", "shift_y",
+                "shift_x", "cross_split", "transform", "flip", "scale", "rotation", "allowed"]
 CSV_COLUMNS = ["path_a", "path_b", "split_a", "split_b", "similarity", "kind", "labels_agree", "label_a",
-               "label_b", "row_a", "row_b"]
-_DESCRIPTOR = 12  # side of the search descriptor
-_VARIANTS = 9  # the centred position and its 8 one-pixel neighbours
-_SMALL = 3000  # below this many images, one cell: exact search
-_FINE, _COARSE = 0.5, 1.5  # the detail band of the verification (sigmas in px)
-_MAX_GROUP_PAIRS = 6  # exact groups larger than this are listed as a star around one member
+               "label_b", "row_a", "row_b", "transform", "residual"]
 
 
 # --------------------------------------------------------------------------- exact copies
@@ -90,22 +145,58 @@ def _group_pairs(members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 # --------------------------------------------------------------------------- search descriptors
 
-def _operator(size: int) -> tuple[np.ndarray, int, int]:
-    """Row operator (3 * D, size + 2): blur then area-resample the central crop at offsets 0, 1, 2."""
+def _blur_matrix(length: int, sigma: float) -> np.ndarray:
+    """(length, length) float32 G with G @ v = v blurred by a Gaussian (reflected borders, as OpenCV does)."""
     import cv2
 
-    sigma = size / 32.0
-    margin = max(1, round(3 * size / 32))
-    crop = size - 2 * margin
-    eye = np.eye(crop, dtype=np.float32)
-    radius = max(1, int(np.ceil(3 * sigma)))
-    kernel = cv2.getGaussianKernel(2 * radius + 1, sigma, cv2.CV_32F)
-    blurred = cv2.filter2D(eye, -1, kernel, borderType=cv2.BORDER_REFLECT_101)  # along rows
-    small = cv2.resize(blurred, (crop, _DESCRIPTOR), interpolation=cv2.INTER_AREA)  # (D, crop)
-    full = np.zeros((3 * _DESCRIPTOR, size + 2), np.float32)
-    for o in range(3):
-        full[o * _DESCRIPTOR:(o + 1) * _DESCRIPTOR, o + margin:o + margin + crop] = small
-    return full, margin, crop
+    eye = np.eye(length, dtype=np.float32)
+    return cv2.GaussianBlur(eye, (1, 2 * max(1, int(np.ceil(3 * sigma))) + 1), sigmaX=0, sigmaY=sigma,
+                            borderType=cv2.BORDER_REFLECT)
+
+
+def _area_matrix(length: int, lo: float, hi: float, cells: int) -> np.ndarray:
+    """(cells, length): cell j averages the interval [lo + j s, lo + (j + 1) s] (pixel u covers [u, u + 1])."""
+    step = (hi - lo) / cells
+    out = np.zeros((cells, length), np.float64)
+    for j in range(cells):
+        a0, a1 = lo + j * step, lo + (j + 1) * step
+        for u in range(max(0, int(np.floor(a0))), min(length, int(np.ceil(a1)))):
+            out[j, u] = max(0.0, min(a1, u + 1) - max(a0, u)) / step
+    return out
+
+
+def _operators(size: int) -> np.ndarray:
+    """(len(ZOOMS), D, size + 2) float32: blur, then average the central part seen at each zoom into D cells.
+
+    Each operator is symmetric about the centre (reversing its columns reverses
+    its rows), so the descriptor of a mirrored image is the mirrored descriptor.
+    """
+    p = size + 2
+    blur = _blur_matrix(p, max(0.5, size / 32.0)).astype(np.float64)
+    half = (size - 2 * max(1, round(3 * size / 32))) / 2.0
+    return np.stack([_area_matrix(p, p / 2 - half / z, p / 2 + half / z, _DESCRIPTOR) @ blur
+                     for z in ZOOMS]).astype(np.float32)
+
+
+def search_descriptors(aligned: np.ndarray) -> np.ndarray:
+    """(n, V, D * D) float32 unit vectors: every variant of each aligned image (see ``_aligned``).
+
+    Variant v = flip * len(ZOOMS) + zoom: the image as it is, mirrored left-right
+    or upside down (``FLIPS``), each seen whole or zoomed on its centre
+    (``ZOOMS``: what a crop to 92% or 85% resized back shows). Mean removed, unit
+    length: brightness and contrast do not count. Variant 0 is the image itself.
+    """
+    n, p, _ = aligned.shape
+    ops = _operators(p - 2)
+    d = _DESCRIPTOR
+    out = np.empty((n, len(FLIPS), len(ZOOMS), d, d), np.float32)
+    for k, op in enumerate(ops):
+        desc = np.matmul(np.matmul(op, aligned), op.T)
+        out[:, 0, k], out[:, 1, k], out[:, 2, k] = desc, desc[:, :, ::-1], desc[:, ::-1, :]
+    out = out.reshape(n, _VARIANTS, d * d)
+    out -= out.mean(axis=2, keepdims=True)
+    out /= np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-6)
+    return out
 
 
 def _size_groups(content_size: np.ndarray, rows: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
@@ -171,65 +262,7 @@ def _aligned(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.ndarray,
     return out
 
 
-def search_descriptors(aligned: np.ndarray) -> np.ndarray:
-    """(n, 9, 144) float32 unit vectors: blurred 12 x 12 summaries of each aligned image's centre.
-
-    ``aligned`` is (n, S + 2, S + 2) (see ``_aligned``). Variant v = 3 * (dy + 1) + (dx + 1)
-    is the centre crop moved by (dy, dx) in {-1, 0, 1}; variant 4 is the centred one.
-    Each descriptor has its mean removed and unit length (brightness and contrast do not count).
-    """
-    n, p, _ = aligned.shape
-    op, _, _ = _operator(p - 2)
-    d = _DESCRIPTOR
-    left = (op @ aligned.transpose(1, 0, 2).reshape(p, n * p)).reshape(3 * d, n, p).transpose(1, 0, 2)
-    both = (np.ascontiguousarray(left).reshape(n * 3 * d, p) @ op.T).reshape(n, 3, d, 3, d)
-    desc = both.transpose(0, 1, 3, 2, 4).reshape(n, _VARIANTS, d * d)
-    desc -= desc.mean(axis=2, keepdims=True)
-    desc /= np.maximum(np.linalg.norm(desc, axis=2, keepdims=True), 1e-6)
-    return desc
-
-
-def _projector(size: int, basis: np.ndarray):
-    """``f(aligned) -> (n, 9, K) float32 unit vectors``: ``search_descriptors(aligned) @ basis``, renormalised.
-
-    The descriptor and the projection are linear (the mean removal too; the
-    unit length before projecting does not change the direction after), so
-    they fold into two matrix products: ``aligned @ op.T``, then, per
-    horizontal offset, one product with ``Q`` (op rows x basis), with no
-    (n, 9, 144) array in between.
-    """
-    op, _, _ = _operator(size)
-    d, k = _DESCRIPTOR, basis.shape[1]
-    centring = np.eye(d * d, dtype=np.float32) - 1.0 / (d * d)
-    folded = (centring @ basis).reshape(d, d, k)  # (i, j, k)
-    q = np.concatenate([np.einsum("ir,ijk->rjk", op[o * d:(o + 1) * d], folded) for o in range(3)], axis=2)
-    q = q.reshape(op.shape[1] * d, 3 * k).astype(np.float32)  # rows (r, j), columns (vertical offset, k)
-
-    def project(aligned: np.ndarray) -> np.ndarray:
-        n, p, _ = aligned.shape
-        right = (aligned.reshape(n * p, p) @ op.T).reshape(n, p, 3, d)  # (n, r, horizontal offset, j)
-        out = np.empty((n, 3, 3, k), np.float32)  # (n, vertical offset, horizontal offset, k)
-        for o in range(3):
-            out[:, :, o, :] = (np.ascontiguousarray(right[:, :, o, :]).reshape(n, p * d) @ q).reshape(n, 3, k)
-        out = out.reshape(n, _VARIANTS, k)
-        return out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-6)
-
-    return project
-
-
 # --------------------------------------------------------------------------- candidate pairs
-
-def _kmeans(points: np.ndarray, n_cells: int, rng: np.random.Generator, iterations: int = 8) -> np.ndarray:
-    centres = points[rng.choice(len(points), n_cells, replace=False)].copy()
-    for _ in range(iterations):
-        label = _nearest(points, centres, 1)[:, 0]
-        sums = np.zeros_like(centres)
-        np.add.at(sums, label, points)
-        counts = np.bincount(label, minlength=n_cells)
-        filled = counts > 0
-        centres[filled] = sums[filled] / counts[filled, None]
-    return centres
-
 
 def _nearest(points: np.ndarray, centres: np.ndarray, p: int) -> np.ndarray:
     """(len(points), min(p, len(centres))) indices of the nearest centres."""
@@ -241,325 +274,423 @@ def _nearest(points: np.ndarray, centres: np.ndarray, p: int) -> np.ndarray:
     return np.argpartition(d, p - 1, axis=1)[:, :p]
 
 
+def _cells(points: np.ndarray, n_cells: int, seed: int) -> np.ndarray:
+    """k-means centres (scikit-learn, a sample of at most 40 points per cell, seeded)."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(seed)
+    sample = points[rng.choice(len(points), min(len(points), 40 * n_cells), replace=False)]
+    km = KMeans(n_clusters=n_cells, init="random", n_init=1, max_iter=5, random_state=seed).fit(sample)
+    return km.cluster_centers_.astype(np.float32)
+
+
 def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.ndarray, *, neighbours: int = 2,
-                    min_score: float = 0.85, max_align: float = 5.0, seed: int = 0,
-                    progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs of ``rows`` whose search descriptors match best (at most ``neighbours`` per image and direction).
+                    min_score: float = 0.5, max_align: float = 6.0, seed: int = 0,
+                    progress: Progress | None = None) -> dict[str, np.ndarray]:
+    """Pairs of ``rows`` whose search descriptors match best, each with the variant that matched.
 
-    The query side uses all 9 variants of an image, the index side the centred
-    one; the score of a pair is the best cosine (in a 32-dimensional PCA of the
-    descriptors) and must reach ``min_score``. Images are compared within the
-    two k-means cells nearest to them (one cell, exact search, below 3,000 images).
+    The index holds each image as it is (variant 0); every variant of every image
+    (mirrored, zoomed) is a query. A query is compared with the images of its
+    k-means cell only (the index lists each image in its two nearest cells; one
+    cell, an exact search, below ``_SMALL`` images), in a 32-dimensional PCA of
+    the descriptors (float16: 9 x 32 x 2 bytes per image). An unordered pair keeps
+    its best score and is kept when it is among the ``neighbours`` best of either
+    image and scores at least ``min_score``.
 
-    Returns ``a``, ``b`` (row ids, a < b), ``score`` and the centroids
-    (len(rows), 2) of ``rows`` (see ``centroids``), which the verification reuses.
+    Returns ``query``, ``match`` (row ids: the query's variant ``variant`` looks
+    like ``match`` as it is), ``score``, and ``centroid``, ``background``
+    (len(rows), ...) of ``rows`` (see ``centroids``), which the verification reuses.
     """
     rows = np.asarray(rows, dtype=np.int64)
     n = len(rows)
     centroid, background = centroids(thumbnails, content_size, rows)
+    empty = {"query": np.zeros(0, np.int64), "match": np.zeros(0, np.int64), "variant": np.zeros(0, np.int64),
+             "score": np.zeros(0, np.float32), "centroid": centroid, "background": background}
     if n < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), centroid
+        return empty
     rng = np.random.default_rng(seed)
     say = progress or (lambda message, fraction: None)
-    chunk = 8192
-    # PCA of the centred descriptors of a sample, then every variant of every image projected (float16: bounded)
+    chunk = 4096
     sample = np.sort(rng.choice(n, min(n, 10000), replace=False))
     sample_desc = search_descriptors(_aligned(thumbnails, content_size, rows[sample], centroid[sample],
-                                              background[sample], max_align=max_align))[:, _VARIANTS // 2]
+                                              background[sample], max_align=max_align))[:, 0]
     centred = sample_desc - sample_desc.mean(axis=0)
     _, vectors = np.linalg.eigh(centred.T @ centred)
-    basis = np.ascontiguousarray(vectors[:, ::-1][:, :min(32, n - 1)]).astype(np.float32)
+    basis = np.ascontiguousarray(vectors[:, ::-1][:, :min(_DIMS, n - 1)]).astype(np.float32)
     projected = np.empty((n, _VARIANTS, basis.shape[1]), np.float16)
-    project = _projector(thumbnails.shape[1], basis)
 
     def describe(start: int) -> int:
         stop = min(start + chunk, n)
         part = _aligned(thumbnails, content_size, rows[start:stop], centroid[start:stop], background[start:stop],
                         max_align=max_align)
-        projected[start:stop] = project(part)
+        out = search_descriptors(part) @ basis
+        projected[start:stop] = out / np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-6)
         return stop
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:  # OpenCV and BLAS release the GIL
         for stop in pool.map(describe, range(0, n, chunk)):
             say(f"duplicates: descriptors {stop:,}/{n:,}", 0.3 * stop / n)
-    centre = projected[:, _VARIANTS // 2].astype(np.float32)
-    coarse = min(16, centre.shape[1])
+    index = projected[:, 0].astype(np.float32)
     n_cells = 1 if n <= _SMALL else int(np.sqrt(2 * n))
+    coarse = min(16, index.shape[1])
     if n_cells > 1:
-        centres = _kmeans(centre[rng.choice(n, min(n, 40 * n_cells), replace=False), :coarse], n_cells, rng)
-        cells = np.concatenate([_nearest(centre[i:i + chunk, :coarse], centres, 2) for i in range(0, n, chunk)])
+        centres = _cells(index[:, :coarse], n_cells, seed)
+        index_cells = np.concatenate([_nearest(index[i:i + chunk, :coarse], centres, 2) for i in range(0, n, chunk)])
+        query_cells = np.concatenate([
+            _nearest(projected[i:i + chunk, :, :coarse].astype(np.float32).reshape(-1, coarse), centres, 1)[:, 0]
+            for i in range(0, n, chunk)])  # (n * V,) one cell per query variant
     else:
-        cells = np.zeros((n, 1), np.int64)
-    member_of = np.repeat(np.arange(n), cells.shape[1])
-    order = np.argsort(cells.ravel(), kind="stable")
-    starts = np.searchsorted(cells.ravel()[order], np.arange(n_cells + 1))
-    found_a, found_b, found_s = [], [], []
+        index_cells = np.zeros((n, 1), np.int64)
+        query_cells = np.zeros(n * _VARIANTS, np.int64)
+    member_of = np.repeat(np.arange(n), index_cells.shape[1])
+    m_order = np.argsort(index_cells.ravel(), kind="stable")
+    m_starts = np.searchsorted(index_cells.ravel()[m_order], np.arange(n_cells + 1))
+    q_order = np.argsort(query_cells, kind="stable")
+    q_starts = np.searchsorted(query_cells[q_order], np.arange(n_cells + 1))
+    flat_queries = projected.reshape(n * _VARIANTS, -1)
+    found_q, found_m, found_s, found_v = [], [], [], []
     for cell in range(n_cells):
-        members = member_of[order[starts[cell]:starts[cell + 1]]]
-        if len(members) < 2:
+        members = member_of[m_order[m_starts[cell]:m_starts[cell + 1]]]
+        queries = q_order[q_starts[cell]:q_starts[cell + 1]]  # flat ids: image * V + variant
+        if len(members) < 2 or len(queries) == 0:
             continue
-        index = centre[members].T
-        for q in range(0, len(members), 512):  # bounded memory in a large cell
-            queries = members[q:q + 512]
-            sims = (projected[queries].astype(np.float32) @ index).max(axis=1)  # best variant, (q, members)
-            sims[np.arange(len(queries)), np.arange(q, q + len(queries))] = -2.0  # not itself
+        block = index[members].T
+        for q in range(0, len(queries), 2048):  # bounded memory in a large cell
+            part = queries[q:q + 2048]
+            sims = flat_queries[part].astype(np.float32) @ block
+            sims[(part // _VARIANTS)[:, None] == members[None, :]] = -2.0  # not itself
             k = min(neighbours, len(members) - 1)
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             best = np.take_along_axis(sims, top, axis=1)
             keep = best >= min_score
-            found_a.append(np.repeat(queries, k)[keep.ravel()])
-            found_b.append(members[top][keep])
+            found_q.append(np.repeat(part // _VARIANTS, k)[keep.ravel()])
+            found_v.append(np.repeat(part % _VARIANTS, k)[keep.ravel()])
+            found_m.append(members[top][keep])
             found_s.append(best[keep])
         if cell % 64 == 0:
-            say(f"duplicates: searching cell {cell + 1:,}/{n_cells:,}", 0.3 + 0.4 * (cell + 1) / n_cells)
-    if not found_a:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), centroid
-    a, b, score = _top_pairs(np.concatenate(found_a), np.concatenate(found_b), np.concatenate(found_s), n,
-                             neighbours)
-    return rows[a], rows[b], score, centroid
+            say(f"duplicates: searching cell {cell + 1:,}/{n_cells:,}", 0.3 + 0.3 * (cell + 1) / n_cells)
+    if not found_q:
+        return empty
+    q, m, v, s = (np.concatenate(x) for x in (found_q, found_m, found_v, found_s))
+    keep = _top_pairs(q, m, s, n, neighbours)
+    return {"query": rows[q[keep]], "match": rows[m[keep]], "variant": v[keep], "score": s[keep],
+            "centroid": centroid, "background": background}
 
 
-def _top_pairs(qa: np.ndarray, qb: np.ndarray, score: np.ndarray, n: int, neighbours: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Unordered pairs (positions) with their best score, kept if among the ``neighbours`` best of either image."""
-    if len(qa) == 0:
-        return qa.astype(np.int64), qb.astype(np.int64), score
-    lo, hi = np.minimum(qa, qb), np.maximum(qa, qb)
-    key = lo.astype(np.int64) * n + hi
+def _top_pairs(qa: np.ndarray, qb: np.ndarray, score: np.ndarray, n: int, neighbours: int) -> np.ndarray:
+    """Indices of the matches to keep: the best of each unordered pair, if among the ``neighbours`` best
+    of either of its images."""
+    lo, hi = np.minimum(qa, qb).astype(np.int64), np.maximum(qa, qb).astype(np.int64)
+    key = lo * n + hi
     order = np.lexsort((-score, key))
-    key, score = key[order], score[order]
-    first = np.r_[True, key[1:] != key[:-1]]
-    key, score = key[first], score[first]
-    lo, hi = key // n, key % n
-    keep = np.zeros(len(key), bool)
-    for source in (lo, hi):  # rank each pair among the pairs of each of its two images
-        o = np.lexsort((-score, source))
+    first = order[np.r_[True, key[order][1:] != key[order][:-1]]]
+    keep = np.zeros(len(first), bool)
+    for source in (lo[first], hi[first]):  # rank each pair among the pairs of each of its two images
+        o = np.lexsort((-score[first], source))
         ranked = source[o]
         rank = np.arange(len(o)) - np.searchsorted(ranked, ranked)
         keep[o[rank < neighbours]] = True
-    return lo[keep], hi[keep], score[keep]
+    return first[keep]
 
 
 # --------------------------------------------------------------------------- verification
 
-def _blur_matrix(length: int, sigma: float) -> np.ndarray:
-    """(length, length) float32 G with G @ v = v blurred by a Gaussian (reflected borders, as OpenCV does)."""
+def _work_image(thumbnails: np.ndarray, content_size: np.ndarray, row: int, shape: tuple[int, int]) -> np.ndarray:
+    """The thumbnail's content as float32, stretched to ``shape`` (height, width) unless it has that size."""
     import cv2
 
-    eye = np.eye(length, dtype=np.float32)
-    return cv2.GaussianBlur(eye, (1, 2 * max(1, int(np.ceil(3 * sigma))) + 1), sigmaX=0, sigmaY=sigma,
-                            borderType=cv2.BORDER_REFLECT)
+    h, w = int(content_size[row, 0]), int(content_size[row, 1])
+    img = thumbnails[row, :h, :w].astype(np.float32)
+    if (h, w) == tuple(shape):
+        return img
+    shrink = h > shape[0] and w > shape[1]
+    return cv2.resize(img, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def _gaussian(images: np.ndarray, sigma: float) -> np.ndarray:
-    """Each image of a float32 stack (n, h, w) blurred (reflected borders): G_h @ image @ G_w.T as stacks of
-    small matrix products (several times faster here than filtering 28-pixel rows one by one)."""
-    n, h, w = images.shape
-    return np.matmul(_blur_matrix(h, sigma), np.matmul(np.asarray(images, np.float32), _blur_matrix(w, sigma).T))
+def _noise(img: np.ndarray) -> float:
+    """Standard deviation of the image's pixel noise: the median absolute response of Immerkaer's (1996)
+    Laplacian difference, which cancels smooth content (6 sigma for white noise of sigma); the median,
+    not the mean, so that edges and texture, where pixels are not noise, do not count."""
+    import cv2
+
+    kernel = np.float32([[1, -2, 1], [-2, 4, -2], [1, -2, 1]])
+    response = np.abs(cv2.filter2D(img, -1, kernel)[1:-1, 1:-1])
+    return float(1.4826 * np.median(response) / 6.0)
 
 
-def _detail_stack(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lightly smoothed images (sigma 0.5) and their fine detail (minus a sigma 1.5 blur), (n, h, w) each."""
-    smooth = _gaussian(images, _FINE)
-    return smooth, smooth - _gaussian(images, _COARSE)
+def _fit(t: np.ndarray, q: np.ndarray) -> tuple[float, np.ndarray]:
+    """RMS residual of t against the best tone curve c0 + c1 q + c2 q^2 / 255 of q, and the coefficients
+    (least squares by its 3 x 3 normal equations: a hundred times as many calls as pairs)."""
+    x = np.stack([np.ones_like(q), q, q * q / 255.0])
+    gram = x @ x.T + 1e-6 * np.eye(3, dtype=np.float32)
+    coef = np.linalg.solve(gram.astype(np.float64), (x @ t).astype(np.float64))
+    r = t - coef @ x
+    return float(np.sqrt(np.mean(r * r))), coef
 
 
-def _centred(x: np.ndarray) -> np.ndarray:
-    x = x.reshape(len(x), -1)
-    return x - x.mean(axis=1, keepdims=True)
+def _detail(img: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.GaussianBlur(img, (0, 0), _FINE) - cv2.GaussianBlur(img, (0, 0), _COARSE)
 
 
-def _correlation(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Pearson correlation of the rows of two (n, ...) arrays."""
-    x, y = _centred(x), _centred(y)
-    return (x * y).sum(axis=1) / np.maximum(np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1)), 1e-6)
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    x, y = x - x.mean(), y - y.mean()
+    return float((x * y).sum() / max(np.sqrt((x * x).sum() * (y * y).sum()), 1e-9))
 
 
-def _sample(windows: np.ndarray, idx: np.ndarray, top: np.ndarray, left: np.ndarray) -> np.ndarray:
-    """Bilinear windows: ``windows`` is a sliding-window view (n, P, P, wh, ww); (top, left) are
-    fractional window positions in [0, P - 1], one per pair."""
-    last = windows.shape[1] - 1
-    y0 = np.clip(np.floor(top).astype(np.int64), 0, last)
-    x0 = np.clip(np.floor(left).astype(np.int64), 0, last)
-    wy = np.clip(top - y0, 0, 1)[:, None, None].astype(np.float32)
-    wx = np.clip(left - x0, 0, 1)[:, None, None].astype(np.float32)
-    y1, x1 = np.minimum(y0 + 1, last), np.minimum(x0 + 1, last)
-    return ((1 - wy) * ((1 - wx) * windows[idx, y0, x0] + wx * windows[idx, y0, x1])
-            + wy * ((1 - wx) * windows[idx, y1, x0] + wx * windows[idx, y1, x1]))
+def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) -> dict:
+    """Register ``moving`` onto ``template`` (both (h, w) float32) from the affine ``init`` (2, 3), which
+    maps template coordinates to moving ones (OpenCV's ECC convention), and measure how well they agree.
 
+    The registration is OpenCV's ECC (Evangelidis & Psarakis 2008: it maximises
+    the correlation, so gain and offset do not count) with an affine motion, on
+    lightly smoothed images. Then, over the overlap: the tone curve (quadratic:
+    brightness, contrast, gamma) and the blur (either side smoothed by sigma 0.8 px or
+    neither, whichever agrees best) that bring the two closest.
 
-def _peak_offset(left: np.ndarray, centre: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Sub-pixel offset in [-0.5, 0.5] of a parabola through three correlations (0 where it has no maximum)."""
-    curvature = left - 2 * centre + right
-    with np.errstate(divide="ignore", invalid="ignore"):
-        offset = np.where(curvature < -1e-6, 0.5 * (left - right) / curvature, 0.0)  # NaN sides: no offset
-    return np.clip(np.nan_to_num(offset), -0.5, 0.5)
-
-
-def _margin(h: int, w: int, max_shift: int) -> int:
-    """Pixels left out on each side of the compared window (the largest shift tried)."""
-    return max(0, min(max_shift, (min(h, w) - 4) // 2))
-
-
-def _compare(smooth: np.ndarray, detail: np.ndarray, ia: np.ndarray, ib: np.ndarray, est_y: np.ndarray,
-             est_x: np.ndarray, refinable: np.ndarray, *, max_shift: int) -> tuple[np.ndarray, ...]:
-    """Pairs (ia[i], ib[i]) of images of one size: the shift of b onto a (within +-1 of the estimate and
-    +-max_shift) that best correlates the smoothed intensities, refined to sub-pixel precision, and at
-    that shift the detail correlation, the intensity correlation and the RMS difference of the smoothed
-    intensities (offset removed).
-
-    A fractional shift f is applied half to each image (a by -f/2, b by +f/2, bilinear), so both are
-    smoothed alike by the interpolation: a copy shifted by one pixel of a picture twice the
-    thumbnail's size (half a thumbnail pixel) still matches. Only ``refinable`` pairs are refined: between
-    two pictures at their own size a shift of whole pixels stays whole, and letting look-alikes slide by
-    fractions of a pixel would only help them pass.
+    Returns ``warp`` (2, 3), ``residual`` (RMS gray levels left), ``allowed``
+    (what a copy may leave: the template's own difference from itself moved
+    by half a pixel and both images' noise, added in quadrature), ``detail``
+    (correlation of the fine detail), ``overlap`` (fraction of the template
+    covered), ``blur`` (sigma, positive: the template was smoothed, negative: the
+    moving image was) and ``tone`` (largest change of the tone curve, gray levels; inf where it falls).
     """
-    from numpy.lib.stride_tricks import sliding_window_view
+    import cv2
 
-    n = len(ia)
-    _, h, w = smooth.shape
-    m = _margin(h, w, max_shift)
-    wh, ww = h - 2 * m, w - 2 * m
-    a_int = _centred(smooth[ia, m:m + wh, m:m + ww])
-    a_norm = np.sqrt((a_int * a_int).sum(axis=1))
-    win = sliding_window_view(smooth, (wh, ww), axis=(1, 2))
-
-    def corr(rows: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
-        b = win[ib[rows], m + dy, m + dx].reshape(len(rows), -1)
-        # a is centred, so a . b = a . (b - mean b); |b - mean b|^2 = b . b - (sum b)^2 / size
-        dot = np.einsum("ij,ij->i", a_int[rows], b)
-        b_norm = np.sqrt(np.maximum(np.einsum("ij,ij->i", b, b) - b.sum(axis=1, dtype=np.float64) ** 2 / b.shape[1], 0))
-        return dot / np.maximum(a_norm[rows] * b_norm, 1e-6)
-
-    every = np.arange(n)
-    offsets = np.array([0, 1, 2])
-    if m >= 1:
-        # the 3 x 3 shifts around the estimate (moved inwards at the border), from one (wh + 2, ww + 2) region per pair
-        top = np.clip(est_y - 1, -m, m - 2) if m >= 2 else np.full(n, -1)
-        left = np.clip(est_x - 1, -m, m - 2) if m >= 2 else np.full(n, -1)
-        region = sliding_window_view(smooth, (wh + 2, ww + 2), axis=(1, 2))[ib, m + top, m + left]
-        a_grid = a_int.reshape(n, wh, ww)
-        grid = np.empty((n, 3, 3))
-        for jy in range(3):
-            for jx in range(3):
-                b = region[:, jy:jy + wh, jx:jx + ww]
-                dot = np.einsum("pij,pij->p", a_grid, b)
-                sums = b.sum(axis=(1, 2), dtype=np.float64)
-                b_norm = np.sqrt(np.maximum(np.einsum("pij,pij->p", b, b) - sums ** 2 / (wh * ww), 0))
-                grid[:, jy, jx] = dot / np.maximum(a_norm * b_norm, 1e-6)
-        grid_y, grid_x = top[:, None] + offsets, left[:, None] + offsets  # (n, 3): the shifts tried
-    else:
-        grid_y = grid_x = np.zeros((n, 3), np.int64)
-        grid = np.repeat(np.repeat(corr(every, grid_y[:, 0], grid_x[:, 0])[:, None, None], 3, 1), 3, 2)
-    flat = grid.reshape(n, 9).argmax(axis=1)
-    best = grid.reshape(n, 9)[every, flat].astype(np.float32)
-    dy_best, dx_best = grid_y[every, flat // 3], grid_x[every, flat % 3]
-
-    def at(ty: np.ndarray, tx: np.ndarray) -> np.ndarray:
-        """Correlation at shift (ty, tx): from the grid when it was tried, else computed; NaN outside +-m."""
-        hit_y, hit_x = grid_y == ty[:, None], grid_x == tx[:, None]
-        found = hit_y.any(axis=1) & hit_x.any(axis=1)
-        out = np.full(n, np.nan)
-        out[found] = grid[found, hit_y[found].argmax(axis=1), hit_x[found].argmax(axis=1)]
-        rest = np.flatnonzero(~found & (np.abs(ty) <= m) & (np.abs(tx) <= m))
-        if len(rest):
-            out[rest] = corr(rest, ty[rest], tx[rest])
+    h, w = template.shape
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-3)
+    warp = init.astype(np.float32).copy()
+    try:
+        _, warp = cv2.findTransformECC(template, moving, warp, cv2.MOTION_AFFINE, criteria, None, 3)
+    except cv2.error:  # no convergence (a flat image, a far start): keep the start, the residual decides
+        warp = init.astype(np.float32).copy()
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    moved = cv2.warpAffine(moving, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    inside = cv2.warpAffine(np.ones_like(moving), warp, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
+                            borderValue=0.0) > 0.999
+    # leave out a band along both frames' edges: what a shift or crop pushes out is replaced there
+    # (by padding or replicated rows) in one image and not the other
+    band = max(1, round(min(h, w) / 14))
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((2 * band + 1, 2 * band + 1), np.uint8)).astype(bool)
+    frame = np.zeros_like(inside)
+    frame[band:h - band, band:w - band] = True
+    inside &= frame
+    overlap = float(inside.mean())
+    out = {"warp": warp, "residual": np.inf, "allowed": 0.0, "detail": np.nan, "overlap": overlap, "blur": 0.0,
+           "tone": 0.0, "structure": np.inf, "peak": np.inf, "half_pixel": 0.0, "self_structure": 0.0,
+           "self_peak": 0.0, "noise": 0.0}
+    if inside.sum() < 0.25 * h * w:
         return out
+    best = None
+    for sigma in _BLURS:
+        for side in ((1,) if sigma == 0 else (1, -1)):
+            t = cv2.GaussianBlur(template, (0, 0), sigma) if sigma and side > 0 else template
+            q = cv2.GaussianBlur(moved, (0, 0), sigma) if sigma and side < 0 else moved
+            residual, coef = _fit(t[inside], q[inside])
+            if best is None or residual < best[0] - 1e-6:
+                best = (residual, coef, side * sigma, t, q)
+    residual, coef, blur, t, q = best
+    gy, gx = np.gradient(cv2.GaussianBlur(t, (0, 0), _BLURS[1]))  # the picture's edges, not its pixel noise
+    half_pixel = 0.5 * float(np.sqrt(np.mean((gx[inside] ** 2 + gy[inside] ** 2) / 2.0)))
+    lo, hi = np.percentile(q[inside], [1, 99])  # the gray levels the pair has, not the whole range
+    levels = np.linspace(lo, max(hi, lo + 1), 18, dtype=np.float32)
+    curve = coef[0] + coef[1] * levels + coef[2] * levels * levels / 255.0
+    tone = float(np.abs(curve - levels).max())
+    if (np.diff(curve) <= 0).any():  # an edit keeps the order of gray levels: a falling curve is no edit
+        tone = float("inf")
+    noise = float(np.hypot(min(_noise(template), MAX_NOISE), min(_noise(moving), MAX_NOISE)))
+    out.update(residual=residual, allowed=float(np.hypot(half_pixel, noise)), blur=blur, tone=tone,
+               half_pixel=half_pixel, noise=noise)
+    if residual > MAX_RESIDUAL or tone > MAX_TONE:  # refused whatever the rest says: spare the rest
+        return out
+    fitted = coef[0] + coef[1] * q + coef[2] * q * q / 255.0
+    weight = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), _STRUCTURE)
+    core_ = inside & (weight > 0.5)
 
-    # sub-pixel: a parabola through the correlations one pixel either side (none at the search's border)
-    fy = _peak_offset(at(dy_best - 1, dx_best), best, at(dy_best + 1, dx_best))
-    fx = _peak_offset(at(dy_best, dx_best - 1), best, at(dy_best, dx_best + 1))
-    fy[np.abs(dy_best) == m], fx[np.abs(dx_best) == m] = 0.0, 0.0
-    detail_win = sliding_window_view(detail, (wh, ww), axis=(1, 2))
+    def shape_difference(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        """RMS and largest absolute value of x - y low-passed at _STRUCTURE px, over the overlap."""
+        diff = np.where(inside, x - y, 0.0).astype(np.float32)
+        low = cv2.GaussianBlur(diff, (0, 0), _STRUCTURE) / np.maximum(weight, 1e-3)
+        if not core_.any():
+            return np.inf, np.inf
+        return float(np.sqrt(np.mean(low[core_] ** 2))), float(np.abs(low[core_]).max())
 
-    def measure(a_s, b_s, a_d, b_d):
-        diff = _centred(b_s - a_s)
-        return _correlation(a_d, b_d), _correlation(a_s, b_s), np.sqrt((diff * diff).mean(axis=1))
-
-    similarity, correlation, residual = measure(smooth[ia, m:m + wh, m:m + ww], win[ib, m + dy_best, m + dx_best],
-                                                detail[ia, m:m + wh, m:m + ww],
-                                                detail_win[ib, m + dy_best, m + dx_best])
-    refine = np.flatnonzero(refinable & ((np.abs(fy) >= 0.15) | (np.abs(fx) >= 0.15)))
-    shift_y, shift_x = dy_best.astype(np.float32), dx_best.astype(np.float32)
-    if len(refine):
-        ty, tx = m - fy[refine] / 2, m - fx[refine] / 2
-        uy, ux = m + dy_best[refine] + fy[refine] / 2, m + dx_best[refine] + fx[refine] / 2
-        sub = measure(_sample(win, ia[refine], ty, tx), _sample(win, ib[refine], uy, ux),
-                      _sample(detail_win, ia[refine], ty, tx), _sample(detail_win, ib[refine], uy, ux))
-        better = sub[2] < residual[refine]  # keep the whole-pixel answer where it was the closer one
-        at = refine[better]
-        similarity[at], correlation[at], residual[at] = sub[0][better], sub[1][better], sub[2][better]
-        shift_y[at], shift_x[at] = dy_best[at] + fy[at], dx_best[at] + fx[at]
-    return similarity, correlation, residual, shift_y, shift_x
+    structure, peak = shape_difference(t, fitted)
+    # the copy hypothesis simulated on the template itself: sent through this very warp and back
+    # (resampled twice, as a copy's pixels at most are), what shape difference resampling alone leaves
+    there = cv2.warpAffine(template, warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    back = cv2.warpAffine(there, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    self_structure, self_peak = shape_difference(template, back)
+    out.update(detail=_pearson(_detail(t)[inside], _detail(fitted)[inside]), structure=structure, peak=peak,
+               self_structure=self_structure, self_peak=self_peak)
+    return out
 
 
-def pixel_similarity(thumbnails: np.ndarray, content_size: np.ndarray, a: np.ndarray, b: np.ndarray, *,
-                     centroid_a: np.ndarray | None = None, centroid_b: np.ndarray | None = None,
-                     original_size: np.ndarray | None = None, max_shift: int = 3) -> pd.DataFrame:
-    """Compare the thumbnails of pairs (a[i], b[i]) pixel by pixel.
+_FLIP_MAPS = {"": None, "h": np.diag([-1.0, 1.0]), "v": np.diag([1.0, -1.0])}  # in (x, y) order
 
-    Two contents of different sizes (a resized copy) are compared at the
-    smaller size. The shift of b onto a is searched among integers within one
-    pixel of the centroids' offset (fractions, (len, 2), see ``centroids``;
-    none given: around 0), at most ``max_shift``. It is refined to a fraction of a
-    pixel when one of the two was shrunk to make its thumbnail (``original_size``,
-    (N, 2) (height, width) of each picture; none given: never) or their sizes differ.
 
-    Returns a DataFrame with, at the best shift: ``similarity`` (correlation of
-    the fine detail, in [-1, 1]), ``correlation`` (of the lightly smoothed
-    intensities), ``residual`` (RMS difference of the smoothed intensities, in
-    gray levels 0..255, their mean difference removed), ``shift_y``, ``shift_x``
-    (b's content is a's moved by that many pixels). Pairs too small to compare
-    (under 4 px) get NaN.
+def _flip(img: np.ndarray, flip: str) -> np.ndarray:
+    return img[:, ::-1] if flip == "h" else img[::-1, :] if flip == "v" else img
+
+
+def describe_transform(g: np.ndarray, flip: str, shape: tuple[int, int]) -> dict:
+    """What the affine map ``g`` (3, 3; a's pixel (x, y) to b's, on the size x size grid) does.
+
+    ``flip`` is the mirror it contains ('', 'h' or 'v'); ``shape`` the grid's (height, width). Returns ``scale`` (b
+    shows a enlarged that much: > 1 a crop of a), ``rotation`` (degrees), ``shift_y``,
+    ``shift_x`` (where a's centre lands in b, minus the centre, grid pixels) and
+    ``anisotropy`` (ratio of the linear part's singular values, 1 for a similarity).
     """
-    import cv2
+    linear = g[:2, :2] @ _FLIP_MAPS[flip] if flip else g[:2, :2]
+    centre = np.array([(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0, 1.0])
+    moved = g @ centre
+    sv = np.linalg.svd(linear, compute_uv=False)
+    det = float(np.linalg.det(linear))
+    return {"scale": float(np.sqrt(abs(det))), "anisotropy": float(sv[0] / max(sv[1], 1e-9)),
+            "rotation": float(np.degrees(np.arctan2(linear[1, 0] - linear[0, 1], linear[0, 0] + linear[1, 1]))),
+            "shift_y": float(moved[1] - centre[1]), "shift_x": float(moved[0] - centre[0]), "proper": det > 0}
 
-    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    n = len(a)
-    out = {"similarity": np.full(n, np.nan, np.float32), "correlation": np.full(n, np.nan, np.float32),
-           "residual": np.full(n, np.nan, np.float32), "shift_y": np.zeros(n, np.float32),
-           "shift_x": np.zeros(n, np.float32)}
-    if n == 0:
-        return pd.DataFrame(out)
-    ca = np.full((n, 2), 0.5) if centroid_a is None else np.asarray(centroid_a, np.float64)
-    cb = np.full((n, 2), 0.5) if centroid_b is None else np.asarray(centroid_b, np.float64)
-    size_a, size_b = content_size[a].astype(np.int64), content_size[b].astype(np.int64)
-    target = np.where((size_a.prod(axis=1) <= size_b.prod(axis=1))[:, None], size_a, size_b)
-    usable = target.min(axis=1) >= 4
-    for h, w in np.unique(target[usable], axis=0):
-        sel = np.flatnonzero(usable & (target[:, 0] == h) & (target[:, 1] == w))
-        # every image once at this size: its own pixels, or shrunk (INTER_AREA) when it is the larger of a pair
-        rows = np.unique(np.concatenate([a[sel], b[sel]]))
-        ia, ib = np.searchsorted(rows, a[sel]), np.searchsorted(rows, b[sel])
-        bank = np.empty((len(rows), h, w), np.float32)
-        native = (content_size[rows, 0] == h) & (content_size[rows, 1] == w)
-        bank[native] = thumbnails[rows[native], :h, :w]
-        for j in np.flatnonzero(~native):
-            row = rows[j]
-            img = thumbnails[row, :content_size[row, 0], :content_size[row, 1]]
-            bank[j] = cv2.resize(img, (int(w), int(h)), interpolation=cv2.INTER_AREA)
-        smooth, detail = _detail_stack(bank)
-        shrunk = (np.zeros(len(content_size), bool) if original_size is None
-                  else (np.asarray(original_size) > content_size).any(axis=1))
-        refinable = shrunk[a[sel]] | shrunk[b[sel]] | (size_a[sel] != size_b[sel]).any(axis=1)
-        est_y = np.rint((cb[sel, 0] - ca[sel, 0]) * h).astype(np.int64)
-        est_x = np.rint((cb[sel, 1] - ca[sel, 1]) * w).astype(np.int64)
-        for start in range(0, len(sel), 8192):
-            part = slice(start, start + 8192)
-            sim, corr, res, dy, dx = _compare(smooth, detail, ia[part], ib[part], est_y[part], est_x[part],
-                                              refinable[part], max_shift=max_shift)
-            at = sel[part]
-            out["similarity"][at], out["correlation"][at], out["residual"][at] = sim, corr, res
-            out["shift_y"][at], out["shift_x"][at] = dy, dx
-    return pd.DataFrame(out)
+
+def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.ndarray, match: np.ndarray,
+                 variant: np.ndarray, centroid_of: np.ndarray, *, size: int | None = None,
+                 progress: Progress | None = None) -> pd.DataFrame:
+    """Register each candidate pair and measure its agreement (see ``register_pair``).
+
+    ``query``, ``match``, ``variant`` as ``candidate_pairs`` returns them;
+    ``centroid_of`` (N, 2) each row's centroid (fractions, see ``centroids``).
+    Two contents of the same size are compared on their own grid; others are
+    both stretched to ``size`` x ``size`` (default: the thumbnails' side). Returns one
+    row per pair with ``a``, ``b`` (rows, a < b), ``flip``, ``scale``, ``rotation``,
+    ``anisotropy``, ``shift_y``, ``shift_x``, ``proper`` (b against a, see
+    ``describe_transform``), ``residual``, ``allowed``, ``detail``, ``overlap``,
+    ``blur`` (positive: b is the blurrier), ``tone``.
+    """
+    size = int(size or thumbnails.shape[1])
+    say = progress or (lambda message, fraction: None)
+    query, match, variant = (np.asarray(x, np.int64) for x in (query, match, variant))
+    cols = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
+            "allowed", "detail", "overlap", "blur", "tone", "structure", "peak", "half_pixel", "self_structure",
+            "self_peak", "noise"]
+
+    def chunk(start: int) -> list[dict]:
+        cache: dict[tuple, np.ndarray] = {}
+        records = []
+        for q, m, v in zip(query[start:start + 1024].tolist(), match[start:start + 1024].tolist(),
+                           variant[start:start + 1024].tolist()):
+            same = (content_size[q] == content_size[m]).all()
+            shape = (int(content_size[m, 0]), int(content_size[m, 1])) if same else (size, size)
+            for row in (q, m):
+                if (row, shape) not in cache:
+                    cache[(row, shape)] = _work_image(thumbnails, content_size, row, shape)
+            flip, zoom = FLIPS[v // len(ZOOMS)], ZOOMS[v % len(ZOOMS)]
+            template, moving = cache[(m, shape)], np.ascontiguousarray(_flip(cache[(q, shape)], flip))
+            grid = np.array([shape[1], shape[0]], np.float64)  # (x, y)
+            ct = np.asarray(centroid_of[m], np.float64)[::-1] * grid - 0.5  # (x, y) in grid pixels
+            cq = np.asarray(centroid_of[q], np.float64)[::-1] * grid - 0.5
+            fmap = np.eye(3)
+            if flip:
+                axis = 0 if flip == "h" else 1
+                cq[axis] = grid[axis] - 1 - cq[axis]
+                fmap[axis, axis], fmap[axis, 2] = -1.0, grid[axis] - 1
+            init = np.float32([[1 / zoom, 0, cq[0] - ct[0] / zoom], [0, 1 / zoom, cq[1] - ct[1] / zoom]])
+            got = register_pair(template, moving, init)
+            g = fmap @ np.vstack([got["warp"].astype(np.float64), [0, 0, 1]])  # template pixel -> query pixel
+            a, b, blur = (m, q, got["blur"]) if m < q else (q, m, -got["blur"])
+            if m > q:
+                g = np.linalg.inv(g)
+            records.append({"a": a, "b": b, "flip": flip, **describe_transform(g, flip, shape),
+                            "residual": got["residual"], "allowed": got["allowed"], "detail": got["detail"],
+                            "overlap": got["overlap"], "blur": blur, "tone": got["tone"],
+                            "structure": got["structure"], "peak": got["peak"], "half_pixel": got["half_pixel"],
+                            "self_structure": got["self_structure"], "self_peak": got["self_peak"],
+                            "noise": got["noise"]})
+        return records
+
+    out = []
+    starts = range(0, len(query), 1024)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:  # OpenCV releases the GIL
+        for done, records in enumerate(pool.map(chunk, starts), 1):
+            out += records
+            say(f"duplicates: verified {min(done * 1024, len(query)):,}/{len(query):,} candidate pairs",
+                done / max(len(starts), 1))
+    return pd.DataFrame(out, columns=cols)
+
+
+def plausible(checked: pd.DataFrame) -> np.ndarray:
+    """The registrations an edit could have made: no mirror beyond the one searched, a scale within
+    ``SCALE_RANGE`` (a crop to 70% or a zoom out to 70%), little stretch, a small rotation, most of the
+    picture overlapping, a rising tone curve that moves no gray level by more than ``MAX_TONE``."""
+    return (checked["proper"].to_numpy(bool)
+            & checked["scale"].between(*SCALE_RANGE).to_numpy()
+            & (checked["anisotropy"].to_numpy() <= MAX_ANISOTROPY)
+            & (np.abs(checked["rotation"].to_numpy()) <= MAX_ROTATION)
+            & (checked["overlap"].to_numpy() >= MIN_OVERLAP)
+            & (checked["tone"].to_numpy() <= MAX_TONE))
+
+
+def accepted(checked: pd.DataFrame, *, max_ratio: float = MAX_RATIO) -> np.ndarray:
+    """Which verified pairs (``verify_pairs``) are near copies: a plausible registration, a residual of at
+    most ``max_ratio`` x ``allowed`` and ``MAX_RESIDUAL``, and a shape difference (``structure``) no larger
+    than resampling alone leaves plus ``SELF_MARGIN`` (at least 2 x ``SELF_MARGIN``, at most
+    ``MAX_STRUCTURE``), nowhere above ``MAX_PEAK`` (see the module docstring)."""
+    residual, structure = checked["residual"].to_numpy(), checked["structure"].to_numpy()
+    return (plausible(checked) & (residual <= max_ratio * checked["allowed"].to_numpy()) & (residual <= MAX_RESIDUAL)
+            & (structure <= MAX_STRUCTURE) & (checked["peak"].to_numpy() <= MAX_PEAK)
+            & (structure <= np.maximum(2 * SELF_MARGIN, checked["self_structure"].to_numpy() + SELF_MARGIN)))
+
+
+def transform_texts(pairs: pd.DataFrame, original_size: np.ndarray | None, grayscale: np.ndarray | None) -> list[str]:
+    """``transform_text`` of each pair (columns ``a``, ``b``, ``flip``, ``scale``, ``rotation``, ``shift_y``,
+    ``shift_x``, ``blur``, ``tone``: b against a)."""
+    sizes = None if original_size is None else np.asarray(original_size)
+    gray = None if grayscale is None else np.asarray(grayscale, bool)
+    texts = []
+    for rec in pairs.to_dict("records"):
+        a, b = int(rec["a"]), int(rec["b"])
+        resized = sizes is not None and not np.array_equal(sizes[a], sizes[b])
+        change = "" if gray is None or gray[a] == gray[b] else ("converted to grayscale" if gray[b] else "colourised")
+        texts.append(transform_text(rec, resized=resized, gray_change=change))
+    return texts
+
+
+def transform_text(rec: dict, *, resized: bool = False, gray_change: str = "") -> str:
+    """'flipped left-right, cropped to 90%, rotated 4°' from a verified pair's measurements (b against a)."""
+    parts = []
+    if rec.get("flip") == "h":
+        parts.append("flipped left-right")
+    elif rec.get("flip") == "v":
+        parts.append("flipped upside down")
+    scale = float(rec.get("scale", 1.0))
+    if scale > 1.04:
+        parts.append(f"cropped to {100 / scale:.0f}%")
+    elif scale < 0.96:
+        parts.append(f"zoomed out to {100 * scale:.0f}%")
+    rotation = float(rec.get("rotation", 0.0))
+    if abs(rotation) >= 1.0:
+        parts.append(f"rotated {abs(rotation):.0f}°")
+    dy, dx = float(rec.get("shift_y", 0.0)), float(rec.get("shift_x", 0.0))
+    if abs(scale - 1) <= 0.04 and max(abs(dy), abs(dx)) >= 1.5:
+        parts.append(f"shifted {round(dy):+d}, {round(dx):+d} px")
+    if resized:
+        parts.append("resized")
+    blur = float(rec.get("blur", 0.0))
+    if blur > 0:
+        parts.append("blurred")
+    elif blur < 0:
+        parts.append("sharper")
+    if float(rec.get("tone", 0.0)) >= 10.0:
+        parts.append("brightness/contrast/gamma changed")
+    if gray_change:
+        parts.append(gray_change)
+    return ", ".join(parts) or "re-encoded or noisy (same geometry)"
 
 
 # --------------------------------------------------------------------------- all pairs of a data set
 
 def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np.ndarray, readable: np.ndarray,
-                    *, original_size: np.ndarray | None = None, min_similarity: float = 0.9,
-                    max_residual: float = 10.0, min_correlation: float = 0.9,
-                    max_shift: int = 3, neighbours: int = 2, seed: int = 0,
+                    *, original_size: np.ndarray | None = None, grayscale: np.ndarray | None = None,
+                    max_ratio: float = MAX_RATIO, neighbours: int = 2, seed: int = 0,
                     progress: Progress | None = None) -> pd.DataFrame:
     """Exact and near duplicate pairs among the readable rows (see the module docstring).
 
@@ -567,46 +698,52 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
     ----------
     thumbnails : uint8 (N, S, S); content_size : (N, 2); digest : uint64 (N,); readable : bool (N,)
         as the shared image scan keeps them (``core.diagnose.properties.ImageScan``).
-    original_size : (N, 2) height and width of each picture (see ``pixel_similarity``).
-    min_similarity : detail correlation a near pair needs; max_residual : the RMS difference
-        (gray levels) it may keep; min_correlation : intensity correlation it needs (see ``pixel_similarity``).
-    max_shift : largest shift (px of the thumbnail) tried; neighbours : candidates kept per image.
+    original_size : (N, 2) height and width of each picture; grayscale : bool (N,) whether it has
+        no colour (both only describe the transform: "resized", "converted to grayscale").
+    max_ratio : a near pair's residual may be at most this times its ``allowed`` residual
+        (1: what half a pixel of misregistration and the two images' noise leave, see ``register_pair``).
+    neighbours : candidates kept per image.
 
     Returns
     -------
-    DataFrame ``a``, ``b`` (rows, a < b), ``kind``, ``similarity``, ``correlation``, ``residual``,
-    ``shift_y``, ``shift_x`` (b is a moved by that much). Identical images are
-    searched once: a near pair between two of them is listed for every member
+    DataFrame ``a``, ``b`` (rows, a < b), ``kind``, ``similarity`` (1 - residual / allowed, clipped to
+    [0, 1]; 1 for exact), ``correlation`` (of the fine detail), ``residual``, ``allowed``, ``flip``,
+    ``scale``, ``rotation``, ``shift_y``, ``shift_x`` and ``transform`` (b against a, in words).
+    Identical images are searched once: a near pair between two of them is listed for every member
     of their groups when the groups are small.
     """
-    for name, value, low, high in (("min_similarity", min_similarity, -1, 1), ("max_residual", max_residual, 0, 255),
-                                   ("min_correlation", min_correlation, -1, 1), ("max_shift", max_shift, 0, 16),
-                                   ("neighbours", neighbours, 1, 100)):
-        if not (isinstance(value, (int, float)) and low <= value <= high):
-            raise ValueError(f"{name} must be a number in [{low}, {high}]. Received: {name}={value!r}")
+    for name, value, low, high in (("max_ratio", max_ratio, 0, 10), ("neighbours", neighbours, 1, 100)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and low <= value <= high):
+            raise UserError(f"{name} must be a number in [{low}, {high}]. Received: {name}={value!r}")
     say = progress or (lambda message, fraction: None)
     group = exact_groups(digest, readable)
     members = {int(g): np.flatnonzero(group == g) for g in np.unique(group[group >= 0])}
+    cols = ["a", "b", "kind", "similarity", "correlation", "residual", "allowed", "flip", "scale", "rotation",
+            "shift_y", "shift_x", "blur", "tone", "transform"]
     parts = []
     for rows in members.values():
         ea, eb = _group_pairs(rows)
         parts.append(pd.DataFrame({"a": ea, "b": eb, "kind": "exact", "similarity": 1.0, "correlation": 1.0,
-                                   "residual": 0.0, "shift_y": 0, "shift_x": 0}))
+                                   "residual": 0.0, "allowed": 0.0, "flip": "", "scale": 1.0, "rotation": 0.0,
+                                   "shift_y": 0.0, "shift_x": 0.0, "blur": 0.0, "tone": 0.0,
+                                   "transform": "identical pixels"}))
     # one representative per group of identical images (its first row) goes through the near-copy search
     readable_rows = np.flatnonzero(readable)
     reps = np.sort(np.concatenate([readable_rows[group[readable_rows] < 0],
                                    np.array([rows[0] for rows in members.values()], np.int64)]))
-    ca, cb, _, centroid = candidate_pairs(thumbnails, content_size, reps, neighbours=neighbours, seed=seed,
-                                          progress=say)
-    say(f"duplicates: verifying {len(ca):,} candidate pairs", 0.75)
-    position = np.full(len(digest), -1)
-    position[reps] = np.arange(len(reps))
-    checked = pixel_similarity(thumbnails, content_size, ca, cb, centroid_a=centroid[position[ca]],
-                               centroid_b=centroid[position[cb]], original_size=original_size,
-                               max_shift=max_shift)
-    ok = ((checked["similarity"].to_numpy() >= min_similarity) & (checked["residual"].to_numpy() <= max_residual)
-          & (checked["correlation"].to_numpy() >= min_correlation))
-    near = checked[ok].assign(a=ca[ok], b=cb[ok], kind="near")
+    found = candidate_pairs(thumbnails, content_size, reps, neighbours=neighbours, seed=seed,
+                            progress=lambda m, f: say(m, 0.5 * f))
+    centroid_of = np.full((len(digest), 2), 0.5)
+    centroid_of[reps] = found["centroid"]
+    say(f"duplicates: verifying {len(found['query']):,} candidate pairs", 0.5)
+    checked = verify_pairs(thumbnails, content_size, found["query"], found["match"], found["variant"], centroid_of,
+                           progress=lambda m, f: say(m, 0.5 + 0.4 * f))
+    ok = accepted(checked, max_ratio=max_ratio)
+    near = checked[ok].reset_index(drop=True)
+    near["kind"] = "near"
+    near["similarity"] = np.clip(1 - near["residual"] / np.maximum(near["allowed"], 1e-6), 0, 1)
+    near["correlation"] = near["detail"]
+    near["transform"] = transform_texts(near, original_size, grayscale)
     parts.append(near)
     twins = []  # the verdict holds for the identical twins of each side
     for rec in near[near["a"].map(lambda r: group[r] >= 0) | near["b"].map(lambda r: group[r] >= 0)].to_dict("records"):
@@ -615,16 +752,12 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
         if len(side_a) * len(side_b) <= _MAX_GROUP_PAIRS ** 2:
             twins += [{**rec, "a": x, "b": y} for x in side_a for y in side_b if (x, y) != (rec["a"], rec["b"])]
     parts.append(pd.DataFrame(twins))
-    cols = ["a", "b", "kind", "similarity", "correlation", "residual", "shift_y", "shift_x"]
     pairs = pd.concat([p[cols] for p in parts if len(p)] or [pd.DataFrame({c: [] for c in cols})],
                       ignore_index=True)
     a, b = pairs["a"].to_numpy(np.int64), pairs["b"].to_numpy(np.int64)
-    swap = a > b  # b onto a by (dy, dx) is a onto b by (-dy, -dx)
-    pairs["a"], pairs["b"] = np.where(swap, b, a), np.where(swap, a, b)
-    for c in ("shift_y", "shift_x"):
-        shift = pairs[c].to_numpy(np.float32)
-        pairs[c] = np.where(swap, -shift, shift)
-    pairs = pairs.drop_duplicates(["a", "b"]).sort_values(["a", "b"], kind="stable").reset_index(drop=True)
+    pairs["a"], pairs["b"] = np.minimum(a, b), np.maximum(a, b)  # twins may come in either order
+    pairs = pairs.sort_values(["a", "b", "similarity"], ascending=[True, True, False], kind="stable")
+    pairs = pairs.drop_duplicates(["a", "b"]).reset_index(drop=True)
     say("duplicates: verified", 0.9)
     return pairs
 
@@ -673,20 +806,23 @@ def eval_images_with_train_copy(pairs: pd.DataFrame, predictions: pd.DataFrame, 
     ``pairs`` is the ``pairs`` table of the ``duplicates`` kind. Columns: ``row``,
     ``path``, ``true_label``, ``predicted_label``, ``correct``, ``copy_row``,
     ``copy_path``, ``copy_label``, ``kind``, ``similarity``, ``labels_agree``
-    and ``predicted_is_copy_label`` (the model answered the training copy's label:
-    it may have memorised that picture, label and all).
+    ``predicted_is_copy_label`` (the model answered the training copy's label:
+    it may have memorised that picture, label and all) and ``transform`` (how the
+    pair's second image differs from its first, in words: "flipped left-right, cropped to 90%").
     """
     cols = ["row", "path", "true_label", "predicted_label", "correct", "copy_row", "copy_path", "copy_label", "kind",
-            "similarity", "labels_agree", "predicted_is_copy_label"]
+            "similarity", "labels_agree", "predicted_is_copy_label", "transform"]
     if eval_split in ("all", "train"):
         return pd.DataFrame({c: [] for c in cols})
     a_train = (pairs["split_a"] == "train") & (pairs["split_b"] == eval_split)
     b_train = (pairs["split_b"] == "train") & (pairs["split_a"] == eval_split)
     links = pd.concat([
         pd.DataFrame({"row": pairs.loc[a_train, "row_b"], "copy_row": pairs.loc[a_train, "row_a"],
-                      "kind": pairs.loc[a_train, "kind"], "similarity": pairs.loc[a_train, "similarity"]}),
+                      "kind": pairs.loc[a_train, "kind"], "similarity": pairs.loc[a_train, "similarity"],
+                      "transform": pairs.loc[a_train, "transform"] if "transform" in pairs else ""}),
         pd.DataFrame({"row": pairs.loc[b_train, "row_a"], "copy_row": pairs.loc[b_train, "row_b"],
-                      "kind": pairs.loc[b_train, "kind"], "similarity": pairs.loc[b_train, "similarity"]}),
+                      "kind": pairs.loc[b_train, "kind"], "similarity": pairs.loc[b_train, "similarity"],
+                      "transform": pairs.loc[b_train, "transform"] if "transform" in pairs else ""}),
     ], ignore_index=True)
     if links.empty:
         return pd.DataFrame({c: [] for c in cols})
@@ -702,8 +838,45 @@ def eval_images_with_train_copy(pairs: pd.DataFrame, predictions: pd.DataFrame, 
         "copy_label": names[true[copies]], "kind": links["kind"].to_numpy(),
         "similarity": links["similarity"].to_numpy(np.float32),
         "labels_agree": true[rows] == true[copies], "predicted_is_copy_label": pred[rows] == true[copies],
+        "transform": links["transform"].astype(str).to_numpy(),
     })
     return out.sort_values(["correct", "similarity"], ascending=[True, False], kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class DuplicatesConfig:
+    """``thumb_size`` of the shared image scan; ``max_ratio``, ``neighbours``, ``seed`` (see
+    ``find_duplicates``); ``min_embedding_cosine`` (None: not used) also requires a near pair's
+    penultimate features to agree that much."""
+
+    thumb_size: int = 32
+    max_ratio: float = MAX_RATIO
+    neighbours: int = 2
+    min_embedding_cosine: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        ImageScanConfig(thumb_size=self.thumb_size)
+        for name, low, high in (("max_ratio", 0, 10), ("neighbours", 1, 100)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and low <= value <= high):
+                raise UserError(f"duplicates: {name} must be a number in [{low}, {high}]. Received: {name}={value!r}")
+        cos = self.min_embedding_cosine
+        if cos is not None and (isinstance(cos, bool) or not (isinstance(cos, (int, float)) and -1 <= cos <= 1)):
+            raise UserError(f"duplicates: min_embedding_cosine must be None or a number in [-1, 1]. Received: {cos!r}")
+
+
+def _edited_text(leaks: pd.DataFrame) -> str:
+    """' 12 of them edited, e.g. flipped left-right (5); ...' from the leaks' ``transform`` column."""
+    if "transform" not in leaks or leaks.empty:
+        return ""
+    how = leaks.drop_duplicates("row")["transform"].astype(str)
+    edited = how[~how.isin(["identical pixels", "re-encoded or noisy (same geometry)"])]
+    if edited.empty:
+        return ""
+    common = edited.value_counts().head(3)
+    return (f" {len(edited):,} of them edited, e.g. "
+            + "; ".join(f"{text} ({count:,})" for text, count in common.items()) + ".")
 
 
 def duplicate_findings(run: Run, stored) -> Findings:
@@ -732,19 +905,27 @@ def duplicate_findings(run: Run, stored) -> Findings:
              f"{s.get('n_scanned', 0):,} images.", unique_rows(np.column_stack([pairs["row_a"], pairs["row_b"]]).ravel()),
              "closest pair first, the two images side by side", notes=tuple(str(n) for n in s.get("notes", []))),
     )
-    columns = pd.DataFrame({"train_copy": np.zeros(run.n_images, bool)})
-    columns.loc[stored.table("eval_with_train_copy")["row"].to_numpy(np.int64), "train_copy"] = True
+    table = stored.table("eval_with_train_copy")
+    columns = pd.DataFrame({"train_copy": np.zeros(run.n_images, bool),
+                            "train_copy_edit": np.full(run.n_images, "", dtype=object)})
+    rows = table["row"].to_numpy(np.int64)
+    columns.loc[rows, "train_copy"] = True
+    if "transform" in table:  # how the copy differs; nothing to say for identical pixels
+        how = table["transform"].astype(str).to_numpy()
+        columns.loc[rows, "train_copy_edit"] = np.where(how == "identical pixels", "", how)
     return Findings(cards=cards, columns=columns,
-                    column_specs=(Column("train_copy", "copy in train", "an evaluated image with a near copy in train"),),
-                    captions=(Caption("copy in train", when="train_copy"),),
+                    column_specs=(Column("train_copy", "copy in train", "an evaluated image with a near copy in train"),
+                                  Column("train_copy_edit", "copy edit",
+                                         "how the training copy differs: 'flipped left-right, cropped to 90%'")),
+                    captions=(Caption("copy in train", when="train_copy"),
+                              Caption("copy edited: {train_copy_edit}", when="train_copy_edit")),
                     filters=(Filter("train_copy", "Copy in train", "flag", "copy"),))
 
 
-@derived.register("duplicates", version=1, findings=duplicate_findings,
-                  defaults={"thumb_size": 32, "min_similarity": 0.9, "max_residual": 10.0, "min_correlation": 0.9,
-                            "max_shift": 3, "neighbours": 2, "min_embedding_cosine": None, "seed": 0},
-                  description="exact and near duplicate images within and across splits (leakage)")
-def compute_duplicates(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+@derived.register("duplicates", version=2, config=DuplicatesConfig, findings=duplicate_findings,
+                  description="exact and near duplicate images within and across splits (leakage), "
+                              "through flips, crops, rotations, blur, noise and tone changes")
+def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -> derived.DerivedResult:
     """Duplicate pairs of the run's images, and the evaluated images that have a copy in train.
 
     Arrays (N,): ``group`` (connected groups of copies, -1 for none),
@@ -752,21 +933,18 @@ def compute_duplicates(run: Run, config: dict, progress: Progress) -> derived.De
     (``PAIR_COLUMNS``, one row per pair, train before val before test) and
     ``eval_with_train_copy`` (see ``eval_images_with_train_copy``).
 
-    Options: ``thumb_size`` (of the shared image scan), ``min_similarity``,
-    ``max_residual``, ``min_correlation``, ``max_shift``, ``neighbours``, ``seed``
-    (see ``find_duplicates``); ``min_embedding_cosine`` (None: not used) also
+    Options: ``thumb_size`` (of the shared image scan), ``max_ratio``,
+    ``neighbours``, ``seed`` (see ``find_duplicates``); ``min_embedding_cosine`` (None: not used) also
     requires a near pair's penultimate features to agree that much.
     """
-    min_cos = config["min_embedding_cosine"]
-    if min_cos is not None and not (isinstance(min_cos, (int, float)) and -1 <= min_cos <= 1):
-        raise ValueError(f"min_embedding_cosine must be None or a number in [-1, 1]. Received: {min_cos!r}")
-    scan = load_scan(run, thumb_size=int(config["thumb_size"]), progress=lambda m, f: progress(m, 0.4 * f))
+    min_cos = config.min_embedding_cosine
+    scan = load_scan(run, thumb_size=config.thumb_size, progress=lambda m, f: progress(m, 0.4 * f))
     say = lambda message, fraction: progress(message, 0.4 + 0.55 * fraction)  # noqa: E731
     original = scan.properties[["height", "width"]].to_numpy(dtype=np.float64, na_value=0)
+    gray = scan.properties["grayscale"].to_numpy(dtype=bool, na_value=False) if "grayscale" in scan.properties else None
     found = find_duplicates(scan.thumbnails, scan.content_size, scan.digest, scan.readable, original_size=original,
-                            min_similarity=float(config["min_similarity"]), max_residual=float(config["max_residual"]),
-                            min_correlation=float(config["min_correlation"]), max_shift=int(config["max_shift"]),
-                            neighbours=int(config["neighbours"]), seed=int(config["seed"]), progress=say)
+                            grayscale=gray, max_ratio=float(config.max_ratio), neighbours=int(config.neighbours),
+                            seed=int(config.seed), progress=say)
     a, b = found["a"].to_numpy(np.int64), found["b"].to_numpy(np.int64)
     cosine = _embedding_cosine(run.embeddings, a, b)
     notes = []
@@ -781,6 +959,7 @@ def compute_duplicates(run: Run, config: dict, progress: Progress) -> derived.De
     swap = (rank[a] > rank[b]) | ((rank[a] == rank[b]) & (a > b))  # train first, then val, then test
     ra, rb = np.where(swap, b, a), np.where(swap, a, b)
     sy, sx = found["shift_y"].to_numpy(np.float32), found["shift_x"].to_numpy(np.float32)
+    scale, rot = found["scale"].to_numpy(np.float64), found["rotation"].to_numpy(np.float32)
     true = preds["true"].to_numpy()
     names = np.asarray(run.classes, dtype=object)
     paths = preds["path"].astype(str).to_numpy()
@@ -792,7 +971,18 @@ def compute_duplicates(run: Run, config: dict, progress: Progress) -> derived.De
         "correlation": found["correlation"].to_numpy(np.float32),
         "residual": found["residual"].to_numpy(np.float32), "embedding_cosine": cosine,
         "shift_y": np.where(swap, -sy, sy), "shift_x": np.where(swap, -sx, sx), "cross_split": splits[ra] != splits[rb],
+        "transform": found["transform"].astype(str).to_numpy(), "flip": found["flip"].astype(str).to_numpy(),
+        "blur": np.where(swap, -found["blur"].to_numpy(np.float32), found["blur"].to_numpy(np.float32)),
+        "tone": found["tone"].to_numpy(np.float32),
+        "scale": np.where(swap, 1.0 / np.maximum(scale, 1e-6), scale).astype(np.float32),
+        "rotation": np.where(swap, -rot, rot).astype(np.float32),
+        "allowed": found["allowed"].to_numpy(np.float32),
     })
+    redo = swap & (pairs["kind"] == "near").to_numpy()  # the words describe b against a: say them the other way
+    if redo.any():
+        pairs.loc[redo, "transform"] = transform_texts(
+            pairs.loc[redo].rename(columns={"row_a": "a", "row_b": "b"}), original, gray)
+    pairs = pairs.drop(columns=["blur", "tone"])
     pairs = pairs.iloc[np.lexsort((rb, ra, rank[rb], rank[ra]))].reset_index(drop=True)
     leaks = eval_images_with_train_copy(pairs, preds, eval_split=run.eval_split, classes=run.classes)
     n = run.n_images

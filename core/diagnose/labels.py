@@ -49,6 +49,7 @@ import pandas as pd
 
 from core import derived
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings
+from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
 
@@ -63,16 +64,16 @@ def _check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np
     labels = np.asarray(labels)
     probs = np.asarray(probs)
     if probs.ndim != 2 or labels.ndim != 1 or len(labels) != len(probs):
-        raise ValueError(f"labels must be (N,) and probs (N, K) with the same N. "
+        raise UserError(f"labels must be (N,) and probs (N, K) with the same N. "
                          f"Received shapes {labels.shape} and {probs.shape}")
     if labels.size and (labels.min() < 0 or labels.max() >= probs.shape[1]):
-        raise ValueError(f"labels hold values outside range({probs.shape[1]}): "
+        raise UserError(f"labels hold values outside range({probs.shape[1]}): "
                          f"min={int(labels.min())}, max={int(labels.max())}")
     if not np.isfinite(probs).all() or (probs < 0).any():
-        raise ValueError("probs must be finite and non-negative")
+        raise UserError("probs must be finite and non-negative")
     sums = probs.sum(axis=1, keepdims=True, dtype=np.float64)
     if (sums <= 0).any():
-        raise ValueError(f"probs has {int((sums <= 0).sum())} all-zero rows")
+        raise UserError(f"probs has {int((sums <= 0).sum())} all-zero rows")
     # float32 rows drift from 1 by ~1e-7; cleanlab expects exact distributions
     return labels.astype(np.int64), (probs / sums).astype(np.float64)
 
@@ -90,7 +91,7 @@ def label_issue_scores(labels: np.ndarray, probs: np.ndarray, *, method: str = "
         divides by the entropy.
     """
     if method not in METHODS:
-        raise ValueError(f"Unsupported method {method!r}. The available methods are {list(METHODS)}")
+        raise UserError(f"Unsupported method {method!r}. The available methods are {list(METHODS)}")
     labels, probs = _check_inputs(labels, probs)
     if len(labels) == 0:
         return np.zeros(0)
@@ -109,7 +110,7 @@ def flag_label_issues(labels: np.ndarray, probs: np.ndarray, *, filter_by: str =
     Needs at least two images; with fewer every image is unflagged.
     """
     if filter_by not in FILTERS:
-        raise ValueError(f"Unsupported filter_by {filter_by!r}. The available filters are {list(FILTERS)}")
+        raise UserError(f"Unsupported filter_by {filter_by!r}. The available filters are {list(FILTERS)}")
     labels, probs = _check_inputs(labels, probs)
     if len(labels) < 2:
         return np.zeros(len(labels), bool)
@@ -130,7 +131,7 @@ def suggested_labels(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """
     labels, probs = _check_inputs(labels, probs)
     if probs.shape[1] < 2:
-        raise ValueError("suggested labels need at least 2 classes")
+        raise UserError("suggested labels need at least 2 classes")
     others = probs.copy()
     others[np.arange(len(labels)), labels] = -1.0
     return others.argmax(axis=1)
@@ -153,12 +154,12 @@ def knn_label_distribution(query: np.ndarray, reference: np.ndarray, reference_l
     reference = np.asarray(reference, dtype=np.float32)
     reference_labels = np.asarray(reference_labels, dtype=np.int64)
     if query.ndim != 2 or reference.ndim != 2 or query.shape[1] != reference.shape[1]:
-        raise ValueError(f"query and reference must be (N, D) with the same D. "
+        raise UserError(f"query and reference must be (N, D) with the same D. "
                          f"Received shapes {query.shape} and {reference.shape}")
     if len(reference_labels) != len(reference):
-        raise ValueError(f"{len(reference_labels)} reference labels for {len(reference)} reference rows")
+        raise UserError(f"{len(reference_labels)} reference labels for {len(reference)} reference rows")
     if k < 1:
-        raise ValueError(f"k must be at least 1. Received: k={k}")
+        raise UserError(f"k must be at least 1. Received: k={k}")
     n_ref = len(reference)
     k_eff = min(k, n_ref - (1 if query_ids is not None and reference_ids is not None else 0))
     out = np.zeros((len(query), n_classes), dtype=np.float64)
@@ -186,7 +187,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 def mixed_probabilities(probs: np.ndarray, neighbour_distribution: np.ndarray, *, weight: float) -> np.ndarray:
     """``(1 - weight) * probs + weight * neighbour_distribution``: float array (N, K)."""
     if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight must be within [0, 1]. Received: weight={weight}")
+        raise UserError(f"weight must be within [0, 1]. Received: weight={weight}")
     return (1.0 - weight) * np.asarray(probs, dtype=np.float64) + weight * neighbour_distribution
 
 
@@ -239,7 +240,7 @@ def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.
     probs = np.asarray(run.probs[rows], dtype=np.float64)
     n_classes = len(run.classes)
     if n_classes < 2:
-        raise ValueError(f"label issues need at least 2 classes; run {run.id!r} has {run.classes}")
+        raise UserError(f"label issues need at least 2 classes; run {run.id!r} has {run.classes}")
     notes = []
     if run.eval_split == "all":
         notes.append("The evaluated split is every image: labels the model trained on look right to it, "
@@ -321,7 +322,7 @@ def _neighbour_distribution(run: Run, rows: np.ndarray, reference: np.ndarray, c
     """
     cap = int(config["max_reference"])
     if cap < 1:
-        raise ValueError(f"max_reference must be at least 1. Received: {cap}")
+        raise UserError(f"max_reference must be at least 1. Received: {cap}")
     if len(reference) > cap:
         reference = np.sort(np.random.default_rng(int(config["seed"])).choice(reference, cap, replace=False))
     embeddings = run.embeddings
