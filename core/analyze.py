@@ -21,8 +21,10 @@ from core.config import AnalysisConfig, ProjectionConfig
 from core.datasets import ImageDataset, iter_batches
 from core.images import fit_to_input
 from core.finite import drop_non_finite
-from core.models import (SCALES, InferenceModel, ModelError, build_inference_model, file_sha256,
-                         load_model, model_format, prepare_input)
+from core.input_check import SAMPLE_SIZE, check_input, expected_from_training, sample_rows
+from core import formats
+from core.models import InferenceModel, ModelError, build_inference_model, load_model
+from core.preprocess import PREPROCESS_CHOICES, Preprocessing, feed
 from core.progress import Progress, progress_bar, say_function, slug
 from core.runs import write_run
 from core.store import (Run, RunConflictError, RunCorruptError, RunSchemaError, RunStore,
@@ -67,7 +69,7 @@ def run_inference(
         for batch in iter_batches(dataset, size=size, channels=channels, batch_size=batch_size):
             failed += batch.failed
             if len(batch.index):
-                x = prepare_input(batch.images, inference.scale)
+                x = feed(batch.images, inference.preprocessing)
                 if inference.has_features:
                     out, feat = inference.model.predict_on_batch(x)
                     features.append(np.asarray(feat, dtype=np.float32))
@@ -86,14 +88,20 @@ def run_inference(
 
 def analysis_config(
     *, model_sha256: str, dataset: ImageDataset, layer: str | None = None, scale: str = "auto",
-    image_size: tuple[int, int] | None = None, projection: bool = True, seed: int = 0,
+    channel_order: str = "rgb", image_size: tuple[int, int] | None = None, projection: bool = True,
+    seed: int = 0,
 ) -> AnalysisConfig:
-    """The config that determines a run of this model on this data set (no model needed)."""
-    if scale not in SCALES:
-        raise ModelError(f"scale must be one of {list(SCALES)}. Received: scale={scale!r}")
+    """The config that determines a run of this model on this data set (no model needed).
+
+    ``scale`` is the preprocessing mode (``--preprocess``), ``channel_order``
+    'rgb' or 'bgr'; both are checked here, before any model is loaded.
+    """
+    if scale not in PREPROCESS_CHOICES:
+        raise ModelError(f"--preprocess must be one of {list(PREPROCESS_CHOICES)}. Received: {scale!r}")
+    Preprocessing(scale, channel_order)  # an unknown channel order is refused in one line
     return AnalysisConfig(
         model_sha256=model_sha256, data_fingerprint=dataset.fingerprint(), layer=layer, scale=scale,
-        image_size=tuple(image_size) if image_size else None,
+        channel_order=channel_order, image_size=tuple(image_size) if image_size else None,
         projection=ProjectionConfig(seed=seed) if projection else None,
     )
 
@@ -156,7 +164,9 @@ def analyze(
     layer: str | None = None, batch_size: int = 128, force: bool = False,
     training: dict | None = None, model_path: str | Path | None = None, unsafe: bool = False,
     projection: bool = True, progress: bool | Progress = True, scale: str = "auto",
-    image_size: tuple[int, int] | None = None, seed: int = 0, background_projection: bool = False,
+    channel_order: str = "rgb", input_check: bool = True,
+    expected_accuracy: tuple[float, str] | None = None,
+    class_source: str = "", image_size: tuple[int, int] | None = None, seed: int = 0, background_projection: bool = False,
     engine: str = "local", ray_address: str | None = None, ray_cpus: int | None = None,
     ray_actors: int | None = None,
 ) -> Run:
@@ -171,6 +181,17 @@ def analyze(
     The UMAP map is added after the run is written: before this returns, or
     with ``background_projection`` by a background process while the run is
     already usable (``core.projection.projection_status`` says 'computing').
+
+    ``scale`` is the preprocessing mode (``--preprocess``: 'auto', 'raw',
+    'unit', 'symmetric', 'imagenet', 'caffe', 'tf', 'torch') and
+    ``channel_order`` 'rgb' or 'bgr' (``core.preprocess``); both are part of
+    the run's config. With ``input_check`` (default) a seeded sample of at most
+    ``core.input_check.SAMPLE_SIZE`` images is fed under the other
+    preprocessings and the class order is judged from the confusion matrix;
+    the finding is kept in the manifest (``model.input_check``, its ``lines``
+    the sentences to show). ``expected_accuracy`` (accuracy, where from), e.g.
+    from a Keras history.json, is compared with too; ``class_source`` says
+    where the class order came from, for those sentences.
 
     ``engine='ray'`` decodes and predicts with Ray Data (``core.ray_engine``):
     on a new local Ray with ``ray_cpus`` CPUs, or on the cluster at
@@ -187,19 +208,21 @@ def analyze(
 
     if isinstance(model, (str, Path)):
         model_path = Path(model)
-        fmt = model_format(model_path)
-        model_sha = file_sha256(model_path)
-    elif _is_onnx(model):
-        fmt, model_path = "onnx", model.path
-        model_sha = file_sha256(model_path)
+        fmt = formats.detect(model_path)
+        model_sha = fmt.hash(model_path)
     else:
-        fmt = "keras"
-        model_sha = file_sha256(model_path) if model_path else _weights_sha(model)
+        fmt = formats.of_model(model)
+        file = getattr(model, "path", None)  # an ONNX model knows its file (a Keras layer's 'path' is a name)
+        model_path = model_path or (file if isinstance(file, Path) else None)
+        model_sha = fmt.hash(Path(model_path)) if model_path else _weights_sha(model)
     config = analysis_config(model_sha256=model_sha, dataset=dataset, layer=layer, scale=scale,
-                             image_size=image_size, projection=projection, seed=seed)
-    if ray_options is not None and not (isinstance(model, (str, Path)) and fmt in ("keras", "h5", "savedmodel")):
-        given = f"this {fmt} file" if isinstance(model, (str, Path)) else "a model given in memory"
-        say(f"--engine ray takes a Keras or SavedModel file; {given} runs on the local engine", 0.0)
+                             channel_order=channel_order, image_size=image_size, projection=projection,
+                             seed=seed)
+    if ray_options is not None and not (isinstance(model, (str, Path)) and fmt.ray):
+        given = f"this {fmt.description}" if isinstance(model, (str, Path)) else "a model given in memory"
+        ray_formats = [f.description for f in formats.all_formats().values() if f.ray]
+        say(f"--engine ray takes a model file of these formats: {', '.join(ray_formats)}; {given} runs on "
+            "the local engine", 0.0)
         ray_options = None
     named = run_id is not None
     if run_id is None:
@@ -215,19 +238,22 @@ def analyze(
             reused = _compute_run(model, dataset, store=store, run_id=run_id, config=config, fmt=fmt,
                                   model_path=model_path, unsafe=unsafe, batch_size=batch_size,
                                   training=training, progress=progress, say=say, t_start=t_start,
-                                  ray_options=ray_options)
+                                  ray_options=ray_options, check_input=input_check,
+                                  expected_accuracy=expected_accuracy, class_source=class_source)
     from core.projection import ensure_projection
 
     return ensure_projection(reused, background=background_projection, progress=progress)
 
 
 def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, config: AnalysisConfig,
-                 fmt: str, model_path, unsafe: bool, batch_size: int, training: dict | None,
-                 progress: bool | Progress, say: Progress, t_start: float, ray_options=None) -> Run:
+                 fmt: formats.ModelFormat, model_path, unsafe: bool, batch_size: int, training: dict | None,
+                 progress: bool | Progress, say: Progress, t_start: float, ray_options=None,
+                 check_input: bool = True, expected_accuracy: tuple[float, str] | None = None,
+                 class_source: str = "") -> Run:
     if isinstance(model, (str, Path)):
         say(f"Loading model {model_path}", 0.0)
         model = load_model(model_path, unsafe=unsafe)
-    inference = build_inference_model(model, layer=config.layer, scale=config.scale)
+    inference = build_inference_model(model, layer=config.layer, preprocessing=config.preprocessing)
     k = len(dataset.classes)
     if inference.n_outputs != k and not (inference.n_outputs == 1 and k == 2):
         raise ModelError(f"The model outputs {inference.n_outputs} classes but the data set has {k} "
@@ -238,7 +264,7 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
         from core.ray_engine import run_inference_ray
 
         ok_rows, outputs, features, failed = run_inference_ray(
-            model_path, dataset, layer=config.layer, scale=inference.scale, image_size=image_size,
+            model_path, dataset, layer=config.layer, scale=inference.preprocessing.spec, image_size=image_size,
             batch_size=batch_size, unsafe=unsafe, expected_sha256=config.model_sha256, options=ray_options,
             progress=progress)
     else:
@@ -251,6 +277,11 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
                          f"(first reason: {failed[0]['reason'] if failed else 'unknown'})")
     probs = to_probabilities(outputs, activation=inference.output_activation, n_classes=k)
     kept = dataset.subset(ok_rows)
+    finding = None
+    if check_input:
+        say("Checking the preprocessing and class order on a sample", 0.88)
+        finding = input_check_of(inference, kept, probs, image_size=image_size, class_source=class_source,
+                                 expected=expected_accuracy or expected_from_training(training))
 
     notes = []
     if features is None:
@@ -262,14 +293,18 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
         store, run_id, classes=dataset.classes, y_true=kept.labels, probs=probs, paths=kept.paths,
         splits=kept.splits, embeddings=features, images=kept.pixels,
         model={"path": str(Path(model_path).resolve()) if model_path else None,
-               "sha256": config.model_sha256, "format": fmt, "unsafe_load": bool(unsafe),
+               "sha256": config.model_sha256, "format": fmt.name, "unsafe_load": bool(unsafe),
                "input_size": list(inference.input_size or image_size or ()),
-               "channels": inference.channels, "scale": inference.scale,
+               "channels": inference.channels, "scale": inference.preprocessing.mode,
+               "channel_order": inference.preprocessing.channel_order,
+               "rescaling_layer": inference.rescaling_layer,
+               "input_check": finding,
                "output_activation": inference.output_activation,
                "outputs_were": "probabilities" if np.array_equal(probs, outputs) else "logits"},
         data={**dataset.describe(), "fingerprint": config.data_fingerprint},
         layer=inference.layer, skipped=list(dataset.skipped) + failed,
         timings={"predict_s": round(predict_s, 3), "engine": "local" if ray_options is None else "ray",
+                 **({"input_check_s": finding.pop("seconds")} if finding else {}),
                  "total_s": round(time.perf_counter() - t_start, 3),
                  "images_per_s": round(len(ok_rows) / max(predict_s, 1e-9), 1)},
         config=config, training=training, notes=notes,
@@ -279,10 +314,38 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
     return run
 
 
-def _is_onnx(model) -> bool:
-    from core.onnx_model import OnnxModel  # no onnx/onnxruntime import: those load inside its functions
+def input_check_of(inference: InferenceModel, kept: ImageDataset, probs: np.ndarray, *,
+                   image_size: tuple[int, int] | None = None, class_source: str = "",
+                   expected: tuple[float, str] | None = None, sample_size: int = SAMPLE_SIZE) -> dict:
+    """``core.input_check.check_input`` for a run being made: a seeded sample of the evaluated split
+    (``kept``'s rows, ``probs`` their probabilities) decoded again and fed under each other
+    preprocessing; the class order judged from the split's confusion matrix."""
+    from core.runs import choose_eval_split
 
-    return isinstance(model, OnnxModel)
+    k = probs.shape[1]
+    split = choose_eval_split(kept.splits)
+    eval_rows = np.flatnonzero(kept.splits == split) if split != "all" else np.arange(len(kept))
+    labels, predicted = kept.labels[eval_rows], probs[eval_rows].argmax(axis=1)
+    confusion = np.zeros((k, k), np.int64)
+    np.add.at(confusion, (labels, predicted), 1)
+    rows = sample_rows(eval_rows, size=sample_size)
+    size = inference.input_size or image_size
+    decoded, pixels = [], []
+    for batch in iter_batches(kept.subset(rows), size=size, channels=inference.channels or 3, batch_size=256):
+        decoded.append(rows[batch.index])
+        pixels.append(batch.images)
+    decoded_rows = np.concatenate(decoded) if decoded else np.zeros(0, np.int64)
+    pixels = np.concatenate(pixels) if pixels else np.zeros((0, *size, inference.channels or 3), np.uint8)
+
+    def predict_probs(x: np.ndarray) -> np.ndarray:
+        outs = [np.asarray(inference.outputs(x[i:i + 128])) for i in range(0, len(x), 128)]
+        return to_probabilities(np.concatenate(outs), activation=inference.output_activation, n_classes=k)
+
+    run_accuracy = float((labels == predicted).mean()) if len(labels) else None
+    return check_input(predict_probs, pixels, kept.labels[decoded_rows], current=inference.preprocessing,
+                       current_probs=probs[decoded_rows], classes=list(kept.classes), confusion=confusion,
+                       rescaling_layer=inference.rescaling_layer, class_source=class_source,
+                       expected_accuracy=expected, run_accuracy=run_accuracy)
 
 
 def _weights_sha(model) -> str:
@@ -314,15 +377,14 @@ class RunModel:
         allowed = unsafe_load_allowed(path, opt_in=unsafe, store_root=Path(run.location).parent)
         try:
             model = load_model(path, unsafe=allowed)
-        except UnsafeModelError:
-            risk = ("is a SavedModel, which can run arbitrary code when called" if m.get("format") == "savedmodel"
-                    else "needs arbitrary Python code to load (e.g. a Lambda layer)")
-            raise ModelError(f"This run's model {risk}, so it is not loaded; if you trust the file {path!r}, "
+        except UnsafeModelError as exc:
+            raise ModelError(f"This run's model is not loaded: {exc.reason}; if you trust the file {path!r}, "
                              f"list its SHA-256 in the file named by {ENV_TRUSTED} (outside the store) and "
                              "restart.") from None
-        # An ONNX model may have no Gemm/MatMul to find features at: use the node the run was made with.
-        layer = run.config.layer if m.get("format") == "onnx" and run.config is not None else None
-        self.inference = build_inference_model(model, layer=layer, scale=m.get("scale", "auto"))
+        # The layer the run's features came from, when it asked for one (an ONNX model may have no
+        # Gemm/MatMul to find features at otherwise).
+        layer = run.config.layer if run.config is not None else None
+        self.inference = build_inference_model(model, layer=layer, preprocessing=run_preprocessing(run))
         self.size = tuple(m.get("input_size") or ()) or self.inference.input_size
         self.channels = self.inference.channels or m.get("channels") or 3
         self.n_classes = len(run.classes)
@@ -334,13 +396,16 @@ class RunModel:
     def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities (n, K) for uint8 (n, H, W, C) images already at the model's input size
         (``core.images.fit_to_input``), fed as the analysis fed them."""
-        x = prepare_input(np.asarray(pixels), self.inference.scale)
-        if self.inference.has_features:
-            out, _ = self.inference.model.predict_on_batch(x)
-        else:
-            out = self.inference.model(x)
+        out = self.inference.outputs(feed(np.asarray(pixels), self.inference.preprocessing))
         return to_probabilities(np.asarray(out), activation=self.inference.output_activation,
                                 n_classes=self.n_classes)
+
+
+def run_preprocessing(run: Run) -> Preprocessing:
+    """What the run fed its model (the manifest's resolved mode and channel order; runs made before
+    channel orders existed were fed RGB)."""
+    m = run.manifest.get("model") or {}
+    return Preprocessing(m.get("scale") or "auto", m.get("channel_order") or "rgb")
 
 
 def load_run_model(run: Run, *, unsafe: bool = False) -> RunModel:

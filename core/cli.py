@@ -14,8 +14,10 @@ import time
 import traceback
 from pathlib import Path
 
+from core import formats
 from core.demo import DEMO_EPOCHS
 from core.errors import UserError, debug_enabled, first_line
+from core.preprocess import CHANNEL_ORDERS, PREPROCESS_CHOICES
 from core.quiet import quiet_start
 from core.recipes import (AUGMENTATIONS, BACKBONES, LR_SCHEDULES, OPTIMIZERS, RECIPES, Recipe, parse_int_list,
                           parse_size)
@@ -174,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("analyze", parents=[store], help="predict a data set with a model and store the run")
-    a.add_argument("--model", required=True, help=".keras, .h5, SavedModel folder or .onnx")
+    a.add_argument("--model", required=True,
+                   help="the model: " + ", ".join(f.description for f in formats.all_formats().values()))
     a.add_argument("--data", required=True,
                    help="class-folder tree, flat <class>_<n>.<ext> folder, CSV manifest, or fashion-mnist/digits")
     a.add_argument("--layer", default=None, help="layer whose output is the embedding "
@@ -188,10 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--batch-size", type=int, default=128)
     a.add_argument("--image-size", type=_image_size, default=None,
                    help="HxW, only for models that accept any size")
-    a.add_argument("--scale", choices=["auto", "raw", "unit", "symmetric", "imagenet"], default="auto",
-                   help="pixel range fed to the model: raw 0..255, unit 0..1, symmetric -1..1, imagenet "
-                        "(torchvision's x/255 then (x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]) "
-                        "(auto: raw if the model rescales its input itself, else unit)")
+    a.add_argument("--preprocess", "--scale", dest="scale", choices=PREPROCESS_CHOICES, default="auto",
+                   help="the preprocessing the model was trained with: raw 0..255, unit 0..1 (x/255), symmetric "
+                        "-1..1, imagenet (torchvision's Normalize), or keras.applications' preprocess_input "
+                        "modes caffe (VGG16/ResNet), tf (MobileNet/Xception/Inception: -1..1), torch (DenseNet) "
+                        "(auto: raw if the model rescales its input itself, else unit; see the README's table)")
+    a.add_argument("--channel-order", choices=CHANNEL_ORDERS, default="rgb",
+                   help="channel order the model was trained on: bgr for images read with cv2.imread and "
+                        "not converted (default: rgb)")
+    a.add_argument("--history", default=None, metavar="JSON",
+                   help="the model's training history (Keras History.history saved as JSON, or "
+                        "{\"val_accuracy\": 0.93}): the analysis says when its accuracy is far below it")
+    a.add_argument("--no-input-check", action="store_true",
+                   help="skip the check of other preprocessings and class orders on a sample of 512 images")
     a.add_argument("--no-projection", action="store_true", help="skip the UMAP map")
     a.add_argument("--seed", type=int, default=0, help="seed of the UMAP map (part of the run's config)")
     a.add_argument("--force", action="store_true",
@@ -334,23 +346,42 @@ def _write_csv(df, out: str | None) -> None:
     print(f"Wrote {len(df):,} rows to {out}", file=sys.stderr)
 
 
-def _trained_class_order(model_path: Path) -> list[str] | None:
-    """The order the model was trained with: classes.txt, or the recipe.json `train` writes, beside it."""
+def _trained_class_order(model_path: Path) -> tuple[list[str] | None, str | None]:
+    """The order the model was trained with, and where from: classes.txt, or the recipe.json
+    `train` writes, beside the model; (None, None) when neither is there."""
     import json
 
     folder = model_path if model_path.is_dir() else model_path.parent
     if (folder / "classes.txt").is_file():
-        print(f"Class order from {folder / 'classes.txt'}", file=sys.stderr)
-        return _classes_arg(str(folder / "classes.txt"))
+        return _classes_arg(str(folder / "classes.txt")), f"from {folder / 'classes.txt'}"
     if (folder / "recipe.json").is_file():
         try:
             classes = json.loads((folder / "recipe.json").read_text()).get("classes")
         except (json.JSONDecodeError, AttributeError):
-            return None
+            return None, None
         if isinstance(classes, list) and classes:
-            print(f"Class order from {folder / 'recipe.json'}", file=sys.stderr)
-            return [str(c) for c in classes]
-    return None
+            return [str(c) for c in classes], f"from {folder / 'recipe.json'}"
+    return None, None
+
+
+def _history_arg(path: str | None) -> tuple[float, str] | None:
+    """(accuracy, where from) in a --history JSON file, or None when not given."""
+    import json
+
+    from core.input_check import expected_from_training
+
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--history file does not exist: {str(p)!r}")
+    try:
+        found = expected_from_training(json.loads(p.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"--history {str(p)!r} is not JSON: {exc}") from None
+    if found is None:
+        raise UserError(f"--history {str(p)!r} has no val_accuracy (or test_accuracy) to compare with")
+    return found[0], f"{found[1]} in {p.name}"
 
 
 def cmd_analyze(args) -> int:
@@ -367,18 +398,42 @@ def cmd_analyze(args) -> int:
     from core.models import model_format
 
     model_format(model_path)  # fail fast on a wrong path before decoding anything
+    expected = _history_arg(args.history)
     classes = _classes_arg(args.classes)
+    class_source = "given by --classes" if classes is not None else None
     if classes is None:
-        classes = _trained_class_order(model_path)
+        classes, class_source = _trained_class_order(model_path)
     dataset = load_dataset(args.data, classes=classes)
+    class_source = class_source or _data_class_source(args.data, dataset)
     print(f"Data: {dataset!r}", file=sys.stderr)
+    print(f"Class order {class_source}: {_names_preview(dataset.classes)}", file=sys.stderr)
     run = analyze(model_path, dataset, store=RunStore(args.store), run_id=args.name, layer=args.layer,
                   batch_size=args.batch_size, force=args.force, unsafe=args.unsafe_load,
-                  projection=not args.no_projection, scale=args.scale, image_size=args.image_size,
-                  seed=args.seed, engine=args.engine, ray_address=args.ray_address, ray_cpus=args.ray_cpus,
-                  ray_actors=args.ray_actors)
+                  projection=not args.no_projection, scale=args.scale, channel_order=args.channel_order,
+                  input_check=not args.no_input_check, expected_accuracy=expected, class_source=class_source,
+                  image_size=args.image_size, seed=args.seed, engine=args.engine, ray_address=args.ray_address,
+                  ray_cpus=args.ray_cpus, ray_actors=args.ray_actors)
+    for line in run.model_info.input_warnings + run.model_info.input_notes:
+        print(line, file=sys.stderr)
     print(run.id)
     return 0
+
+
+def _names_preview(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} classes)" if len(names) > limit else "")
+
+
+def _data_class_source(data: str, dataset) -> str:
+    """Where ``load_dataset`` took the class order from when none was given."""
+    from core.datasets import BUILTINS
+
+    if str(data) in BUILTINS:
+        return f"of the built-in data set {data!r}"
+    p = Path(data)
+    if p.is_dir() and (p / "classes.txt").is_file():
+        return f"from {p / 'classes.txt'}"
+    return "sorted alphabetically (no --classes and no classes.txt beside the model or in the data folder)"
 
 
 def cmd_import(args) -> int:

@@ -53,8 +53,12 @@ class AnalysisConfig:
 
     ``layer``, ``scale`` and ``image_size`` are the options as requested
     (None / 'auto' = chosen from the model), not as resolved, so that the key
-    can be formed without loading the model. ``projection`` is None when no
-    map is made.
+    can be formed without loading the model. ``scale`` is the preprocessing
+    mode (``--preprocess``: 'raw', 'unit', ..., 'caffe', 'tf', 'torch'; the
+    field keeps its first name so that older runs keep their keys) and
+    ``channel_order`` the order the model was trained on ('rgb' or 'bgr'; left
+    out of the dict, and so of the key, when 'rgb', as older runs were made).
+    ``projection`` is None when no map is made.
 
     >>> a = AnalysisConfig(model_sha256="ab" * 32, data_fingerprint="f" * 16)
     >>> a.key() == AnalysisConfig.from_dict(a.to_dict()).key()
@@ -68,13 +72,23 @@ class AnalysisConfig:
     layer: str | None = None
     scale: str = "auto"
     image_size: tuple[int, int] | None = None
+    channel_order: str = "rgb"
     projection: ProjectionConfig | None = field(default_factory=ProjectionConfig)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_size"] = list(self.image_size) if self.image_size else None
+        if self.channel_order == "rgb":
+            del d["channel_order"]  # the key of an RGB run is the key it had before channel orders existed
         return d
+
+    @property
+    def preprocessing(self):
+        """The requested ``core.preprocess.Preprocessing`` (mode may be 'auto')."""
+        from core.preprocess import Preprocessing
+
+        return Preprocessing(self.scale, self.channel_order)
 
     @classmethod
     def from_dict(cls, data: dict) -> "AnalysisConfig":

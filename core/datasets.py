@@ -73,7 +73,7 @@ class ImageDataset:
         return len(self.paths)
 
     def __repr__(self) -> str:
-        counts = {s: int((self.splits == s).sum()) for s in np.unique(self.splits)}
+        counts = {str(s): int((self.splits == s).sum()) for s in np.unique(self.splits)}
         return (f"ImageDataset({self.name!r}, kind={self.kind}, n={len(self)}, "
                 f"classes={len(self.classes)}, splits={counts}, skipped={len(self.skipped)})")
 

@@ -218,7 +218,7 @@ class CamExplainer:
     input_size: tuple[int, int] | None
     channels: int
     feature_size: tuple[int, int] | None
-    scale: str = "unit"            # pixel range for core.models.prepare_input
+    scale: object = "unit"         # a core.preprocess.Preprocessing (or its spec) for feed()
     activation: str | None = None  # 'softmax' or 'sigmoid' when the scores are logits, else None
     _linear: object = None         # the Dense layer recomputed without its activation, or None
     _binary: bool = False          # one sigmoid unit: scores (-z, z) for classes (0, 1)
@@ -229,7 +229,7 @@ class CamExplainer:
 
         Parameters
         ----------
-        x : float32 (n, H, W, C), already scaled for the model (core.models.prepare_input).
+        x : float32 (n, H, W, C), already preprocessed for the model (core.preprocess.feed).
         classes : int (n, J), the classes to explain for each image.
 
         Returns
@@ -561,19 +561,17 @@ def check_explainable(run: Run) -> None:
     """Raise GradCamUnavailable (one line) for a run whose model has no layers: a SavedModel, or
     none at all (synthetic runs). Reads the manifest only."""
     info = run.model_info
-    if info.format == "savedmodel":
+    from core import formats
+
+    fmt = formats.find(info.format)
+    if fmt is None or not info.path:
+        raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: it has no model file"
+                                 + (f" (a {info.format} run)" if info.format else ""))
+    if "gradcam" not in fmt.attention:
         raise GradCamUnavailable(
-            f"Grad-CAM is unavailable for run {run.id!r}: its model is a SavedModel, which Keras 3 loads as "
-            "one opaque function without layers; use --method occlusion (any model), or save the model as "
-            ".keras and re-analyse")
-    if info.format == "onnx":
-        raise GradCamUnavailable(
-            f"Grad-CAM is unavailable for run {run.id!r}: its model is an ONNX graph, which has no Keras layers "
-            "to take gradients at; use --method occlusion (any model)")
-    if info.format == "synthetic" or not info.path:
-        raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: it is synthetic and has no model"
-                                 if info.format == "synthetic" else
-                                 f"Grad-CAM is unavailable for run {run.id!r}: it records no model file")
+            f"Grad-CAM is unavailable for run {run.id!r}: its model is a {fmt.description}, which has no Keras "
+            "layers to take gradients at; use --method occlusion (any model), or save the model as .keras "
+            "and re-analyse")
 
 
 def check_has_model(run: Run, *, what: str) -> None:
@@ -600,7 +598,7 @@ def explainer_for_run(run: Run, *, layer: str | None = None, unsafe: bool = Fals
     if not inference.has_features:
         raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: its model has no layers to "
                                  "take gradients at")
-    explainer = build_explainer(inference.model, layer=layer, scale=inference.scale)
+    explainer = build_explainer(inference.model, layer=layer, scale=inference.preprocessing)
     explainer.input_size = tuple(run_model.size) or explainer.input_size
     explainer.channels = int(run_model.channels)
     return explainer
@@ -842,7 +840,7 @@ def _compute_attention(run: Run, config: GradCamConfig, progress: Progress, *, r
                        ) -> derived.DerivedResult:
     """Maps of ``rows`` (the rows not stored yet; None: the 24 most confident errors of the
     evaluation split), returned for derived.get to add to ``previous``."""
-    from core.models import prepare_input
+    from core.preprocess import feed
 
     if rows is None:
         rows = select_rows(run, limit=DEFAULT_LIMIT)
@@ -862,7 +860,7 @@ def _compute_attention(run: Run, config: GradCamConfig, progress: Progress, *, r
         if ok:
             if explainer is None:  # loaded only once some image needs it
                 explainer = cached_explainer(run, layer=config.layer)
-            maps, flags, scores = explainer.maps(prepare_input(pixels, explainer.scale), targets[ok],
+            maps, flags, scores = explainer.maps(feed(pixels, explainer.scale), targets[ok],
                                                  method=config.method)
             mismatched += int((scores.argmax(axis=1) != targets[ok, 0]).sum())
             done_rows.append(np.asarray(ok, np.int64))

@@ -1,7 +1,7 @@
 """ONNX image classifiers run with onnxruntime: class outputs and embeddings in one pass.
 
 Conventions. A batch handed to ``OnnxClassifier.predict_on_batch`` is float32
-(N, H, W, C), pixels already scaled (``core.models.prepare_input``), as for a
+(N, H, W, C), pixels already preprocessed (``core.preprocess.feed``), as for a
 Keras model; it is transposed to the model's own input layout, NCHW (what
 ``torch.onnx.export`` writes) or NHWC (Keras/tf2onnx exports), which is read
 from the input shape: the channel axis is the one fixed at 1 or 3. The call
@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from core.models import SCALES, InferenceModel, ModelError
+from core.formats.base import InferenceModel, ModelError
+from core.preprocess import Preprocessing, check_channels
 
-ONNX_SUFFIXES = (".onnx",)
 # Operators whose tensors are NCHW by the ONNX specification.
 _NCHW_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool", "BatchNormalization",
                        "InstanceNormalization", "LRN", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool"})
@@ -132,7 +132,7 @@ def load_onnx(path: str | Path) -> OnnxModel:
     p = Path(path)
     try:
         proto = onnx.load(str(p))
-    except Exception as exc:  # protobuf DecodeError, OSError, onnx's own errors for external data
+    except Exception as exc:  # boundary: protobuf DecodeError, OSError, onnx's own errors for external data
         raise ModelError(f"Not an ONNX model file: {str(p)!r} ({_first_line(exc)})") from None
     graph = proto.graph
     if not graph.node:
@@ -175,7 +175,7 @@ def external_data_files(path: str | Path) -> list[Path]:
     """The files beside ``path`` that hold its weights ("external data", used above 2 GB), sorted.
 
     Empty for a model that keeps its weights inside (most do) and for a file
-    that does not parse (loading it says why). ``core.models.file_sha256``
+    that does not parse (loading it says why). the ONNX format's hash (``core.formats.onnx``)
     hashes them with the model, so new weights make a new run.
     """
     import onnx
@@ -183,7 +183,7 @@ def external_data_files(path: str | Path) -> list[Path]:
     p = Path(path)
     try:
         proto = onnx.load(str(p), load_external_data=False)
-    except Exception:  # not ONNX: load_onnx reports it
+    except Exception:  # boundary: not ONNX: load_onnx reports it
         return []
     folder = p.parent.resolve()
     files = set()
@@ -324,7 +324,7 @@ class OnnxClassifier:
             # Default mode, CPU provider, no register_custom_ops_library: standard operators only.
             self.session = ort.InferenceSession(proto.SerializeToString(), sess_options=options,
                                                 providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types
+        except Exception as exc:  # boundary: onnxruntime raises its own exception types
             raise ModelError(f"onnxruntime cannot run {str(model.path)!r}: {_first_line(exc)}") from None
         session_input = self.session.get_inputs()[0]
         self.input_dtype = _FLOAT_TYPES.get(session_input.type, np.float32)
@@ -349,7 +349,7 @@ class OnnxClassifier:
                 chunk = np.concatenate([chunk, pad])
             try:
                 result = self.session.run(names, {self.info.input_name: chunk})
-            except Exception as exc:  # onnxruntime's InvalidArgument, Fail, ... (wrong size, bad graph)
+            except Exception as exc:  # boundary: onnxruntime's InvalidArgument, Fail, ... (wrong size, bad graph)
                 raise ModelError(f"onnxruntime failed on {self.info.path.name!r} with input of shape "
                                  f"{list(chunk.shape)}: {_first_line(exc)}") from None
             m = min(len(chunk), n - start)
@@ -361,21 +361,22 @@ class OnnxClassifier:
         return np.concatenate(outs), np.concatenate(feats)
 
 
-def onnx_inference_model(model: OnnxModel, *, layer: str | None = None, scale: str = "auto") -> InferenceModel:
+def onnx_inference_model(model: OnnxModel, *, layer: str | None = None,
+                         preprocessing: Preprocessing = Preprocessing()) -> InferenceModel:
     """Wrap ``model`` for ``core.analyze``: one call gives class outputs and features.
 
-    ``scale`` 'auto' is 'raw' for a model whose node names show its own
+    ``preprocessing`` 'auto' is 'raw' for a model whose node names show its own
     rescaling layer (a Keras export), else 'unit'; a torchvision model needs
-    'imagenet'. Raises ModelError (one line) for an unknown ``layer``, a scale
-    the input cannot take, or a model whose output size cannot be found.
+    'imagenet' (or Keras' name for it, 'torch'). Raises ModelError (one line)
+    for an unknown ``layer``, a preprocessing the input cannot take, or a model
+    whose output size cannot be found.
     """
-    if scale not in SCALES:
-        raise ModelError(f"scale must be one of {list(SCALES)}. Received: scale={scale!r}")
     info = model.info
-    resolved = ("raw" if info.rescales_input else "unit") if scale == "auto" else scale
-    if resolved == "imagenet" and info.channels != 3:
-        raise ModelError(f"scale 'imagenet' normalises 3 RGB channels; ONNX model {model.path.name!r} takes "
-                         f"{info.channels}")
+    resolved = preprocessing.resolved("raw" if info.rescales_input else "unit")
+    try:
+        check_channels(resolved, info.channels)
+    except ValueError as exc:
+        raise ModelError(f"ONNX model {model.path.name!r}: {exc}") from None
     graph = model.proto.graph
     if layer is None:
         tensor, layer_name = default_feature_tensor(graph)
@@ -393,5 +394,6 @@ def onnx_inference_model(model: OnnxModel, *, layer: str | None = None, scale: s
         n_outputs = int(classifier.predict_on_batch(probe)[0].shape[1])
     return InferenceModel(
         model=classifier, input_size=info.input_size, channels=info.channels, n_outputs=int(n_outputs),
-        layer=layer_name, output_activation=info.output_activation, scale=resolved, has_features=True,
+        layer=layer_name, output_activation=info.output_activation, preprocessing=resolved, has_features=True,
+        rescales_input=info.rescales_input,
     )

@@ -235,7 +235,8 @@ class BatchPredictor:
     decode have ``ok`` False, their reason, and zeros.
     """
 
-    def __init__(self, *, model_files: dict[str, bytes], sha256: str | None, layer: str | None, scale: str,
+    def __init__(self, *, model_files: dict[str, bytes], sha256: str | None, layer: str | None,
+                 scale: str,  # a core.preprocess spec: 'unit', 'caffe', 'unit+bgr', ...
                  image_size: tuple[int, int] | None, unsafe: bool, root: str | None,
                  pixels: np.ndarray | None, max_pixels: int, threads: int | None = None):
         if threads is not None:
@@ -266,7 +267,7 @@ class BatchPredictor:
 
     def __call__(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from core.datasets import ImageDataset, iter_batches
-        from core.models import prepare_input
+        from core.preprocess import feed
 
         rows = np.asarray(block["row"], dtype=np.int64)
         n = len(rows)
@@ -283,7 +284,7 @@ class BatchPredictor:
             for j, failure in zip(failed_at, batch.failed):
                 reason[j] = failure["reason"]
             if len(batch.index):
-                x = prepare_input(batch.images, self.inference.scale)
+                x = feed(batch.images, self.inference.preprocessing)
                 if self.inference.has_features:
                     out, feat = self.inference.model.predict_on_batch(x)
                     features[batch.index] = np.asarray(feat, dtype=np.float32)

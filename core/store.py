@@ -191,13 +191,32 @@ class ModelInfo:
     output_activation: str | None
     outputs_were: str | None
     unsafe_load: bool
+    channel_order: str = "rgb"         # runs made before channel orders existed were fed RGB
+    input_check: dict | None = None    # core.input_check's finding: 'lines' to show, accuracies per preprocessing
 
     @classmethod
     def from_manifest(cls, m: dict) -> "ModelInfo":
+        check = m.get("input_check")
         return cls(path=m.get("path"), sha256=m.get("sha256"), format=m.get("format"),
                    input_size=tuple(m.get("input_size") or ()), channels=m.get("channels"),
                    scale=m.get("scale") or "auto", output_activation=m.get("output_activation"),
-                   outputs_were=m.get("outputs_were"), unsafe_load=bool(m.get("unsafe_load", False)))
+                   outputs_were=m.get("outputs_were"), unsafe_load=bool(m.get("unsafe_load", False)),
+                   channel_order=m.get("channel_order") or "rgb",
+                   input_check=check if isinstance(check, dict) else None)
+
+    @property
+    def input_warnings(self) -> list[str]:
+        """The input check's warnings (a preprocessing or class-order mismatch), empty when all is well."""
+        return self._input_sentences("lines")
+
+    @property
+    def input_notes(self) -> list[str]:
+        """The input check's sentences that are no warning (e.g. the model rescales its own input)."""
+        return self._input_sentences("notes")
+
+    def _input_sentences(self, key: str) -> list[str]:
+        lines = (self.input_check or {}).get(key) or []
+        return [str(line) for line in lines] if isinstance(lines, list) else []
 
     @property
     def file_name(self) -> str:

@@ -43,6 +43,23 @@ def notes_ui(run) -> None:
         st.caption(ui.plain(f"Note: {note}"))
 
 
+def input_check_ui(run) -> None:
+    """The analysis' check of the model's input: a warning per mismatch it found (a preprocessing
+    or class order that fits the model clearly better), else one caption saying what was checked."""
+    info = run.model_info
+    check = info.input_check
+    if not check:
+        return
+    for line in info.input_warnings:
+        st.warning(ui.plain(line), icon=":material/warning:")
+    for line in info.input_notes:
+        st.caption(ui.plain(line))
+    if not info.input_warnings and check.get("sample"):
+        fed = check.get("current", info.scale)
+        st.caption(ui.plain(f"Input check: the model was fed {fed}; {len(check.get('accuracies') or {}) - 1} other "
+                            f"preprocessings scored no better on {check['sample']:,} sampled images."))
+
+
 SAMPLES_PER_CLASS = 3
 DISTRIBUTION_TOP = 30
 
@@ -119,6 +136,7 @@ def render() -> None:
     st.caption(ui.plain(f"Model {model.path or '?'} · data {data.name} ({data.path or data.kind or '?'}) · "
                         f"created {run.created or '?'} · {len(run.classes)} classes"))
     report_ui(run)
+    input_check_ui(run)  # above the metrics: a mismatch makes them wrong
     if not review_ui.overview_metrics_ui(run):  # its toggle on: the metrics as reviewed instead
         metrics_ui(run)
     counts_ui(run)

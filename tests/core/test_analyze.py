@@ -198,7 +198,7 @@ def test_not_a_model_file(tmp_path):
     with pytest.raises(ModelError, match="Not a Keras model file: '.*garbage.keras'"):
         load_model(bad)
     (tmp_path / "weights.pt").write_bytes(b"x")
-    with pytest.raises(ModelError, match=r"expected .keras, .h5 or a SavedModel folder"):
+    with pytest.raises(ModelError, match=r"Not a model file: '.*weights.pt' \(expected: .keras file, legacy .h5 file, .onnx file, SavedModel folder\)"):
         load_model(tmp_path / "weights.pt")
     (tmp_path / "folder").mkdir()
     with pytest.raises(ModelError, match="has no saved_model.pb"):

@@ -64,7 +64,7 @@ def test_errors_command_filters_by_confidence(tmp_path, capsys):
     (lambda t, m: ["analyze", "--model", m, "--data", str(t / "noimages")],
      "error: Class folder has no images: '"),
     (lambda t, m: ["analyze", "--model", str(t / "list.txt"), "--data", str(t / "ok")],
-     "error: Not a Keras model file: '"),
+     "error: Not a model file: '"),
     (lambda t, m: ["analyze", "--model", str(t / "m.keras"), "--data", str(t / "ok")],
      "error: Not a Keras model file: '"),
     (lambda t, m: ["report", "nope"], "error: No run 'nope' in "),

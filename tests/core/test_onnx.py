@@ -172,7 +172,7 @@ def test_imagenet_scale_is_torchvision_normalisation():
     expected = (pixels / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     np.testing.assert_allclose(prepare_input(pixels, "imagenet"), expected, atol=1e-6)
     assert IMAGENET_MEAN == (0.485, 0.456, 0.406) and IMAGENET_STD == (0.229, 0.224, 0.225)
-    with pytest.raises(ModelError, match="3 RGB channels; the images have 1"):
+    with pytest.raises(ValueError, match="3 colour channels; the images have 1"):
         prepare_input(pixels[..., :1], "imagenet")
 
 
@@ -191,7 +191,7 @@ def test_bad_models_give_one_line_errors(tmp_path, nchw_model):
         load_model(tmp_path / "garbage.onnx")
     with pytest.raises(ModelError, match=r"No node output named 'nope' in the ONNX graph\. Last node outputs: "):
         build_inference_model(load_model(path), layer="nope")
-    with pytest.raises(ModelError, match="scale must be one of"):
+    with pytest.raises(ModelError, match="--preprocess must be one of"):
         build_inference_model(load_model(path), scale="bogus")
     inference = build_inference_model(load_model(path))
     with pytest.raises(ModelError, match=r"onnxruntime failed on 'tiny.onnx' with input of shape \[2, 3, 9, 9\]"):
