@@ -563,10 +563,11 @@ def check_explainable(run: Run) -> None:
     info = run.model_info
     from core import formats
 
+    check_has_model(run, what="Grad-CAM maps")
     fmt = formats.find(info.format)
-    if fmt is None or not info.path:
-        raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: it has no model file"
-                                 + (f" (a {info.format} run)" if info.format else ""))
+    if fmt is None:
+        raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: its model format "
+                                 f"{info.format!r} is not one this tool loads")
     if "gradcam" not in fmt.attention:
         raise GradCamUnavailable(
             f"Grad-CAM is unavailable for run {run.id!r}: its model is a {fmt.description}, which has no Keras "
@@ -579,7 +580,8 @@ def check_has_model(run: Run, *, what: str) -> None:
     file recorded. Reads the manifest only."""
     info = run.model_info
     if info.format == "synthetic" or not info.path:
-        raise GradCamUnavailable(f"{what} are unavailable for run {run.id!r}: "
+        subject = "Grad-CAM is" if what == "Grad-CAM maps" else f"{what} are"
+        raise GradCamUnavailable(f"{subject} unavailable for run {run.id!r}: "
                                  + ("it is synthetic and has no model" if info.format == "synthetic"
                                     else "it records no model file"))
 

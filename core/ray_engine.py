@@ -141,7 +141,7 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> bool
                 ray.init(address="local", num_cpus=num_cpus, **kwargs)
         else:
             ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # boundary: ray.init's own error types
         where = f"the Ray cluster at {address!r}" if address else "a local Ray"
         raise RayEngineError(f"Cannot start {where}: {_first_line(exc)}") from None
     return True
@@ -370,7 +370,7 @@ def run_inference_ray(
             for part in predicted.iter_batches(batch_size=None, batch_format="numpy"):
                 parts.append(part)
                 bar.update(len(part["row"]))
-        except Exception as exc:  # Ray wraps a worker's error in its own types
+        except Exception as exc:  # boundary: Ray wraps a worker's error in its own types
             raise _user_error(exc) from None
         finally:
             bar.close()

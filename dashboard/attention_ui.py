@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from core import derived, gradcam, neighbours
+from core import derived, formats, gradcam, neighbours
 from core.models import ModelError
 from core.store import Run
 from dashboard import cache, gallery, ui, views
@@ -70,8 +70,11 @@ def toggle_on() -> bool:
 
 
 def grad_cam_offered(run: Run) -> bool:
-    """Grad-CAM needs a Keras model: not offered for ONNX and SavedModel runs (occlusion is)."""
-    return run.model_info.format not in ("onnx", "savedmodel")
+    """Grad-CAM needs a model with layers (the format registry says which: Keras, not ONNX or a
+    SavedModel); occlusion is offered for every model. A run without a known format (synthetic)
+    keeps the control, which then says why in one line."""
+    fmt = formats.find(run.model_info.format)
+    return fmt is None or "gradcam" in fmt.attention
 
 
 def methods(run: Run, *, where: str) -> list[str]:

@@ -432,7 +432,7 @@ def test_cli_explain_errors_are_one_line(tiny_cnn_run, tmp_path, capsys):
         assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
     synthetic = make_synthetic_run(RunStore(tmp_path / "s"), "syn", n=50, n_classes=3, history=False)
     code, err = _explain(capsys, "syn", "--store", tmp_path / "s", "--out", tmp_path / "o")
-    assert code == 2 and err == "error: Grad-CAM is unavailable for run 'syn': it has no model file (a synthetic run)\n"
+    assert code == 2 and err == "error: Grad-CAM is unavailable for run 'syn': it is synthetic and has no model\n"
     del synthetic
     saved = write_run(RunStore(tmp_path / "sm"), "sm", classes=["a", "b"], y_true=np.array([0, 1]),
                       probs=np.array([[0.2, 0.8], [0.9, 0.1]], np.float32), paths=["a/1.png", "b/1.png"],
