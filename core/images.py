@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 50_000_000
 MAX_PIXELS_ENV = "CLASSIFIER_MAX_PIXELS"
@@ -42,7 +44,7 @@ def max_pixels_limit() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise ValueError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels. "
+        raise UserError(f"{MAX_PIXELS_ENV} must be a positive whole number of pixels. "
                          f"Received: {MAX_PIXELS_ENV}={raw!r}")
     return value
 
@@ -410,23 +412,23 @@ def decode_bytes(
     """
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
     if buf.size == 0:
-        raise ValueError(f"{name}: empty file")
+        raise UserError(f"{name}: empty file")
     limit = max_pixels_limit() if max_pixels is None else max_pixels
     size = image_size(buf)
     problem = pixel_problem(size, name=name, max_pixels=limit)
     if problem:
-        raise ValueError(problem)
+        raise UserError(problem)
     factor = _reduction(size, min_size) if min_size and image_format(buf) == "JPEG" else 1
     try:
         img = cv2.imdecode(buf, _REDUCED[factor] if factor > 1 else cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:  # OpenCV's own size cap (OPENCV_IO_MAX_IMAGE_PIXELS), a broken header
         reason = str(exc).strip().splitlines()[-1]
-        raise ValueError(f"{name}: not a decodable image (OpenCV: {reason})") from None
+        raise UserError(f"{name}: not a decodable image (OpenCV: {reason})") from None
     if img is None or img.size == 0:
-        raise ValueError(f"{name}: not a decodable image (JPEG, PNG, BMP, WebP or TIFF)")
+        raise UserError(f"{name}: not a decodable image (JPEG, PNG, BMP, WebP or TIFF)")
     problem = pixel_problem(img.shape[:2] if factor == 1 else None, name=name, max_pixels=limit)
     if problem:  # a header this module read differently from the decoder
-        raise ValueError(problem)
+        raise UserError(problem)
     return to_uint8_rgb(img)
 
 
@@ -442,7 +444,7 @@ def read_image(
     try:
         data = np.fromfile(path, dtype=np.uint8)  # unlike cv2.imread, handles any file name
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return decode_bytes(data, name=str(path), min_size=min_size, max_pixels=max_pixels)
 
 
@@ -511,7 +513,7 @@ def fit_to_input(img: np.ndarray, *, size: tuple[int, int], channels: int) -> np
         if img.ndim == 2:
             img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
         return img
-    raise ValueError(f"channels must be 1 or 3. Received: channels={channels}")
+    raise UserError(f"channels must be 1 or 3. Received: channels={channels}")
 
 
 def encode_png(img: np.ndarray) -> bytes:
