@@ -507,8 +507,11 @@ def export_ui(run: Run) -> None:
     """The verdicts in force on the run's images, and their CSV: the file ``python -m core review
     export`` writes."""
     table = _review(run).corrections()
-    st.download_button(f"Export verdicts (CSV, {views.plural(len(table), 'image')})",
-                       core_review.corrections_csv(table), file_name=f"{run.id}_corrections.csv",
+    review = _review(run)
+    # the file is made on the click (the queue's verdicts rerun only their fragment, so a table read
+    # now may be older than the verdicts the page shows as saved)
+    st.download_button("Export verdicts (CSV, every verdict in force when clicked)",
+                       lambda: core_review.corrections_csv(review.corrections()), file_name=f"{run.id}_corrections.csv",
                        mime="text/csv", key="review-export", icon=":material/download:")
     if len(table):
         st.dataframe(table, hide_index=True, width="stretch",
