@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
+import sqlite3
 from collections import deque
 
 import numpy as np
@@ -405,38 +405,64 @@ def _image_url(_run: Run, key: str, row: int) -> tuple[str | None, str | None]:
     return "data:image/png;base64," + base64.b64encode(encode_png(np.ascontiguousarray(img))).decode(), None
 
 
-def _apply(run: Run, rows: np.ndarray, action: dict) -> None:
-    """Record one action from the page (checked: it comes from the browser). Raises ReviewError."""
+def _apply(review, rows: np.ndarray, action: dict, *, reviewer: str) -> None:
+    """Record one action from the page on ``review`` (a ``core.review.RunReview``), checked first: it
+    comes from the browser. Raises ReviewError with one line saying what was refused."""
+    run = review.run
     kind = action.get("kind")
-    review = review_ui._review(run)
-    name = review_ui.reviewer()
     if kind == "undo-last":
         mine = review.verdicts()
-        mine = mine[mine["reviewer"] == name]
+        mine = mine[mine["reviewer"] == reviewer]
         if mine.empty:
-            raise ReviewError(f"{name!r} has no verdict in force on this run's images to undo")
-        review.undo(str(mine.loc[mine["id"].idxmax(), "path"]), reviewer=name)
+            raise ReviewError(f"{reviewer!r} has no verdict in force on this run's images to undo")
+        review.undo(str(mine.loc[mine["id"].idxmax(), "path"]), reviewer=reviewer)
         return
     row = action.get("row")
     if not isinstance(row, int) or isinstance(row, bool) or not np.any(rows == row):
         raise ReviewError(f"Image {row!r} is not in this queue")
     if kind == "undo":
-        review.undo(str(review.paths[row]), reviewer=name)
+        review.undo(str(review.paths[row]), reviewer=reviewer)
         return
     if kind != "mark":
         raise ReviewError(f"Unknown action {kind!r}. Actions: ['mark', 'undo', 'undo-last']")
     verdict, label, note = action.get("verdict"), action.get("label"), action.get("note")
-    if label is not None and (not isinstance(label, int) or not 0 <= label < len(run.classes)):
+    if label is not None and (not isinstance(label, int) or isinstance(label, bool)
+                              or not 0 <= label < len(run.classes)):
         raise ReviewError(f"Unknown class index {label!r} (the run has {len(run.classes)} classes)")
     if note is not None and not isinstance(note, str):
         raise ReviewError(f"A note must be text. Received: {note!r}")
     label_name = run.classes[label] if label is not None else None
-    if int(action.get("sent") or 1) > 1:  # a retry: its first send may have been committed
-        verdicts, new_labels = review_ui.current(run)
-        in_force = str(verdicts[row]) == verdict and (label is None or int(new_labels[row]) == label)
-        if in_force:
+    sent = action.get("sent")
+    if isinstance(sent, int) and sent > 1:  # a retry: its first send may have been committed
+        current = review.verdicts().set_index("row")
+        if row in current.index and current.at[row, "verdict"] == verdict and \
+                (label_name is None or current.at[row, "new_label"] == label_name):
             return
-    review.mark_row(row, verdict, label=label_name, note=note or None, reviewer=name)
+    review.mark_row(row, verdict, label=label_name, note=note or None, reviewer=reviewer)
+
+
+def record_actions(review, rows: np.ndarray, actions: list, *, reviewer: str, acked: deque,
+                   failed: dict[str, str]) -> int:
+    """Record the page's ``actions`` (dicts, oldest first) on ``review`` in order, skipping the ids in
+    ``acked`` or ``failed``; each committed id is appended to ``acked``, each refused one is put in
+    ``failed`` with its one-line reason. Returns how many were committed now."""
+    done, n = set(acked), 0
+    for action in actions[:200]:
+        if not isinstance(action, dict):
+            continue
+        action_id = str(action.get("id"))[:64]
+        if action_id in done or action_id in failed:
+            continue
+        try:
+            _apply(review, rows, action, reviewer=reviewer)
+        except sqlite3.Error:
+            break  # the file is busy or unwritable now: left pending, the page sends it again
+        except ReviewError as exc:
+            failed[action_id] = views.one_line(exc)
+            continue
+        acked.append(action_id)
+        n += 1
+    return n
 
 
 def _on_events(run_id: str, rows: np.ndarray) -> None:
@@ -450,21 +476,10 @@ def _on_events(run_id: str, rows: np.ndarray) -> None:
     except cache.RUN_ERRORS as exc:
         for action in payload["actions"][:100]:
             if isinstance(action, dict):
-                session["failed"][str(action.get("id"))] = views.one_line(exc)
+                session["failed"][str(action.get("id"))[:64]] = views.one_line(exc)
         return
-    done = set(session["acked"])
-    for action in payload["actions"][:200]:
-        if not isinstance(action, dict):
-            continue
-        action_id = str(action.get("id"))[:64]
-        if action_id in done or action_id in session["failed"]:
-            continue
-        try:
-            _apply(run, rows, action)
-        except ReviewError as exc:
-            session["failed"][action_id] = views.one_line(exc)
-            continue
-        session["acked"].append(action_id)
+    if record_actions(review_ui._review(run), rows, payload["actions"], reviewer=review_ui.reviewer(),
+                      acked=session["acked"], failed=session["failed"]):
         review_ui._recent.clear()
 
 
@@ -525,8 +540,3 @@ def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
         session["open"] = None
         gallery.open_detail(run.id, row, source=review_ui.QUEUE_SOURCE)
         st.rerun(scope="app")
-
-
-def payload_size(data: dict) -> int:
-    """Bytes of JSON the page receives for ``data`` (for the benchmark's notes)."""
-    return len(json.dumps(data))
