@@ -57,7 +57,7 @@ PER_PAGE_KEY = "gallery-per-page"  # a preference kept across runs and pages
 IMG_PARAM = "img"
 _CSS_KEY = "gallery-css-drawn"
 
-# A thumbnail's tile holds the image and its caption; an invisible button covers the tile so that a
+# A thumbnail's tile holds the image and its caption; an invisible button covers the whole tile so that a
 # click (or Enter on the focused tile) opens the detail. Captions stay on one line, cut with an
 # ellipsis; the button's tooltip holds the full text.
 CSS = """<style>
@@ -65,10 +65,11 @@ div[class*="st-key-gtile-"] { position: relative; gap: 0.15rem; border-radius: 6
 div[class*="st-key-gtile-"]:hover, div[class*="st-key-gtile-"]:focus-within {
   outline: 2px solid rgba(28, 131, 225, 0.85); outline-offset: 2px; }
 div[class*="st-key-gtile-"] div[class*="st-key-gopen-"] {
-  position: absolute; inset: 0; z-index: 3; margin: 0; width: 100%; height: 100%; }
+  position: absolute !important; inset: 0 !important; z-index: 3; margin: 0 !important;
+  width: 100% !important; height: 100% !important; }
 div[class*="st-key-gopen-"] .stButton, div[class*="st-key-gopen-"] .stTooltipIcon,
-div[class*="st-key-gopen-"] div { width: 100%; height: 100%; }
-div[class*="st-key-gopen-"] button { width: 100%; height: 100%; opacity: 0; cursor: zoom-in; }
+div[class*="st-key-gopen-"] div { width: 100% !important; height: 100% !important; }
+div[class*="st-key-gopen-"] button { width: 100%; height: 100% !important; opacity: 0; cursor: zoom-in; }
 div[class*="st-key-gtile-"] [data-testid="stCaptionContainer"] p,
 div[class*="st-key-gnear-"] [data-testid="stCaptionContainer"] p {
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; margin: 0; line-height: 1.3; }

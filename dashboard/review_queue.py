@@ -10,8 +10,12 @@ Verdicts: each key makes an *action* with a client id ``{id, kind: mark|undo|und
 verdict, label, note}``. The page shows it as **pending** and sends every pending action (the
 trigger ``events``); the fragment's callback records each through ``core.review`` (one committed
 SQLite transaction each) and returns the ids it committed (``acked``) with the next render. Only
-then does the page show the action as **saved**. A pending action is sent again every
-``RETRY_MS`` (a lost trigger, a restarted server), and closing the tab with one pending asks first.
+then does the page show the action as **saved**. One batch is on its way at a time (a trigger sent
+while the fragment runs for the last one would interrupt that run: on a busy server, with a key
+every 300 ms, no run finished until the keys stopped, 9-12 s per acknowledgement); what is made
+meanwhile goes with the next. A batch unanswered for ``RETRY_MS`` is sent again (a lost trigger),
+and at once when the page reconnects to a restarted server; closing the tab with one pending asks
+first.
 A resent action (``sent > 1``) whose verdict is already in force is acknowledged without writing
 again, so a retry after a lost acknowledgement does not double the history.
 
@@ -40,7 +44,7 @@ from dashboard import cache, gallery, review_ui, views
 WINDOW = 48  # images sent ahead of the position (and a few behind)
 BEHIND = 6
 ACKED_KEPT = 400  # ids of committed actions a session remembers (and re-sends while the page may wait)
-RETRY_MS = 1500
+RETRY_MS = 5000  # a batch unanswered this long is sent again (a lost trigger); a reconnect sends at once
 IMAGE_PX = gallery.DETAIL_PX
 COMPONENT_KEY = "review-queue"
 _SESSION = "review-queue-session"  # {"acked": deque of ids, "failed": {id: message}, "open": row | None}
@@ -137,11 +141,16 @@ export default function (component) {
   const failed = new Map(data.failed);
   const before = s.pending.length;
   s.pending = s.pending.filter((a) => {
-    if (acked.has(a.id)) { a.status = "saved"; settle(s, a); return false; }
+    if (acked.has(a.id)) {
+      a.status = "saved";
+      settle(s, a);
+      (window.__reviewQueueAcks = window.__reviewQueueAcks || []).push({ id: a.id, made: a.t, saved: performance.now() });
+      return false;
+    }
     if (failed.has(a.id)) { a.status = "failed"; a.error = failed.get(a.id); s.local.delete(a.row); return false; }
     return true;
   });
-  if (data.openDone) s.opening = false;
+  s.inflight = false;  // the server has answered: the next batch may go
 
   // ---- the skeleton's controls, wired once per mounted element
   if (!root.__wired) {
@@ -151,7 +160,7 @@ export default function (component) {
       const b = el("button", "", NAMES[v].charAt(0).toUpperCase() + NAMES[v].slice(1));
       b.dataset.verdict = v;
       b.appendChild(el("kbd", "", k.toUpperCase()));
-      b.addEventListener("click", () => act(window.__reviewQueues[root.__key], "mark", v, performance.now()));
+      b.addEventListener("click", (e) => act(window.__reviewQueues[root.__key], "mark", v, e.timeStamp));
       verdicts.appendChild(b);
     }
     const nav = root.querySelector(".rq-nav");
@@ -160,7 +169,7 @@ export default function (component) {
     for (const [name, label, key] of buttons) {
       const b = el("button", "rq-" + name, label);
       if (key) b.appendChild(el("kbd", "", key));
-      b.addEventListener("click", () => command(window.__reviewQueues[root.__key], name, performance.now()));
+      b.addEventListener("click", (e) => command(window.__reviewQueues[root.__key], name, e.timeStamp));
       nav.appendChild(b);
     }
   }
@@ -182,7 +191,7 @@ export default function (component) {
     if (t && (t.tagName === "INPUT" || t.tagName === "TEXTAREA" || t.tagName === "SELECT" || t.isContentEditable)) return;
     if (document.querySelector("[role=dialog]")) return;  // the image detail has its own keys
     const k = e.key.toLowerCase();
-    const now = performance.now();
+    const now = e.timeStamp;  // when the key event was made: the latency the reviewer sees starts there
     if (KEYS[k]) act(q, "mark", KEYS[k], now);
     else if (k === "n") command(q, "next", now);
     else if (k === "p") command(q, "previous", now);
@@ -195,7 +204,7 @@ export default function (component) {
   if (!window.__reviewQueueTimer) {
     window.__reviewQueueTimer = setInterval(() => {
       for (const q of Object.values(window.__reviewQueues)) {
-        if (q.pending.length && performance.now() - q.lastSend > RETRY_MS_VALUE) send(q);
+        if (q.pending.length && (!q.inflight || performance.now() - q.lastSend > RETRY_MS_VALUE)) send(q, true);
       }
     }, 500);
     window.addEventListener("beforeunload", (e) => {
@@ -203,8 +212,8 @@ export default function (component) {
       if (waiting) { e.preventDefault(); e.returnValue = waiting + " verdict(s) not saved yet"; return e.returnValue; }
     });
   }
-  if (before && !s.pending.length) render(s); else render(s);
-  if (s.pending.length && before === s.pending.length && performance.now() - s.lastSend > 200) send(s);
+  render(s);
+  if (s.pending.length) send(s);  // what was made while the last batch was on its way
   ask(s);
 }
 
@@ -227,8 +236,12 @@ function settle(s, a) {
   if (a.kind !== "mark") s.local.delete(a.row);
 }
 
-function send(q) {
-  if (!q.pending.length) return;
+function send(q, retry) {
+  // One batch on its way at a time: a trigger sent while the server runs the fragment for the last
+  // one would interrupt that run, and with a key every 300 ms on a busy server no run would finish
+  // (no acknowledgement until the keys stop). What is made meanwhile goes with the next batch.
+  if (!q.pending.length || (q.inflight && !retry)) return;
+  q.inflight = true;
   q.sends += 1;
   for (const a of q.pending) a.sent = (a.sent || 0) + 1;
   q.lastSend = performance.now();
@@ -258,7 +271,7 @@ function act(s, kind, verdict, t0) {
   if (!item) return;
   const note = s.root.querySelector(".rq-note").value.trim();
   const a = { id: Date.now().toString(36) + "-" + (s.seq++) + "-" + Math.random().toString(36).slice(2, 7),
-              kind, row, verdict, label: null, note: note || null, status: "pending", file: item.file };
+              kind, row, verdict, label: null, note: note || null, status: "pending", file: item.file, t: t0 };
   if (verdict === "label-wrong") {
     a.label = parseInt(s.root.querySelector(".rq-class").value, 10);
     if (a.label === item.true) { flash(s, "'label wrong' needs a class other than the given one"); return; }
@@ -349,7 +362,7 @@ function render(s, t0) {
   root.querySelector(".rq-previous").disabled = s.at === 0;
   root.querySelector(".rq-next").disabled = s.at >= d.total - 1;
   root.querySelector(".rq-pending").textContent = pend
-    ? `${pend} verdict${pend > 1 ? "s" : ""} pending: not saved yet (sent again every ${RETRY_MS_VALUE / 1000} s)` : "";
+    ? `${pend} verdict${pend > 1 ? "s" : ""} pending: not saved yet (waiting for the server)` : "";
   const log = root.querySelector(".rq-log");
   log.replaceChildren(...s.log.slice(0, 60).map((a) => {
     const what = a.kind === "mark" ? NAMES[a.verdict] + (a.label !== null ? " → " + d.classes[a.label] : "")
@@ -507,6 +520,21 @@ def queue_component(run: Run, rows: np.ndarray, *, how: str, identity: str) -> N
                "as saved once the server has committed it.")
 
 
+def _items(run: Run, rows: np.ndarray) -> list[dict]:
+    """What the page shows of each of ``rows``: its image (a data URL, or why there is none), file,
+    classes, confidence, p(given class) and the class suggested for 'label wrong'."""
+    df = run.predictions
+    true, pred = df["true"].to_numpy(), df["predicted"].to_numpy()
+    conf, ptrue, paths = df["confidence"].to_numpy(), df["true_prob"].to_numpy(), df["path"].to_numpy()
+    items = []
+    for row in rows.tolist():
+        src, why = image_url(run, row)
+        items.append({"row": row, "src": src, "why": why, "file": str(paths[row]), "true": int(true[row]),
+                      "pred": int(pred[row]), "conf": float(conf[row]), "ptrue": float(ptrue[row]),
+                      "suggested": review_ui.suggestion(run, row)})
+    return items
+
+
 @st.fragment
 def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     session = _session()
@@ -519,14 +547,10 @@ def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     at = first if not isinstance(at, int) or session.get("queue") != queue_id else min(max(at, 0), rows.size - 1)
     session["queue"] = queue_id
     lo, hi = max(at - BEHIND, 0), min(at + WINDOW, rows.size)
-    df = run.predictions
-    items = []
-    for row in rows[lo:hi].tolist():
-        src, why = image_url(run, row)
-        r = df.iloc[row]
-        items.append({"row": row, "src": src, "why": why, "file": str(r["path"]), "true": int(r["true"]),
-                      "pred": int(r["predicted"]), "conf": float(r["confidence"]), "ptrue": float(r["true_prob"]),
-                      "suggested": review_ui.suggestion(run, row)})
+    window = (queue_id, lo, hi)
+    if session.get("window") != window:  # a verdict's rerun sends the same window: built once
+        session["items"], session["window"] = _items(run, rows[lo:hi]), window
+    items = session["items"]
     data = {"key": queue_id, "classes": list(map(str, run.classes)), "reviewer": review_ui.reviewer(),
             "total": int(rows.size), "rows": rows.tolist(), "codes": [str(c) for c in codes],
             "labels": [int(x) for x in labels], "offset": lo, "items": items, "start": first,
