@@ -62,8 +62,14 @@ def _phase(browser, url: str, run_id: str, repeats: int) -> dict[str, list[float
         for key in keys:
             before = page.evaluate("() => window.__reviewQueueDrawn ? window.__reviewQueueDrawn.key : -1")
             page.keyboard.press(key)
-            page.wait_for_function("(b) => window.__reviewQueueDrawn && window.__reviewQueueDrawn.key !== b",
-                                   arg=before)
+            try:
+                page.wait_for_function("(b) => window.__reviewQueueDrawn && window.__reviewQueueDrawn.key !== b",
+                                       arg=before, timeout=30_000)
+            except Exception:
+                state = page.evaluate("() => { const q = window.__reviewQueueActive; return q && [q.at, q.data.offset,"
+                                      " q.data.items.length, q.asked, q.items.has(q.data.rows[q.at]), q.pending.length,"
+                                      " q.inflight, !!document.querySelector('[role=dialog]'), q.root.isConnected]; }")
+                raise RuntimeError(f"key {key!r} drew nothing in 30 s; queue state {state}") from None
             drawn = page.evaluate("() => window.__reviewQueueDrawn")
             draws[kind].append(drawn["drawn"] - drawn["key"])
             page.wait_for_timeout(GAP_MS)

@@ -68,7 +68,8 @@ div[class*="st-key-gtile-"] div[class*="st-key-gopen-"] {
   position: absolute !important; inset: 0 !important; z-index: 3; margin: 0 !important;
   width: 100% !important; height: 100% !important; }
 div[class*="st-key-gopen-"] .stButton, div[class*="st-key-gopen-"] .stTooltipIcon,
-div[class*="st-key-gopen-"] div { width: 100% !important; height: 100% !important; }
+div[class*="st-key-gopen-"] div, div[class*="st-key-gopen-"] span {
+  display: block; width: 100% !important; height: 100% !important; }
 div[class*="st-key-gopen-"] button { width: 100%; height: 100% !important; opacity: 0; cursor: zoom-in; }
 div[class*="st-key-gtile-"] [data-testid="stCaptionContainer"] p,
 div[class*="st-key-gnear-"] [data-testid="stCaptionContainer"] p {
@@ -388,9 +389,7 @@ def df_value(run: Run, row: int, column: str):
 # --------------------------------------------------------------------------- the gallery
 
 def _css() -> None:
-    if not st.session_state.get(_CSS_KEY):
-        st.html(CSS)
-        st.session_state[_CSS_KEY] = True
+    st.html(CSS)
 
 
 def _set_page(widget_key: str, page_key: str) -> None:

@@ -37,11 +37,12 @@ from collections import deque
 import numpy as np
 import streamlit as st
 
-from core.review import MAX_NOTE, VERDICTS, ReviewError
+from core.review import MAX_NOTE, VERDICTS, ReviewError, Verdict
 from core.store import Run
 from dashboard import cache, gallery, review_ui, views
 
-WINDOW = 48  # images sent ahead of the position (and a few behind)
+WINDOW = 32  # images without a verdict sent ahead of the position (where the verdict keys go)
+AHEAD = 12  # and the next and previous images (where N and P go)
 BEHIND = 6
 ACKED_KEPT = 400  # ids of committed actions a session remembers (and re-sends while the page may wait)
 RETRY_MS = 5000  # a batch unanswered this long is sent again (a lost trigger); a reconnect sends at once
@@ -249,10 +250,14 @@ function send(q, retry) {
 }
 
 function ask(s) {
-  // ask for the window around the position when it runs low (or when the position left it)
+  // ask for the images around the position when those held run low: the next few (N), the
+  // previous few (P) and the next ones without a verdict (where a verdict moves on to)
   const d = s.data;
-  const end = d.offset + d.items.length;
-  const need = (s.at < d.offset) || (end < d.total && s.at > end - 16);
+  let need = false;
+  for (let p = Math.max(0, s.at - 3); p < Math.min(d.total, s.at + 6) && !need; p++) need = !s.items.has(d.rows[p]);
+  for (let p = s.at + 1, todo = 0; p < d.total && todo < 12 && !need; p++) {
+    if (!codeOf(s, p)) { todo++; need = !s.items.has(d.rows[p]); }
+  }
   if (need && s.asked !== s.at) {
     s.asked = s.at;
     s.setStateValue("at", s.at);
@@ -418,7 +423,7 @@ def _image_url(_run: Run, key: str, row: int) -> tuple[str | None, str | None]:
     return "data:image/png;base64," + base64.b64encode(encode_png(np.ascontiguousarray(img))).decode(), None
 
 
-def _apply(review, rows: np.ndarray, action: dict, *, reviewer: str) -> None:
+def _apply(review, rows: np.ndarray, action: dict, *, reviewer: str) -> Verdict | None:
     """Record one action from the page on ``review`` (a ``core.review.RunReview``), checked first: it
     comes from the browser. Raises ReviewError with one line saying what was refused."""
     run = review.run
@@ -428,14 +433,12 @@ def _apply(review, rows: np.ndarray, action: dict, *, reviewer: str) -> None:
         mine = mine[mine["reviewer"] == reviewer]
         if mine.empty:
             raise ReviewError(f"{reviewer!r} has no verdict in force on this run's images to undo")
-        review.undo(str(mine.loc[mine["id"].idxmax(), "path"]), reviewer=reviewer)
-        return
+        return review.undo(str(mine.loc[mine["id"].idxmax(), "path"]), reviewer=reviewer)
     row = action.get("row")
     if not isinstance(row, int) or isinstance(row, bool) or not np.any(rows == row):
         raise ReviewError(f"Image {row!r} is not in this queue")
     if kind == "undo":
-        review.undo(str(review.paths[row]), reviewer=reviewer)
-        return
+        return review.undo(str(review.paths[row]), reviewer=reviewer)
     if kind != "mark":
         raise ReviewError(f"Unknown action {kind!r}. Actions: ['mark', 'undo', 'undo-last']")
     verdict, label, note = action.get("verdict"), action.get("label"), action.get("note")
@@ -450,16 +453,17 @@ def _apply(review, rows: np.ndarray, action: dict, *, reviewer: str) -> None:
         current = review.verdicts().set_index("row")
         if row in current.index and current.at[row, "verdict"] == verdict and \
                 (label_name is None or current.at[row, "new_label"] == label_name):
-            return
-    review.mark_row(row, verdict, label=label_name, note=note or None, reviewer=reviewer)
+            return None
+    return review.mark_row(row, verdict, label=label_name, note=note or None, reviewer=reviewer)
 
 
 def record_actions(review, rows: np.ndarray, actions: list, *, reviewer: str, acked: deque,
-                   failed: dict[str, str]) -> int:
+                   failed: dict[str, str]) -> list[Verdict]:
     """Record the page's ``actions`` (dicts, oldest first) on ``review`` in order, skipping the ids in
     ``acked`` or ``failed``; each committed id is appended to ``acked``, each refused one is put in
-    ``failed`` with its one-line reason. Returns how many were committed now."""
-    done, n = set(acked), 0
+    ``failed`` with its one-line reason. Returns the history rows written now (a retry already in
+    force is acknowledged without one)."""
+    done, written = set(acked), []
     for action in actions[:200]:
         if not isinstance(action, dict):
             continue
@@ -467,15 +471,49 @@ def record_actions(review, rows: np.ndarray, actions: list, *, reviewer: str, ac
         if action_id in done or action_id in failed:
             continue
         try:
-            _apply(review, rows, action, reviewer=reviewer)
+            verdict = _apply(review, rows, action, reviewer=reviewer)
         except sqlite3.Error:
             break  # the file is busy or unwritable now: left pending, the page sends it again
         except ReviewError as exc:
             failed[action_id] = views.one_line(exc)
             continue
         acked.append(action_id)
-        n += 1
-    return n
+        if verdict is not None:
+            written.append(verdict)
+    return written
+
+
+def _patch_codes(session: dict, run: Run, written: list[Verdict]) -> None:
+    """Bring the session's copy of the verdicts in force up to date with the rows this session has
+    just written, without reading the whole table again, when nobody else has written since the copy
+    (the new ids follow the copy's revision without a gap); otherwise drop it (read again)."""
+    held = session.get("codes")
+    ids = sorted(v.id for v in written)
+    if held is None or held[0] != cache.run_key(run) or ids != list(range(held[1] + 1, held[1] + 1 + len(ids))):
+        session.pop("codes", None)
+        return
+    _, _, verdicts, labels = held
+    index = {c: i for i, c in enumerate(run.classes)}
+    review = review_ui._review(run)
+    for v in sorted(written, key=lambda v: v.id):
+        row = review.row(v.path)
+        verdicts[row] = v.verdict or ""
+        labels[row] = index.get(v.label, -1) if v.verdict == "label-wrong" else -1
+        if v.verdict == "label-wrong" and labels[row] < 0:
+            verdicts[row] = ""  # as row_arrays: a class this run does not have counts as none
+    session["codes"] = (held[0], ids[-1], verdicts, labels)
+
+
+def _codes(session: dict, run: Run) -> tuple[np.ndarray, np.ndarray]:
+    """(verdicts, new_labels) of every row (``RunReview.row_arrays``), from the session's copy while
+    the verdicts file's revision is the one it reflects, else read again."""
+    key, root = cache.run_key(run), cache.store_root()
+    revision = cache.review_db(root).revision()
+    held = session.get("codes")
+    if held is None or held[0] != key or held[1] != revision:
+        verdicts, labels = cache.review_rows(run, key, root, revision)
+        held = session["codes"] = (key, revision, verdicts.copy(), labels.copy())
+    return held[2], held[3]
 
 
 def _on_events(run_id: str, rows: np.ndarray) -> None:
@@ -491,9 +529,11 @@ def _on_events(run_id: str, rows: np.ndarray) -> None:
             if isinstance(action, dict):
                 session["failed"][str(action.get("id"))[:64]] = views.one_line(exc)
         return
-    if record_actions(review_ui._review(run), rows, payload["actions"], reviewer=review_ui.reviewer(),
-                      acked=session["acked"], failed=session["failed"]):
+    committed = record_actions(review_ui._review(run), rows, payload["actions"], reviewer=review_ui.reviewer(),
+                               acked=session["acked"], failed=session["failed"])
+    if committed:
         review_ui._recent.clear()
+        _patch_codes(session, run, committed)
 
 
 def _nothing() -> None:
@@ -538,7 +578,7 @@ def _items(run: Run, rows: np.ndarray) -> list[dict]:
 @st.fragment
 def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     session = _session()
-    verdicts, new_labels = review_ui.current(run)
+    verdicts, new_labels = _codes(session, run)
     codes, labels = verdicts[rows], new_labels[rows]
     first = review_ui._first_unreviewed(rows, verdicts)
     queue_id = f"{run.id}|{cache.run_key(run)}|{identity}"
@@ -546,14 +586,21 @@ def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     at = state.get("at") if isinstance(state, dict) else None
     at = first if not isinstance(at, int) or session.get("queue") != queue_id else min(max(at, 0), rows.size - 1)
     session["queue"] = queue_id
-    lo, hi = max(at - BEHIND, 0), min(at + WINDOW, rows.size)
-    window = (queue_id, lo, hi)
-    if session.get("window") != window:  # a verdict's rerun sends the same window: built once
-        session["items"], session["window"] = _items(run, rows[lo:hi]), window
-    items = session["items"]
+    # the images around the position (N, P) and the next ones without a verdict (where a verdict goes)
+    near = np.arange(max(at - BEHIND, 0), min(at + AHEAD, rows.size))
+    todo = at + 1 + np.flatnonzero(codes[at + 1:] == "")[:WINDOW]
+    positions = np.union1d(near, todo)
+    cached = session.setdefault("items", {})
+    if session.get("items-of") != queue_id or len(cached) > 4 * WINDOW:
+        cached.clear()
+        session["items-of"] = queue_id
+    missing = [int(r) for r in rows[positions] if int(r) not in cached]
+    for item in _items(run, np.asarray(missing, dtype=np.int64)):
+        cached[item["row"]] = item
+    items = [cached[int(r)] for r in rows[positions]]
     data = {"key": queue_id, "classes": list(map(str, run.classes)), "reviewer": review_ui.reviewer(),
             "total": int(rows.size), "rows": rows.tolist(), "codes": [str(c) for c in codes],
-            "labels": [int(x) for x in labels], "offset": lo, "items": items, "start": first,
+            "labels": [int(x) for x in labels], "items": items, "start": first,
             "acked": list(session["acked"]), "failed": list(session["failed"].items())[-100:],
             "maxNote": MAX_NOTE, "verdicts": list(VERDICTS)}
     _component(key=COMPONENT_KEY, data=data, default={"at": first}, height="content",

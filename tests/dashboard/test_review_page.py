@@ -105,7 +105,8 @@ def test_queue_sends_its_rows_in_order_and_a_window_of_images_ahead(store):
     assert data["start"] == 0 and data["codes"] == [""] * len(expected)
     assert data["reviewer"] == hostile  # as its characters: the page sets it with textContent
     items = data["items"]
-    assert [i["row"] for i in items] == expected[:review_queue.WINDOW].tolist()
+    # the next images (for N) and the next ones without a verdict (where a verdict moves on to)
+    assert [i["row"] for i in items] == expected[:1 + review_queue.WINDOW].tolist()
     assert all(i["src"].startswith("data:image/png;base64,") for i in items)
     first = items[0]
     assert (first["file"], first["true"], first["pred"]) == (df["path"].iat[expected[0]], int(df["true"].iat[expected[0]]),
@@ -135,7 +136,9 @@ def test_page_actions_are_recorded_in_order_once_and_refusals_say_why(store):
                {"id": "7", "kind": "mark", "row": c, "verdict": "label-wrong", "label": 99},
                {"id": "8", "kind": "drop table", "row": c},
                {"id": "9", "kind": "mark", "row": True, "verdict": "exclude"}]
-    assert review_queue.record_actions(review, rows, actions, reviewer="ann", acked=acked, failed=failed) == 4
+    written = review_queue.record_actions(review, rows, actions, reviewer="ann", acked=acked, failed=failed)
+    assert [(v.action, v.verdict) for v in written] == [("mark", "model-wrong"), ("mark", "label-wrong"),
+                                                        ("mark", "ambiguous"), ("undo", None)]
     assert list(acked) == ["1", "2", "3", "4"]
     assert sorted(failed) == ["5", "6", "7", "8", "9"]
     assert all("\n" not in m and m for m in failed.values())
@@ -145,22 +148,51 @@ def test_page_actions_are_recorded_in_order_once_and_refusals_say_why(store):
     assert sorted(table.index) == [b, c]
     assert table.at[b, "new_label"] == run.classes[other] and table.at[c, "verdict"] == "ambiguous"
     # the same payload again (the page re-sends what it has not seen acknowledged): nothing new
-    assert review_queue.record_actions(review, rows, actions, reviewer="ann", acked=acked, failed=failed) == 0
+    assert review_queue.record_actions(review, rows, actions, reviewer="ann", acked=acked, failed=failed) == []
     assert len(review.history()) == 4
     # a retry from a new session (the server restarted): already in force, acknowledged without a row
     retry = [{"id": "2", "kind": "mark", "row": b, "verdict": "label-wrong", "label": other, "sent": 2}]
     fresh = deque()
-    assert review_queue.record_actions(review, rows, retry, reviewer="ann", acked=fresh, failed={}) == 1
+    assert review_queue.record_actions(review, rows, retry, reviewer="ann", acked=fresh, failed={}) == []
     assert list(fresh) == ["2"] and len(review.history()) == 4
     # U with nothing in the page: the reviewer's most recent verdict in force (c), not another's
     review.mark_row(int(rows[3]), "exclude", reviewer="bob")
     undo = [{"id": "10", "kind": "undo-last", "row": None}]
-    assert review_queue.record_actions(review, rows, undo, reviewer="ann", acked=acked, failed=failed) == 1
+    assert len(review_queue.record_actions(review, rows, undo, reviewer="ann", acked=acked, failed=failed)) == 1
     assert sorted(review.verdicts()["row"]) == [b, int(rows[3])]
     nobody = {}
     review_queue.record_actions(review, rows, [{"id": "11", "kind": "undo-last"}], reviewer="zed",
                                 acked=deque(), failed=nobody)
     assert "'zed' has no verdict in force" in nobody["11"]
+
+
+def test_the_sessions_copy_of_the_verdicts_follows_its_writes_and_is_read_again_after_anothers(store):
+    run = store.load("r")
+    review = RunReview(run)
+    df = run.predictions
+    rows = np.flatnonzero(run.eval_mask() & ~df["correct"].to_numpy(bool))[:6]
+    other = (int(df["true"].iat[rows[1]]) + 1) % 5
+    session: dict = {}
+    review_queue._codes(session, run)
+    actions = [{"id": "1", "kind": "mark", "row": int(rows[0]), "verdict": "exclude"},
+               {"id": "2", "kind": "mark", "row": int(rows[1]), "verdict": "label-wrong", "label": other},
+               {"id": "3", "kind": "mark", "row": int(rows[0]), "verdict": "ambiguous"},
+               {"id": "4", "kind": "undo", "row": int(rows[0])}]
+    written = review_queue.record_actions(review, rows, actions, reviewer="ann", acked=deque(), failed={})
+    review_queue._patch_codes(session, run, written)
+    assert session["codes"][1] == review.db.revision()  # patched in place, not read again
+    verdicts, labels = review_queue._codes(session, run)
+    expected = review.row_arrays()
+    assert verdicts.tolist() == expected[0].tolist() and labels.tolist() == expected[1].tolist()
+    assert verdicts[rows[0]] == "exclude" and labels[rows[1]] == other  # the undo restored 'exclude'
+    # another reviewer writes in between: the copy is dropped and read again
+    review.mark_row(int(rows[2]), "model-wrong", reviewer="bob")
+    more = [{"id": "5", "kind": "mark", "row": int(rows[3]), "verdict": "exclude"}]
+    review_queue._patch_codes(session, run, review_queue.record_actions(review, rows, more, reviewer="ann",
+                                                                        acked=deque(), failed={}))
+    assert "codes" not in session
+    verdicts, labels = review_queue._codes(session, run)
+    assert verdicts.tolist() == review.row_arrays()[0].tolist()
 
 
 def test_the_export_is_made_on_the_click_and_is_the_cli_file(store, served):
