@@ -1,16 +1,20 @@
 """Command line: ``python -m core {analyze,import,runs,report,errors,delete,explain,train,demo,review,diagnose,label-issues,duplicates}``.
 
-Every error the user can cause ends in one line on stderr and exit status 2;
-Ctrl-C ends with status 130 and leaves no half-written run.
+Every error the user can cause (``core.errors.UserError``, or an OSError such as a full disk)
+ends in one line on stderr and exit status 2; anything else is a bug and shows its traceback
+(``--debug`` or ``CLASSIFIER_DEBUG=1`` shows it for user errors too). Ctrl-C ends with status
+130 and leaves no half-written run.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from pathlib import Path
 
 from core.demo import DEMO_EPOCHS
+from core.errors import UserError, debug_enabled, first_line
 from core.quiet import quiet_start
 from core.recipes import (AUGMENTATIONS, BACKBONES, LR_SCHEDULES, OPTIMIZERS, RECIPES, Recipe, parse_int_list,
                           parse_size)
@@ -164,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     store = _store_parent()
     parser = argparse.ArgumentParser(prog="python -m core",
                                      description="Error analysis for Keras image classifiers.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of every error (also CLASSIFIER_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("analyze", parents=[store], help="predict a data set with a model and store the run")
@@ -321,7 +327,7 @@ def cmd_analyze(args) -> int:
     from core.datasets import load_dataset
 
     if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be positive. Received: {args.batch_size}")
+        raise UserError(f"--batch-size must be positive. Received: {args.batch_size}")
     from core.ray_engine import engine_options
 
     # a missing Ray or a --ray-* option without --engine ray stops here, before any data is read
@@ -351,7 +357,7 @@ def cmd_import(args) -> int:
 
     predictions = Path(args.predictions)
     if not predictions.is_file():  # fail fast, before the data set is listed
-        raise ValueError(f"Predictions file does not exist: {str(predictions)!r}")
+        raise UserError(f"Predictions file does not exist: {str(predictions)!r}")
     dataset = load_dataset(args.data, classes=_classes_arg(args.classes))
     print(f"Data: {dataset!r}", file=sys.stderr)
     run = import_predictions(dataset, predictions, store=RunStore(args.store), run_id=args.name,
@@ -414,7 +420,7 @@ def cmd_explain(args) -> int:
                        limit=args.limit)
     if len(rows) == 0:
         cell = f"true {args.true or 'any'}, predicted {args.predicted or 'any'}"
-        raise ValueError(f"Nothing to explain: no {'images' if args.true and args.predicted else 'errors'} "
+        raise UserError(f"Nothing to explain: no {'images' if args.true and args.predicted else 'errors'} "
                          f"({cell}) in split {args.split or run.eval_split!r} of run {run.id!r}")
     attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, progress=True)
     index = write_explanations(run, attention, args.out)
@@ -462,9 +468,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``python -m core demo``: prints the run id; 130 on Ctrl-C."""
     if args.time_budget is not None and args.time_budget <= 0:
-        raise ValueError(f"--time-budget must be positive seconds. Received: {args.time_budget}")
+        raise UserError(f"--time-budget must be positive seconds. Received: {args.time_budget}")
     if args.epochs is not None and args.epochs < 1:
-        raise ValueError(f"--epochs must be at least 1. Received: {args.epochs}")
+        raise UserError(f"--epochs must be at least 1. Received: {args.epochs}")
     from core.demo import run_demo
     from core.training import TrainingInterrupted
 
@@ -574,15 +580,27 @@ COMMANDS = {"analyze": cmd_analyze, "import": cmd_import, "runs": cmd_runs, "rep
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A ``UserError`` (and an ``OSError``: a full disk, a read-only folder, a
+    missing permission) ends in one line and exit status 2; any other exception is a bug and
+    keeps its traceback. ``--debug`` or ``CLASSIFIER_DEBUG=1`` shows the traceback of those too."""
     quiet_start()  # before anything imports TensorFlow: no start-up chatter in the output
     args = build_parser().parse_args(argv)
+    debug = args.debug or debug_enabled()
     try:
         RunStore(args.store).sweep()  # leftovers of writers killed earlier (never a live writer's)
         return COMMANDS[args.command](args) or 0
     except KeyboardInterrupt:
         print("Interrupted: nothing half-written was kept.", file=sys.stderr)
         return 130
-    except (ValueError, LookupError, RuntimeError, OSError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
-              file=sys.stderr)
+    except (UserError, OSError) as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """A user error's first line; an OSError as 'FILE: reason' (its errno text, not Python's repr)."""
+    if isinstance(exc, OSError) and not isinstance(exc, UserError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return first_line(exc)

@@ -13,6 +13,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from core.errors import UserError
+
 SCHEMA_VERSION = 2  # 2: manifest gains 'analysis', 'run_uid' and 'derived'; 1 is still read
 
 
@@ -36,13 +38,13 @@ class ProjectionConfig:
 
     def __post_init__(self):
         if self.method != "umap":
-            raise ValueError(f"Unknown projection method {self.method!r}. Available: ['umap']")
+            raise UserError(f"Unknown projection method {self.method!r}. Available: ['umap']")
         if self.n_neighbors < 2:
-            raise ValueError(f"n_neighbors must be at least 2. Received: n_neighbors={self.n_neighbors}")
+            raise UserError(f"n_neighbors must be at least 2. Received: n_neighbors={self.n_neighbors}")
         if self.init not in ("pca", "spectral"):
-            raise ValueError(f"Unknown UMAP init {self.init!r}. Available: ['pca', 'spectral']")
+            raise UserError(f"Unknown UMAP init {self.init!r}. Available: ['pca', 'spectral']")
         if self.n_epochs is not None and self.n_epochs < 1:
-            raise ValueError(f"n_epochs must be at least 1. Received: n_epochs={self.n_epochs}")
+            raise UserError(f"n_epochs must be at least 1. Received: n_epochs={self.n_epochs}")
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,11 @@ class AnalysisConfig:
     def from_dict(cls, data: dict) -> "AnalysisConfig":
         """Inverse of ``to_dict``; raises ValueError naming an unknown or missing field."""
         if not isinstance(data, dict):
-            raise ValueError(f"An analysis config must be a JSON object. Received: {type(data).__name__}")
+            raise UserError(f"An analysis config must be a JSON object. Received: {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown analysis config fields {unknown}. Known: {sorted(known)}")
+            raise UserError(f"Unknown analysis config fields {unknown}. Known: {sorted(known)}")
         data = dict(data)
         if data.get("image_size") is not None:
             data["image_size"] = tuple(int(v) for v in data["image_size"])
@@ -91,7 +93,7 @@ class AnalysisConfig:
         try:
             return cls(**data)
         except TypeError as exc:
-            raise ValueError(f"Incomplete analysis config: {exc}") from None
+            raise UserError(f"Incomplete analysis config: {exc}") from None
 
     def replace(self, **changes) -> "AnalysisConfig":
         from dataclasses import replace

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS, fit_to_input, max_pixels_limit, read_image
 
 import cv2  # after core.images, which sets OpenCV's own pixel cap before OpenCV loads
@@ -51,7 +52,7 @@ _FLAT_NAME = re.compile(r"^(?P<label>.+?)_(?P<number>\d+)$")
 OUTSIDE_ROOT = "symbolic link pointing outside the data set root"
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """A data set that cannot be used at all (the message names the value at fault)."""
 
 

@@ -35,6 +35,7 @@ import json
 import platform
 from pathlib import Path
 
+from core.errors import UserError
 from core.progress import Progress, say_function
 from core.recipes import Recipe
 
@@ -109,7 +110,7 @@ def run_demo(*, store, progress: Progress | None = None, retrain: bool = False,
         run_id, size = DIGITS_RUN, (16, 16)
     retrain = retrain or epochs is not None or time_budget_s is not None or export_to is not None
     if export_to is not None and run_id != DEMO_RUN:
-        raise ValueError(f"--export-to writes the Fashion-MNIST demo model; the data set here is "
+        raise UserError(f"--export-to writes the Fashion-MNIST demo model; the data set here is "
                          f"{dataset.name!r}. Received: --export-to {export_to}")
     analysis = dict(store=store, projection=projection, background_projection=background_projection)
     if not retrain and run_id == DEMO_RUN:
@@ -209,7 +210,7 @@ def export_demo_model(result, folder: str | Path, *, data_fingerprint: str, mixe
 
     folder = Path(folder)
     if result.dataset.pixels is None or tuple(result.dataset.pixels.shape[1:3]) != tuple(result.image_size):
-        raise ValueError(f"Only a model trained on in-memory images of its input size can be exported as "
+        raise UserError(f"Only a model trained on in-memory images of its input size can be exported as "
                          f"the demo's. Received: data set {result.dataset.name!r}")
     folder.mkdir(parents=True, exist_ok=True)
     classes = list(result.dataset.classes)

@@ -37,6 +37,7 @@ import numpy as np
 
 from core.analyze import analysis_config, default_run_id, reuse_or_refuse
 from core.datasets import ImageDataset
+from core.errors import UserError
 from core.models import file_sha256
 from core.progress import Progress, say_function
 from core.runs import write_run
@@ -47,7 +48,7 @@ PREDICTION_SUFFIXES = (".csv", ".npz")
 _SHOWN = 5  # how many offending paths an error names
 
 
-class PredictionsError(ValueError):
+class PredictionsError(UserError):
     """A predictions or embeddings file that cannot be imported (the message names the value at fault)."""
 
 

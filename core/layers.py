@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import keras
 
+from core.errors import UserError
+
 # keras.applications module whose preprocess_input each backbone uses.
 PREPROCESS_MODULES = {
     "vgg16": "vgg16",
@@ -27,7 +29,7 @@ PREPROCESS_MODULES = {
 
 def _preprocess_function(backbone: str):
     if backbone not in PREPROCESS_MODULES:
-        raise ValueError(f"`backbone` must be one of {sorted(PREPROCESS_MODULES)}. "
+        raise UserError(f"`backbone` must be one of {sorted(PREPROCESS_MODULES)}. "
                          f"Received: backbone={backbone!r}")
     return getattr(keras.applications, PREPROCESS_MODULES[backbone]).preprocess_input
 

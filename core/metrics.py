@@ -28,6 +28,8 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
+from core.errors import UserError
+
 PER_CLASS_COLUMNS = [
     "class", "precision", "recall", "f1", "support", "tp", "fp", "fn", "tn", "cer",
 ]
@@ -35,13 +37,13 @@ PER_CLASS_COLUMNS = [
 
 def _check_labels(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> None:
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
-        raise ValueError(
+        raise UserError(
             f"y_true and y_pred must be 1-D of equal length. Received shapes "
             f"{y_true.shape} and {y_pred.shape}"
         )
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         if y.size and (y.min() < 0 or y.max() >= n_classes):
-            raise ValueError(
+            raise UserError(
                 f"{name} holds labels outside range({n_classes}): "
                 f"min={int(y.min())}, max={int(y.max())}"
             )

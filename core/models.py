@@ -16,6 +16,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.errors import UserError
+
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5", ".onnx")
 SCALES = ("auto", "raw", "unit", "symmetric", "imagenet")
 # torchvision's normalisation (x / 255 - mean) / std per RGB channel, the 'imagenet' scale.
@@ -23,7 +25,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     """A model that cannot be used (the message names the file or layer at fault)."""
 
 

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from core.errors import UserError
+
 TRAIN_SPLIT = "train"
 
 
@@ -49,7 +51,7 @@ def rows_by_class(labels: np.ndarray, rows: np.ndarray, *, n_classes: int) -> li
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     labels = np.asarray(labels)[rows]
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must be class indices in [0, {n_classes}). "
+        raise UserError(f"labels must be class indices in [0, {n_classes}). "
                          f"Received labels from {labels.min()} to {labels.max()}")
     order = np.argsort(labels, kind="stable")
     bounds = np.searchsorted(labels[order], np.arange(n_classes + 1))
@@ -78,7 +80,7 @@ def nearest(embeddings: np.ndarray, query_row: int, candidates: np.ndarray, *, k
     ([2, 3], [1.0, 2.0])
     """
     if k < 1:
-        raise ValueError(f"`k` must be at least 1. Received: k={k}")
+        raise UserError(f"`k` must be at least 1. Received: k={k}")
     candidates = np.unique(np.asarray(candidates, dtype=np.int64))  # sorted: a memory map reads faster
     candidates = candidates[candidates != query_row]
     if candidates.size == 0:

@@ -38,6 +38,7 @@ import numpy as np
 
 from core import derived
 from core.config import ProjectionConfig
+from core.errors import UserError
 from core.progress import Progress, progress_bar, say_function
 from core.store import Run, RunCorruptError, RunNotFoundError, read_manifest, try_flock
 
@@ -90,7 +91,7 @@ def exact_neighbors(x: np.ndarray, k: int, *, threads: int | None = None,
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     if not 1 <= k <= n:
-        raise ValueError(f"k must be between 1 and the number of points ({n}). Received: k={k}")
+        raise UserError(f"k must be between 1 and the number of points ({n}). Received: k={k}")
     merge = _jitted(_fold_into_nearest, nogil=True)
     squares = np.einsum("ij,ij->i", x, x)
     best_d = np.full((n, k), np.inf, np.float32)
@@ -353,7 +354,7 @@ def nearest_in_sample(sample: np.ndarray, queries: np.ndarray, k: int, *, seed: 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     m, q = len(sample), len(queries)
     if not 1 <= k <= m:
-        raise ValueError(f"k must be between 1 and the sample size ({m}). Received: k={k}")
+        raise UserError(f"k must be between 1 and the sample size ({m}). Received: k={k}")
     centroids, labels = _kmeans_cells(sample, max(1, int(round(np.sqrt(m)))), seed=seed)
     order = np.argsort(labels, kind="stable")
     sorted_sample = sample[order]
@@ -435,27 +436,27 @@ def _import_umap():
 # --------------------------------------------------------------------------- the derived kind
 
 # version 2: core.layout instead of umap-learn's layout; above max_fit rows, placement instead of transform
-@derived.register(KIND, version=2, defaults=asdict(ProjectionConfig()),
-                  description="2-D UMAP map of the embeddings")
-def compute_projection(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
-    """The run's map as a derived result: array ``xy`` (N, 2) float32, or none with summary['reason']."""
-    embeddings = run.embeddings
-    if embeddings is None:
-        return derived.DerivedResult(summary={"method": None, "reason": "the run has no embeddings"})
-    p = ProjectionConfig(**config)
-    progress(f"Projecting {len(embeddings):,} embeddings with UMAP", 0.0)
-    xy, info = project(np.asarray(embeddings), seed=p.seed, n_neighbors=p.n_neighbors, min_dist=p.min_dist,
-                       pca_dims=p.pca_dims, max_fit=p.max_fit, init=p.init, n_epochs=p.n_epochs,
-                       progress=progress)
-    return derived.DerivedResult(arrays={} if xy is None else {"xy": xy}, summary=info)
-
-
 def projection_config(run: Run) -> dict | None:
     """The run's projection config as the derived kind's config, or None when the run asked for no map."""
     config = run.config
     if config is None or config.projection is None:
         return None
     return asdict(config.projection)
+
+
+@derived.register(KIND, version=2, config=ProjectionConfig, run_config=projection_config,
+                  libraries=("numba", "scikit-learn"), description="2-D UMAP map of the embeddings")
+def compute_projection(run: Run, config: ProjectionConfig, progress: Progress) -> derived.DerivedResult:
+    """The run's map as a derived result: array ``xy`` (N, 2) float32, or none with summary['reason']."""
+    embeddings = run.embeddings
+    if embeddings is None:
+        return derived.DerivedResult(summary={"method": None, "reason": "the run has no embeddings"})
+    p = config
+    progress(f"Projecting {len(embeddings):,} embeddings with UMAP", 0.0)
+    xy, info = project(np.asarray(embeddings), seed=p.seed, n_neighbors=p.n_neighbors, min_dist=p.min_dist,
+                       pca_dims=p.pca_dims, max_fit=p.max_fit, init=p.init, n_epochs=p.n_epochs,
+                       progress=progress)
+    return derived.DerivedResult(arrays={} if xy is None else {"xy": xy}, summary=info)
 
 
 def stored_projection(run: Run) -> np.ndarray | None:

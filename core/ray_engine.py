@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import UserError
+
 ENGINES = ("local", "ray")
 RAY_INSTALL_HINT = "pip install -r requirements-ray.txt"
 # Set before Ray starts: no usage statistics, and (local Ray) loopback addresses only. Ray takes
@@ -44,7 +46,7 @@ _NO_USAGE_STATS = {"RAY_USAGE_STATS_ENABLED": "0"}
 _LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-class RayEngineError(RuntimeError):
+class RayEngineError(UserError, RuntimeError):
     """Ray is missing, cannot start, or a Ray worker failed (the message says which)."""
 
 

@@ -26,6 +26,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import UserError
+
 RECIPES = ("small-cnn", "mlp", "transfer", "demo-cnn")
 BACKBONES = ("vgg16", "resnet50", "resnet101", "mobilenetv2", "efficientnetb0")
 # Smallest input side each keras.applications backbone accepts without its top.
@@ -52,7 +54,7 @@ WEIGHTS_FILES = {
 _MOBILENET_ROWS = (96, 128, 160, 192, 224)
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError):
     """A recipe option that cannot be used (the message names the option and value)."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from core.errors import UserError
 from core.store import Run
 
 ERROR_COLUMNS = ["rank", "id", "path", "split", "true_label", "predicted_label", "confidence",
@@ -23,7 +24,7 @@ def errors_table(run: Run, *, min_confidence: float = 0.0, split: str | None = N
     million-row run needs no pass over the probabilities.
     """
     if not 0.0 <= min_confidence <= 1.0:
-        raise ValueError(f"min_confidence must be within [0, 1]. Received: min_confidence={min_confidence}")
+        raise UserError(f"min_confidence must be within [0, 1]. Received: min_confidence={min_confidence}")
     preds = run.predictions
     split = split or run.eval_split
     split_column = preds["split"]  # categorical: compare and index it, never expand all N rows
@@ -32,7 +33,7 @@ def errors_table(run: Run, *, min_confidence: float = 0.0, split: str | None = N
     else:
         known = sorted(str(s) for s in split_column.unique())
         if split not in known:
-            raise ValueError(f"Unknown split {split!r}. The run has: {known + ['all']}")
+            raise UserError(f"Unknown split {split!r}. The run has: {known + ['all']}")
         in_split = (split_column == split).to_numpy()
     confidence = preds["confidence"].to_numpy()
     wrong = np.flatnonzero(in_split & ~preds["correct"].to_numpy() & (confidence >= min_confidence))

@@ -70,6 +70,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.errors import UserError
 from core.store import DataInfo, Run, RunStore
 
 VERDICTS = ("model-wrong", "label-wrong", "ambiguous", "exclude")
@@ -115,7 +116,7 @@ _COLUMNS_SQL = ("id, dataset, path, action, verdict, label, note, reviewer, time
                 "given_label")
 
 
-class ReviewError(ValueError):
+class ReviewError(UserError):
     """A verdict, path, class, file or database that cannot be used (the message names the value)."""
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from core import metrics
 from core.config import AnalysisConfig
+from core.errors import UserError
 from core.store import Run, RunStore
 
 TOP_K = 5
@@ -109,13 +110,13 @@ def write_run(
     probs = np.asarray(probs, dtype=np.float32)
     n, k = probs.shape
     if k != len(classes):
-        raise ValueError(f"probs has {k} columns but there are {len(classes)} classes")
+        raise UserError(f"probs has {k} columns but there are {len(classes)} classes")
     if len(y_true) != n or len(paths) != n:
-        raise ValueError(f"y_true ({len(y_true)}), paths ({len(paths)}) and probs ({n}) differ in length")
+        raise UserError(f"y_true ({len(y_true)}), paths ({len(paths)}) and probs ({n}) differ in length")
     splits = np.asarray(splits if splits is not None else np.full(n, "all"), dtype=str)
     for label, arr in (("embeddings", embeddings), ("projection", projection), ("images", images)):
         if arr is not None and len(arr) != n:
-            raise ValueError(f"{label} has {len(arr)} rows, expected {n}")
+            raise UserError(f"{label} has {len(arr)} rows, expected {n}")
 
     table = predictions_table(ids=np.arange(n), paths=list(paths), splits=splits,
                               y_true=y_true, probs=probs, classes=classes)

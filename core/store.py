@@ -41,7 +41,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from core.config import SCHEMA_VERSION, AnalysisConfig
+from core.errors import UserError
 
 READABLE_SCHEMAS = (1, 2)
 MANIFEST = "manifest.json"
@@ -62,23 +63,23 @@ DEFAULT_STORE = Path(__file__).resolve().parent.parent / "artifacts"
 _TOO_BROAD_ROOTS = {Path("/"), Path.home().resolve()}
 
 
-class RunNotFoundError(LookupError):
+class RunNotFoundError(UserError, LookupError):
     """No run of that id in the store."""
 
 
-class RunSchemaError(RuntimeError):
+class RunSchemaError(UserError, RuntimeError):
     """The run was written by another schema version and must be re-made."""
 
 
-class RunCorruptError(ValueError):
+class RunCorruptError(UserError):
     """A run whose files are missing, truncated or of the wrong shape (the message names the file)."""
 
 
-class RunBusyError(RuntimeError):
+class RunBusyError(UserError, RuntimeError):
     """Another process is writing a run of the same name."""
 
 
-class RunConflictError(RuntimeError):
+class RunConflictError(UserError, RuntimeError):
     """A run of that name exists and was made from another config."""
 
 
@@ -95,7 +96,7 @@ def valid_run_id(run_id: str) -> str:
         and all(c.isalnum() or c in "-_." for c in run_id)
     )
     if not ok:
-        raise ValueError(
+        raise UserError(
             f"Invalid run name {run_id!r}: use 1-120 letters, digits, '-', '_' or '.', "
             "not starting with '.'"
         )
@@ -220,18 +221,19 @@ class DerivedInfo:
     files: tuple[str, ...]
     seconds: float | None
     summary: dict
+    versions: dict = field(default_factory=dict)  # library versions it was computed with
 
     @classmethod
     def from_manifest(cls, name: str, m: dict) -> "DerivedInfo":
         return cls(name=name, version=int(m.get("version", 0)), config=dict(m.get("config") or {}),
                    created=str(m.get("created", "")), folder=str(m.get("folder", "")),
                    files=tuple(m.get("files") or ()), seconds=m.get("seconds"),
-                   summary=dict(m.get("summary") or {}))
+                   summary=dict(m.get("summary") or {}), versions=dict(m.get("versions") or {}))
 
     def to_manifest(self) -> dict:
         return {"version": self.version, "config": self.config, "created": self.created,
                 "folder": self.folder, "files": list(self.files), "seconds": self.seconds,
-                "summary": self.summary}
+                "summary": self.summary, "versions": self.versions}
 
 
 @dataclass(frozen=True)
@@ -481,8 +483,8 @@ class Run:
         return folder
 
     def save_derived(self, name: str, *, version: int, config: dict, arrays: dict[str, np.ndarray],
-                     tables: dict[str, pd.DataFrame], summary: dict, seconds: float | None = None
-                     ) -> DerivedInfo:
+                     tables: dict[str, pd.DataFrame], summary: dict, seconds: float | None = None,
+                     versions: dict[str, str] | None = None) -> DerivedInfo:
         """Store a derived analysis in this run: its files, then one atomic manifest update.
 
         A process killed at any point leaves the run as it was (at most a hidden
@@ -508,7 +510,8 @@ class Run:
             info = DerivedInfo(name=name, version=version, config=dict(config),
                                created=_now(), folder=folder, files=tuple(files),
                                seconds=None if seconds is None else round(seconds, 3),
-                               summary=json.loads(json.dumps(summary, default=_json_default)))
+                               summary=json.loads(json.dumps(summary, default=_json_default)),
+                               versions=dict(versions or {}))
             with _flock(self.path / ".derived.lock"):
                 manifest = read_manifest(self.path)  # another writer may have added one meanwhile
                 old = (manifest.get("derived") or {}).get(name)

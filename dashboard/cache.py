@@ -284,7 +284,6 @@ def label_issues(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
     if stamp == "none":
         return None
     from core import derived
-    from core.diagnose import labels  # noqa: F401 - registers the kind
 
     stored = derived.get(_run, "label_issues", compute=False)
     return None if stored is None else stored.table("label_issues")
@@ -296,7 +295,6 @@ def stored_slices(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
     if stamp == "none":
         return None
     from core import derived
-    from core.diagnose import slices  # noqa: F401 - registers the kind
 
     stored = derived.get(_run, "error_slices", compute=False)
     return None if stored is None else stored.table("slices")
@@ -345,10 +343,15 @@ def diagnose_rows(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
     """Per-image diagnosis columns (``diagnose_ui.row_findings``), None when no diagnosis is stored."""
     from dashboard import diagnose_ui  # it imports this module
 
-    findings = diagnose_ui.stored_findings(_run)
-    if all(v is None for k, v in findings.items() if k in ("label_issues", "duplicates", "error_slices")):
-        return None
-    return diagnose_ui.row_findings(_run, findings)
+    return diagnose_ui.row_findings(_run, diagnose_declared(_run, key, stamp))
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def diagnose_declared(_run: Run, key: str, stamp: str) -> dict:
+    """``{kind: Findings}`` of the stored results that declare findings (``core.derived.all_findings``)."""
+    from core import derived
+
+    return derived.all_findings(_run)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -356,7 +359,7 @@ def diagnose_cards(_run: Run, key: str, stamp: str) -> list:
     """The Diagnose page's cards of the stored findings (``diagnose_ui.build_cards``), ranked."""
     from dashboard import diagnose_ui
 
-    return diagnose_ui.build_cards(_run, diagnose_ui.stored_findings(_run), eval_mask(_run, key))
+    return diagnose_ui.build_cards(_run, diagnose_declared(_run, key, stamp), eval_mask(_run, key))
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

@@ -14,6 +14,23 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+class LazyModule:
+    """A module imported on first attribute use, so that collecting tests imports no TensorFlow
+    (``import keras`` costs 5-40 s; collection must stay under 10 s). Keras' own
+    ``keras/src/utils/module_utils.py`` ``LazyModule`` does the same."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+    def __repr__(self) -> str:
+        return f"LazyModule({self._name!r})"
+
 CLASS_COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
 
 

@@ -10,9 +10,7 @@ import their heavy libraries (cleanlab, scipy) inside the functions that use the
 
 from __future__ import annotations
 
-import importlib
 import json
-import pkgutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,9 +33,8 @@ DIAGNOSES: tuple[str, ...] = (
 
 
 def load_kinds() -> None:
-    """Import every module of this package, so that each registers its kinds."""
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    """Register every kind (``core.derived.load_kinds``: this package's modules among them)."""
+    derived.load_kinds()
 
 
 class DiagnosisResults(dict):

@@ -24,10 +24,14 @@ by confidence can.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from core import derived
+from core.diagnose.findings import Card, Findings
+from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
 
@@ -38,12 +42,12 @@ def _check(confidence: np.ndarray, correct: np.ndarray, n_bins: int) -> tuple[np
     confidence = np.asarray(confidence, dtype=np.float64)
     correct = np.asarray(correct)
     if confidence.ndim != 1 or confidence.shape != correct.shape:
-        raise ValueError(f"confidence and correct must be 1-D of equal length. "
+        raise UserError(f"confidence and correct must be 1-D of equal length. "
                          f"Received shapes {confidence.shape} and {correct.shape}")
     if confidence.size and (not np.isfinite(confidence).all() or confidence.min() < 0 or confidence.max() > 1):
-        raise ValueError("confidence must lie within [0, 1]")
+        raise UserError("confidence must lie within [0, 1]")
     if not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be a positive whole number. Received: n_bins={n_bins!r}")
+        raise UserError(f"n_bins must be a positive whole number. Received: n_bins={n_bins!r}")
     return confidence, correct.astype(bool)
 
 
@@ -100,7 +104,7 @@ def per_class_calibration(probs: np.ndarray, labels: np.ndarray, class_names: li
     probs = np.asarray(probs)
     labels = np.asarray(labels)
     if probs.ndim != 2 or probs.shape[1] != len(class_names) or len(labels) != len(probs):
-        raise ValueError(f"probs must be (N, {len(class_names)}) and labels (N,). "
+        raise UserError(f"probs must be (N, {len(class_names)}) and labels (N,). "
                          f"Received shapes {probs.shape} and {labels.shape}")
     predicted = probs.argmax(axis=1)
     confidence = probs.max(axis=1).astype(np.float64)
@@ -131,13 +135,13 @@ def confidence_histograms(confidence: np.ndarray, correct: np.ndarray, *, n_bins
 def _log_probs(logits_or_probs: np.ndarray, inputs: str) -> np.ndarray:
     x = np.asarray(logits_or_probs, dtype=np.float64)
     if x.ndim != 2:
-        raise ValueError(f"expected an (N, K) array. Received shape {x.shape}")
+        raise UserError(f"expected an (N, K) array. Received shape {x.shape}")
     if inputs not in ("auto", "probs", "logits"):
-        raise ValueError(f"Unsupported inputs {inputs!r}. The available choices are ['auto', 'probs', 'logits']")
+        raise UserError(f"Unsupported inputs {inputs!r}. The available choices are ['auto', 'probs', 'logits']")
     if inputs == "auto":
         inputs = "probs" if x.size and x.min() >= 0 and np.allclose(x.sum(axis=1), 1.0, atol=1e-3) else "logits"
     if not np.isfinite(x).all():
-        raise ValueError("logits or probabilities must be finite")
+        raise UserError("logits or probabilities must be finite")
     if inputs == "logits":
         return x
     with np.errstate(divide="ignore"):
@@ -173,11 +177,11 @@ def fit_temperature(logits_or_probs: np.ndarray, labels: np.ndarray, *, inputs: 
     logits = _log_probs(logits_or_probs, inputs)
     labels = np.asarray(labels, dtype=np.int64)
     if labels.shape != (len(logits),):
-        raise ValueError(f"labels must be ({len(logits)},). Received shape {labels.shape}")
+        raise UserError(f"labels must be ({len(logits)},). Received shape {labels.shape}")
     if len(labels) == 0:
-        raise ValueError("fit_temperature needs at least one image")
+        raise UserError("fit_temperature needs at least one image")
     if labels.min() < 0 or labels.max() >= logits.shape[1]:
-        raise ValueError(f"labels hold values outside range({logits.shape[1]})")
+        raise UserError(f"labels hold values outside range({logits.shape[1]})")
     from scipy.optimize import minimize_scalar
 
     picked = np.arange(len(labels))
@@ -193,7 +197,7 @@ def fit_temperature(logits_or_probs: np.ndarray, labels: np.ndarray, *, inputs: 
 def apply_temperature(logits_or_probs: np.ndarray, temperature: float, *, inputs: str = "auto") -> np.ndarray:
     """Probabilities (N, K) after temperature scaling."""
     if not temperature > 0:
-        raise ValueError(f"temperature must be positive. Received: {temperature}")
+        raise UserError(f"temperature must be positive. Received: {temperature}")
     return np.exp(_scaled_log_softmax(_log_probs(logits_or_probs, inputs), temperature))
 
 
@@ -206,7 +210,7 @@ def _fit_and_held_out_rows(run: Run, eval_rows: np.ndarray, seed: int) -> tuple[
         val = np.flatnonzero((splits == "val").to_numpy())
         return val, eval_rows, f"fitted on the 'val' split ({len(val):,} images), evaluated on '{run.eval_split}'"
     if len(eval_rows) < 2:
-        raise ValueError(f"calibration needs at least 2 evaluated images; run {run.id!r} has {len(eval_rows)}")
+        raise UserError(f"calibration needs at least 2 evaluated images; run {run.id!r} has {len(eval_rows)}")
     shuffled = np.random.default_rng(seed).permutation(eval_rows)
     half = len(shuffled) // 2
     fit, held = np.sort(shuffled[:half]), np.sort(shuffled[half:])
@@ -214,9 +218,40 @@ def _fit_and_held_out_rows(run: Run, eval_rows: np.ndarray, seed: int) -> tuple[
                        f"evaluated on the other half ({len(held):,})")
 
 
-@derived.register("calibration", version=1, defaults={"n_bins": 15, "seed": 0},
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """``n_bins`` equal-width confidence bins; ``seed`` picks the half that fits the temperature
+    when the run has no validation split."""
+
+    n_bins: int = 15
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.n_bins, int) or self.n_bins < 2:
+            raise UserError(f"calibration: n_bins must be an integer of at least 2. Received: {self.n_bins!r}")
+
+
+#: A mistake at least this confident counts on the calibration card.
+CONFIDENT = 0.9
+
+
+def calibration_findings(run: Run, stored) -> Findings:
+    """The calibration card: the most confident mistakes first; it explains those made with
+    confidence >= ``CONFIDENT``."""
+    errors = stored.table("confident_errors").sort_values("rank")
+    rows = errors["row"].to_numpy(np.int64)
+    confident = errors["confidence"].to_numpy(float) >= CONFIDENT
+    s = stored.summary
+    return Findings(cards=(Card("calibration", "calibration", "Calibration",
+                                f"ECE {s['ece']:.4f}, MCE {s['mce']:.4f} on '{s['split']}'; "
+                                f"{int(confident.sum()):,} mistakes made with confidence ≥ {CONFIDENT:.0%}.",
+                                rows, "most confident mistake first (after temperature scaling)",
+                                explains=rows[confident]),))
+
+
+@derived.register("calibration", version=1, config=CalibrationConfig, findings=calibration_findings,
                   description="ECE/MCE, reliability, confidence histograms, temperature scaling")
-def compute_calibration(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def compute_calibration(run: Run, config: CalibrationConfig, progress: Progress) -> derived.DerivedResult:
     """Calibration of the evaluated split, before and after temperature scaling.
 
     Summary: ``ece``, ``mce`` (evaluated split, raw probabilities), ``temperature``,
@@ -227,12 +262,12 @@ def compute_calibration(run: Run, config: dict, progress: Progress) -> derived.D
     ``confident_errors`` (the evaluated split's errors ranked by scaled confidence).
     Array ``scaled_confidence`` float32 (N,): every row's top-1 probability after scaling.
     """
-    n_bins = int(config["n_bins"])
+    n_bins = config.n_bins
     preds = run.predictions
     labels = preds["true"].to_numpy().astype(np.int64)
     eval_rows = np.flatnonzero(run.eval_mask())
     progress("calibration: fitting the temperature", 0.1)
-    fit_rows, held_rows, fit_on = _fit_and_held_out_rows(run, eval_rows, int(config["seed"]))
+    fit_rows, held_rows, fit_on = _fit_and_held_out_rows(run, eval_rows, config.seed)
     probs = run.probs
     temperature = fit_temperature(probs[fit_rows], labels[fit_rows], inputs="probs")
     progress("calibration: scaling", 0.5)

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from core import derived
+from core.diagnose.findings import Caption, Card, Column, Filter, Findings, plural, unique_rows
 from core.diagnose.properties import load_scan
 from core.progress import Progress
 from core.store import Run
@@ -705,7 +706,41 @@ def eval_images_with_train_copy(pairs: pd.DataFrame, predictions: pd.DataFrame, 
     return out.sort_values(["correct", "similarity"], ascending=[True, False], kind="stable").reset_index(drop=True)
 
 
-@derived.register("duplicates", version=1,
+def duplicate_findings(run: Run, stored) -> Findings:
+    """Cards for leaks (evaluated images with a copy in train that are wrong or labelled otherwise),
+    copies whose labels disagree and all duplicates; the per-image ``train_copy`` flag, its caption
+    line and the Errors page's 'copy in train' filter."""
+    s = stored.summary
+    leaks = stored.table("eval_with_train_copy")
+    leaks = leaks[~leaks["correct"] | ~leaks["labels_agree"]].sort_values("similarity", ascending=False)
+    n_wrong = int((~leaks.drop_duplicates("row")["correct"]).sum())
+    pairs = stored.table("pairs").sort_values("similarity", ascending=False)
+    disagree = pairs[~pairs["labels_agree"]]
+    cards = (
+        Card("leaks", "duplicates", "Leaks: evaluated images with a near copy in train",
+             f"{plural(s.get('n_eval_with_train_copy', 0), 'image')} of '{s.get('eval_split', '?')}' with a copy "
+             f"in train; {n_wrong:,} of them misclassified; "
+             f"{plural(int((~leaks['labels_agree']).sum()), 'copy', 'copies')} with another label.",
+             unique_rows(leaks["row"]), "closest copy first"),
+        Card("disagreeing_copies", "duplicates", "Copies whose labels disagree",
+             f"{plural(len(disagree), 'pair')} of (near) copies with different labels: at least one image of "
+             "each pair is mislabelled.", unique_rows(np.column_stack([disagree["row_a"], disagree["row_b"]]).ravel()),
+             "closest pair first, the two images side by side"),
+        Card("duplicates", "duplicates", "Duplicates",
+             f"{plural(s.get('n_pairs', 0), 'pair')} of copies ({s.get('n_exact', 0):,} exact, "
+             f"{s.get('n_near', 0):,} near; {s.get('n_cross_split', 0):,} across splits) among "
+             f"{s.get('n_scanned', 0):,} images.", unique_rows(np.column_stack([pairs["row_a"], pairs["row_b"]]).ravel()),
+             "closest pair first, the two images side by side", notes=tuple(str(n) for n in s.get("notes", []))),
+    )
+    columns = pd.DataFrame({"train_copy": np.zeros(run.n_images, bool)})
+    columns.loc[stored.table("eval_with_train_copy")["row"].to_numpy(np.int64), "train_copy"] = True
+    return Findings(cards=cards, columns=columns,
+                    column_specs=(Column("train_copy", "copy in train", "an evaluated image with a near copy in train"),),
+                    captions=(Caption("copy in train", when="train_copy"),),
+                    filters=(Filter("train_copy", "Copy in train", "flag", "copy"),))
+
+
+@derived.register("duplicates", version=1, findings=duplicate_findings,
                   defaults={"thumb_size": 32, "min_similarity": 0.9, "max_residual": 10.0, "min_correlation": 0.9,
                             "max_shift": 3, "neighbours": 2, "min_embedding_cosine": None, "seed": 0},
                   description="exact and near duplicate images within and across splits (leakage)")

@@ -89,3 +89,61 @@ class Findings:
     column_specs: tuple[Column, ...] = ()
     captions: tuple[Caption, ...] = ()
     filters: tuple[Filter, ...] = field(default=())
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """'1 image', '2 images', '1,000 images'.
+
+    >>> plural(1, "image"), plural(2500, "class", "classes")
+    ('1 image', '2,500 classes')
+    """
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def unique_rows(rows) -> np.ndarray:
+    """``rows`` without repeats, first occurrence kept (a finding's order is its score order).
+
+    >>> unique_rows([4, 2, 4, 1, 2]).tolist()
+    [4, 2, 1]
+    """
+    rows = np.asarray(rows, np.int64)
+    _, first = np.unique(rows, return_index=True)
+    return rows[np.sort(first)]
+
+
+def explained_errors(card: Card, correct: np.ndarray, eval_mask: np.ndarray) -> int:
+    """How many misclassified images of the evaluated split the card explains (its ``explained_rows``)."""
+    rows = card.explained_rows()
+    if rows.size == 0:
+        return 0
+    return int((eval_mask[rows] & ~correct[rows]).sum())
+
+
+def rank_cards(cards, correct: np.ndarray, eval_mask: np.ndarray, kind_order=()) -> list[tuple[Card, int]]:
+    """``(card, errors explained)`` pairs, most errors explained first (ties: ``kind_order``, then as given)."""
+    order = {name: i for i, name in enumerate(kind_order)}
+    counted = [(c, explained_errors(c, correct, eval_mask)) for c in cards]
+    return sorted(counted, key=lambda pair: (-pair[1], order.get(pair[0].kind, len(order))))
+
+
+def merged_columns(findings: dict[str, Findings], n: int) -> pd.DataFrame | None:
+    """Every kind's per-image columns side by side (N lines), None when no kind has any."""
+    parts = [f.columns.reset_index(drop=True) for f in findings.values() if f.columns is not None]
+    if not parts:
+        return None
+    table = pd.concat(parts, axis=1)
+    if len(table) != n:
+        raise ValueError(f"Per-image columns have {len(table)} lines for a run of {n} images")
+    return table
+
+
+def caption_lines(findings: dict[str, Findings], row: pd.Series) -> list[str]:
+    """The caption lines of one image (``row``: its line of ``merged_columns``), in kind order."""
+    lines = []
+    for f in findings.values():
+        for caption in f.captions:
+            value = row.get(caption.when)
+            if value is None or (isinstance(value, float) and np.isnan(value)) or not value:
+                continue
+            lines.append(caption.template.format(**row.to_dict()))
+    return lines

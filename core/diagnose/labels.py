@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from core import derived
+from core.diagnose.findings import Caption, Card, Column, Filter, Findings
 from core.progress import Progress
 from core.store import Run
 
@@ -181,7 +182,33 @@ def mixed_probabilities(probs: np.ndarray, neighbour_distribution: np.ndarray, *
 
 # --------------------------------------------------------------------------- the derived kind
 
-@derived.register("label_issues", version=1, description="images whose given label is probably wrong",
+def label_issue_findings(run: Run, stored) -> Findings:
+    """The 'Suspected label errors' card, per-image ``label_issue`` score / ``suggested`` class /
+    ``is_issue`` columns, their caption line and the Errors page's minimum-score filter."""
+    from core.diagnose import headline
+
+    table = stored.table("label_issues")
+    issues = table[table["is_issue"]].sort_values("score", ascending=False, kind="stable")
+    rows = issues["row"].to_numpy(np.int64)
+    n = run.n_images
+    columns = pd.DataFrame({"label_issue": np.full(n, np.nan), "suggested": np.full(n, "", dtype=object),
+                            "is_issue": np.zeros(n, bool)})
+    at = table["row"].to_numpy(np.int64)
+    columns.loc[at, "label_issue"] = table["score"].to_numpy(float)
+    columns.loc[at, "suggested"] = table["suggested_label"].astype(str).to_numpy()
+    columns.loc[at, "is_issue"] = table["is_issue"].to_numpy(bool)
+    return Findings(
+        cards=(Card("label_issues", "label_issues", "Suspected label errors",
+                    headline("label_issues", stored.summary), rows, "most likely mislabelled first"),),
+        columns=columns,
+        column_specs=(Column("label_issue", "label issue", "1 - the model's probability of the given label"),
+                      Column("suggested", "suggested", "the likelier label")),
+        captions=(Caption("label issue {label_issue:.2f} → suggested {suggested}", when="is_issue"),),
+        filters=(Filter("label_issue", "Label-issue score at least", "min", "issue"),))
+
+
+@derived.register("label_issues", version=1, findings=label_issue_findings, libraries=("cleanlab",),
+                  description="images whose given label is probably wrong",
                   defaults={"method": "self_confidence", "filter_by": "prune_by_noise_rate",
                             "knn_weight": 0.0, "k": 10, "max_reference": 20000, "seed": 0})
 def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:

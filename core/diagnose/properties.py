@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 
 from core import derived
+from core.diagnose.findings import Card, Findings
+from core.errors import UserError
 from core.progress import Progress
 from core.store import Run
 
@@ -103,7 +105,7 @@ def image_properties(img: np.ndarray) -> dict:
 
     img = np.asarray(img)
     if img.dtype != np.uint8 or img.ndim not in (2, 3) or img.size == 0:
-        raise ValueError(f"expected a non-empty uint8 image (H, W) or (H, W, C). Received: dtype={img.dtype}, "
+        raise UserError(f"expected a non-empty uint8 image (H, W) or (H, W, C). Received: dtype={img.dtype}, "
                          f"shape={img.shape}")
     h, w = img.shape[:2]
     small = _shrunk(img, PROPERTY_SIZE)
@@ -230,10 +232,10 @@ def scan_images(run: Run, *, thumb_size: int = 32, workers: int | None = None,
     reason; the others go on.
     """
     if not isinstance(thumb_size, int) or not 8 <= thumb_size <= 256:
-        raise ValueError(f"thumb_size must be a whole number of pixels in 8..256. Received: thumb_size={thumb_size!r}")
+        raise UserError(f"thumb_size must be a whole number of pixels in 8..256. Received: thumb_size={thumb_size!r}")
     n = run.n_images
     if run.data_root is None and not run.data_info.images_in_run:
-        raise ValueError(f"Run {run.id!r} has neither image files (no data root) nor images.npy: "
+        raise UserError(f"Run {run.id!r} has neither image files (no data root) nor images.npy: "
                          "there are no pixels to scan")
     run.predictions, run._pixels  # load once here, not once per thread
     thumbs = np.zeros((n, thumb_size, thumb_size), np.uint8)
@@ -270,18 +272,29 @@ def scan_images(run: Run, *, thumb_size: int = 32, workers: int | None = None,
                      properties=table, skipped=skipped_table)
 
 
-@derived.register("image_scan", version=1, defaults={"thumb_size": 32},
+@dataclass(frozen=True)
+class ImageScanConfig:
+    """``thumb_size``: the side of the square grey thumbnails kept of every image."""
+
+    thumb_size: int = 32
+
+    def __post_init__(self):
+        if not isinstance(self.thumb_size, int) or not 8 <= self.thumb_size <= 256:
+            raise UserError(f"thumb_size must be a whole number of pixels in 8..256. Received: thumb_size={self.thumb_size!r}")
+
+
+@derived.register("image_scan", version=1, config=ImageScanConfig,
                   description="one pass over the pixels: thumbnails, pixel digests and image properties")
-def compute_image_scan(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def compute_image_scan(run: Run, config: ImageScanConfig, progress: Progress) -> derived.DerivedResult:
     """Arrays ``thumbnails`` (N, S, S) uint8, ``content_size`` (N, 2), ``digest`` (N,) uint64,
     ``readable`` (N,); tables ``properties`` and ``skipped`` (see ``ImageScan``)."""
-    scan = scan_images(run, thumb_size=int(config["thumb_size"]), progress=progress)
+    scan = scan_images(run, thumb_size=config.thumb_size, progress=progress)
     return derived.DerivedResult(
         arrays={"thumbnails": scan.thumbnails, "content_size": scan.content_size, "digest": scan.digest,
                 "readable": scan.readable},
         tables={"properties": scan.properties, "skipped": scan.skipped},
         summary={"n_images": int(run.n_images), "n_readable": int(scan.readable.sum()),
-                 "n_skipped": int(len(scan.skipped)), "thumb_size": int(config["thumb_size"]),
+                 "n_skipped": int(len(scan.skipped)), "thumb_size": config.thumb_size,
                  "skipped_examples": scan.skipped.head(5).to_dict("records")},
     )
 
@@ -321,10 +334,10 @@ def knn_atypicality(embeddings: np.ndarray, labels: np.ndarray, *, k: int = 10, 
     embeddings = np.asarray(embeddings, dtype=np.float32)
     labels = np.asarray(labels)
     if embeddings.ndim != 2 or len(embeddings) != len(labels):
-        raise ValueError(f"embeddings must be (N, D) with N = len(labels). Received: {embeddings.shape} and "
+        raise UserError(f"embeddings must be (N, D) with N = len(labels). Received: {embeddings.shape} and "
                          f"{labels.shape}")
     if k < 1 or max_reference < 2:
-        raise ValueError(f"k must be >= 1 and max_reference >= 2. Received: k={k}, max_reference={max_reference}")
+        raise UserError(f"k must be >= 1 and max_reference >= 2. Received: k={k}, max_reference={max_reference}")
     n = len(labels)
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     distance = np.full(n, np.nan, np.float32)
@@ -404,7 +417,7 @@ def property_error_rates(values: dict[str, np.ndarray], labels: np.ndarray, corr
     [0.1, 1.0, 10.0, 0.0]
     """
     if not 0 < tail < 0.5:
-        raise ValueError(f"tail must be in (0, 0.5). Received: tail={tail}")
+        raise UserError(f"tail must be in (0, 0.5). Received: tail={tail}")
     labels = np.asarray(labels)
     correct = np.asarray(correct, dtype=bool)
     wrong = ~correct
@@ -496,11 +509,83 @@ def _finding_text(rec: dict, side: str, tail: float) -> str:
 
 # --------------------------------------------------------------------------- the derived kind
 
-@derived.register("image_properties", version=1,
-                  defaults={"thumb_size": 32, "k": 10, "max_reference": 2000, "tail": 0.1, "min_count": 5,
-                            "seed": 0},
+@dataclass(frozen=True)
+class ImagePropertiesConfig:
+    """``thumb_size`` of the shared image scan; atypicality from the ``k`` nearest of at most
+    ``max_reference`` labelled images (sampled with ``seed``); the error rate of each property's
+    ``tail`` (fraction, each side) per class, for classes with at least ``min_count`` images there."""
+
+    thumb_size: int = 32
+    k: int = 10
+    max_reference: int = 2000
+    tail: float = 0.1
+    min_count: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        ImageScanConfig(thumb_size=self.thumb_size)
+        if not isinstance(self.k, int) or self.k < 1:
+            raise UserError(f"image_properties: k must be a positive integer. Received: {self.k!r}")
+        if not 0.0 < float(self.tail) < 0.5:
+            raise UserError(f"image_properties: tail must be between 0 and 0.5. Received: {self.tail!r}")
+
+
+ATYPICAL_QUANTILE = 0.95  # the odd-images card: the evaluated images above this atypicality quantile
+MAX_PROPERTY_CARDS = 5
+
+
+def finding_rows(properties: pd.DataFrame, error_rates: pd.DataFrame, finding: pd.Series) -> np.ndarray:
+    """The rows of one property finding (its class, or every class, and its tail of the property).
+
+    ``properties``: the ``image_properties`` table of every image; ``error_rates``: its per-class
+    thresholds. Rows of the evaluated split (``finding``'s group), most extreme value first.
+    """
+    prop, side = finding["property"], finding["side"]
+    rates = error_rates[(error_rates["property"] == prop) & (error_rates["class"] != "(all classes)")]
+    if finding["class"] != "(all classes)":
+        rates = rates[rates["class"] == finding["class"]]
+    threshold = dict(zip(rates["class"], rates[f"{side}_threshold"]))
+    per_row = properties["true_label"].map(threshold).to_numpy(float)
+    value = properties[prop].to_numpy(float)
+    inside = (value <= per_row) if side == "low" else (value >= per_row)
+    inside &= ~np.isnan(per_row)
+    picked = properties[inside]
+    picked = picked.sort_values(prop, ascending=side == "low")
+    return picked["row"].to_numpy(np.int64)
+
+
+def property_findings(run: Run, stored) -> Findings:
+    """Cards for the most atypical evaluated images (unless a property finding already names
+    atypicality) and for each of the ``MAX_PROPERTY_CARDS`` strongest property findings."""
+    props = stored.table("properties")
+    evaluated = props[run.eval_mask()[props["row"].to_numpy(np.int64)]]
+    cards = []
+    findings = stored.table("findings")
+    atypical = evaluated["atypicality"].to_numpy(float)
+    if np.isfinite(atypical).any() and not (findings["property"] == "atypicality").any():
+        cut = float(np.nanquantile(atypical, ATYPICAL_QUANTILE))
+        odd = evaluated[atypical >= cut].sort_values("atypicality", ascending=False)
+        rows = odd["row"].to_numpy(np.int64)
+        wrong = int((~odd["correct"].to_numpy(bool)).sum())
+        base = float((~evaluated["correct"]).mean()) if len(evaluated) else 0.0
+        cards.append(Card("atypical", "image_properties", "Odd images: the most atypical",
+                          f"The {1 - ATYPICAL_QUANTILE:.0%} most atypical evaluated images (far from their "
+                          f"class's neighbours in embedding space): {wrong:,} of {rows.size:,} misclassified "
+                          f"({wrong / max(rows.size, 1):.0%}, against {base:.0%} overall).",
+                          rows, "most atypical first"))
+    rates = stored.table("error_rates")
+    for i, finding in findings.head(MAX_PROPERTY_CARDS).iterrows():
+        cards.append(Card(f"property-{i}", "image_properties",
+                          f"Odd images: {finding['property']}, "
+                          + ("every class" if finding["class"] == "(all classes)" else str(finding["class"])),
+                          str(finding["text"]), finding_rows(evaluated, rates, finding),
+                          f"{'lowest' if finding['side'] == 'low' else 'highest'} {finding['property']} first"))
+    return Findings(cards=tuple(cards))
+
+
+@derived.register("image_properties", version=1, config=ImagePropertiesConfig, findings=property_findings,
                   description="image properties and atypicality, and the error rate in their tails per class")
-def compute_image_properties(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def compute_image_properties(run: Run, config: ImagePropertiesConfig, progress: Progress) -> derived.DerivedResult:
     """Per-image properties and atypicality, and error rates by property for the evaluated split.
 
     Arrays (N,): ``atypicality`` (robust z within the true class, NaN without
@@ -524,7 +609,7 @@ def compute_image_properties(run: Run, config: dict, progress: Progress) -> deri
     for c in _PROPERTY_COLUMNS:  # the same columns with or without pixels
         table[c] = pd.array([pd.NA] * n, dtype="boolean") if c == "grayscale" else np.nan
     try:
-        scan = load_scan(run, thumb_size=int(config["thumb_size"]),
+        scan = load_scan(run, thumb_size=config.thumb_size,
                          progress=lambda m, f: progress(m, 0.8 * f))
         for c in _PROPERTY_COLUMNS:
             table[c] = scan.properties[c].array
@@ -534,9 +619,9 @@ def compute_image_properties(run: Run, config: dict, progress: Progress) -> deri
         notes.append(f"No image properties: {exc}")
     progress("image properties: atypicality in embedding space", 0.85)
     if run.embeddings is not None:
-        distance, robust_z, _ = knn_atypicality(run.embeddings, labels, k=int(config["k"]),
-                                                max_reference=int(config["max_reference"]),
-                                                seed=int(config["seed"]))
+        distance, robust_z, _ = knn_atypicality(run.embeddings, labels, k=config.k,
+                                                max_reference=config.max_reference,
+                                                seed=config.seed)
     else:
         distance = robust_z = np.full(n, np.nan, np.float32)
         notes.append("The run has no embeddings: no atypicality")
@@ -548,8 +633,8 @@ def compute_image_properties(run: Run, config: dict, progress: Progress) -> deri
               for p in PROPERTIES if p in table and table[p].notna().any()}
     progress("image properties: error rates by property", 0.95)
     rates = property_error_rates(values, labels[eval_rows], table["correct"].to_numpy()[eval_rows],
-                                 classes=run.classes, tail=float(config["tail"]), min_count=int(config["min_count"]))
-    findings = error_rate_findings(rates, tail=float(config["tail"]))
+                                 classes=run.classes, tail=float(config.tail), min_count=config.min_count)
+    findings = error_rate_findings(rates, tail=float(config.tail))
     progress("image properties: done", 1.0)
     return derived.DerivedResult(
         arrays={"atypicality": robust_z.astype(np.float32), "knn_distance": distance.astype(np.float32)},

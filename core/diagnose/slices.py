@@ -29,12 +29,15 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from core import derived
+from core.diagnose.findings import Card, Column, Filter, Findings
+from core.errors import UserError
 from core.progress import Progress, slug
 from core.store import Run
 
@@ -107,7 +110,7 @@ def find_error_slices(features: np.ndarray, labels: np.ndarray, predicted: np.nd
     labels, predicted = np.asarray(labels), np.asarray(predicted)
     n = len(labels)
     if features.ndim != 2 or len(features) != n or len(predicted) != n or len(margin) != n:
-        raise ValueError(f"features (n, d), labels, predicted and margin must have the same n. Received: "
+        raise UserError(f"features (n, d), labels, predicted and margin must have the same n. Received: "
                          f"{features.shape}, {labels.shape}, {predicted.shape}, {np.shape(margin)}")
     wrong = labels != predicted
     hard = np.flatnonzero(wrong | (np.asarray(margin) < max_margin))
@@ -201,12 +204,57 @@ def standout_properties(values: dict[str, np.ndarray], labels: np.ndarray, membe
 
 # --------------------------------------------------------------------------- the derived kind
 
-@derived.register("error_slices", version=1,
-                  defaults={"max_margin": 0.2, "min_size": 20, "min_errors": 5, "min_lift": 2.0,
-                            "hard_per_cluster": 20, "max_clusters": 40, "dims": 32, "use_properties": True,
-                            "seed": 0},
+@dataclass(frozen=True)
+class ErrorSlicesConfig:
+    """See ``find_slices`` for each option; ``dims``: PCA width of the embeddings clustered;
+    ``use_properties``: name slices by the image properties that set them apart too."""
+
+    max_margin: float = 0.2
+    min_size: int = 20
+    min_errors: int = 5
+    min_lift: float = 2.0
+    hard_per_cluster: int = 20
+    max_clusters: int = 40
+    dims: int = 32
+    use_properties: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("min_size", "min_errors", "hard_per_cluster", "max_clusters", "dims"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"error_slices: {name} must be a positive integer. Received: {value!r}")
+        if not 0.0 < float(self.max_margin) <= 1.0:
+            raise UserError(f"error_slices: max_margin must be in (0, 1]. Received: {self.max_margin!r}")
+
+
+#: At most this many slices get a card of their own (the worst first).
+MAX_SLICE_CARDS = 5
+
+
+def slice_findings(run: Run, stored) -> Findings:
+    """A card per slice (the worst ``MAX_SLICE_CARDS``), each image's ``slice`` name and the Errors
+    page's slice filter."""
+    slices = stored.table("slices")
+    members = stored.table("members")
+    cards = []
+    for _, s in slices.head(MAX_SLICE_CARDS).iterrows():
+        mine = members[members["slice_id"] == s["slice_id"]].sort_values("distance")
+        cards.append(Card(f"slice-{int(s['slice_id'])}", "error_slices", f"Error slice: {s['name']}",
+                          f"{int(s['n']):,} images, error rate {s['error_rate']:.0%} against "
+                          f"{s['expected_rate']:.0%} expected ({s['lift']:.1f}x); "
+                          f"{s['excess_errors']:.0f} errors more than expected.",
+                          mine["row"].to_numpy(np.int64), "closest to the slice's centre first"))
+    names = dict(zip(slices["slice_id"], slices["name"].astype(str)))
+    columns = pd.DataFrame({"slice": np.full(run.n_images, "", dtype=object)})
+    columns.loc[members["row"].to_numpy(np.int64), "slice"] = members["slice_id"].map(names).fillna("").to_numpy()
+    return Findings(cards=tuple(cards), columns=columns, column_specs=(Column("slice", "slice"),),
+                    filters=(Filter("slice", "Error slice", "choices", "slice"),))
+
+
+@derived.register("error_slices", version=1, config=ErrorSlicesConfig, findings=slice_findings,
                   description="groups of errors found in embedding space, named by their confusions and properties")
-def compute_error_slices(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+def compute_error_slices(run: Run, config: ErrorSlicesConfig, progress: Progress) -> derived.DerivedResult:
     """Slices of the evaluated split (see the module docstring).
 
     Arrays: ``slice`` (N,) int32 (-1: none). Tables: ``slices`` (``SLICE_COLUMNS``,
@@ -220,23 +268,23 @@ def compute_error_slices(run: Run, config: dict, progress: Progress) -> derived.
     notes = []
     if run.embeddings is not None:
         space = "embeddings"
-        features = _features(run.embeddings[rows], dims=int(config["dims"]), seed=int(config["seed"]))
+        features = _features(run.embeddings[rows], dims=config.dims, seed=config.seed)
     elif run.projection is not None:
         space = "projection"
         features = np.asarray(run.projection[rows], np.float32)
         notes.append("The run has no embeddings: slices found on the 2-D map.")
     else:
-        raise ValueError(f"Run {run.id!r} has neither embeddings nor a projection to find slices in")
+        raise UserError(f"Run {run.id!r} has neither embeddings nor a projection to find slices in")
     progress("error slices: clustering the hard images", 0.2)
     labels = preds["true"].to_numpy()[rows]
     predicted = preds["predicted"].to_numpy()[rows]
     margin = margins(run.probs[rows])
     slices, member, distance = find_error_slices(
-        features, labels, predicted, margin, classes=run.classes, max_margin=float(config["max_margin"]),
-        min_size=int(config["min_size"]), min_errors=int(config["min_errors"]), min_lift=float(config["min_lift"]),
-        hard_per_cluster=int(config["hard_per_cluster"]), max_clusters=int(config["max_clusters"]),
-        seed=int(config["seed"]))
-    if config["use_properties"] and len(slices):
+        features, labels, predicted, margin, classes=run.classes, max_margin=float(config.max_margin),
+        min_size=config.min_size, min_errors=config.min_errors, min_lift=float(config.min_lift),
+        hard_per_cluster=config.hard_per_cluster, max_clusters=config.max_clusters,
+        seed=config.seed)
+    if config.use_properties and len(slices):
         progress("error slices: image properties", 0.6)
         values = _property_values(run, rows, notes, progress)
         if values:
@@ -295,7 +343,7 @@ def _property_values(run: Run, rows: np.ndarray, notes: list, progress: Progress
 def _stored(run: Run, *, compute: bool) -> derived.StoredDerived:
     stored = derived.get(run, "error_slices", compute=compute)
     if stored is None:
-        raise LookupError(f"Run {run.id!r} has no current error slices: compute them with "
+        raise UserError(f"Run {run.id!r} has no current error slices: compute them with "
                           f"python -m core diagnose {run.id}")
     return stored
 
@@ -305,7 +353,7 @@ def slice_rows(run: Run, slice_id: int, *, compute: bool = True) -> np.ndarray:
     members = _stored(run, compute=compute).table("members")
     known = sorted(set(members["slice_id"].tolist()))
     if slice_id not in known:
-        raise LookupError(f"Run {run.id!r} has no slice {slice_id!r}. Slices: {known}")
+        raise UserError(f"Run {run.id!r} has no slice {slice_id!r}. Slices: {known}")
     return np.sort(members.loc[members["slice_id"] == slice_id, "row"].to_numpy(np.int64))
 
 
@@ -329,7 +377,7 @@ def filter_rows(run: Run, rule: dict) -> np.ndarray:
     A rule of type ``rows`` (``{"type": "rows", "rows": [...]}``) applies only to the run it names.
     """
     if not isinstance(rule, dict) or rule.get("format") != FILTER_FORMAT or not isinstance(rule.get("rule"), dict):
-        raise ValueError(f"Not a filter (expected format {FILTER_FORMAT!r}). Received keys: "
+        raise UserError(f"Not a filter (expected format {FILTER_FORMAT!r}). Received keys: "
                          f"{sorted(rule) if isinstance(rule, dict) else type(rule).__name__}")
     body = rule["rule"]
     if body.get("type") == "paths":
@@ -338,14 +386,14 @@ def filter_rows(run: Run, rule: dict) -> np.ndarray:
         return np.sort(np.flatnonzero(paths.isin(wanted))).astype(np.int64)
     if body.get("type") == "rows":
         if (rule.get("source") or {}).get("run_uid") != run.uid:
-            raise ValueError(f"Filter {rule.get('name')!r} lists rows of another run; it cannot apply to {run.id!r}")
+            raise UserError(f"Filter {rule.get('name')!r} lists rows of another run; it cannot apply to {run.id!r}")
         rows = np.asarray(body.get("rows") or [], np.int64)
         bad = rows[(rows < 0) | (rows >= run.n_images)]
         if len(bad):
-            raise ValueError(f"Filter {rule.get('name')!r} names rows outside 0..{run.n_images - 1}: "
+            raise UserError(f"Filter {rule.get('name')!r} names rows outside 0..{run.n_images - 1}: "
                              f"{bad[:5].tolist()}")
         return np.unique(rows)
-    raise ValueError(f"Unknown filter rule type {body.get('type')!r}. Types: ['paths', 'rows']")
+    raise UserError(f"Unknown filter rule type {body.get('type')!r}. Types: ['paths', 'rows']")
 
 
 def filters_folder(run: Run) -> Path:
@@ -356,7 +404,7 @@ def filters_folder(run: Run) -> Path:
 def save_filter(rule: dict, folder: str | os.PathLike) -> Path:
     """Write ``rule`` as ``<folder>/<slug of its name>.json`` (atomically; replaces a filter of that name)."""
     if not (isinstance(rule, dict) and rule.get("format") == FILTER_FORMAT and isinstance(rule.get("name"), str)):
-        raise ValueError(f"Not a filter with a name (format {FILTER_FORMAT!r}). Received: "
+        raise UserError(f"Not a filter with a name (format {FILTER_FORMAT!r}). Received: "
                          f"{rule.get('format') if isinstance(rule, dict) else type(rule).__name__!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -397,7 +445,7 @@ def compare_slices(run_a: Run, run_b: Run, *, alpha: float = 0.05) -> pd.DataFra
     b_rows = pd.Series(np.arange(run_b.n_images), index=run_b.predictions["path"].astype(str))
     b_rows = b_rows[~b_rows.index.duplicated()]
     if not b_rows.index.isin(run_a.predictions["path"].astype(str)).any():
-        raise ValueError(f"Runs {run_a.id!r} and {run_b.id!r} share no image paths: they are not on the same images")
+        raise UserError(f"Runs {run_a.id!r} and {run_b.id!r} share no image paths: they are not on the same images")
     correct_a = run_a.predictions["correct"].to_numpy()
     correct_b = run_b.predictions["correct"].to_numpy()
     out = []

@@ -11,9 +11,9 @@ from core.datasets import load_dataset
 from core.images import fit_to_input
 from core.models import ModelError, build_inference_model, load_model
 from core.store import RunConflictError, RunStore
-from tests.conftest import make_classifier, write_image
+from tests.conftest import LazyModule, make_classifier, write_image
 
-keras = pytest.importorskip("keras")
+keras = LazyModule("keras")  # imported when a test first uses it, not at collection
 
 
 @pytest.mark.slow  # UMAP

@@ -20,10 +20,8 @@ import h5py
 import numpy as np
 import pytest
 
-pytest.importorskip("keras")
-
-from core import cli, datasets, demo  # noqa: E402
-from core.store import RunStore  # noqa: E402
+from core import cli, datasets, demo
+from core.store import RunStore
 
 
 def _write_idx(path, array: np.ndarray) -> None:

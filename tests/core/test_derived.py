@@ -160,3 +160,98 @@ def test_reading_a_derived_result_imports_neither_tensorflow_nor_umap(run, tmp_p
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["200", "[]"]
+
+
+# --------------------------------------------------------------------------- typed configs, row inputs, findings
+
+from dataclasses import dataclass  # noqa: E402
+
+from core.diagnose.findings import Card, Caption, Column, Filter, Findings  # noqa: E402
+from core.errors import UserError  # noqa: E402
+
+ROW_CALLS = []
+
+
+@dataclass(frozen=True)
+class _SquareConfig:
+    scale: float = 1.0
+    names: tuple[str, ...] = ("a",)
+
+    def __post_init__(self):
+        if self.scale <= 0:
+            raise UserError(f"scale must be positive. Received: scale={self.scale!r}")
+
+
+def _square_findings(run, stored):
+    rows = np.asarray(stored.array("rows"))
+    columns = pd.DataFrame({"squared": np.full(run.n_images, np.nan)})
+    columns.loc[rows, "squared"] = np.asarray(stored.array("value"))
+    return Findings(cards=(Card("squares", "row_square", "Squares", f"{len(rows)} rows", rows, "row order"),),
+                    columns=columns, column_specs=(Column("squared", "squared"),),
+                    captions=(Caption("squared {squared:.0f}", when="squared"),),
+                    filters=(Filter("squared", "Squared at least", "min", "sq"),))
+
+
+@derived.register("row_square", version=1, config=_SquareConfig, row_inputs=True, findings=_square_findings,
+                  libraries=("scikit-learn",), description="row * row * scale, per requested row (a test kind)")
+def _row_square(run, config, progress, *, rows, previous):
+    ROW_CALLS.append((type(config).__name__, None if rows is None else rows.tolist(), previous is not None))
+    rows = np.arange(3) if rows is None else rows
+    skipped = {int(r): "odd one out" for r in rows if r == 7}
+    rows = np.array([r for r in rows if r != 7], np.int64)
+    return derived.DerivedResult(arrays={"rows": rows, "value": (rows * rows * config.scale).astype(np.float64)},
+                                 summary={"n": int(len(rows)) + (previous.summary["n"] if previous else 0)},
+                                 skipped=skipped)
+
+
+def test_row_inputs_extend_the_stored_result_and_compute_only_new_rows(run):
+    ROW_CALLS.clear()
+    first = derived.get(run, "row_square", rows=[5, 2])
+    assert ROW_CALLS == [("_SquareConfig", [2, 5], False)]  # the typed config, the rows asked for
+    assert first.array("rows").tolist() == [2, 5] and first.array("value").tolist() == [4.0, 25.0]
+    assert derived.get(run, "row_square", rows=[5]).array("rows").tolist() == [2, 5]
+    assert len(ROW_CALLS) == 1  # stored rows are read back, not recomputed
+    grown = derived.get(run, "row_square", rows=[2, 9, 7])
+    assert ROW_CALLS[-1] == ("_SquareConfig", [7, 9], True)  # only the missing rows, with what is stored
+    assert grown.array("rows").tolist() == [2, 5, 9] and grown.array("value").tolist() == [4.0, 25.0, 81.0]
+    assert grown.skipped == {7: "odd one out"} and grown.summary["n"] == 3
+    assert derived.get(run, "row_square", rows=[7], compute=False) is None  # a skipped row is not stored
+    other = derived.get(run, "row_square", {"scale": 2.0}, rows=[3])  # another config starts afresh
+    assert other.array("rows").tolist() == [3] and other.array("value").tolist() == [18.0]
+    with pytest.raises(derived.DerivedError, match="'confidence_hist' takes no rows"):
+        derived.get(run, "confidence_hist", rows=[1])
+
+
+def test_a_typed_config_is_validated_before_computing_and_read_back_typed(run):
+    ROW_CALLS.clear()
+    with pytest.raises(UserError, match=r"scale must be positive. Received: scale=-1"):
+        derived.get(run, "row_square", {"scale": -1}, rows=[1])
+    with pytest.raises(derived.DerivedError, match=r"Unknown option\(s\) \['bogus'\] for 'row_square'"):
+        derived.get(run, "row_square", {"bogus": 1})
+    assert ROW_CALLS == []
+    stored = derived.get(run, "row_square", _SquareConfig(scale=3.0, names=("x", "y")), rows=[1])
+    assert stored.config == _SquareConfig(scale=3.0, names=("x", "y"))  # tuple again after JSON's list
+    assert derived.status(run, "row_square", {"scale": 3.0, "names": ["x", "y"]}) == "current"
+
+
+def test_library_versions_are_recorded_with_each_result(run):
+    from importlib import metadata
+
+    derived.get(run, "row_square", rows=[1])
+    info = run.derived_info("row_square")
+    assert info.versions["numpy"] == np.__version__ and info.versions["pandas"] == pd.__version__
+    assert info.versions["scikit-learn"] == metadata.version("scikit-learn")
+    entry = json.loads((run.path / "manifest.json").read_text())["derived"]["row_square"]
+    assert entry["versions"] == info.versions
+
+
+def test_findings_are_read_from_the_current_result_only(run):
+    assert derived.findings(run, "row_square") is None  # nothing stored: nothing computed either
+    assert derived.findings(run, "confidence_hist") is None  # declares no findings
+    derived.get(run, "row_square", rows=[4, 1])
+    found = derived.findings(run, "row_square")
+    assert [c.key for c in found.cards] == ["squares"] and found.cards[0].rows.tolist() == [1, 4]
+    assert found.columns["squared"].iloc[[1, 4]].tolist() == [1.0, 16.0]
+    assert "row_square" in derived.all_findings(run)
+    with pytest.raises(ValueError, match=r"Unknown filter type 'range'. The available types are \['min'"):
+        Filter("squared", "x", "range", "x")

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import h5py
-import keras
 import numpy as np
 import pytest
 
@@ -19,6 +18,9 @@ from core.analyze import analyze
 from core.datasets import load_dataset
 from core.models import ModelError, build_inference_model, file_sha256, load_model
 from core.store import RunStore
+from tests.conftest import LazyModule
+
+keras = LazyModule("keras")  # imported when a test first uses it, not at collection
 
 DATA = Path(__file__).resolve().parent / "data"
 TRANSFER = DATA / "tf_keras2_transfer.h5"

@@ -162,12 +162,3 @@ def test_an_undecodable_file_is_a_recorded_skip(tmp_path):
     assert scan.array("readable").tolist() == [True, False]
     table = derived.get(run, "image_properties").table("properties")
     assert table["brightness"].iloc[0] == pytest.approx(90 / 255) and pd.isna(table["brightness"].iloc[1])
-
-
-def test_docstring_examples_hold():
-    import doctest
-
-    from core.diagnose import properties as module
-
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-keras = pytest.importorskip("keras")
+from tests.conftest import LazyModule
+
+keras = LazyModule("keras")  # imported when a test first uses it, not at collection
 
 from core import cli, recipes, training  # noqa: E402
 from core.datasets import load_dataset  # noqa: E402

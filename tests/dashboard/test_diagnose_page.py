@@ -18,6 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import diagnose
+from core.diagnose.properties import finding_rows
 from core.config import AnalysisConfig
 from core.runs import write_run
 from core.store import RunStore
@@ -132,11 +133,11 @@ def test_property_finding_rows_follow_the_class_thresholds():
     rates = pd.DataFrame({"class": ["a", "b", "(all classes)"], "property": ["brightness"] * 3,
                           "low_threshold": [0.2, 0.3, np.nan], "high_threshold": [0.5, 0.8, np.nan]})
     one = pd.Series({"class": "a", "property": "brightness", "side": "low"})
-    assert diagnose_ui.finding_rows(props, rates, one).tolist() == [0, 1]  # darkest first
+    assert finding_rows(props, rates, one).tolist() == [0, 1]  # darkest first
     every = pd.Series({"class": "(all classes)", "property": "brightness", "side": "low"})
-    assert diagnose_ui.finding_rows(props, rates, every).tolist() == [0, 1, 4, 3]
+    assert finding_rows(props, rates, every).tolist() == [0, 1, 4, 3]
     high = pd.Series({"class": "(all classes)", "property": "brightness", "side": "high"})
-    assert diagnose_ui.finding_rows(props, rates, high).tolist() == [5, 2]
+    assert finding_rows(props, rates, high).tolist() == [5, 2]
 
 
 def test_calibration_figures_draw_the_tables(store):
@@ -192,14 +193,14 @@ def test_errors_page_filters_on_copy_in_train_and_label_issue(store):
     df = at.dataframe[0].value
     assert {"label issue", "copy in train", "slice", "suggested"} <= set(df.columns)
     assert len(df) == int(errors.sum())
-    at.selectbox(key=ui.scoped(run, "errors-train-copy")) \
-        .set_value("has a copy in train").run()
+    at.selectbox(key=ui.scoped(run, "errors-filter-copy")) \
+        .set_value("yes").run()
     df = at.dataframe[0].value
     assert sorted(df["id"].tolist()) == sorted(np.flatnonzero(errors & table["train_copy"].to_numpy()).tolist())
     assert len(df) > 0 and df["copy in train"].all()
-    at.selectbox(key=ui.scoped(run, "errors-train-copy")) \
+    at.selectbox(key=ui.scoped(run, "errors-filter-copy")) \
         .set_value("any").run()
-    at.slider(key=ui.scoped(run, "errors-label-issue")) \
+    at.slider(key=ui.scoped(run, "errors-filter-issue")) \
         .set_value(0.9).run()
     df = at.dataframe[0].value
     expected = errors & (table["label_issue"].fillna(-1).to_numpy() >= 0.9)
@@ -299,7 +300,7 @@ def test_slice_cards_and_the_errors_pages_slice_filter(tmp_path):
     assert props and any(set(c.rows) & set(odd) for c in props)
     with artifacts_dir(store.root):
         at = open_page("errors", "sliced")
-        at.multiselect(key=ui.scoped(run, "errors-slice")).set_value([first["name"]]).run()
+        at.multiselect(key=ui.scoped(run, "errors-filter-slice")).set_value([first["name"]]).run()
         assert not at.exception, [e.value for e in at.exception]
         df = at.dataframe[0].value
         wrong = ~run.predictions["correct"].to_numpy()

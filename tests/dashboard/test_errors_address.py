@@ -28,10 +28,10 @@ def store(tmp_path_factory):
 def test_the_diagnosis_filters_are_in_the_address_and_a_fresh_session_restores_them(store):
     run = store.load("sliced")
     score, copy, slices = (ui.scoped(run, name) for name in
-                           ("errors-label-issue", "errors-train-copy", "errors-slice"))
+                           ("errors-filter-issue", "errors-filter-copy", "errors-filter-slice"))
     at = open_page("errors", "sliced")
     assert not {"issue", "copy", "slice"} & set(dict(at.query_params))  # unset filters stay out
-    at.selectbox(key=copy).set_value("no copy in train").run()
+    at.selectbox(key=copy).set_value("no").run()
     at.slider(key=score).set_value(0.3).run()
     names = sorted(at.multiselect(key=slices).options)
     assert names
@@ -43,7 +43,7 @@ def test_the_diagnosis_filters_are_in_the_address_and_a_fresh_session_restores_t
     assert rows  # the filters leave some errors, so that the comparison below means something
 
     again = open_address("errors", **address)
-    assert again.selectbox(key=copy).value == "no copy in train"
+    assert again.selectbox(key=copy).value == "no"
     assert again.slider(key=score).value == pytest.approx(0.3)
     assert again.multiselect(key=slices).value == [names[-1]]
     assert again.dataframe[0].value["id"].tolist() == rows
@@ -53,7 +53,7 @@ def test_the_diagnosis_filters_are_in_the_address_and_a_fresh_session_restores_t
 @pytest.mark.parametrize("run_id, param, value, why", [
     ("computed", "issue", "2", "issue must be a number from 0 to 1. Received: '2'"),
     ("computed", "copy", "maybe", "copy must be one of ['yes', 'no']. Received: 'maybe'"),
-    ("computed", "slice", "0", "slice: this run has no error slices. Received: '0'"),
+    ("computed", "slice", "0", "slice: this run has nothing to choose from. Received: '0'"),
     ("sliced", "slice", "99", "slice must be"),
 ])
 def test_a_diagnosis_filter_that_does_not_fit_is_dropped_with_one_warning(store, run_id, param, value, why):

@@ -5,8 +5,6 @@ Points are rows of a projection ``xy`` (N, 2); a window is (x0, x1, y0, y1); ras
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 
@@ -127,13 +125,3 @@ def test_windows_zoom_about_their_centre_and_colours_are_distinct():
     palette = mapview.class_palette(120)
     assert palette.shape == (120, 3) and len({tuple(c) for c in palette}) == 120
     assert mapview.viridis(np.array([0.0, 1.0, 2.0])).tolist() == [[68, 1, 84], [253, 231, 37], [253, 231, 37]]
-
-
-def test_docstring_examples_of_the_new_modules():
-    """The runnable examples in the docstrings of the pure modules this dashboard adds."""
-    from core import neighbours
-    from dashboard import state, views
-
-    for module in (mapview, neighbours, state, views):
-        failed, attempted = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert attempted > 0 and failed == 0, module.__name__

@@ -139,3 +139,12 @@ def requested(page) -> list[str]:
     urls: list[str] = []
     page.on("request", lambda request: urls.append(request.url))
     return urls
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test of this folder is a browser test (the fast lane, -m "not slow and not browser",
+    leaves them out), whether or not its module says so."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        if Path(str(item.fspath)).resolve().is_relative_to(here):
+            item.add_marker(pytest.mark.browser)
