@@ -142,13 +142,18 @@ def unregister(name: str) -> None:
 
 # --------------------------------------------------------------------------- captions
 
-def compact_caption(run: Run, row: int) -> str:
-    """The one-line caption of a thumbnail, confidence first so that a cut line keeps it:
-    '0.93 · true → predicted' for an error, '0.93 · ✓ true' when correct (plain text)."""
+def caption_lines(run: Run, row: int) -> list[str]:
+    """The two caption lines of a thumbnail, the prediction first so that a narrow tile keeps it:
+    '→ predicted 0.93' for an error, '✓ predicted 0.93' when correct, then 'true: class'
+    (plain text; each line is cut with an ellipsis, the tile's tooltip has the full text)."""
     r = run.predictions.iloc[int(row)]
-    if bool(r["correct"]):
-        return f"{r['confidence']:.2f} · ✓ {r['true_label']}"
-    return f"{r['confidence']:.2f} · {r['true_label']} → {r['predicted_label']}"
+    mark = "✓" if bool(r["correct"]) else "→"
+    return [f"{mark} {r['predicted_label']} {r['confidence']:.2f}", f"true: {r['true_label']}"]
+
+
+def compact_caption(run: Run, row: int) -> str:
+    """``caption_lines`` on one line: '→ predicted 0.93 · true: class'."""
+    return " · ".join(caption_lines(run, row))
 
 
 def full_caption(run: Run, row: int) -> list[str]:
@@ -377,7 +382,8 @@ def neighbours_ui(run: Run, row: int, *, true: int, pred: int) -> None:
             for i, (n_row, d) in enumerate(zip(near, dist)):
                 with cells[i], st.container(key=f"gnear-{cls}-{i}"):
                     image_ui(run, int(n_row), size=NEIGHBOUR_PX)
-                    st.caption(ui.plain(compact_caption(run, int(n_row))) + "  \n" + f"distance {d:.2f}")
+                    st.caption("  \n".join(ui.plain(line) for line in caption_lines(run, int(n_row)))
+                               + "  \n" + f"distance {d:.2f}")
 
 
 def df_value(run: Run, row: int, column: str):
@@ -468,9 +474,9 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most 
 def _tile(run: Run, row: int, *, key: str, i: int, fields: tuple[CaptionField, ...]) -> None:
     with st.container(key=f"gtile-{key}-{i}"):
         image_ui(run, row, size=THUMB_PX)
-        lines = [compact_caption(run, row), *_field_lines(run, row, fields)]
+        lines = [*caption_lines(run, row), *_field_lines(run, row, fields)]
         st.caption("  \n".join(ui.plain(line) for line in lines))
-        full = full_caption(run, row) + lines[1:]
+        full = full_caption(run, row) + lines[2:]
         st.button(ui.plain(f"Open {run.predictions['path'].iat[row]}"), key=f"gopen-{key}-{i}",
                   help="  \n".join(ui.plain(line) for line in full),
                   on_click=open_detail, args=(run.id, row), kwargs={"source": key}, type="tertiary", wrap=True)

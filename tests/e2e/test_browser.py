@@ -54,7 +54,7 @@ def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, p
     shown_paths = []
     for i in range(items.count()):
         text = items.nth(i).inner_text()
-        assert f" · {run.classes[true]} → {run.classes[pred]}" in text  # '0.93 · true → predicted'
+        assert f"→ {run.classes[pred]} " in text and f"true: {run.classes[true]}" in text  # prediction first
         shown_paths.append(items.nth(i).locator("img").get_attribute("alt"))  # the image's file
     assert shown_paths == expected
     assert gallery.locator("img").count() == len(expected)
