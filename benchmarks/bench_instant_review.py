@@ -1,6 +1,7 @@
 """The Review queue's latency in headless Chromium (issue 24), on a quiet and on a busy server machine.
 
     .venv/bin/python benchmarks/bench_instant_review.py [--n 20000] [--repeats 20] [--store DIR]
+    .venv/bin/python benchmarks/bench_instant_review.py --confusion /tmp/review_store [--run ID]
 
 For each phase (``quiet``, then ``busy``: ``python -m core diagnose --force`` of a 70,000-image
 synthetic run running in a loop beside the server, on the same machine) a fresh browser session
@@ -12,6 +13,10 @@ turn), one key every 300 ms (a quick reviewer). Printed, as medians (and 90th pe
   (``window.__reviewQueueDrawn``);
 * verdict acknowledged: from the key to the moment the page marks the verdict saved, i.e. after
   the server committed it to SQLite and its acknowledgement came back.
+
+``--confusion STORE``: instead, on a run of that store (``python -m core demo --store STORE``), click
+``--repeats`` off-diagonal cells of the confusion matrix (the largest, in turn) and time from the
+click to the first image of the cell's gallery loaded and inside the viewport (page clock).
 
 The machine's load average is printed beside each phase, with the CPU line: on a shared machine
 absolute figures move with the load.
@@ -32,6 +37,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from cpu_info import cpu_line  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 from core.store import RunStore  # noqa: E402
 from core.synthetic import make_synthetic_run  # noqa: E402
@@ -80,13 +87,76 @@ def _phase(browser, url: str, run_id: str, repeats: int) -> dict[str, list[float
     return draws
 
 
+VISIBLE_JS = """([t0, heading]) => {
+  const cell = document.querySelector(".st-key-confusion-cell");
+  if (!cell || !cell.innerText.includes(heading)) return false;
+  const img = cell.querySelector(".st-key-gallery-confusion img");
+  if (!img || !img.complete || !img.naturalWidth) return false;
+  const r = img.getBoundingClientRect();
+  if (r.top < 0 || r.bottom > window.innerHeight || r.height === 0) return false;
+  return performance.now() - t0;
+}"""
+
+
+def confusion_clicks(browser, url: str, run, repeats: int) -> list[float]:
+    """Click ``repeats`` off-diagonal cells (the largest first, in turn); per click the ms from the
+    click to the cell's first image loaded and in the viewport."""
+    from bench_browser import cell_centre
+
+    from core.metrics import confusion_matrix
+
+    df, mask = run.predictions, run.eval_mask()
+    cm = confusion_matrix(df["true"].to_numpy()[mask], df["predicted"].to_numpy()[mask], n_classes=len(run.classes))
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    cells = [tuple(int(v) for v in np.unravel_index(i, cm.shape)) for i in np.argsort(-off, axis=None)[:8]]
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(f"{url}/confusion?run={run.id}")
+    page.locator("[class*='confusion-chart'] .js-plotly-plot").first.wait_for()
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    times = []
+    for i in range(repeats):
+        true, pred = cells[i % len(cells)]
+        if i and cells[(i - 1) % len(cells)] == (true, pred):
+            continue
+        x, y = cell_centre(page, true, pred)
+        t0 = page.evaluate("() => performance.now()")
+        page.mouse.click(x, y)
+        heading = f"True {run.classes[true]}, predicted {run.classes[pred]}"
+        times.append(page.wait_for_function(VISIBLE_JS, arg=[t0, heading], polling="raf").json_value())
+        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+        page.wait_for_timeout(300)
+    context.close()
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default=None)
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--confusion", metavar="STORE", default=None)
+    ap.add_argument("--run", default=None, help="the --confusion store's run (default: its newest)")
     args = ap.parse_args()
     print(cpu_line(), flush=True)
+    if args.confusion:
+        from playwright.sync_api import sync_playwright
+
+        store = RunStore(args.confusion)
+        run = store.load(args.run or store.list_runs(include_broken=False)[0].run_id)
+        with streamlit_process(Path(args.confusion), Path(tempfile.mkdtemp()) / "streamlit.log", poll=0.3) as \
+                (url, _), sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
+                                        args=CHROMIUM_FLAGS, headless=True)
+            before = _load()
+            times = confusion_clicks(browser, url, run, args.repeats)
+            browser.close()
+        print(f"\nConfusion cell click → first image of the cell visible, run {run.id} ({len(run.predictions):,} "
+              f"images), headless Chromium: median of {len(times)} {statistics.median(times):.0f} ms "
+              f"(p90 {_pct(times, .9):.0f} ms); {before} → {_load()}")
+        return
     root = Path(args.store or tempfile.mkdtemp(prefix="bench-review-"))
     store = RunStore(root)
     if not store.exists("queue"):
