@@ -27,6 +27,7 @@ from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.pat
 import numpy as np  # noqa: E402
 
 from core import neighbours  # noqa: E402
+from core.compare import compare, flip_cells, image_signature  # noqa: E402
 from core.metrics import confusion_matrix, confused_pairs  # noqa: E402
 from core.store import Run, RunStore  # noqa: E402
 from core.synthetic import make_synthetic_run  # noqa: E402
@@ -146,12 +147,9 @@ def bench_functions(a: Run, b: Run) -> list[tuple[str, float]]:
     add(f"map: close figure, {close.n_visible:,} points as {close.mode} (+ JSON)",
         lambda: figures.embedding_figure(close, xy, df, fresh.classes).to_json())
     other = Run(b.path)
-    odf = other.predictions
-    add("compare: same-images check", lambda: views.comparison_problem(
-        df, odf, classes_a=fresh.classes, classes_b=other.classes))
-    flip_table = add("compare: flip list", lambda: views.flips(df, odf, mask))
-    add("compare: flips per cell", lambda: views.flip_cells(flip_table, fresh.classes))
-    add("compare: per-class deltas", lambda: views.per_class_comparison(fresh.per_class, other.per_class))
+    add("compare: image signature", lambda: image_signature(other))
+    comparison = add("compare: metrics, per-class deltas and flips (core.compare)", lambda: compare(fresh, other))
+    add("compare: flips per cell", lambda: flip_cells(comparison.flips, fresh.classes))
     return rows
 
 

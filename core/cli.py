@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {analyze,import,runs,report,errors,delete,explain,train,demo,review,diagnose,label-issues,duplicates}``.
+"""Command line: ``python -m core {analyze,import,runs,report,compare,errors,delete,explain,train,demo,review,diagnose,label-issues,duplicates}``.
 
 Every error the user can cause (``core.errors.UserError``, or an OSError such as a full disk)
 ends in one line on stderr and exit status 2; anything else is a bug and shows its traceback
@@ -232,9 +232,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("runs", parents=[store], help="list stored runs")
 
-    r = sub.add_parser("report", parents=[store], help="write the per-class table as CSV")
+    r = sub.add_parser("report", parents=[store], help="write the per-class table as CSV, or the whole "
+                       "error-analysis report as one HTML file (--html) or Markdown (--markdown)")
     r.add_argument("run")
     r.add_argument("--out", default=None, help="CSV file (default: print to stdout)")
+    r.add_argument("--html", default=None, metavar="FILE", help="write the report as one self-contained HTML file")
+    r.add_argument("--markdown", default=None, metavar="DIR", help="write the report as DIR/report.md + DIR/images/")
+    r.add_argument("--compare", default=None, metavar="OTHER_RUN",
+                   help="add the comparison with another run on the same images (deltas are RUN - OTHER_RUN)")
+    r.add_argument("--max-images", type=int, default=None, metavar="N",
+                   help="at most N thumbnails in the report (bounds its size; default 120)")
+
+    c = sub.add_parser("compare", parents=[store], help="compare two runs on the images both hold out: "
+                       "metrics.csv, per_class.csv (B - A) and flips.csv")
+    c.add_argument("a", metavar="A")
+    c.add_argument("b", metavar="B")
+    c.add_argument("--out", default=None, metavar="DIR",
+                   help="folder for metrics.csv, per_class.csv, flips.csv (default: print the metrics as CSV)")
 
     e = sub.add_parser("errors", parents=[store], help="write misclassified images, most confident first")
     e.add_argument("run")
@@ -387,6 +401,8 @@ def cmd_runs(args) -> int:
 
 def cmd_report(args) -> int:
     run = RunStore(args.store).load(args.run)
+    if args.html or args.markdown or args.compare or args.max_images is not None:
+        return _write_report(args, run)
     data = run.per_class_csv()
     if args.out is None:
         sys.stdout.write(data.decode())
@@ -394,6 +410,45 @@ def cmd_report(args) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_bytes(data)
         print(f"Wrote {len(run.classes)} classes to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _write_report(args, run) -> int:
+    from core.errors import UserError
+    from core.report import DEFAULT_MAX_IMAGES, build_report, write_html, write_markdown
+
+    if not (args.html or args.markdown):
+        raise UserError("--compare and --max-images go with --html FILE or --markdown DIR.")
+    if args.out:
+        raise UserError("--out writes the per-class CSV; give it alone, or --html/--markdown without it.")
+    other = RunStore(args.store).load(args.compare) if args.compare else None
+    max_images = DEFAULT_MAX_IMAGES if args.max_images is None else args.max_images
+    report = build_report(run, compare_with=other, max_images=max_images)
+    if args.html:
+        size = write_html(report, args.html)
+        print(f"Wrote the report of run '{run.id}' to {args.html} ({size / 1e6:.2f} MB, "
+              f"{report.n_images} images)", file=sys.stderr)
+    if args.markdown:
+        files = write_markdown(report, args.markdown)
+        print(f"Wrote the report of run '{run.id}' to {Path(args.markdown) / 'report.md'} "
+              f"(+ {len(files) - 1} images)", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from core.compare import compare
+
+    store = RunStore(args.store)
+    a, b = store.load(args.a), store.load(args.b)
+    comparison = compare(a, b)
+    if args.out is None:
+        sys.stdout.write(comparison.metrics.to_csv(index=False))
+    else:
+        comparison.write(args.out)
+    acc_a, acc_b = comparison.metric("accuracy")
+    print(f"Compared '{a.id}' (A) and '{b.id}' (B) {comparison.basis}: accuracy {acc_a:.4f} -> {acc_b:.4f}, "
+          f"{comparison.n_fixed:,} images fixed by B, {comparison.n_broken:,} broken"
+          + (f"; wrote metrics.csv, per_class.csv, flips.csv to {args.out}" if args.out else ""), file=sys.stderr)
     return 0
 
 
@@ -573,7 +628,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"analyze": cmd_analyze, "import": cmd_import, "runs": cmd_runs, "report": cmd_report,
-            "errors": cmd_errors,
+            "compare": cmd_compare, "errors": cmd_errors,
             "delete": cmd_delete, "explain": cmd_explain, "train": cmd_train, "demo": cmd_demo,
             "review": cmd_review, "diagnose": cmd_diagnose, "label-issues": cmd_label_issues,
             "duplicates": cmd_duplicates}

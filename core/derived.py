@@ -16,6 +16,7 @@ arrays they came from. Reading imports neither TensorFlow nor umap.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import pkgutil
 import platform
@@ -59,7 +60,8 @@ class DerivedKind:
     rows extend the stored result; ``run_config``: the config a run asks for (the projection's
     comes from the run's own config); ``findings``: what the kind shows (cards, per-image columns,
     captions, filters; ``core.diagnose.findings``); ``libraries``: distributions whose versions
-    are recorded with each result."""
+    are recorded with each result; ``unavailable``: why a run cannot have it (None: it can);
+    ``ready``: the run has it in a form older than derived results (``core.jobs`` reads both)."""
 
     name: str
     version: int
@@ -71,6 +73,8 @@ class DerivedKind:
     run_config: Callable[[Run], Mapping[str, object] | None] | None = None
     findings: Callable | None = None
     libraries: tuple[str, ...] = ()
+    unavailable: Callable[[Run], str | None] | None = None
+    ready: Callable[[Run], bool] | None = None
 
     def full_config(self, config: Mapping[str, object] | object | None) -> dict:
         """The defaults updated with ``config`` (a mapping or an instance of ``config_type``),
@@ -111,14 +115,17 @@ def _as_declared(config_type: type, name: str, value):
 
 _REGISTRY: dict[str, DerivedKind] = {}
 
-#: Modules that register kinds besides those of ``core.diagnose`` (each of which is imported).
+#: Modules that register kinds besides those of ``DIAGNOSES_PACKAGE`` (each of which is imported):
+#: a new diagnosis is a module of that package, found without being listed anywhere.
 KIND_MODULES: tuple[str, ...] = ("core.projection", "core.gradcam")
+DIAGNOSES_PACKAGE = "core.diagnose"
 
 
 def register(name: str, *, version: int, config: type | None = None,
              defaults: Mapping[str, object] | None = None, row_inputs: bool = False,
              run_config: Callable[[Run], Mapping[str, object] | None] | None = None,
              findings: Callable | None = None, libraries: tuple[str, ...] = (),
+             unavailable: Callable[[Run], str | None] | None = None, ready: Callable[[Run], bool] | None = None,
              description: str = "") -> Callable:
     """Decorator registering ``compute`` as kind ``name``: the one way a kind comes to exist.
 
@@ -140,7 +147,8 @@ def register(name: str, *, version: int, config: type | None = None,
         _REGISTRY[name] = DerivedKind(name=name, version=version, compute=compute, config_type=config,
                                       defaults=json.loads(json.dumps(dict(defaults or {}))),
                                       description=description, row_inputs=row_inputs,
-                                      run_config=run_config, findings=findings, libraries=tuple(libraries))
+                                      run_config=run_config, findings=findings, libraries=tuple(libraries),
+                                      unavailable=unavailable, ready=ready)
         return compute
     return decorate
 
@@ -148,14 +156,13 @@ def register(name: str, *, version: int, config: type | None = None,
 def load_kinds() -> None:
     """Import every module that registers kinds: ``KIND_MODULES`` and each module of ``core.diagnose``.
 
+    The modules are found by name (as plugins are), so this registry depends on none of them.
     Light: none of them imports TensorFlow or umap at import time.
     """
-    import core.diagnose as diagnose_package
-
-    for module in KIND_MODULES:
+    spec = importlib.util.find_spec(DIAGNOSES_PACKAGE)
+    found = [f"{DIAGNOSES_PACKAGE}.{m.name}" for m in pkgutil.iter_modules(spec.submodule_search_locations or [])]
+    for module in (*KIND_MODULES, *found):
         importlib.import_module(module)
-    for module in pkgutil.iter_modules(diagnose_package.__path__):
-        importlib.import_module(f"core.diagnose.{module.name}")
 
 
 def kinds() -> dict[str, DerivedKind]:

@@ -2,15 +2,13 @@
 
 A run is written without its map; the map is the run's derived analysis
 ``projection`` (``core.derived``), whose config is the run's
-``ProjectionConfig``. ``ensure_projection`` computes it in this process or
-starts a background process (``python -m core.projection RUN_FOLDER``);
-``projection_status`` says 'ready', 'computing', 'missing' or 'unavailable',
-and ``projection_progress`` what the background process is doing.
-
-While a process computes the map it holds an ``flock`` on the run's
-``.projection.lock``: the kernel releases it when the process ends, so
-'computing' never outlives a killed process. A run written before maps were
-derived keeps its ``projection.npy``, which is used as is.
+``ProjectionConfig``, computed after the run like any derived kind can be
+(``core.jobs``: a lock, a progress file, a background process).
+``ensure_projection`` computes it in this process or starts a background
+process; ``projection_status`` says 'ready', 'computing', 'missing' or
+'unavailable', and ``projection_progress`` what the background process is
+doing. A run written before maps were derived keeps its ``projection.npy``,
+which is used as is.
 
 The map needs no ``import umap`` (which compiles numba code for ~14 s in
 every new process and imports TensorFlow when it is installed):
@@ -22,13 +20,9 @@ compares ``project`` with umap-learn's seeded defaults.
 
 from __future__ import annotations
 
-import copy
-import fcntl
-import json
 import os
 import subprocess
 import sys
-import time
 import warnings
 from dataclasses import asdict
 from pathlib import Path
@@ -36,16 +30,15 @@ from typing import Callable
 
 import numpy as np
 
-from core import derived
+from core import derived, jobs
 from core.config import ProjectionConfig
 from core.errors import UserError
 from core.progress import Progress, progress_bar, say_function
-from core.store import Run, RunCorruptError, RunNotFoundError, read_manifest, try_flock
+from core.store import Run
 
 KIND = "projection"
-LOCK_FILE = ".projection.lock"
-PROGRESS_FILE = ".projection-progress.json"
-LOG_FILE = ".projection.log"
+# core.jobs's files for this kind (the names maps have always used)
+LOCK_FILE, PROGRESS_FILE, LOG_FILE = f".{KIND}.lock", f".{KIND}-progress.json", f".{KIND}.log"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -444,8 +437,21 @@ def projection_config(run: Run) -> dict | None:
     return asdict(config.projection)
 
 
+def _unavailable(run: Run) -> str | None:
+    if projection_config(run) is None:
+        return "the run asked for no map"
+    if not (run.path / "embeddings.npy").exists():
+        return "the run has no embeddings"
+    return None
+
+
+def _legacy_map(run: Run) -> bool:
+    return (run.path / "projection.npy").exists()
+
+
 @derived.register(KIND, version=2, config=ProjectionConfig, run_config=projection_config,
-                  libraries=("numba", "scikit-learn"), description="2-D UMAP map of the embeddings")
+                  libraries=("numba", "scikit-learn"), unavailable=_unavailable, ready=_legacy_map,
+                  description="UMAP map")
 def compute_projection(run: Run, config: ProjectionConfig, progress: Progress) -> derived.DerivedResult:
     """The run's map as a derived result: array ``xy`` (N, 2) float32, or none with summary['reason']."""
     embeddings = run.embeddings
@@ -469,7 +475,7 @@ def stored_projection(run: Run) -> np.ndarray | None:
     legacy = run._array("projection")
     if legacy is not None:
         return legacy
-    fresh = _fresh(run)
+    fresh = jobs.fresh(run)
     config = projection_config(fresh)
     if config is None:
         return None
@@ -479,18 +485,7 @@ def stored_projection(run: Run) -> np.ndarray | None:
     return result.array("xy")
 
 
-def _fresh(run: Run) -> Run:
-    """``run`` with its manifest as on disk now (another process may have added a derived result)."""
-    try:
-        manifest = read_manifest(run.path)
-    except (RunNotFoundError, RunCorruptError):
-        return run
-    if manifest == run.manifest:
-        return run
-    fresh = copy.copy(run)  # shares the cached tables and arrays, which a derived result never changes
-    fresh.manifest = manifest
-    return fresh
-
+# --------------------------------------------------------------------------- computed after the run (core.jobs)
 
 def projection_status(run: Run) -> str:
     """'ready', 'computing' (a live process holds the run's lock), 'missing' or 'unavailable'.
@@ -499,166 +494,23 @@ def projection_status(run: Run) -> str:
     images (the stored summary's 'reason' says which). 'missing': nobody is
     computing it (``ensure_projection`` or ``start_projection`` does).
     """
-    held = _lock_is_held(run)  # checked before the manifest: a writer commits, then releases
-    return _stored_status(run) or ("computing" if held else "missing")
-
-
-def _stored_status(run: Run) -> str | None:
-    """'ready' or 'unavailable' as the files and the manifest on disk say now; None when neither."""
-    if (run.path / "projection.npy").exists():
-        return "ready"
-    if projection_config(run) is None or not (run.path / "embeddings.npy").exists():
-        return "unavailable"
-    fresh = _fresh(run)
-    info = fresh.derived_info(KIND)
-    if info is not None and derived.status(fresh, KIND, projection_config(fresh)) == "current":
-        return "ready" if "xy.npy" in info.files else "unavailable"
-    return None
+    return jobs.status(run, KIND)
 
 
 def projection_progress(run: Run) -> dict | None:
     """What the process computing the map last reported: {'message', 'fraction', 'error', 'time'}, or None."""
-    try:
-        data = json.loads((run.path / PROGRESS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-# --------------------------------------------------------------------------- running it
-
-def _open_lock(run: Run) -> int | None:
-    """The run's projection lock file opened for a blocking flock, or None in a read-only store."""
-    try:
-        return os.open(run.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        return None
-
-
-def _try_lock(run: Run) -> int | None:
-    """An fd holding the run's projection lock, or None when another process holds it (or the store
-    is read-only: nobody can be computing into it)."""
-    try:
-        return try_flock(run.path / LOCK_FILE)
-    except OSError:
-        return None
-
-
-def _lock_is_held(run: Run) -> bool:
-    """True while a live process holds the run's projection lock (a read-only open suffices to test)."""
-    try:
-        fd = os.open(run.path / LOCK_FILE, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing also releases the lock taken for the test
-    return False
+    return jobs.progress(run, KIND)
 
 
 def ensure_projection(run: Run, *, background: bool = False, progress: bool | Progress = True) -> Run:
-    """Make sure ``run`` gets its map: compute it now, or start a background process.
-
-    Does nothing when the map is ready or unavailable, and (with
-    ``background``) when another process is computing it; in the foreground
-    it waits for that process, then computes only what is still missing.
-    Returns the run with its manifest updated. ``progress`` ends at 1.0.
-    """
-    say = say_function(progress)
-    status = projection_status(run)
-    if status in ("ready", "unavailable"):
-        say(_done_message(run, status), 1.0)
-        return _fresh(run)
-    if background:
-        if status == "missing":
-            start_projection(run)
-        say(f"The UMAP map of run {run.id!r} is being computed in the background", 1.0)
-        return run
-    fd = _open_lock(run)
-    if fd is None:
-        raise PermissionError(f"Cannot write the map into run {run.id!r}: {run.path} is read-only")
-    try:
-        if status == "computing":
-            say("Waiting for the UMAP map another process is computing", 0.92)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        fresh = _fresh(run)
-        if _stored_status(fresh) is None:  # still missing now that we hold the lock
-            _compute_holding_lock(fresh, progress)
-    finally:
-        os.close(fd)
-    fresh = _fresh(run)
-    say(_done_message(fresh, projection_status(fresh)), 1.0)
-    return fresh
-
-
-def _done_message(run: Run, status: str) -> str:
-    if status == "ready":
-        return f"Run {run.id!r}: UMAP map ready"
-    info = run.derived_info(KIND)
-    reason = (info.summary.get("reason") if info else None) or "no map was asked for or no embeddings"
-    return f"Run {run.id!r}: no UMAP map ({reason})"
-
-
-def _compute_holding_lock(run: Run, progress: bool | Progress) -> None:
-    """Compute and store the map (the caller holds the lock); progress also goes to the progress file."""
-    say = say_function(progress)
-    file = run.path / PROGRESS_FILE
-    written, said = [0.0], [0.0, ""]
-
-    def report(message: str, fraction: float) -> None:
-        # the steps report every epoch and row block: the file at most twice a second; the caller at
-        # each new step (the text before ':') and otherwise every 2 s, so that a log gets lines, not
-        # one line per epoch
-        now, step = time.monotonic(), message.split(":", 1)[0]
-        if step != said[1] or now - said[0] >= 2.0 or fraction >= 1.0:
-            said[0], said[1] = now, step
-            say(message, 0.92 + 0.08 * fraction)
-        if now - written[0] >= 0.5 or fraction >= 1.0:
-            written[0] = now
-            _write_progress(file, message=message, fraction=fraction)
-
-    try:
-        derived.get(run, KIND, projection_config(run), progress=report)
-    except BaseException as exc:
-        _write_progress(file, message="The map could not be computed", fraction=None,
-                        error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
-        raise
-    file.unlink(missing_ok=True)
-
-
-def _write_progress(file: Path, *, message: str, fraction: float | None, error: str | None = None) -> None:
-    tmp = file.with_name(f"{file.name}.{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps({"message": message, "fraction": fraction, "error": error,
-                                   "time": time.time()}))
-        os.replace(tmp, file)
-    except OSError:
-        pass
+    """Make sure ``run`` gets its map (``core.jobs.ensure``); ``progress`` runs from 0.92 to 1.0, the
+    share of an analysis the map takes."""
+    return jobs.ensure(run, KIND, background=background, progress=progress, start_at=0.92)
 
 
 def start_projection(run: Run) -> subprocess.Popen | None:
-    """Start ``python -m core.projection`` computing ``run``'s map; None if a process already is.
-
-    The lock is taken here and handed to the child (an inherited descriptor
-    of the same open file), so the run reads 'computing' from this call on,
-    and until the child ends however it ends. The child runs in its own
-    session (Ctrl-C in the terminal that started it does not cut the map
-    short) and writes its output to the run's ``.projection.log``.
-    """
-    fd = _try_lock(run)
-    if fd is None:
-        return None
-    try:
-        with open(run.path / LOG_FILE, "ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "core.projection", str(run.path), "--lock-fd", str(fd)],
-                cwd=REPO_ROOT, pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True)
-    finally:
-        os.close(fd)  # the child's copy keeps the lock
+    """Start a background process computing ``run``'s map (``core.jobs.start``); None if one already is."""
+    return jobs.start(run, KIND)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -674,30 +526,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="start a background process if the map is missing, and return")
     parser.add_argument("--warm-up", action="store_true",
                         help="only fill numba's on-disk cache (what a map compiles), as setup.sh does")
-    parser.add_argument("--lock-fd", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.warm_up:  # a map of 300 random points compiles everything the real ones use, once
         project(np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32), n_epochs=5)
         return 0
     if args.run_folder is None:
         parser.error("a run folder is needed (or --warm-up)")
-    try:
-        run = Run(Path(args.run_folder))
-        if args.lock_fd is None:
-            ensure_projection(run, background=args.background, progress=True)
-        else:
-            try:
-                if _stored_status(run) is None:
-                    _compute_holding_lock(run, True)
-            finally:
-                os.close(args.lock_fd)
-    except KeyboardInterrupt:
-        return 130
-    except (ValueError, LookupError, RuntimeError, OSError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
-              file=sys.stderr)
-        return 2
-    return 0
+    return jobs.main([args.run_folder, KIND, *(["--background"] if args.background else [])])
 
 
 if __name__ == "__main__":

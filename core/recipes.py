@@ -249,7 +249,7 @@ def resolve_imagenet_weights(backbone: str, image_size: tuple[int, int]) -> str:
         with contextlib.redirect_stdout(sys.stderr):  # Keras announces the download on stdout
             path = keras.utils.get_file(fname, base + fname, cache_dir=str(keras_home()), cache_subdir="models",
                                         file_hash=file_hash)
-    except Exception as exc:  # URLError, OSError, ValueError (hash), ... all mean "not available"
+    except Exception as exc:  # boundary: URLError, OSError, ValueError (hash), ... all mean "not available"
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         reason = re.sub(r"\s*on https?://\S+", "", text)[:120]  # the URL is named once, below
         raise RecipeError(

@@ -291,7 +291,7 @@ class Run:
             rows = pq.read_metadata(self.path / PREDICTIONS).num_rows
         except FileNotFoundError:
             raise RunCorruptError(f"{file}: missing") from None
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a damaged file
+        except Exception as exc:  # boundary: pyarrow raises ArrowInvalid, OSError, ... for a damaged file
             raise RunCorruptError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
         _require(rows == n, file, f"{rows} rows, the manifest says {n}")
         probs = self._array("probs", required=True)
@@ -406,7 +406,7 @@ class Run:
             return pd.read_parquet(self.path / PREDICTIONS)
         except FileNotFoundError:
             raise RunCorruptError(f"{file}: missing") from None
-        except Exception as exc:  # pyarrow's errors for a damaged file are of several types
+        except Exception as exc:  # boundary: pyarrow's errors for a damaged file are of several types
             raise RunCorruptError(f"{file}: not a readable Parquet file ({_first_line(exc)})") from None
 
     def _array(self, name: str, *, required: bool = False) -> np.ndarray | None:
@@ -429,18 +429,6 @@ class Run:
     @cached_property
     def embeddings(self) -> np.ndarray | None:
         return self._array("embeddings")
-
-    @property
-    def projection(self) -> np.ndarray | None:
-        """(N, 2) float32 UMAP map, or None while there is none.
-
-        The map is computed after the run is written, as its derived analysis
-        'projection' (runs written before that keep ``projection.npy``);
-        ``core.projection.projection_status`` says whether it is on its way.
-        """
-        from core.projection import stored_projection  # numpy only: no umap, no TensorFlow
-
-        return stored_projection(self)
 
     @cached_property
     def per_class(self) -> pd.DataFrame:

@@ -23,8 +23,7 @@ predicted class and 1 the true class (``core.gradcam.WHICH``).
 
 from __future__ import annotations
 
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import streamlit as st
@@ -53,14 +52,7 @@ class RowMaps:
     reason: str | None = None
 
 
-@dataclass
-class AttentionMemo:
-    """The maps of one run computed or read so far in this server process (rows -> RowMaps), and the
-    one-line reason when the run's model cannot be explained at all."""
-
-    rows: dict[int, RowMaps] = field(default_factory=dict)
-    problem: str | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
+AttentionMemo = cache.AttentionMemo  # kept in dashboard.cache with the cached function that makes it
 
 
 def toggle_on() -> bool:

@@ -13,6 +13,8 @@ modify what these functions return.
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import pandas as pd
 import streamlit as st
 
 from core import metrics, neighbours
+from core.projection import stored_projection
 from core.store import (MANIFEST, PREDICTIONS, Run, RunCorruptError, RunNotFoundError, RunSchemaError,
                         RunStore, RunSummary, default_store_path)
 from dashboard import mapview, views
@@ -57,7 +60,7 @@ def open_run(root: str, run_id: str) -> Run:
     run = RunStore(root).load(run_id)
     try:
         names = set(pq.read_schema(run.path / PREDICTIONS).names)
-    except Exception as exc:  # pyarrow's errors for a damaged file are of several types
+    except Exception as exc:  # boundary: pyarrow's errors for a damaged file are of several types
         raise RunCorruptError(f"{run.location / PREDICTIONS}: not a readable Parquet file "
                               f"({views.one_line(exc)})") from None
     missing = [c for c in views.PREDICTION_COLUMNS if c not in names]
@@ -112,7 +115,7 @@ def projection_stamp(run: Run) -> str:
 @st.cache_resource(max_entries=8, show_spinner=False)
 def projection(_run: Run, key: str, stamp: str) -> np.ndarray | None:
     """(N, 2) float32 projection in memory, or None when the run has none (yet)."""
-    xy = _run.projection
+    xy = stored_projection(_run)
     return None if xy is None else np.ascontiguousarray(xy, dtype=np.float32)
 
 
@@ -198,17 +201,24 @@ def samples_per_class(_run: Run, key: str, per_class: int = 4) -> list[np.ndarra
     return [order[bounds[c]:min(bounds[c] + per_class, bounds[c + 1])] for c in range(len(_run.classes))]
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def comparison_problem(_a: Run, _b: Run, key_a: str, key_b: str) -> str | None:
-    """Why runs A and B cannot be compared image by image, or None."""
-    return views.comparison_problem(_a.predictions, _b.predictions, classes_a=_a.classes,
-                                    classes_b=_b.classes)
-
-
 @st.cache_data(max_entries=8, show_spinner=False)
-def flips(_a: Run, _b: Run, key_a: str, key_b: str) -> pd.DataFrame:
-    """Images fixed and broken by run B relative to run A on A's evaluation split."""
-    return views.flips(_a.predictions, _b.predictions, eval_mask(_a, key_a))
+def comparison(_a: Run, _b: Run, key_a: str, key_b: str):
+    """Runs A and B compared on the images held out by both (``core.compare.Comparison``), or the
+    one line saying why they cannot be compared."""
+    from core.compare import ComparisonError, compare
+
+    try:
+        return compare(_a, _b)
+    except ComparisonError as exc:
+        return str(exc)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def image_signature(_run: Run, key: str) -> str:
+    """The run's images and labels as one hash, whatever their splits (``core.compare.image_signature``)."""
+    from core.compare import image_signature as signature
+
+    return signature(_run)
 
 
 @st.cache_data(max_entries=1024, show_spinner=False)
@@ -311,11 +321,19 @@ def attention_explainer(_run: Run, key: str):
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def attention_memo(_run: Run, key: str):
-    """The attention maps of run ``key`` computed or read so far (dashboard.attention_ui.AttentionMemo,
-    filled under its lock by attention_ui.row_maps)."""
-    from dashboard.attention_ui import AttentionMemo
-
+    """The attention maps of run ``key`` computed or read so far (an ``AttentionMemo``, filled under
+    its lock by attention_ui.row_maps)."""
     return AttentionMemo()
+
+
+@dataclass
+class AttentionMemo:
+    """The maps of one run computed or read so far in this server process (rows -> attention_ui's
+    RowMaps), and the one-line reason when the run's model cannot be explained at all."""
+
+    rows: dict = field(default_factory=dict)
+    problem: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -340,10 +358,10 @@ def diagnoses_stamp(run: Run) -> str:
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def diagnose_rows(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
-    """Per-image diagnosis columns (``diagnose_ui.row_findings``), None when no diagnosis is stored."""
-    from dashboard import diagnose_ui  # it imports this module
+    """Every stored kind's per-image diagnosis columns side by side (N lines), None when none is stored."""
+    from core.diagnose.findings import merged_columns
 
-    return diagnose_ui.row_findings(_run, diagnose_declared(_run, key, stamp))
+    return merged_columns(diagnose_declared(_run, key, stamp), _run.n_images)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -356,10 +374,14 @@ def diagnose_declared(_run: Run, key: str, stamp: str) -> dict:
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def diagnose_cards(_run: Run, key: str, stamp: str) -> list:
-    """The Diagnose page's cards of the stored findings (``diagnose_ui.build_cards``), ranked."""
-    from dashboard import diagnose_ui
+    """``(core Card, errors explained)`` of the stored findings, most errors explained first."""
+    from core.diagnose import DIAGNOSES
+    from core.diagnose.findings import rank_cards
 
-    return diagnose_ui.build_cards(_run, diagnose_declared(_run, key, stamp), eval_mask(_run, key))
+    found = diagnose_declared(_run, key, stamp)
+    correct = _run.predictions["correct"].to_numpy(bool)
+    return rank_cards([c for f in found.values() for c in f.cards], correct, eval_mask(_run, key),
+                      kind_order=DIAGNOSES)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)

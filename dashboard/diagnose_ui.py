@@ -26,6 +26,7 @@ import streamlit as st
 from core import derived, diagnose
 from core.diagnose import findings as finding_data
 from core.diagnose.calibration import CONFIDENT  # noqa: F401 - the Diagnose page's caption quotes it
+from core.errors import UserError
 from core.store import Run
 from dashboard import cache, gallery, state, ui
 
@@ -65,7 +66,10 @@ def build_cards(run: Run, found: dict, eval_mask: np.ndarray) -> list[Card]:
     found = _as_findings(run, found)
     cards = [c for f in found.values() for c in f.cards]
     correct = run.predictions["correct"].to_numpy(bool)
-    ranked = finding_data.rank_cards(cards, correct, eval_mask, kind_order=diagnose.DIAGNOSES)
+    return _shown(finding_data.rank_cards(cards, correct, eval_mask, kind_order=diagnose.DIAGNOSES))
+
+
+def _shown(ranked) -> list[Card]:
     return [Card(c.key, c.kind, c.title, c.text, np.asarray(c.rows, np.int64), n, c.order_note, list(c.notes))
             for c, n in ranked]
 
@@ -90,7 +94,7 @@ def rows_table(run: Run) -> pd.DataFrame | None:
 
 def cards(run: Run) -> list[Card]:
     """``build_cards`` of the stored diagnoses (cached until one is stored again)."""
-    return cache.diagnose_cards(run, cache.run_key(run), cache.diagnoses_stamp(run))
+    return _shown(cache.diagnose_cards(run, cache.run_key(run), cache.diagnoses_stamp(run)))
 
 
 def row_findings(run: Run, found: dict) -> pd.DataFrame | None:
@@ -108,7 +112,7 @@ def caption_text(run: Run, row: int) -> str | None:
     try:
         table = rows_table(run)
         found = _specs(run)
-    except (OSError, ValueError, LookupError):
+    except (UserError, OSError):  # a finding that cannot be read: no caption, the gallery still works
         return None
     if table is None:
         return None
@@ -191,7 +195,7 @@ def errors_filters_id(run: Run) -> str:
     start afresh when they change."""
     try:
         filters = _filters(run) if rows_table(run) is not None else []
-    except (OSError, ValueError, LookupError):
+    except (UserError, OSError):
         return ""
     values = [st.session_state.get(_filter_key(run, f)) for f in filters]
     if all(v in (None, 0.0, "any", []) for v in values):

@@ -44,6 +44,7 @@ import streamlit as st
 from core import neighbours
 from core.store import Run
 from dashboard import cache, figures, state, ui, views
+from dashboard.state import DETAIL_KEY, IMG_PARAM, close_detail  # noqa: F401 - part of this module's API
 
 THUMB_PX = 112
 DETAIL_PX = 320
@@ -51,10 +52,8 @@ NEIGHBOUR_PX = 96
 NEIGHBOURS = 5
 PAGE_SIZES = (24, 48, 96)
 COLUMNS = 8
-DETAIL_KEY = "image-detail"  # {"source": str, "run": str, "row": int} while the detail is open
 SOURCES_KEY = "gallery-sources"  # {source key: Source}, rebuilt on every full script run
 PER_PAGE_KEY = "gallery-per-page"  # a preference kept across runs and pages
-IMG_PARAM = "img"
 _CSS_KEY = "gallery-css-drawn"
 
 # A thumbnail's tile holds the image and its caption; an invisible button covers the whole tile so that a
@@ -209,11 +208,6 @@ def register_source(run: Run, key: str, rows: np.ndarray, *, title: str,
 def open_detail(run_id: str, row: int, *, source: str) -> None:
     """Open the detail of ``row`` of run ``run_id`` (a widget callback, or before the app draws it)."""
     st.session_state[DETAIL_KEY] = {"source": source, "run": run_id, "row": int(row)}
-
-
-def close_detail() -> None:
-    st.session_state.pop(DETAIL_KEY, None)
-    state.publish(**{IMG_PARAM: None})
 
 
 def _step(delta: int) -> None:

@@ -202,7 +202,7 @@ def url_value(param: str) -> str | None:
     """The URL's value of ``param`` (its last occurrence), or None."""
     try:
         values = st.query_params.get_all(param)
-    except Exception:  # noqa: BLE001 - no script run context (a bare import)
+    except Exception:  # boundary: no script run context (a bare import); streamlit's error types vary
         return None
     return values[-1] if values else None
 
@@ -285,3 +285,15 @@ def forget_page_params() -> None:
     so the old run's cell, filters and selection mean nothing)."""
     st.session_state[_PUBLISHED_KEY] = {}
     st.session_state[_WRITTEN_BY_KEY] = ("", None)
+
+
+# --------------------------------------------------------------------------- the image detail
+
+DETAIL_KEY = "image-detail"  # {"source": str, "run": str, "row": int} while the detail is open
+IMG_PARAM = "img"
+
+
+def close_detail() -> None:
+    """Close the image detail (its session state and its ``img`` in the address)."""
+    st.session_state.pop(DETAIL_KEY, None)
+    publish(**{IMG_PARAM: None})

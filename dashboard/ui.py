@@ -22,7 +22,7 @@ import numpy as np
 import streamlit as st
 
 from core.store import Run, RunStore, RunSummary
-from dashboard import cache, views
+from dashboard import cache, state, views
 
 RUN_KEY = "run_id"
 CELL_KEY = "confusion-cell"  # scoped: (true, predicted) chosen on the confusion page
@@ -71,19 +71,15 @@ def readable_first(runs: Sequence[RunSummary]) -> list[tuple[RunSummary, str | N
 
 def _forget_gone_notice() -> None:
     """Another run was picked: the notices and the old run's view in the address go."""
-    from dashboard import gallery, state
-
     st.session_state.pop(GONE_KEY, None)
     st.session_state.pop(UNKNOWN_KEY, None)
     state.forget_page_params()
-    gallery.close_detail()
+    state.close_detail()
 
 
 def run_from_url(ids: Sequence[str]) -> None:
     """At the session's first run, choose the run the address names (``?run=<id>``); an id the
     store lacks is kept in ``UNKNOWN_KEY`` for ``unknown_run_ui``."""
-    from dashboard import state
-
     if RUN_KEY in st.session_state or UNKNOWN_KEY in st.session_state:
         return
     wanted = state.url_value(state.RUN_PARAM)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from core import derived
+from core.errors import UserError, first_line
 from core.progress import Progress, say_function
 from core.store import Run
 
@@ -45,8 +46,9 @@ class DiagnosisResults(dict):
         self.skipped = dict(skipped)
 
 
-# Errors a kind raises for a run it cannot handle (no embeddings, no images, ...): a recorded skip.
-_SKIPPABLE = (ValueError, LookupError, RuntimeError, OSError)
+# What a kind raises for a run it cannot handle (no embeddings, no images, a file it cannot read): a
+# recorded skip. Anything else is a bug and stops the batch with its traceback.
+_SKIPPABLE = (UserError, OSError)
 
 
 def run_diagnoses(run: Run, *, progress: bool | Progress = False, kinds: tuple[str, ...] | None = None,
@@ -74,7 +76,7 @@ def run_diagnoses(run: Run, *, progress: bool | Progress = False, kinds: tuple[s
         try:
             results[name] = derived.get(run, name, force=force, progress=step)
         except _SKIPPABLE as exc:
-            skipped[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            skipped[name] = first_line(exc)
         step(f"{name}: {'skipped' if name in skipped else 'done'}", 1.0)
     return DiagnosisResults(results, skipped)
 

@@ -37,8 +37,9 @@ import pandas as pd
 
 from core import derived
 from core.diagnose.findings import Card, Column, Filter, Findings
-from core.errors import UserError
+from core.errors import UserError, first_line
 from core.progress import Progress, slug
+from core.projection import stored_projection
 from core.store import Run
 
 SLICE_COLUMNS = ["slice_id", "name", "n", "errors", "error_rate", "expected_rate", "lift", "excess_errors",
@@ -269,9 +270,9 @@ def compute_error_slices(run: Run, config: ErrorSlicesConfig, progress: Progress
     if run.embeddings is not None:
         space = "embeddings"
         features = _features(run.embeddings[rows], dims=config.dims, seed=config.seed)
-    elif run.projection is not None:
+    elif (xy := stored_projection(run)) is not None:
         space = "projection"
-        features = np.asarray(run.projection[rows], np.float32)
+        features = np.asarray(xy[rows], np.float32)
         notes.append("The run has no embeddings: slices found on the 2-D map.")
     else:
         raise UserError(f"Run {run.id!r} has neither embeddings nor a projection to find slices in")
@@ -331,8 +332,8 @@ def _property_values(run: Run, rows: np.ndarray, notes: list, progress: Progress
     try:
         table = derived.get(run, "image_properties",
                             progress=lambda m, f: progress(m, 0.6 + 0.3 * f)).table("properties")
-    except (ValueError, LookupError, OSError) as exc:
-        notes.append(f"Slices named without image properties: {exc}")
+    except (UserError, OSError) as exc:
+        notes.append(f"Slices named without image properties: {first_line(exc)}")
         return {}
     return {p: table[p].to_numpy(dtype=np.float64, na_value=np.nan)[rows] for p in _STANDOUT_PROPERTIES
             if p in PROPERTIES and p in table and table[p].notna().any()}

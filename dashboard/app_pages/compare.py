@@ -2,10 +2,12 @@
 
 Runs A and B are chosen on this page (``a=``/``b=`` in the URL), by default the
 most recent pair of readable runs made on the same images with the same
-classes (the older as A). Deltas are B - A. A flip is an image of A's
-evaluation split whose correctness changed: fixed by B (wrong in A, right in B)
-or broken by B (right in A, wrong in B), grouped by the confusion cell of the
-wrong prediction. A click on a flip (in the table or the gallery) opens the
+classes (the older as A), whatever split each run put an image in. The numbers
+come from ``core.compare`` (as ``python -m core compare``): the runs are
+compared on the images held out by both. Deltas are B - A. A flip is a compared
+image whose correctness changed: fixed by B (wrong in A, right in B) or broken
+by B (right in A, wrong in B), grouped by the confusion cell of the wrong
+prediction. A click on a flip (in the table or the gallery) opens the
 image detail with both runs' predictions.
 
 A broken run chosen as A or B, or runs that cannot be compared, get one line
@@ -19,21 +21,24 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
-from core.store import RunCorruptError, RunStore
+from core.compare import FIXED, flip_cells
+from core.store import RunStore
 from dashboard import cache, figures, gallery, state, ui, views
 
 ALL = "all flips"
 A_KEY, B_KEY = "compare-a", "compare-b"
 SOURCE = "flips"
+OVERLAP_SEARCH = 5  # with no two runs on the same images, the newest runs tried for images in common
 
 
 def _signature(run_id: str) -> tuple | None:
-    """What two comparable runs share (images, classes, data set), or None for a run that cannot be read."""
+    """What two comparable runs share (images, labels and classes, whatever their splits), or None for
+    a run that cannot be read."""
     try:
         run = cache.load_run(cache.store_root(), run_id)
+        return cache.image_signature(run, cache.run_key(run))
     except cache.RUN_ERRORS:
         return None
-    return run.n_images, tuple(run.classes), run.data_info.fingerprint or run.data_info.name
 
 
 def default_pair(readable: list[str]) -> tuple[str, str] | None:
@@ -43,12 +48,26 @@ def default_pair(readable: list[str]) -> tuple[str, str] | None:
     while True:
         pair = views.latest_comparable_pair(signatures)
         if pair is None:
-            return None
+            return _overlapping_pair(readable[:OVERLAP_SEARCH])
         a, b = (cache.load_run(cache.store_root(), run_id) for run_id in pair)
-        if cache.comparison_problem(a, b, cache.run_key(a), cache.run_key(b)) is None:
+        if not isinstance(cache.comparison(a, b, cache.run_key(a), cache.run_key(b)), str):
             return pair
         # same signature but not the same images: never pair the newer one with the older again
         signatures = [(r, s if r != pair[0] else (s, "apart")) for r, s in signatures]
+
+
+def _overlapping_pair(newest_first: list[str]) -> tuple[str, str] | None:
+    """The most recent pair of runs that can still be compared (they share some images, compared on those),
+    as (older, newer); None when no two can."""
+    for i, newer in enumerate(newest_first):
+        for older in newest_first[i + 1:]:
+            try:
+                a, b = (cache.load_run(cache.store_root(), run_id) for run_id in (older, newer))
+            except cache.RUN_ERRORS:
+                continue
+            if not isinstance(cache.comparison(a, b, cache.run_key(a), cache.run_key(b)), str):
+                return older, newer
+    return None
 
 
 def _swap() -> None:
@@ -77,7 +96,8 @@ def pair_ui() -> tuple[str, str] | None:
             sidebar = st.session_state.get(ui.RUN_KEY)
             first = sidebar if sidebar in readable else (readable[0] if readable else ids[0])
             pair = (first, next((r for r in readable if r != first), next(r for r in ids if r != first)))
-            st.caption("No two runs of the store share their images; choose the runs to compare.")
+            st.caption("No two runs of the store can be compared (the same classes and images in common); "
+                       "choose the runs to compare.")
         st.session_state.setdefault(A_KEY, pair[0])
         st.session_state.setdefault(B_KEY, pair[1])
     cols = st.columns([5, 1.2, 5], vertical_alignment="bottom")
@@ -94,15 +114,19 @@ def pair_ui() -> tuple[str, str] | None:
     return a_id, b_id
 
 
-def metrics_ui(a, b) -> None:
+def metrics_ui(comparison) -> None:
+    """The headline metrics of both runs on the compared images (B, with B - A)."""
+    table = comparison.metrics.set_index("metric")
     cols = st.columns(4)
     for col, (name, label, fmt) in zip(cols, [
         ("accuracy", "Accuracy", "{:.2%}"), ("macro_f1", "Macro-F1", "{:.3f}"),
         ("top3_accuracy", "Top-3 accuracy", "{:.2%}"), ("errors", "Errors", "{:,}"),
     ]):
-        va, vb = a.metrics.get(name), b.metrics.get(name)
-        if va is None or vb is None:
+        if name not in table.index:
             continue
+        va, vb = table.at[name, "a"], table.at[name, "b"]
+        if name == "errors":
+            va, vb = int(va), int(vb)
         delta = vb - va
         delta_text = (f"{delta:+,}" if name == "errors" else
                       f"{delta * 100:+.2f} pp" if "accuracy" in name else f"{delta:+.3f}")
@@ -118,9 +142,9 @@ def _open_flip(run_id: str, table_key: str, rows: np.ndarray) -> None:
 
 
 def flips_ui(a, b, flip_table) -> None:
-    cells = views.flip_cells(flip_table, a.classes)
-    n_fixed = int((flip_table["kind"] == "fixed by B").sum())
-    n_broken = int((flip_table["kind"] == "broken by B").sum())
+    cells = flip_cells(flip_table, a.classes)
+    n_fixed = int((flip_table["kind"] == FIXED).sum())
+    n_broken = len(flip_table) - n_fixed
     st.subheader("Flips")
     st.caption(f"{views.plural(n_fixed, 'image')} fixed by B (wrong in A, right in B), {n_broken:,} broken by B "
                "(right in A, wrong in B).")
@@ -180,14 +204,9 @@ def flips_ui(a, b, flip_table) -> None:
                        page_key=ui.scoped(a, f"flips-page-{choice}-{kind}", other=b))
 
 
-def per_class_ui(a, b) -> None:
+def per_class_ui(a, b, table) -> None:
     st.subheader("Per class (B - A)")
-    try:
-        table = views.per_class_comparison(a.per_class, b.per_class)
-    except (RunCorruptError, KeyError) as exc:  # a per_class.csv missing, unreadable or lacking a column
-        ui.cannot_show("The per-class comparison cannot be shown", exc)
-        return
-    every = st.toggle("Every column (A, B and the change for F1, TP, FP, FN and CER)",
+    every = st.toggle("Every column (A, B and the change for F1, precision, recall, TP, FP, FN and CER)",
                       key=ui.scoped(a, "compare-all-columns", other=b))
     columns = list(table.columns) if every else ["class", "f1_a", "f1_b", "f1_delta", "tp_delta", "fp_delta",
                                                   "fn_delta", "cer_delta"]
@@ -197,9 +216,10 @@ def per_class_ui(a, b) -> None:
         for c in table.columns:
             if c == "class":
                 continue
-            metric, _, side = c.partition("_")
-            label = f"{metric.upper() if metric != 'f1' else 'F1'} {'Δ' if side == 'delta' else side.upper()}"
-            fmt = "%.3f" if metric == "f1" else "%.4f" if metric == "cer" else "%d"
+            metric, side = c.rsplit("_", 1)
+            name = {"f1": "F1", "precision": "Prec.", "recall": "Recall"}.get(metric, metric.upper())
+            label = f"{name} {'Δ' if side == 'delta' else side.upper()}"
+            fmt = "%.3f" if metric in ("f1", "precision", "recall") else "%.4f" if metric == "cer" else "%d"
             if side == "delta" and metric in ("tp", "fp", "fn"):
                 fmt = "%+d"
             config[c] = st.column_config.NumberColumn(label, format=fmt, width=70)
@@ -223,13 +243,14 @@ def render() -> None:
             return
     a, b = runs
     key_a, key_b = cache.run_key(a), cache.run_key(b)
-    problem = cache.comparison_problem(a, b, key_a, key_b)
-    if problem:
-        st.error(ui.plain(problem))
+    comparison = cache.comparison(a, b, key_a, key_b)
+    if isinstance(comparison, str):
+        st.error(ui.plain(comparison))
         return
-    metrics_ui(a, b)
-    per_class_ui(a, b)
-    flips_ui(a, b, cache.flips(a, b, key_a, key_b))
+    st.caption(ui.plain(f"Compared {comparison.basis}."))
+    metrics_ui(comparison)
+    per_class_ui(a, b, comparison.per_class)
+    flips_ui(a, b, comparison.flips)
 
 
 render()

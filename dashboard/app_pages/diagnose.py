@@ -12,9 +12,10 @@ from __future__ import annotations
 import streamlit as st
 
 from core import diagnose
-from dashboard import diagnose_ui, figures, gallery, ui, views
+from dashboard import diagnose_ui, figures, gallery, state, ui, views
 
 OPEN_KEY = "diagnose-open"
+CARD_PARAM = "card"
 
 
 def _toggle(key: str, card: str) -> None:
@@ -89,8 +90,14 @@ def render() -> None:
     if not cards:
         return
     open_key = ui.scoped(run, OPEN_KEY)
+    keys = [c.key for c in cards]
+    # the open card is in the address (card=<key>), so a reload or a shared link opens it again
+    state.seed(open_key, CARD_PARAM, lambda t: state.decode_choice(t, keys, name=CARD_PARAM),
+               scope=ui.run_scope(run))
     for rank, card in enumerate(cards, start=1):
         card_ui(run, card, rank, open_key)
+    opened = st.session_state.get(open_key)
+    state.publish(**{CARD_PARAM: opened if opened in keys else None})
     headlines = {name: diagnose.headline(name, s.summary) for name, s in findings.items() if s is not None}
     with st.expander("Every diagnosis, one line each"):
         st.caption("  \n".join(ui.plain(f"{name}: {line}") for name, line in headlines.items()))

@@ -102,6 +102,17 @@ def training_ui(run) -> None:
             st.code(json.dumps(recipe, indent=2, default=str), language="json")
 
 
+def report_ui(run) -> None:
+    """The run's error-analysis report, the bytes of ``python -m core report RUN --html FILE``, built on click."""
+    from core.report import DEFAULT_MAX_IMAGES, report_html_bytes
+
+    st.download_button("Download report", lambda: report_html_bytes(run), file_name=f"report_{run.id}.html",
+                       mime="text/html", key="download-report", icon=":material/description:",
+                       help=f"One HTML file (opens offline, prints to PDF) with every section this run has data "
+                            f"for and at most {DEFAULT_MAX_IMAGES} thumbnails; the same file as "
+                            f"`python -m core report {run.id} --html report.html`.")
+
+
 def render() -> None:
     run = ui.current_run()
     key = cache.run_key(run)
@@ -109,6 +120,7 @@ def render() -> None:
     model, data = run.model_info, run.data_info
     st.caption(ui.plain(f"Model {model.path or '?'} · data {data.name} ({data.path or data.kind or '?'}) · "
                         f"created {run.created or '?'} · {len(run.classes)} classes"))
+    report_ui(run)
     if not review_ui.overview_metrics_ui(run):  # its toggle on: the metrics as reviewed instead
         metrics_ui(run)
     counts_ui(run)

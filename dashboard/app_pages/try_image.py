@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core.errors import UserError
 from core.images import MAX_UPLOAD_BYTES, decode_bytes, max_pixels_limit, thumbnail, upload_problem
 from dashboard import cache, figures, ui, views
 
@@ -78,7 +79,7 @@ def render() -> None:
     try:
         model = cache.run_model(run, cache.run_key(run))
         probs = np.asarray(model.predict(pixels), dtype=np.float64)
-    except Exception as exc:  # a model that cannot be loaded or run: say why, keep the page
+    except (UserError, OSError) as exc:  # a model that cannot be loaded or run (core says why): keep the page
         right.error(ui.plain(f"The model could not classify this image: {exc}"))
         return
     with right:

@@ -6,6 +6,7 @@ import importlib.util
 
 import streamlit as st
 
+from core.errors import UserError
 from core.store import RunStore
 from dashboard import cache, ui
 
@@ -33,7 +34,7 @@ def build_demo_ui() -> None:
     try:
         # the map is computed by a background process: the run opens as soon as it is written
         run = run_demo(store=RunStore(cache.store_root()), progress=progress, background_projection=True)
-    except Exception as exc:  # shown in the page: the user can still use the CLI
+    except (UserError, OSError) as exc:  # shown in the page: the user can still use the CLI (a bug shows its traceback)
         ui.cannot_show("Building the demo failed", exc)
         st.code(DEMO_COMMAND, language="bash")
         return

@@ -10,6 +10,7 @@ from core.analyze import analyze, load_run_model, to_probabilities
 from core.datasets import load_dataset
 from core.images import fit_to_input
 from core.models import ModelError, build_inference_model, load_model
+from core.projection import stored_projection
 from core.store import RunConflictError, RunStore
 from tests.conftest import LazyModule, make_classifier, write_image
 
@@ -26,7 +27,7 @@ def test_analyze_folder_writes_a_complete_run(tmp_path, image_tree, tiny_model_p
     assert "not a decodable image" in run.skipped["reason"][0]
     assert run.manifest["layer"] == "classifier:input"
     assert run.embeddings.shape == (15, 6)
-    assert run.projection.shape == (15, 2) and np.isfinite(run.projection).all()
+    assert stored_projection(run).shape == (15, 2) and np.isfinite(stored_projection(run)).all()
     assert run.manifest["model"]["scale"] == "raw"  # the model has its own Rescaling layer
     assert np.allclose(run.probs.sum(axis=1), 1, atol=1e-5)
     # the stored probabilities are the model's own, image by image
@@ -282,7 +283,7 @@ def test_savedmodel_gives_probabilities_without_embeddings(tmp_path, image_tree,
                   projection=False)
     assert run.model_info.format == "savedmodel" and run.model_info.scale == "raw" and run.model_info.unsafe_load
     assert np.allclose(run.probs, ref.probs, atol=1e-5)
-    assert run.embeddings is None and run.projection is None
+    assert run.embeddings is None and stored_projection(run) is None
     assert "No embeddings" in run.manifest["notes"][0]
 
 

@@ -16,11 +16,10 @@ import zipfile
 from pathlib import Path
 
 import h5py
-
 import numpy as np
 import pytest
 
-from core import cli, datasets, demo
+from core import cli, datasets, demo, jobs
 from core.store import RunStore
 
 
@@ -191,11 +190,11 @@ def test_first_run_can_leave_the_map_to_a_background_process(tiny_shipped_model,
     from core import projection
 
     started = []
-    monkeypatch.setattr(projection, "start_projection", lambda run: started.append(run.id))
+    monkeypatch.setattr(jobs, "start", lambda run, name: started.append(run.id))
     run = demo.run_demo(store=RunStore(tmp_path / "runs"), shipped_dir=tiny_shipped_model,
                         background_projection=True, progress=lambda m, f: None)
     assert started == ["fashion-mnist-demo"]
-    assert projection.projection_status(run) == "missing" and run.projection is None  # the stub started nothing
+    assert projection.projection_status(run) == "missing" and projection.stored_projection(run) is None  # the stub started nothing
     assert run.embeddings.shape == (160, 8)
 
 

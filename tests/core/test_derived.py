@@ -166,7 +166,7 @@ def test_reading_a_derived_result_imports_neither_tensorflow_nor_umap(run, tmp_p
 
 from dataclasses import dataclass  # noqa: E402
 
-from core.diagnose.findings import Card, Caption, Column, Filter, Findings  # noqa: E402
+from core.diagnose.findings import Caption, Card, Column, Filter, Findings  # noqa: E402
 from core.errors import UserError  # noqa: E402
 
 ROW_CALLS = []

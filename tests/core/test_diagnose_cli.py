@@ -13,6 +13,7 @@ import pytest
 from core import derived
 from core.cli import main
 from core.diagnose import DIAGNOSES, load_kinds, run_diagnoses
+from core.errors import UserError
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
 
@@ -86,7 +87,7 @@ def test_user_errors_are_one_line_with_status_2(store, capsys):
 def test_a_failing_kind_is_skipped_with_its_reason_and_the_others_still_run(store):
     @derived.register("test_always_fails", version=1)
     def _fails(run, config, progress):
-        raise ValueError(f"run {run.id!r} has no images of the needed kind")
+        raise UserError(f"run {run.id!r} has no images of the needed kind")
 
     @derived.register("test_backwards_progress", version=1)
     def _backwards(run, config, progress):
@@ -99,7 +100,7 @@ def test_a_failing_kind_is_skipped_with_its_reason_and_the_others_still_run(stor
     results = run_diagnoses(run, kinds=("test_always_fails", "test_backwards_progress", "calibration"),
                             progress=lambda message, fraction: seen.append(fraction))
     assert list(results) == ["test_backwards_progress", "calibration"]
-    assert results.skipped == {"test_always_fails": "ValueError: run 'syn' has no images of the needed kind"}
+    assert results.skipped == {"test_always_fails": "run 'syn' has no images of the needed kind"}
     assert seen == sorted(seen) and seen[-1] == 1.0  # one bar over the whole batch, never backwards
     at_90 = [f for f in seen if abs(f - 1.9 / 3) < 1e-9]
     assert len(at_90) == 2  # the second of three kinds at 90%, then its report of 20% held at 90%
@@ -147,3 +148,14 @@ def test_progress_in_a_log_is_one_line_per_step_not_a_redraw_per_message(capsys)
         progress("duplicates: verifying 12 pairs", 0.9)
     assert capsys.readouterr().err.splitlines() == [
         "diagnose r:  10% image scan: 0/500 images", "diagnose r:  40% duplicates: starting"]
+
+
+def test_a_bug_in_a_kind_is_not_recorded_as_a_skip(store):
+    """Only a user error (or an OSError) is a skip: a KeyError inside a kind is a bug and stops the batch
+    with its traceback instead of reading as 'skipped: KeyError'."""
+    @derived.register("test_buggy", version=1)
+    def _buggy(run, config, progress):
+        return {}["missing column"]
+
+    with pytest.raises(KeyError, match="missing column"):
+        run_diagnoses(store.load("syn"), kinds=("test_buggy",))

@@ -16,9 +16,9 @@ from core import projection as projection_module
 from core.analyze import analyze
 from core.cli import main
 from core.datasets import load_dataset
-from core.importer import (PredictionsError, align_columns, check_probabilities, import_predictions,
-                           match_paths)
+from core.importer import PredictionsError, align_columns, check_probabilities, import_predictions, match_paths
 from core.models import file_sha256
+from core.projection import stored_projection
 from core.store import RunStore
 from tests.core.test_onnx import make_onnx_classifier
 
@@ -83,7 +83,7 @@ def test_npz_with_embeddings_gets_its_map(tmp_path, analysed, monkeypatch):
     pd.testing.assert_frame_equal(imported.per_class, run.per_class)
     np.testing.assert_allclose(imported.embeddings, run.embeddings)
     assert len(calls) == 1 and imported.config.projection.seed == 3
-    np.testing.assert_allclose(imported.projection, np.asarray(run.embeddings)[:, :2] * 2)
+    np.testing.assert_allclose(stored_projection(imported), np.asarray(run.embeddings)[:, :2] * 2)
 
 
 def test_cli_import_with_a_separate_embeddings_file(tmp_path, analysed, capsys, image_tree):

@@ -10,9 +10,10 @@ import os
 import numpy as np
 import pytest
 
+from core import jobs
 from core import projection as proj
 from core.config import AnalysisConfig, ProjectionConfig
-from core.projection import project, projection_status
+from core.projection import project, projection_status, stored_projection
 from core.runs import write_run
 from core.store import RunStore
 from core.synthetic import synthetic_arrays
@@ -116,15 +117,15 @@ def test_map_is_computed_after_the_run_and_read_back_by_a_fresh_reader(tmp_path,
     monkeypatch.setattr(proj, "project", _fake_project)
     store = RunStore(tmp_path)
     run = _run_without_map(store)
-    assert projection_status(run) == "missing" and run.projection is None
+    assert projection_status(run) == "missing" and stored_projection(run) is None
     assert not (run.path / "projection.npy").exists()
     messages = []
     done = proj.ensure_projection(run, progress=lambda m, f: messages.append((m, f)))
     assert projection_status(run) == "ready"  # the same object sees it too (manifest re-read)
     expected = run.embeddings[:, :2] + 0
-    assert np.array_equal(done.projection, expected)
+    assert np.array_equal(stored_projection(done), expected)
     fresh = store.load("r")
-    assert np.array_equal(fresh.projection, expected) and fresh.projection.dtype == np.float32
+    assert np.array_equal(stored_projection(fresh), expected) and stored_projection(fresh).dtype == np.float32
     assert fresh.derived_info("projection").config == {**ProjectionConfig().__dict__}
     assert messages[-1][1] == 1.0 and "ready" in messages[-1][0]
     assert [f for _, f in messages] == sorted(f for _, f in messages)
@@ -146,7 +147,7 @@ def test_a_held_lock_reads_computing_and_a_released_one_missing(tmp_path):
 def test_background_ensure_does_not_start_a_second_process_while_one_computes(tmp_path, monkeypatch):
     run = _run_without_map(RunStore(tmp_path))
     started = []
-    monkeypatch.setattr(proj, "start_projection", lambda r: started.append(r.id))
+    monkeypatch.setattr(jobs, "start", lambda r, name: started.append(r.id))
     fd = os.open(run.path / proj.LOCK_FILE, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
@@ -165,13 +166,13 @@ def test_background_ensure_does_not_start_a_second_process_while_one_computes(tm
 def test_runs_that_cannot_have_a_map_are_unavailable(tmp_path, kwargs, why):
     run = _run_without_map(RunStore(tmp_path), **kwargs)
     assert projection_status(run) == "unavailable", why
-    assert proj.ensure_projection(run, progress=False).projection is None
+    assert stored_projection(proj.ensure_projection(run, progress=False)) is None
 
 
 def test_too_few_images_store_the_reason_and_read_unavailable(tmp_path):
     run = _run_without_map(RunStore(tmp_path), n=3)
     proj.ensure_projection(run, progress=False)
-    assert projection_status(run) == "unavailable" and run.projection is None
+    assert projection_status(run) == "unavailable" and stored_projection(run) is None
     assert "at least 4" in run.derived_info("projection").summary["reason"]
 
 
@@ -181,7 +182,7 @@ def test_a_legacy_projection_file_is_ready_as_is(tmp_path):
                     probs=np.full((50, 3), 1 / 3, np.float32), paths=a["paths"], embeddings=a["embeddings"],
                     projection=a["projection"])
     assert projection_status(run) == "ready"
-    assert np.array_equal(run.projection, a["projection"])
+    assert np.array_equal(stored_projection(run), a["projection"])
 
 
 def test_a_failed_map_is_reported_in_the_progress_file_and_stays_missing(tmp_path, monkeypatch):
@@ -208,7 +209,7 @@ def test_background_process_computes_the_same_map_as_this_process(tmp_path):
     assert child.wait(timeout=240) == 0, (run.path / proj.LOG_FILE).read_text()
     assert projection_status(run) == "ready"
     here, _ = project(np.asarray(run.embeddings), seed=0)
-    assert np.array_equal(store.load("r").projection, here)  # seeded: the same map in any process
+    assert np.array_equal(stored_projection(store.load("r")), here)  # seeded: the same map in any process
 
 
 def test_ensure_projection_tells_its_caller_each_step_not_each_epoch(tmp_path):

@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.projection import stored_projection
 from core.runs import write_run
-from core.store import (RunBusyError, RunCorruptError, RunNotFoundError, RunSchemaError,
-                        RunStore)
+from core.store import RunBusyError, RunCorruptError, RunNotFoundError, RunSchemaError, RunStore
 from core.synthetic import make_synthetic_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,7 +30,7 @@ def test_round_trip_tables_and_arrays(tmp_path):
     assert len(preds) == 300 and preds["id"].tolist() == list(range(300))
     assert (preds["predicted"].to_numpy() == again.probs.argmax(axis=1)).all()
     assert preds["correct"].tolist() == (preds["true"] == preds["predicted"]).tolist()
-    assert again.embeddings.shape == (300, 32) and again.projection.shape == (300, 2)
+    assert again.embeddings.shape == (300, 32) and stored_projection(again).shape == (300, 2)
     # the metrics describe the test split only
     mask = again.eval_mask()
     assert again.eval_split == "test" and mask.sum() == again.metrics["n"] < 300

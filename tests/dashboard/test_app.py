@@ -17,6 +17,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.images import encode_png
+from core.projection import stored_projection
 from core.reports import ERROR_COLUMNS
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
@@ -203,7 +204,7 @@ def test_embeddings_selection_from_the_address_fills_the_gallery_with_every_row_
     from dashboard import mapview
 
     run = store.load("small")
-    xy = np.asarray(run.projection)
+    xy = np.asarray(stored_projection(run))
     lasso = [(-8.0, -8.0), (9.0, -6.0), (2.0, 9.0)]
     box = (6.0, 12.0, 2.0, 12.0)
     inside = mapview.points_in_polygon(xy, lasso) | (
@@ -256,10 +257,17 @@ def test_compare_page_opens_on_the_latest_comparable_pair_and_shows_deltas_and_f
     assert (at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value) == ("better", "small")
 
 
+def test_overview_offers_the_report_for_download(store):
+    at = open_page("overview")
+    assert not at.exception
+    assert [d.label for d in at.get("download_button")] == ["Download report"]
+
+
 def test_compare_refuses_runs_on_different_images(store):
     at = open_page("compare")
     at.selectbox(key="compare-b").set_value("other").run()
-    assert "different numbers of images (600 and 500)" in unescape(at.error[0].value)
+    # "other" has other images: the paths they share give them other true labels
+    assert "different true labels" in unescape(at.error[0].value)
 
 
 def png_bytes() -> bytes:
@@ -319,3 +327,55 @@ def test_unfiltered_errors_csv_is_the_cli_file(store, served, tmp_path):
     assert main(["errors", "small", "--min-confidence", "0.5", "--out", str(tmp_path / "cli.csv"),
                  "--store", str(store.root)]) == 0
     assert page_csv == (tmp_path / "cli.csv").read_bytes()
+
+
+def test_compare_pairs_runs_on_the_same_images_whose_splits_differ(tmp_path):
+    """Two runs of the same images and labels, each with its own split (another seed): the page opens on
+    them, never says that no two runs share their images, and compares them on the images both hold out."""
+    from core.compare import compare
+    from core.runs import write_run
+    from core.synthetic import synthetic_arrays
+
+    local = RunStore(tmp_path / "store")
+    arrays = synthetic_arrays(400, 4, seed=5)
+    paths = [f"img/{i:04d}.png" for i in range(400)]
+    rng = np.random.default_rng(0)
+    for run_id, accuracy in (("seed-a", 0.8), ("seed-b", 0.9)):
+        probs = synthetic_arrays(400, 4, seed=5 if run_id == "seed-a" else 6, accuracy=accuracy)["probs"]
+        # the data set's fingerprint hashes the splits too, so it differs between the two runs
+        write_run(local, run_id, classes=list("abcd"), y_true=arrays["y_true"], probs=probs, paths=paths,
+                  splits=np.where(rng.random(400) < 0.5, "test", "train"),
+                  data={"name": "photos", "kind": "folder", "fingerprint": f"fp-{run_id}"})
+    with artifacts_dir(local.root):
+        at = open_page("compare", run_id="seed-b")
+    a_id, b_id = at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value
+    assert {a_id, b_id} == {"seed-a", "seed-b"}  # written in the same second: either is the newer
+    assert not at.error and not any("share their images" in c or "hold the same images" in c
+                                    for c in captions(at))
+    cmp = compare(local.load(a_id), local.load(b_id))
+    assert f"Compared {cmp.basis}." in captions(at) and "held out by both" in cmp.basis
+    assert any(c.startswith(f"{cmp.n_fixed:,} images fixed by B") for c in captions(at))
+    acc = next(m for m in at.metric if m.label == "Accuracy (B)")
+    assert acc.value == f"{cmp.metric('accuracy')[1]:.2%}"
+
+
+def test_compare_opens_on_runs_that_share_only_some_images(tmp_path):
+    """No two runs hold the same images, but two share 200: the page pairs them and says what it compares."""
+    from core.compare import compare
+    from core.runs import write_run
+    from core.synthetic import synthetic_arrays
+
+    local = RunStore(tmp_path / "store")
+    arrays = synthetic_arrays(400, 3, seed=1)
+    paths = np.array([f"img/{i:04d}.png" for i in range(400)])
+    for run_id, rows in (("first-300", np.arange(300)), ("last-300", np.arange(100, 400))):
+        write_run(local, run_id, classes=list("abc"), y_true=arrays["y_true"][rows], probs=arrays["probs"][rows],
+                  paths=list(paths[rows]), splits=np.array(["test"] * len(rows)))
+    with artifacts_dir(local.root):
+        at = open_page("compare", run_id="first-300")
+    a_id, b_id = at.selectbox(key="compare-a").value, at.selectbox(key="compare-b").value
+    assert {a_id, b_id} == {"first-300", "last-300"}
+    assert not at.error and not any(c.startswith("No two runs") for c in captions(at))
+    cmp = compare(local.load(a_id), local.load(b_id))
+    assert cmp.metric("n") == (200, 200)
+    assert f"Compared {cmp.basis}." in captions(at) and "of the 200 images they share" in cmp.basis

@@ -25,7 +25,7 @@ from core.store import RunStore
 from core.synthetic import make_synthetic_run, synthetic_arrays
 from dashboard import diagnose_ui, figures, ui
 from tests.dashboard import apptest
-from tests.dashboard.apptest import APP, artifacts_dir
+from tests.dashboard.apptest import APP, artifacts_dir, open_address
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 90
@@ -310,3 +310,16 @@ def test_slice_cards_and_the_errors_pages_slice_filter(tmp_path):
         wrong = ~run.predictions["correct"].to_numpy()
         assert sorted(df["id"].tolist()) == sorted(r for r in card.rows.tolist() if wrong[r])
         assert (df["slice"] == first["name"]).all()
+
+
+def test_the_open_card_is_in_the_address_and_a_reload_opens_it_again(store):
+    at = open_page("diagnose", "computed")
+    at.button(key="diagnose-show-leaks").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert dict(at.query_params).get("card") in ("leaks", ["leaks"])
+    again = open_address("diagnose", run="computed", card="leaks")
+    assert any(b.label.startswith("Hide its") for b in again.button if b.key == "diagnose-show-leaks")
+    assert again.get("image"), "the leaks card's gallery is open after the reload"
+    wrong = open_address("diagnose", run="computed", card="nope")
+    assert any("Address parameter 'card' ignored: card must be one of" in w.value.replace("\\", "") for w in wrong.warning)
+    assert not any(b.label.startswith("Hide its") for b in wrong.button)

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import jobs
 from core import projection as core_projection
 from core.config import AnalysisConfig, ProjectionConfig
+from core.projection import stored_projection
 from core.runs import write_run
 from core.store import RunStore
 from core.synthetic import make_synthetic_run, synthetic_arrays
@@ -58,7 +60,7 @@ def test_a_missing_map_is_offered_then_said_to_be_computed_then_drawn(store, mon
     assert at.button(key="compute-map").label.startswith("Compute the map")
     assert not at.get("plotly_chart")
     # another process computes it: the page says so (its lock is held) and draws nothing yet
-    fd = core_projection._try_lock(run)
+    fd = jobs.try_lock(run, "projection")
     try:
         at.run()
         assert any("is being computed in the background" in i.value for i in at.info)
@@ -79,7 +81,7 @@ def test_a_missing_map_is_offered_then_said_to_be_computed_then_drawn(store, mon
 
 def test_beyond_the_cap_every_point_is_drawn_and_a_selection_holds_every_row_inside(store):
     run = store.load("big")
-    xy = np.asarray(run.projection)
+    xy = np.asarray(stored_projection(run))
     window = mapview.full_window(xy)
     at = open_embeddings("big", colour="conf", split="train")
     captions = [unescape(c.value) for c in at.caption]

@@ -131,46 +131,6 @@ def test_top_classes_orders_by_probability_then_index():
     assert len(views.top_classes(np.array([0.7, 0.3]), ["a", "b"], k=3)) == 2
 
 
-def test_comparison_problem_refuses_different_images():
-    a = tiny_predictions()
-    assert views.comparison_problem(a, a.copy(), classes_a="abc", classes_b="abc") is None
-    assert "different numbers of images (6 and 5)" in views.comparison_problem(
-        a, a.iloc[:5], classes_a="abc", classes_b="abc")
-    b = a.copy()
-    b.loc[2, "path"] = "other.png"
-    assert "row 2" in views.comparison_problem(a, b, classes_a="abc", classes_b="abc")
-    assert "different classes" in views.comparison_problem(a, a, classes_a="abc", classes_b="abd")
-
-
-def test_flips_and_flip_cells():
-    a = tiny_predictions()
-    b = a.copy()
-    # B fixes row 1 (a->b becomes a->a) and breaks row 3 (b->b becomes b->c)
-    b.loc[1, ["predicted", "correct"]] = [0, True]
-    b["predicted_label"] = pd.Categorical.from_codes(b["predicted"], categories=list("abc"))
-    b.loc[3, ["predicted", "correct"]] = [2, False]
-    b["predicted_label"] = pd.Categorical.from_codes(b["predicted"], categories=list("abc"))
-    table = views.flips(a, b, TEST)
-    assert table["id"].tolist() == [1, 3]
-    assert table["kind"].tolist() == ["fixed by B", "broken by B"]
-    assert table["wrong_predicted"].tolist() == [1, 2]  # A's wrong answer, then B's
-    assert table["predicted_a"].tolist() == ["b", "b"] and table["predicted_b"].tolist() == ["a", "c"]
-    cells = views.flip_cells(table, list("abc"))
-    assert cells[["kind", "true_label", "wrong_label", "count"]].values.tolist() == [
-        ["broken by B", "b", "c", 1], ["fixed by B", "a", "b", 1]]
-    assert views.flip_cells(table.iloc[:0], list("abc")).empty
-
-
-def test_per_class_comparison_deltas():
-    a = pd.DataFrame({"class": ["a", "b"], "f1": [0.5, 0.8], "tp": [5, 8], "fp": [1, 2],
-                      "fn": [2, 1], "cer": [0.1, 0.2]})
-    b = a.assign(f1=[0.75, 0.7], tp=[7, 8])
-    out = views.per_class_comparison(a, b)
-    assert out["f1_delta"].tolist() == pytest.approx([0.25, -0.1])
-    assert out["tp_delta"].tolist() == [2, 0]
-    assert out["cer_delta"].tolist() == [0, 0]
-
-
 def test_flag_worst():
     table = pd.DataFrame({"class": list("abcdefghij"), "f1": np.linspace(0.9, 0.0, 10)})
     assert views.flag_worst(table, share=0.2)["worst"].tolist() == [False] * 8 + [True] * 2

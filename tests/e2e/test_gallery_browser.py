@@ -11,6 +11,8 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
+from core.projection import stored_projection
+
 pytestmark = pytest.mark.browser
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -122,7 +124,7 @@ def test_a_lasso_on_the_70000_point_map_shows_every_image_inside_it(url, store, 
     from dashboard import mapview, state
 
     run = store.load("big")
-    xy = np.asarray(run.projection)
+    xy = np.asarray(stored_projection(run))
     page.goto(f"{url}/embeddings?run=big")
     page.get_by_role("heading", name="Embeddings").wait_for()
     settle(page)
