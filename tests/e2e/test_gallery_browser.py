@@ -125,7 +125,7 @@ def test_a_lasso_on_the_70000_point_map_shows_every_image_inside_it(url, store, 
 
     run = store.load("big")
     xy = np.asarray(stored_projection(run))
-    page.goto(f"{url}/embeddings?run=big")
+    page.goto(f"{url}/embeddings?run=big&split=all")  # every split: the default is the evaluation split
     page.get_by_role("heading", name="Embeddings").wait_for()
     settle(page)
     assert page.get_by_text("70,000 points in view, more than the 20,000 drawn one by one").count() == 1
@@ -138,15 +138,16 @@ def test_a_lasso_on_the_70000_point_map_shows_every_image_inside_it(url, store, 
     for x, y in path[1:]:
         page.mouse.move(x, y, steps=2)
     page.mouse.up()
-    page.get_by_role("heading", name="Selected images").wait_for()
+    page.wait_for_function("() => location.search.includes('sel=')")  # the selection's rerun is done
     settle(page)
     shapes = state.decode_shapes(params(page)["sel"])
     assert [kind for kind, _ in shapes] == ["lasso"] and len(shapes[0][1]) >= 20
     expected = int(mapview.points_in_polygon(xy, shapes[0][1]).sum())
     assert expected > 1_000  # far more than plotly would have had points to select in the picture
-    note = page.get_by_text("inside the selection, most confident first")
+    note = page.get_by_text("images inside the selection,")
     note.wait_for()
-    assert note.inner_text().startswith(f"{expected:,} images inside the selection")
+    wrong = int((mapview.points_in_polygon(xy, shapes[0][1]) & ~run.predictions["correct"].to_numpy(bool)).sum())
+    assert note.inner_text() == f"{expected:,} images inside the selection, {wrong:,} of them wrong."
     assert page.get_by_text(f"Images 1–24 of {expected:,}").count() == 1
     # the selection's own pages: the last page holds the remainder
     assert page.locator(".st-key-gallery-embedding [class*='st-key-gtile-embedding-']").count() == 24
