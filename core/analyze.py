@@ -20,6 +20,7 @@ from core import metrics
 from core.config import AnalysisConfig, ProjectionConfig
 from core.datasets import ImageDataset, iter_batches
 from core.images import fit_to_input
+from core.finite import drop_non_finite
 from core.models import (SCALES, InferenceModel, ModelError, build_inference_model, file_sha256,
                          load_model, model_format, prepare_input)
 from core.progress import Progress, progress_bar, say_function, slug
@@ -244,6 +245,7 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
         ok_rows, outputs, features, failed = run_inference(
             inference, dataset, batch_size=batch_size, image_size=image_size, progress=progress)
     predict_s = time.perf_counter() - t0
+    ok_rows, outputs, features, failed = drop_non_finite(ok_rows, outputs, features, failed, dataset.paths)
     if len(ok_rows) == 0:
         raise ModelError(f"None of the {len(dataset)} images could be decoded "
                          f"(first reason: {failed[0]['reason'] if failed else 'unknown'})")
@@ -294,31 +296,30 @@ class RunModel:
     """The model of a run, ready to classify single images the way the run did.
 
     A model that can run arbitrary code (a SavedModel, a Lambda layer) is
-    loaded only when the run was analysed with the unsafe-load opt-in, and only
-    while its file is still the one the run hashed. Refusals name no
-    command-line flag: the dashboard, which uses this class, has none.
+    loaded only when this process's operator allows it (``core.trust``: the
+    caller's ``unsafe`` from a command-line flag, or the file's current hash in
+    ``CLASSIFIER_TRUSTED_MODELS``); the run's manifest, which anyone who can write
+    to the store can edit, never switches it on. Refusals name no command-line
+    flag: the dashboard, which uses this class, has none.
     """
 
-    def __init__(self, run: Run):
+    def __init__(self, run: Run, *, unsafe: bool = False):
         from core.models import UnsafeModelError
+        from core.trust import ENV_TRUSTED, unsafe_load_allowed
 
         m = run.manifest["model"]
         path = m.get("path")
         if not path or not Path(path).exists():
             raise ModelError(f"The model of run {run.id!r} is not on disk: {path!r}")
-        opted_in = bool(m.get("unsafe_load", False))
-        if opted_in and file_sha256(path) != m.get("sha256"):
-            raise ModelError(f"The model file of run {run.id!r} has changed since the run was analysed "
-                             f"({path}), and the run's unsafe-load opt-in was for the file as it was, so "
-                             "it is not loaded. Re-analyse it if you trust the new file.")
+        allowed = unsafe_load_allowed(path, opt_in=unsafe, store_root=Path(run.location).parent)
         try:
-            model = load_model(path, unsafe=opted_in)
+            model = load_model(path, unsafe=allowed)
         except UnsafeModelError:
             risk = ("is a SavedModel, which can run arbitrary code when called" if m.get("format") == "savedmodel"
                     else "needs arbitrary Python code to load (e.g. a Lambda layer)")
-            raise ModelError(f"This run's model {risk}; the run was analysed without opting in to that, "
-                             "so its model is not loaded. Re-analyse it with the unsafe-load opt-in if you "
-                             "trust the file.") from None
+            raise ModelError(f"This run's model {risk}, so it is not loaded; if you trust the file {path!r}, "
+                             f"list its SHA-256 in the file named by {ENV_TRUSTED} (outside the store) and "
+                             "restart.") from None
         # An ONNX model may have no Gemm/MatMul to find features at: use the node the run was made with.
         layer = run.config.layer if m.get("format") == "onnx" and run.config is not None else None
         self.inference = build_inference_model(model, layer=layer, scale=m.get("scale", "auto"))
@@ -338,8 +339,8 @@ class RunModel:
                                 n_classes=self.n_classes)[0]
 
 
-def load_run_model(run: Run) -> RunModel:
+def load_run_model(run: Run, *, unsafe: bool = False) -> RunModel:
     """Load the model a run was made with for single-image predictions: in Keras safe mode,
-    unless the run was analysed with the unsafe-load opt-in (see RunModel)."""
-    return RunModel(run)
+    unless this process's operator allows more (``unsafe`` or ``core.trust``; see RunModel)."""
+    return RunModel(run, unsafe=unsafe)
 

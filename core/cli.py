@@ -273,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the last convolutional map, inside a nested backbone too); OUTER/INNER for a "
                    "layer inside a nested backbone, e.g. vgg16/block5_conv3")
     x.add_argument("--method", choices=["gradcam", "gradcam++"], default="gradcam")
+    x.add_argument("--unsafe-load", action="store_true", help="load the run's model even if it can run code "
+                   "(a Lambda layer, a SavedModel): only for a file you trust")
 
     g = sub.add_parser("diagnose", parents=[store],
                        help="why errors happen: every diagnosis (label issues, calibration, ...) stored in the run",
@@ -300,6 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                "first (default: print to stdout)")
     du.add_argument("--cross-split", action="store_true", help="only pairs whose two images are in different splits")
     du.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
+
+    ca = sub.add_parser("causes", parents=[store],
+                        help="a cause for every misclassified image (label, model, ambiguous, atypical, copy) with "
+                             "its evidence, as CSV",
+                        epilog="Neighbours come from the run's train split (else val, else the evaluated images "
+                               "left out one by one); causes that cannot be assessed are named on stderr.")
+    ca.add_argument("run")
+    ca.add_argument("--out", default=None, help="CSV file: path, given_label, predicted_label, cause, confidence, "
+                                               "suggested_label, evidence; the model's most confident errors "
+                                               "first (default: print to stdout)")
+    ca.add_argument("--force", action="store_true", help="recompute even where a current result is stored")
 
     add_train_arguments(sub.add_parser("train", parents=[store], help="train a model with a recipe, then analyse it"))
     add_review_arguments(sub.add_parser("review", help="verdicts on a run's images: mark, list, undo, export, "
@@ -477,7 +490,13 @@ def cmd_explain(args) -> int:
         cell = f"true {args.true or 'any'}, predicted {args.predicted or 'any'}"
         raise UserError(f"Nothing to explain: no {'images' if args.true and args.predicted else 'errors'} "
                          f"({cell}) in split {args.split or run.eval_split!r} of run {run.id!r}")
-    attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, progress=True)
+    explainer = None
+    if args.unsafe_load:  # the opt-in comes from this command line, never from the run's manifest
+        from core.gradcam import explainer_for_run
+
+        explainer = explainer_for_run(run, layer=args.cam_layer, unsafe=True)
+    attention = explain_rows(run, rows, method=args.method, layer=args.cam_layer, explainer=explainer,
+                             progress=True)
     index = write_explanations(run, attention, args.out)
     for row, reason in attention.skipped.items():
         print(f"skipped row {row}: {reason}", file=sys.stderr)
@@ -627,11 +646,28 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         run, cross_split_only=args.cross_split, force=args.force, progress=progress))
 
 
+def cmd_causes(args: argparse.Namespace) -> int:
+    from core.diagnose import stderr_progress
+    from core.diagnose.causes import CSV_COLUMNS, get_causes
+
+    run = RunStore(args.store).load(args.run)
+    with stderr_progress(f"causes {run.id}") as progress:
+        stored = get_causes(run, force=args.force, progress=progress)
+    s = stored.summary
+    mix = ", ".join(f"{n:,} {c}" for c, n in s["counts"].items() if n)
+    where = f"; neighbours: {s['reference_words']}" if s.get("reference_words") else ""
+    print(f"{s['n_errors']:,} errors of '{s['split']}': {mix or 'none'}{where}", file=sys.stderr)
+    if s.get("not_assessed_line"):
+        print(s["not_assessed_line"], file=sys.stderr)
+    _write_csv(stored.table("causes")[CSV_COLUMNS].reset_index(drop=True), args.out)
+    return 0
+
+
 COMMANDS = {"analyze": cmd_analyze, "import": cmd_import, "runs": cmd_runs, "report": cmd_report,
             "compare": cmd_compare, "errors": cmd_errors,
             "delete": cmd_delete, "explain": cmd_explain, "train": cmd_train, "demo": cmd_demo,
             "review": cmd_review, "diagnose": cmd_diagnose, "label-issues": cmd_label_issues,
-            "duplicates": cmd_duplicates}
+            "duplicates": cmd_duplicates, "causes": cmd_causes}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -247,6 +247,9 @@ def get(run: Run, name: str, config: Mapping[str, object] | object | None = None
             return stored
     if not compute:
         return None
+    from core.store import check_writable
+
+    check_writable(run.path, f"derived analysis {name!r} of run {run.id!r}")  # before, not after, computing
     say = say_function(progress)
     t0 = time.perf_counter()
     typed = k.typed(full)

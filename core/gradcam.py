@@ -504,15 +504,16 @@ def check_explainable(run: Run) -> None:
                                  f"Grad-CAM is unavailable for run {run.id!r}: it records no model file")
 
 
-def explainer_for_run(run: Run, *, layer: str | None = None) -> CamExplainer:
+def explainer_for_run(run: Run, *, layer: str | None = None, unsafe: bool = False) -> CamExplainer:
     """The run's model prepared for Grad-CAM, loaded as ``core.analyze.load_run_model`` does
-    (Keras safe mode unless the run recorded the unsafe-load opt-in). Slow (TensorFlow):
+    (Keras safe mode unless this process's operator allows more: ``unsafe`` from the command
+    line, or ``core.trust``'s list of trusted hashes; never the run's manifest). Slow (TensorFlow):
     callers that explain several pages should keep it (the dashboard in its resource cache).
     """
     check_explainable(run)
     from core.analyze import load_run_model
 
-    run_model = load_run_model(run)
+    run_model = load_run_model(run, unsafe=unsafe)
     inference = run_model.inference
     if not inference.has_features:
         raise GradCamUnavailable(f"Grad-CAM is unavailable for run {run.id!r}: its model has no layers to "

@@ -26,6 +26,7 @@ images without a prediction are listed in the run as skipped, with the reason
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import posixpath
 import time
@@ -116,19 +117,19 @@ def check_probabilities(probs: np.ndarray, *, paths: Sequence[str], classes: Seq
     from 1 by more than ``tol``. The message names the row, its path and the
     offending value or sum.
     """
-    p = np.asarray(probs, dtype=np.float64)
+    p = np.asarray(probs)  # float32 as read: no float64 copy of a 50,000 x 1,000 file
     bad = ~np.isfinite(p)
     if bad.any():
         i, k = np.argwhere(bad)[0]
         raise PredictionsError(f"{file}: {_row_name(i, where)} ({paths[i]!r}) has {p[i, k]} in column "
                                f"{classes[k]!r}; every probability must be a number")
-    negative = p < -tol
+    negative = p < 0  # not within tol: a negative value is no probability, and breaks log losses later
     if negative.any():
         i, k = np.argwhere(negative)[0]
         raise PredictionsError(f"{file}: {_row_name(i, where)} ({paths[i]!r}) has {p[i, k]:.6g} in column "
                                f"{classes[k]!r}; rows must be probabilities (non-negative, summing to 1): "
                                "apply a softmax to logits first")
-    sums = p.sum(axis=1)
+    sums = p.sum(axis=1, dtype=np.float64)
     off = np.flatnonzero(np.abs(sums - 1.0) > tol)
     if len(off):
         i = off[0]
@@ -165,7 +166,7 @@ def match_paths(paths: Sequence[str], known: Sequence[str], *, file: str, data_n
 
 # --------------------------------------------------------------------------- reading files
 
-def read_predictions(file: str | Path, *, classes: Sequence[str]) -> Predictions:
+def read_predictions(file: str | Path, *, classes: Sequence[str], say: Progress | None = None) -> Predictions:
     """Read and check a CSV or .npz predictions file; probability columns in ``classes`` order.
 
     Raises PredictionsError (one line, naming the value at fault) for an unknown
@@ -176,7 +177,7 @@ def read_predictions(file: str | Path, *, classes: Sequence[str]) -> Predictions
     path = Path(file)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        preds = _read_csv(path, classes)
+        preds = _read_csv(path, classes, say)
     elif suffix == ".npz":
         preds = _read_npz(path, classes)
     else:
@@ -188,29 +189,80 @@ def read_predictions(file: str | Path, *, classes: Sequence[str]) -> Predictions
     return preds
 
 
-def _read_csv(path: Path, classes: Sequence[str]) -> Predictions:
-    import pandas as pd
+CSV_CELLS_PER_CHUNK = 1_000_000  # cells parsed at a time: memory stays bounded whatever the file's size
 
-    try:  # every cell as text: numbers are parsed below, where a bad one can be named
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
-    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+
+def _read_csv(path: Path, classes: Sequence[str], say: Progress | None = None) -> Predictions:
+    """Stream the CSV (the csv module, a row at a time) and parse its numbers a chunk of about
+    ``CSV_CELLS_PER_CHUNK`` cells at a time into float32: 50,000 x 1,000 probabilities cost about
+    their own size (every cell kept as a Python string cost 5.8 GB). A row with more or fewer fields
+    than the header is refused as ragged, naming its line. ``say`` hears the fraction of bytes read,
+    every 2 s."""
+    total = max(path.stat().st_size, 1)
+    paths: list[str] = []
+    blocks: list[np.ndarray] = []
+    said = time.monotonic()
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header:
+                raise PredictionsError(f"{path.name}: no predictions in it")
+            columns = [str(c).strip() for c in header]
+            if "path" not in columns:
+                raise PredictionsError(f"{path.name}: no 'path' column (columns: {columns[:10]}); expected "
+                                       "'path' and one probability column per class")
+            path_at = columns.index("path")
+            class_at = [i for i, c in enumerate(columns) if c != "path"]
+            order = align_columns([columns[i] for i in class_at], classes, file=path.name)
+            take = [int(i) for i in np.asarray(class_at)[order]]
+            sliced = take == list(range(take[0], take[0] + len(take))) if take else False  # one slice per row
+            chunk_rows = max(1, CSV_CELLS_PER_CHUNK // len(columns))
+            texts: list[list[str]] = []
+            lines: list[int] = []
+            for row in reader:
+                if not row:
+                    continue  # a blank line, as pandas skipped it
+                if len(row) != len(columns):
+                    raise PredictionsError(f"{path.name}: line {reader.line_num} has {len(row)} fields but the "
+                                           f"header has {len(columns)} (a ragged row)")
+                paths.append(normal_path(row[path_at]))
+                texts.append(row[take[0]:take[0] + len(take)] if sliced else [row[i] for i in take])
+                lines.append(reader.line_num)
+                if len(texts) >= chunk_rows:
+                    blocks.append(_parse_numbers(texts, paths=paths[-len(texts):], lines=lines,
+                                                 classes=classes, file=path.name))
+                    texts, lines = [], []
+                    if say is not None and time.monotonic() - said >= 2.0:
+                        said = time.monotonic()
+                        say(f"Reading predictions: {len(paths):,} rows ({fh.tell() / total:.0%})",
+                            min(fh.tell() / total, 1.0))
+            if texts:
+                blocks.append(_parse_numbers(texts, paths=paths[-len(texts):], lines=lines, classes=classes,
+                                             file=path.name))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise PredictionsError(f"{path.name}: not a readable CSV ({_first_line(exc)})") from None
-    table.columns = [str(c).strip() for c in table.columns]
-    if "path" not in table.columns:
-        raise PredictionsError(f"{path.name}: no 'path' column (columns: {list(table.columns)[:10]}); expected "
-                               "'path' and one probability column per class")
-    class_columns = [c for c in table.columns if c != "path"]
-    order = align_columns(class_columns, classes, file=path.name)
-    texts = table[class_columns].to_numpy(dtype=str)[:, order]
-    probs = np.empty(texts.shape, np.float64)
-    paths = [normal_path(p) for p in table["path"].tolist()]
-    for (i, k), text in np.ndenumerate(texts):
-        try:
-            probs[i, k] = float(text) if text.strip() else np.nan
-        except ValueError:
-            raise PredictionsError(f"{path.name}: line {i + 2} ({paths[i]!r}) has {str(text)!r} in column "
-                                   f"{classes[k]!r}, which is not a number") from None
-    return Predictions(paths=paths, probs=probs.astype(np.float32), embeddings=None, where="line")
+    probs = np.concatenate(blocks) if blocks else np.empty((0, len(classes)), np.float32)
+    return Predictions(paths=paths, probs=probs, embeddings=None, where="line")
+
+
+def _parse_numbers(texts: list[list[str]], *, paths: list[str], lines: list[int], classes: Sequence[str],
+                   file: str) -> np.ndarray:
+    """float32 (n, K) from the text cells of one chunk; an empty cell is NaN (refused by
+    ``check_probabilities`` by name), any other text that is not a number a PredictionsError naming it."""
+    try:
+        return np.asarray(texts, dtype=np.float64).astype(np.float32)
+    except ValueError:
+        pass
+    values = np.empty((len(texts), len(classes)), np.float64)
+    for i, row in enumerate(texts):
+        for k, text in enumerate(row):
+            try:
+                values[i, k] = float(text) if text.strip() else np.nan
+            except ValueError:
+                raise PredictionsError(f"{file}: line {lines[i]} ({paths[i]!r}) has {str(text)!r} in column "
+                                       f"{classes[k]!r}, which is not a number") from None
+    return values.astype(np.float32)
 
 
 def _npz_array(archive, name: str, file: Path) -> np.ndarray:
@@ -371,7 +423,7 @@ def import_predictions(
 def _write_imported_run(dataset: ImageDataset, file: Path, embeddings_file: str | Path | None, *,
                         store: RunStore, run_id: str, config, say: Progress, t_start: float) -> Run:
     say(f"Reading predictions {file}", 0.0)
-    preds = read_predictions(file, classes=dataset.classes)
+    preds = read_predictions(file, classes=dataset.classes, say=lambda message, fraction: say(message, 0.8 * fraction))
     embeddings = preds.embeddings
     if embeddings_file is not None:
         if embeddings is not None:

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -132,6 +133,8 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> bool
     if ray.is_initialized():
         return False
     kwargs = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    if address is not None:
+        _check_reachable(address)
     try:
         if address is None:
             with _loopback_only():  # 'local': a new Ray, even where ray.init() would join one running here
@@ -142,6 +145,30 @@ def init_ray(*, address: str | None = None, num_cpus: int | None = None) -> bool
         where = f"the Ray cluster at {address!r}" if address else "a local Ray"
         raise RayEngineError(f"Cannot start {where}: {_first_line(exc)}") from None
     return True
+
+
+PROBE_TIMEOUT_S = 10.0
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse in one line a HOST:PORT (or ray://HOST:PORT) where nothing accepts a connection: Ray
+    itself retries such an address for ever, printing warnings ('auto' is left to Ray)."""
+    text = str(address).strip()
+    if text == "auto":
+        return
+    hostport = text.split("://", 1)[1] if "://" in text else text
+    host, sep, port = hostport.rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise RayEngineError(f"--ray-address must be HOST:PORT (e.g. 10.0.0.5:6379), ray://HOST:PORT or auto. "
+                             f"Received: {address!r}")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__ if not isinstance(exc, TimeoutError) else \
+            f"no answer within {PROBE_TIMEOUT_S:g} s"
+        raise RayEngineError(f"Cannot reach the Ray cluster at {address!r}: {reason} (is its head node running? "
+                             "'ray start --head' prints the address to give)") from None
 
 
 @contextmanager

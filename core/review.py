@@ -253,6 +253,10 @@ class ReviewDB:
         held = getattr(self._local, "connection", None)
         if held is not None and held[0] == os.getpid():  # never use a connection across fork()
             return held[1]
+        if self.read_only():
+            con = self._connect_read_only()
+            self._local.connection = (os.getpid(), con)
+            return con
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             con = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None)
@@ -272,6 +276,42 @@ class ReviewDB:
             raise
         self._local.connection = (os.getpid(), con)
         return con
+
+    def read_only(self) -> bool:
+        """Whether this process cannot write the verdicts file (a read-only mount, a folder or file
+        without write permission): then it is read without creating or changing anything."""
+        if self.path.exists():
+            return not (os.access(self.path, os.W_OK) and os.access(self.path.parent, os.W_OK))
+        folder = self.path.parent
+        while not folder.exists() and folder.parent != folder:
+            folder = folder.parent
+        return not os.access(folder, os.W_OK)
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A connection that writes nothing. A WAL file needs its -shm beside it, which SQLite cannot
+        create in a read-only folder: then the file is opened as immutable (its last checkpoint; a
+        WAL left behind by a writer that never closed is not seen, and said nowhere else)."""
+        uri = self.path.resolve().as_uri()
+        last: sqlite3.Error | None = None
+        for options in ("mode=ro", "mode=ro&immutable=1"):
+            try:
+                con = sqlite3.connect(f"{uri}?{options}", uri=True, timeout=self.busy_timeout_s,
+                                      isolation_level=None)
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.Error as exc:
+                last = exc
+                continue
+            if version > SCHEMA_VERSION:
+                con.close()
+                raise ReviewError(f"{self.path} was written by a newer version (schema {version}; this one "
+                                  f"reads up to {SCHEMA_VERSION}): update the code")
+            return con
+        raise self._error(last) from None
+
+    def _check_writable(self) -> None:
+        if self.read_only():
+            raise ReviewError(f"{self.path}: the store is read-only here (a read-only mount or no write "
+                              "permission), so verdicts can be read but not recorded")
 
     def close(self) -> None:
         """Close this thread's connection (others close when their thread ends)."""
@@ -338,6 +378,7 @@ class ReviewDB:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken with BEGIN IMMEDIATE (so reads inside it see a state no
         other writer can change before COMMIT); rolled back on any exception."""
+        self._check_writable()
         con = self._connect()
         try:
             self._retrying(lambda: con.execute("BEGIN IMMEDIATE"))
@@ -766,6 +807,7 @@ def _write_csv_atomic(table: pd.DataFrame, out: Path) -> None:
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 FREE_TEXT_COLUMNS = ("note", "reviewer")
+_INVISIBLE_LEAD = r"^[\s\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+"  # white space, zero-width, bidi marks
 
 
 def spreadsheet_safe(table: pd.DataFrame, columns: tuple[str, ...] = FREE_TEXT_COLUMNS) -> pd.DataFrame:
@@ -773,14 +815,17 @@ def spreadsheet_safe(table: pd.DataFrame, columns: tuple[str, ...] = FREE_TEXT_C
     starting with = + - @, a tab or a carriage return) prefixed with an apostrophe, OWASP's advice
     against CSV injection. Only free text: paths and labels are read back by ``read_corrections``.
 
-    >>> spreadsheet_safe(pd.DataFrame({"note": ["=1+2", "blurry", "-2 px"]}))["note"].tolist()
-    ["'=1+2", 'blurry', "'-2 px"]
+    >>> spreadsheet_safe(pd.DataFrame({"note": ["=1+2", "blurry", "-2 px", " =1", "\\xa0@x"]}))["note"].tolist()
+    ["'=1+2", 'blurry', "'-2 px", "' =1", "'\\xa0@x"]
     """
     out = table.copy()
     for column in columns:
         if column in out:
             text = out[column].fillna("").astype(str)
-            out[column] = np.where(text.str.startswith(FORMULA_STARTS), "'" + text, text)
+            # spreadsheets skip leading spaces (NBSP included) and invisible characters before a formula
+            bare = text.str.replace(_INVISIBLE_LEAD, "", regex=True)
+            out[column] = np.where(text.str.startswith(FORMULA_STARTS) | bare.str.startswith(FORMULA_STARTS),
+                                   "'" + text, text)
     return out
 
 
@@ -807,12 +852,13 @@ class Corrections:
     sha256: str
 
 
-def read_corrections(file: str | os.PathLike) -> Corrections:
+def read_corrections(file: str | os.PathLike, *, max_rows: int | None = None) -> Corrections:
     """Read a corrections CSV (``review export``): needs ``path``, ``verdict`` and ``new_label``.
 
     Raises ReviewError naming the file, line and value at fault: a missing
-    column, an unknown verdict, a 'label-wrong' row without its new label, or
-    a path listed twice.
+    column, an unknown verdict, a 'label-wrong' row without its new label, a
+    path listed twice, or more than ``max_rows`` rows (the data set's image
+    count: each image is corrected at most once), said as soon as that row is read.
     """
     path = Path(file).expanduser()
     try:
@@ -825,16 +871,19 @@ def read_corrections(file: str | os.PathLike) -> Corrections:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ReviewError(f"{path}: not a UTF-8 CSV file") from None
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    header = [c.strip() for c in rows[0]] if rows else []
+    rows = csv.reader(io.StringIO(text, newline=""))  # lazily: a huge file is refused at its first bad row
+    header = [c.strip() for c in next(rows, [])]
     missing = [c for c in ("path", "verdict", "new_label") if c not in header]
     if missing:
         raise ReviewError(f"{path}: missing column(s) {missing}; a corrections file has the columns "
                           f"{CORRECTION_COLUMNS} (python -m core review export). Found: {header[:10]}")
     records, seen = [], {}
-    for lineno, rec in enumerate(rows[1:], start=2):
+    for lineno, rec in enumerate(rows, start=2):
         if not rec or all(not c.strip() for c in rec):
             continue
+        if max_rows is not None and len(records) >= max_rows:
+            raise ReviewError(f"{path}:{lineno}: more corrections than the data set has images ({max_rows:,}); "
+                              "each image is corrected at most once: is it the file for this data set?")
         if len(rec) != len(header):
             raise ReviewError(f"{path}:{lineno}: {len(rec)} fields, the header has {len(header)}")
         record = dict(zip(header, rec))
@@ -891,6 +940,14 @@ def apply_corrections(dataset, corrections: Corrections):
     keep = np.ones(len(dataset), bool)
     keep[drop] = False
     name = Path(corrections.file).name
+    if keep.sum() == 0:
+        raise ReviewError(f"{corrections.file}: the corrections exclude all {len(dataset):,} images of data set "
+                          f"{dataset.name!r}: nothing is left to train on")
+    left = np.unique(labels[keep])
+    if len(left) < 2 and len(dataset.classes) > 1:
+        raise ReviewError(f"{corrections.file}: after the corrections every remaining image ({int(keep.sum()):,}) "
+                          f"is labelled {dataset.classes[int(left[0])]!r}; a classifier needs images of at least "
+                          "two classes")
     corrected = replace(dataset, labels=labels,
                         skipped=list(dataset.skipped) + [{"path": dataset.paths[i],
                                                           "reason": f"excluded in review ({name})"} for i in drop])
@@ -902,4 +959,4 @@ def apply_corrections(dataset, corrections: Corrections):
 
 def apply_corrections_file(dataset, file: str | os.PathLike):
     """``apply_corrections(dataset, read_corrections(file))``: what ``train --corrections`` does."""
-    return apply_corrections(dataset, read_corrections(file))
+    return apply_corrections(dataset, read_corrections(file, max_rows=len(dataset)))

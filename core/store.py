@@ -75,6 +75,19 @@ class RunCorruptError(UserError):
     """A run whose files are missing, truncated or of the wrong shape (the message names the file)."""
 
 
+class ReadOnlyStoreError(UserError):
+    """A write asked of a store (or run) this process cannot write to; reading it still works."""
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Raise ReadOnlyStoreError (one line naming ``folder``) when this process cannot write there."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not os.access(folder, os.W_OK):
+        raise ReadOnlyStoreError(f"{folder} is read-only here (a read-only mount or no write permission): "
+                                 f"{what} cannot be written; reading works")
+
+
 class RunBusyError(UserError, RuntimeError):
     """Another process is writing a run of the same name."""
 
@@ -479,6 +492,7 @@ class Run:
         temporary folder, removed by the next sweep).
         """
         valid_run_id(name)
+        check_writable(self.path, f"derived analysis {name!r} of run {self.id!r}")
         base = self.path / "derived"
         base.mkdir(exist_ok=True)
         uid = uuid.uuid4().hex[:8]
@@ -515,7 +529,9 @@ class Run:
         return info
 
     def record_unsafe_opt_in(self) -> None:
-        """Mark the run's model as loadable outside safe mode (the user opted in for this file)."""
+        """Record in the manifest that the run was analysed with the unsafe-load opt-in (information
+        only: core.trust decides what is loaded)."""
+        check_writable(self.path, f"run {self.id!r}")
         with _flock(self.path / ".derived.lock"):
             manifest = read_manifest(self.path)
             manifest.setdefault("model", {})["unsafe_load"] = True
@@ -523,6 +539,7 @@ class Run:
         self.manifest = manifest
 
     def delete_derived(self, name: str) -> None:
+        check_writable(self.path, f"run {self.id!r}")
         with _flock(self.path / ".derived.lock"):
             manifest = read_manifest(self.path)
             old = (manifest.get("derived") or {}).pop(name, None)
@@ -869,6 +886,7 @@ class RunStore:
         Raises RunBusyError at once when another process holds it.
         """
         valid_run_id(run_id)
+        check_writable(self.root, f"run {run_id!r}")
         (self.root / LOCKS).mkdir(parents=True, exist_ok=True)
         file = str((self.root / LOCKS / f"{run_id}.lock").resolve())
         with _held_guard:
@@ -949,6 +967,14 @@ class RunStore:
             self._restore_lost_links(versions)
         return removed
 
+    def writable(self) -> bool:
+        """Whether this process can change the store (False on a read-only mount or without write
+        permission on its folder; True for a store not created yet)."""
+        folder = self.root
+        while not folder.exists() and folder.parent != folder:
+            folder = folder.parent
+        return os.access(folder, os.W_OK)
+
     def _restore_lost_links(self, versions: Path) -> None:
         linked = {_current_version(self.root / name) for name in self.run_ids()}
         by_run: dict[str, list[Path]] = {}
@@ -978,7 +1004,10 @@ class RunStore:
 
 def _sweep_unreferenced_derived(run_dir: Path) -> list[str]:
     """Derived folders and staged manifests that no manifest names (a writer killed mid-commit)."""
-    lock = try_flock(run_dir / ".derived.lock")
+    try:
+        lock = try_flock(run_dir / ".derived.lock")
+    except OSError:
+        return []  # a run folder this process cannot write to: nothing to repair from here
     if lock is None:
         return []  # a derived analysis is being committed right now
     removed = []

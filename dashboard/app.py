@@ -29,6 +29,7 @@ import streamlit as st  # noqa: E402
 from core.store import RunSchemaError, RunStore  # noqa: E402
 from dashboard import cache, gallery, state, ui  # noqa: E402
 from dashboard import attention_ui  # noqa: E402,F401 - registers the attention toggle and detail section
+from dashboard import causes_ui  # noqa: E402,F401 - registers the error cause's section of the image detail
 from dashboard import diagnose_ui  # noqa: E402,F401 - registers the diagnosis caption line of every gallery
 from dashboard import review_ui  # noqa: E402,F401 - registers the verdict caption, slot and history of every gallery
 
@@ -81,11 +82,14 @@ def run_page(pg: st.Page) -> None:
     notices = st.container()  # above the page: what the address asked for that could not be shown
     state.start_run(pg.url_path)
     gallery.start_run()
+    stamp = ui.run_stamp_now()
     try:
         pg.run()
         gallery.restore_detail_from_url(st.session_state.get(ui.SCOPE_KEY))
         gallery.detail_ui_if_open()
+        st.session_state.pop(ui.REDRAWN_KEY, None)
     except PAGE_ERRORS as exc:
+        ui.redraw_if_replaced(stamp)  # the run was re-made while the page read it: draw the new one
         log.warning("Page %r stopped on run %r", pg.title, st.session_state.get(ui.RUN_KEY), exc_info=True)
         run_id = st.session_state.get(ui.RUN_KEY)
         what = f"This page cannot show run '{run_id}'" if run_id else "This page cannot be shown"

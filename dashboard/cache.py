@@ -247,9 +247,9 @@ def thumbnail(_run: Run, key: str, row: int, size: int) -> tuple[np.ndarray | No
 def run_model(_run: Run, key: str):
     """The run's model for single-image predictions (imports TensorFlow on first use).
 
-    Loaded in Keras safe mode unless the run was analysed with the unsafe-load opt-in; a
-    model that can run arbitrary code otherwise raises ModelError, and the refusal (an
-    exception) is not cached."""
+    Loaded in Keras safe mode unless the dashboard's operator listed the file's hash in
+    ``CLASSIFIER_TRUSTED_MODELS`` (``core.trust``; never the run's manifest); a model that can
+    run arbitrary code otherwise raises ModelError, and the refusal (an exception) is not cached."""
     from core.analyze import load_run_model  # heavy: TensorFlow, only on the "Try an image" page
 
     return load_run_model(_run)
@@ -257,13 +257,17 @@ def run_model(_run: Run, key: str):
 
 # --------------------------------------------------------------------------- review verdicts (dashboard.review_ui)
 
+DASHBOARD_RETRY_S = 2.0  # how long a verdict (or a read) waits for another process's lock
+
+
 @st.cache_resource(max_entries=4, show_spinner=False)
 def review_db(root: str):
     """The store's verdicts file (``core.review.ReviewDB``): one object for every session; each
     thread keeps its own SQLite connection, and a verdict is one short transaction."""
-    from core.review import ReviewDB
+    from core.review import ReviewDB, review_db_path
 
-    return ReviewDB.for_store(root)
+    # a page never waits a minute for another process's write lock: it says so and lets the user retry
+    return ReviewDB(review_db_path(root), retry_for_s=DASHBOARD_RETRY_S)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -308,6 +312,21 @@ def stored_slices(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
 
     stored = derived.get(_run, "error_slices", compute=False)
     return None if stored is None else stored.table("slices")
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def stored_causes(_run: Run, key: str, stamp: str):
+    """The stored ``causes`` result's (table, neighbours table, summary), or None when it is not
+    stored or stale (never computed here)."""
+    if stamp == "none":
+        return None
+    from core import derived
+
+    stored = derived.get(_run, "causes", compute=False)
+    if stored is None:
+        return None
+    table = stored.table("causes")
+    return table.set_axis(table["row"].to_numpy(), axis=0), stored.table("neighbours"), stored.summary
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)  # attention_ui says so in a toast

@@ -39,7 +39,7 @@ import streamlit as st
 
 from core.review import MAX_NOTE, VERDICTS, ReviewError, Verdict
 from core.store import Run
-from dashboard import cache, gallery, review_ui, views
+from dashboard import cache, gallery, review_ui, ui, views
 
 WINDOW = 32  # images without a verdict sent ahead of the position (where the verdict keys go)
 AHEAD = 12  # and the next and previous images (where N and P go)
@@ -457,12 +457,18 @@ def _apply(review, rows: np.ndarray, action: dict, *, reviewer: str) -> Verdict 
     return review.mark_row(row, verdict, label=label_name, note=note or None, reviewer=reviewer)
 
 
+class StoreUnavailable(Exception):
+    """The verdicts file cannot be written now (busy, read-only, broken): the actions not yet
+    committed stay pending and the page sends them again."""
+
+
 def record_actions(review, rows: np.ndarray, actions: list, *, reviewer: str, acked: deque,
                    failed: dict[str, str]) -> list[Verdict]:
     """Record the page's ``actions`` (dicts, oldest first) on ``review`` in order, skipping the ids in
     ``acked`` or ``failed``; each committed id is appended to ``acked``, each refused one is put in
     ``failed`` with its one-line reason. Returns the history rows written now (a retry already in
-    force is acknowledged without one)."""
+    force is acknowledged without one). Raises StoreUnavailable, leaving the rest pending, when the
+    verdicts file cannot be written."""
     done, written = set(acked), []
     for action in actions[:200]:
         if not isinstance(action, dict):
@@ -472,9 +478,12 @@ def record_actions(review, rows: np.ndarray, actions: list, *, reviewer: str, ac
             continue
         try:
             verdict = _apply(review, rows, action, reviewer=reviewer)
-        except sqlite3.Error:
-            break  # the file is busy or unwritable now: left pending, the page sends it again
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from None
         except ReviewError as exc:
+            if str(exc).startswith(f"{review.db.path}:"):  # the file, not the verdict (core.review's _error)
+                raise StoreUnavailable(str(exc)) from None
+
             failed[action_id] = views.one_line(exc)
             continue
         acked.append(action_id)
@@ -529,8 +538,13 @@ def _on_events(run_id: str, rows: np.ndarray) -> None:
             if isinstance(action, dict):
                 session["failed"][str(action.get("id"))[:64]] = views.one_line(exc)
         return
-    committed = record_actions(review_ui._review(run), rows, payload["actions"], reviewer=review_ui.reviewer(),
-                               acked=session["acked"], failed=session["failed"])
+    try:
+        committed = record_actions(review_ui._review(run), rows, payload["actions"], reviewer=review_ui.reviewer(),
+                                   acked=session["acked"], failed=session["failed"])
+    except StoreUnavailable as exc:  # said above the page; the page keeps them pending and sends again
+        review_ui._fail(ReviewError(str(exc)))
+        session.pop("codes", None)
+        return
     if committed:
         review_ui._recent.clear()
         _patch_codes(session, run, committed)
@@ -578,7 +592,11 @@ def _items(run: Run, rows: np.ndarray) -> list[dict]:
 @st.fragment
 def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     session = _session()
-    verdicts, new_labels = _codes(session, run)
+    try:
+        verdicts, new_labels = _codes(session, run)
+    except ReviewError as exc:
+        st.caption(ui.plain(review_ui._fail(exc)))
+        return
     codes, labels = verdicts[rows], new_labels[rows]
     first = review_ui._first_unreviewed(rows, verdicts)
     queue_id = f"{run.id}|{cache.run_key(run)}|{identity}"

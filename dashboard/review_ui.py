@@ -27,9 +27,10 @@ import streamlit as st
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
 from core import review as core_review
+from core.diagnose.causes import CAPTION_WORDS, CAUSES
 from core.review import MAX_NOTE, MAX_REVIEWER, VERDICTS, ReviewError, default_reviewer
 from core.store import Run
-from dashboard import cache, gallery, ui, views
+from dashboard import cache, causes_ui, gallery, state, ui, views
 
 REVIEWER_KEY = "reviewer-name"
 AS_REVIEWED_KEY = "metrics-as-reviewed"
@@ -40,8 +41,8 @@ VERDICT_NAMES = {"model-wrong": "model wrong", "label-wrong": "label wrong", "am
 # keys, which the image detail's previous/next use.
 SHORTCUTS = {"model-wrong": "M", "label-wrong": "L", "ambiguous": "A", "exclude": "X", "undo": "U",
              "previous": "P", "next": "N"}
-QUEUE_SETS = {"suspected": "Suspected label errors", "confident": "Confident errors", "slice": "An error slice",
-              "cell": "A confusion cell"}
+QUEUE_SETS = {"suspected": "Suspected label errors", "confident": "Confident errors", "cause": "Errors of one cause",
+              "slice": "An error slice", "cell": "A confusion cell"}
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -135,16 +136,53 @@ FRESH_S = 0.25
 _recent: dict[tuple[str, str], tuple[float, tuple[np.ndarray, np.ndarray]]] = {}
 
 
+# A verdicts file that cannot be read (damaged, locked, a newer schema) costs the pages their
+# verdicts, never the page: its problem is said once above the page and asked again after FAILED_S.
+FAILED_S = 5.0
+_failed: dict[str, tuple[float, str]] = {}
+
+
+def unavailable(exc: Exception) -> str:
+    """The line every page shows when the verdicts cannot be read."""
+    return f"Verdicts are unavailable: {views.one_line(exc)}"
+
+
+def problem() -> str | None:
+    """Why the store's verdicts cannot be read now (said above the page), or None when they can."""
+    root = cache.store_root()
+    failed = _failed.get(root)
+    if failed is not None and time.monotonic() - failed[0] < FAILED_S:
+        state.warn(failed[1])
+        return failed[1]
+    return None
+
+
+def _fail(exc: Exception) -> str:
+    line = unavailable(exc)
+    _failed[cache.store_root()] = (time.monotonic(), line)
+    state.warn(line)
+    return line
+
+
 def current(run: Run) -> tuple[np.ndarray, np.ndarray]:
     """(verdicts, new_labels) of every row: object (N,) ('' for none) and int (N,) (-1), fresh from
-    the verdicts file (re-read when anyone has recorded one since)."""
+    the verdicts file (re-read when anyone has recorded one since); no verdicts at all, and the
+    reason said above the page, when the file cannot be read."""
     root = cache.store_root()
     key = cache.run_key(run)
     now = time.monotonic()
+    none = (np.full(run.n_images, "", dtype=object), np.full(run.n_images, -1, dtype=np.int64))
+    if problem() is not None:
+        return none
     held = _recent.get((root, key))
     if held is not None and now - held[0] < FRESH_S:
         return held[1]
-    value = cache.review_rows(run, key, root, cache.review_db(root).revision())
+    try:
+        value = cache.review_rows(run, key, root, cache.review_db(root).revision())
+    except ReviewError as exc:
+        _fail(exc)
+        return none
+    _failed.pop(root, None)
     _recent[(root, key)] = (now, value)
     return value
 
@@ -186,9 +224,11 @@ def record(run_id: str, row: int, verdict: str, *, label: int | None = None, not
         name = run.classes[int(label)] if label is not None else None
         _review(run).mark_row(int(row), verdict, label=name, note=note or None, reviewer=reviewer())
     except (ReviewError, *cache.RUN_ERRORS) as exc:
-        st.toast(ui.plain(f"Verdict not recorded: {views.one_line(exc)}"), icon=":material/error:")
+        again = " Try again in a moment." if "busy" in str(exc) else ""
+        st.toast(ui.plain(f"Verdict not recorded: {views.one_line(exc)}{again}"), icon=":material/error:")
         return False
     _recent.clear()
+    _failed.clear()
     return True
 
 
@@ -233,11 +273,15 @@ def verdict_slot(run: Run, row: int, where: str) -> None:
     """Under a thumbnail: one compact selectbox (choosing records the verdict at once); in the
     detail: the verdict, the class for 'label wrong', a note, and a Record button."""
     verdict, new_label = row_verdict(run, row)
+    if problem() is not None:  # said once above the page; no widget that could not record anything
+        if where != "tile":
+            st.caption(ui.plain(problem()))
+        return
     suggested = suggestion(run, row)
     if where == "tile":
         options = ["", *VERDICTS] + (["undo"] if verdict else [])
         shown = new_label if verdict == "label-wrong" else suggested
-        names = {"": "verdict…", "undo": "↶ undo", "label-wrong": f"label wrong → {run.classes[shown]}",
+        names = {"": "verdict…", "undo": "↶ undo", "label-wrong": ui.visible(f"label wrong → {run.classes[shown]}"),
                  **{v: VERDICT_NAMES[v] for v in VERDICTS if v != "label-wrong"}}
         widget = _unique_key(f"rvt-{run.id}-{row}-{verdict}-{new_label}")
         st.selectbox(ui.plain(f"Verdict on {run.predictions['path'].iat[int(row)]}"), options,
@@ -262,7 +306,13 @@ def history_section(run: Run, row: int) -> None:
     """The detail's review history (who, when, before → now, note), newest first, and Undo."""
     verdict, new_label = row_verdict(run, row)
     review = _review(run)
-    history = review.history(str(review.paths[int(row)]))
+    try:
+        history = review.history(str(review.paths[int(row)])) if problem() is None else None
+    except ReviewError as exc:
+        _fail(exc)
+        history = None
+    if history is None:
+        return
     if history.empty:
         st.caption("No verdict on this image yet.")
         return
@@ -271,7 +321,7 @@ def history_section(run: Run, row: int) -> None:
         st.markdown(f"**Verdict history** · now: {ui.plain(now)}")
         st.button("Undo", key=_unique_key(f"rvh-undo-{run.id}-{row}-{len(history)}"), icon=":material/undo:",
                   on_click=undo, args=(run.id, int(row)), disabled=_nothing_to_undo(history))
-    st.dataframe(history_table(history), hide_index=True, width="stretch",
+    st.dataframe(ui.shown(history_table(history)), hide_index=True, width="stretch",
                  column_config={c: st.column_config.TextColumn(c) for c in ("reviewer", "before", "now", "note")})
 
 
@@ -303,8 +353,15 @@ def _as_reviewed_toggle(where: str) -> bool:
 
 
 def _reviewed(run: Run):
+    """The metrics as reviewed, or None (the reason said above the page) when the verdicts cannot be read."""
     root = cache.store_root()
-    return cache.reviewed_metrics(run, cache.run_key(run), root, cache.review_db(root).revision())
+    if problem() is not None:
+        return None
+    try:
+        return cache.reviewed_metrics(run, cache.run_key(run), root, cache.review_db(root).revision())
+    except ReviewError as exc:
+        _fail(exc)
+        return None
 
 
 def overview_metrics_ui(run: Run) -> bool:
@@ -312,7 +369,10 @@ def overview_metrics_ui(run: Run) -> bool:
     page then skips its own), else returns False."""
     if not _as_reviewed_toggle("overview"):
         return False
-    s = _reviewed(run).summary
+    result = _reviewed(run)
+    if result is None:
+        return False  # the page's own metrics, with the given labels
+    s = result.summary
     cols = st.columns(5)
     cols[0].metric("Accuracy as reviewed", f"{s['accuracy']:.2%}",
                    delta=f"{(s['accuracy'] - s['given_accuracy']) * 100:+.2f} points vs given labels")
@@ -334,11 +394,13 @@ def per_class_as_reviewed_ui(run: Run) -> bool:
     if not _as_reviewed_toggle("per-class"):
         return False
     result = _reviewed(run)
+    if result is None:
+        return False
     s = result.summary
     st.download_button("Download CSV (labels as reviewed)", result.per_class.to_csv(index=False).encode("utf-8"),
                        file_name=f"{run.id}_per_class_reviewed.csv", mime="text/csv",
                        key="download-per-class-reviewed")
-    st.dataframe(result.per_class, hide_index=True, width="stretch",
+    st.dataframe(ui.shown(result.per_class), hide_index=True, width="stretch",
                  column_config={"class": st.column_config.TextColumn("class", pinned=True)})
     st.caption(f"Labels as reviewed: {s['relabelled']:,} corrected, {s['excluded']:,} images excluded; "
                f"accuracy {s['accuracy']:.2%} (given labels: {s['given_accuracy']:.2%}).")
@@ -348,7 +410,7 @@ def per_class_as_reviewed_ui(run: Run) -> bool:
 # --------------------------------------------------------------------------- the review queue
 
 def queue_rows(run: Run, *, which: str, min_confidence: float = 0.9, slice_id: int | None = None,
-               cell: tuple[int, int] | None = None) -> tuple[np.ndarray, str]:
+               cell: tuple[int, int] | None = None, cause: str = "model") -> tuple[np.ndarray, str]:
     """The rows of one queue set of the evaluation split, most likely label errors first, and a
     line saying how they were chosen and ordered."""
     key = cache.run_key(run)
@@ -363,7 +425,16 @@ def queue_rows(run: Run, *, which: str, min_confidence: float = 0.9, slice_id: i
         rows, how = np.flatnonzero(errors), "errors (no label-issues analysis stored)"
     elif which == "confident":
         rows = np.flatnonzero(errors & (df["confidence"].to_numpy() >= min_confidence))
+        rows = rows[np.argsort(-df["confidence"].to_numpy()[rows], kind="stable")]
+        rows, with_causes = causes_ui.model_errors_first(run, rows)
         how = f"errors with confidence ≥ {min_confidence:.2f}"
+        if with_causes:  # the analyst's errors lead: the image looks like its label, the model is wrong
+            return rows, f"{how}; the model's own errors first, then the others, most confident first"
+    elif which == "cause":
+        rows = causes_ui.cause_rows(run, cause)
+        if rows is None:
+            return np.zeros(0, np.int64), "errors by cause (no causes stored: run diagnose)"
+        return rows, f"errors whose cause is '{cause}', most confident cause first"
     elif which == "slice":
         from core.diagnose.slices import slice_rows
 
@@ -394,8 +465,12 @@ def queue_set_ui(run: Run) -> tuple[np.ndarray, str, str]:
         if which == "confident":
             options["min_confidence"] = st.slider("Minimum confidence", 0.0, 1.0, 0.9, 0.05,
                                                   key=ui.scoped(run, "review-min-confidence"))
+        elif which == "cause":
+            options["cause"] = st.selectbox("Cause", sorted(CAUSES, key=lambda c: c != "model"),  # model first
+                                            format_func=CAPTION_WORDS.__getitem__,
+                                            key=ui.scoped(run, "review-cause"))
         elif which == "slice":
-            names = dict(zip(slices["slice_id"].astype(int), slices["name"].astype(str)))
+            names = dict(zip(slices["slice_id"].astype(int), map(ui.visible, slices["name"].astype(str))))
             options["slice_id"] = st.selectbox("Slice", list(names), format_func=names.__getitem__,
                                                key=ui.scoped(run, "review-slice"))
         elif which == "cell":
@@ -424,13 +499,20 @@ def _first_unreviewed(rows: np.ndarray, verdicts: np.ndarray, start: int = 0) ->
 def export_ui(run: Run) -> None:
     """The verdicts in force on the run's images, and their CSV: the file ``python -m core review
     export`` writes."""
-    review = _review(run)
-    table = review.corrections()
+    try:
+        review = _review(run) if problem() is None else None
+        table = review.corrections() if review is not None else None
+    except ReviewError as exc:
+        table = None
+        _fail(exc)
+    if table is None:
+        st.caption(ui.plain(problem() or "Verdicts are unavailable."))
+        return
     # the file is made on the click (the queue's verdicts rerun only their fragment, so a table read
     # now may be older than the verdicts the page shows as saved)
     st.download_button("Export verdicts (CSV, every verdict in force when clicked)",
                        lambda: core_review.corrections_csv(review.corrections()), file_name=f"{run.id}_corrections.csv",
                        mime="text/csv", key="review-export", icon=":material/download:")
     if len(table):
-        st.dataframe(table, hide_index=True, width="stretch",
+        st.dataframe(ui.shown(table), hide_index=True, width="stretch",
                      column_config={c: st.column_config.TextColumn(c) for c in table.columns})

@@ -258,7 +258,9 @@ def start_run(page: str) -> None:
 
 def warn(line: str) -> None:
     """Say once, above the page, that something the address asked for could not be shown."""
-    st.session_state.setdefault(_WARNINGS_KEY, []).append(line)
+    lines = st.session_state.setdefault(_WARNINGS_KEY, [])
+    if line not in lines:
+        lines.append(line)
 
 
 def warnings() -> list[str]:

@@ -36,6 +36,34 @@ _WORD_JOINER = "\u2060"  # invisible and unbreakable: splits what the autolinker
 _LINK_STARTS = re.compile(r"([:@])(?=\S)|(?i:(?=www\\\.))")
 
 
+# Characters that change how the text around them is shown without being seen: C0/C1 controls,
+# bidi embeddings, overrides and isolates (U+202E shows "\u202eevil\u202c txt.exe" as "live txt.exe"),
+# marks and zero-width spaces. ``visible`` writes each as <U+XXXX>.
+_HIDDEN = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f"
+                     "\u202a-\u202e\u2066-\u2069\ufeff\ufff9-\ufffb]")
+
+
+def visible(text: object) -> str:
+    """``text`` with every invisible control or bidi character written as ``<U+XXXX>``: for widget
+    options and table cells, which are not Markdown (``plain`` does this too).
+
+    >>> visible("\u202eevil\u202c txt.exe")
+    '<U+202E>evil<U+202C> txt.exe'
+    """
+    return _HIDDEN.sub(lambda m: f"<U+{ord(m.group()):04X}>", str(text))
+
+
+def shown(table):
+    """A copy of the DataFrame ``table`` whose text cells are ``visible`` (for ``st.dataframe``)."""
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype == object or str(out[column].dtype) in ("string", "str"):
+            values = out[column]
+            out[column] = values.where(values.isna(), values.astype(str).str.replace(_HIDDEN, lambda m: (
+                f"<U+{ord(m.group()):04X}>"), regex=True))
+    return out
+
+
 def plain(text: object) -> str:
     """``text`` as Markdown that shows exactly its characters, on one line.
 
@@ -48,17 +76,17 @@ def plain(text: object) -> str:
     >>> plain("**y** http://e.example")
     '\\\\*\\\\*y\\\\*\\\\* http\\\\:\\u2060//e\\\\.example'
     """
-    escaped = _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(text).splitlines()))
+    escaped = _MARKDOWN_PUNCTUATION.sub(r"\\\1", visible(" ".join(str(text).splitlines())))
     return _LINK_STARTS.sub(lambda m: (m.group(1) or "") + _WORD_JOINER, escaped)
 
 
 def describe_run(summary: RunSummary, problem: str | None = None) -> str:
     """The picker's line for a run (plain text: options are not Markdown)."""
     if problem:
-        return f"⚠ {summary.name} · broken"
+        return visible(f"⚠ {summary.name} · broken")
     date = summary.created[:16].replace("T", " ")
     acc = f"{summary.accuracy:.1%}" if summary.accuracy == summary.accuracy else "n/a"
-    return f"{summary.name} · {summary.model} · {summary.data} · {date} · acc {acc}"
+    return visible(f"{summary.name} · {summary.model} · {summary.data} · {date} · acc {acc}")
 
 
 def readable_first(runs: Sequence[RunSummary]) -> list[tuple[RunSummary, str | None]]:
@@ -158,6 +186,25 @@ def enter_run_scope(run: Run | None) -> None:
     st.session_state[SCOPE_KEY] = scope
 
 
+REDRAWN_KEY = "run-redrawn"  # how many times in a row a page was redrawn because its run was re-made
+
+
+def run_stamp_now() -> str:
+    """The chosen run's ``cache.run_stamp`` now ("" without a chosen run)."""
+    run_id = st.session_state.get(RUN_KEY)
+    return cache.run_stamp(cache.store_root(), run_id) if run_id else ""
+
+
+def redraw_if_replaced(stamp: str) -> None:
+    """When the chosen run was re-made (its link now names another version) since ``stamp`` was
+    taken, the files the page was reading went with the old version: draw the page again, on the
+    new version, instead of saying the run is broken (at most 3 times in a row)."""
+    if stamp == run_stamp_now() or st.session_state.get(REDRAWN_KEY, 0) >= 3:
+        return
+    st.session_state[REDRAWN_KEY] = st.session_state.get(REDRAWN_KEY, 0) + 1
+    st.rerun()
+
+
 def current_run() -> Run:
     """The run chosen in the sidebar; stops the page with one line when there is none or it
     cannot be opened (the reason, naming the file at fault)."""
@@ -165,9 +212,11 @@ def current_run() -> Run:
     if not run_id:
         st.info("No run chosen. Pick one in the sidebar, or build one from the start page.")
         st.stop()
+    stamp = run_stamp_now()
     try:
         run = cache.load_run(cache.store_root(), run_id)
     except cache.RUN_ERRORS as exc:
+        redraw_if_replaced(stamp)
         enter_run_scope(None)
         st.error(plain(f"Run '{run_id}' is broken: {views.one_line(exc)}"))
         st.stop()
@@ -189,7 +238,7 @@ def cannot_show(what: str, exc: BaseException | str) -> None:
 def class_label(run: Run):
     """format_func for class-index widgets: 'index · name'."""
     classes = run.classes
-    return lambda i: f"{i} · {classes[i]}"
+    return lambda i: visible(f"{i} · {classes[i]}")
 
 
 # A click anywhere on a table row picks it: the tables take single cells as well as rows (a click on

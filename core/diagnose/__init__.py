@@ -21,7 +21,7 @@ import pandas as pd
 from core import derived
 from core.errors import UserError, first_line
 from core.progress import Progress, say_function
-from core.store import Run
+from core.store import ReadOnlyStoreError, Run
 
 DIAGNOSES: tuple[str, ...] = (
     "label_issues",
@@ -30,6 +30,7 @@ DIAGNOSES: tuple[str, ...] = (
     "duplicates",
     "image_properties",
     "error_slices",
+    "causes",  # last: it reads the duplicates and image properties computed before it
 )
 
 
@@ -75,6 +76,8 @@ def run_diagnoses(run: Run, *, progress: bool | Progress = False, kinds: tuple[s
         step(f"{name}: starting", 0.0)
         try:
             results[name] = derived.get(run, name, force=force, progress=step)
+        except ReadOnlyStoreError:
+            raise  # the same for every kind: one line, not one per kind
         except _SKIPPABLE as exc:
             skipped[name] = first_line(exc)
         step(f"{name}: {'skipped' if name in skipped else 'done'}", 1.0)
@@ -109,6 +112,8 @@ def write_findings(results: DiagnosisResults, out: str | Path) -> list[Path]:
 def _label_issues_headline(s: dict) -> str:
     line = (f"{s['n_issues']:,} of {s['n_scored']:,} images of '{s['split']}' probably mislabelled "
             f"({s['issue_rate']:.1%})")
+    if "n_cleanlab_flags" in s:
+        line += f", confirmed by a second signal of {s['n_cleanlab_flags']:,} cleanlab flags"
     if s.get("top_pairs"):
         top = s["top_pairs"][0]
         line += f"; most often given '{top['given']}' where '{top['suggested']}' is likelier ({top['count']:,})"
@@ -120,7 +125,16 @@ def _calibration_headline(s: dict) -> str:
             f"({s['fit_on']}): ECE {s['ece_before']:.4f} -> {s['ece_after']:.4f}")
 
 
+def _causes_headline(s: dict) -> str:
+    mix = ", ".join(f"{n:,} {c}" for c, n in s["counts"].items() if n)
+    line = f"{s['n_errors']:,} errors of '{s['split']}': {mix or 'none'}"
+    if s.get("reference"):
+        line += f" (neighbours: {s['reference_words']}{' left out one by one' if s['reference'] == 'leave-one-out' else ''})"
+    return line + (f". {s['not_assessed_line']}" if s.get("not_assessed_line") else "")
+
+
 HEADLINES: dict[str, Callable[[dict], str]] = {
+    "causes": _causes_headline,
     "label_issues": _label_issues_headline,
     "calibration": _calibration_headline,
 }

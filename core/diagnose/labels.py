@@ -18,6 +18,15 @@ points with an 88.5%-accurate CNN, +0.3 at 89.8% (one seed of three worse),
 ``flag_label_issues`` is cleanlab's confident-learning filter
 (``cleanlab.filter.find_label_issues``): a yes/no per image that estimates how
 many labels are wrong per class pair, independent of any threshold on the score.
+It sees only the model's probabilities, so on its own it calls every confident
+error a label error whose suggestion is the prediction (on Fashion-MNIST with
+planted flips, 60% of the model's own errors). The kind's ``is_issue`` therefore
+needs a second, independent signal to agree with it (``second_signal``): the
+image's nearest labelled neighbours in embedding space put it among the
+suggested class as clearly as the correctly classified images of that class
+(the rule of the ``label`` cause, ``core.diagnose.causes``), or a near copy in
+``train`` carries the suggested label. Without either signal nothing is flagged
+and the summary says how many images cleanlab alone would have flagged.
 
 >>> import numpy as np
 >>> labels = np.array([0, 1, 1])
@@ -46,7 +55,8 @@ from core.store import Run
 METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
 FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
 TABLE_COLUMNS = ["row", "path", "split", "given_label", "suggested_label", "score", "is_issue",
-                 "predicted_label", "given_prob", "suggested_prob", "neighbour_agreement"]
+                 "predicted_label", "given_prob", "suggested_prob", "neighbour_agreement", "cleanlab_flag",
+                 "second_signal"]
 
 
 def _check_inputs(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +217,7 @@ def label_issue_findings(run: Run, stored) -> Findings:
         filters=(Filter("label_issue", "Label-issue score at least", "min", "issue"),))
 
 
-@derived.register("label_issues", version=1, findings=label_issue_findings, libraries=("cleanlab",),
+@derived.register("label_issues", version=2, findings=label_issue_findings, libraries=("cleanlab",),
                   description="images whose given label is probably wrong",
                   defaults={"method": "self_confidence", "filter_by": "prune_by_noise_rate",
                             "knn_weight": 0.0, "k": 10, "max_reference": 20000, "seed": 0})
@@ -253,7 +263,11 @@ def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.
     score = label_issue_scores(labels, used, method=config["method"])
     suggested = suggested_labels(labels, used)
     progress("label issues: confident learning", 0.7)
-    is_issue = flag_label_issues(labels, used, filter_by=config["filter_by"])
+    cleanlab_flag = flag_label_issues(labels, used, filter_by=config["filter_by"])
+    progress("label issues: second signal (neighbours, copies)", 0.8)
+    agrees, signal_notes = second_signal(run, rows, labels, probs.argmax(axis=1), suggested, config)
+    notes.extend(signal_notes)
+    is_issue = cleanlab_flag & agrees
     order = np.lexsort((rows, -score))
     names = np.asarray(run.classes, dtype=object)
     r = np.arange(len(rows))
@@ -270,6 +284,8 @@ def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.
         "suggested_prob": probs[r, suggested][order],
         "neighbour_agreement": (neighbour[r, labels][order] if neighbour is not None
                                 else np.full(len(rows), np.nan)),
+        "cleanlab_flag": cleanlab_flag[order],
+        "second_signal": agrees[order],
     })
     full_score = np.full(run.n_images, np.nan, dtype=np.float32)
     full_score[rows] = score
@@ -285,6 +301,7 @@ def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.
         summary={
             "split": run.eval_split, "n_scored": int(len(rows)), "n_issues": int(is_issue.sum()),
             "issue_rate": float(is_issue.mean()) if len(rows) else 0.0,
+            "n_cleanlab_flags": int(cleanlab_flag.sum()),
             "method": config["method"], "knn_weight": weight, "n_reference": n_reference,
             "top_pairs": [{"given": g, "suggested": s, "count": int(c)} for (g, s), c in pairs.items()],
             "notes": notes,
@@ -312,3 +329,44 @@ def _neighbour_distribution(run: Run, rows: np.ndarray, reference: np.ndarray, c
     distribution = knn_label_distribution(embeddings[rows], embeddings[reference], given[reference],
                                           n_classes=len(run.classes), k=int(config["k"]))
     return distribution, int(len(reference))
+
+
+def second_signal(run: Run, rows: np.ndarray, labels: np.ndarray, predicted: np.ndarray, suggested: np.ndarray,
+                  config: dict) -> tuple[np.ndarray, list[str]]:
+    """Whether a signal independent of the model's probabilities agrees that ``suggested`` is the right
+    class of each evaluated row: bool (M,), and notes on what was (not) available.
+
+    The neighbours' rule is the ``label`` cause's (``core.diagnose.causes``): the log-ratio of the
+    image's mean distances to its nearest reference images labelled given and suggested is at least
+    the ``label_level`` quantile of the same ratio among correctly classified images of the
+    suggested class. A near copy in ``train`` labelled with the suggested class also agrees.
+    """
+    from core.diagnose import causes
+
+    agrees = np.zeros(len(rows), bool)
+    notes = []
+    evidence = causes.neighbour_evidence(run, k=int(config["k"]), max_reference=int(config["max_reference"]),
+                                         seed=int(config["seed"]))
+    copies = causes._train_copies(run)
+    if evidence is not None:
+        distances = evidence["distances"]
+        correct = predicted == labels
+        thresholds = causes.Thresholds(labels[correct], distances[correct], level=causes.LABEL_LEVEL,
+                                       atypical_level=causes.ATYPICAL_LEVEL)
+        if thresholds.usable:
+            ratio = causes.log_ratio(distances, labels, suggested)
+            limit = np.array([thresholds.pair(int(s), int(y)) for s, y in zip(suggested, labels)])
+            agrees |= ratio >= limit
+        else:
+            notes.append("Too few correctly classified images to judge the neighbours' agreement.")
+    if copies is not None and len(copies):
+        names = np.asarray(run.classes, dtype=object)
+        copy_label = copies.drop_duplicates("row").set_index("row")["copy_label"]
+        at = pd.Series(np.arange(len(rows)), index=rows)
+        common = copy_label.index.intersection(at.index)
+        hit = at.loc[common].to_numpy()
+        agrees[hit] |= copy_label.loc[common].to_numpy() == names[suggested[hit]]
+    if evidence is None and copies is None:
+        notes.append("No second signal (no embeddings, no duplicates result): nothing is flagged, since the "
+                     "model's probabilities alone restate its prediction.")
+    return agrees, notes

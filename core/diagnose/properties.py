@@ -316,7 +316,8 @@ def knn_atypicality(embeddings: np.ndarray, labels: np.ndarray, *, k: int = 10, 
     Parameters
     ----------
     embeddings : float array (N, D); compared by cosine distance (1 - cosine similarity).
-    labels : int array (N,), the class of each row (rows with a negative label are left NaN).
+    labels : int array (N,), the class of each row (rows with a negative label, or an embedding that
+        is not finite, are left NaN and are no one's neighbour).
     k : neighbours averaged; max_reference : at most this many rows of each class (a seeded sample)
         are the neighbours searched, which bounds the cost by N * max_reference * D.
 
@@ -339,6 +340,10 @@ def knn_atypicality(embeddings: np.ndarray, labels: np.ndarray, *, k: int = 10, 
     if k < 1 or max_reference < 2:
         raise UserError(f"k must be >= 1 and max_reference >= 2. Received: k={k}, max_reference={max_reference}")
     n = len(labels)
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():  # a NaN row would make every distance of its class NaN: it is left out, and NaN itself
+        labels = np.where(finite, labels, -1)
+        embeddings = np.where(finite[:, None], embeddings, 0.0).astype(np.float32)
     unit = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     distance = np.full(n, np.nan, np.float32)
     robust_z = np.full(n, np.nan, np.float32)
@@ -622,6 +627,10 @@ def compute_image_properties(run: Run, config: ImagePropertiesConfig, progress: 
         distance, robust_z, _ = knn_atypicality(run.embeddings, labels, k=config.k,
                                                 max_reference=config.max_reference,
                                                 seed=config.seed)
+        n_bad = int((~np.isfinite(np.asarray(run.embeddings)).all(axis=1)).sum())
+        if n_bad:
+            notes.append(f"{n_bad:,} images have embeddings that are not finite (NaN or inf): no atypicality "
+                         "for them, and they are no other image's neighbour")
     else:
         distance = robust_z = np.full(n, np.nan, np.float32)
         notes.append("The run has no embeddings: no atypicality")

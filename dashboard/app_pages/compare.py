@@ -153,7 +153,7 @@ def flips_ui(a, b, flip_table) -> None:
         return
     left, right = st.columns([2, 3])
     with left:
-        st.dataframe(cells[["kind", "true_label", "wrong_label", "count"]], hide_index=True,
+        st.dataframe(ui.shown(cells[["kind", "true_label", "wrong_label", "count"]]), hide_index=True,
                      width="stretch", height=320,
                      column_config={"kind": st.column_config.TextColumn("kind", width=95),
                                     "true_label": st.column_config.TextColumn("true"),
@@ -162,8 +162,8 @@ def flips_ui(a, b, flip_table) -> None:
     with right:
         options = [ALL] + list(range(len(cells)))
         fmt = (lambda i: ALL if i == ALL else
-               f"{cells['kind'][i]}: true {cells['true_label'][i]}, wrongly "
-               f"{cells['wrong_label'][i]} ({cells['count'][i]:,})")
+               ui.visible(f"{cells['kind'][i]}: true {cells['true_label'][i]}, wrongly "
+                          f"{cells['wrong_label'][i]} ({cells['count'][i]:,})"))
         choice = st.selectbox("Flips to browse (kind and confusion cell)", options,
                               key=ui.scoped(a, "compare-cell", other=b), format_func=fmt)
         kind = st.radio("Kind", ["both", "fixed by B", "broken by B"], horizontal=True,
@@ -180,7 +180,8 @@ def flips_ui(a, b, flip_table) -> None:
                        key="download-flips")
     rows = part["id"].to_numpy()
     table_key = ui.scoped(a, f"flips-table-{choice}-{kind}", other=b)
-    st.dataframe(part[["kind", "path", "true_label", "predicted_a", "confidence_a", "predicted_b", "confidence_b"]],
+    st.dataframe(ui.shown(part[["kind", "path", "true_label", "predicted_a", "confidence_a", "predicted_b",
+                                  "confidence_b"]]),
                  hide_index=True, width="stretch", height=240, key=table_key,
                  on_select=partial(_open_flip, b.id, table_key, rows), selection_mode=ui.ROW_PICK,
                  column_config={"kind": st.column_config.TextColumn("kind", width=95, pinned=True),
@@ -223,7 +224,7 @@ def per_class_ui(a, b, table) -> None:
             if side == "delta" and metric in ("tp", "fp", "fn"):
                 fmt = "%+d"
             config[c] = st.column_config.NumberColumn(label, format=fmt, width=70)
-        st.dataframe(table[columns], hide_index=True, width="stretch", height=400, column_config=config)
+        st.dataframe(ui.shown(table[columns]), hide_index=True, width="stretch", height=400, column_config=config)
         st.caption("Scroll sideways for more columns; the class column stays in place. Δ = B - A.")
     with right:
         st.plotly_chart(figures.f1_delta_figure(table), key="compare-f1", config={"displayModeBar": False})

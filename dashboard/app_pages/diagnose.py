@@ -12,7 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 from core import diagnose
-from dashboard import diagnose_ui, figures, gallery, state, ui, views
+from dashboard import causes_ui, diagnose_ui, figures, gallery, state, ui, views
 
 OPEN_KEY = "diagnose-open"
 CARD_PARAM = "card"
@@ -87,8 +87,6 @@ def render() -> None:
     if pending:
         diagnose_ui.compute_ui(run, pending)
     cards = diagnose_ui.cards(run)
-    if not cards:
-        return
     open_key = ui.scoped(run, OPEN_KEY)
     keys = [c.key for c in cards]
     # the open card is in the address (card=<key>), so a reload or a shared link opens it again
@@ -98,6 +96,7 @@ def render() -> None:
         card_ui(run, card, rank, open_key)
     opened = st.session_state.get(open_key)
     state.publish(**{CARD_PARAM: opened if opened in keys else None})
+    causes_ui.pair_mix_ui(run)  # "Shirt → T-shirt/top: 41 label, 12 model, 30 ambiguous"
     headlines = {name: diagnose.headline(name, s.summary) for name, s in findings.items() if s is not None}
     with st.expander("Every diagnosis, one line each"):
         st.caption("  \n".join(ui.plain(f"{name}: {line}") for name, line in headlines.items()))

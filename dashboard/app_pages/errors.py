@@ -13,7 +13,7 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
-from dashboard import cache, diagnose_ui, gallery, state, ui, views
+from dashboard import cache, causes_ui, diagnose_ui, gallery, state, ui, views
 
 TABLE_ROWS = 5_000  # rows sent to the browser table; the CSV has them all
 SOURCE = "errors"
@@ -54,7 +54,7 @@ def table_ui(run, rows: np.ndarray, *, filters_id: str) -> None:
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table = diagnose_ui.with_finding_columns(run, table, shown)  # label issue, copy in train, slice
     table_key = ui.scoped(run, f"errors-table-{filters_id}")
-    st.dataframe(table, hide_index=True, width="stretch", height=300, key=table_key,
+    st.dataframe(ui.shown(table), hide_index=True, width="stretch", height=300, key=table_key,
                  on_select=partial(_open_selected, run.id, table_key, shown), selection_mode=ui.ROW_PICK,
                  column_config={"rank": st.column_config.NumberColumn("rank", width=60, pinned=True),
                                 "id": st.column_config.NumberColumn("id", width=80),
@@ -79,8 +79,17 @@ def render() -> None:
     rows = views.filter_errors(run.predictions, cache.eval_mask(run, key), true_classes=true,
                                predicted_classes=pred, confidence_range=conf)
     rows = diagnose_ui.errors_filters_ui(run, rows)  # label-issue score, copy in train, slice (if diagnosed)
+    order, title = "most confident mistake first", "errors, most confident first"
+    if causes_ui.stored(run) is not None and st.toggle("Model errors first", value=True,
+                                                       key=ui.scoped(run, "errors-model-first"),
+                                                       help="Errors whose cause is 'model' (the image looks like "
+                                                            "its label, the model is wrong) lead, each part most "
+                                                            "confident first."):
+        rows, _ = causes_ui.model_errors_first(run, rows)
+        order = "the model's own errors first, each part most confident first"
+        title = "errors, the model's own first"
     st.caption(f"{views.plural(rows.size, 'misclassified image')} of the '{ui.plain(run.eval_split)}' split "
-               "match, most confident mistake first.")
+               f"match, {order}.")
 
     def csv() -> bytes:  # built only when the button is clicked: 100k rows take ~0.4 s
         return views.errors_csv(run, rows, min_confidence=conf[0])
@@ -90,10 +99,11 @@ def render() -> None:
     if rows.size == 0:
         st.info("No misclassified image matches these filters.")
         return
-    filters_id = f"{true}-{pred}-{conf}" + diagnose_ui.errors_filters_id(run)
+    filters_id = (f"{true}-{pred}-{conf}" + diagnose_ui.errors_filters_id(run)
+                  + ("-model-first" if st.session_state.get(ui.scoped(run, "errors-model-first")) else ""))
     table_ui(run, rows, filters_id=filters_id)
-    gallery.gallery_ui(run, rows, key=SOURCE, order_note="most confident mistake first", url_param="p",
-                       title="errors, most confident first",
+    gallery.gallery_ui(run, rows, key=SOURCE, order_note=order, url_param="p",
+                       title=title,
                        page_key=ui.scoped(run, f"errors-page-{filters_id}"))
 
 

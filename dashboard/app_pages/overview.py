@@ -32,7 +32,7 @@ def counts_ui(run) -> None:
     cols[-1].metric("Skipped files", f"{len(skipped):,}")
     if len(skipped):
         with st.expander(f"Skipped files and why ({len(skipped):,})", expanded=len(skipped) <= 20):
-            st.dataframe(skipped, hide_index=True, width="stretch",
+            st.dataframe(ui.shown(skipped), hide_index=True, width="stretch",
                          column_config={"path": st.column_config.TextColumn("file"),
                                         "reason": st.column_config.TextColumn("reason")})
 

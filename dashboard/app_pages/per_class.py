@@ -30,7 +30,7 @@ def table_ui(run) -> None:
     if st.checkbox("Worst F1 first", value=many, key=ui.scoped(run, "per-class-worst-first"),
                    persist_state="session"):
         table = table.sort_values(["f1", "class"], kind="stable").reset_index(drop=True)
-    styled = table.style.apply(
+    styled = ui.shown(table).style.apply(
         lambda row: ["background-color: #fde2e1" if row["worst"] else "" for _ in row], axis=1)
     # Fixed widths wide enough for each header and its sort arrow (a sorted "recall" was cut to "re").
     number = {"width": 84}
@@ -69,7 +69,7 @@ def pairs_ui(run, key: str) -> tuple[int, int] | None:
     if pair_key not in st.session_state and index:
         st.session_state[pair_key] = index[0]
     table_key = ui.scoped(run, f"pairs-table-{int(top)}")
-    st.dataframe(pairs[["true", "predicted", "count", "share_of_true"]], hide_index=True, width=640,
+    st.dataframe(ui.shown(pairs[["true", "predicted", "count", "share_of_true"]]), hide_index=True, width=640,
                  height=min(38 + 35 * len(pairs), 320), key=table_key, on_select=partial(_pick_pair, pair_key, table_key, index),
                  selection_mode=ui.ROW_PICK,
                  column_config={"true": st.column_config.TextColumn("true"),

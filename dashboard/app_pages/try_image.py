@@ -85,7 +85,7 @@ def render() -> None:
     with right:
         top = views.top_classes(probs, run.classes, k=3)
         st.subheader("Top-3 classes")
-        st.dataframe(top, hide_index=True, width="stretch",
+        st.dataframe(ui.shown(top), hide_index=True, width="stretch",
                      column_config={"class": st.column_config.TextColumn("class"),
                                     "probability": st.column_config.ProgressColumn(
                                         "probability", format="%.3f", min_value=0.0, max_value=1.0)})

@@ -79,17 +79,25 @@ def test_savedmodel_refused_without_opt_in_and_its_graph_never_runs(tmp_path, im
     assert run.manifest["model"]["format"] == "savedmodel" and run.n_images == 15
 
 
-def test_run_model_loads_a_savedmodel_only_for_a_run_made_with_the_opt_in(tmp_path, image_tree,
-                                                                          marker_savedmodel):
-    folder, marker = marker_savedmodel
-    run = analyze(folder, load_dataset(image_tree), store=RunStore(tmp_path), progress=False,
-                  projection=False, unsafe=True)
-    assert run.manifest["model"]["unsafe_load"] is True
-    marker.unlink()
+def test_run_model_loads_a_savedmodel_only_when_the_process_trusts_its_file(tmp_path, image_tree,
+                                                                            marker_savedmodel, monkeypatch):
+    """Issue 22 item 1: the opt-in comes from the process (a trusted-hashes file named by
+    CLASSIFIER_TRUSTED_MODELS, outside the store, or the caller's flag), never from the manifest.
+    Before, a manifest edited to ``unsafe_load: true`` made the dashboard load and run the model."""
+    from core.models import file_sha256
+    from core.trust import ENV_TRUSTED
 
-    # a run analysed without the opt-in (or before the manifest recorded it): refused, in words
-    # that name no command-line flag, since the dashboard has none to pass
-    for recorded in (False, None):
+    folder, marker = marker_savedmodel
+    store = tmp_path / "store"
+    run = analyze(folder, load_dataset(image_tree), store=RunStore(store), progress=False,
+                  projection=False, unsafe=True)
+    assert run.manifest["model"]["unsafe_load"] is True  # recorded, for information
+    marker.unlink()
+    monkeypatch.delenv(ENV_TRUSTED, raising=False)
+
+    # whatever the manifest says, the process has not opted in: refused, in words that name no
+    # command-line flag (the dashboard has none to pass) but the setting that would allow it
+    for recorded in (True, False, None):
         if recorded is None:
             run.manifest["model"].pop("unsafe_load")
         else:
@@ -97,18 +105,34 @@ def test_run_model_loads_a_savedmodel_only_for_a_run_made_with_the_opt_in(tmp_pa
         with pytest.raises(ModelError) as refused:
             load_run_model(run)
         message = str(refused.value)
-        assert "SavedModel" in message and "opt" in message and "--" not in message
+        assert "SavedModel" in message and ENV_TRUSTED in message and "--" not in message
         assert "\n" not in message
         assert not marker.exists()
 
-    run.manifest["model"]["unsafe_load"] = True
+    # the operator lists the folder's hash in a file outside the store: loaded
+    trusted = tmp_path / "trusted.txt"
+    trusted.write_text(f"# models I trust\n{file_sha256(folder)}  marker_model\n")
+    monkeypatch.setenv(ENV_TRUSTED, str(trusted))
     probs = load_run_model(run).predict(run.image(3))
     assert marker.exists()
     assert probs.shape == (3,) and np.allclose(probs, run.probs[3], atol=1e-5)
 
-    # the opt-in was for the folder the run hashed, not for whatever lies there later
+    # the trust was for the folder as hashed, not for whatever lies there later
     marker.unlink()
     (folder / "fingerprint.pb").write_bytes(b"changed")
-    with pytest.raises(ModelError, match="has changed since the run was analysed") as changed:
+    with pytest.raises(ModelError, match=ENV_TRUSTED) as changed:
         load_run_model(run)
     assert "--" not in str(changed.value) and not marker.exists()
+
+    # a list kept inside the store vouches for nothing: refused in one line naming it
+    inside = store / "trusted.txt"
+    inside.write_text(file_sha256(folder) + "\n")
+    monkeypatch.setenv(ENV_TRUSTED, str(inside))
+    with pytest.raises(ValueError, match="inside the store"):
+        load_run_model(run)
+    assert not marker.exists()
+
+    # the command line's own flag (explain --unsafe-load) is the caller's opt-in
+    monkeypatch.delenv(ENV_TRUSTED)
+    load_run_model(run, unsafe=True).predict(run.image(3))
+    assert marker.exists()

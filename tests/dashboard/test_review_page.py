@@ -16,7 +16,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import cli, derived
-from core.review import RunReview, write_corrections
+from core.review import ReviewError, RunReview, write_corrections
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
 from dashboard import gallery, review_queue, review_ui
@@ -312,3 +312,19 @@ def test_metrics_as_reviewed_on_overview_and_per_class_csv_is_the_cli_file(store
     table = pd.read_csv(out)
     assert set(table["labels"]) == {"reviewed"}
     assert "download-per-class" not in served  # the given labels' CSV is not offered beside it
+
+
+def test_an_unwritable_verdicts_file_leaves_the_actions_pending(store, monkeypatch):
+    run = store.load("r")
+    review = RunReview(run)
+    rows = np.flatnonzero(run.eval_mask() & ~run.predictions["correct"].to_numpy(bool))[:3]
+
+    def broken(**_):
+        raise ReviewError(f"{review.db.path}: disk I/O error")
+
+    monkeypatch.setattr(review.db, "mark", broken)
+    acked, failed = deque(), {}
+    actions = [{"id": "1", "kind": "mark", "row": int(rows[0]), "verdict": "exclude"}]
+    with pytest.raises(review_queue.StoreUnavailable, match="disk I/O error"):
+        review_queue.record_actions(review, rows, actions, reviewer="ann", acked=acked, failed=failed)
+    assert not acked and not failed  # neither saved nor refused: still pending in the page
