@@ -66,10 +66,11 @@ div[class*="st-key-gtile-"]:hover, div[class*="st-key-gtile-"]:focus-within {
 div[class*="st-key-gtile-"] div[class*="st-key-gopen-"] {
   position: absolute !important; inset: 0 !important; z-index: 3; margin: 0 !important;
   width: 100% !important; height: 100% !important; }
-div[class*="st-key-gopen-"] .stButton, div[class*="st-key-gopen-"] .stTooltipIcon,
-div[class*="st-key-gopen-"] div, div[class*="st-key-gopen-"] span {
+div[class*="st-key-gopen-"] .stButton, div[class*="st-key-gopen-"] .stButton > div:has(.stTooltipIcon),
+div[class*="st-key-gopen-"] .stTooltipIcon, div[class*="st-key-gopen-"] .stTooltipHoverTarget {
   display: block; width: 100% !important; height: 100% !important; }
-div[class*="st-key-gopen-"] button { width: 100%; height: 100% !important; opacity: 0; cursor: zoom-in; }
+div[class*="st-key-gopen-"] .stTooltipHoverTarget > button {
+  width: 100%; height: 100% !important; opacity: 0; cursor: zoom-in; }
 div[class*="st-key-gtile-"] [data-testid="stCaptionContainer"] p,
 div[class*="st-key-gnear-"] [data-testid="stCaptionContainer"] p {
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; margin: 0; line-height: 1.3; }
