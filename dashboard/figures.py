@@ -436,7 +436,9 @@ def reliability_figure(reliability: pd.DataFrame) -> go.Figure:
 
 
 def confidence_histogram_figure(histogram: pd.DataFrame, *, probabilities: str = "raw") -> go.Figure:
-    """Histograms of the confidence of right and wrong predictions (stacked, one bar per bin).
+    """Histograms of the confidence of right and of wrong predictions, one above the other on a
+    shared confidence axis, each on its own count scale (stacked on one scale, a few hundred wrong
+    predictions under tens of thousands of right ones were a line too thin to see).
 
     ``histogram``: the ``calibration`` kind's table with ``lower``, ``upper``, ``n_correct``,
     ``n_wrong`` per bin and ``probabilities`` ('raw' or 'scaled'); ``probabilities`` picks one.
@@ -444,16 +446,17 @@ def confidence_histogram_figure(histogram: pd.DataFrame, *, probabilities: str =
     part = histogram[histogram["probabilities"] == probabilities].sort_values("lower")
     centre = (part["lower"] + part["upper"]) / 2
     width = (part["upper"] - part["lower"]) * 0.95
-    fig = go.Figure([
-        go.Bar(x=centre, y=part["n_correct"], width=width, name="right", marker_color=CORRECT_COLOUR,
-               hovertemplate="confidence ≈ %{x:.2f}<br>%{y:,} right<extra></extra>"),
-        go.Bar(x=centre, y=part["n_wrong"], width=width, name="wrong", marker_color=ERROR_COLOUR,
-               hovertemplate="confidence ≈ %{x:.2f}<br>%{y:,} wrong<extra></extra>"),
-    ])
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    fig.add_trace(go.Bar(x=centre, y=part["n_correct"], width=width, name="right", marker_color=CORRECT_COLOUR,
+                         hovertemplate="confidence ≈ %{x:.2f}<br>%{y:,} right<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=centre, y=part["n_wrong"], width=width, name="wrong", marker_color=ERROR_COLOUR,
+                         hovertemplate="confidence ≈ %{x:.2f}<br>%{y:,} wrong<extra></extra>"), row=2, col=1)
     label = CALIBRATION_SERIES.get(probabilities, (probabilities, None))[0]
-    fig.update_layout(barmode="stack", height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10},
-                      title={"text": f"Right and wrong, {html.escape(label)}",
-                             "font": {"size": 14}},
-                      xaxis={"title": "confidence", "range": [0, 1]}, yaxis={"title": "images"},
-                      legend={"orientation": "h", "y": -0.25})
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 30, "b": 10},
+                      title={"text": f"Right and wrong, {html.escape(label)}", "font": {"size": 14}},
+                      legend={"orientation": "h", "y": -0.25}, bargap=0)
+    fig.update_xaxes(range=[0, 1])
+    fig.update_xaxes(title="confidence", row=2, col=1)
+    fig.update_yaxes(title="right", row=1, col=1)
+    fig.update_yaxes(title="wrong", row=2, col=1)
     return fig

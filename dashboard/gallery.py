@@ -56,7 +56,7 @@ SOURCES_KEY = "gallery-sources"  # {source key: Source}, rebuilt on every full s
 PER_PAGE_KEY = "gallery-per-page"  # a preference kept across runs and pages
 _CSS_KEY = "gallery-css-drawn"
 
-# A thumbnail's tile holds the image and its caption; an invisible button covers the tile so that a
+# A thumbnail's tile holds the image and its caption; an invisible button covers the whole tile so that a
 # click (or Enter on the focused tile) opens the detail. Captions stay on one line, cut with an
 # ellipsis; the button's tooltip holds the full text.
 CSS = """<style>
@@ -64,10 +64,13 @@ div[class*="st-key-gtile-"] { position: relative; gap: 0.15rem; border-radius: 6
 div[class*="st-key-gtile-"]:hover, div[class*="st-key-gtile-"]:focus-within {
   outline: 2px solid rgba(28, 131, 225, 0.85); outline-offset: 2px; }
 div[class*="st-key-gtile-"] div[class*="st-key-gopen-"] {
-  position: absolute; inset: 0; z-index: 3; margin: 0; width: 100%; height: 100%; }
-div[class*="st-key-gopen-"] .stButton, div[class*="st-key-gopen-"] .stTooltipIcon,
-div[class*="st-key-gopen-"] div { width: 100%; height: 100%; }
-div[class*="st-key-gopen-"] button { width: 100%; height: 100%; opacity: 0; cursor: zoom-in; }
+  position: absolute !important; inset: 0 !important; z-index: 3; margin: 0 !important;
+  width: 100% !important; height: 100% !important; }
+div[class*="st-key-gopen-"] .stButton, div[class*="st-key-gopen-"] .stButton > div:has(.stTooltipIcon),
+div[class*="st-key-gopen-"] .stTooltipIcon, div[class*="st-key-gopen-"] .stTooltipHoverTarget {
+  display: block; width: 100% !important; height: 100% !important; }
+div[class*="st-key-gopen-"] .stTooltipHoverTarget > button {
+  width: 100%; height: 100% !important; opacity: 0; cursor: zoom-in; }
 div[class*="st-key-gtile-"] [data-testid="stCaptionContainer"] p,
 div[class*="st-key-gnear-"] [data-testid="stCaptionContainer"] p {
   white-space: nowrap; overflow: hidden; text-overflow: ellipsis; margin: 0; line-height: 1.3; }
@@ -141,13 +144,18 @@ def unregister(name: str) -> None:
 
 # --------------------------------------------------------------------------- captions
 
-def compact_caption(run: Run, row: int) -> str:
-    """The one-line caption of a thumbnail, confidence first so that a cut line keeps it:
-    '0.93 · true → predicted' for an error, '0.93 · ✓ true' when correct (plain text)."""
+def caption_lines(run: Run, row: int) -> list[str]:
+    """The two caption lines of a thumbnail, the prediction first so that a narrow tile keeps it:
+    '→ predicted 0.93' for an error, '✓ predicted 0.93' when correct, then 'true: class'
+    (plain text; each line is cut with an ellipsis, the tile's tooltip has the full text)."""
     r = run.predictions.iloc[int(row)]
-    if bool(r["correct"]):
-        return f"{r['confidence']:.2f} · ✓ {r['true_label']}"
-    return f"{r['confidence']:.2f} · {r['true_label']} → {r['predicted_label']}"
+    mark = "✓" if bool(r["correct"]) else "→"
+    return [f"{mark} {r['predicted_label']} {r['confidence']:.2f}", f"true: {r['true_label']}"]
+
+
+def compact_caption(run: Run, row: int) -> str:
+    """``caption_lines`` on one line: '→ predicted 0.93 · true: class'."""
+    return " · ".join(caption_lines(run, row))
 
 
 def full_caption(run: Run, row: int) -> list[str]:
@@ -375,7 +383,8 @@ def neighbours_ui(run: Run, row: int, *, true: int, pred: int) -> None:
             for i, (n_row, d) in enumerate(zip(near, dist)):
                 with cells[i], st.container(key=f"gnear-{cls}-{i}"):
                     image_ui(run, int(n_row), size=NEIGHBOUR_PX)
-                    st.caption(ui.plain(compact_caption(run, int(n_row))) + "  \n" + f"distance {d:.2f}")
+                    st.caption("  \n".join(ui.plain(line) for line in caption_lines(run, int(n_row)))
+                               + "  \n" + f"distance {d:.2f}")
 
 
 def df_value(run: Run, row: int, column: str):
@@ -387,9 +396,7 @@ def df_value(run: Run, row: int, column: str):
 # --------------------------------------------------------------------------- the gallery
 
 def _css() -> None:
-    if not st.session_state.get(_CSS_KEY):
-        st.html(CSS)
-        st.session_state[_CSS_KEY] = True
+    st.html(CSS)
 
 
 def _set_page(widget_key: str, page_key: str) -> None:
@@ -468,9 +475,9 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most 
 def _tile(run: Run, row: int, *, key: str, i: int, fields: tuple[CaptionField, ...]) -> None:
     with st.container(key=f"gtile-{key}-{i}"):
         image_ui(run, row, size=THUMB_PX)
-        lines = [compact_caption(run, row), *_field_lines(run, row, fields)]
+        lines = [*caption_lines(run, row), *_field_lines(run, row, fields)]
         st.caption("  \n".join(ui.plain(line) for line in lines))
-        full = full_caption(run, row) + lines[1:]
+        full = full_caption(run, row) + lines[2:]
         st.button(ui.plain(f"Open {run.predictions['path'].iat[row]}"), key=f"gopen-{key}-{i}",
                   help="  \n".join(ui.plain(line) for line in full),
                   on_click=open_detail, args=(run.id, row), kwargs={"source": key}, type="tertiary", wrap=True)

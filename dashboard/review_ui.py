@@ -496,101 +496,22 @@ def _first_unreviewed(rows: np.ndarray, verdicts: np.ndarray, start: int = 0) ->
     return start + int(todo[0]) if todo.size else min(start, max(rows.size - 1, 0))
 
 
-def _queue_step(at_key: str, rows_key: str, delta: int) -> None:
-    rows = st.session_state.get(rows_key)
-    if rows is None:
-        return
-    st.session_state[at_key] = min(max(int(st.session_state.get(at_key, 0)) + delta, 0), max(rows.size - 1, 0))
-
-
-def _queue_mark(run_id: str, row: int, verdict: str, at_key: str, rows_key: str, prefix: str) -> None:
-    """A verdict button: record it, then go to the next image without a verdict."""
-    label = st.session_state.get(f"{prefix}-class") if verdict == "label-wrong" else None
-    if not record(run_id, row, verdict, label=label, note=st.session_state.get(f"{prefix}-note")):
-        return
-    rows = st.session_state.get(rows_key)
-    run = cache.load_run(cache.store_root(), run_id)
-    verdicts, _ = current(run)
-    at = int(st.session_state.get(at_key, 0))
-    st.session_state[at_key] = _first_unreviewed(rows, verdicts, min(at + 1, rows.size - 1)) if at + 1 < rows.size \
-        else at
-
-
-def _queue_undo(run_id: str, row: int) -> None:
-    undo(run_id, row)
-
-
-def queue_ui(run: Run, rows: np.ndarray, *, how: str, identity: str) -> None:
-    """One image of the queue at a time: the image, what the model says, the verdict buttons (with
-    their keys), previous/next, and the progress (reviewed / total)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    verdicts, new_labels = current(run)
-    st.caption(ui.plain(f"{views.plural(rows.size, 'image')}: {how}."))
-    if rows.size == 0:
-        st.info("No images in this set.")
-        return
-    rows_key = ui.scoped(run, f"review-rows-{identity}")
-    at_key = ui.scoped(run, f"review-at-{identity}")
-    known = st.session_state.get(rows_key)
-    if known is None or not np.array_equal(known, rows):
-        st.session_state[rows_key] = rows
-        st.session_state[at_key] = _first_unreviewed(rows, verdicts)
-    at = min(max(int(st.session_state.get(at_key, 0)), 0), rows.size - 1)
-    row = int(rows[at])
-    gallery.register_source(run, QUEUE_SOURCE, rows, title=f"review queue: {how}")
-    reviewed = int((verdicts[rows] != "").sum())
-    st.progress(reviewed / rows.size, text=f"{reviewed:,} of {rows.size:,} reviewed · image {at + 1:,} of "
-                                           f"{rows.size:,} · reviewer: {ui.plain(reviewer())}")
-    r = run.predictions.iloc[row]
-    verdict, new_label = str(verdicts[row]), int(new_labels[row])
-    suggested = suggestion(run, row)
-    prefix = f"rvq-{run.id}-{row}-{verdict}-{new_label}"
-    left, right = st.columns([2, 3])
-    with left, st.container(key="review-image"):
-        gallery.image_ui(run, row, size=gallery.DETAIL_PX, width=gallery.DETAIL_PX)
-    with right:
-        st.markdown(f"**{ui.plain(r['true_label'])}** → **{ui.plain(r['predicted_label'])}** "
-                    f"(confidence {r['confidence']:.3f}, p(given class) {r['true_prob']:.3f})")
-        lines = [f"file: {r['path']}", f"suggested class: {run.classes[suggested]}",
-                 f"verdict now: {verdict_text(verdict, run.classes[new_label] if new_label >= 0 else None)}"]
-        st.caption("  \n".join(ui.plain(line) for line in lines))
-        st.selectbox("Right class (label wrong)", list(range(len(run.classes))),
-                     index=new_label if new_label >= 0 else suggested, format_func=ui.class_label(run),
-                     key=f"{prefix}-class")
-        st.text_input("Note (optional, kept with the verdict)", key=f"{prefix}-note", max_chars=MAX_NOTE)
-        with st.container(horizontal=True, key="review-verdicts"):
-            for v in VERDICTS:
-                st.button(VERDICT_NAMES[v].capitalize(), key=f"review-{v}",
-                          shortcut=SHORTCUTS[v], type="primary" if v == verdict else "secondary",
-                          on_click=_queue_mark, args=(run.id, row, v, at_key, rows_key, prefix))
-        with st.container(horizontal=True, key="review-nav"):
-            st.button("Previous", key="review-previous", shortcut=SHORTCUTS["previous"],
-                      icon=":material/arrow_back:", disabled=at == 0, on_click=_queue_step,
-                      args=(at_key, rows_key, -1))
-            st.button("Next", key="review-next", shortcut=SHORTCUTS["next"],
-                      icon=":material/arrow_forward:", disabled=at >= rows.size - 1, on_click=_queue_step,
-                      args=(at_key, rows_key, 1))
-            st.button("Undo", key="review-undo", shortcut=SHORTCUTS["undo"],
-                      icon=":material/undo:", on_click=_queue_undo, args=(run.id, row))
-            st.button("Open detail", key="review-open", icon=":material/open_in_full:",
-                      on_click=gallery.open_detail, args=(run.id, row), kwargs={"source": QUEUE_SOURCE})
-    st.caption("Keys: " + ", ".join(f"{k} {VERDICT_NAMES.get(v, v)}" for v, k in SHORTCUTS.items())
-               + ". A verdict moves on to the next image without one.")
-
-
 def export_ui(run: Run) -> None:
     """The verdicts in force on the run's images, and their CSV: the file ``python -m core review
     export`` writes."""
     try:
-        table = _review(run).corrections() if problem() is None else None
+        review = _review(run) if problem() is None else None
+        table = review.corrections() if review is not None else None
     except ReviewError as exc:
         table = None
         _fail(exc)
     if table is None:
         st.caption(ui.plain(problem() or "Verdicts are unavailable."))
         return
-    st.download_button(f"Export verdicts (CSV, {views.plural(len(table), 'image')})",
-                       core_review.corrections_csv(table), file_name=f"{run.id}_corrections.csv",
+    # the file is made on the click (the queue's verdicts rerun only their fragment, so a table read
+    # now may be older than the verdicts the page shows as saved)
+    st.download_button("Export verdicts (CSV, every verdict in force when clicked)",
+                       lambda: core_review.corrections_csv(review.corrections()), file_name=f"{run.id}_corrections.csv",
                        mime="text/csv", key="review-export", icon=":material/download:")
     if len(table):
         st.dataframe(ui.shown(table), hide_index=True, width="stretch",

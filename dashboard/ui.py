@@ -239,3 +239,19 @@ def class_label(run: Run):
     """format_func for class-index widgets: 'index · name'."""
     classes = run.classes
     return lambda i: visible(f"{i} · {classes[i]}")
+
+
+# A click anywhere on a table row picks it: the tables take single cells as well as rows (a click on
+# a cell selects that cell, not its row, in st.dataframe), and the callbacks read either.
+ROW_PICK = ("single-row", "single-cell")
+
+
+def picked_row(table_key: str) -> int | None:
+    """The table row picked in ``st.dataframe(key=table_key, selection_mode=ROW_PICK)``: the selected
+    row, else the row of the selected cell (positions in the table as shown), else None."""
+    selection = (st.session_state.get(table_key) or {}).get("selection") or {}
+    rows = selection.get("rows") or []
+    if rows:
+        return int(rows[0])
+    cells = selection.get("cells") or []
+    return int(cells[0][0]) if cells else None

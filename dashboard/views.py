@@ -339,3 +339,15 @@ def latest_comparable_pair(signatures: Sequence[tuple[str, object]]) -> tuple[st
             if other == signature:
                 return older, newer
     return None
+
+
+def most_wrong_first(rows: np.ndarray, *, correct: np.ndarray, true_prob: np.ndarray) -> np.ndarray:
+    """``rows`` (int (M,)) with the errors first, each part by the probability of the given class,
+    lowest first. ``correct``: bool (N,), ``true_prob``: float (N,), indexed by row.
+
+    >>> most_wrong_first(np.array([0, 1, 2, 3]), correct=np.array([True, False, True, False]),
+    ...                  true_prob=np.array([0.2, 0.3, 0.9, 0.1])).tolist()
+    [3, 1, 0, 2]
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    return rows[np.lexsort((np.asarray(true_prob)[rows], np.asarray(correct, bool)[rows]))]

@@ -136,9 +136,9 @@ def metrics_ui(comparison) -> None:
 
 
 def _open_flip(run_id: str, table_key: str, rows: np.ndarray) -> None:
-    picked = ((st.session_state.get(table_key) or {}).get("selection") or {}).get("rows") or []
-    if picked and 0 <= int(picked[0]) < rows.size:
-        gallery.open_detail(run_id, int(rows[int(picked[0])]), source=SOURCE)
+    picked = ui.picked_row(table_key)
+    if picked is not None and 0 <= picked < rows.size:
+        gallery.open_detail(run_id, int(rows[picked]), source=SOURCE)
 
 
 def flips_ui(a, b, flip_table) -> None:
@@ -183,7 +183,7 @@ def flips_ui(a, b, flip_table) -> None:
     st.dataframe(ui.shown(part[["kind", "path", "true_label", "predicted_a", "confidence_a", "predicted_b",
                                   "confidence_b"]]),
                  hide_index=True, width="stretch", height=240, key=table_key,
-                 on_select=partial(_open_flip, b.id, table_key, rows), selection_mode="single-row",
+                 on_select=partial(_open_flip, b.id, table_key, rows), selection_mode=ui.ROW_PICK,
                  column_config={"kind": st.column_config.TextColumn("kind", width=95, pinned=True),
                                 "path": st.column_config.TextColumn("file", width="large"),
                                 "true_label": st.column_config.TextColumn("true"),

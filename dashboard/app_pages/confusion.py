@@ -17,13 +17,14 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from dashboard import cache, figures, gallery, state, ui, views
+from dashboard import cache, figures, gallery, scroll, state, ui, views
 
 CHART_KEY = "confusion-chart"
 CHART_GEN_KEY = "confusion-chart-generation"
 TRUE_KEY = "cell-true"
 PRED_KEY = "cell-predicted"
 LAST_CLICK_KEY = "confusion-last-click"
+SCROLLS_KEY = "confusion-scrolls"  # requests to bring the cell's images into view
 LARGE_K = 40
 DEFAULT_TOP = 30
 VALUES = ["Counts", "Row-normalised"]
@@ -74,6 +75,12 @@ def forget_click(gen_key: str, last_click_key: str) -> None:
     st.session_state.pop(last_click_key, None)
 
 
+def _scroll_to_cell(run) -> None:
+    """Ask the page to bring the cell's images into view (``scroll.scroll_to``, once per request)."""
+    key = ui.scoped(run, SCROLLS_KEY)
+    st.session_state[key] = st.session_state.get(key, 0) + 1
+
+
 def sync_cell_state(run, cm: np.ndarray, class_order: np.ndarray) -> None:
     """Put the cell to show into the selectboxes' state before they are drawn.
 
@@ -86,6 +93,7 @@ def sync_cell_state(run, cm: np.ndarray, class_order: np.ndarray) -> None:
     if clicked is not None and st.session_state.get(last_click) != clicked:
         st.session_state[last_click] = clicked
         st.session_state[true_key], st.session_state[pred_key] = clicked
+        _scroll_to_cell(run)  # even to the cell already shown: the click asks for its images
         return
     if true_key in st.session_state and pred_key in st.session_state:
         return
@@ -158,11 +166,19 @@ def render() -> None:
     rows = views.cell_rows(run.predictions, cache.eval_mask(run, key), true=true, predicted=pred)
     share = cm[true, pred] / max(int(cm[true].sum()), 1)
     kind = "correct" if true == pred else "errors"
-    st.subheader(ui.plain(f"True {run.classes[true]}, predicted {run.classes[pred]}"), anchor=False)
-    st.caption(f"{views.plural(rows.size, 'image')} ({share:.1%} of the true class), {kind}.")
-    gallery.gallery_ui(run, rows, key="confusion", url_param="p",
-                       title=f"true {run.classes[true]}, predicted {run.classes[pred]}",
-                       page_key=ui.scoped(run, f"confusion-page-{true}-{pred}"))
+    with st.container(key="confusion-cell"):
+        st.subheader(ui.plain(f"True {run.classes[true]}, predicted {run.classes[pred]}"), anchor=False)
+        st.caption(f"{views.plural(rows.size, 'image')} ({share:.1%} of the true class), {kind}.")
+        gallery.gallery_ui(run, rows, key="confusion", url_param="p",
+                           title=f"true {run.classes[true]}, predicted {run.classes[pred]}",
+                           page_key=ui.scoped(run, f"confusion-page-{true}-{pred}"))
+    # a cell chosen now (a click on the matrix, or the pickers) brings its images into view; the
+    # page as opened (or a rerun for anything else) stays where it is
+    shown_key = ui.scoped(run, "confusion-shown-cell")
+    if st.session_state.get(shown_key, (true, pred)) != (true, pred):
+        _scroll_to_cell(run)
+    st.session_state[shown_key] = (true, pred)
+    scroll.scroll_to("confusion-cell", str(st.session_state.get(ui.scoped(run, SCROLLS_KEY), "")))
 
 
 render()

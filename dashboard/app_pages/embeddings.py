@@ -37,6 +37,7 @@ CHART_KEY = "embedding-chart"
 COLOUR_CHOICES = list(mapview.COLOUR_BY)
 COLOUR_PARAM = {"true class": "true", "predicted class": "pred", "correct": "correct", "confidence": "conf"}
 SOURCE_SELECTION = "embedding"
+ORDERS = ["most wrong first", "most confident first"]  # the selection's gallery: errors first by p(given class)
 
 
 # --------------------------------------------------------------------------- the map's availability
@@ -97,6 +98,9 @@ def controls_ui(run, key: str) -> dict:
     state.seed("emb-colour", "colour", lambda t: by_param[state.decode_choice(t, list(by_param), name="colour")],
                scope=scope)
     state.seed(split_key, "split", lambda t: state.decode_choice(t, ["all", *splits], name="split"), scope=scope)
+    # the evaluation split by default: on 'all' the training images (nearly all correct) bury the errors
+    default_split = run.eval_split if run.eval_split in splits else "all"
+    st.session_state.setdefault(split_key, default_split)
     state.seed(classes_key, "classes", lambda t: state.decode_ints(t, low=0, high=k - 1, name="classes"),
                scope=scope)
     cols = st.columns([3, 2, 3])
@@ -107,7 +111,7 @@ def controls_ui(run, key: str) -> dict:
     classes = cols[2].multiselect("True classes", range(k), key=classes_key, format_func=ui.class_label(run),
                                   placeholder="every class", persist_state="session")
     state.publish(colour=COLOUR_PARAM[color_by] if color_by != COLOUR_CHOICES[0] else None,
-                  split=split if split != "all" else None, classes=state.encode_ints(classes))
+                  split=split if split != default_split else None, classes=state.encode_ints(classes))
     return {"color_by": color_by, "split": split, "classes": tuple(int(c) for c in classes)}
 
 
@@ -233,13 +237,24 @@ def render() -> None:
     if not shapes:
         st.caption("Draw a box or a lasso on the map to see every image inside it here.")
         return
+    df = run.predictions
+    correct = df["correct"].to_numpy(bool)
+    n_wrong = int((~correct[selected]).sum())
+    cols = st.columns([2, 3], vertical_alignment="center")
+    errors_only = cols[0].toggle(f"Errors only ({n_wrong:,})", key=ui.scoped(run, "emb-errors-only"))
+    order = cols[1].segmented_control("Order", ORDERS, default=ORDERS[0], key=ui.scoped(run, "emb-order"),
+                                      label_visibility="collapsed") or ORDERS[0]
     in_view = int(mapview.rows_in_window(xy[selected], np.ones(selected.size, bool), window).size)
-    st.caption(f"{views.plural(selected.size, 'image')} inside the selection"
-               + (f" ({in_view:,} of them in view)" if in_view != selected.size else "")
-               + ", most confident first.")
+    st.caption(f"{views.plural(selected.size, 'image')} inside the selection, {n_wrong:,} of them wrong"
+               + (f" ({in_view:,} in view)" if in_view != selected.size else "") + ".")
+    if errors_only:
+        selected = selected[~correct[selected]]
+    if order == ORDERS[0]:
+        selected = views.most_wrong_first(selected, correct=correct, true_prob=df["true_prob"].to_numpy())
     digest = hashlib.sha1(shapes_text.encode()).hexdigest()[:12]
     gallery.gallery_ui(run, selected, key=SOURCE_SELECTION, url_param="p", title="the map's selection",
-                       page_key=ui.scoped(run, f"embedding-page-{digest}-{chosen['split']}-{chosen['classes']}"))
+                       order_note=order, page_key=ui.scoped(
+                           run, f"embedding-page-{digest}-{chosen['split']}-{chosen['classes']}-{errors_only}-{order}"))
 
 
 render()

@@ -43,10 +43,9 @@ def filters_ui(run) -> tuple[list[int], list[int], tuple[float, float]]:
 
 def _open_selected(run_id: str, table_key: str, rows: np.ndarray) -> None:
     """The table's row selection changed: open the detail of the selected row."""
-    selection = (st.session_state.get(table_key) or {}).get("selection") or {}
-    picked = selection.get("rows") or []
-    if picked and 0 <= int(picked[0]) < rows.size:
-        gallery.open_detail(run_id, int(rows[int(picked[0])]), source=SOURCE)
+    picked = ui.picked_row(table_key)
+    if picked is not None and 0 <= picked < rows.size:
+        gallery.open_detail(run_id, int(rows[picked]), source=SOURCE)
 
 
 def table_ui(run, rows: np.ndarray, *, filters_id: str) -> None:
@@ -56,7 +55,7 @@ def table_ui(run, rows: np.ndarray, *, filters_id: str) -> None:
     table = diagnose_ui.with_finding_columns(run, table, shown)  # label issue, copy in train, slice
     table_key = ui.scoped(run, f"errors-table-{filters_id}")
     st.dataframe(ui.shown(table), hide_index=True, width="stretch", height=300, key=table_key,
-                 on_select=partial(_open_selected, run.id, table_key, shown), selection_mode="single-row",
+                 on_select=partial(_open_selected, run.id, table_key, shown), selection_mode=ui.ROW_PICK,
                  column_config={"rank": st.column_config.NumberColumn("rank", width=60, pinned=True),
                                 "id": st.column_config.NumberColumn("id", width=80),
                                 "path": st.column_config.TextColumn("file", width="medium"),

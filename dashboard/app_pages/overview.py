@@ -102,9 +102,11 @@ def training_ui(run) -> None:
         cols[2].metric("Best validation accuracy", f"{summary['best_val_accuracy']:.2%}")
         cols[2].caption(f"at epoch {summary['best_epoch']}")
     if summary["first_lr"] is not None:
-        lr = (f"{summary['first_lr']:.2g}" if summary["first_lr"] == summary["last_lr"]
-              else f"{summary['first_lr']:.2g} → {summary['last_lr']:.2g}")
-        cols[3].metric("Learning rate", lr)
+        # the first value as the metric and the last one under it: '0.001 → 1.6e-05' was cut to
+        # '0.001 → 1...' in a fifth of the page
+        cols[3].metric("Learning rate", f"{summary['first_lr']:.2g}")
+        if summary["first_lr"] != summary["last_lr"]:
+            cols[3].caption(f"to {summary['last_lr']:.2g} at the end")
     if summary["seconds"] is not None:
         seconds = float(summary["seconds"])
         cols[4].metric("Training time", f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min")

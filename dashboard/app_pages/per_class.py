@@ -51,9 +51,9 @@ def table_ui(run) -> None:
 
 def _pick_pair(pair_key: str, table_key: str, pairs: list[tuple[int, int]]) -> None:
     """The pairs table's selection changed: show the selected pair."""
-    picked = ((st.session_state.get(table_key) or {}).get("selection") or {}).get("rows") or []
-    if picked and 0 <= int(picked[0]) < len(pairs):
-        st.session_state[pair_key] = pairs[int(picked[0])]
+    picked = ui.picked_row(table_key)
+    if picked is not None and 0 <= picked < len(pairs):
+        st.session_state[pair_key] = pairs[picked]
 
 
 def pairs_ui(run, key: str) -> tuple[int, int] | None:
@@ -71,7 +71,7 @@ def pairs_ui(run, key: str) -> tuple[int, int] | None:
     table_key = ui.scoped(run, f"pairs-table-{int(top)}")
     st.dataframe(ui.shown(pairs[["true", "predicted", "count", "share_of_true"]]), hide_index=True, width=640,
                  height=min(38 + 35 * len(pairs), 320), key=table_key, on_select=partial(_pick_pair, pair_key, table_key, index),
-                 selection_mode="single-row",
+                 selection_mode=ui.ROW_PICK,
                  column_config={"true": st.column_config.TextColumn("true"),
                                 "predicted": st.column_config.TextColumn("predicted"),
                                 "count": st.column_config.NumberColumn("images", width=80),

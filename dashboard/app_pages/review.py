@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import review_ui, ui
+from dashboard import review_queue, review_ui, ui
 
 
 def render() -> None:
     run = ui.current_run()
     st.title("Review queue", anchor=False)
     rows, how, identity = review_ui.queue_set_ui(run)
-    review_ui.queue_ui(run, rows, how=how, identity=identity)
+    review_queue.queue_component(run, rows, how=how, identity=identity)
     st.subheader("Verdicts on this run's images", anchor=False)
     review_ui.export_ui(run)
 

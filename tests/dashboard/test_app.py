@@ -59,8 +59,9 @@ def gallery_paths(at: AppTest, gallery: str) -> list[str]:
 
 
 def tile_captions(at: AppTest) -> list[str]:
-    """The one-line captions of gallery thumbnails ('0.93 · true → predicted' or '0.93 · ✓ true')."""
-    return [c for c in captions(at) if re.match(r"^\d\.\d\d · ", c)]
+    """The captions of gallery thumbnails, prediction first: '→ predicted 0.93' (or '✓ predicted
+    0.93'), then 'true: class', one line each."""
+    return [c for c in captions(at) if re.match(r"^[→✓] ", c)]
 
 
 def test_run_picker_lists_the_runs_and_overview_shows_the_run_metrics(store):
@@ -115,7 +116,7 @@ def test_confusion_gallery_shows_exactly_the_chosen_pair(store):
     expected = df.loc[expected].sort_values("confidence", ascending=False, kind="stable")
     assert gallery_paths(at, "confusion") == expected["path"].tolist()
     tiles = tile_captions(at)
-    assert tiles == [f"{c:.2f} · {run.classes[t]} → {run.classes[p]}" for c in expected["confidence"]]
+    assert tiles == [f"→ {run.classes[p]} {c:.2f}  \ntrue: {run.classes[t]}" for c in expected["confidence"]]
     assert f"{len(expected)} images" in " ".join(captions(at))
     assert at.query_params["cell"] == f"{t},{p}"
 
@@ -189,9 +190,10 @@ def test_embeddings_page_highlights_the_confusion_cell(store):
     run = store.load("small")
     assert at.checkbox(key=key(store, "small", "emb-highlight")).value
     assert run.classes[1] in unescape(at.checkbox(key=key(store, "small", "emb-highlight")).label)
-    assert "600 points in view, coloured by true class." in captions(at)
+    evaluated = run.eval_mask()  # the evaluation split by default
+    assert f"{int(evaluated.sum())} points in view, coloured by true class." in captions(at)
     at.multiselect(key=key(store, "small", "emb-classes")).set_value([0]).run()
-    n0 = int((run.predictions["true"] == 0).sum())
+    n0 = int(((run.predictions["true"] == 0).to_numpy() & evaluated).sum())
     assert f"{n0} points in view, coloured by true class." in captions(at)
     assert at.query_params["classes"] == "0"
 
@@ -212,11 +214,15 @@ def test_embeddings_selection_from_the_address_fills_the_gallery_with_every_row_
     at.switch_page("app_pages/embeddings.py").run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.radio(key="emb-colour").value == "correct"
+    inside &= run.eval_mask()  # the evaluation split by default
     n = int(inside.sum())
-    assert 24 < n < 600
-    assert f"{n} images inside the selection, most confident first." in captions(at)
-    expected = run.predictions[inside].sort_values("confidence", ascending=False, kind="stable")
-    assert gallery_paths(at, "embedding") == expected["path"].tolist()[:24]
+    assert 10 < n < 600
+    df = run.predictions
+    wrong = int((inside & ~df["correct"].to_numpy(bool)).sum())
+    assert f"{n} images inside the selection, {wrong} of them wrong." in captions(at)
+    expected = views.most_wrong_first(np.flatnonzero(inside), correct=df["correct"].to_numpy(bool),
+                                      true_prob=df["true_prob"].to_numpy())  # the errors first
+    assert gallery_paths(at, "embedding") == df["path"].to_numpy()[expected].tolist()[:24]
     assert at.query_params["sel"] == "l:-8,-8,9,-6,2,9~b:6,12,2,12"
 
 

@@ -151,6 +151,10 @@ def test_calibration_figures_draw_the_tables(store):
     fig = figures.confidence_histogram_figure(hist, probabilities="scaled")
     wrong = [t for t in fig.data if t.name == "wrong"][0]
     assert int(np.sum(wrong.y)) == int(hist[hist["probabilities"] == "scaled"]["n_wrong"].sum()) > 0
+    # the wrong ones on their own scale (issue 24: stacked under the right ones they could not be seen)
+    right = [t for t in fig.data if t.name == "right"][0]
+    assert (right.yaxis, wrong.yaxis) == ("y", "y2") and right.xaxis != wrong.xaxis
+    assert fig.layout.xaxis2.matches == "x" or fig.layout.xaxis.matches == "x2"  # one confidence axis
 
 
 # --------------------------------------------------------------------------- the pages

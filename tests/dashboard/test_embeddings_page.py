@@ -19,7 +19,7 @@ from core.projection import stored_projection
 from core.runs import write_run
 from core.store import RunStore
 from core.synthetic import make_synthetic_run, synthetic_arrays
-from dashboard import mapview
+from dashboard import gallery, mapview
 from tests.dashboard.apptest import artifacts_dir, open_address, unescape
 
 
@@ -73,7 +73,10 @@ def test_a_missing_map_is_offered_then_said_to_be_computed_then_drawn(store, mon
     core_projection.ensure_projection(run, progress=False)
     at.run()
     assert not at.info and len(at.get("plotly_chart")) == 1
-    assert "300 points in view, coloured by true class." in [unescape(c.value) for c in at.caption]
+    # the evaluation split by default (on 'all' the training images bury the errors)
+    n_eval = int(run.eval_mask().sum())
+    assert 0 < n_eval < 300
+    assert f"{n_eval} points in view, coloured by true class." in [unescape(c.value) for c in at.caption]
 
 
 def test_beyond_the_cap_every_point_is_drawn_and_a_selection_holds_every_row_inside(store):
@@ -95,11 +98,21 @@ def test_beyond_the_cap_every_point_is_drawn_and_a_selection_holds_every_row_ins
     inside = mapview.points_in_polygon(xy, polygon) & train
     n = int(inside.sum())
     assert n > 5_000
-    assert f"{n:,} images inside the selection, most confident first." in [unescape(c.value) for c in at.caption]
+    df = run.predictions
+    wrong = inside & ~df["correct"].to_numpy(bool)
+    said = f"{n:,} images inside the selection, {int(wrong.sum()):,} of them wrong."
+    assert said in [unescape(c.value) for c in at.caption]
+    # the gallery opens on the errors, most wrong first (lowest probability of the given class)
+    first = np.flatnonzero(wrong)[np.argsort(df["true_prob"].to_numpy()[wrong], kind="stable")][:24]
+    gallery_rows = at.session_state[gallery.SOURCES_KEY]["embedding"].rows
+    assert gallery_rows[:24].tolist() == first.tolist() and gallery_rows.size == n
+    at.toggle(key=next(t.key for t in at.toggle if t.key.endswith(":emb-errors-only"))).set_value(True).run()
+    gallery_rows = at.session_state[gallery.SOURCES_KEY]["embedding"].rows
+    assert sorted(gallery_rows.tolist()) == np.flatnonzero(wrong).tolist()
     assert not at.button(key="emb-zoom-selection").disabled
     at.button(key="emb-zoom-selection").click().run()
     assert at.query_params["view"]  # the window is in the address; the gallery still holds every row
-    assert f"{n:,} images inside the selection, most confident first." in [unescape(c.value) for c in at.caption]
+    assert said in [unescape(c.value) for c in at.caption]
     at.button(key="emb-zoom-reset").click().run()
     assert "view" not in at.query_params
     at.button(key="emb-clear").click().run()

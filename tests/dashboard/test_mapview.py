@@ -125,3 +125,37 @@ def test_windows_zoom_about_their_centre_and_colours_are_distinct():
     palette = mapview.class_palette(120)
     assert palette.shape == (120, 3) and len({tuple(c) for c in palette}) == 120
     assert mapview.viridis(np.array([0.0, 1.0, 2.0])).tolist() == [[68, 1, 84], [253, 231, 37], [253, 231, 37]]
+
+
+def test_errors_stay_visible_in_the_picture_of_a_dense_map():
+    """Issue 24: 70,000 points coloured by correctness gave 0 red pixels (each error mixed at 55%
+    opacity into the correct points around it). The errors' layer is opaque, each error 2 x 2 pixels."""
+    rng = np.random.default_rng(0)
+    xy = rng.normal(size=(70_000, 2))
+    correct = rng.random(70_000) > 0.004  # about 280 errors among 70,000
+    n = 70_000
+    plan = mapview.plan_map(xy, np.ones(n, bool), mapview.full_window(xy), color_by="correct",
+                            true=np.zeros(n, int), predicted=np.zeros(n, int), correct=correct,
+                            confidence=np.ones(n), n_classes=2, cap=20_000)
+    assert plan.mode == "raster" and len(plan.images) == 2
+    import base64
+
+    import cv2
+
+    errors = cv2.imdecode(np.frombuffer(base64.b64decode(plan.images[1].split(",", 1)[1]), np.uint8),
+                          cv2.IMREAD_UNCHANGED)  # BGRA
+    red = (errors[..., 3] == 255) & (errors[..., 2] == 0xd6) & (errors[..., 1] == 0x27)
+    pixels = {tuple(p) for p in zip(*np.nonzero(red))}
+    wrong = int((~correct).sum())
+    assert red.sum() >= 2 * wrong  # every error opaque and grown (a few share pixels)
+    assert (errors[..., 3][~red] == 0).all()  # nothing else in that layer
+    assert len(pixels) == red.sum()
+
+
+def test_grow_paints_the_pixels_right_and_below_only_where_empty():
+    r = mapview.rasterise(np.array([[0.0, 1.0], [1.0, 1.0]]), np.array([[255, 0, 0], [0, 0, 255]], np.uint8),
+                          (0.0, 1.0, 0.0, 1.0), width=3, height=3, min_alpha=1.0, grow=1)
+    alpha = (r.rgba[..., 3] > 0).astype(int).tolist()
+    assert alpha == [[1, 1, 1], [1, 1, 1], [0, 0, 0]]
+    assert r.rgba[0, 2, :3].tolist() == [0, 0, 255] and r.rgba[1, 1, :3].tolist() == [255, 0, 0]
+    assert r.counts.sum() == 2  # counts are the points', not the painted pixels'

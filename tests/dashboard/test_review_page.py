@@ -6,16 +6,20 @@ classes, about 100 in the 'test' split (the evaluation split), 80% accurate.
 
 from __future__ import annotations
 
+import json
+import time
+from collections import deque
+
 import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import cli, derived
-from core.review import RunReview, write_corrections
+from core.review import ReviewError, RunReview, write_corrections
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
-from dashboard import review_ui
+from dashboard import gallery, review_queue, review_ui
 from tests.dashboard.apptest import APP, TIMEOUT, unescape
 
 
@@ -36,15 +40,6 @@ def open_page(page: str, *, reviewer: str | None = None) -> AppTest:
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
-
-
-def shown_file(at: AppTest) -> str:
-    """The file of the image the queue shows (its caption's 'file: ...' line)."""
-    for c in at.caption:
-        text = unescape(c.value)
-        if text.startswith("file: "):
-            return text.splitlines()[0].removeprefix("file: ").strip()
-    raise AssertionError("no image shown")
 
 
 def click(at: AppTest, key: str) -> None:
@@ -92,44 +87,123 @@ def test_history_table_says_what_each_change_was_before(store):
 
 # --------------------------------------------------------------------------- the review queue
 
-def test_queue_keys_record_verdicts_advance_and_count_progress(store, served):
+def queue_data(at: AppTest) -> dict:
+    """What the page's queue component was given (``review_queue._queue_fragment``'s data)."""
+    (component,) = [e for e in at.get("bidi_component") if e.proto.component_name.endswith("review_queue")]
+    return json.loads(component.proto.json)
+
+
+def test_queue_sends_its_rows_in_order_and_a_window_of_images_ahead(store):
     hostile = "**eve** <b>x</b> :smile: http://e.example"
     at = open_page("review", reviewer=hostile)
     run = store.load("r")
     df = run.predictions
     errors = df.index[run.eval_mask() & ~df["correct"].to_numpy(bool)].to_numpy()
     expected = errors[np.argsort(df["true_prob"].to_numpy()[errors], kind="stable")]  # no label issues stored
-    assert shown_file(at) == df["path"].iat[expected[0]]
-    for key in ("review-model-wrong", "review-label-wrong", "review-ambiguous", "review-exclude",
-                "review-previous", "review-next", "review-undo"):
-        assert at.button(key=key).proto.shortcut, key  # every verdict and step has its key
-    # the 'label wrong' class is preselected: the model's prediction (no label-issues analysis stored)
-    first = int(expected[0])
-    click(at, "review-label-wrong")
-    assert shown_file(at) == df["path"].iat[expected[1]]  # moved on
-    click(at, "review-exclude")
-    click(at, "review-ambiguous")
-    progress = at.get("progress")[0].proto.text
-    assert progress.startswith(f"3 of {len(expected)} reviewed")
-    assert unescape(progress).endswith(f"reviewer: {hostile}")  # shown as its characters
-    table = RunReview(run).verdicts().set_index("row")
-    assert table.loc[first, "verdict"] == "label-wrong"
-    assert table.loc[first, "new_label"] == df["predicted_label"].iat[first]
-    assert table.loc[int(expected[1]), "verdict"] == "exclude"
-    assert table.loc[int(expected[2]), "verdict"] == "ambiguous"
-    assert set(table["reviewer"]) == {hostile}
-    # previous goes back; undo there removes that verdict (and nothing else)
-    click(at, "review-previous")
-    assert shown_file(at) == df["path"].iat[expected[2]]
-    click(at, "review-undo")
-    assert set(RunReview(run).verdicts()["row"]) == {first, int(expected[1])}
-    # the export is the CLI's file, byte for byte
+    data = queue_data(at)
+    assert data["rows"] == expected.tolist() and data["total"] == len(expected)
+    assert data["start"] == 0 and data["codes"] == [""] * len(expected)
+    assert data["reviewer"] == hostile  # as its characters: the page sets it with textContent
+    items = data["items"]
+    # the next images (for N) and the next ones without a verdict (where a verdict moves on to)
+    assert [i["row"] for i in items] == expected[:1 + review_queue.WINDOW].tolist()
+    assert all(i["src"].startswith("data:image/png;base64,") for i in items)
+    first = items[0]
+    assert (first["file"], first["true"], first["pred"]) == (df["path"].iat[expected[0]], int(df["true"].iat[expected[0]]),
+                                                             int(df["predicted"].iat[expected[0]]))
+    # a verdict recorded elsewhere shows in the codes, and the queue starts at the first image without one
+    RunReview(run).mark_row(int(expected[0]), "exclude", reviewer="bob")
+    time.sleep(review_ui.FRESH_S + 0.05)  # another process's verdict shows within FRESH_S
+    at.run()
+    data = queue_data(at)
+    assert data["codes"][0] == "exclude" and data["start"] == 1
+
+
+def test_page_actions_are_recorded_in_order_once_and_refusals_say_why(store):
+    run = store.load("r")
+    review = RunReview(run)
+    df = run.predictions
+    rows = np.flatnonzero(run.eval_mask() & ~df["correct"].to_numpy(bool))[:6]
+    a, b, c = (int(r) for r in rows[:3])
+    other = (int(df["true"].iat[b]) + 1) % 5
+    acked, failed = deque(maxlen=50), {}
+    actions = [{"id": "1", "kind": "mark", "row": a, "verdict": "model-wrong", "note": "<b>n</b>"},
+               {"id": "2", "kind": "mark", "row": b, "verdict": "label-wrong", "label": other},
+               {"id": "3", "kind": "mark", "row": c, "verdict": "ambiguous"},
+               {"id": "4", "kind": "undo", "row": a},
+               {"id": "5", "kind": "mark", "row": 10**6, "verdict": "exclude"},
+               {"id": "6", "kind": "mark", "row": c, "verdict": "label-wrong", "label": int(df["true"].iat[c])},
+               {"id": "7", "kind": "mark", "row": c, "verdict": "label-wrong", "label": 99},
+               {"id": "8", "kind": "drop table", "row": c},
+               {"id": "9", "kind": "mark", "row": True, "verdict": "exclude"}]
+    written = review_queue.record_actions(review, rows, actions, reviewer="ann", acked=acked, failed=failed)
+    assert [(v.action, v.verdict) for v in written] == [("mark", "model-wrong"), ("mark", "label-wrong"),
+                                                        ("mark", "ambiguous"), ("undo", None)]
+    assert list(acked) == ["1", "2", "3", "4"]
+    assert sorted(failed) == ["5", "6", "7", "8", "9"]
+    assert all("\n" not in m and m for m in failed.values())
+    assert "not in this queue" in failed["5"] and "already labelled" in failed["6"] and "99" in failed["7"]
+    assert "Unknown action 'drop table'" in failed["8"]
+    table = review.verdicts().set_index("row")
+    assert sorted(table.index) == [b, c]
+    assert table.at[b, "new_label"] == run.classes[other] and table.at[c, "verdict"] == "ambiguous"
+    # the same payload again (the page re-sends what it has not seen acknowledged): nothing new
+    assert review_queue.record_actions(review, rows, actions, reviewer="ann", acked=acked, failed=failed) == []
+    assert len(review.history()) == 4
+    # a retry from a new session (the server restarted): already in force, acknowledged without a row
+    retry = [{"id": "2", "kind": "mark", "row": b, "verdict": "label-wrong", "label": other, "sent": 2}]
+    fresh = deque()
+    assert review_queue.record_actions(review, rows, retry, reviewer="ann", acked=fresh, failed={}) == []
+    assert list(fresh) == ["2"] and len(review.history()) == 4
+    # U with nothing in the page: the reviewer's most recent verdict in force (c), not another's
+    review.mark_row(int(rows[3]), "exclude", reviewer="bob")
+    undo = [{"id": "10", "kind": "undo-last", "row": None}]
+    assert len(review_queue.record_actions(review, rows, undo, reviewer="ann", acked=acked, failed=failed)) == 1
+    assert sorted(review.verdicts()["row"]) == [b, int(rows[3])]
+    nobody = {}
+    review_queue.record_actions(review, rows, [{"id": "11", "kind": "undo-last"}], reviewer="zed",
+                                acked=deque(), failed=nobody)
+    assert "'zed' has no verdict in force" in nobody["11"]
+
+
+def test_the_sessions_copy_of_the_verdicts_follows_its_writes_and_is_read_again_after_anothers(store):
+    run = store.load("r")
+    review = RunReview(run)
+    df = run.predictions
+    rows = np.flatnonzero(run.eval_mask() & ~df["correct"].to_numpy(bool))[:6]
+    other = (int(df["true"].iat[rows[1]]) + 1) % 5
+    session: dict = {}
+    review_queue._codes(session, run)
+    actions = [{"id": "1", "kind": "mark", "row": int(rows[0]), "verdict": "exclude"},
+               {"id": "2", "kind": "mark", "row": int(rows[1]), "verdict": "label-wrong", "label": other},
+               {"id": "3", "kind": "mark", "row": int(rows[0]), "verdict": "ambiguous"},
+               {"id": "4", "kind": "undo", "row": int(rows[0])}]
+    written = review_queue.record_actions(review, rows, actions, reviewer="ann", acked=deque(), failed={})
+    review_queue._patch_codes(session, run, written)
+    assert session["codes"][1] == review.db.revision()  # patched in place, not read again
+    verdicts, labels = review_queue._codes(session, run)
+    expected = review.row_arrays()
+    assert verdicts.tolist() == expected[0].tolist() and labels.tolist() == expected[1].tolist()
+    assert verdicts[rows[0]] == "exclude" and labels[rows[1]] == other  # the undo restored 'exclude'
+    # another reviewer writes in between: the copy is dropped and read again
+    review.mark_row(int(rows[2]), "model-wrong", reviewer="bob")
+    more = [{"id": "5", "kind": "mark", "row": int(rows[3]), "verdict": "exclude"}]
+    review_queue._patch_codes(session, run, review_queue.record_actions(review, rows, more, reviewer="ann",
+                                                                        acked=deque(), failed={}))
+    assert "codes" not in session
+    verdicts, labels = review_queue._codes(session, run)
+    assert verdicts.tolist() == review.row_arrays()[0].tolist()
+
+
+def test_the_export_is_made_on_the_click_and_is_the_cli_file(store, served):
+    at = open_page("review")
+    run = store.load("r")
+    rows = queue_data(at)["rows"]
+    RunReview(run).mark_row(rows[0], "exclude", reviewer="ann")  # after the page was drawn
     out = store.root.parent / "cli.csv"
     assert cli.main(["review", "export", "--store", str(store.root), "--run", "r", "--out", str(out)]) == 0
-    at.run()
-    assert served["review-export"] == out.read_bytes()
-    assert served["review-export"] == (write_corrections(RunReview(run), store.root.parent / "w.csv") and
-                                       (store.root.parent / "w.csv").read_bytes())
+    assert served["review-export"]() == out.read_bytes()
+    assert b"exclude" in out.read_bytes()
 
 
 def test_queue_follows_stored_label_issues_and_preselects_their_suggestion(store):
@@ -140,12 +214,9 @@ def test_queue_follows_stored_label_issues_and_preselects_their_suggestion(store
     flagged = issues.loc[issues["is_issue"], ["row", "suggested_label"]]
     assert len(flagged) >= 2, "the synthetic run should have suspected label errors"
     at = open_page("review")
-    assert shown_file(at) == run.predictions["path"].iat[int(flagged["row"].iat[0])]
-    cls = at.selectbox(key=next(s.key for s in at.selectbox if s.key.endswith("-class")))
-    assert run.classes[cls.value] == flagged["suggested_label"].iat[0]
-    click(at, "review-label-wrong")
-    table = RunReview(run).verdicts()
-    assert table["new_label"].tolist() == [flagged["suggested_label"].iat[0]]
+    data = queue_data(at)
+    assert data["rows"] == flagged["row"].astype(int).tolist()
+    assert run.classes[data["items"][0]["suggested"]] == flagged["suggested_label"].iat[0]
     # another set: a confusion cell, in label-issue order
     at.selectbox(key=next(s.key for s in at.selectbox if s.key.endswith(":review-set"))).set_value("cell")
     at.run()
@@ -161,8 +232,7 @@ def test_queue_follows_stored_label_issues_and_preselects_their_suggestion(store
     expected = sorted(cell, key=lambda r: position[int(r)])  # every evaluated image has a label-issue rank
     caption = next(unescape(c.value) for c in at.caption if "label-issue rank" in unescape(c.value))
     assert caption.startswith(f"{len(cell)} image")
-    marked = set(RunReview(run).verdicts()["row"])
-    assert shown_file(at) == df["path"].iat[next(int(r) for r in expected if r not in marked)]  # first unreviewed
+    assert queue_data(at)["rows"] == [int(r) for r in expected]
 
 
 # --------------------------------------------------------------------------- galleries and the detail
@@ -189,7 +259,9 @@ def test_a_tile_records_its_verdict_and_its_caption_shows_it(store):
 def test_detail_records_a_verdict_with_a_note_shows_the_history_as_text_and_undoes(store):
     at = open_page("review", reviewer="ann")
     run = store.load("r")
-    click(at, "review-open")
+    at.session_state[gallery.DETAIL_KEY] = {"source": review_ui.QUEUE_SOURCE, "run": "r",
+                                            "row": queue_data(at)["rows"][0]}
+    at.run()
     form = next(r for r in at.radio if (r.key or "").startswith("rvd-"))
     prefix = form.key.removesuffix("-verdict")
     assert form.value is None and at.button(key=f"{prefix}-record").disabled  # nothing preselected
@@ -240,3 +312,19 @@ def test_metrics_as_reviewed_on_overview_and_per_class_csv_is_the_cli_file(store
     table = pd.read_csv(out)
     assert set(table["labels"]) == {"reviewed"}
     assert "download-per-class" not in served  # the given labels' CSV is not offered beside it
+
+
+def test_an_unwritable_verdicts_file_leaves_the_actions_pending(store, monkeypatch):
+    run = store.load("r")
+    review = RunReview(run)
+    rows = np.flatnonzero(run.eval_mask() & ~run.predictions["correct"].to_numpy(bool))[:3]
+
+    def broken(**_):
+        raise ReviewError(f"{review.db.path}: disk I/O error")
+
+    monkeypatch.setattr(review.db, "mark", broken)
+    acked, failed = deque(), {}
+    actions = [{"id": "1", "kind": "mark", "row": int(rows[0]), "verdict": "exclude"}]
+    with pytest.raises(review_queue.StoreUnavailable, match="disk I/O error"):
+        review_queue.record_actions(review, rows, actions, reviewer="ann", acked=acked, failed=failed)
+    assert not acked and not failed  # neither saved nor refused: still pending in the page

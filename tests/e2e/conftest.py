@@ -45,12 +45,13 @@ def e2e_store(tmp_path_factory):
 
 
 @contextmanager
-def streamlit_process(store_root: Path, log: Path, *, append: bool = False,
-                      poll: float = 0.5) -> Iterator[tuple[str, subprocess.Popen]]:
+def streamlit_process(store_root: Path, log: Path, *, append: bool = False, poll: float = 0.5,
+                      port: int | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
     """A Streamlit server of the dashboard on the store at ``store_root``, its output written to
-    ``log`` (added to it with ``append``), health checked every ``poll`` seconds; yields (URL, process).
-    Stopped on leaving, unless it has already exited (a test may kill it)."""
-    port = _free_port()
+    ``log`` (added to it with ``append``), health checked every ``poll`` seconds, on ``port`` (default:
+    a free one; a restarted server on the same port is one the open pages reconnect to); yields
+    (URL, process). Stopped on leaving, unless it has already exited (a test may kill it)."""
+    port = port or _free_port()
     env = {**os.environ, "ARTIFACTS_DIR": str(store_root), "PYTHONPATH": str(REPO)}
     with open(log, "a" if append else "w") as fh:
         proc = subprocess.Popen(

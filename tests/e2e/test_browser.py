@@ -24,6 +24,11 @@ def _wait_for_app(page):
     page.wait_for_selector("[data-testid='stSidebar']")
 
 
+IN_VIEW_JS = """() => { const i = document.querySelector('.st-key-gallery-confusion img');
+  if (!i) return false; const r = i.getBoundingClientRect();
+  return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }"""
+
+
 def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, page, tmp_path):
     run = e2e_store.load("e2e-run")
     mask = run.eval_mask()
@@ -35,8 +40,10 @@ def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, p
     expected = _expected_cell(run, true, pred)
     assert 0 < len(expected) <= 24
 
+    page.set_viewport_size({"width": 1400, "height": 700})  # the cell's gallery starts below the fold
     page.goto(f"{server}/confusion")
     _wait_for_app(page)
+    assert not page.evaluate(IN_VIEW_JS)
     points = page.locator(".js-plotly-plot .scatterlayer path.point")
     points.first.wait_for(state="attached")
     k = len(run.classes)
@@ -46,6 +53,12 @@ def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, p
 
     heading = f"True {run.classes[true]}, predicted {run.classes[pred]}"
     page.get_by_role("heading", name=heading).wait_for()
+    try:
+        page.wait_for_function(IN_VIEW_JS)  # issue 24: the clicked cell's images are brought into view
+    except Exception:
+        page.screenshot(path=str(tmp_path / "not_in_view.png"))
+        raise AssertionError(f"not in view: {page.evaluate('() => JSON.stringify(window.__scrolledTo)')}, "
+                             f"shot {tmp_path / 'not_in_view.png'}") from None
     gallery = page.locator(".st-key-gallery-confusion")
     items = gallery.locator("[class*='st-key-confusion-item-']")
     items.nth(len(expected) - 1).wait_for()
@@ -54,7 +67,7 @@ def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, p
     shown_paths = []
     for i in range(items.count()):
         text = items.nth(i).inner_text()
-        assert f" · {run.classes[true]} → {run.classes[pred]}" in text  # '0.93 · true → predicted'
+        assert f"→ {run.classes[pred]} " in text and f"true: {run.classes[true]}" in text  # prediction first
         shown_paths.append(items.nth(i).locator("img").get_attribute("alt"))  # the image's file
     assert shown_paths == expected
     assert gallery.locator("img").count() == len(expected)
@@ -62,12 +75,20 @@ def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, p
 
     # choose another cell with the keyboard-friendly selectbox, then click the first cell again
     other = (true + 1) % k
-    page.locator("[class*='st-key-run-'][class*='-cell-true']").click()  # the run-scoped key of the box
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    box_true = page.locator("[class*='st-key-run-'][class*='-cell-true']")  # the run-scoped key of the box
+    box_true.evaluate("(e) => e.scrollIntoView({block: 'center'})")  # room for its list below it
+    page.wait_for_timeout(300)
+    box_true.click()
     page.get_by_role("option", name=f"{other} · {run.classes[other]}").click()
     page.get_by_role("heading", name=f"True {run.classes[other]}, predicted {run.classes[pred]}").wait_for()
+    page.wait_for_function(IN_VIEW_JS)  # a cell chosen in the boxes is brought into view too
+    page.locator(".js-plotly-plot").first.scroll_into_view_if_needed()  # back up to the matrix
+    page.wait_for_timeout(300)
     box = points.nth(true * k + pred).bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.get_by_role("heading", name=heading).wait_for()
+    page.wait_for_function(IN_VIEW_JS)
 
 
 def test_per_class_csv_download_equals_the_cli_report(server, e2e_store, page, tmp_path):

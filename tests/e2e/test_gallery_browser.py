@@ -89,12 +89,43 @@ def test_a_click_on_a_thumbnail_opens_its_detail_and_the_arrow_keys_walk_the_gal
     page.wait_for_function("() => !location.search.includes('img=')")  # the address closes it too
 
 
+def test_the_whole_tile_and_any_cell_of_a_table_row_open_the_detail(url, store, page):
+    """Issue 24: a click at 15% or 85% of a tile's height opened nothing (only a 40-px band did), and
+    a table row opened only from its checkbox column."""
+    run = store.load("c120")
+    df = run.predictions
+    rows = np.flatnonzero(run.eval_mask() & ~df["correct"].to_numpy())
+    rows = rows[np.argsort(-df["confidence"].to_numpy()[rows], kind="stable")]  # the Errors page's order
+    page.goto(f"{url}/errors?run=c120")
+    page.get_by_role("heading", name="Errors").wait_for()
+    settle(page)
+    tiles = page.locator(".st-key-gallery-errors [class*='st-key-gtile-errors-']")
+    for i, fraction in ((3, 0.15), (9, 0.85), (12, 0.97)):
+        tiles.nth(i).scroll_into_view_if_needed()
+        box = tiles.nth(i).bounding_box()
+        assert box["height"] > 100, box  # image and caption
+        page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * fraction)
+        assert detail_alt(page) == df["path"].iat[int(rows[i])], (i, fraction)
+        page.keyboard.press("Escape")
+        page.get_by_role("dialog").wait_for(state="detached")
+        settle(page)
+    page.goto(f"{url}/errors?run=c120")  # a fresh page: the table as a user first meets it
+    page.get_by_role("heading", name="Errors").wait_for()
+    settle(page)
+    table = page.locator("[data-testid='stDataFrame']").first
+    table.scroll_into_view_if_needed()
+    settle(page)
+    box = table.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + 35 * 3 + 17)  # a cell of the third row
+    assert detail_alt(page) == df["path"].iat[int(rows[2])]
+
+
 def test_a_lasso_on_the_70000_point_map_shows_every_image_inside_it(url, store, page):
     from dashboard import mapview, state
 
     run = store.load("big")
     xy = np.asarray(stored_projection(run))
-    page.goto(f"{url}/embeddings?run=big")
+    page.goto(f"{url}/embeddings?run=big&split=all")  # every split: the default is the evaluation split
     page.get_by_role("heading", name="Embeddings").wait_for()
     settle(page)
     assert page.get_by_text("70,000 points in view, more than the 20,000 drawn one by one").count() == 1
@@ -107,15 +138,16 @@ def test_a_lasso_on_the_70000_point_map_shows_every_image_inside_it(url, store, 
     for x, y in path[1:]:
         page.mouse.move(x, y, steps=2)
     page.mouse.up()
-    page.get_by_role("heading", name="Selected images").wait_for()
+    page.wait_for_function("() => location.search.includes('sel=')")  # the selection's rerun is done
     settle(page)
     shapes = state.decode_shapes(params(page)["sel"])
     assert [kind for kind, _ in shapes] == ["lasso"] and len(shapes[0][1]) >= 20
     expected = int(mapview.points_in_polygon(xy, shapes[0][1]).sum())
     assert expected > 1_000  # far more than plotly would have had points to select in the picture
-    note = page.get_by_text("inside the selection, most confident first")
+    note = page.get_by_text("images inside the selection,")
     note.wait_for()
-    assert note.inner_text().startswith(f"{expected:,} images inside the selection")
+    wrong = int((mapview.points_in_polygon(xy, shapes[0][1]) & ~run.predictions["correct"].to_numpy(bool)).sum())
+    assert note.inner_text() == f"{expected:,} images inside the selection, {wrong:,} of them wrong."
     assert page.get_by_text(f"Images 1–24 of {expected:,}").count() == 1
     # the selection's own pages: the last page holds the remainder
     assert page.locator(".st-key-gallery-embedding [class*='st-key-gtile-embedding-']").count() == 24
