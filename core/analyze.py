@@ -63,8 +63,8 @@ def run_inference(
     if channels not in (1, 3):
         raise ModelError(f"Model expects {channels} input channels; only 1 (grayscale) or 3 (RGB) are supported")
     ok_rows, outputs, features, failed = [], [], [], []
-    # prediction fills the first 90% of a caller's bar; projection and writing follow
-    bar = progress_bar(progress, len(dataset), "Predicting", unit="image", span=0.9)
+    # prediction fills the first 86% of a caller's bar; the input check (88%), writing and the map follow
+    bar = progress_bar(progress, len(dataset), "Predicting", unit="image", span=0.86)
     try:
         for batch in iter_batches(dataset, size=size, channels=channels, batch_size=batch_size):
             failed += batch.failed

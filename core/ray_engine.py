@@ -365,7 +365,7 @@ def run_inference_ray(
         log_level = ray_data_log.level
         ray_data_log.setLevel(logging.CRITICAL)  # a worker's error reaches the caller as one line, below
         bar = progress_bar(progress, len(dataset), f"Predicting on Ray ({actors} actor{'s' * (actors > 1)})",
-                           unit="image", span=0.9)
+                           unit="image", span=0.86)
         try:
             for part in predicted.iter_batches(batch_size=None, batch_format="numpy"):
                 parts.append(part)
