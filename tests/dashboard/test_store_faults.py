@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -89,10 +90,12 @@ def test_a_verdict_blocked_by_another_process_says_so_within_seconds(tmp_path):
         with artifacts_dir(store.root):
             at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
             at.sidebar.selectbox(key="run_id").set_value("syn").run()
-            at.switch_page("app_pages/review.py").run()
+            at.switch_page("app_pages/overview.py").run()
             assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+            tiles = [b for b in at.selectbox if (b.key or "").startswith("rvt-syn-")]
+            assert tiles, "every thumbnail has its verdict box"
             t0 = time.monotonic()
-            at.button(key="review-exclude").click().run()
+            tiles[0].set_value("exclude").run()
             waited = time.monotonic() - t0
         assert not at.exception, [e.value for e in at.exception]
         toasts = [unescape(t.value) for t in at.toast]
@@ -103,3 +106,32 @@ def test_a_verdict_blocked_by_another_process_says_so_within_seconds(tmp_path):
         holder.kill()
         holder.wait()
         cache.review_db.clear()
+
+
+def test_the_review_queue_keeps_a_blocked_verdict_pending_and_says_why_within_seconds(tmp_path):
+    """The queue's page sends verdicts itself: a write blocked by another process's lock is neither
+    saved nor refused (the page keeps it pending and sends it again), and the server says why at once."""
+    from collections import deque
+
+    from core.review import RunReview
+    from dashboard import review_queue
+
+    store = make_reviewed_store(tmp_path / "store")
+    run = store.load("syn")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(store.root / "verdicts.sqlite"), "60"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cache.review_db.clear()
+        review = RunReview(run, cache.review_db(str(store.root)))  # the dashboard's verdicts file object
+        rows = np.flatnonzero(run.eval_mask() & ~run.predictions["correct"].to_numpy(bool))[:3]
+        acked, failed = deque(), {}
+        actions = [{"id": "1", "kind": "mark", "row": int(rows[0]), "verdict": "exclude"}]
+        t0 = time.monotonic()
+        with pytest.raises(review_queue.StoreUnavailable, match="lock|another process"):
+            review_queue.record_actions(review, rows, actions, reviewer="ann", acked=acked, failed=failed)
+        assert time.monotonic() - t0 < 15
+        assert not acked and not failed  # still pending in the page, sent again later
+    finally:
+        holder.kill()
+        holder.wait()

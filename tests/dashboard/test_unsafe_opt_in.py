@@ -100,11 +100,13 @@ def test_a_tampered_manifest_enables_no_unsafe_load_in_any_dashboard_path(tamper
 
             at = AppTest.from_function(gallery_app, default_timeout=TIMEOUT).run()
             assert not at.exception, [e.value for e in at.exception]
-            at.toggle(key="gtransform-attention-t").set_value(True).run()
-            assert not at.exception, [e.value for e in at.exception]
-            texts = [unescape(c.value) for c in at.caption]
-            assert any("No attention maps" in t and ENV_TRUSTED in t for t in texts), texts
-            assert not marker.exists()
+            for method in ("gradcam", "occlusion"):  # both attention methods load the run's model
+                cache.attention_memo.clear()
+                at.segmented_control(key="attention-method-t").set_value(method).run()
+                assert not at.exception, [e.value for e in at.exception]
+                texts = [unescape(c.value) for c in at.caption]
+                assert any("No attention maps" in t and ENV_TRUSTED in t for t in texts), (method, texts)
+                assert not marker.exists()
 
             # the control: the operator trusts the file's hash (a list outside the store) and restarts
             from core.models import file_sha256
