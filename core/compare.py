@@ -126,7 +126,10 @@ def _compared_rows(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray, str]:
     pa, pb = a.predictions, b.predictions
     rows_a, rows_b = match_rows(pa["path"].astype(str).to_numpy(), pb["path"].astype(str).to_numpy())
     if rows_a.size == 0:
-        raise ComparisonError(f"The runs share no image ({len(pa):,} and {len(pb):,} images, matched by path); "
+        first_a = str(pa["path"].iat[0]) if len(pa) else "none"
+        first_b = str(pb["path"].iat[0]) if len(pb) else "none"
+        raise ComparisonError(f"The runs share no image ({len(pa):,} and {len(pb):,} images, matched by path: "
+                              f"they list different images, e.g. {first_a!r} and {first_b!r}); "
                               "compare runs made on the same images.")
     true_a, true_b = pa["true"].to_numpy()[rows_a], pb["true"].to_numpy()[rows_b]
     if not np.array_equal(true_a, true_b):
