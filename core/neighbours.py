@@ -97,3 +97,24 @@ def nearest(embeddings: np.ndarray, query_row: int, candidates: np.ndarray, *, k
         part = np.arange(squared.size)
     part = part[np.lexsort((candidates[part], squared[part]))][:take]
     return candidates[part], np.sqrt(np.maximum(squared[part], 0.0))
+
+
+def neighbour_inputs(query, reference, reference_labels, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``query`` (Nq, D) and ``reference`` (Nr, D) as float32, ``reference_labels`` (Nr,) as int64,
+    checked for a nearest-neighbour search of ``k`` (one line naming what does not fit)."""
+    query = np.asarray(query, dtype=np.float32)
+    reference = np.asarray(reference, dtype=np.float32)
+    reference_labels = np.asarray(reference_labels, dtype=np.int64)
+    if query.ndim != 2 or reference.ndim != 2 or query.shape[1] != reference.shape[1]:
+        raise UserError(f"query and reference must be (N, D) with the same D. "
+                        f"Received shapes {query.shape} and {reference.shape}")
+    if len(reference_labels) != len(reference):
+        raise UserError(f"{len(reference_labels)} reference labels for {len(reference)} reference rows")
+    if k < 1:
+        raise UserError(f"k must be at least 1. Received: k={k}")
+    return query, reference, reference_labels
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)

@@ -76,6 +76,7 @@ import pandas as pd
 from core import derived
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings
 from core.errors import UserError
+from core.neighbours import neighbour_inputs, unit_rows
 from core.progress import Progress
 from core.store import Run
 
@@ -117,17 +118,17 @@ def class_neighbour_distances(query: np.ndarray, reference: np.ndarray, referenc
     >>> class_neighbour_distances(np.array([[1.0, 0.0]]), ref, np.array([0, 0, 1]), n_classes=2, k=1).round(3)
     array([[0., 1.]])
     """
-    query, reference, reference_labels = _check(query, reference, reference_labels, k)
+    query, reference, reference_labels = neighbour_inputs(query, reference, reference_labels, k)
     loo = query_ids is not None and reference_ids is not None
     distances = np.full((len(query), n_classes), np.inf)
     if len(query) == 0:
         return distances
-    reference = _unit_rows(reference)
+    reference = unit_rows(reference)
     members = [np.flatnonzero(reference_labels == c) for c in range(n_classes)]
     blocks = [reference[idx] for idx in members]
     for start in range(0, len(query), batch_size):
         stop = min(start + batch_size, len(query))
-        block = _unit_rows(query[start:stop])
+        block = unit_rows(query[start:stop])
         for c, idx in enumerate(members):
             kc = min(k, len(idx) - (1 if loo else 0))
             if kc < 1:
@@ -146,17 +147,17 @@ def nearest_reference(query: np.ndarray, reference: np.ndarray, *, k: int = 10, 
                       ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` nearest reference images of any class: indices int64 (Nq, k') into ``reference``
     and cosine distances (Nq, k'), nearest first; k' = min(k, available)."""
-    query, reference, _ = _check(query, reference, np.zeros(len(reference), np.int64), k)
+    query, reference, _ = neighbour_inputs(query, reference, np.zeros(len(reference), np.int64), k)
     loo = query_ids is not None and reference_ids is not None
     k_all = max(min(k, len(reference) - (1 if loo else 0)), 0)
     nearest = np.zeros((len(query), k_all), np.int64)
     nearest_distance = np.zeros((len(query), k_all))
     if len(query) == 0 or k_all == 0:
         return nearest, nearest_distance
-    reference = _unit_rows(reference)
+    reference = unit_rows(reference)
     for start in range(0, len(query), batch_size):
         stop = min(start + batch_size, len(query))
-        similarity = _unit_rows(query[start:stop]) @ reference.T
+        similarity = unit_rows(query[start:stop]) @ reference.T
         if loo:
             similarity[np.asarray(query_ids[start:stop])[:, None] == np.asarray(reference_ids)[None, :]] = -2
         top = np.argpartition(-similarity, k_all - 1, axis=1)[:, :k_all]
@@ -165,24 +166,6 @@ def nearest_reference(query: np.ndarray, reference: np.ndarray, *, k: int = 10, 
         nearest[start:stop] = np.take_along_axis(top, order, axis=1)
         nearest_distance[start:stop] = np.maximum(1.0 - np.take_along_axis(top_sim, order, axis=1), 0.0)
     return nearest, nearest_distance
-
-
-def _check(query, reference, reference_labels, k):
-    query = np.asarray(query, dtype=np.float32)
-    reference = np.asarray(reference, dtype=np.float32)
-    reference_labels = np.asarray(reference_labels, dtype=np.int64)
-    if query.ndim != 2 or reference.ndim != 2 or query.shape[1] != reference.shape[1]:
-        raise UserError(f"query and reference must be (N, D) with the same D. "
-                         f"Received shapes {query.shape} and {reference.shape}")
-    if len(reference_labels) != len(reference):
-        raise UserError(f"{len(reference_labels)} reference labels for {len(reference)} reference rows")
-    if k < 1:
-        raise UserError(f"k must be at least 1. Received: k={k}")
-    return query, reference, reference_labels
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def log_ratio(distances: np.ndarray, given: np.ndarray, other: np.ndarray) -> np.ndarray:

@@ -50,6 +50,7 @@ import pandas as pd
 from core import derived
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings
 from core.errors import UserError
+from core.neighbours import neighbour_inputs, unit_rows
 from core.progress import Progress
 from core.store import Run
 
@@ -150,25 +151,16 @@ def knn_label_distribution(query: np.ndarray, reference: np.ndarray, reference_l
         as its query (the image itself) is not its own neighbour.
     batch_size : queries per block; memory is O(batch_size * Nr), time O(Nq * Nr * D).
     """
-    query = np.asarray(query, dtype=np.float32)
-    reference = np.asarray(reference, dtype=np.float32)
-    reference_labels = np.asarray(reference_labels, dtype=np.int64)
-    if query.ndim != 2 or reference.ndim != 2 or query.shape[1] != reference.shape[1]:
-        raise UserError(f"query and reference must be (N, D) with the same D. "
-                         f"Received shapes {query.shape} and {reference.shape}")
-    if len(reference_labels) != len(reference):
-        raise UserError(f"{len(reference_labels)} reference labels for {len(reference)} reference rows")
-    if k < 1:
-        raise UserError(f"k must be at least 1. Received: k={k}")
+    query, reference, reference_labels = neighbour_inputs(query, reference, reference_labels, k)
     n_ref = len(reference)
     k_eff = min(k, n_ref - (1 if query_ids is not None and reference_ids is not None else 0))
     out = np.zeros((len(query), n_classes), dtype=np.float64)
     if k_eff < 1 or len(query) == 0:
         return out
-    reference = _unit_rows(reference)
+    reference = unit_rows(reference)
     ref_ids = np.asarray(reference_ids) if reference_ids is not None else None
     for start in range(0, len(query), batch_size):
-        block = _unit_rows(query[start:start + batch_size])
+        block = unit_rows(query[start:start + batch_size])
         similarity = block @ reference.T  # (b, Nr)
         if query_ids is not None and ref_ids is not None:
             similarity[np.asarray(query_ids[start:start + batch_size])[:, None] == ref_ids[None, :]] = -np.inf
@@ -177,11 +169,6 @@ def knn_label_distribution(query: np.ndarray, reference: np.ndarray, reference_l
         rows = np.repeat(np.arange(len(block)), k_eff)
         np.add.at(out[start:start + len(block)], (rows, votes.ravel()), 1.0 / k_eff)
     return out
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
 
 
 def mixed_probabilities(probs: np.ndarray, neighbour_distribution: np.ndarray, *, weight: float) -> np.ndarray:
