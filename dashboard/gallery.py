@@ -460,23 +460,32 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most 
         start = (min(max(page, 1), pages) - 1) * per_page
         span = f"Image {start + 1:,}" if shown.size == 1 else f"Images {start + 1:,}–{start + shown.size:,}"
         st.caption(f"{span} of {rows.size:,}, {order_note}. Click an image to inspect it.")
+        lines = [[*caption_lines(run, int(row)), *_field_lines(run, int(row), fields)] for row in shown]
         for i, row in enumerate(shown):
             if i % COLUMNS == 0:  # one st.columns per line keeps lines aligned and items in order
                 cols = st.columns(COLUMNS)
+                # every caption of the line as tall as its longest, so that the widgets under the
+                # tiles (the verdict boxes) line up whichever images have an extra caption line
+                tall = max(len(x) for x in lines[i:i + COLUMNS])
             with cols[i % COLUMNS], st.container(key=f"{key}-item-{i}"):
-                _tile(run, int(row), key=key, i=i, fields=fields)
+                _tile(run, int(row), key=key, i=i, lines=lines[i], tall=tall)
         if pages > 1:
             _pager(pages, page, page_key=page_key, where="bottom")
+        from dashboard import detail  # imports this module
+
+        detail.detail_component(run, rows, key=key, start=start, count=int(shown.size), title=title, fields=fields)
         if url_param:
             state.publish(**{url_param: str(page) if page > 1 else None})
     return shown
 
 
-def _tile(run: Run, row: int, *, key: str, i: int, fields: tuple[CaptionField, ...]) -> None:
+def _tile(run: Run, row: int, *, key: str, i: int, lines: list[str], tall: int) -> None:
+    """One thumbnail: its image, its caption ``lines`` padded to ``tall`` lines, and the invisible
+    button over the whole tile (a click opens the detail in the browser, ``dashboard.detail``; the
+    button's own script run opens the server's dialog where the page has not got the detail)."""
     with st.container(key=f"gtile-{key}-{i}"):
         image_ui(run, row, size=THUMB_PX)
-        lines = [*caption_lines(run, row), *_field_lines(run, row, fields)]
-        st.caption("  \n".join(ui.plain(line) for line in lines))
+        st.caption("  \n".join([*(ui.plain(line) for line in lines), *["\u00a0"] * (tall - len(lines))]))
         full = full_caption(run, row) + lines[2:]
         st.button(ui.plain(f"Open {run.predictions['path'].iat[row]}"), key=f"gopen-{key}-{i}",
                   help="  \n".join(ui.plain(line) for line in full),
