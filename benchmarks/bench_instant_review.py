@@ -1,6 +1,7 @@
-"""The Review queue's latency in headless Chromium (issue 24), on a quiet and on a busy server machine.
+"""The Review queue's and the image detail's latency in headless Chromium (issue 24), on a quiet and on
+a busy server machine.
 
-    .venv/bin/python benchmarks/bench_instant_review.py [--n 20000] [--repeats 20] [--store DIR]
+    .venv/bin/python benchmarks/bench_instant_review.py [--n 20000] [--repeats 20] [--store DIR] [--skip-queue]
     .venv/bin/python benchmarks/bench_instant_review.py --confusion /tmp/review_store [--run ID]
 
 For each phase (``quiet``, then ``busy``: ``python -m core diagnose --force`` of a 70,000-image
@@ -12,7 +13,11 @@ turn), one key every 300 ms (a quick reviewer). Printed, as medians (and 90th pe
   animation frames after the page set the next image (it has been painted), as the page records it
   (``window.__reviewQueueDrawn``);
 * verdict acknowledged: from the key to the moment the page marks the verdict saved, i.e. after
-  the server committed it to SQLite and its acknowledgement came back.
+  the server committed it to SQLite and its acknowledgement came back;
+* the image detail (``dashboard.detail``) on the Errors page's gallery of the same run: thumbnail
+  click → detail drawn (``--repeats`` clicks, tiles in turn, Esc between), then → and ← in the open
+  detail (``--repeats`` each), from the event's time stamp to two animation frames after the
+  detail's image was set (``window.__galleryDetailDrawn``).
 
 ``--confusion STORE``: instead, on a run of that store (``python -m core demo --store STORE``), click
 ``--repeats`` off-diagonal cells of the confusion matrix (the largest, in turn) and time from the
@@ -87,6 +92,50 @@ def _phase(browser, url: str, run_id: str, repeats: int) -> dict[str, list[float
     return draws
 
 
+def _detail_phase(browser, url: str, run_id: str, repeats: int) -> dict[str, list[float]]:
+    """The image detail (``dashboard.detail``) on the Errors page's gallery: ``repeats`` clicks on a
+    thumbnail (tiles in turn, Esc between), each timed from the click event's time stamp to two
+    animation frames after the detail's image was set (``window.__galleryDetailDrawn``); then
+    ``repeats`` → and ``repeats`` ← keys in the open detail, one every ``GAP_MS``."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(120_000)
+    page.goto(f"{url}/errors?run={run_id}")
+    page.locator(".st-key-gallery-errors [class*='st-key-gtile-errors-'] img").first.wait_for()
+    page.wait_for_function("() => window.__galleryDetails && window.__galleryDetails.errors "
+                           "&& window.__galleryDetails.errors.items.size > 0")
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    page.wait_for_timeout(1000)
+    draws: dict[str, list[float]] = {"open": [], "right": [], "left": []}
+
+    def drawn_after(before):
+        page.wait_for_function("(b) => window.__galleryDetailDrawn && window.__galleryDetailDrawn.t0 !== b",
+                               arg=before, timeout=30_000)
+        d = page.evaluate("() => window.__galleryDetailDrawn")
+        return d["drawn"] - d["t0"]
+
+    last = lambda: page.evaluate("() => window.__galleryDetailDrawn ? window.__galleryDetailDrawn.t0 : -1")  # noqa: E731
+    for i in range(repeats):
+        before = last()
+        page.locator(f".st-key-gtile-errors-{i % 8}").click()
+        draws["open"].append(drawn_after(before))
+        page.wait_for_timeout(GAP_MS)
+        page.keyboard.press("Escape")
+        page.locator(".gd-overlay.open").wait_for(state="hidden")
+        page.wait_for_timeout(GAP_MS)
+    page.locator(".st-key-gtile-errors-0").click()
+    page.locator(".gd-overlay.open").wait_for()
+    page.wait_for_timeout(GAP_MS)
+    for key, name in (("ArrowRight", "right"), ("ArrowLeft", "left")):
+        for _ in range(repeats):
+            before = last()
+            page.keyboard.press(key)
+            draws[name].append(drawn_after(before))
+            page.wait_for_timeout(GAP_MS)
+    context.close()
+    return draws
+
+
 VISIBLE_JS = """([t0, heading]) => {
   const cell = document.querySelector(".st-key-confusion-cell");
   if (!cell || !cell.innerText.includes(heading)) return false;
@@ -139,6 +188,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--confusion", metavar="STORE", default=None)
     ap.add_argument("--run", default=None, help="the --confusion store's run (default: its newest)")
+    ap.add_argument("--skip-queue", action="store_true", help="time the image detail only, not the queue")
     args = ap.parse_args()
     print(cpu_line(), flush=True)
     if args.confusion:
@@ -165,7 +215,7 @@ def main() -> None:
         make_synthetic_run(store, "busy", n=70_000, n_classes=10, seed=3, accuracy=0.9)
     from playwright.sync_api import sync_playwright
 
-    results = {}
+    results, details = {}, {}
     with streamlit_process(root, root / "streamlit.log", poll=0.3) as (url, _), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
                                     args=CHROMIUM_FLAGS, headless=True)
@@ -180,13 +230,25 @@ def main() -> None:
             load = _load()
             t0 = time.perf_counter()
             try:
-                results[phase] = (_phase(browser, url, "queue", args.repeats), load, _load())
+                if not args.skip_queue:
+                    results[phase] = (_phase(browser, url, "queue", args.repeats), load, _load())
+                load = _load()
+                details[phase] = (_detail_phase(browser, url, "queue", args.repeats), load, _load())
             finally:
                 if busy is not None:
                     os.killpg(busy.pid, 15)
                     busy.wait()
             print(f"{phase}: {time.perf_counter() - t0:.0f} s", flush=True)
         browser.close()
+    print(f"\nImage detail (Errors page gallery), headless Chromium, medians of {args.repeats} (p90), "
+          f"one action every {GAP_MS} ms")
+    print(f"{'phase':<6} {'thumbnail → detail':>20} {'→ next drawn':>20} {'← previous drawn':>20}   load")
+    for phase, (draws, before, after) in details.items():
+        cells = [f"{statistics.median(v):7.1f} ms ({_pct(v, .9):6.1f})" for v in
+                 (draws["open"], draws["right"], draws["left"])]
+        print(f"{phase:<6} {cells[0]:>20} {cells[1]:>20} {cells[2]:>20}   {before} → {after}")
+    if not results:
+        return
     print(f"\nReview queue, headless Chromium, medians of {args.repeats} (p90), one key every {GAP_MS} ms")
     print(f"{'phase':<6} {'key N → next drawn':>20} {'verdict → next drawn':>22} {'verdict acknowledged':>22}   load")
     for phase, (draws, before, after) in results.items():

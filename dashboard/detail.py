@@ -4,7 +4,7 @@ inline, no build step) inside an ``st.fragment``.
 Why in the browser: the detail used to be Streamlit's dialog, so opening it was a full script run
 (about 3 s on a busy server) and each ←/→ another (3.0-4.4 s). Now every gallery sends, with its
 page, the detail of each of its images and of the images just before and after the page (the
-*window*): the image at up to ``review_queue.IMAGE_PX`` as a PNG data URL (decoded in advance by the
+*window*): the image at up to ``gallery.DETAIL_PX`` as a PNG data URL (decoded in advance by the
 page), the given and predicted class, confidence, p(given class), the top classes (the given one
 always among them), the caption lines every gallery shows (the diagnosis' cause line from
 ``core.diagnose.findings``, the verdict, ...) and the nearest images of the given and of the
@@ -44,7 +44,7 @@ import streamlit as st
 from core import neighbours
 from core.review import MAX_NOTE, ReviewError
 from core.store import Run
-from dashboard import cache, gallery, review_queue, review_ui, views
+from dashboard import cache, gallery, review_queue, review_ui, state, views
 
 AHEAD = 24  # images sent after the page's last (←/→ past the page's end, the next page's first images)
 BEHIND = 8  # and before its first
@@ -172,6 +172,12 @@ export default function (component) {
   wire(s);
   install();
   if (s.pending.length) send(s);
+  // the detail the address names (img=<row>, a reload or a shared link), once
+  // (the server read it: by now the page's own address may be written without it)
+  if (data.urlAt !== null && !s.urlDone && !window.__galleryDetailOpen && s.items.has(data.urlAt)) {
+    s.urlDone = true;
+    open(s, data.urlAt);
+  }
   if (s.at !== null && window.__galleryDetailOpen === s) render(s);
 }
 
@@ -262,7 +268,15 @@ function open(s, pos, t0) {
   ask(s);
 }
 
+function address(row) {
+  // the open detail is in the address (img=<row>), as the server's dialog kept it
+  const u = new URL(location.href);
+  if (row === null) u.searchParams.delete("img"); else u.searchParams.set("img", String(row));
+  if (u.href !== location.href) history.replaceState(history.state, "", u.href);
+}
+
 function close(s, quiet) {
+  address(null);
   s.root.querySelector(".gd-overlay").classList.remove("open");
   if (window.__galleryDetailOpen === s) window.__galleryDetailOpen = null;
   s.at = null;
@@ -358,6 +372,7 @@ function render(s, t0) {
     return;
   }
   const im = s.images.get(it.row), src = im ? im.src : (it.src || "");
+  address(it.row);
   if (img.dataset.row !== String(it.row) || img.__src !== src) {
     img.src = src;
     img.__src = src;
@@ -446,20 +461,41 @@ def _thumb_url(_run: Run, key: str, row: int) -> str | None:
 
 
 def _png_url(img: np.ndarray) -> str:
+    """An RGB or gray uint8 image as a PNG data URL (``encode_png`` takes RGB)."""
     from core.images import encode_png
 
-    if img.ndim == 3 and img.shape[2] == 3:
-        img = img[:, :, ::-1]  # encode_png takes OpenCV's BGR order
     return "data:image/png;base64," + base64.b64encode(encode_png(np.ascontiguousarray(img))).decode()
 
 
-def _transformed_url(run: Run, row: int) -> tuple[str | None, str | None]:
-    """Row ``row``'s detail image with the gallery's active transforms applied (not kept: the
-    transform's own memo keeps its maps), or (None, why not)."""
-    img, why = cache.thumbnail(run, cache.run_key(run), int(row), gallery.DETAIL_PX)
+def _detail_pixels(run: Run, row: int) -> tuple[np.ndarray | None, str | None]:
+    """Row ``row``'s image at most ``gallery.DETAIL_PX`` on its long side (a smaller one keeps its
+    size: the page enlarges it, crisp), or (None, why not in one line)."""
+    from core.images import read_image, thumbnail
+
+    try:
+        file = run.image_file(row)
+        img = run.image(row) if file is None else read_image(file, min_size=(gallery.DETAIL_PX, gallery.DETAIL_PX))
+    except (ValueError, OSError) as exc:  # OSError: PermissionError for a path outside the root
+        return None, views.one_line(exc)
     if img is None:
-        return None, views.one_line(why)
-    return _png_url(gallery._transformed(run, row, img)), None
+        return None, "the run stores no image for this row"
+    return (thumbnail(img, size=gallery.DETAIL_PX) if max(img.shape[:2]) > gallery.DETAIL_PX else img), None
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def _image_url(_run: Run, key: str, row: int) -> tuple[str | None, str | None]:
+    img, why = _detail_pixels(_run, row)
+    return (None, why) if img is None else (_png_url(img), None)
+
+
+def image_url(run: Run, row: int, *, transformed: bool = False) -> tuple[str | None, str | None]:
+    """Row ``row``'s detail image as a PNG data URL (kept per run and row), with the gallery's active
+    transforms applied when ``transformed`` (not kept: the transform's own memo keeps its maps), or
+    (None, why not)."""
+    if not transformed:
+        return _image_url(run, cache.run_key(run), int(row))
+    img, why = _detail_pixels(run, int(row))
+    return (None, why) if img is None else (_png_url(gallery._transformed(run, int(row), img)), None)
 
 
 def transforms_active() -> bool:
@@ -521,12 +557,10 @@ def detail_items(run: Run, rows: np.ndarray, positions: Sequence[int], fields: S
     for pos in positions:
         row = int(rows[pos])
         lines = gallery._field_lines(run, row, fields)
-        if transformed is not None and transformed[0] <= pos < transformed[1]:
-            src, why = _transformed_url(run, row)
-        else:
-            src, why = review_queue.image_url(run, row)
-            if transformed is not None:
-                lines.append("(the attention overlay is drawn for the gallery's page only: Full detail… shows it)")
+        on_page = transformed is not None and transformed[0] <= pos < transformed[1]
+        src, why = image_url(run, row, transformed=on_page)
+        if transformed is not None and not on_page:
+            lines.append("(the attention overlay is drawn for the gallery's page only: Full detail… shows it)")
         near, shown = neighbour_groups(run, row)
         for n in shown:
             if n not in thumbs:
@@ -606,16 +640,22 @@ def _detail_fragment(run: Run, rows: np.ndarray, key: str, start: int, count: in
     session = _session()
     component_key = f"gdetail-{key}"
     ident = f"{run.id}|{cache.run_key(run)}|{hashlib.blake2b(rows.tobytes(), digest_size=8).hexdigest()}"
+    url_at = None
+    text = state.url_value(gallery.IMG_PARAM)
+    if text is not None and text.isdigit():
+        found = np.flatnonzero(rows == int(text))
+        url_at = int(found[0]) if found.size else None
     held = st.session_state.get(component_key)
     at = held.get("at") if isinstance(held, dict) else None
     at = at if isinstance(at, int) and not isinstance(at, bool) and 0 <= at < rows.size else None
-    items, thumbs = detail_items(run, rows, window(rows.size, start, count, at).tolist(), fields,
+    items, thumbs = detail_items(run, rows, window(rows.size, start, count, at if at is not None else url_at).tolist(),
+                                 fields,
                                  transformed=(start, start + count) if transforms_active() else None)
     problem = review_ui.problem()
     data = {"key": key, "ident": ident, "title": title, "total": int(rows.size), "start": start,
             "classes": list(map(str, run.classes)), "items": items, "thumbs": thumbs,
             "acked": list(session["acked"]), "failed": list(session["failed"].items())[-100:],
-            "canReview": problem is None, "problem": problem or "", "maxNote": MAX_NOTE}
+            "urlAt": url_at, "canReview": problem is None, "problem": problem or "", "maxNote": MAX_NOTE}
     _component(key=component_key, data=data, default={"at": None}, height="content",
                on_at_change=_nothing,
                on_events_change=functools.partial(_on_events, run.id, rows, component_key),

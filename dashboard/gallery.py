@@ -1,8 +1,9 @@
 """One image gallery and one image detail, used by every page.
 
 ``gallery_ui`` draws a paged grid of thumbnails with one-line captions (the full
-text on hover); a click on a thumbnail opens the *image detail* in place, a
-dialog with the image large, its true and predicted class and confidence, its
+text on hover); a click on a thumbnail opens the image detail at once in the
+browser (``dashboard.detail``: no script run; its "Full detail…" opens the dialog
+below). The server's *image detail* is a dialog with the image large, its true and predicted class and confidence, its
 top classes (the true class always among them) and its nearest neighbours in
 embedding space from the true and the predicted class, each with its label,
 prediction and distance. Previous/next (buttons, or the arrow keys) walk
@@ -193,6 +194,7 @@ class Source:
     rows: np.ndarray
     title: str
     fields: tuple[CaptionField, ...] = field(default_factory=tuple)
+    browser: bool = False  # a gallery's: its page opens the detail itself (``dashboard.detail``)
 
 
 def start_run() -> None:
@@ -202,10 +204,11 @@ def start_run() -> None:
 
 
 def register_source(run: Run, key: str, rows: np.ndarray, *, title: str,
-                    fields: Sequence[CaptionField] = ()) -> None:
-    """Make ``rows`` of ``run`` the sequence a detail opened from ``key`` walks through."""
+                    fields: Sequence[CaptionField] = (), browser: bool = False) -> None:
+    """Make ``rows`` of ``run`` the sequence a detail opened from ``key`` walks through (``browser``: a
+    gallery whose page opens the detail itself, also from the address)."""
     st.session_state.setdefault(SOURCES_KEY, {})[key] = Source(run.id, np.asarray(rows, np.int64), title,
-                                                              tuple(fields))
+                                                              tuple(fields), browser)
 
 
 def open_detail(run_id: str, row: int, *, source: str) -> None:
@@ -243,7 +246,8 @@ def restore_detail_from_url(scope: str | None) -> None:
         return
     for key, source in sources.items():
         if np.any(source.rows == row):
-            open_detail(source.run_id, row, source=key)
+            if not source.browser:  # a gallery's page opens it from the address itself
+                open_detail(source.run_id, row, source=key)
             return
     state.warn(f"Address parameter '{IMG_PARAM}' ignored: image {row} is not among the images this page shows.")
 
@@ -434,7 +438,7 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most 
     """
     rows = np.asarray(rows, dtype=np.int64)
     fields = tuple(fields)
-    register_source(run, key, rows, title=title, fields=fields)
+    register_source(run, key, rows, title=title, fields=fields, browser=True)
     _css()
     with st.container(key=f"gallery-{key}"):
         if rows.size == 0:
@@ -485,7 +489,8 @@ def _tile(run: Run, row: int, *, key: str, i: int, lines: list[str], tall: int) 
     button's own script run opens the server's dialog where the page has not got the detail)."""
     with st.container(key=f"gtile-{key}-{i}"):
         image_ui(run, row, size=THUMB_PX)
-        st.caption("  \n".join([*(ui.plain(line) for line in lines), *["\u00a0"] * (tall - len(lines))]))
+        # padded with blank lines (U+2800: a no-break space is stripped, this is not)
+        st.caption("  \n".join([*(ui.plain(line) for line in lines), *["\u2800"] * (tall - len(lines))]))
         full = full_caption(run, row) + lines[2:]
         st.button(ui.plain(f"Open {run.predictions['path'].iat[row]}"), key=f"gopen-{key}-{i}",
                   help="  \n".join(ui.plain(line) for line in full),
