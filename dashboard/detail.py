@@ -26,8 +26,9 @@ What needs the server goes as an event and is handled in the fragment:
 
 Closing the detail after verdicts were saved reruns the page, so the tiles' verdict boxes show them.
 
-Everything from user data (file names, class names, caption lines) reaches the page as JSON and is
-shown with ``textContent``, never as HTML.
+Everything from user data (file names, class names, caption lines) reaches the page as JSON, its
+invisible and bidi control characters written out (``ui.visible``), and is shown with
+``textContent``, never as HTML.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ import streamlit as st
 from core import neighbours
 from core.review import MAX_NOTE, ReviewError
 from core.store import Run
-from dashboard import cache, gallery, review_queue, review_ui, state, views
+from dashboard import cache, gallery, review_queue, review_ui, state, ui, views
 
 AHEAD = 24  # images sent after the page's last (←/→ past the page's end, the next page's first images)
 BEHIND = 8  # and before its first
@@ -532,11 +533,11 @@ def neighbour_groups(run: Run, row: int) -> tuple[list[dict], list[int]]:
         if cls is None:
             continue
         near, dist = neighbours.nearest(embeddings, row, pools[cls], k=gallery.NEIGHBOURS)
-        cells = [{"row": int(n), "d": float(d), "file": str(df["path"].iat[int(n)]),
-                  "cap": gallery.caption_lines(run, int(n))[0]} for n, d in zip(near, dist)]
+        cells = [{"row": int(n), "d": float(d), "file": ui.visible(df["path"].iat[int(n)]),
+                  "cap": ui.visible(gallery.caption_lines(run, int(n))[0])} for n, d in zip(near, dist)]
         shown.extend(int(n) for n in near)
-        groups.append({"head": f"nearest {kind} images, {name}: {run.classes[cls]}", "rows": cells,
-                       "none": f"(no other {kind} images of {run.classes[cls]})"})
+        groups.append({"head": ui.visible(f"nearest {kind} images, {name}: {run.classes[cls]}"), "rows": cells,
+                       "none": ui.visible(f"(no other {kind} images of {run.classes[cls]})")})
     return groups, shown
 
 
@@ -556,7 +557,7 @@ def detail_items(run: Run, rows: np.ndarray, positions: Sequence[int], fields: S
     items, thumbs = [], {}
     for pos in positions:
         row = int(rows[pos])
-        lines = gallery._field_lines(run, row, fields)
+        lines = [ui.visible(line) for line in gallery._field_lines(run, row, fields)]
         on_page = transformed is not None and transformed[0] <= pos < transformed[1]
         src, why = image_url(run, row, transformed=on_page)
         if transformed is not None and not on_page:
@@ -565,8 +566,9 @@ def detail_items(run: Run, rows: np.ndarray, positions: Sequence[int], fields: S
         for n in shown:
             if n not in thumbs:
                 thumbs[n] = _thumb_url(run, key, n)
-        items.append({"pos": int(pos), "row": row, "src": src, "why": why, "file": str(paths[row]),
-                      "split": str(splits[row]), "true": int(true[row]), "pred": int(pred[row]),
+        items.append({"pos": int(pos), "row": row, "src": src, "why": why and ui.visible(why),
+                      "file": ui.visible(paths[row]),
+                      "split": ui.visible(splits[row]), "true": int(true[row]), "pred": int(pred[row]),
                       "conf": float(conf[row]), "ptrue": float(ptrue[row]),
                       "top": top_classes(np.asarray(probs[row]), int(true[row])),
                       "lines": lines, "near": near,
@@ -652,10 +654,10 @@ def _detail_fragment(run: Run, rows: np.ndarray, key: str, start: int, count: in
                                  fields,
                                  transformed=(start, start + count) if transforms_active() else None)
     problem = review_ui.problem()
-    data = {"key": key, "ident": ident, "title": title, "total": int(rows.size), "start": start,
-            "classes": list(map(str, run.classes)), "items": items, "thumbs": thumbs,
-            "acked": list(session["acked"]), "failed": list(session["failed"].items())[-100:],
-            "urlAt": url_at, "canReview": problem is None, "problem": problem or "", "maxNote": MAX_NOTE}
+    data = {"key": key, "ident": ident, "title": ui.visible(title), "total": int(rows.size), "start": start,
+            "classes": [ui.visible(c) for c in run.classes], "items": items, "thumbs": thumbs,
+            "acked": list(session["acked"]), "failed": [(k, ui.visible(v)) for k, v in list(session["failed"].items())[-100:]],
+            "urlAt": url_at, "canReview": problem is None, "problem": ui.visible(problem or ""), "maxNote": MAX_NOTE}
     _component(key=component_key, data=data, default={"at": None}, height="content",
                on_at_change=_nothing,
                on_events_change=functools.partial(_on_events, run.id, rows, component_key),

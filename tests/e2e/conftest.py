@@ -148,3 +148,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if Path(str(item.fspath)).resolve().is_relative_to(here):
             item.add_marker(pytest.mark.browser)
+
+
+def open_full_detail(page, tile, *, timeout: float = 90_000):
+    """Click ``tile`` (a thumbnail's locator): its detail opens in the page (``dashboard.detail``);
+    then its "Full detail…" opens the server's dialog (attention maps, history, ...). Returns the
+    dialog's locator."""
+    tile.click()
+    overlay = page.locator(".gd-overlay.open")
+    overlay.wait_for(timeout=timeout)
+    overlay.get_by_role("button", name="Full detail…").click()
+    dialog = page.locator("[data-testid='stDialog']")
+    dialog.wait_for(timeout=timeout)
+    return dialog

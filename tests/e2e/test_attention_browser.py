@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.dashboard.test_attention import _analysed_store
-from tests.e2e.conftest import settle
+from tests.e2e.conftest import open_full_detail, settle
 
 SHOTS = Path(os.environ.get("ATTENTION_SHOTS", "/tmp/shots_attention"))
 
@@ -81,9 +81,8 @@ def test_toggle_overlays_thumbnails_and_the_detail_shows_both_maps(url, store, p
     n_heat = int((~np.asarray(stored.array("empty"))[:, 0]).sum())
     assert sum(a != b for a, b in zip(before, after)) == n_heat  # every thumbnail with evidence redrawn
 
-    page.locator(".st-key-gallery-errors .st-key-gtile-errors-0").click()  # the tile's button covers the image
-    dialog = page.get_by_role("dialog")
-    dialog.wait_for()
+    # the detail opens in the page; its Full detail (the server's dialog) has both maps
+    dialog = open_full_detail(page, page.locator(".st-key-gallery-errors .st-key-gtile-errors-0"))
     settle(page)
     dialog.locator("[class*='st-key-attention-gradcam-image'] img").wait_for()
     panels = [dialog.locator(f"[class*='st-key-attention-gradcam-{which}']") for which in gradcam.WHICH]
@@ -103,9 +102,7 @@ def test_the_detail_has_one_control_comparing_grad_cam_and_occlusion(url, store,
     settle(page)
     page.locator(".st-key-gallery-errors [class*='st-key-gtile-errors-'] img").first.wait_for(timeout=90_000)
     settle(page)
-    page.locator(".st-key-gallery-errors .st-key-gtile-errors-0").click()  # the tile's button covers the image
-    dialog = page.get_by_role("dialog")
-    dialog.wait_for(timeout=90_000)
+    dialog = open_full_detail(page, page.locator(".st-key-gallery-errors .st-key-gtile-errors-0"))
     settle(page)
     control = dialog.locator(".st-key-attention-method-detail")
     words = [t.strip() for t in control.inner_text().split("\n") if t.strip()]

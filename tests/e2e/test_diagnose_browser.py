@@ -86,10 +86,9 @@ def test_compute_then_cards_then_a_cards_gallery_and_detail(url, store, page):
     assert "copy in train" in tiles.first.inner_text()
     shot(page, "fashion_leaks_gallery")
     tiles.first.get_by_role("button", name="Open ").click()
-    dialog = page.get_by_role("dialog")
-    dialog.wait_for()
-    settle(page)
-    assert "copy in train" in dialog.inner_text()
+    detail = page.locator(".gd-overlay.open")  # the detail opens in the page, with the cause's line
+    detail.wait_for()
+    assert "copy in train" in detail.locator(".gd-lines").inner_text()
     shot(page, "fashion_detail")
     page.goto(f"{url}/errors?run=fashion")  # the Errors page gains the diagnosis columns and filters
     settle(page)

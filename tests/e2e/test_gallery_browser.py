@@ -51,10 +51,17 @@ def params(page) -> dict[str, str]:
 
 
 def detail_alt(page) -> str:
-    """The file name (alt text) of the image the open detail shows."""
-    dialog = page.get_by_role("dialog")
+    """The file name (alt text) of the image the server's detail dialog shows (a table row's)."""
+    dialog = page.locator("[data-testid='stDialog']")
     dialog.wait_for()
     return dialog.locator("[class*='st-key-detail-image'] img").get_attribute("alt")
+
+
+def page_detail_alt(page) -> str:
+    """The file name (alt text) of the image the detail in the page shows (a thumbnail's,
+    ``dashboard.detail``)."""
+    page.locator(".gd-overlay.open").wait_for()
+    return page.locator(".gd-overlay.open .gd-img").get_attribute("alt")
 
 
 @pytest.mark.parametrize("run_id", ["big", "c120"])
@@ -69,23 +76,19 @@ def test_a_click_on_a_thumbnail_opens_its_detail_and_the_arrow_keys_walk_the_gal
     settle(page)
     tiles = page.locator(".st-key-gallery-errors [class*='st-key-gtile-errors-']")
     assert tiles.count() == 24
-    tiles.nth(5).click()  # anywhere on the thumbnail
-    page.get_by_role("dialog").wait_for(timeout=90_000)
-    settle(page)
-    assert detail_alt(page) == df["path"].iat[int(rows[5])]
-    dialog = page.get_by_role("dialog")
-    assert f"Image 6 of {rows.size:,}" in dialog.inner_text()
+    tiles.nth(5).click()  # anywhere on the thumbnail: the detail opens in the page
+    assert page_detail_alt(page) == df["path"].iat[int(rows[5])]
+    detail = page.locator(".gd-overlay.open")
+    assert f"Image 6 of {rows.size:,}" in detail.inner_text()
     assert params(page)["img"] == str(int(rows[5]))
-    assert "nearest training images" in dialog.inner_text()
+    assert "nearest training images" in detail.inner_text()
     page.keyboard.press("ArrowRight")
-    settle(page)
-    assert detail_alt(page) == df["path"].iat[int(rows[6])]
+    assert page_detail_alt(page) == df["path"].iat[int(rows[6])]
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("ArrowLeft")
-    settle(page)
-    assert detail_alt(page) == df["path"].iat[int(rows[4])]
+    assert page_detail_alt(page) == df["path"].iat[int(rows[4])]
     page.keyboard.press("Escape")
-    page.get_by_role("dialog").wait_for(state="detached")
+    detail.wait_for(state="detached")
     page.wait_for_function("() => !location.search.includes('img=')")  # the address closes it too
 
 
@@ -105,10 +108,9 @@ def test_the_whole_tile_and_any_cell_of_a_table_row_open_the_detail(url, store, 
         box = tiles.nth(i).bounding_box()
         assert box["height"] > 100, box  # image and caption
         page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * fraction)
-        assert detail_alt(page) == df["path"].iat[int(rows[i])], (i, fraction)
+        assert page_detail_alt(page) == df["path"].iat[int(rows[i])], (i, fraction)
         page.keyboard.press("Escape")
-        page.get_by_role("dialog").wait_for(state="detached")
-        settle(page)
+        page.locator(".gd-overlay.open").wait_for(state="detached")
     page.goto(f"{url}/errors?run=c120")  # a fresh page: the table as a user first meets it
     page.get_by_role("heading", name="Errors").wait_for()
     settle(page)

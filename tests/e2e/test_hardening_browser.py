@@ -182,3 +182,33 @@ def test_hostile_strings_are_shown_as_text_on_every_page(url, page):
     assert "list different images" in alert.inner_text()
     assert INJECT in alert.inner_text().replace("\u2060", "")
     assert page.evaluate(FORBIDDEN_DOM) == []
+
+
+def test_hostile_strings_in_the_detail_in_the_page_are_text(url, store, page):
+    """The image detail drawn in the page (``dashboard.detail``, a shadow root the checks above do
+    not see into): class names and file names from the data are text, never markup."""
+    run = store.load("inject")
+    page.goto(f"{url}/errors?run=inject")
+    page.get_by_role("heading", name="Errors").wait_for()
+    tile = page.locator(".st-key-gallery-errors [class*='st-key-gtile-errors-']").first
+    tile.locator("img").wait_for()
+    page.wait_for_function("() => window.__galleryDetails && window.__galleryDetails.errors")
+    settle(page)
+    tile.click()
+    detail = page.locator(".gd-overlay.open")
+    detail.wait_for()
+    bad = page.evaluate("""() => {
+      const root = window.__galleryDetailOpen.root, bad = [];
+      for (const e of root.querySelectorAll('a, b, strong, em, i, script, [href], [onerror]')) bad.push(e.outerHTML);
+      return bad; }""")
+    assert bad == []
+    row = int(detail.locator(".gd-img").get_attribute("data-row"))
+    r = run.predictions.iloc[row]
+    text = detail.inner_text()
+    assert f"file: {r['path']}" in text and f"{INJECT} {EVIL}/" in r["path"]
+    assert f"{r['true_label']} → {r['predicted_label']}" in text
+    names = detail.locator(".gd-top .name").all_inner_texts()
+    assert len(names) == 4 and any(n.startswith(INJECT) for n in names), names  # 4 classes: all of them
+    assert any(n.startswith("**bold**") for n in names) and any(n.startswith(EVIL) for n in names), names
+    options = detail.locator(".gd-class option").all_inner_texts()
+    assert f"0 · {INJECT}" in options and f"2 · **bold**" in options
