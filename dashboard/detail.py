@@ -43,7 +43,7 @@ import numpy as np
 import streamlit as st
 
 from core import neighbours
-from core.review import MAX_NOTE, ReviewError
+from core.review.verdicts import MAX_NOTE, ReviewError
 from core.store import Run
 from dashboard import cache, gallery, review_queue, review_ui, state, ui, views
 

@@ -160,7 +160,7 @@ def test_walking_far_past_the_page_asks_the_server_for_more(url, store, page):
 
 
 def test_verdict_keys_in_the_detail_are_pending_then_saved_then_in_sqlite(url, store, page):
-    from core.review import RunReview
+    from core.review.reviewed import RunReview
 
     run = store.load("c120")
     rows = errors_order(run)
@@ -222,7 +222,7 @@ def test_the_address_reopens_the_detail(url, store, page):
 def test_caption_lines_are_padded_so_verdict_boxes_line_up(url, store, page):
     """Thumbnails with and without a verdict caption line in one gallery line: the verdict boxes
     under them start at one height."""
-    from core.review import RunReview
+    from core.review.reviewed import RunReview
 
     run = store.load("c10")
     rows = errors_order(run)
