@@ -461,11 +461,23 @@ def _thumb_url(_run: Run, key: str, row: int) -> str | None:
     return None if img is None else _png_url(img)
 
 
+JPEG_OVER_PX = 64  # a colour image larger than this on its long side is sent as JPEG (quality 90)
+
+
 def _png_url(img: np.ndarray) -> str:
-    """An RGB or gray uint8 image as a PNG data URL (``encode_png`` takes RGB)."""
+    """An RGB or gray uint8 image as a data URL: PNG (exact pixels; ``encode_png`` takes RGB), or
+    JPEG for a colour photo over ``JPEG_OVER_PX`` px (a page sends some 50 detail images: a noisy
+    320-px photo is 240 kB as PNG in base64, 25 kB as JPEG)."""
     from core.images import encode_png
 
-    return "data:image/png;base64," + base64.b64encode(encode_png(np.ascontiguousarray(img))).decode()
+    img = np.ascontiguousarray(img)
+    if img.ndim == 3 and img.shape[2] == 3 and max(img.shape[:2]) > JPEG_OVER_PX:
+        import cv2
+
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if ok:
+            return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode()
+    return "data:image/png;base64," + base64.b64encode(encode_png(img)).decode()
 
 
 def _detail_pixels(run: Run, row: int) -> tuple[np.ndarray | None, str | None]:

@@ -56,6 +56,22 @@ def test_top_classes_keep_the_given_class():
     assert [c for c, _ in detail.top_classes(probs, 4, k=10)] == [1, 2, 3, 4, 0]
 
 
+def test_small_or_gray_images_go_as_png_with_their_pixels_and_colour_photos_as_jpeg():
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    url = detail._png_url(small)
+    assert url.startswith("data:image/png;base64,")
+    back = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(cv2.cvtColor(back, cv2.COLOR_BGR2RGB), small)  # RGB kept (red stays red)
+    assert detail._png_url(rng.integers(0, 256, (200, 200), dtype=np.uint8)).startswith("data:image/png")
+    photo = np.zeros((200, 200, 3), np.uint8)
+    photo[..., 0] = 200  # red
+    url = detail._png_url(photo)
+    assert url.startswith("data:image/jpeg;base64,")
+    back = cv2.imdecode(np.frombuffer(base64.b64decode(url.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+    assert abs(int(back[..., 2].mean()) - 200) <= 2 and back[..., 0].mean() < 3  # red in BGR's last channel
+
+
 def test_the_window_is_the_page_and_the_images_around_it_and_around_the_detail():
     assert detail.window(100, 24, 24, None).tolist() == list(range(24 - detail.BEHIND, 48 + detail.AHEAD))
     assert detail.window(30, 0, 24, None).tolist() == list(range(30))
