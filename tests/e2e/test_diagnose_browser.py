@@ -85,6 +85,7 @@ def test_compute_then_cards_then_a_cards_gallery_and_detail(url, store, page):
     tiles.first.wait_for()
     assert "copy in train" in tiles.first.inner_text()
     shot(page, "fashion_leaks_gallery")
+    page.wait_for_function("() => (window.__galleryDetails || {})['diagnose-leaks']")  # the detail's page side
     tiles.first.get_by_role("button", name="Open ").click()
     detail = page.locator(".gd-overlay.open")  # the detail opens in the page, with the cause's line
     detail.wait_for()
