@@ -179,7 +179,10 @@ export default function (component) {
     s.urlDone = true;
     open(s, data.urlAt);
   }
-  if (s.at !== null && window.__galleryDetailOpen === s) render(s);
+  if (s.at !== null && window.__galleryDetailOpen === s) {  // open across a rerun (a remounted element too)
+    s.root.querySelector(".gd-overlay").classList.add("open");
+    render(s);
+  }
 }
 
 function wire(s) {

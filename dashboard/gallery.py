@@ -2,19 +2,22 @@
 
 ``gallery_ui`` draws a paged grid of thumbnails with one-line captions (the full
 text on hover); a click on a thumbnail opens the image detail at once in the
-browser (``dashboard.detail``: no script run; its "Full detail…" opens the dialog
-below). The server's *image detail* is a dialog with the image large, its true and predicted class and confidence, its
-top classes (the true class always among them) and its nearest neighbours in
-embedding space from the true and the predicted class, each with its label,
-prediction and distance. Previous/next (buttons, or the arrow keys) walk
-through the rows of the gallery that opened it. Tables, confused pairs and
-flips open the same detail through ``open_detail``.
+browser (``dashboard.detail``: no script run; the page has each image's detail).
+Its "Full detail…" opens the server's *image detail* below, a dialog with the
+image large, its true and predicted class and confidence, its top classes (the
+true class always among them), its nearest neighbours in embedding space from
+the true and the predicted class, each with its label, prediction and distance,
+and what only the server can draw: the registered transforms' controls and
+detail sections (attention maps computed on demand, the verdict history with
+its Undo, the error cause). Previous/next (buttons, or the arrow keys) walk
+through the rows of the gallery that opened it. Tables, confused pairs, flips
+and the review queue open that dialog directly through ``open_detail``.
 
 The detail is drawn by the app after the page (``detail_ui_if_open``), so a page
 only registers where its images come from: every gallery registers its rows as
 a *source* under its key for this script run. The open detail is kept in
 ``st.session_state[DETAIL_KEY]`` and in the URL (``img=<row>``), so a reload
-reopens it.
+reopens it (a gallery's page reopens its own detail in the browser).
 
 Extension points, for features that must reach every gallery without editing
 the pages (all process-wide, registered once at import by the feature's module):
