@@ -665,13 +665,14 @@ def _detail_fragment(run: Run, rows: np.ndarray, key: str, start: int, count: in
     held = st.session_state.get(component_key)
     at = held.get("at") if isinstance(held, dict) else None
     at = at if isinstance(at, int) and not isinstance(at, bool) and 0 <= at < rows.size else None
-    items, thumbs = detail_items(run, rows, window(rows.size, start, count, at if at is not None else url_at).tolist(),
-                                 fields,
+    positions = window(rows.size, start, count, at if at is not None else url_at).tolist()
+    items, thumbs = detail_items(run, rows, positions, fields,
                                  transformed=(start, start + count) if transforms_active() else None)
     problem = review_ui.problem()
     data = {"key": key, "ident": ident, "title": ui.visible(title), "total": int(rows.size), "start": start,
             "classes": [ui.visible(c) for c in run.classes], "items": items, "thumbs": thumbs,
-            "acked": list(session["acked"]), "failed": [(k, ui.visible(v)) for k, v in list(session["failed"].items())[-100:]],
+            "acked": list(session["acked"]),
+            "failed": [(k, ui.visible(v)) for k, v in list(session["failed"].items())[-100:]],
             "urlAt": url_at, "canReview": problem is None, "problem": ui.visible(problem or ""), "maxNote": MAX_NOTE}
     _component(key=component_key, data=data, default={"at": None}, height="content",
                on_at_change=_nothing,

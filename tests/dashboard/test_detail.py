@@ -93,7 +93,8 @@ def test_each_image_of_the_page_and_the_next_ones_are_sent_with_their_facts(stor
         row = int(rows[it["pos"]])
         r = df.iloc[row]
         assert it["row"] == row and it["true"] == int(r["true"]) and it["pred"] == int(r["predicted"])
-        assert it["conf"] == pytest.approx(float(r["confidence"])) and it["ptrue"] == pytest.approx(float(r["true_prob"]))
+        assert it["conf"] == pytest.approx(float(r["confidence"]))
+        assert it["ptrue"] == pytest.approx(float(r["true_prob"]))
         assert it["file"] == r["path"]
         assert it["top"][0][0] == int(np.argmax(run.probs[row])) and int(r["true"]) in [c for c, _ in it["top"]]
         png = base64.b64decode(it["src"].split(",", 1)[1])

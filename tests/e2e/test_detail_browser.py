@@ -109,9 +109,11 @@ def test_a_click_opens_the_detail_in_the_page_and_the_arrow_keys_step_through_th
     run = store.load(run_id)
     rows = errors_order(run)
     assert rows.size > 30  # the walk crosses the first page's end (24 images)
-    open_errors(page, url, run_id)
-    runs = []
+    runs = []  # every message the page sends the server (a rerun request, a component's value)
     page.on("websocket", lambda ws: ws.on("framesent", lambda payload: runs.append(payload)))
+    open_errors(page, url, run_id)
+    assert runs  # the listener hears the page (its first script run was asked for)
+    runs.clear()
     tiles = page.locator(".st-key-gallery-errors [class*='st-key-gtile-errors-']")
     assert tiles.count() == 24
     box = tiles.nth(5).bounding_box()
