@@ -36,7 +36,8 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-from collections import deque
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 import numpy as np
@@ -457,10 +458,10 @@ def _session() -> dict:
                                                   "full": {}, "rerun": set()})
 
 
-@st.cache_data(max_entries=4096, show_spinner=False)
-def _thumb_url(_run: Run, key: str, row: int) -> str | None:
-    """Row ``row``'s thumbnail (``gallery.NEIGHBOUR_PX``) as a PNG data URL, or None."""
-    img, _ = cache.thumbnail(_run, key, int(row), gallery.NEIGHBOUR_PX)
+def _thumb_url(run: Run, row: int) -> str | None:
+    """Row ``row``'s neighbour thumbnail as a data URL (at most ``gallery.NEIGHBOUR_PX``; a smaller
+    image keeps its size, the page enlarges it), or None."""
+    img, _ = _detail_pixels(run, row, size=gallery.NEIGHBOUR_PX)
     return None if img is None else _png_url(img)
 
 
@@ -483,35 +484,58 @@ def _png_url(img: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(img)).decode()
 
 
-def _detail_pixels(run: Run, row: int) -> tuple[np.ndarray | None, str | None]:
-    """Row ``row``'s image at most ``gallery.DETAIL_PX`` on its long side (a smaller one keeps its
-    size: the page enlarges it, crisp), or (None, why not in one line)."""
+def _detail_pixels(run: Run, row: int, size: int = gallery.DETAIL_PX) -> tuple[np.ndarray | None, str | None]:
+    """Row ``row``'s image at most ``size`` px on its long side (a smaller one keeps its size: the
+    page enlarges it, crisp), or (None, why not in one line)."""
     from core.images import read_image, thumbnail
 
     try:
         file = run.image_file(row)
-        img = run.image(row) if file is None else read_image(file, min_size=(gallery.DETAIL_PX, gallery.DETAIL_PX))
+        img = run.image(row) if file is None else read_image(file, min_size=(size, size))
     except (ValueError, OSError) as exc:  # OSError: PermissionError for a path outside the root
         return None, views.one_line(exc)
     if img is None:
         return None, "the run stores no image for this row"
-    return (thumbnail(img, size=gallery.DETAIL_PX) if max(img.shape[:2]) > gallery.DETAIL_PX else img), None
-
-
-@st.cache_data(max_entries=4096, show_spinner=False)
-def _image_url(_run: Run, key: str, row: int) -> tuple[str | None, str | None]:
-    img, why = _detail_pixels(_run, row)
-    return (None, why) if img is None else (_png_url(img), None)
+    return (thumbnail(img, size=size) if max(img.shape[:2]) > size else img), None
 
 
 def image_url(run: Run, row: int, *, transformed: bool = False) -> tuple[str | None, str | None]:
-    """Row ``row``'s detail image as a PNG data URL (kept per run and row), with the gallery's active
-    transforms applied when ``transformed`` (not kept: the transform's own memo keeps its maps), or
-    (None, why not)."""
-    if not transformed:
-        return _image_url(run, cache.run_key(run), int(row))
+    """Row ``row``'s detail image as a data URL, with the gallery's active transforms applied when
+    ``transformed``, or (None, why not)."""
     img, why = _detail_pixels(run, int(row))
-    return (None, why) if img is None else (_png_url(gallery._transformed(run, int(row), img)), None)
+    if img is None:
+        return None, why
+    return _png_url(gallery._transformed(run, int(row), img) if transformed else img), None
+
+
+# What does not change while a run's files do not: each row's image, facts, top classes and
+# neighbours (with their thumbnails), process-wide per run key and row, the oldest dropped first.
+# A plain dict, not st.cache_data: hashing the arguments of ~600 calls per page run cost 0.6 s.
+STATIC_KEPT = 1024
+_STATIC: OrderedDict[tuple[str, int], tuple[dict, dict[int, str | None]]] = OrderedDict()
+_STATIC_LOCK = threading.Lock()
+
+
+def _static_item(run: Run, key: str, row: int) -> tuple[dict, dict[int, str | None]]:
+    with _STATIC_LOCK:
+        held = _STATIC.get((key, row))
+        if held is not None:
+            _STATIC.move_to_end((key, row))
+            return held
+    df = run.predictions
+    src, why = image_url(run, row)
+    near, shown = neighbour_groups(run, row)
+    item = {"row": row, "src": src, "why": why and ui.visible(why), "file": ui.visible(df["path"].iat[row]),
+            "split": ui.visible(df["split"].iat[row]), "true": int(df["true"].iat[row]),
+            "pred": int(df["predicted"].iat[row]), "conf": float(df["confidence"].iat[row]),
+            "ptrue": float(df["true_prob"].iat[row]),
+            "top": top_classes(np.asarray(run.probs[row]), int(df["true"].iat[row]))}
+    held = (item, {n: _thumb_url(run, n) for n in shown})
+    with _STATIC_LOCK:
+        _STATIC[(key, row)] = held
+        while len(_STATIC) > STATIC_KEPT:
+            _STATIC.popitem(last=False)
+    return held
 
 
 def transforms_active() -> bool:
@@ -528,6 +552,14 @@ def top_classes(probs: np.ndarray, true: int, k: int = TOP_K) -> list[tuple[int,
         order[-1] = true
         order.sort(key=lambda c: (-probs[c], c))
     return [(int(c), float(probs[c])) for c in order]
+
+
+def _first_caption_line(run: Run, row: int) -> str:
+    """``gallery.caption_lines(run, row)[0]`` from the columns (a row read through pandas is slow)."""
+    df = run.predictions
+    pred = int(df["predicted"].iat[row])
+    mark = "✓" if pred == int(df["true"].iat[row]) else "→"
+    return f"{mark} {run.classes[pred]} {float(df['confidence'].iat[row]):.2f}"
 
 
 def neighbour_groups(run: Run, row: int) -> tuple[list[dict], list[int]]:
@@ -549,7 +581,7 @@ def neighbour_groups(run: Run, row: int) -> tuple[list[dict], list[int]]:
             continue
         near, dist = neighbours.nearest(embeddings, row, pools[cls], k=gallery.NEIGHBOURS)
         cells = [{"row": int(n), "d": float(d), "file": ui.visible(df["path"].iat[int(n)]),
-                  "cap": ui.visible(gallery.caption_lines(run, int(n))[0])} for n, d in zip(near, dist)]
+                  "cap": ui.visible(_first_caption_line(run, int(n)))} for n, d in zip(near, dist)]
         shown.extend(int(n) for n in near)
         groups.append({"head": ui.visible(f"nearest {kind} images, {name}: {run.classes[cls]}"), "rows": cells,
                        "none": ui.visible(f"(no other {kind} images of {run.classes[cls]})")})
@@ -562,33 +594,25 @@ def detail_items(run: Run, rows: np.ndarray, positions: Sequence[int], fields: S
     thumbnails ({row: data URL}). ``transformed``: the positions (start, stop) whose image is drawn
     with the gallery's active transforms (the attention overlay), computed for the page's thumbnails
     already; None when none is active."""
-    df = run.predictions
-    true, pred = df["true"].to_numpy(), df["predicted"].to_numpy()
-    conf, ptrue = df["confidence"].to_numpy(), df["true_prob"].to_numpy()
-    paths, splits = df["path"].to_numpy(), df["split"].astype(str).to_numpy()
-    probs = run.probs
     verdicts, new_labels = review_ui.current(run)  # none at all when the verdicts file cannot be read
     key = cache.run_key(run)
+    stored = cache.label_suggestions(run, key, cache.derived_stamp(run, "label_issues"))
     items, thumbs = [], {}
     for pos in positions:
         row = int(rows[pos])
-        lines = [ui.visible(line) for line in gallery._field_lines(run, row, fields)]
-        on_page = transformed is not None and transformed[0] <= pos < transformed[1]
-        src, why = image_url(run, row, transformed=on_page)
-        if transformed is not None and not on_page:
-            lines.append("(the attention overlay is drawn for the gallery's page only: Full detail… shows it)")
-        near, shown = neighbour_groups(run, row)
-        for n in shown:
-            if n not in thumbs:
-                thumbs[n] = _thumb_url(run, key, n)
-        items.append({"pos": int(pos), "row": row, "src": src, "why": why and ui.visible(why),
-                      "file": ui.visible(paths[row]),
-                      "split": ui.visible(splits[row]), "true": int(true[row]), "pred": int(pred[row]),
-                      "conf": float(conf[row]), "ptrue": float(ptrue[row]),
-                      "top": top_classes(np.asarray(probs[row]), int(true[row])),
-                      "lines": lines, "near": near,
-                      "suggested": review_ui.suggestion(run, row),
-                      "verdict": str(verdicts[row]), "newLabel": int(new_labels[row])})
+        static, near_thumbs = _static_item(run, key, row)
+        thumbs.update(near_thumbs)
+        item = {**static, "pos": int(pos), "verdict": str(verdicts[row]), "newLabel": int(new_labels[row]),
+                "suggested": review_ui.suggested_class(static["true"], np.asarray(run.probs[row]),
+                                                       -1 if stored is None else int(stored[row])),
+                "lines": [ui.visible(line) for line in gallery._field_lines(run, row, fields)]}
+        if transformed is not None:
+            if transformed[0] <= pos < transformed[1]:
+                item["src"], item["why"] = image_url(run, row, transformed=True)
+            else:
+                item["lines"].append("(the attention overlay is drawn for the gallery's page only: "
+                                     "Full detail… shows it)")
+        items.append(item)
     return items, thumbs
 
 
