@@ -529,7 +529,7 @@ def _static_item(run: Run, key: str, row: int) -> tuple[dict, dict[int, str | No
             "split": ui.visible(df["split"].iat[row]), "true": int(df["true"].iat[row]),
             "pred": int(df["predicted"].iat[row]), "conf": float(df["confidence"].iat[row]),
             "ptrue": float(df["true_prob"].iat[row]),
-            "top": top_classes(np.asarray(run.probs[row]), int(df["true"].iat[row]))}
+            "top": top_classes(np.asarray(run.probs[row]), int(df["true"].iat[row])), "near": near}
     held = (item, {n: _thumb_url(run, n) for n in shown})
     with _STATIC_LOCK:
         _STATIC[(key, row)] = held
