@@ -51,33 +51,38 @@ from core.runs import write_run  # noqa: E402
 from core.store import RunStore  # noqa: E402
 
 
-def fashion_arrays(demo_store: str, *, dev: bool) -> dict:
+def fashion_arrays(demo_store: str, *, dev: bool, seed: int) -> dict:
     run = RunStore(demo_store).load("fashion-mnist-demo")
     preds = run.predictions
     splits = preds["split"].astype(str).to_numpy().copy()
     keep = np.ones(len(splits), bool)
-    if dev:  # evaluate val: drop the test rows, call val 'test'
+    if dev:  # evaluate half of val (the other half calibrates), drop the test rows
         keep = splits != "test"
-        splits[splits == "val"] = "test"
-    else:
-        splits[splits == "val"] = "train"  # the Fashion-MNIST train set, all of it
+        val = np.flatnonzero(splits == "val")
+        splits[np.random.default_rng(seed + 1000).choice(val, len(val) // 2, replace=False)] = "test"
     return {"labels": preds["true"].to_numpy().astype(np.int64)[keep], "splits": splits[keep],
             "probs": np.asarray(run.probs)[keep], "embeddings": np.asarray(run.embeddings)[keep],
+            "images": np.load(run.path / "images.npy", mmap_mode="r", allow_pickle=False)[keep],
             "classes": run.classes}
 
 
 def digits_arrays(seed: int) -> dict:
+    """Half of the digits are ``test``; of the other half a third is ``val`` (out-of-sample, for the
+    label-error classifier), the rest ``train`` (the MLP learns on it alone)."""
     from sklearn.neural_network import MLPClassifier
 
     from core.datasets import load_digits
 
     data = load_digits(test_size=0.5, seed=seed)
+    splits = data.splits.astype("<U5").copy()
+    train_rows = np.flatnonzero(splits == "train")
+    splits[np.random.default_rng(seed).choice(train_rows, len(train_rows) // 3, replace=False)] = "val"
     x = data.pixels.reshape(len(data.pixels), -1).astype(np.float64) / 255.0
-    train = data.splits == "train"
-    model = MLPClassifier(hidden_layer_sizes=(64,), max_iter=400, random_state=seed).fit(x[train], data.labels[train])
+    train = splits == "train"
+    model = MLPClassifier(hidden_layer_sizes=(64,), max_iter=1000, random_state=seed).fit(x[train], data.labels[train])
     hidden = np.maximum(x @ model.coefs_[0] + model.intercepts_[0], 0.0)
-    return {"labels": data.labels, "splits": data.splits, "probs": model.predict_proba(x).astype(np.float32),
-            "embeddings": hidden.astype(np.float32), "classes": data.classes}
+    return {"labels": data.labels, "splits": splits, "probs": model.predict_proba(x).astype(np.float32),
+            "embeddings": hidden.astype(np.float32), "images": data.pixels, "classes": data.classes}
 
 
 def partners(labels: np.ndarray, embeddings: np.ndarray, train: np.ndarray, n_classes: int) -> np.ndarray:
@@ -126,7 +131,10 @@ def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore
     noisy, flipped = plant(labels, test, partner, rate=rate, seed=seed)
     run = write_run(store, f"{name}-flip{seed}", classes=classes, y_true=noisy, probs=probs,
                     paths=[f"{s}/{i:05d}" for i, s in enumerate(splits)], splits=splits,
-                    embeddings=arrays["embeddings"], data={"name": name, "root": None})
+                    embeddings=arrays["embeddings"], images=arrays["images"], data={"name": name, "root": None, "images_in_run": True})
+    t0 = time.perf_counter()
+    derived.get(run, "image_scan")  # the thumbnails causes compare in pixels (diagnose computes it before causes)
+    scan_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     stored = derived.get(run, "causes", force=True)
     seconds = time.perf_counter() - t0
@@ -153,7 +161,7 @@ def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore
           f"(pairs {', '.join(f'{classes[c]}->{classes[partner[c]]}' for c in range(len(classes)))}), "
           f"neighbours from {stored.summary['reference']} ({stored.summary['n_reference']:,})")
     print(f"  errors among test images: {len(errors)} ({int(is_flip.sum())} flipped, {int((~is_flip).sum())} the "
-          f"model's own); causes in {seconds:.2f} s; exactly one cause per error: "
+          f"model's own); image scan {scan_seconds:.1f} s, causes {seconds:.2f} s; exactly one cause per error: "
           f"{len(table) == len(errors) and table['cause'].ne('').all()}")
     print(scores_line("causes: label", called, is_flip))
     print(scores_line("cleanlab find_label_issues", flag_by_row[errors], is_flip))
@@ -162,6 +170,14 @@ def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore
     print(f"  suggested label = original label for flips called label: {suggested_right:.3f}")
     print(f"  cause mix of the model's own errors: {mix(cause[~is_flip])}")
     print(f"  cause mix of the flipped errors:     {mix(cause[is_flip])}")
+    balanced = table["label_score"].to_numpy() > 0  # the classifier's probability > 1/2 before the prior estimate
+    print(scores_line("(classifier at prior 1/2, for comparison)", balanced, is_flip))
+    lc = stored.summary.get("label_classifier") or {}
+    if lc:
+        print(f"  label classifier: {lc['n_flips']:,} planted flips vs {lc['n_errors']:,} errors of {lc['source']}; "
+              f"estimated wrong-label share among errors {lc['wrong_label_share']:.3f} "
+              f"(true {is_flip.mean():.3f}); weights per unit: "
+              + ", ".join(f"{k} {v:+.2f}" for k, v in lc["weights"].items()))
     print(f"  average precision among errors: label_score {ap_ours:.4f}  vs cleanlab self-confidence "
           f"{ap_cleanlab:.4f}  (difference {ap_ours - ap_cleanlab:+.4f})")
     return {"seconds": seconds}
@@ -171,7 +187,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo-store", default="/tmp/causes_store",
                         help="store holding the demo run 'fashion-mnist-demo'")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0,1", help="comma-separated flip seeds (each a held-out flip set)")
     parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--dev", action="store_true", help="evaluate Fashion-MNIST val instead of test")
     parser.add_argument("--sets", default="fashion,digits,demo",
@@ -181,11 +197,15 @@ def main() -> None:
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     with tempfile.TemporaryDirectory() as tmp:
         store = RunStore(tmp)
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
         if "fashion" in sets:
-            evaluate("fashion-dev" if args.dev else "fashion", fashion_arrays(args.demo_store, dev=args.dev),
-                     rate=args.rate, seed=args.seed, store=store)
+            for seed in seeds:
+                evaluate("fashion-dev" if args.dev else "fashion", fashion_arrays(args.demo_store, dev=args.dev,
+                                                                                    seed=seed),
+                         rate=args.rate, seed=seed, store=store)
         if "digits" in sets:
-            evaluate("digits", digits_arrays(args.seed), rate=args.rate, seed=args.seed, store=store)
+            for seed in seeds:
+                evaluate("digits", digits_arrays(seed), rate=args.rate, seed=seed, store=store)
     if "demo" in sets:
         demo = RunStore(args.demo_store).load("fashion-mnist-demo")
         t0, c0 = time.perf_counter(), time.process_time()

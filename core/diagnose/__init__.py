@@ -24,13 +24,13 @@ from core.progress import Progress, say_function
 from core.store import ReadOnlyStoreError, Run
 
 DIAGNOSES: tuple[str, ...] = (
-    "label_issues",
     "calibration",
     "image_scan",
     "duplicates",
     "image_properties",
     "error_slices",
-    "causes",  # last: it reads the duplicates and image properties computed before it
+    "causes",  # it reads the duplicates, image scan and image properties computed before it
+    "label_issues",  # after causes: its second signal is the causes result
 )
 
 
