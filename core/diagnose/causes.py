@@ -362,29 +362,27 @@ def fit_label_model(flip_features: np.ndarray, error_features: np.ndarray, *, l2
                       n_flips=int(len(flip_features)), n_errors=int(len(error_features)))
 
 
-def wrong_label_prior(balanced_probability: np.ndarray, *, iterations: int = 200) -> tuple[float, np.ndarray]:
-    """The share of wrong labels among the errors, and each error's posterior probability of a wrong label.
+def wrong_label_share(n_errors: int, n_evaluated: int, own_error_rate: float) -> float:
+    """The expected share of wrong labels among ``n_errors`` misclassified images of ``n_evaluated``, when
+    the model errs on ``own_error_rate`` of images with right labels (measured on a clean labelled split):
+    ``1 - own_error_rate * n_evaluated / n_errors``, kept within [0.01, 0.99].
 
-    ``balanced_probability`` (E,): P(wrong label) from a classifier trained with both classes weighted
-    equally (prior 1/2). The prior among these errors is estimated by EM (Saerens, Latinne and
-    Decaestecker, 2002): posterior = pi q / (pi q + (1 - pi)(1 - q)), pi = mean posterior, repeated.
-
-    >>> prior, post = wrong_label_prior(np.array([0.9, 0.9, 0.9, 0.1]))
-    >>> round(prior, 2), post.round(2).tolist()
-    (0.81, [0.97, 0.97, 0.97, 0.32])
+    >>> round(wrong_label_share(1651, 10000, 0.0687), 3)
+    0.584
     """
-    q = np.clip(np.asarray(balanced_probability, np.float64), 1e-9, 1 - 1e-9)
-    if len(q) == 0:
-        return 0.5, q
-    prior = 0.5
-    for _ in range(iterations):
-        posterior = prior * q / (prior * q + (1 - prior) * (1 - q))
-        new = float(np.clip(posterior.mean(), 1e-3, 1 - 1e-3))
-        if abs(new - prior) < 1e-7:
-            prior = new
-            break
-        prior = new
-    return prior, prior * q / (prior * q + (1 - prior) * (1 - q))
+    if n_errors < 1:
+        return 0.5
+    return float(np.clip(1.0 - own_error_rate * n_evaluated / n_errors, 0.01, 0.99))
+
+
+def posterior(balanced_probability: np.ndarray, prior: float) -> np.ndarray:
+    """P(wrong label) at ``prior`` from a classifier trained with both classes weighted equally (prior 1/2).
+
+    >>> posterior(np.array([0.5, 0.9]), 0.25).round(3).tolist()
+    [0.25, 0.75]
+    """
+    q = np.clip(np.asarray(balanced_probability, np.float64), 1e-12, 1 - 1e-12)
+    return prior * q / (prior * q + (1 - prior) * (1 - q))
 
 
 # --------------------------------------------------------------------------- the derived kind
@@ -753,7 +751,7 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
         if not thresholds.usable:
             not_assessed.append(f"label, model and atypical by neighbours (fewer than {_MIN_CLASS_COUNT} "
                                 "correctly classified images to derive thresholds from)")
-        label_model, posterior = None, np.zeros(n_err)
+        label_model, error_posterior = None, np.zeros(n_err)
         if cal_source is not None:
             label_model, classifier_summary = _label_model(run, evidence, cal_rows, cal_source, n_eval,
                                                            seed=config.seed)
@@ -763,8 +761,8 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
             features = label_features(probs, given, suggested_class, distances, pixel_distances)
             label_score = label_model.log_odds(features)
             label_probability = label_model.probability(features)
-            prior, posterior = wrong_label_prior(label_probability[err_local])
-            label_probability[err_local] = posterior
+            prior = wrong_label_share(n_err, len(evaluated), classifier_summary["own_error_rate"])
+            label_probability[err_local] = error_posterior = posterior(label_probability[err_local], prior)
             classifier_summary["wrong_label_share"] = prior
         where = reference_words(evidence["reference"])
         ref_given = given_all
@@ -784,7 +782,10 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
             thresholds_summary = {"far": {str(names[c]): float(far[c]) for c in range(n_classes)},
                                   "label_level": thresholds.level}
             trained = (f"a classifier trained on {label_model.n_flips:,} {cal_source} images given a wrong label "
-                       f"and the model's {label_model.n_errors:,} errors on {cal_source}") if label_model else ""
+                       f"and the model's {label_model.n_errors:,} errors on {cal_source}; the model errs on "
+                       f"{classifier_summary['own_error_rate']:.1%} of {cal_source}, so about "
+                       f"{1 - classifier_summary['wrong_label_share']:.0%} of these errors are its own"
+                       ) if label_model else ""
             for j in range(n_err):
                 if cause[j]:
                     continue
@@ -802,9 +803,9 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
                     sentence[j] = (f"farther from every class than {thresholds.atypical_level:.0%} of the correctly "
                                    f"classified images are from their own (nearest: {names[nearest_class]}, "
                                    f"distance {d_err[j, nearest_class]:.3f}); {says[j]}")
-                elif label_model is not None and posterior[j] > 0.5:
-                    cause[j], suggested[j], confidence[j] = "label", p, posterior[j]
-                    sentence[j] = (f"{split}; {says[j]}; probability of a wrong label {posterior[j]:.2f} "
+                elif label_model is not None and error_posterior[j] > 0.5:
+                    cause[j], suggested[j], confidence[j] = "label", p, error_posterior[j]
+                    sentence[j] = (f"{split}; {says[j]}; probability of a wrong label {error_posterior[j]:.2f} "
                                    f"({trained})")
                 elif label_model is None and lr[j] >= thresholds.pair(p, y):
                     cause[j], suggested[j] = "label", p
@@ -816,7 +817,8 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
                     sentence[j] = f"{low_words[j]}; {says[j]}"
                 elif looks_like_label:
                     cause[j] = "model"
-                    confidence[j] = 1.0 - posterior[j] if label_model is not None else votes[j, y] / max(n_near[j], 1)
+                    confidence[j] = (1.0 - error_posterior[j] if label_model is not None
+                                     else votes[j, y] / max(n_near[j], 1))
                     space = ("in embedding space and in pixels" if lr[j] <= 0 and pixel_lr is not None
                              and pixel_lr[j] <= 0 else "in embedding space" if lr[j] <= 0 else "in pixels")
                     dy, dp = ((d_err[j, y], d_err[j, p]) if lr[j] <= 0 else
@@ -941,7 +943,9 @@ def _label_model(run: Run, evidence: dict, cal_rows: np.ndarray, source: str, n_
                             pixel[~right] if pixel is not None else None)
     model = fit_label_model(flips, errors)
     names = FEATURE_NAMES[:flips.shape[1]]
-    return model, {"source": source, "n_flips": n_flips, "n_errors": n_errors,
+    in_split = run.predictions["split"].astype(str).to_numpy() == source
+    own_error_rate = float((~run.predictions["correct"].to_numpy(bool)[in_split]).mean())
+    return model, {"source": source, "n_flips": n_flips, "n_errors": n_errors, "own_error_rate": own_error_rate,
                    "in_sample": source == "train",
                    "weights": {name: float(w / sc) for name, w, sc in zip(names, model.coef, model.scale)}}
 

@@ -37,15 +37,18 @@ def test_label_model_needs_both_classes():
         ca.fit_label_model(np.ones((5, 2)), np.ones((0, 2)))
 
 
-def test_wrong_label_share_is_recovered_from_a_calibrated_balanced_classifier():
+def test_wrong_label_share_and_posterior():
+    # 10,000 evaluated images, the model errs on 5% of clean ones: 500 of 800 errors are its own
+    assert ca.wrong_label_share(800, 10000, 0.05) == pytest.approx(300 / 800)
+    assert ca.wrong_label_share(400, 10000, 0.05) == 0.01  # more own errors expected than seen: the floor
+    assert ca.wrong_label_share(0, 10, 0.05) == 0.5
     rng = np.random.default_rng(0)
-    truth = rng.random(4000) < 0.7  # 70% wrong labels
-    score = np.where(truth, rng.normal(1.5, 1, truth.size), rng.normal(-1.5, 1, truth.size))
-    balanced = 1 / (1 + np.exp(-3.0 * score))  # the exact posterior at prior 1/2 for these two normals
-    prior, posterior = ca.wrong_label_prior(balanced)
-    assert abs(prior - 0.7) < 0.03
-    assert posterior.shape == truth.shape and ((posterior > 0.5) == truth).mean() > 0.9
-    assert ca.wrong_label_prior(np.zeros(0))[1].shape == (0,)
+    truth = rng.random(20000) < 0.3  # 30% wrong labels
+    score = np.where(truth, rng.normal(1.0, 1, truth.size), rng.normal(-1.0, 1, truth.size))
+    balanced = 1 / (1 + np.exp(-2.0 * score))  # the exact posterior at prior 1/2 for these two normals
+    exact = 0.3 * np.exp(-(score - 1) ** 2 / 2) / (0.3 * np.exp(-(score - 1) ** 2 / 2)
+                                                  + 0.7 * np.exp(-(score + 1) ** 2 / 2))
+    np.testing.assert_allclose(ca.posterior(balanced, 0.3), exact, atol=1e-9)
 
 
 def test_principal_axes_span_the_svds():
@@ -105,7 +108,9 @@ def test_with_a_val_split_and_thumbnails_the_classifier_decides_label_and_model(
     assert s["pixels"] and "neighbours in pixels" not in s["not_assessed_line"]
     lc = s["label_classifier"]
     assert lc["source"] == "val" and lc["n_errors"] == 32 and lc["n_flips"] == 4 * 80 - 32
-    assert set(lc["weights"]) == set(ca.FEATURE_NAMES) and 0 < lc["wrong_label_share"] < 1
+    assert set(lc["weights"]) == set(ca.FEATURE_NAMES) and lc["own_error_rate"] == pytest.approx(32 / 320)
+    n_err = int((run.eval_mask() & ~run.predictions["correct"].to_numpy()).sum())
+    assert lc["wrong_label_share"] == pytest.approx(ca.wrong_label_share(n_err, 320, 0.1))
     by_row = stored.table("causes").set_index("row")
     assert (by_row.loc[flipped, "cause"] == "label").mean() >= 0.9
     assert (by_row.loc[model_errors, "cause"] == "label").mean() <= 0.1
