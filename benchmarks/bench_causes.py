@@ -67,16 +67,18 @@ def fashion_arrays(demo_store: str, *, dev: bool, seed: int) -> dict:
 
 
 def digits_arrays(seed: int) -> dict:
-    """Half of the digits are ``test``; of the other half a third is ``val`` (out-of-sample, for the
-    label-error classifier), the rest ``train`` (the MLP learns on it alone)."""
+    """A third of the digits each for ``train`` (the MLP learns on it alone), ``val`` (out-of-sample,
+    for the label-error classifier) and ``test``, stratified."""
     from sklearn.neural_network import MLPClassifier
 
     from core.datasets import load_digits
 
-    data = load_digits(test_size=0.5, seed=seed)
+    data = load_digits(test_size=1 / 3, seed=seed)
     splits = data.splits.astype("<U5").copy()
-    train_rows = np.flatnonzero(splits == "train")
-    splits[np.random.default_rng(seed).choice(train_rows, len(train_rows) // 3, replace=False)] = "val"
+    rng = np.random.default_rng(seed)
+    for c in range(len(data.classes)):  # half of each class's non-test images to val
+        members = np.flatnonzero((splits == "train") & (data.labels == c))
+        splits[rng.choice(members, len(members) // 2, replace=False)] = "val"
     x = data.pixels.reshape(len(data.pixels), -1).astype(np.float64) / 255.0
     train = splits == "train"
     model = MLPClassifier(hidden_layer_sizes=(64,), max_iter=1000, random_state=seed).fit(x[train], data.labels[train])
@@ -170,10 +172,12 @@ def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore
     print(f"  suggested label = original label for flips called label: {suggested_right:.3f}")
     print(f"  cause mix of the model's own errors: {mix(cause[~is_flip])}")
     print(f"  cause mix of the flipped errors:     {mix(cause[is_flip])}")
-    balanced = table["label_score"].to_numpy() > 0  # the classifier's probability > 1/2 before the prior estimate
-    print(scores_line("(classifier at prior 1/2, for comparison)", balanced, is_flip))
     lc = stored.summary.get("label_classifier") or {}
+    if not lc:
+        print(f"  no label-error classifier: {stored.summary['not_assessed_line']}")
     if lc:
+        balanced = table["label_score"].to_numpy() > 0  # the classifier's probability > 1/2, before the prior
+        print(scores_line("(classifier at prior 1/2, for comparison)", balanced, is_flip))
         print(f"  label classifier: {lc['n_flips']:,} planted flips vs {lc['n_errors']:,} errors of {lc['source']}; "
               f"estimated wrong-label share among errors {lc['wrong_label_share']:.3f} "
               f"(true {is_flip.mean():.3f}); weights per unit: "
