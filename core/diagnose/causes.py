@@ -626,7 +626,8 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
     errors), ``confidence`` float32, ``suggested`` int32 (-1 unless ``label``), ``label_score``
     float32 (every evaluated image, NaN elsewhere). Tables: ``causes`` (``TABLE_COLUMNS``, one row
     per error, the model's most confident errors first) and ``neighbours`` (``row``, ``rank``,
-    ``neighbour_row``, ``neighbour_label``, ``distance``: the k nearest reference images of each error).
+    ``neighbour_row``, ``neighbour_label``, ``distance``, ``space``: the k nearest reference images of
+    each error in ``embedding`` space and, with thumbnails, in ``pixels``).
 
     Options: ``k`` neighbours, ``max_reference`` (a seeded sample of at most that many reference
     images), ``label_level`` and ``atypical_level`` (quantile levels, see above),
@@ -830,13 +831,16 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
                     confidence[j] = 1.0 - abs(votes[j, p] - votes[j, y]) / max(n_near[j], 1)
                     sentence[j] = (f"{split}: between the two classes ({d_err[j, y]:.3f} to {names[y]}, "
                                    f"{d_err[j, p]:.3f} to {names[p]}); {says[j]}")
-        if n_err:
-            ranks = np.tile(np.arange(1, near_rows.shape[1] + 1), n_err)
-            flat = near_rows.ravel()
+        spaces = [("embedding", near_rows, near_dist)]
+        if pixel_distances is not None:
+            spaces.append(("pixels", evidence["pixel_nearest"], evidence["pixel_nearest_distance"]))
+        for space, found_rows, found_dist in spaces if n_err else ():
+            ranks = np.tile(np.arange(1, found_rows.shape[1] + 1), n_err)
+            flat = found_rows.ravel()
             neighbour_tables.append(pd.DataFrame({
-                "row": np.repeat(err_rows, near_rows.shape[1]), "rank": ranks.astype(np.int16),
+                "row": np.repeat(err_rows, found_rows.shape[1]), "rank": ranks.astype(np.int16),
                 "neighbour_row": flat, "neighbour_label": names[ref_given[flat]],
-                "distance": near_dist.ravel().astype(np.float32)}))
+                "distance": found_dist.ravel().astype(np.float32), "space": space}))
 
     # without neighbours: the model's margin, little information; the rest undetermined
     if n_err and (cause == "").any():
@@ -877,7 +881,7 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
     neighbours = (pd.concat(neighbour_tables, ignore_index=True) if neighbour_tables else
                   pd.DataFrame({"row": np.zeros(0, np.int64), "rank": np.zeros(0, np.int16),
                                 "neighbour_row": np.zeros(0, np.int64), "neighbour_label": np.zeros(0, object),
-                                "distance": np.zeros(0, np.float32)}))
+                                "distance": np.zeros(0, np.float32), "space": np.zeros(0, object)}))
     n = run.n_images
     full_cause = np.full(n, -1, np.int8)
     full_cause[err_rows] = [CAUSES.index(c) for c in cause]

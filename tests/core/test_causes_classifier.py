@@ -139,3 +139,14 @@ def test_ranking_leads_with_the_model_errors_whatever_their_count():
     ranked = rank_cards([big, other, model], correct, mask, kind_order=("label_issues", "causes"))
     assert [c.key for c, _ in ranked] == ["causes_model", "causes_ambiguous", "label_issues"]
     assert [n for _, n in ranked] == [2, 6, 3]
+
+
+def test_the_neighbours_table_holds_both_spaces_when_there_are_thumbnails(tmp_path):
+    run, *_ = val_run(RunStore(tmp_path), n_train=60, n_val=60, n_test=40)
+    derived.get(run, "image_scan")
+    stored = ca.get_causes(run)
+    nb = stored.table("neighbours")
+    errors = stored.table("causes")["row"]
+    assert set(nb["space"]) == {"embedding", "pixels"}
+    assert (nb.groupby(["row", "space"]).size() == 10).all() and set(nb["row"]) == set(errors)
+    assert (run.predictions["split"].to_numpy()[nb["neighbour_row"]] == "train").all()
