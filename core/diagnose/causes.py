@@ -88,10 +88,11 @@ second signal, so the neighbours are searched once for both kinds.
 Measured (benchmarks/bench_causes.py, see the README): on Fashion-MNIST
 14.5% of the model's own errors are still called ``label`` at a recall of
 0.86 (22.8% at 0.875 before the classifier and the pixels), and the ranking's
-average precision among errors is only +0.005 over cleanlab's self-confidence. What was tried on the dev set (the demo run's val split,
-``--dev``; never the benchmark's test sets) and not kept: HOG features instead
-of pixels, all 54,000 training images as reference, k-NN vote shares at
-k = 5, 20, 50 in both spaces, the classifier at prior 1/2, the prior estimated
+average precision among errors is only +0.005 over cleanlab's self-confidence.
+What was tried on the dev set (the demo run's val split, ``--dev``; never
+the benchmark's test sets) and not kept: HOG features instead of pixels, all
+54,000 training images as reference, k-NN vote shares at k = 5, 20, 50 in
+both spaces, the classifier at prior 1/2, the prior estimated
 by EM: none improved recall and the own-error share at once by more than a
 point or two.
 """

@@ -21,12 +21,14 @@ many labels are wrong per class pair, independent of any threshold on the score.
 It sees only the model's probabilities, so on its own it calls every confident
 error a label error whose suggestion is the prediction (on Fashion-MNIST with
 planted flips, 60% of the model's own errors). The kind's ``is_issue`` therefore
-needs a second, independent signal to agree with it (``second_signal``): the
-image's nearest labelled neighbours in embedding space put it among the
-suggested class as clearly as the correctly classified images of that class
-(the rule of the ``label`` cause, ``core.diagnose.causes``), or a near copy in
-``train`` carries the suggested label. Without either signal nothing is flagged
-and the summary says how many images cleanlab alone would have flagged.
+needs a second signal to agree with it (``second_signal``), read from the
+run's ``causes`` result (``core.diagnose.causes``, which searches the
+neighbours once for both kinds): an error's cause is ``label`` (a per-run
+classifier trained on planted flips against the model's own errors of a clean
+split, reading the model's log-odds and the image's nearest labelled
+neighbours in embedding space and in pixels), or a near copy in ``train``
+carries the suggested label. Without either signal nothing is flagged and the
+summary says how many images cleanlab alone would have flagged.
 
 >>> import numpy as np
 >>> labels = np.array([0, 1, 1])
