@@ -92,9 +92,9 @@ average precision among errors is only +0.005 over cleanlab's self-confidence.
 What was tried on the dev set (the demo run's val split, ``--dev``; never
 the benchmark's test sets) and not kept: HOG features instead of pixels, all
 54,000 training images as reference, k-NN vote shares at k = 5, 20, 50 in
-both spaces, the classifier at prior 1/2, the prior estimated
-by EM, or per predicted class or class pair: none improved recall and the own-error share at once by more than a
-point or two.
+both spaces, the classifier at prior 1/2, the prior estimated by EM, or per
+predicted class or class pair: none improved recall and the own-error share
+at once by more than a point or two.
 """
 
 from __future__ import annotations
