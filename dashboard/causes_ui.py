@@ -82,15 +82,19 @@ def detail_section(run: Run, row: int) -> None:
     line = table.loc[row]
     st.markdown(f"**Cause: {ui.plain(CAPTION_WORDS[line['cause']])}** (confidence {line['confidence']:.2f})")
     st.caption(ui.plain(line["evidence"]))
-    near = neighbours[neighbours["row"] == row].sort_values("rank")
-    if near.empty:
-        return
-    st.caption(ui.plain(f"Its {len(near)} nearest {summary.get('reference_words') or 'images'}, which decided it:"))
-    cells = st.columns(len(near))
-    for cell, (_, n) in zip(cells, near.iterrows()):
-        with cell, st.container(key=f"cause-near-{int(n['rank'])}"):
-            gallery.image_ui(run, int(n["neighbour_row"]), size=NEIGHBOUR_PX)
-            st.caption(ui.plain(str(n["neighbour_label"])) + "  \n" + f"cosine distance {float(n['distance']):.2f}")
+    near = neighbours[neighbours["row"] == row]
+    spaces = near["space"] if "space" in near.columns else pd.Series("embedding", index=near.index)
+    where = summary.get("reference_words") or "images"
+    for space, words in (("embedding", "in the model's embedding space"), ("pixels", "pixel by pixel")):
+        part = near[spaces == space].sort_values("rank")
+        if part.empty:
+            continue
+        st.caption(ui.plain(f"Its {len(part)} nearest {where} {words}:"))
+        cells = st.columns(len(part))
+        for cell, (_, n) in zip(cells, part.iterrows()):
+            with cell, st.container(key=f"cause-near-{space}-{int(n['rank'])}"):
+                gallery.image_ui(run, int(n["neighbour_row"]), size=NEIGHBOUR_PX)
+                st.caption(ui.plain(str(n["neighbour_label"])) + "  \n" + f"cosine distance {float(n['distance']):.2f}")
 
 
 gallery.register_detail_section(NAME, detail_section)

@@ -28,9 +28,9 @@ DIAGNOSES: tuple[str, ...] = (
     "image_scan",
     "duplicates",  # before label_issues and causes: a copy with another label is one of their signals
     "image_properties",
-    "label_issues",
     "error_slices",
-    "causes",  # last: it reads the duplicates and image properties computed before it
+    "causes",  # it reads the duplicates, image scan and image properties computed before it
+    "label_issues",  # after causes: its second signal is the causes result
 )
 
 

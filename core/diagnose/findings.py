@@ -119,11 +119,20 @@ def explained_errors(card: Card, correct: np.ndarray, eval_mask: np.ndarray) -> 
     return int((eval_mask[rows] & ~correct[rows]).sum())
 
 
+#: Card keys that lead the ranking whatever their count, in this order: the model's own errors (the
+#: image looks like its label, the model says otherwise) are the ones an analyst must act on, so the
+#: confident-error view leads with them (issue 19), before larger cards of wrong labels or ambiguity.
+LEADING_CARDS: tuple[str, ...] = ("causes_model",)
+
+
 def rank_cards(cards, correct: np.ndarray, eval_mask: np.ndarray, kind_order=()) -> list[tuple[Card, int]]:
-    """``(card, errors explained)`` pairs, most errors explained first (ties: ``kind_order``, then as given)."""
+    """``(card, errors explained)`` pairs: ``LEADING_CARDS`` first, then most errors explained first
+    (ties: ``kind_order``, then as given)."""
     order = {name: i for i, name in enumerate(kind_order)}
+    lead = {key: i for i, key in enumerate(LEADING_CARDS)}
     counted = [(c, explained_errors(c, correct, eval_mask)) for c in cards]
-    return sorted(counted, key=lambda pair: (-pair[1], order.get(pair[0].kind, len(order))))
+    return sorted(counted, key=lambda pair: (lead.get(pair[0].key, len(lead)), -pair[1],
+                                             order.get(pair[0].kind, len(order))))
 
 
 def merged_columns(findings: dict[str, Findings], n: int) -> pd.DataFrame | None:

@@ -21,12 +21,14 @@ many labels are wrong per class pair, independent of any threshold on the score.
 It sees only the model's probabilities, so on its own it calls every confident
 error a label error whose suggestion is the prediction (on Fashion-MNIST with
 planted flips, 60% of the model's own errors). The kind's ``is_issue`` therefore
-needs a second, independent signal to agree with it (``second_signal``): the
-image's nearest labelled neighbours in embedding space put it among the
-suggested class as clearly as the correctly classified images of that class
-(the rule of the ``label`` cause, ``core.diagnose.causes``), or a near copy in
-``train`` carries the suggested label. Without either signal nothing is flagged
-and the summary says how many images cleanlab alone would have flagged.
+needs a second signal to agree with it (``second_signal``), read from the
+run's ``causes`` result (``core.diagnose.causes``, which searches the
+neighbours once for both kinds): an error's cause is ``label`` (a per-run
+classifier trained on planted flips against the model's own errors of a clean
+split, reading the model's log-odds and the image's nearest labelled
+neighbours in embedding space and in pixels), or a near copy in ``train``
+carries the suggested label. Without either signal nothing is flagged and the
+summary says how many images cleanlab alone would have flagged.
 
 >>> import numpy as np
 >>> labels = np.array([0, 1, 1])
@@ -205,10 +207,17 @@ def label_issue_findings(run: Run, stored) -> Findings:
         filters=(Filter("label_issue", "Label-issue score at least", "min", "issue"),))
 
 
-@derived.register("label_issues", version=2, findings=label_issue_findings, libraries=("cleanlab",),
-                  description="images whose given label is probably wrong",
+def label_issues_run_config(run: Run) -> dict:
+    """What the second signal reads (the ``causes`` result's inputs): a change makes the result stale."""
+    from core.diagnose.causes import causes_run_config
+
+    return {"causes_inputs": causes_run_config(run)["inputs"]}
+
+
+@derived.register("label_issues", version=3, findings=label_issue_findings, libraries=("cleanlab",),
+                  description="images whose given label is probably wrong", run_config=label_issues_run_config,
                   defaults={"method": "self_confidence", "filter_by": "prune_by_noise_rate",
-                            "knn_weight": 0.0, "k": 10, "max_reference": 20000, "seed": 0})
+                            "knn_weight": 0.0, "k": 10, "max_reference": 20000, "seed": 0, "causes_inputs": ""})
 def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
     """Score every image of the evaluated split; the table is sorted most likely wrong first.
 
@@ -324,29 +333,25 @@ def second_signal(run: Run, rows: np.ndarray, labels: np.ndarray, predicted: np.
     """Whether a signal independent of the model's probabilities agrees that ``suggested`` is the right
     class of each evaluated row: bool (M,), and notes on what was (not) available.
 
-    The neighbours' rule is the ``label`` cause's (``core.diagnose.causes``): the log-ratio of the
-    image's mean distances to its nearest reference images labelled given and suggested is at least
-    the ``label_level`` quantile of the same ratio among correctly classified images of the
-    suggested class. A near copy in ``train`` labelled with the suggested class also agrees.
+    Read from the run's ``causes`` result (computed now if needed, so that the neighbour distances are
+    computed once for both kinds): an error agrees when its cause is ``label`` (the per-run label-error
+    classifier, which reads the neighbours in embedding space and in pixels, or the neighbours'
+    quantile rule without it, ``core.diagnose.causes``), a correctly classified image when that
+    classifier's probability of a wrong label, with its runner-up as the suggestion, is above 1/2.
+    A near copy in ``train`` labelled with the suggested class also agrees.
     """
     from core.diagnose import causes
 
-    agrees = np.zeros(len(rows), bool)
     notes = []
-    evidence = causes.neighbour_evidence(run, k=int(config["k"]), max_reference=int(config["max_reference"]),
-                                         seed=int(config["seed"]))
+    stored = causes.get_causes(run)
+    cause = stored.array("cause")[rows]
+    probability = stored.array("label_probability")[rows].astype(np.float64)
+    stored_suggested = stored.array("suggested")[rows]
+    wrong = predicted != labels
+    label_index = causes.CAUSES.index("label")
+    agrees = wrong & (cause == label_index) & (stored_suggested == suggested)
+    agrees |= ~wrong & (np.nan_to_num(probability, nan=0.0) > 0.5)
     copies = causes._train_copies(run)
-    if evidence is not None:
-        distances = evidence["distances"]
-        correct = predicted == labels
-        thresholds = causes.Thresholds(labels[correct], distances[correct], level=causes.LABEL_LEVEL,
-                                       atypical_level=causes.ATYPICAL_LEVEL)
-        if thresholds.usable:
-            ratio = causes.log_ratio(distances, labels, suggested)
-            limit = np.array([thresholds.pair(int(s), int(y)) for s, y in zip(suggested, labels)])
-            agrees |= ratio >= limit
-        else:
-            notes.append("Too few correctly classified images to judge the neighbours' agreement.")
     if copies is not None and len(copies):
         names = np.asarray(run.classes, dtype=object)
         copy_label = copies.drop_duplicates("row").set_index("row")["copy_label"]
@@ -354,7 +359,7 @@ def second_signal(run: Run, rows: np.ndarray, labels: np.ndarray, predicted: np.
         common = copy_label.index.intersection(at.index)
         hit = at.loc[common].to_numpy()
         agrees[hit] |= copy_label.loc[common].to_numpy() == names[suggested[hit]]
-    if evidence is None and copies is None:
+    if run.embeddings is None and copies is None:
         notes.append("No second signal (no embeddings, no duplicates result): nothing is flagged, since the "
                      "model's probabilities alone restate its prediction.")
     return agrees, notes
