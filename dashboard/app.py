@@ -30,6 +30,7 @@ from core.store import RunSchemaError, RunStore  # noqa: E402
 from dashboard import cache, gallery, state, ui  # noqa: E402
 from dashboard import attention_ui  # noqa: E402,F401 - registers the attention toggle and detail section
 from dashboard import causes_ui  # noqa: E402,F401 - registers the error cause's section of the image detail
+from dashboard import detail  # noqa: E402,F401 - registers the image detail that runs in the browser
 from dashboard import diagnose_ui  # noqa: E402,F401 - registers the diagnosis caption line of every gallery
 from dashboard import review_ui  # noqa: E402,F401 - registers the verdict caption, slot and history of every gallery
 

@@ -710,3 +710,5 @@ def _detail_fragment(run: Run, rows: np.ndarray, key: str, start: int, count: in
         session["rerun"].discard(key)
         st.rerun(scope="app")
 
+
+gallery.register_page_detail(detail_component)

@@ -116,6 +116,7 @@ _CAPTION_FIELDS: dict[str, CaptionField] = {}
 _TRANSFORMS: dict[str, ImageTransform] = {}
 _ITEM_SLOTS: dict[str, ItemSlot] = {}
 _DETAIL_SECTIONS: dict[str, Callable[[Run, int], None]] = {}
+_PAGE_DETAIL: list[Callable[..., None]] = []  # at most one: the browser detail (dashboard.detail)
 
 
 def register_caption_field(name: str, text: Callable[[Run, int], str | None]) -> None:
@@ -138,6 +139,13 @@ def register_item_slot(name: str, render: Callable[[Run, int, str], None]) -> No
 def register_detail_section(name: str, render: Callable[[Run, int], None]) -> None:
     """Add ``render(run, row)`` as a section at the end of the image detail."""
     _DETAIL_SECTIONS[name] = render
+
+
+def register_page_detail(render: Callable[..., None]) -> None:
+    """Draw ``render(run, rows, key=, start=, count=, title=, fields=)`` after every gallery: the
+    image detail that runs in the browser (``dashboard.detail`` registers it; without it a click on a
+    tile opens the server's dialog)."""
+    _PAGE_DETAIL[:] = [render]
 
 
 def unregister(name: str) -> None:
@@ -478,9 +486,8 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most 
                 _tile(run, int(row), key=key, i=i, lines=lines[i], tall=tall)
         if pages > 1:
             _pager(pages, page, page_key=page_key, where="bottom")
-        from dashboard import detail  # imports this module
-
-        detail.detail_component(run, rows, key=key, start=start, count=int(shown.size), title=title, fields=fields)
+        for render in _PAGE_DETAIL:
+            render(run, rows, key=key, start=start, count=int(shown.size), title=title, fields=fields)
         if url_param:
             state.publish(**{url_param: str(page) if page > 1 else None})
     return shown

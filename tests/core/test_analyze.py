@@ -42,6 +42,7 @@ def test_analyze_folder_writes_a_complete_run(tmp_path, image_tree, tiny_model_p
     assert run.manifest["data"]["fingerprint"] and run.manifest["model"]["sha256"]
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_same_model_same_data_reuses_the_run_unless_forced(tmp_path, image_tree, tiny_model_path):
     store = RunStore(tmp_path)
     ds = load_dataset(image_tree)
@@ -153,6 +154,7 @@ def test_grayscale_model_gets_one_channel_and_resized_input(tmp_path, image_tree
     assert run.n_images == 15
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_nested_backbone_features_are_the_last_dense_input(tmp_path, image_tree):
     backbone = keras.applications.MobileNetV2(weights=None, include_top=False, input_shape=(32, 32, 3), alpha=0.35)
     model = keras.Sequential([

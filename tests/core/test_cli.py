@@ -20,6 +20,7 @@ def _cli(*args, store):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_analyze_runs_report_errors_in_subprocesses(tmp_path, image_tree, tiny_model_path):
     store = tmp_path / "store"
     out = _cli("analyze", "--model", str(tiny_model_path), "--data", str(image_tree), "--name", "tiny-run",

@@ -212,6 +212,7 @@ def test_a_shipped_model_for_other_data_is_not_used(tiny_shipped_model, tmp_path
 
 # --------------------------------------------------------------------------- quiet terminal output
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_quiet_start_leaves_nothing_of_tensorflows_import_on_stderr_but_what_is_real():
     """TensorFlow 2.21 prints the absl and oneDNN lines at import whatever TF_CPP_MIN_LOG_LEVEL says."""
     code = ("from core.quiet import quiet_start; quiet_start(); import os, keras, tensorflow; "

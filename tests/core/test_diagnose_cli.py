@@ -27,6 +27,7 @@ def store(tmp_path):
     return store
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_diagnose_stores_every_kind_once_and_writes_one_csv_per_finding(store, tmp_path, capsys):
     out = tmp_path / "findings"
     rc = main(["diagnose", "syn", "--store", str(store.root), "--out", str(out)])
@@ -126,6 +127,7 @@ print("heavy:", sorted(m for m in ("tensorflow", "keras", "umap", "torch") if m 
 """
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_diagnose_imports_neither_tensorflow_nor_umap(tmp_path):
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "s"), str(tmp_path / "o")],
                           cwd=REPO, capture_output=True, text=True, timeout=120,

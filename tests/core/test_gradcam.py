@@ -211,6 +211,7 @@ def _nested(backbone, size, n_classes=4):
     ("vgg16", 64, "vgg16/block5_conv3", (4, 4)),
     ("mobilenetv2", 96, "mobilenetv2/out_relu", (3, 3)),
 ])
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_nested_keras_applications_backbones(backbone, size, layer, feature_size):
     model = _nested(backbone, size)
     assert find_cam_layer(model) == layer                 # found inside the backbone
@@ -443,6 +444,7 @@ def test_cli_explain_errors_are_one_line(tiny_cnn_run, tmp_path, capsys):
     assert err.count("\n") == 1
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_cli_explain_nested_backbone_from_keras_and_tf_keras2_h5(tmp_path, image_tree, capsys):
     from core.analyze import analyze
     from core.datasets import load_dataset

@@ -160,6 +160,7 @@ def test_refusing_the_bomb_stays_far_below_1_5_gb(bomb):
     assert peak < 1500, f"peak RSS {peak:.0f} MB"
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_large_rgba_png_allowed_by_a_raised_limit_decodes_under_1_5_gb(tmp_path):
     """12000x12000 RGBA (144 Mpx): 5.7 GB with float32 alpha maths, about 1.1 GB in uint8."""
     path = tmp_path / "rgba.png"

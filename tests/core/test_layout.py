@@ -88,6 +88,7 @@ def test_neighbourhoods_are_kept_as_well_as_by_umap_learns_layout_of_the_same_gr
     assert min(ours) > 0.9
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_map_with_or_without_a_sample_imports_no_umap():
     code = ("import sys, numpy as np\n"
             "from core.umap_map import project\n"
@@ -102,6 +103,7 @@ def test_a_map_with_or_without_a_sample_imports_no_umap():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_nearest_in_sample_finds_almost_every_true_neighbour_and_is_repeatable():
     from core.neighbours import nearest_in_sample
 

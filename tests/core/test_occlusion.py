@@ -177,6 +177,7 @@ def test_budget_leaves_rows_for_later(resnet_run):
     assert not again.skipped
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_cli_explain_occlusion_on_onnx_prints_the_cost(resnet_run, tmp_path):
     store = Path(resnet_run.location).parent
     out = tmp_path / "maps"

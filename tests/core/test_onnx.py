@@ -261,6 +261,7 @@ def test_layer_option_reaches_the_run_and_its_model(tmp_path, image_tree, nchw_m
     assert load_run_model(run).inference.layer == "conv_relu"
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_onnx_analysis_never_imports_tensorflow(tmp_path, image_tree, nchw_model):
     path, _ = nchw_model
     code = ("import sys; from core.cli import main; "

@@ -18,6 +18,7 @@ pytest.importorskip("ray")
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_closed_ray_address_fails_in_one_line_within_60_s(tmp_path, image_tree, tiny_model_path):
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "core", "analyze", "--model", str(tiny_model_path),

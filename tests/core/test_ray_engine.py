@@ -199,6 +199,7 @@ def test_model_files_travel_as_bytes_and_hash_as_the_original(tmp_path):
         _write_model_files({"../evil": b"x"}, tmp_path / "worker2")
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_blocks_arriving_in_any_order_give_the_rows_in_order():
     class Rows:  # the two fields _assemble reads of a data set
         paths = [f"img_{i}.png" for i in range(5)]

@@ -336,6 +336,7 @@ def _acknowledged(output: str) -> dict[int, str]:
     return {int(i): p for i, p in (ln for ln in lines if len(ln) == 2)}
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_eight_writers_lose_nothing_and_kill_9_loses_no_acknowledged_verdict(tmp_path):
     db_file = tmp_path / "verdicts.sqlite"
     steady = [_writer(db_file, f"w{j}", 40) for j in range(6)]

@@ -79,6 +79,7 @@ def test_mark_list_undo_export_and_metrics(store, image_tree, tmp_path, capsys):
     assert "1 relabelled, 1 excluded" in err
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_eight_cli_processes_marking_at_once_lose_nothing(store, image_tree):
     run = folder_run(RunStore(store), image_tree, "r1")
     paths = run.predictions["path"].tolist()[:8]
@@ -129,6 +130,7 @@ def test_manifest_is_read_back_by_the_loader_and_by_analyze(store, image_tree, t
                                                          ["fox/fox_0.png", "model-wrong"]]
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_train_with_corrections_relabels_drops_and_records(store, image_tree, tmp_path, capsys):
     pytest.importorskip("keras")
     folder_run(RunStore(store), image_tree, "r1")

@@ -54,6 +54,7 @@ def _cli(*args):
                           timeout=300)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_savedmodel_refused_without_opt_in_and_its_graph_never_runs(tmp_path, image_tree, marker_savedmodel):
     folder, marker = marker_savedmodel
     store = tmp_path / "store"

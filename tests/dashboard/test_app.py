@@ -64,6 +64,7 @@ def tile_captions(at: AppTest) -> list[str]:
     return [c for c in captions(at) if re.match(r"^[→✓] ", c)]
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_run_picker_lists_the_runs_and_overview_shows_the_run_metrics(store):
     at = open_page("overview")
     picker = at.sidebar.selectbox(key="run_id")
@@ -98,6 +99,7 @@ def test_empty_store_offers_the_demo_and_the_analyze_command(tmp_path, monkeypat
     assert at.button(key="build-demo").label == "Build the demo run"
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_confusion_gallery_shows_exactly_the_chosen_pair(store):
     at = open_page("confusion")
     run = store.load("small")
@@ -121,6 +123,7 @@ def test_confusion_gallery_shows_exactly_the_chosen_pair(store):
     assert at.query_params["cell"] == f"{t},{p}"
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_click_on_the_chart_moves_the_selectboxes(store):
     at = open_page("confusion")
     at.session_state[key(store, "small", "confusion-chart")] = {"selection": {"points": [
@@ -133,6 +136,7 @@ def test_a_click_on_the_chart_moves_the_selectboxes(store):
     assert at.session_state[key(store, "small", ui.CELL_KEY)] == (2, 3)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_errors_page_lists_and_filters_the_eval_errors(store, served):
     at = open_page("errors")
     run = store.load("small")
@@ -180,6 +184,7 @@ def test_per_class_download_is_exactly_the_cli_report(store, served):
     assert table.loc[table["worst"], "class"].item() == run.per_class.sort_values("f1")["class"].iloc[0]
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_embeddings_page_highlights_the_confusion_cell(store):
     at = open_page("confusion")
     at.selectbox(key=key(store, "small", "cell-true")).set_value(1)
@@ -226,6 +231,7 @@ def test_embeddings_selection_from_the_address_fills_the_gallery_with_every_row_
     assert at.query_params["sel"] == "l:-8,-8,9,-6,2,9~b:6,12,2,12"
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_compare_page_opens_on_the_latest_comparable_pair_and_shows_deltas_and_flips(store):
     at = open_page("compare", run_id="other")  # the sidebar's run plays no part
     assert not at.exception
@@ -263,6 +269,7 @@ def test_overview_offers_the_report_for_download(store):
     assert [d.label for d in at.get("download_button")] == ["Download report"]
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_compare_refuses_runs_on_different_images(store):
     at = open_page("compare")
     at.selectbox(key="compare-b").set_value("other").run()
@@ -290,6 +297,7 @@ def test_try_an_image_refuses_files_over_10_mb(store):
     assert "larger than the 10 MB limit" in unescape(at.error[0].value)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_try_an_image_says_when_the_model_file_is_missing(store):
     at = open_page("try_image")
     at.get("file_uploader")[0].upload("grey.png", png_bytes(), "image/png").run()
@@ -297,6 +305,7 @@ def test_try_an_image_says_when_the_model_file_is_missing(store):
     assert "model file of this run is missing" in unescape(at.error[0].value)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_the_start_page_builds_the_demo_with_progress_then_shows_it(tmp_path, monkeypatch):
     demo = pytest.importorskip("core.demo")
     calls = []
@@ -318,6 +327,7 @@ def test_the_start_page_builds_the_demo_with_progress_then_shows_it(tmp_path, mo
     assert at.sidebar.selectbox(key="run_id").value == "demo"
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_unfiltered_errors_csv_is_the_cli_file(store, served, tmp_path):
     from core.cli import main
 
@@ -329,6 +339,7 @@ def test_unfiltered_errors_csv_is_the_cli_file(store, served, tmp_path):
     assert page_csv == (tmp_path / "cli.csv").read_bytes()
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_compare_pairs_runs_on_the_same_images_whose_splits_differ(tmp_path):
     """Two runs of the same images and labels, each with its own split (another seed): the page opens on
     them, never says that no two runs share their images, and compares them on the images both hold out."""
@@ -359,6 +370,7 @@ def test_compare_pairs_runs_on_the_same_images_whose_splits_differ(tmp_path):
     assert acc.value == f"{cmp.metric('accuracy')[1]:.2%}"
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_compare_opens_on_runs_that_share_only_some_images(tmp_path):
     """No two runs hold the same images, but two share 200: the page pairs them and says what it compares."""
     from core.compare import compare

@@ -65,6 +65,7 @@ def test_detail_says_the_cause_and_shows_the_neighbours_that_decided_it(store):
     assert not any("Cause:" in unescape(m.value) for m in at.markdown)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_review_queue_by_cause_and_confident_errors_led_by_the_models_own(store):
     run = store.load("c")
     table = derived.get(run, "causes", compute=False).table("causes")
@@ -96,6 +97,7 @@ def test_review_queue_by_cause_and_confident_errors_led_by_the_models_own(store)
     assert n_model and (causes[:n_model] == "model").all() and "own errors first" in how
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_errors_page_filters_by_cause_and_shows_the_cause_columns(store):
     from tests.dashboard.apptest import open_page
 

@@ -83,6 +83,7 @@ def texts(at: AppTest) -> str:
 
 # --------------------------------------------------------------------------- cards on arrays
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_cards_find_the_planted_copies_and_rank_by_errors_explained(store):
     run = store.load("computed")
     _, copied, disagreeing = planted_run(RunStore(store.root / "scratch"), "again")  # same seed: same rows
@@ -159,6 +160,7 @@ def test_calibration_figures_draw_the_tables(store):
 
 # --------------------------------------------------------------------------- the pages
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_compute_button_runs_the_diagnoses_then_shows_ranked_cards(store):
     at = open_page("diagnose", "planted")
     assert "Not computed yet" in texts(at)
@@ -179,6 +181,7 @@ def test_compute_button_runs_the_diagnoses_then_shows_ranked_cards(store):
     assert "copy in train" in texts(at)  # the caption line registered for every gallery
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_kinds_that_cannot_run_say_why(store):
     at = open_page("diagnose", "bare")
     at.button(key="diagnose-compute").click().run()
@@ -189,6 +192,7 @@ def test_kinds_that_cannot_run_say_why(store):
     assert "Compute diagnoses" not in [b.label for b in at.button]  # a skip is not offered again
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_errors_page_filters_on_copy_in_train_and_label_issue(store):
     at = open_page("errors", "computed")
     run = store.load("computed")
@@ -211,6 +215,7 @@ def test_errors_page_filters_on_copy_in_train_and_label_issue(store):
     assert len(df) == int(expected.sum()) > 0
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_folder_run_diagnoses_in_the_page(tmp_path, image_tree, tiny_model_path):
     from core.analyze import analyze
     from core.datasets import load_dataset
@@ -247,6 +252,7 @@ print("heavy:", heavy)
 """
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_reading_stored_findings_imports_no_tensorflow_or_umap(store, tmp_path):
     out = subprocess.run([sys.executable, "-c", LIGHT, str(store.root), APP], cwd=ROOT, capture_output=True,
                          text=True, timeout=120,
@@ -285,6 +291,7 @@ def sliced_run(store: RunStore, run_id: str):
     return run, odd
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_slice_cards_and_the_errors_pages_slice_filter(tmp_path):
     store = RunStore(tmp_path / "sliced")
     run, odd = sliced_run(store, "sliced")
@@ -312,6 +319,7 @@ def test_slice_cards_and_the_errors_pages_slice_filter(tmp_path):
         assert (df["slice"] == first["name"]).all()
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_the_open_card_is_in_the_address_and_a_reload_opens_it_again(store):
     at = open_page("diagnose", "computed")
     at.button(key="diagnose-show-leaks").click().run()

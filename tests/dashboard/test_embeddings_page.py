@@ -79,6 +79,7 @@ def test_a_missing_map_is_offered_then_said_to_be_computed_then_drawn(store, mon
     assert f"{n_eval} points in view, coloured by true class." in [unescape(c.value) for c in at.caption]
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_beyond_the_cap_every_point_is_drawn_and_a_selection_holds_every_row_inside(store):
     run = store.load("big")
     xy = np.asarray(stored_projection(run))

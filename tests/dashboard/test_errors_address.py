@@ -25,6 +25,7 @@ def store(tmp_path_factory):
         yield store
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_the_diagnosis_filters_are_in_the_address_and_a_fresh_session_restores_them(store):
     run = store.load("sliced")
     score, copy, slices = (ui.scoped(run, name) for name in

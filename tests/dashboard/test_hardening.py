@@ -109,6 +109,7 @@ def test_the_picker_marks_broken_runs_and_opens_on_a_readable_one(store):
     assert all("broken" in label for label in labels[2:])
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 @pytest.mark.parametrize("page", PAGES)
 def test_good_runs_work_on_every_page_beside_broken_ones(store, page):
     at = start("good")
@@ -117,6 +118,7 @@ def test_good_runs_work_on_every_page_beside_broken_ones(store, page):
     assert at.title
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 @pytest.mark.parametrize("run_id", sorted(BROKEN))
 def test_a_broken_run_says_why_in_one_line_on_every_page(store, run_id):
     at = start(run_id)
@@ -135,6 +137,7 @@ def test_a_broken_run_says_why_in_one_line_on_every_page(store, run_id):
     assert not at.error
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_missing_per_class_table_is_one_line_on_the_pages_that_need_it(store, tmp_path, monkeypatch):
     local = RunStore(tmp_path / "store")
     make_synthetic_run(local, "fine", n=200, n_classes=4, seed=3)
@@ -151,6 +154,7 @@ def test_a_missing_per_class_table_is_one_line_on_the_pages_that_need_it(store, 
             assert not errors, (page, errors)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_compare_never_defaults_to_a_broken_run_and_names_a_broken_choice(store):
     at = start("trunc-parquet")  # the newest run, broken, chosen in the sidebar
     visit(at, "compare")
@@ -166,6 +170,7 @@ def test_compare_never_defaults_to_a_broken_run_and_names_a_broken_choice(store)
     assert not any(m.label == "Accuracy (B)" for m in at.metric)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_manifest_value_of_the_wrong_type_stops_only_that_page_with_one_line(tmp_path, monkeypatch):
     """A run that opens, but whose metrics are text: the pages that format them say why in one
     line (the page guard in app.py), the others work."""
@@ -208,6 +213,7 @@ def image_store(tmp_path, monkeypatch):
     return store
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_each_gallery_cell_says_why_its_image_cannot_be_shown(image_store):
     at = start("folder")
     visit(at, "errors")
@@ -239,6 +245,7 @@ def two_runs(tmp_path, monkeypatch):
     return store
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_deleted_run_is_named_and_the_run_shown_instead_too(two_runs):
     at = start("five")
     visit(at, "confusion")
@@ -261,6 +268,7 @@ def _default_cell(run) -> tuple[int, int]:
     return views.default_cell(cm)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_switching_runs_resets_cell_filters_and_pages(two_runs):
     at = start("five")
     visit(at, "confusion")
@@ -285,6 +293,7 @@ def test_switching_runs_resets_cell_filters_and_pages(two_runs):
     assert all(five.classes[0] not in unescape(c.label) for c in at.checkbox)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_remade_run_starts_from_fresh_state(two_runs):
     at = start("eight")
     visit(at, "confusion")
@@ -303,6 +312,7 @@ def test_a_remade_run_starts_from_fresh_state(two_runs):
 
 # --------------------------------------------------------------------------- hostile strings
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_user_strings_reach_markdown_only_inert(tmp_path, monkeypatch):
     store = RunStore(tmp_path / "store")
     arrays = synthetic_arrays(200, 3, seed=1)

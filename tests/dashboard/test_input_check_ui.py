@@ -48,6 +48,7 @@ def test_overview_warns_of_a_mismatch(store):
     assert store.load("swapped").model_info.input_warnings == [LINE]
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_overview_says_what_was_checked_when_all_is_well(store):
     at = apptest.open_page("overview", "fine")
     assert not at.warning

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
@@ -26,6 +28,7 @@ print("heavy:", heavy)
 """
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_pages_do_not_import_tensorflow_or_umap(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path), str(ROOT / "dashboard" / "app.py")],

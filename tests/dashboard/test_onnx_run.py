@@ -50,6 +50,7 @@ def store(tmp_path_factory):
         yield store
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 @pytest.mark.parametrize("run_id", ["onnx", "imported"])
 def test_every_page_opens(store, run_id):
     for page in PAGES:

@@ -238,6 +238,7 @@ def test_queue_follows_stored_label_issues_and_preselects_their_suggestion(store
 
 # --------------------------------------------------------------------------- galleries and the detail
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_tile_records_its_verdict_and_its_caption_shows_it(store):
     at = open_page("overview")
     run = store.load("r")
@@ -257,6 +258,7 @@ def test_a_tile_records_its_verdict_and_its_caption_shows_it(store):
     assert RunReview(run).verdicts().empty
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_detail_records_a_verdict_with_a_note_shows_the_history_as_text_and_undoes(store):
     at = open_page("review", reviewer="ann")
     run = store.load("r")
@@ -285,6 +287,7 @@ def test_detail_records_a_verdict_with_a_note_shows_the_history_as_text_and_undo
 
 # --------------------------------------------------------------------------- metrics as reviewed
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_metrics_as_reviewed_on_overview_and_per_class_csv_is_the_cli_file(store, served):
     run = store.load("r")
     review = RunReview(run)

@@ -11,6 +11,7 @@ then reads the old Run object's probabilities.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
@@ -18,6 +19,7 @@ from dashboard import cache
 from tests.dashboard.apptest import artifacts_dir, open_page, unescape
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_run_re_made_under_an_open_page_is_drawn_again_not_called_broken(tmp_path, monkeypatch):
     store = RunStore(tmp_path / "store")
     make_synthetic_run(store, "syn", n=90, n_classes=3, seed=0)

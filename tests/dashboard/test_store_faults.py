@@ -79,6 +79,7 @@ HOLD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_verdict_blocked_by_another_process_says_so_within_seconds(tmp_path):
     store = make_reviewed_store(tmp_path / "store")
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(store.root / "verdicts.sqlite"), "60"],

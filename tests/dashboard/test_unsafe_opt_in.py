@@ -86,6 +86,7 @@ def gallery_app() -> None:
     gallery.gallery_ui(run, np.arange(run.n_images), key="t", title="all rows")
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_a_tampered_manifest_enables_no_unsafe_load_in_any_dashboard_path(tampered, monkeypatch):
     from dashboard import attention_ui, cache, gallery
 

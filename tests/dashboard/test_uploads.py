@@ -100,6 +100,7 @@ def test_upload_size_is_given_in_the_unit_the_uploader_shows(store):
     assert [unescape(e.value) for e in at.error] == ["huge.png: 12.0 MB is larger than the 10 MB limit."]
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_an_upload_is_typed_by_its_content_not_its_name(store):
     tiff = cv2.imencode(".tiff", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
     at = upload("scan.png", tiff)
@@ -111,6 +112,7 @@ def test_an_upload_is_typed_by_its_content_not_its_name(store):
     assert "700 x 900 pixels" in [c.value for c in at.caption] and len(at.get("image")) == 1
 
 
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_the_bomb_in_a_gallery_and_as_an_upload_keeps_the_server_under_1_5_gb(tmp_path):
     """The whole app in a fresh process: peak resident memory, as the issue measured it."""
     script = textwrap.dedent(f"""
