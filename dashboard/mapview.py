@@ -322,6 +322,32 @@ def _grown(rgba: np.ndarray, grow: int) -> np.ndarray:
     return out
 
 
+def ring_raster(xy: np.ndarray, window: Window, colour: Sequence[int], *, width: int, height: int,
+                radius: float = 5.0) -> np.ndarray:
+    """(H, W, 4) uint8 picture of a ring (about 2 pixels wide, ``radius`` pixels from the centre) in
+    ``colour`` (R, G, B) around each point of ``xy`` (M, 2) inside ``window``; transparent elsewhere.
+
+    The outlines of the chosen confusion cell in picture mode: as one image the browser draws
+    them at once, where thousands of outlined SVG markers cost it seconds.
+
+    >>> r = ring_raster(np.array([[0.5, 0.5]]), (0.0, 1.0, 0.0, 1.0), (0, 0, 0), width=21, height=21, radius=5)
+    >>> int(r[10, 10, 3]), int(r[10, 15, 3]), int(r[10, 5, 3]), int(r[0, 0, 3])
+    (0, 255, 255, 0)
+    """
+    _, pix = pixel_index(np.asarray(xy, np.float64).reshape(-1, 2), window, width=width, height=height)
+    rows, cols = np.divmod(np.unique(pix), width)
+    out = np.zeros((height, width, 4), np.uint8)
+    reach = int(np.ceil(radius))
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            if not radius - 1.5 <= np.hypot(dy, dx) <= radius + 0.5:
+                continue
+            r, c = rows + dy, cols + dx
+            inside = (r >= 0) & (r < height) & (c >= 0) & (c < width)
+            out[r[inside], c[inside]] = (*(int(v) for v in colour), 255)
+    return out
+
+
 @dataclass(frozen=True)
 class GridSummary:
     """What a coarse ``width`` x ``height`` grid over a window holds, for hover text: per non-empty
