@@ -122,7 +122,9 @@ export default function (component) {
                           asked: null, status: new Map() };
   }
   window.__reviewQueueActive = s;
-  s.data = data;
+  // the queue's rows and classes come once per session (then only what changed): keep what the
+  // server does not send again
+  s.data = Object.assign({}, s.data, data);
   s.setStateValue = setStateValue;
   s.setTriggerValue = setTriggerValue;
   const root = parentElement.querySelector(".rq");
@@ -145,7 +147,8 @@ export default function (component) {
     if (acked.has(a.id)) {
       a.status = "saved";
       settle(s, a);
-      (window.__reviewQueueAcks = window.__reviewQueueAcks || []).push({ id: a.id, made: a.t, saved: performance.now() });
+      (window.__reviewQueueAcks = window.__reviewQueueAcks || []).push({ id: a.id, made: a.t, sent: a.firstSent,
+                                                                          saved: performance.now() });
       return false;
     }
     if (failed.has(a.id)) { a.status = "failed"; a.error = failed.get(a.id); s.local.delete(a.row); return false; }
@@ -176,9 +179,10 @@ export default function (component) {
   }
   root.__key = data.key;
   const select = root.querySelector(".rq-class");
-  if (select.__classes !== data.classes.join("\u0000")) {
-    select.replaceChildren(...data.classes.map((c, i) => { const o = el("option", "", i + " · " + c); o.value = i; return o; }));
-    select.__classes = data.classes.join("\u0000");
+  const classes = s.data.classes;
+  if (select.__classes !== classes.join("\u0000")) {
+    select.replaceChildren(...classes.map((c, i) => { const o = el("option", "", i + " · " + c); o.value = i; return o; }));
+    select.__classes = classes.join("\u0000");
   }
   root.querySelector(".rq-note").maxLength = data.maxNote;
 
@@ -244,9 +248,9 @@ function send(q, retry) {
   if (!q.pending.length || (q.inflight && !retry)) return;
   q.inflight = true;
   q.sends += 1;
-  for (const a of q.pending) a.sent = (a.sent || 0) + 1;
   q.lastSend = performance.now();
-  q.setTriggerValue("events", { nonce: q.sends, actions: q.pending.map(({ status, error, t, ...a }) => a) });
+  for (const a of q.pending) { a.sent = (a.sent || 0) + 1; if (a.sent === 1) a.firstSent = q.lastSend; }
+  q.setTriggerValue("events", { nonce: q.sends, actions: q.pending.map(({ status, error, t, firstSent, ...a }) => a) });
 }
 
 function ask(s) {
@@ -550,8 +554,10 @@ def _on_events(run_id: str, rows: np.ndarray) -> None:
         _patch_codes(session, run, committed)
 
 
-def _nothing() -> None:
-    """The position's callback: the fragment's rerun reads it (to send the window around it)."""
+def _on_at() -> None:
+    """The position's callback: the page asks for the images around it (the fragment's rerun reads
+    it), and sends them all again, in case a reply it never got had some of them."""
+    _session()["resend"] = True
 
 
 def _on_open() -> None:
@@ -615,15 +621,26 @@ def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     missing = [int(r) for r in rows[positions] if int(r) not in cached]
     for item in _items(run, np.asarray(missing, dtype=np.int64)):
         cached[item["row"]] = item
-    items = [cached[int(r)] for r in rows[positions]]
-    data = {"key": queue_id, "classes": list(map(str, run.classes)), "reviewer": review_ui.reviewer(),
-            "total": int(rows.size), "rows": rows.tolist(), "codes": [str(c) for c in codes],
-            "labels": [int(x) for x in labels], "items": items, "start": first,
+    # What the page keeps is sent once per session (a reload is a new session): the queue's rows
+    # and classes, and each image. A verdict's rerun sent them all again: 50 images as data URLs
+    # (with 224-px photos, megabytes) on every acknowledgement.
+    sent = session.get("sent")
+    if sent is None or sent["queue"] != queue_id:
+        sent = session["sent"] = {"queue": queue_id, "static": False, "rows": set()}
+    if session.pop("resend", False):
+        sent["rows"].clear()
+    items = [cached[int(r)] for r in rows[positions] if int(r) not in sent["rows"]]
+    data = {"key": queue_id, "reviewer": review_ui.reviewer(), "total": int(rows.size),
+            "codes": [str(c) for c in codes], "labels": [int(x) for x in labels], "items": items, "start": first,
             "acked": list(session["acked"]), "failed": list(session["failed"].items())[-100:],
             "maxNote": MAX_NOTE, "verdicts": list(VERDICTS)}
+    if not sent["static"]:
+        data.update(rows=rows.tolist(), classes=list(map(str, run.classes)))
     _component(key=COMPONENT_KEY, data=data, default={"at": first}, height="content",
-               on_at_change=_nothing, on_events_change=functools.partial(_on_events, run.id, rows),
+               on_at_change=_on_at, on_events_change=functools.partial(_on_events, run.id, rows),
                on_open_change=_on_open)
+    sent["static"] = True  # the element is on its way (a run stopped later still sends it)
+    sent["rows"].update(item["row"] for item in items)
     if session.get("open") is not None:
         row = session.pop("open")
         session["open"] = None
