@@ -10,10 +10,12 @@ Verdicts: each key makes an *action* with a client id ``{id, kind: mark|undo|und
 verdict, label, note}``. The page shows it as **pending** and sends every pending action (the
 trigger ``events``); the fragment's callback records each through ``core.review`` (one committed
 SQLite transaction each) and returns the ids it committed (``acked``) with the next render. Only
-then does the page show the action as **saved**. One batch is on its way at a time (a trigger sent
-while the fragment runs for the last one would interrupt that run: on a busy server, with a key
-every 300 ms, no run finished until the keys stopped, 9-12 s per acknowledgement); what is made
-meanwhile goes with the next. A batch unanswered for ``RETRY_MS`` is sent again (a lost trigger),
+then does the page show the action as **saved**. At most two batches are on their way: the first
+key made while one is goes at once, later ones wait for the server's answer (a trigger sent while
+the fragment runs for the last one interrupts that run: on a busy server, with a key every 300 ms
+and triggers sent freely, no run finished until the keys stopped, 9-12 s per acknowledgement; one
+follow-up per answer interrupts at most one run). The answer says which batch the server has
+handled (``nonce``) and in which server session (a restarted server is a new one). A batch unanswered for ``RETRY_MS`` is sent again (a lost trigger),
 and at once when the page reconnects to a restarted server; closing the tab with one pending asks
 first.
 A resent action (``sent > 1``) whose verdict is already in force is acknowledged without writing
@@ -32,6 +34,7 @@ from __future__ import annotations
 import base64
 import functools
 import sqlite3
+import uuid
 from collections import deque
 
 import numpy as np
@@ -118,7 +121,7 @@ export default function (component) {
   let s = all[data.key];
   if (!s) {
     s = all[data.key] = { at: data.start, items: new Map(), images: new Map(), local: new Map(),
-                          pending: [], log: [], undoStack: [], seq: 0, sends: 0, lastSend: 0,
+                          pending: [], log: [], undoStack: [], seq: 0, sends: 0, lastSend: 0, inflight: 0,
                           asked: null, status: new Map() };
   }
   window.__reviewQueueActive = s;
@@ -154,7 +157,10 @@ export default function (component) {
     if (failed.has(a.id)) { a.status = "failed"; a.error = failed.get(a.id); s.local.delete(a.row); return false; }
     return true;
   });
-  s.inflight = false;  // the server has answered: the next batch may go
+  // the server has handled (committed, refused, or failed to write) the latest batch sent, or this
+  // is a new server session (a restarted server): the next batch may go (one not handled: wait)
+  if (data.session !== s.session || (typeof data.nonce === "number" && data.nonce >= s.sends)) s.inflight = 0;
+  s.session = data.session;
 
   // ---- the skeleton's controls, wired once per mounted element
   if (!root.__wired) {
@@ -218,11 +224,12 @@ export default function (component) {
     });
   }
   render(s);
-  if (s.pending.length) send(s);  // what was made while the last batch was on its way
+  if (s.pending.length && !s.inflight) send(s);  // what was made while the last batch was on its way
   ask(s);
 }
 
 const RETRY_MS_VALUE = __RETRY_MS__;
+const MAX_OUTSTANDING = 2;
 
 function codeOf(s, pos) {
   const row = s.data.rows[pos];
@@ -242,11 +249,14 @@ function settle(s, a) {
 }
 
 function send(q, retry) {
-  // One batch on its way at a time: a trigger sent while the server runs the fragment for the last
-  // one would interrupt that run, and with a key every 300 ms on a busy server no run would finish
-  // (no acknowledgement until the keys stop). What is made meanwhile goes with the next batch.
-  if (!q.pending.length || (q.inflight && !retry)) return;
-  q.inflight = true;
+  // At most MAX_OUTSTANDING batches on their way: the first key made while a batch is on its way
+  // goes at once (the server answers both with one run), later ones wait for the answer. A trigger
+  // sent while the server runs the fragment for the last one interrupts that run (Streamlit checks
+  // for a newer request before each element it sends), and with a key every 300 ms on a busy
+  // server, triggers sent freely left no run to finish (no acknowledgement until the keys stopped);
+  // one follow-up per answer interrupts at most one run.
+  if (!q.pending.length || (!retry && q.inflight >= MAX_OUTSTANDING)) return;
+  q.inflight = retry ? 1 : q.inflight + 1;
   q.sends += 1;
   q.lastSend = performance.now();
   for (const a of q.pending) { a.sent = (a.sent || 0) + 1; if (a.sent === 1) a.firstSent = q.lastSend; }
@@ -535,6 +545,9 @@ def _on_events(run_id: str, rows: np.ndarray) -> None:
     if not isinstance(payload, dict) or not isinstance(payload.get("actions"), list):
         return
     session = _session()
+    if isinstance(payload.get("nonce"), int) and not isinstance(payload.get("nonce"), bool):
+        # handled, whatever comes of it: the page may send its next batch (the newest wins)
+        session["nonce"] = max(session.get("nonce") or 0, payload["nonce"])
     try:
         run = cache.load_run(cache.store_root(), run_id)
     except cache.RUN_ERRORS as exc:
@@ -633,7 +646,8 @@ def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     data = {"key": queue_id, "reviewer": review_ui.reviewer(), "total": int(rows.size),
             "codes": [str(c) for c in codes], "labels": [int(x) for x in labels], "items": items, "start": first,
             "acked": list(session["acked"]), "failed": list(session["failed"].items())[-100:],
-            "maxNote": MAX_NOTE, "verdicts": list(VERDICTS)}
+            "maxNote": MAX_NOTE, "verdicts": list(VERDICTS), "nonce": session.get("nonce"),
+            "session": session.setdefault("token", uuid.uuid4().hex)}
     if not sent["static"]:
         data.update(rows=rows.tolist(), classes=list(map(str, run.classes)))
     _component(key=COMPONENT_KEY, data=data, default={"at": first}, height="content",
