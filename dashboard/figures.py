@@ -300,6 +300,20 @@ def _hover_grid(g, window, names) -> go.Heatmap:
         colorscale=[[0.0, "rgba(0,0,0,0)"], [1.0, "rgba(0,0,0,0)"]])
 
 
+def _add_picture(fig: go.Figure, uri: str, window: mapview.Window) -> None:
+    """Stretch the picture ``uri`` over ``window``, drawn over the pictures added before it.
+
+    plotly.js keys layout images by their placement (xref, x, sizex, yref, y, sizey: its d3 data
+    join), so pictures stacked on exactly the same window were drawn as one: only the first (the
+    correct points), never the errors' layer over it. Each later picture's left edge moves by a
+    billionth of the window's width: another key, the same pixels.
+    """
+    x0, x1, y0, y1 = window
+    nudge = len(fig.layout.images) * (x1 - x0) * 1e-9
+    fig.add_layout_image(source=uri, xref="x", yref="y", x=x0 - nudge, y=y1, sizex=x1 - x0 + nudge, sizey=y1 - y0,
+                         sizing="stretch", layer="below", opacity=1.0)
+
+
 def embedding_figure(plan: MapPlan, xy: np.ndarray, predictions: pd.DataFrame, class_names: Sequence[str], *,
                      highlight: np.ndarray | None = None, shapes: Sequence = ()) -> go.Figure:
     """The 2-D projection of ``plan``'s window: every visible point either as a WebGL marker
@@ -317,8 +331,7 @@ def embedding_figure(plan: MapPlan, xy: np.ndarray, predictions: pd.DataFrame, c
     names = _escape(class_names)
     colour_rgb = mapview.class_palette(k)
     for uri in plan.images:
-        fig.add_layout_image(source=uri, xref="x", yref="y", x=x0, y=y1, sizex=x1 - x0, sizey=y1 - y0,
-                             sizing="stretch", layer="below", opacity=1.0)
+        _add_picture(fig, uri, plan.window)
     if plan.mode == "raster" and plan.grid is not None:
         fig.add_trace(_hover_grid(plan.grid, plan.window, names))
         # an invisible point: plotly offers box and lasso only over a trace that can be selected
@@ -376,8 +389,7 @@ def embedding_figure(plan: MapPlan, xy: np.ndarray, predictions: pd.DataFrame, c
         hl = np.asarray(highlight, dtype=np.int64)
         rings = mapview.ring_raster(np.asarray(xy[hl]), plan.window, mapview.hex_to_rgb(HIGHLIGHT_COLOUR),
                                     width=RING_RASTER_PX[0], height=RING_RASTER_PX[1])
-        fig.add_layout_image(source=mapview.png_data_uri(rings), xref="x", yref="y", x=x0, y=y1,
-                             sizex=x1 - x0, sizey=y1 - y0, sizing="stretch", layer="below", opacity=1.0)
+        _add_picture(fig, mapview.png_data_uri(rings), plan.window)
         fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name="chosen confusion cell",
                                    hoverinfo="skip", marker={"size": 11, "color": "rgba(0,0,0,0)",
                                                              "line": {"color": HIGHLIGHT_COLOUR, "width": 2}}))

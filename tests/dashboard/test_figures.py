@@ -203,3 +203,17 @@ def test_embedding_figure_in_picture_mode_draws_the_chosen_cell_as_rings_on_a_pi
     # in points mode the chosen rows stay markers with their hover text
     small = figures.embedding_figure(plan(df, xy, color_by="correct", cap=10_000), xy, df, NAMES, highlight=chosen)
     assert list(small.data[-1].customdata) == chosen.tolist() and len(small.layout.images) == 0
+
+
+def test_embedding_figure_pictures_have_distinct_placements_so_plotly_draws_each():
+    """plotly.js keys layout images by (xref, x, sizex, yref, y, sizey): pictures with one key are
+    drawn as one, which hid the errors' layer (and the outlines) under the correct points."""
+    df = predictions(5000)
+    xy = np.random.default_rng(1).normal(size=(5000, 2))
+    p = plan(df, xy, color_by="correct", cap=1000)
+    fig = figures.embedding_figure(p, xy, df, NAMES, highlight=np.arange(40))
+    keys = {(im.xref, im.x, im.sizex, im.yref, im.y, im.sizey) for im in fig.layout.images}
+    assert len(fig.layout.images) == 3 and len(keys) == 3
+    x0, x1, _, _ = p.window
+    for im in fig.layout.images:  # each still covers the window (to a billionth of its width)
+        assert abs(im.x - x0) < (x1 - x0) * 1e-8 and abs(im.x + im.sizex - x1) < (x1 - x0) * 1e-8
