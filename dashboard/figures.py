@@ -30,6 +30,7 @@ CORRECT_COLOUR = mapview.CORRECT_COLOUR
 DIAGONAL_COLOUR = "#e9ecef"
 HIGHLIGHT_COLOUR = "#111111"
 MAX_LEGEND_CLASSES = 20
+RING_RASTER_PX = (1200, 560)  # the outline picture, about the plot area on screen (620 px high): rings stay round and crisp
 
 
 def _escape(names: Sequence[str]) -> list[str]:
@@ -299,6 +300,20 @@ def _hover_grid(g, window, names) -> go.Heatmap:
         colorscale=[[0.0, "rgba(0,0,0,0)"], [1.0, "rgba(0,0,0,0)"]])
 
 
+def _add_picture(fig: go.Figure, uri: str, window: mapview.Window) -> None:
+    """Stretch the picture ``uri`` over ``window``, drawn over the pictures added before it.
+
+    plotly.js keys layout images by their placement (xref, x, sizex, yref, y, sizey: its d3 data
+    join), so pictures stacked on exactly the same window were drawn as one: only the first (the
+    correct points), never the errors' layer over it. Each later picture's left edge moves by a
+    billionth of the window's width: another key, the same pixels.
+    """
+    x0, x1, y0, y1 = window
+    nudge = len(fig.layout.images) * (x1 - x0) * 1e-9
+    fig.add_layout_image(source=uri, xref="x", yref="y", x=x0 - nudge, y=y1, sizex=x1 - x0 + nudge, sizey=y1 - y0,
+                         sizing="stretch", layer="below", opacity=1.0)
+
+
 def embedding_figure(plan: MapPlan, xy: np.ndarray, predictions: pd.DataFrame, class_names: Sequence[str], *,
                      highlight: np.ndarray | None = None, shapes: Sequence = ()) -> go.Figure:
     """The 2-D projection of ``plan``'s window: every visible point either as a WebGL marker
@@ -316,8 +331,7 @@ def embedding_figure(plan: MapPlan, xy: np.ndarray, predictions: pd.DataFrame, c
     names = _escape(class_names)
     colour_rgb = mapview.class_palette(k)
     for uri in plan.images:
-        fig.add_layout_image(source=uri, xref="x", yref="y", x=x0, y=y1, sizex=x1 - x0, sizey=y1 - y0,
-                             sizing="stretch", layer="below", opacity=1.0)
+        _add_picture(fig, uri, plan.window)
     if plan.mode == "raster" and plan.grid is not None:
         fig.add_trace(_hover_grid(plan.grid, plan.window, names))
         # an invisible point: plotly offers box and lasso only over a trace that can be selected
@@ -368,7 +382,18 @@ def embedding_figure(plan: MapPlan, xy: np.ndarray, predictions: pd.DataFrame, c
             fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
                                        marker={"color": [0.0], "showscale": True, **bar}))
 
-    if highlight is not None and len(highlight):
+    if highlight is not None and len(highlight) and plan.mode == "raster":
+        # in picture mode the outlines are a picture too, over the points' pictures: thousands of
+        # outlined markers (a diagonal cell of the 1,000,000-point map: about 1,500) cost the browser
+        # seconds as SVG; a legend entry says what the rings are (no hover per ring: the grid's stays)
+        hl = np.asarray(highlight, dtype=np.int64)
+        rings = mapview.ring_raster(np.asarray(xy[hl]), plan.window, mapview.hex_to_rgb(HIGHLIGHT_COLOUR),
+                                    width=RING_RASTER_PX[0], height=RING_RASTER_PX[1])
+        _add_picture(fig, mapview.png_data_uri(rings), plan.window)
+        fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", name="chosen confusion cell",
+                                   hoverinfo="skip", marker={"size": 11, "color": "rgba(0,0,0,0)",
+                                                             "line": {"color": HIGHLIGHT_COLOUR, "width": 2}}))
+    elif highlight is not None and len(highlight):
         hl = np.asarray(highlight, dtype=np.int64)
         fig.add_trace(go.Scattergl(
             x=np.asarray(xy[hl])[:, 0], y=np.asarray(xy[hl])[:, 1], mode="markers",

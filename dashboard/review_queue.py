@@ -10,10 +10,12 @@ Verdicts: each key makes an *action* with a client id ``{id, kind: mark|undo|und
 verdict, label, note}``. The page shows it as **pending** and sends every pending action (the
 trigger ``events``); the fragment's callback records each through ``core.review`` (one committed
 SQLite transaction each) and returns the ids it committed (``acked``) with the next render. Only
-then does the page show the action as **saved**. One batch is on its way at a time (a trigger sent
-while the fragment runs for the last one would interrupt that run: on a busy server, with a key
-every 300 ms, no run finished until the keys stopped, 9-12 s per acknowledgement); what is made
-meanwhile goes with the next. A batch unanswered for ``RETRY_MS`` is sent again (a lost trigger),
+then does the page show the action as **saved**. At most two batches are on their way: the first
+key made while one is goes at once, later ones wait for the server's answer (a trigger sent while
+the fragment runs for the last one interrupts that run: on a busy server, with a key every 300 ms
+and triggers sent freely, no run finished until the keys stopped, 9-12 s per acknowledgement; one
+follow-up per answer interrupts at most one run). The answer says which batch the server has
+handled (``nonce``) and in which server session (a restarted server is a new one). A batch unanswered for ``RETRY_MS`` is sent again (a lost trigger),
 and at once when the page reconnects to a restarted server; closing the tab with one pending asks
 first.
 A resent action (``sent > 1``) whose verdict is already in force is acknowledged without writing
@@ -32,6 +34,7 @@ from __future__ import annotations
 import base64
 import functools
 import sqlite3
+import uuid
 from collections import deque
 
 import numpy as np
@@ -118,11 +121,13 @@ export default function (component) {
   let s = all[data.key];
   if (!s) {
     s = all[data.key] = { at: data.start, items: new Map(), images: new Map(), local: new Map(),
-                          pending: [], log: [], undoStack: [], seq: 0, sends: 0, lastSend: 0,
+                          pending: [], log: [], undoStack: [], seq: 0, sends: 0, lastSend: 0, inflight: 0,
                           asked: null, status: new Map() };
   }
   window.__reviewQueueActive = s;
-  s.data = data;
+  // the queue's rows and classes come once per session (then only what changed): keep what the
+  // server does not send again
+  s.data = Object.assign({}, s.data, data);
   s.setStateValue = setStateValue;
   s.setTriggerValue = setTriggerValue;
   const root = parentElement.querySelector(".rq");
@@ -145,13 +150,17 @@ export default function (component) {
     if (acked.has(a.id)) {
       a.status = "saved";
       settle(s, a);
-      (window.__reviewQueueAcks = window.__reviewQueueAcks || []).push({ id: a.id, made: a.t, saved: performance.now() });
+      (window.__reviewQueueAcks = window.__reviewQueueAcks || []).push({ id: a.id, made: a.t, sent: a.firstSent,
+                                                                          saved: performance.now() });
       return false;
     }
     if (failed.has(a.id)) { a.status = "failed"; a.error = failed.get(a.id); s.local.delete(a.row); return false; }
     return true;
   });
-  s.inflight = false;  // the server has answered: the next batch may go
+  // the server has handled (committed, refused, or failed to write) the latest batch sent, or this
+  // is a new server session (a restarted server): the next batch may go (one not handled: wait)
+  if (data.session !== s.session || (typeof data.nonce === "number" && data.nonce >= s.sends)) s.inflight = 0;
+  s.session = data.session;
 
   // ---- the skeleton's controls, wired once per mounted element
   if (!root.__wired) {
@@ -176,9 +185,10 @@ export default function (component) {
   }
   root.__key = data.key;
   const select = root.querySelector(".rq-class");
-  if (select.__classes !== data.classes.join("\u0000")) {
-    select.replaceChildren(...data.classes.map((c, i) => { const o = el("option", "", i + " · " + c); o.value = i; return o; }));
-    select.__classes = data.classes.join("\u0000");
+  const classes = s.data.classes;
+  if (select.__classes !== classes.join("\u0000")) {
+    select.replaceChildren(...classes.map((c, i) => { const o = el("option", "", i + " · " + c); o.value = i; return o; }));
+    select.__classes = classes.join("\u0000");
   }
   root.querySelector(".rq-note").maxLength = data.maxNote;
 
@@ -214,11 +224,12 @@ export default function (component) {
     });
   }
   render(s);
-  if (s.pending.length) send(s);  // what was made while the last batch was on its way
+  if (s.pending.length && !s.inflight) send(s);  // what was made while the last batch was on its way
   ask(s);
 }
 
 const RETRY_MS_VALUE = __RETRY_MS__;
+const MAX_OUTSTANDING = 2;
 
 function codeOf(s, pos) {
   const row = s.data.rows[pos];
@@ -238,15 +249,18 @@ function settle(s, a) {
 }
 
 function send(q, retry) {
-  // One batch on its way at a time: a trigger sent while the server runs the fragment for the last
-  // one would interrupt that run, and with a key every 300 ms on a busy server no run would finish
-  // (no acknowledgement until the keys stop). What is made meanwhile goes with the next batch.
-  if (!q.pending.length || (q.inflight && !retry)) return;
-  q.inflight = true;
+  // At most MAX_OUTSTANDING batches on their way: the first key made while a batch is on its way
+  // goes at once (the server answers both with one run), later ones wait for the answer. A trigger
+  // sent while the server runs the fragment for the last one interrupts that run (Streamlit checks
+  // for a newer request before each element it sends), and with a key every 300 ms on a busy
+  // server, triggers sent freely left no run to finish (no acknowledgement until the keys stopped);
+  // one follow-up per answer interrupts at most one run.
+  if (!q.pending.length || (!retry && q.inflight >= MAX_OUTSTANDING)) return;
+  q.inflight = retry ? 1 : q.inflight + 1;
   q.sends += 1;
-  for (const a of q.pending) a.sent = (a.sent || 0) + 1;
   q.lastSend = performance.now();
-  q.setTriggerValue("events", { nonce: q.sends, actions: q.pending.map(({ status, error, t, ...a }) => a) });
+  for (const a of q.pending) { a.sent = (a.sent || 0) + 1; if (a.sent === 1) a.firstSent = q.lastSend; }
+  q.setTriggerValue("events", { nonce: q.sends, actions: q.pending.map(({ status, error, t, firstSent, ...a }) => a) });
 }
 
 function ask(s) {
@@ -531,6 +545,9 @@ def _on_events(run_id: str, rows: np.ndarray) -> None:
     if not isinstance(payload, dict) or not isinstance(payload.get("actions"), list):
         return
     session = _session()
+    if isinstance(payload.get("nonce"), int) and not isinstance(payload.get("nonce"), bool):
+        # handled, whatever comes of it: the page may send its next batch (the newest wins)
+        session["nonce"] = max(session.get("nonce") or 0, payload["nonce"])
     try:
         run = cache.load_run(cache.store_root(), run_id)
     except cache.RUN_ERRORS as exc:
@@ -550,8 +567,10 @@ def _on_events(run_id: str, rows: np.ndarray) -> None:
         _patch_codes(session, run, committed)
 
 
-def _nothing() -> None:
-    """The position's callback: the fragment's rerun reads it (to send the window around it)."""
+def _on_at() -> None:
+    """The position's callback: the page asks for the images around it (the fragment's rerun reads
+    it), and sends them all again, in case a reply it never got had some of them."""
+    _session()["resend"] = True
 
 
 def _on_open() -> None:
@@ -615,15 +634,27 @@ def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     missing = [int(r) for r in rows[positions] if int(r) not in cached]
     for item in _items(run, np.asarray(missing, dtype=np.int64)):
         cached[item["row"]] = item
-    items = [cached[int(r)] for r in rows[positions]]
-    data = {"key": queue_id, "classes": list(map(str, run.classes)), "reviewer": review_ui.reviewer(),
-            "total": int(rows.size), "rows": rows.tolist(), "codes": [str(c) for c in codes],
-            "labels": [int(x) for x in labels], "items": items, "start": first,
+    # What the page keeps is sent once per session (a reload is a new session): the queue's rows
+    # and classes, and each image. A verdict's rerun sent them all again: 50 images as data URLs
+    # (with 224-px photos, megabytes) on every acknowledgement.
+    sent = session.get("sent")
+    if sent is None or sent["queue"] != queue_id:
+        sent = session["sent"] = {"queue": queue_id, "static": False, "rows": set()}
+    if session.pop("resend", False):
+        sent["rows"].clear()
+    items = [cached[int(r)] for r in rows[positions] if int(r) not in sent["rows"]]
+    data = {"key": queue_id, "reviewer": review_ui.reviewer(), "total": int(rows.size),
+            "codes": [str(c) for c in codes], "labels": [int(x) for x in labels], "items": items, "start": first,
             "acked": list(session["acked"]), "failed": list(session["failed"].items())[-100:],
-            "maxNote": MAX_NOTE, "verdicts": list(VERDICTS)}
+            "maxNote": MAX_NOTE, "verdicts": list(VERDICTS), "nonce": session.get("nonce"),
+            "session": session.setdefault("token", uuid.uuid4().hex)}
+    if not sent["static"]:
+        data.update(rows=rows.tolist(), classes=list(map(str, run.classes)))
     _component(key=COMPONENT_KEY, data=data, default={"at": first}, height="content",
-               on_at_change=_nothing, on_events_change=functools.partial(_on_events, run.id, rows),
+               on_at_change=_on_at, on_events_change=functools.partial(_on_events, run.id, rows),
                on_open_change=_on_open)
+    sent["static"] = True  # the element is on its way (a run stopped later still sends it)
+    sent["rows"].update(item["row"] for item in items)
     if session.get("open") is not None:
         row = session.pop("open")
         session["open"] = None

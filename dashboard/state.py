@@ -9,6 +9,7 @@ per item::
     values=share  log=1  top=<N>      confusion matrix display
     true=<i,j,..>  pred=<i,..>  conf=<low>,<high>          errors filters
     colour=<name>  split=<name>  classes=<i,..>  view=<x0>,<x1>,<y0>,<y1>  sel=<shapes>   embeddings
+    errors=1  order=conf              embeddings: the selection's gallery (errors only, most confident first)
     pair=<true>,<predicted>           per-class report: the confused pair shown
     p=<n>                             the page of the page's main gallery
     img=<row>                         the image whose detail is open

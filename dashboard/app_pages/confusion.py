@@ -7,6 +7,9 @@ with the Embeddings page through ``st.session_state[ui.scoped(run, ui.CELL_KEY)]
 Every key of the page's state is scoped to the run (see ``ui.scoped``); the
 cell, the display options and the gallery page are in the URL (``state``).
 
+The matrix, the pickers and the cell's images are one ``st.fragment``: choosing a cell reruns
+only them (not the sidebar and the page's options), then brings the images into view.
+
 Beyond ``LARGE_K`` classes the page opens on the ``DEFAULT_TOP`` classes involved
 in most errors and says so; the full matrix is a WebGL layer whose labels
 plotly thins to what fits, all of them readable once zoomed (drag a box).
@@ -28,6 +31,44 @@ SCROLLS_KEY = "confusion-scrolls"  # requests to bring the cell's images into vi
 LARGE_K = 40
 DEFAULT_TOP = 30
 VALUES = ["Counts", "Row-normalised"]
+# plotly waits this long after a click in select mode before it reports it (a second click would
+# make it a double-click: zoom out). Its default, 300 ms, was a third of the target for a click to
+# show its images; a double-click is still two clicks within 150 ms.
+DOUBLE_CLICK_MS = 150
+
+# In the browser, at the click itself: bring the cell's section into view before the server has
+# answered, so the new images are drawn where the user already looks (the server's own scroll,
+# ``scroll.scroll_to``, ran about a second after the images on a loaded machine).
+SCROLL_ON_CLICK_JS = r"""
+export default function (component) {
+  const { data } = component;
+  if (!data) return;
+  window.__confusionScroll = data;
+  if (window.__confusionScrollHooked) return;  // one listener per page, reading the latest data
+  window.__confusionScrollHooked = true;
+  let down = null, timer = null;
+  document.addEventListener("mousedown", (e) => {  // (plotly covers the page for the mouseup)
+    const cfg = window.__confusionScroll;
+    const onMatrix = cfg && e.target.closest && e.target.closest("[class*='" + cfg.chart + "'] .nsewdrag");
+    down = onMatrix ? [e.clientX, e.clientY] : null;
+  }, true);
+  document.addEventListener("mouseup", (e) => {
+    const cfg = window.__confusionScroll, at = down;
+    down = null;
+    if (!cfg || !at) return;  // not pressed on the matrix
+    if (Math.abs(e.clientX - at[0]) + Math.abs(e.clientY - at[1]) > 4) return;  // a drag (zoom box)
+    if (timer) { clearTimeout(timer); timer = null; return; }  // the second click of a double-click
+    timer = setTimeout(() => {  // after plotly has taken the click as a selection
+      timer = null;
+      const target = document.querySelector(".st-key-" + CSS.escape(cfg.target));
+      if (!target) return;
+      target.style.scrollMarginTop = "4rem";  // below Streamlit's header
+      target.scrollIntoView({ block: "start", behavior: "instant" });
+    }, cfg.delay);
+  }, true);
+}
+"""
+_scroll_on_click = st.components.v2.component("classifier_confusion_scroll_on_click", js=SCROLL_ON_CLICK_JS)
 
 
 def display_ui(run) -> tuple[bool, bool, int | None]:
@@ -149,6 +190,30 @@ def render() -> None:
     elif k > LARGE_K:
         st.caption(f"All {k} classes: labels are thinned to what fits; drag a box over the matrix to zoom "
                    "in and read every label, double-click to zoom out.")
+    _cell_fragment(normalize, log_color, top)
+
+
+def _in_fragment_rerun() -> bool:
+    """Whether this script run reruns only a fragment (a click on the matrix, a picker)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return bool(ctx is not None and ctx.fragment_ids_this_run)
+
+
+@st.fragment
+def _cell_fragment(normalize: bool, log_color: bool, top: int | None) -> None:
+    """The matrix, the cell pickers and the cell's images: a click on a cell or a picker reruns only
+    this (not the sidebar, the page's title and options), and the images are brought into view.
+
+    A fragment's rerun does not reach the app's end, so it writes the address itself, and asks the
+    app to run when a thumbnail opened the image detail (the app draws the detail after the page).
+    """
+    run = ui.current_run()  # the run as of now (cached): a run re-made meanwhile is the new one
+    key = cache.run_key(run)
+    cm = cache.eval_confusion(run, key)
+    k = len(run.classes)
+    order = np.arange(k) if top is None or top >= k else views.most_confused_classes(cm, top=top)
     sync_cell_state(run, cm, order)
     true, pred = int(st.session_state[ui.scoped(run, TRUE_KEY)]), int(st.session_state[ui.scoped(run, PRED_KEY)])
     # A large matrix's clicked cell is marked by plotly itself: the figure stays the same, so the
@@ -159,7 +224,10 @@ def render() -> None:
                                    log_color=log_color, selected=outline)
     st.plotly_chart(fig, key=chart_key(run), on_select="rerun", selection_mode="points",
                     config={"displayModeBar": len(order) > LARGE_K, "displaylogo": False,
+                            "doubleClickDelay": DOUBLE_CLICK_MS,
                             "modeBarButtonsToRemove": ["select2d", "lasso2d", "toImage"]})
+    _scroll_on_click(key="confusion-scroll-on-click", data={"chart": CHART_KEY, "target": "confusion-cell",
+                                                                  "delay": DOUBLE_CLICK_MS + 50}, height=0)
     true, pred = cell_picker_ui(run)
     st.session_state[ui.scoped(run, ui.CELL_KEY)] = (true, pred)
     state.publish(cell=f"{true},{pred}")
@@ -179,6 +247,12 @@ def render() -> None:
         _scroll_to_cell(run)
     st.session_state[shown_key] = (true, pred)
     scroll.scroll_to("confusion-cell", str(st.session_state.get(ui.scoped(run, SCROLLS_KEY), "")))
-
+    detail, seen_key = st.session_state.get(state.DETAIL_KEY), ui.scoped(run, "confusion-detail-seen")
+    opened = detail is not None and detail != st.session_state.get(seen_key)
+    st.session_state[seen_key] = detail
+    if _in_fragment_rerun():
+        if opened:  # a thumbnail's click: the app draws the detail
+            st.rerun(scope="app")
+        state.write_url(scope=st.session_state.get(ui.SCOPE_KEY), run_id=st.session_state.get(ui.RUN_KEY))
 
 render()

@@ -38,6 +38,7 @@ COLOUR_CHOICES = list(mapview.COLOUR_BY)
 COLOUR_PARAM = {"true class": "true", "predicted class": "pred", "correct": "correct", "confidence": "conf"}
 SOURCE_SELECTION = "embedding"
 ORDERS = ["most wrong first", "most confident first"]  # the selection's gallery: errors first by p(given class)
+ORDER_PARAMS = ["wrong", "conf"]  # their values in the URL (order=...)
 
 
 # --------------------------------------------------------------------------- the map's availability
@@ -178,6 +179,48 @@ def svg_traces(fig: go.Figure) -> go.Figure:
     return go.Figure(data=traces, layout=fig.layout)
 
 
+def selection_order_ui(run, n_wrong: int) -> tuple[bool, str]:
+    """The selection's gallery options: (errors only, order), kept in the URL (``errors=1``,
+    ``order=conf``; the defaults, all images most wrong first, leave them out)."""
+    scope = ui.run_scope(run)
+    errors_key, order_key = ui.scoped(run, "emb-errors-only"), ui.scoped(run, "emb-order")
+    state.seed(errors_key, "errors", lambda t: state.decode_choice(t, ["0", "1"], name="errors") == "1",
+               scope=scope)
+    state.seed(order_key, "order", lambda t: ORDERS[ORDER_PARAMS.index(state.decode_choice(
+        t, ORDER_PARAMS, name="order"))], scope=scope)
+    st.session_state.setdefault(order_key, ORDERS[0])
+    cols = st.columns([2, 3], vertical_alignment="center")
+    errors_only = cols[0].toggle(f"Errors only ({n_wrong:,})", key=errors_key)
+    order = cols[1].segmented_control("Order", ORDERS, key=order_key, label_visibility="collapsed") or ORDERS[0]
+    state.publish(errors="1" if errors_only else None,
+                  order=ORDER_PARAMS[ORDERS.index(order)] if order != ORDERS[0] else None)
+    return bool(errors_only), order
+
+
+FIGURE_KEY = "emb-figure"  # this session's last map figure and what it was built from
+
+
+def map_figure(run, plan: mapview.MapPlan, xy: np.ndarray, highlight: np.ndarray | None, shapes: list,
+               shapes_text: str) -> go.Figure:
+    """The map's figure (``figures.embedding_figure``, SVG traces in picture mode), the one this
+    session drew last when nothing it shows has changed: coming back to the page, or a rerun for
+    the gallery below, does not build it again (at 1,000,000 points building it was most of the
+    page's own time: 30-45 ms of about 60 on a quiet machine, several times that when it is busy).
+
+    ``plan`` is the object ``cache.map_plan`` keeps for this run, filters, window and colouring (the
+    same object while those are unchanged; held here, so its id is not reused)."""
+    marks = None if highlight is None else hashlib.sha1(np.ascontiguousarray(highlight, np.int64)).hexdigest()
+    wanted = (run.id, cache.run_key(run), id(plan), marks, shapes_text)
+    held = st.session_state.get(FIGURE_KEY)
+    if held is not None and held[0] == wanted and held[1] is plan:
+        return held[2]
+    fig = figures.embedding_figure(plan, xy, run.predictions, run.classes, highlight=highlight, shapes=shapes)
+    if plan.mode == "raster":
+        fig = svg_traces(fig)
+    st.session_state[FIGURE_KEY] = (wanted, plan, fig)
+    return fig
+
+
 # --------------------------------------------------------------------------- the page
 
 def render() -> None:
@@ -223,9 +266,7 @@ def render() -> None:
                    + ". Hover for counts; select a region and zoom to it to see each point.")
     else:
         st.caption(f"{views.plural(plan.n_visible, 'point')} in view, coloured by {what}.")
-    fig = figures.embedding_figure(plan, xy, run.predictions, run.classes, highlight=highlight, shapes=shapes)
-    if plan.mode == "raster":
-        fig = svg_traces(fig)
+    fig = map_figure(run, plan, xy, highlight, shapes, shapes_text)
     chart_key = ui.scoped(run, CHART_KEY)
     st.plotly_chart(fig, key=chart_key, selection_mode=("box", "lasso"),
                     on_select=partial(_on_map_event, chart_key, shapes_key),
@@ -240,10 +281,7 @@ def render() -> None:
     df = run.predictions
     correct = df["correct"].to_numpy(bool)
     n_wrong = int((~correct[selected]).sum())
-    cols = st.columns([2, 3], vertical_alignment="center")
-    errors_only = cols[0].toggle(f"Errors only ({n_wrong:,})", key=ui.scoped(run, "emb-errors-only"))
-    order = cols[1].segmented_control("Order", ORDERS, default=ORDERS[0], key=ui.scoped(run, "emb-order"),
-                                      label_visibility="collapsed") or ORDERS[0]
+    errors_only, order = selection_order_ui(run, n_wrong)
     in_view = int(mapview.rows_in_window(xy[selected], np.ones(selected.size, bool), window).size)
     st.caption(f"{views.plural(selected.size, 'image')} inside the selection, {n_wrong:,} of them wrong"
                + (f" ({in_view:,} in view)" if in_view != selected.size else "") + ".")

@@ -118,3 +118,43 @@ def test_beyond_the_cap_every_point_is_drawn_and_a_selection_holds_every_row_ins
     assert "view" not in at.query_params
     at.button(key="emb-clear").click().run()
     assert "sel" not in at.query_params
+
+
+def test_the_selection_gallery_options_are_in_the_address_and_restored_from_it(store):
+    run = store.load("big")
+    xy = stored_projection(run)
+    x0, x1 = float(xy[:, 0].min()), float(xy[:, 0].max())
+    y0, y1 = float(xy[:, 1].min()), float(xy[:, 1].max())
+    box = f"b:{x0:.6g},{(x0 + x1) / 2:.6g},{y0:.6g},{y1:.6g}"
+    at = open_embeddings("big", split="train", sel=box)
+    assert "errors" not in at.query_params and "order" not in at.query_params  # the defaults are left out
+    at.toggle(key=next(t.key for t in at.toggle if t.key.endswith(":emb-errors-only"))).set_value(True).run()
+    order = next(s for s in at.get("button_group") if s.key.endswith(":emb-order"))
+    order.set_value("most confident first").run()
+    assert at.query_params["errors"] == "1" and at.query_params["order"] == "conf"
+    # a new session on that address (a reload, a shared link) opens on the same gallery
+    again = open_embeddings("big", split="train", sel=box, errors="1", order="conf")
+    rows = again.session_state[gallery.SOURCES_KEY]["embedding"].rows
+    df = run.predictions
+    assert rows.size and not df["correct"].to_numpy(bool)[rows].any()  # errors only
+    confidence = df["confidence"].to_numpy()[rows]
+    assert (np.diff(confidence) <= 0).all()  # most confident first
+    # a value the page does not know is said, not obeyed
+    bad = open_embeddings("big", split="train", sel=box, order="random")
+    assert any("'order' ignored" in unescape(w.value) and "'random'" in unescape(w.value) for w in bad.warning)
+    assert bad.session_state[gallery.SOURCES_KEY]["embedding"].rows.size > rows.size
+
+
+def test_the_map_figure_is_built_again_only_when_what_it_shows_changes(store):
+    figure_key = "emb-figure"  # app_pages/embeddings.py FIGURE_KEY (a page module runs when imported)
+    at = open_embeddings("big")
+    first = at.session_state[figure_key][2]
+    at.run()  # a rerun that changes nothing the map shows: the same figure object
+    assert at.session_state[figure_key][2] is first
+    at.radio(key="emb-colour").set_value("correct").run()
+    recoloured = at.session_state[figure_key][2]
+    assert recoloured is not first
+    assert [t.name for t in recoloured.data if t.name in ("correct", "wrong")] == ["correct", "wrong"]
+    at.radio(key="emb-colour").set_value("true class").run()  # back: the plan is cached, the figure rebuilt
+    again = at.session_state[figure_key][2]
+    assert again is not recoloured and again.to_json() == first.to_json()

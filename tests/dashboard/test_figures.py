@@ -176,3 +176,44 @@ def test_training_curves_and_distribution_and_f1_delta():
     assert len(bars.data) == 1 and bars.data[0].orientation == "h"
     table = pd.DataFrame({"class": ["a", "b", "c"], "f1_delta": [0.1, -0.3, 0.0]})
     assert list(figures.f1_delta_figure(table, top=2).data[0].y) == ["b", "a"]
+
+
+def test_embedding_figure_in_picture_mode_draws_the_chosen_cell_as_rings_on_a_picture():
+    df = predictions(5000)
+    xy = np.random.default_rng(1).normal(size=(5000, 2))
+    p = plan(df, xy, color_by="correct", cap=1000)
+    chosen = np.arange(0, 1500)
+    fig = figures.embedding_figure(p, xy, df, NAMES, highlight=chosen)
+    assert len(fig.layout.images) == 3  # correct, errors, then the rings over them
+    legend = [t for t in fig.data if t.name == "chosen confusion cell"]
+    assert len(legend) == 1 and list(legend[0].x) == [None]  # a legend entry, not 1,500 markers
+    import base64
+
+    import cv2
+    png = base64.b64decode(fig.layout.images[-1].source.split(",", 1)[1])
+    rings = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert rings.shape[:2] == figures.RING_RASTER_PX[::-1]
+    # a ring around each chosen point: the pixel 5 to the right of its centre is drawn, the centre is not
+    w, h = figures.RING_RASTER_PX
+    x0, x1, y0, y1 = p.window
+    col = np.minimum(((xy[chosen[:1], 0] - x0) / (x1 - x0) * w).astype(int), w - 1)[0]
+    row = np.minimum(((y1 - xy[chosen[:1], 1]) / (y1 - y0) * h).astype(int), h - 1)[0]
+    if 5 <= col < w - 5:
+        assert rings[row, col + 5, 3] == 255
+    # in points mode the chosen rows stay markers with their hover text
+    small = figures.embedding_figure(plan(df, xy, color_by="correct", cap=10_000), xy, df, NAMES, highlight=chosen)
+    assert list(small.data[-1].customdata) == chosen.tolist() and len(small.layout.images) == 0
+
+
+def test_embedding_figure_pictures_have_distinct_placements_so_plotly_draws_each():
+    """plotly.js keys layout images by (xref, x, sizex, yref, y, sizey): pictures with one key are
+    drawn as one, which hid the errors' layer (and the outlines) under the correct points."""
+    df = predictions(5000)
+    xy = np.random.default_rng(1).normal(size=(5000, 2))
+    p = plan(df, xy, color_by="correct", cap=1000)
+    fig = figures.embedding_figure(p, xy, df, NAMES, highlight=np.arange(40))
+    keys = {(im.xref, im.x, im.sizex, im.yref, im.y, im.sizey) for im in fig.layout.images}
+    assert len(fig.layout.images) == 3 and len(keys) == 3
+    x0, x1, _, _ = p.window
+    for im in fig.layout.images:  # each still covers the window (to a billionth of its width)
+        assert abs(im.x - x0) < (x1 - x0) * 1e-8 and abs(im.x + im.sizex - x1) < (x1 - x0) * 1e-8

@@ -120,6 +120,25 @@ def test_queue_sends_its_rows_in_order_and_a_window_of_images_ahead(store):
     assert data["codes"][0] == "exclude" and data["start"] == 1
 
 
+def test_queue_sends_what_the_page_keeps_once_then_only_what_changed(store):
+    """A verdict's rerun answers with the acknowledgement and the codes, not again the queue's rows,
+    classes and the images the page already holds (issue 24: acknowledged <= 500 ms); when the page
+    asks for images (its position's state), the window is sent again in full."""
+    at = open_page("review")
+    first = queue_data(at)
+    assert first["rows"] and first["classes"] and len(first["items"]) > review_queue.WINDOW
+    at.run()
+    again = queue_data(at)
+    assert "rows" not in again and "classes" not in again and again["items"] == []
+    assert again["codes"] == first["codes"] and again["total"] == first["total"]
+    session = at.session_state[review_queue._SESSION]
+    session["resend"] = True  # what the position's callback does
+    at.session_state[review_queue._SESSION] = session
+    at.run()
+    asked = queue_data(at)
+    assert [i["row"] for i in asked["items"]] == [i["row"] for i in first["items"]] and "rows" not in asked
+
+
 def test_page_actions_are_recorded_in_order_once_and_refusals_say_why(store):
     run = store.load("r")
     review = RunReview(run)

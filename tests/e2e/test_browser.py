@@ -91,6 +91,41 @@ def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, p
     page.wait_for_function(IN_VIEW_JS)
 
 
+def test_a_clicked_cell_reruns_only_its_part_scrolls_at_once_keeps_the_address_and_opens_a_detail(
+        server, e2e_store, page):
+    """The matrix and the cell's images are a fragment (issue 24: click -> images in view <= 1 s): the
+    click brings the cell's section into view, the fragment's rerun still writes the cell to the
+    address, and a thumbnail clicked inside it opens the image detail (the app draws it)."""
+    run = e2e_store.load("e2e-run")
+    mask = run.eval_mask()
+    cm = metrics.confusion_matrix(run.predictions["true"].to_numpy()[mask],
+                                  run.predictions["predicted"].to_numpy()[mask], n_classes=len(run.classes))
+    pairs = metrics.confused_pairs(cm, run.classes, top=2)
+    true, pred = int(pairs["true_index"][1]), int(pairs["predicted_index"][1])
+    page.set_viewport_size({"width": 1400, "height": 700})
+    page.goto(f"{server}/confusion?run=e2e-run")
+    _wait_for_app(page)
+    points = page.locator(".js-plotly-plot .scatterlayer path.point")
+    points.first.wait_for(state="attached")
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    page.evaluate("() => { window.__cellTop = () => document.querySelector('.st-key-confusion-cell')"
+                  ".getBoundingClientRect().top; }")
+    assert page.evaluate("() => window.__cellTop()") > 700  # below the fold before the click
+    k = len(run.classes)
+    box = points.nth(true * k + pred).bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("() => window.__cellTop() < 200", timeout=5_000)  # into view
+    heading = f"True {run.classes[true]}, predicted {run.classes[pred]}"
+    page.get_by_role("heading", name=heading).wait_for()
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('cell') === '{true},{pred}'")
+    tile = page.locator(".st-key-gallery-confusion [class*='st-key-gtile-confusion-']").first
+    tile.click()
+    page.get_by_role("dialog").wait_for()
+    first = _expected_cell(run, true, pred)[0]
+    assert first in page.get_by_role("dialog").inner_text()
+
+
 def test_per_class_csv_download_equals_the_cli_report(server, e2e_store, page, tmp_path):
     from core.cli import main
 

@@ -162,3 +162,29 @@ def test_eight_sessions_marking_at_once_lose_no_verdict(browser, tmp_path):
     df = run.predictions.set_index("path")
     # each one relabelled to the class preselected for it: the model's prediction (an error's)
     assert (table["new_label"].to_numpy() == df.loc[table["path"], "predicted_label"].to_numpy()).all()
+
+
+def test_the_first_verdict_made_while_one_is_on_its_way_goes_at_once_and_later_ones_wait(browser, tmp_path):
+    """Issue 24 (acknowledged <= 500 ms): a key made while a batch is on its way is sent at once, a
+    follow-up the server answers with the same run; a third waits for an answer, so at most one run
+    is interrupted per answer. Every verdict ends saved, each stored once."""
+    from core.review.reviewed import RunReview
+    from core.store import RunStore
+    from core.synthetic import make_synthetic_run
+
+    store = RunStore(tmp_path / "store")
+    run = make_synthetic_run(store, "r", n=400, n_classes=5, seed=6, accuracy=0.7)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    with server(store.root, tmp_path / "streamlit.log") as (url, _):
+        page = open_queue(context, url, "r")
+        page.wait_for_timeout(1000)
+        for key in "mxa":  # back to back: the second and third are made before the first is answered
+            page.keyboard.press(key)
+        page.wait_for_function("() => (window.__reviewQueueAcks || []).length >= 3", timeout=60_000)
+        acks = {a["id"]: a for a in page.evaluate("() => window.__reviewQueueAcks")}
+        made = sorted(acks.values(), key=lambda a: a["made"])
+        assert made[1]["sent"] < made[0]["saved"]  # the follow-up did not wait for the first's answer
+        assert made[2]["sent"] >= made[0]["saved"]  # the third did
+        assert all(a["status"] == "saved" for a in page_log(page))
+    context.close()
+    assert len(RunReview(store.load("r")).history()) == 3
