@@ -432,8 +432,6 @@ def _image_url(_run: Run, key: str, row: int) -> tuple[str | None, str | None]:
         return None, "the run stores no image for this row"
     if max(img.shape[:2]) > IMAGE_PX:
         img = thumbnail(img, size=IMAGE_PX)
-    if img.ndim == 3 and img.shape[2] == 3:
-        img = img[:, :, ::-1]  # encode_png takes OpenCV's BGR order
     return "data:image/png;base64," + base64.b64encode(encode_png(np.ascontiguousarray(img))).decode(), None
 
 
@@ -602,7 +600,7 @@ def _items(run: Run, rows: np.ndarray) -> list[dict]:
     items = []
     for row in rows.tolist():
         src, why = image_url(run, row)
-        items.append({"row": row, "src": src, "why": why, "file": str(paths[row]), "true": int(true[row]),
+        items.append({"row": row, "src": src, "why": why, "file": ui.visible(paths[row]), "true": int(true[row]),
                       "pred": int(pred[row]), "conf": float(conf[row]), "ptrue": float(ptrue[row]),
                       "suggested": review_ui.suggestion(run, row)})
     return items
@@ -645,11 +643,12 @@ def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     items = [cached[int(r)] for r in rows[positions] if int(r) not in sent["rows"]]
     data = {"key": queue_id, "reviewer": review_ui.reviewer(), "total": int(rows.size),
             "codes": [str(c) for c in codes], "labels": [int(x) for x in labels], "items": items, "start": first,
-            "acked": list(session["acked"]), "failed": list(session["failed"].items())[-100:],
+            "acked": list(session["acked"]),
+            "failed": [(k, ui.visible(v)) for k, v in list(session["failed"].items())[-100:]],
             "maxNote": MAX_NOTE, "verdicts": list(VERDICTS), "nonce": session.get("nonce"),
             "session": session.setdefault("token", uuid.uuid4().hex)}
     if not sent["static"]:
-        data.update(rows=rows.tolist(), classes=list(map(str, run.classes)))
+        data.update(rows=rows.tolist(), classes=[ui.visible(c) for c in run.classes])
     _component(key=COMPONENT_KEY, data=data, default={"at": first}, height="content",
                on_at_change=_on_at, on_events_change=functools.partial(_on_events, run.id, rows),
                on_open_change=_on_open)

@@ -6,10 +6,12 @@ classes, about 100 in the 'test' split (the evaluation split), 80% accurate.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections import deque
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,6 +120,22 @@ def test_queue_sends_its_rows_in_order_and_a_window_of_images_ahead(store):
     at.run()
     data = queue_data(at)
     assert data["codes"][0] == "exclude" and data["start"] == 1
+
+
+def test_queue_images_keep_their_colours():
+    class ColourRun:  # what _image_url reads of a run: a stored RGB image
+        def image_file(self, row):
+            return None
+
+        def image(self, row):
+            img = np.zeros((8, 8, 3), np.uint8)
+            img[..., 0] = 200  # red
+            return img
+
+    src, why = review_queue._image_url(ColourRun(), "colour-test", 0)
+    assert why is None
+    png = cv2.imdecode(np.frombuffer(base64.b64decode(src.split(",", 1)[1]), np.uint8), cv2.IMREAD_COLOR)
+    assert np.array_equal(cv2.cvtColor(png, cv2.COLOR_BGR2RGB), ColourRun().image(0)), "red and blue swapped"
 
 
 def test_queue_sends_what_the_page_keeps_once_then_only_what_changed(store):
