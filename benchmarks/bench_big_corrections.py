@@ -35,7 +35,7 @@ def _module(path: Path, name: str):
 
 def main() -> None:
     from benchmarks.cpu_info import cpu_line
-    from core.datasets import load_dataset
+    from core.data.datasets import load_dataset
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -56,7 +56,7 @@ def main() -> None:
                                       capture_output=True, text=True).stdout)
         dataset = load_dataset(tmp / "data")
         print(f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {cpu_line()}")
-        for name, path in (("new", ROOT / "core" / "review.py"), ("old", old)):
+        for name, path in (("new", ROOT / "core" / "review" / "corrections.py"), ("old", old)):
             module = _module(path, f"review_{name}")
             t0 = time.perf_counter()
             try:

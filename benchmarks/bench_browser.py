@@ -1,7 +1,7 @@
 """Interaction latency in a real browser on a large run (not a test).
 
 Starts the dashboard on a store with a large synthetic run (built on first use
-with core.synthetic), drives Debian's headless Chromium with Playwright and
+with core.run.synthetic), drives Debian's headless Chromium with Playwright and
 prints, per interaction, the wall time from the user's action until the page
 has finished answering (the expected heading or element on screen, then
 Streamlit's "running" indicator gone). This includes the server's work, the
@@ -36,13 +36,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import numpy as np  # noqa: E402
 from cpu_info import cpu_line  # noqa: E402
 
-import numpy as np  # noqa: E402
-
-from core.metrics import confusion_matrix  # noqa: E402
-from core.store import RunStore  # noqa: E402
-from core.synthetic import make_synthetic_run  # noqa: E402
+from core.analysis.metrics import confusion_matrix  # noqa: E402
+from core.run.store import RunStore  # noqa: E402
+from core.run.synthetic import make_synthetic_run  # noqa: E402
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]

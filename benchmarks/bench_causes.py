@@ -48,15 +48,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
 from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
-import numpy as np  # noqa: E402
-
-from core import derived  # noqa: E402
 from core.diagnose import labels as label_module  # noqa: E402
 from core.diagnose.causes import CAUSES  # noqa: E402
-from core.runs import write_run  # noqa: E402
-from core.store import RunStore  # noqa: E402
+from core.run import derived  # noqa: E402
+from core.run.store import RunStore  # noqa: E402
+from core.run.write import write_run  # noqa: E402
 
 
 def fashion_arrays(demo_store: str, *, dev: bool, seed: int) -> dict:
@@ -79,7 +78,7 @@ def digits_arrays(seed: int) -> dict:
     for the label-error classifier) and ``test``, stratified."""
     from sklearn.neural_network import MLPClassifier
 
-    from core.datasets import load_digits
+    from core.data.datasets import load_digits
 
     data = load_digits(test_size=1 / 3, seed=seed)
     splits = data.splits.astype("<U5").copy()

@@ -4,7 +4,7 @@
    penultimate features) against two separate predict passes (the classifier,
    then a feature-extractor model), on the same pre-decoded images.
    Target: two-pass time / one-pass time >= 1.7 (2.0 is the ceiling).
-2. Folder decoding through the pipeline (``core.datasets.iter_batches``: thread
+2. Folder decoding through the pipeline (``core.data.datasets.iter_batches``: thread
    pool, batches decoded ahead) against a sequential ``cv2.imread`` +
    ``cv2.cvtColor`` + ``cv2.resize`` loop like the Simpsons notebook's, on the
    same JPEG files. Target: sequential / pipeline >= 1.6 on 2 cores.
@@ -25,12 +25,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
-
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
-from core.datasets import iter_batches, load_dataset  # noqa: E402
+from core.data.datasets import iter_batches, load_dataset  # noqa: E402
 
 
 def small_cnn(input_shape, n_classes):
@@ -51,7 +50,7 @@ def small_cnn(input_shape, n_classes):
 def bench_inference(n: int, repeats: int, batch: int) -> tuple[float, float]:
     import keras
 
-    from core.models import build_inference_model
+    from core.model.load import build_inference_model
 
     keras.utils.set_random_seed(0)
     model = small_cnn((60, 60, 3), 18)

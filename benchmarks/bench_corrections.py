@@ -5,7 +5,7 @@
                                                     [--seeds 0,1,2,3,4] [--epochs 40] [--work DIR]
                                                     [--train-options="--no-early-stopping --no-reduce-lr"]
 
-1. Writes a PNG class-folder data set from Fashion-MNIST (``core.datasets.load_fashion_mnist``):
+1. Writes a PNG class-folder data set from Fashion-MNIST (``core.data.datasets.load_fashion_mnist``):
    ``train/<class>/`` with ``--train`` images, ``--flip`` of them filed under a wrong class
    (uniformly drawn), and ``test/<class>/`` with ``--test`` images, all correctly filed.
 2. ``python -m core train --recipe small-cnn`` on it (28x28 grey; the run analyses every image).
@@ -44,8 +44,8 @@ from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.pat
 
 def write_flipped_folder(root: Path, *, n_train: int, n_test: int, flip: float, seed: int) -> dict[str, str]:
     """The data set on disk; returns {path of each flipped image: its true class}."""
-    from core.datasets import load_fashion_mnist
-    from core.images import encode_png
+    from core.data.datasets import load_fashion_mnist
+    from core.data.images import encode_png
     from core.progress import slug
 
     fm = load_fashion_mnist()
@@ -91,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     print(cpu_line(), flush=True)
     from core.review.reviewed import RunReview
-    from core.store import RunStore
+    from core.run.store import RunStore
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-corrections-"))
     data = work / "data"

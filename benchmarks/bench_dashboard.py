@@ -22,15 +22,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import numpy as np  # noqa: E402
 from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
-import numpy as np  # noqa: E402
-
-from core import neighbours  # noqa: E402
-from core.compare import compare, flip_cells, image_signature  # noqa: E402
-from core.metrics import confusion_matrix, confused_pairs  # noqa: E402
-from core.store import Run, RunStore  # noqa: E402
-from core.synthetic import make_synthetic_run  # noqa: E402
+from core.analysis import neighbours  # noqa: E402
+from core.analysis.compare import compare, flip_cells, image_signature  # noqa: E402
+from core.analysis.metrics import confused_pairs, confusion_matrix  # noqa: E402
+from core.run.store import Run, RunStore  # noqa: E402
+from core.run.synthetic import make_synthetic_run  # noqa: E402
 from dashboard import figures, mapview, views  # noqa: E402
 
 BUDGET_S = 1.0
@@ -148,7 +147,7 @@ def bench_functions(a: Run, b: Run) -> list[tuple[str, float]]:
         lambda: figures.embedding_figure(close, xy, df, fresh.classes).to_json())
     other = Run(b.path)
     add("compare: image signature", lambda: image_signature(other))
-    comparison = add("compare: metrics, per-class deltas and flips (core.compare)", lambda: compare(fresh, other))
+    comparison = add("compare: metrics, per-class deltas and flips (core.analysis.compare)", lambda: compare(fresh, other))
     add("compare: flips per cell", lambda: flip_cells(comparison.flips, fresh.classes))
     return rows
 

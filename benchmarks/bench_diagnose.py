@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 from core.diagnose import DIAGNOSES  # noqa: E402
-from core.store import RunStore  # noqa: E402
-from core.synthetic import make_synthetic_run  # noqa: E402
+from core.run.store import RunStore  # noqa: E402
+from core.run.synthetic import make_synthetic_run  # noqa: E402
 
 TARGET_S = 30.0
 

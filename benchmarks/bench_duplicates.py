@@ -40,9 +40,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
-
 import cv2  # noqa: E402
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 KINDS = ("byte copy", "png re-encode", "jpeg q60", "flip left-right", "flip upside down", "crop 85-92%",
          "rotate 3-5°", "scale 0.7x/1.5x", "shift 3px", "blur", "noise 8", "gamma", "brightness/contrast",
@@ -53,10 +52,10 @@ import json, resource, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, sys.argv[3])
 import numpy as np, tempfile
-from core import derived
-from core.datasets import load_dataset
-from core.runs import write_run
-from core.store import RunStore
+from core.run import derived
+from core.data.datasets import load_dataset
+from core.run.write import write_run
+from core.run.store import RunStore
 import core.diagnose.duplicates
 ds = load_dataset(sys.argv[1])
 probs = np.eye(len(ds.classes), dtype=np.float32)[ds.labels]
@@ -204,7 +203,7 @@ def _closest(target: np.ndarray, pool: np.ndarray) -> int:
 
 
 def gray_set(folder: Path, *, per_kind: int, seed: int) -> dict:
-    from core.datasets import load_fashion_mnist
+    from core.data.datasets import load_fashion_mnist
 
     ds = load_fashion_mnist()
     rng = np.random.default_rng(seed)

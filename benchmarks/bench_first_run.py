@@ -105,8 +105,8 @@ def main() -> int:
             mark("a clicked cell's gallery shown")
             browser.close()
         if args.wait_for_map:
-            from core.projection import projection_status
-            from core.store import RunStore
+            from core.analysis.projection import projection_status
+            from core.run.store import RunStore
 
             while projection_status(RunStore(store).load(RUN_ID)) == "computing":
                 time.sleep(0.5)

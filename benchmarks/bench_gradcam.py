@@ -1,4 +1,4 @@
-"""Benchmark of Grad-CAM (core.gradcam), measured side by side in one run.
+"""Benchmark of Grad-CAM (core.analysis.gradcam), measured side by side in one run.
 
 1. Batched Grad-CAM (``CamExplainer.maps``: one forward pass and one GradientTape per
    batch, the predicted and the true class at once) against the one-image-at-a-time loop
@@ -7,7 +7,7 @@
    once (the fairer baseline), on the same images and the same model, two classes per
    image. Target: loop / batched >= 3 on 2 cores (against the fairer baseline).
 2. Time to the first page of 24 overlays on a Fashion-MNIST run: rows not explained yet
-   -> maps computed, stored in the run (core.derived), read back, drawn over the images.
+   -> maps computed, stored in the run (core.run.derived), read back, drawn over the images.
    Warm = the explainer already loaded (as the dashboard keeps it); cold = loading it too.
    Target: warm under 2 s.
 
@@ -32,9 +32,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
-
 import numpy as np  # noqa: E402
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 DEMO_MODELS = (ROOT / "core" / "demo_model" / "model.keras", ROOT / "models" / "fashion-mnist-demo" / "model.keras")
 
@@ -81,7 +80,7 @@ def demo_model_path(folder: Path) -> tuple[Path, str]:
     import keras
 
     from core.demo import demo_recipe
-    from core.recipes import build_model
+    from core.model.recipes import build_model
 
     keras.utils.set_random_seed(0)
     path = folder / "demo_cnn.keras"
@@ -102,8 +101,8 @@ def alternate(sides: dict, repeats: int) -> dict[str, float]:
 def bench_batched_vs_loop(model_path: Path, x_uint8: np.ndarray, classes: np.ndarray, repeats: int) -> None:
     import keras
 
-    from core.gradcam import build_explainer, normalize_maps
-    from core.models import load_model, prepare_input
+    from core.analysis.gradcam import build_explainer, normalize_maps
+    from core.model.load import load_model, prepare_input
 
     model = load_model(model_path)
     explainer = build_explainer(model, scale="raw")
@@ -151,10 +150,10 @@ def bench_batched_vs_loop(model_path: Path, x_uint8: np.ndarray, classes: np.nda
 
 
 def bench_first_page(model_path: Path, folder: Path, repeats: int, pages: int = 24) -> None:
-    from core.analyze import analyze
-    from core.datasets import load_fashion_mnist
-    from core.gradcam import explain_rows, explainer_for_run, explanation_image, select_rows
-    from core.store import RunStore
+    from core.analysis.gradcam import explain_rows, explainer_for_run, explanation_image, select_rows
+    from core.data.datasets import load_fashion_mnist
+    from core.run.analyze import analyze
+    from core.run.store import RunStore
 
     data = load_fashion_mnist()
     test_rows = np.flatnonzero(np.asarray(data.splits) == "test")[:2000]
@@ -195,7 +194,7 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match", category=UserWarning)
     print(f"load average {os.getloadavg()[0]:.1f} "
           "(a shared machine: compare the ratios, not the seconds)")
-    from core.datasets import load_fashion_mnist
+    from core.data.datasets import load_fashion_mnist
 
     with tempfile.TemporaryDirectory(prefix="bench-gradcam-") as tmp:
         folder = Path(tmp)

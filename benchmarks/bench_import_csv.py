@@ -1,4 +1,4 @@
-"""Peak memory and time of reading a predictions CSV (``core.importer.read_predictions``), side by side
+"""Peak memory and time of reading a predictions CSV (``core.run.importer.read_predictions``), side by side
 for this checkout's reader and the reader of another git revision (default: the one before the
 streaming reader), each in a fresh process.
 
@@ -75,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         old = tmp / "old_importer.py"
-        old.write_text(subprocess.run(["git", "show", f"{args.old_rev}:core/importer.py"], cwd=ROOT, check=True,
+        old.write_text(subprocess.run(["git", "show", f"{args.old_rev}:core/run/importer.py"], cwd=ROOT, check=True,
                                       capture_output=True, text=True).stdout)
         sizes = {"new": args.rows, "old": args.old_rows or args.rows}
         files = {}
@@ -83,7 +83,7 @@ def main() -> None:
             files[n] = tmp / f"p{n}.csv"
             write_csv(files[n], n, args.classes)
         print(f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; {cpu_line()}")
-        for name, module in (("new", ROOT / "core" / "importer.py"), ("old", old)):
+        for name, module in (("new", ROOT / "core" / "run" / "importer.py"), ("old", old)):
             n = sizes[name]
             rows, seconds, base, peak = measure(module, files[n], args.classes)
             cells = rows * args.classes / 1e6

@@ -35,20 +35,19 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
 from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
-import numpy as np  # noqa: E402
-
-from core import derived  # noqa: E402
 from core.diagnose import labels as label_module  # noqa: E402
-from core.store import RunStore  # noqa: E402
+from core.run import derived  # noqa: E402
+from core.run.store import RunStore  # noqa: E402
 
 
 def train_and_predict(epochs: int, seed: int) -> dict:
     """Train on the train split; probabilities and embeddings for every image (train and test)."""
     import keras
 
-    from core.datasets import load_fashion_mnist
+    from core.data.datasets import load_fashion_mnist
 
     data = load_fashion_mnist()
     x = data.pixels[..., None].astype(np.float32)
@@ -112,7 +111,7 @@ def main() -> None:
     test = np.flatnonzero(splits == "test")
     print(f"test accuracy of the model (clean labels): {(probs[test].argmax(1) == labels[test]).mean():.4f}")
 
-    from core.runs import write_run
+    from core.run.write import write_run
 
     variants = {  # name -> (config of the derived kind, or None for a plain cleanlab ranking)
         "label_issues (default config)": {},

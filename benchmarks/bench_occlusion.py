@@ -1,10 +1,10 @@
-"""Benchmark of occlusion attention maps (core.occlusion): a gallery page of 24 images.
+"""Benchmark of occlusion attention maps (core.analysis.occlusion): a gallery page of 24 images.
 
 1. Fashion-MNIST 28x28, the demo's CNN (``core/demo_model/model.keras``), a Keras run:
    a page of 24 rows not explained yet -> occlusion maps computed (37 forward passes per
    image), stored in the run, read back. Target: <= 2 s per page.
 2. 224x224 RGB, torchvision's ResNet18 exported to ONNX (``--onnx``; made by
-   ``tests/core/data/make_torch_resnet18_onnx.py --width 1 --size 224 --epochs 0 --out
+   ``tests/fixtures/make_torch_resnet18_onnx.py --width 1 --size 224 --epochs 0 --out
    FILE --expected none`` in a venv with torch; the cost does not depend on the weights),
    run by onnxruntime. Target: <= 20 s per page on 2 cores.
 
@@ -27,9 +27,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
-
 import numpy as np  # noqa: E402
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 PAGE = 24
 
@@ -39,8 +38,8 @@ def load() -> str:
 
 
 def time_pages(run, rows: np.ndarray, repeats: int) -> list[float]:
-    from core import occlusion
-    from core.gradcam import _load_pixels, _run_input, explain_rows
+    from core.analysis import occlusion
+    from core.analysis.gradcam import _load_pixels, _run_input, explain_rows
 
     model = occlusion.run_model(run)  # loaded once, as the dashboard keeps it
     explain_rows(run, rows[:2], method="occlusion")  # warm-up (tracing), not timed
@@ -67,9 +66,9 @@ def time_pages(run, rows: np.ndarray, repeats: int) -> list[float]:
 
 
 def bench_fashion(folder: Path, repeats: int) -> None:
-    from core.analyze import analyze
-    from core.datasets import load_fashion_mnist
-    from core.store import RunStore
+    from core.data.datasets import load_fashion_mnist
+    from core.run.analyze import analyze
+    from core.run.store import RunStore
 
     data = load_fashion_mnist()
     rows = np.flatnonzero(np.asarray(data.splits) == "test")[: PAGE * repeats + 2]
@@ -87,11 +86,11 @@ def bench_resnet(onnx: Path, folder: Path, repeats: int) -> None:
 
     import cv2
 
-    from core.analyze import analyze
-    from core.datasets import load_dataset
-    from core.store import RunStore
+    from core.data.datasets import load_dataset
+    from core.run.analyze import analyze
+    from core.run.store import RunStore
 
-    spec = importlib.util.spec_from_file_location("gen", ROOT / "tests/core/data/make_torch_resnet18_onnx.py")
+    spec = importlib.util.spec_from_file_location("gen", ROOT / "tests/fixtures/make_torch_resnet18_onnx.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
     images, labels = gen.make_images(n=PAGE * repeats + 2, size=224)

@@ -40,12 +40,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+import numpy as np  # noqa: E402
 from cpu_info import cpu_line  # noqa: E402
 
-import numpy as np  # noqa: E402
-
-from core.store import RunStore  # noqa: E402
-from core.synthetic import make_synthetic_run  # noqa: E402
+from core.run.store import RunStore  # noqa: E402
+from core.run.synthetic import make_synthetic_run  # noqa: E402
 from tests.e2e.conftest import CHROMIUM_FLAGS, streamlit_process  # noqa: E402
 
 GAP_MS = 300
@@ -216,7 +215,7 @@ VISIBLE_JS = """([t0, heading]) => {
 def confusion_times(browser, url: str, run, repeats: int) -> list[float]:
     from bench_browser import cell_centre
 
-    from core.metrics import confusion_matrix
+    from core.analysis.metrics import confusion_matrix
 
     df, mask = run.predictions, run.eval_mask()
     cm = confusion_matrix(df["true"].to_numpy()[mask], df["predicted"].to_numpy()[mask], n_classes=len(run.classes))

@@ -1,8 +1,8 @@
 """Benchmark: is the tool right on models whose users prepared their inputs outside the model?
 
-For each model of ``tests/core/preprocess_zoo.py`` (trained here in seconds on
+For each model of ``tests/core/data/preprocess_zoo.py`` (trained here in seconds on
 seeded synthetic colour images the user's way, saved to a file), the test
-folder is analysed by ``core.analyze.analyze`` from the model *file*, twice:
+folder is analysed by ``core.run.analyze.analyze`` from the model *file*, twice:
 
 * with the option the README's table documents for that recipe: the run's
   accuracy against the user's own evaluation (the model loaded back from its
@@ -34,10 +34,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from cpu_info import cpu_line  # noqa: E402
 
 
-
 def _analyse(case, store, *, option: dict | None):
-    from core.analyze import analyze
-    from core.datasets import load_dataset
+    from core.data.datasets import load_dataset
+    from core.run.analyze import analyze
 
     dataset = load_dataset(case.data)
     option = option or {}
@@ -49,7 +48,7 @@ def _analyse(case, store, *, option: dict | None):
 
 
 def _same_numbers(suggested: str | None, option: dict) -> bool:
-    from core.preprocess import Preprocessing
+    from core.data.preprocess import Preprocessing
 
     if suggested is None:
         return False
@@ -66,8 +65,8 @@ def main(argv=None) -> int:
     from core.quiet import quiet_start
 
     quiet_start()
-    from core.store import RunStore
-    from tests.core.preprocess_zoo import BUILDERS
+    from core.run.store import RunStore
+    from tests.core.data.preprocess_zoo import BUILDERS
 
     names = [n.strip() for n in args.only.split(",")] if args.only else list(BUILDERS)
     print(cpu_line())

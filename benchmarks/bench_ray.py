@@ -35,16 +35,15 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
-
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
-from core.analyze import analyze, run_inference  # noqa: E402
-from core.datasets import load_dataset  # noqa: E402
-from core.models import build_inference_model, file_sha256, load_model  # noqa: E402
-from core.ray_engine import RayOptions, init_ray, run_inference_ray  # noqa: E402
-from core.store import RunStore  # noqa: E402
+from core.data.datasets import load_dataset  # noqa: E402
+from core.model.load import build_inference_model, file_sha256, load_model  # noqa: E402
+from core.run.analyze import analyze, run_inference  # noqa: E402
+from core.run.ray_engine import RayOptions, init_ray, run_inference_ray  # noqa: E402
+from core.run.store import RunStore  # noqa: E402
 
 
 def write_images(root: Path, *, n: int, n_classes: int, size: int = 60) -> None:
@@ -64,7 +63,6 @@ def write_images(root: Path, *, n: int, n_classes: int, size: int = 60) -> None:
 def small_cnn(path: Path, *, n_classes: int, size: int = 60) -> None:
     """bench_core's CNN (the Simpsons report's shape), untrained, saved to ``path``."""
     import keras
-
     from bench_core import small_cnn as build
 
     keras.utils.set_random_seed(0)

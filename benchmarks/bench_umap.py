@@ -1,4 +1,4 @@
-"""Benchmark: the run's UMAP map (core.umap_map.project) against umap-learn's seeded defaults.
+"""Benchmark: the run's UMAP map (core.analysis.umap_map.project) against umap-learn's seeded defaults.
 
 Both sides map the same embeddings (the demo run's 70,000 x 128 by default)
 to 2-D, each in a fresh Python process timed from start to finish (imports,
@@ -6,13 +6,13 @@ numba compilation and the map), alternately in one run so that the load of a
 shared machine falls on both:
 
 * default: ``umap.UMAP(random_state=0).fit_transform(embeddings)``;
-* ours: ``core.umap_map.project(embeddings)`` with the run's default
+* ours: ``core.analysis.umap_map.project(embeddings)`` with the run's default
   ``ProjectionConfig``.
 
 Numba's on-disk cache starts empty for every process (NUMBA_CACHE_DIR set to
 a fresh folder), as on a fresh install; ``--cache warm`` fills one cache
 folder per side first with an untimed process on 5,000 rows, as after
-``setup.sh`` (which runs ``python -m core.projection --warm-up``). Neighbourhood preservation is
+``setup.sh`` (which runs ``python -m core.analysis.projection --warm-up``). Neighbourhood preservation is
 ``sklearn.manifold.trustworthiness`` (k = 10) of each map against the
 embeddings on the same seeded 5,000-point sample. Prints the CPU's AVX-512
 and AMX flags, the seconds of every process, the ratio of the medians, both
@@ -73,7 +73,7 @@ def map_once(side: str, embeddings: Path, out: Path, max_fit: int | None = None)
             xy[fit] = reducer.fit_transform(x[fit])
             xy[rest] = reducer.transform(x[rest])
     else:
-        from core.umap_map import project
+        from core.analysis.umap_map import project
 
         xy, _ = project(x) if max_fit is None else project(x, max_fit=max_fit)
     np.save(out, np.asarray(xy, dtype=np.float32), allow_pickle=False)
@@ -103,7 +103,7 @@ def trustworthiness_on_sample(x: np.ndarray, xy: np.ndarray, *, seed: int = 0) -
 def load_embeddings(args) -> np.ndarray:
     if args.embeddings:
         return np.load(args.embeddings, allow_pickle=False)
-    from core.store import RunStore
+    from core.run.store import RunStore
 
     run = RunStore(args.store).load(args.run)
     if run.embeddings is None:
@@ -126,7 +126,7 @@ def main() -> int:
     parser.add_argument("--cache", choices=["cold", "warm"], default="cold",
                         help="cold: numba's on-disk cache empty in every process (a fresh install); warm: "
                              "each side's cache filled first by one untimed process on 5,000 rows (as "
-                             "setup.sh does for the map with 'python -m core.projection --warm-up')")
+                             "setup.sh does for the map with 'python -m core.analysis.projection --warm-up')")
     args = parser.parse_args()
     x = load_embeddings(args)
     print(cpu_line())

@@ -23,7 +23,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cv2  # noqa: E402
 
-from core.datasets import load_fashion_mnist  # noqa: E402
+from core.data.datasets import load_fashion_mnist  # noqa: E402
 from core.diagnose import duplicates as dup  # noqa: E402
 from core.diagnose.properties import canvas_thumbnail  # noqa: E402
 

@@ -14,13 +14,22 @@ import time
 import traceback
 from pathlib import Path
 
-from core import formats
+from core.data.preprocess import CHANNEL_ORDERS, PREPROCESS_CHOICES
 from core.demo import DEMO_EPOCHS
 from core.errors import UserError, debug_enabled, first_line
-from core.preprocess import CHANNEL_ORDERS, PREPROCESS_CHOICES
+from core.model import formats
+from core.model.recipes import (
+    AUGMENTATIONS,
+    BACKBONES,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    RECIPES,
+    Recipe,
+    parse_int_list,
+    parse_size,
+)
 from core.quiet import quiet_start
-from core.recipes import AUGMENTATIONS, BACKBONES, LR_SCHEDULES, OPTIMIZERS, RECIPES, Recipe, parse_int_list, parse_size
-from core.store import RunStore
+from core.run.store import RunStore
 
 
 def _store_parent() -> argparse.ArgumentParser:
@@ -367,7 +376,7 @@ def _history_arg(path: str | None) -> tuple[float, str] | None:
     """(accuracy, where from) in a --history JSON file, or None when not given."""
     import json
 
-    from core.input_check import expected_from_training
+    from core.model.input_check import expected_from_training
 
     if path is None:
         return None
@@ -384,17 +393,17 @@ def _history_arg(path: str | None) -> tuple[float, str] | None:
 
 
 def cmd_analyze(args) -> int:
-    from core.analyze import analyze
-    from core.datasets import load_dataset
+    from core.data.datasets import load_dataset
+    from core.run.analyze import analyze
 
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be positive. Received: {args.batch_size}")
-    from core.ray_engine import engine_options
+    from core.run.ray_engine import engine_options
 
     # a missing Ray or a --ray-* option without --engine ray stops here, before any data is read
     engine_options(args.engine, address=args.ray_address, num_cpus=args.ray_cpus, actors=args.ray_actors)
     model_path = Path(args.model)
-    from core.models import model_format
+    from core.model.load import model_format
 
     model_format(model_path)  # fail fast on a wrong path before decoding anything
     expected = _history_arg(args.history)
@@ -425,7 +434,7 @@ def _names_preview(names: list[str], limit: int = 12) -> str:
 
 def _data_class_source(data: str, dataset) -> str:
     """Where ``load_dataset`` took the class order from when none was given."""
-    from core.datasets import BUILTINS
+    from core.data.datasets import BUILTINS
 
     if str(data) in BUILTINS:
         return f"of the built-in data set {data!r}"
@@ -437,8 +446,8 @@ def _data_class_source(data: str, dataset) -> str:
 
 def cmd_import(args) -> int:
     """``python -m core import``: prints the run id."""
-    from core.datasets import load_dataset
-    from core.importer import import_predictions
+    from core.data.datasets import load_dataset
+    from core.run.importer import import_predictions
 
     predictions = Path(args.predictions)
     if not predictions.is_file():  # fail fast, before the data set is listed
@@ -486,7 +495,7 @@ def cmd_report(args) -> int:
 
 def _write_report(args, run) -> int:
     from core.errors import UserError
-    from core.report import DEFAULT_MAX_IMAGES, build_report, write_html, write_markdown
+    from core.report.document import DEFAULT_MAX_IMAGES, build_report, write_html, write_markdown
 
     if not (args.html or args.markdown):
         raise UserError("--compare and --max-images go with --html FILE or --markdown DIR.")
@@ -507,7 +516,7 @@ def _write_report(args, run) -> int:
 
 
 def cmd_compare(args) -> int:
-    from core.compare import compare
+    from core.analysis.compare import compare
 
     store = RunStore(args.store)
     a, b = store.load(args.a), store.load(args.b)
@@ -524,7 +533,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_errors(args) -> int:
-    from core.reports import errors_table
+    from core.report.tables import errors_table
 
     run = RunStore(args.store).load(args.run)
     _write_csv(errors_table(run, min_confidence=args.min_confidence, split=args.split), args.out)
@@ -539,7 +548,7 @@ def cmd_delete(args) -> int:
 
 def cmd_explain(args) -> int:
     """``python -m core explain``: maps of the selected rows (cached in the run), written to --out."""
-    from core.gradcam import explain_rows, select_rows, write_explanations
+    from core.analysis.gradcam import explain_rows, select_rows, write_explanations
 
     run = RunStore(args.store).load(args.run)
     rows = select_rows(run, true_class=args.true, predicted_class=args.predicted, split=args.split,
@@ -551,12 +560,12 @@ def cmd_explain(args) -> int:
     explainer = None
     if args.unsafe_load:  # the opt-in comes from this command line, never from the run's manifest
         if args.method == "occlusion":
-            from core import occlusion
-            from core.analyze import load_run_model
+            from core.analysis import occlusion
+            from core.run.analyze import load_run_model
 
             occlusion.remember_model(run, load_run_model(run, unsafe=True))
         else:
-            from core.gradcam import explainer_for_run
+            from core.analysis.gradcam import explainer_for_run
 
             explainer = explainer_for_run(run, layer=args.cam_layer, unsafe=True)
     t0 = time.perf_counter()
@@ -587,8 +596,8 @@ def _interrupted(checkpoint: Path | None) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """``python -m core train``: prints the run id (unless --no-analyze); 130 on Ctrl-C."""
     recipe = recipe_from_args(args)  # bad options fail here, before TensorFlow is imported
-    from core.datasets import load_dataset
-    from core.training import TrainingInterrupted, train_and_analyze
+    from core.data.datasets import load_dataset
+    from core.model.training import TrainingInterrupted, train_and_analyze
 
     dataset = load_dataset(args.data)
     print(f"Data: {dataset!r}", file=sys.stderr)
@@ -618,7 +627,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1. Received: {args.epochs}")
     from core.demo import run_demo
-    from core.training import TrainingInterrupted
+    from core.model.training import TrainingInterrupted
 
     try:
         run = run_demo(store=RunStore(args.store), retrain=args.retrain, time_budget_s=args.time_budget,

@@ -22,7 +22,7 @@ was trained on (same fingerprint); otherwise the demo retrains and says so.
 Without Fashion-MNIST on disk it trains on scikit-learn's 8x8 digits
 (upscaled to 16x16) and says so; that run is named ``digits-demo``.
 
-The UMAP map is computed after the run is written (``core.projection``):
+The UMAP map is computed after the run is written (``core.analysis.projection``):
 in this process, or in a background process with ``background_projection``
 so that the dashboard can open at once.
 
@@ -36,8 +36,8 @@ import platform
 from pathlib import Path
 
 from core.errors import UserError
+from core.model.recipes import Recipe
 from core.progress import Progress, say_function
-from core.recipes import Recipe
 
 DEMO_RUN = "fashion-mnist-demo"
 DIGITS_RUN = "digits-demo"
@@ -98,7 +98,7 @@ def run_demo(*, store, progress: Progress | None = None, retrain: bool = False,
     ``export_to`` imply ``retrain``. ``background_projection`` returns as soon
     as the run is usable, the UMAP map following in a background process.
     """
-    from core.datasets import DatasetError, load_digits, load_fashion_mnist
+    from core.data.datasets import DatasetError, load_digits, load_fashion_mnist
 
     say = say_function(progress or True)  # without a callback, messages go to stderr
     try:
@@ -129,11 +129,11 @@ def run_demo(*, store, progress: Progress | None = None, retrain: bool = False,
 def _analyse_shipped(dataset, folder: Path, record: dict, *, store, progress, say, projection: bool,
                      background_projection: bool):
     """Analyse ``dataset`` with the shipped model (safe-mode load); reuse the run when already made."""
-    from core.analyze import analysis_config, analyze
-    from core.models import file_sha256
-    from core.projection import ensure_projection
-    from core.store import RunCorruptError, RunNotFoundError, RunSchemaError
-    from core.training import assign_splits
+    from core.analysis.projection import ensure_projection
+    from core.model.load import file_sha256
+    from core.model.training import assign_splits
+    from core.run.analyze import analysis_config, analyze
+    from core.run.store import RunCorruptError, RunNotFoundError, RunSchemaError
 
     recipe = record.get("recipe") or {}
     dataset = assign_splits(dataset, val_split=float(recipe.get("val_split", 0.1)),
@@ -161,8 +161,8 @@ def _analyse_shipped(dataset, folder: Path, record: dict, *, store, progress, sa
 
 def _train_and_analyse(dataset, *, run_id: str, size, epochs, time_budget_s, out_dir, export_to, store,
                        progress, say, projection: bool, background_projection: bool):
-    from core.analyze import analyze
-    from core.training import MODELS_DIR, train
+    from core.model.training import MODELS_DIR, train
+    from core.run.analyze import analyze
 
     recipe = demo_recipe(time_budget_s=time_budget_s, epochs=epochs, image_size=size)
     fast_bf16 = cpu_has_fast_bfloat16()
@@ -206,7 +206,7 @@ def export_demo_model(result, folder: str | Path, *, data_fingerprint: str, mixe
     import keras
     import numpy as np
 
-    from core.recipes import build_model
+    from core.model.recipes import build_model
 
     folder = Path(folder)
     if result.dataset.pixels is None or tuple(result.dataset.pixels.shape[1:3]) != tuple(result.image_size):
@@ -244,7 +244,7 @@ def export_demo_model(result, folder: str | Path, *, data_fingerprint: str, mixe
 
 
 def _machine_description() -> dict:
-    from core.runs import library_versions
+    from core.run.write import library_versions
 
     cpu = "?"
     try:

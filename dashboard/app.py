@@ -4,7 +4,7 @@ This script is only the router: page config, navigation with sections, the
 run picker in the sidebar (or the run the address names), the chosen page, the
 image detail the page opened (``gallery``), then the view written to the
 address (``state``). Runs are read from the store at $ARTIFACTS_DIR (default
-``artifacts/``) through ``core.store``.
+``artifacts/``) through ``core.run.store``.
 
 Nothing the browser loads comes from outside the server: the page icon is an
 emoji (a material-symbol favicon would be fetched from fonts.gstatic.com) and
@@ -26,13 +26,18 @@ from core.quiet import quiet_start  # noqa: E402
 quiet_start()  # before anything imports TensorFlow ("Try an image" loads the run's model)
 import streamlit as st  # noqa: E402
 
-from core.store import RunSchemaError, RunStore  # noqa: E402
-from dashboard import cache, gallery, state, ui  # noqa: E402
-from dashboard import attention_ui  # noqa: E402,F401 - registers the attention toggle and detail section
-from dashboard import causes_ui  # noqa: E402,F401 - registers the error cause's section of the image detail
-from dashboard import detail  # noqa: E402,F401 - registers the image detail that runs in the browser
-from dashboard import diagnose_ui  # noqa: E402,F401 - registers the diagnosis caption line of every gallery
-from dashboard import review_ui  # noqa: E402,F401 - registers the verdict caption, slot and history of every gallery
+from core.run.store import RunSchemaError, RunStore  # noqa: E402
+from dashboard import (  # noqa: E402
+    attention_ui,  # noqa: E402,F401 - registers the attention toggle and detail section
+    cache,
+    causes_ui,  # noqa: E402,F401 - registers the error cause's section of the image detail
+    detail,  # noqa: E402,F401 - registers the image detail that runs in the browser
+    diagnose_ui,  # noqa: E402,F401 - registers the diagnosis caption line of every gallery
+    gallery,
+    review_ui,  # noqa: E402,F401 - registers the verdict caption, slot and history of every gallery
+    state,
+    ui,
+)
 
 PAGES = Path(__file__).resolve().parent / "app_pages"  # not "pages/": that name switches Streamlit to its legacy multipage mode
 PAGE_ICON = "🔎"

@@ -1,4 +1,4 @@
-"""Attention maps (Grad-CAM, core.gradcam; occlusion, core.occlusion) in every gallery and in the image detail.
+"""Attention maps (Grad-CAM, core.analysis.gradcam; occlusion, core.analysis.occlusion) in every gallery and in the image detail.
 
 Importing this module registers, through the gallery's hooks:
 
@@ -14,7 +14,7 @@ Importing this module registers, through the gallery's hooks:
   map side by side, per chosen method (two rows for "Both"), with occlusion's cost.
 
 Maps are computed on demand for the page shown only: the first thumbnail of a page
-without a map asks ``core.gradcam.explain_rows`` for every row of that page at once (one
+without a map asks ``core.analysis.gradcam.explain_rows`` for every row of that page at once (one
 batched call; the maps are added to the run's derived kind ``attention_maps`` or
 ``occlusion_maps``), and kept in memory per run and method (``AttentionMemo``).
 Occlusion has a time budget per page (``PAGE_BUDGET_S``): rows left over are said so
@@ -23,7 +23,7 @@ Grad-CAM map (or a Keras model's occlusion map) must be computed; stored maps ar
 without it.
 
 Conventions: maps are float32 (H, W) in [0, 1] at the model's input size, index 0 the
-predicted class and 1 the true class (``core.gradcam.WHICH``).
+predicted class and 1 the true class (``core.analysis.gradcam.WHICH``).
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 import streamlit as st
 
-from core import derived, formats, gradcam, neighbours
-from core.models import ModelError
-from core.store import Run
+from core.analysis import gradcam, neighbours
+from core.model import formats
+from core.model.load import ModelError
+from core.run import derived
+from core.run.store import Run
 from dashboard import cache, gallery, ui, views
 
 NAME = "attention"
@@ -121,7 +123,7 @@ def control(run: Run, key: str) -> None:
 
 
 def _passes() -> int:
-    from core.occlusion import OcclusionConfig
+    from core.analysis.occlusion import OcclusionConfig
 
     return OcclusionConfig().passes_per_image
 
@@ -187,7 +189,7 @@ def row_maps(run: Run, row: int, *, method: str = "gradcam", batch: np.ndarray |
         name, config = gradcam.kind_and_config(method)
         try:
             if method == "occlusion":
-                from core.occlusion import check_occludable
+                from core.analysis.occlusion import check_occludable
 
                 check_occludable(run)
             else:
@@ -306,7 +308,7 @@ def _method_row(run: Run, row: int, method: str) -> None:
 
 
 def _stored_cost(run: Run) -> dict:
-    from core.occlusion import KIND
+    from core.analysis.occlusion import KIND
 
     stored = derived.get(run, KIND, compute=False)
     summary = stored.summary if stored is not None else {}

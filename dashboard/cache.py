@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import metrics, neighbours
-from core.projection import stored_projection
-from core.store import (
+from core.analysis import metrics, neighbours
+from core.analysis.projection import stored_projection
+from core.run.store import (
     MANIFEST,
     PREDICTIONS,
     Run,
@@ -195,7 +195,7 @@ def class_distribution(_run: Run, key: str) -> pd.DataFrame:
 @st.cache_resource(max_entries=8, show_spinner=False)
 def reference_pools(_run: Run, key: str) -> tuple[str, list[np.ndarray]]:
     """The images neighbours are searched among, by true class, and what they are: the training
-    images when the run has a 'train' split, else every image (see ``core.neighbours``)."""
+    images when the run has a 'train' split, else every image (see ``core.analysis.neighbours``)."""
     df = _run.predictions
     rows, kind = neighbours.reference_rows(df["split"].astype(str).to_numpy())
     return kind, neighbours.rows_by_class(df["true"].to_numpy(), rows, n_classes=len(_run.classes))
@@ -212,9 +212,9 @@ def samples_per_class(_run: Run, key: str, per_class: int = 4) -> list[np.ndarra
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def comparison(_a: Run, _b: Run, key_a: str, key_b: str):
-    """Runs A and B compared on the images held out by both (``core.compare.Comparison``), or the
+    """Runs A and B compared on the images held out by both (``core.analysis.compare.Comparison``), or the
     one line saying why they cannot be compared."""
-    from core.compare import ComparisonError, compare
+    from core.analysis.compare import ComparisonError, compare
 
     try:
         return compare(_a, _b)
@@ -224,8 +224,8 @@ def comparison(_a: Run, _b: Run, key_a: str, key_b: str):
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def image_signature(_run: Run, key: str) -> str:
-    """The run's images and labels as one hash, whatever their splits (``core.compare.image_signature``)."""
-    from core.compare import image_signature as signature
+    """The run's images and labels as one hash, whatever their splits (``core.analysis.compare.image_signature``)."""
+    from core.analysis.compare import image_signature as signature
 
     return signature(_run)
 
@@ -236,11 +236,11 @@ def thumbnail(_run: Run, key: str, row: int, size: int) -> tuple[np.ndarray | No
 
     Kept per run key, row and size (at most 1,024 thumbnails, about 40 MB), so a
     rerun decodes nothing. The reason is one line: an image over the pixel limit
-    (refused from its header, see core.images), missing, undecodable or outside
+    (refused from its header, see core.data.images), missing, undecodable or outside
     the data set root.
     """
-    from core.images import read_image
-    from core.images import thumbnail as scaled
+    from core.data.images import read_image
+    from core.data.images import thumbnail as scaled
 
     try:
         file = _run.image_file(row)
@@ -257,9 +257,9 @@ def run_model(_run: Run, key: str):
     """The run's model for single-image predictions (imports TensorFlow on first use).
 
     Loaded in Keras safe mode unless the dashboard's operator listed the file's hash in
-    ``CLASSIFIER_TRUSTED_MODELS`` (``core.trust``; never the run's manifest); a model that can
+    ``CLASSIFIER_TRUSTED_MODELS`` (``core.model.trust``; never the run's manifest); a model that can
     run arbitrary code otherwise raises ModelError, and the refusal (an exception) is not cached."""
-    from core.analyze import load_run_model  # heavy: TensorFlow, only on the "Try an image" page
+    from core.run.analyze import load_run_model  # heavy: TensorFlow, only on the "Try an image" page
 
     return load_run_model(_run)
 
@@ -306,7 +306,7 @@ def label_issues(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
     or stale (never computed here)."""
     if stamp == "none":
         return None
-    from core import derived
+    from core.run import derived
 
     stored = derived.get(_run, "label_issues", compute=False)
     return None if stored is None else stored.table("label_issues")
@@ -317,7 +317,7 @@ def stored_slices(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
     """The stored ``error_slices`` table of slices, or None when it is not stored or stale."""
     if stamp == "none":
         return None
-    from core import derived
+    from core.run import derived
 
     stored = derived.get(_run, "error_slices", compute=False)
     return None if stored is None else stored.table("slices")
@@ -329,7 +329,7 @@ def stored_causes(_run: Run, key: str, stamp: str):
     stored or stale (never computed here)."""
     if stamp == "none":
         return None
-    from core import derived
+    from core.run import derived
 
     stored = derived.get(_run, "causes", compute=False)
     if stored is None:
@@ -342,7 +342,7 @@ def stored_causes(_run: Run, key: str, stamp: str):
 def attention_explainer(_run: Run, key: str):
     """The run's model prepared for Grad-CAM (imports TensorFlow on first use; only when the
     attention toggle is on or the image detail asks). Refusals raise and are not cached."""
-    from core.gradcam import explainer_for_run
+    from core.analysis.gradcam import explainer_for_run
 
     return explainer_for_run(_run)
 
@@ -396,8 +396,8 @@ def diagnose_rows(_run: Run, key: str, stamp: str) -> pd.DataFrame | None:
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def diagnose_declared(_run: Run, key: str, stamp: str) -> dict:
-    """``{kind: Findings}`` of the stored results that declare findings (``core.derived.all_findings``)."""
-    from core import derived
+    """``{kind: Findings}`` of the stored results that declare findings (``core.run.derived.all_findings``)."""
+    from core.run import derived
 
     return derived.all_findings(_run)
 

@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from core.diagnose.causes import CAPTION_WORDS, CAUSES, pair_mix_lines
-from core.store import Run
+from core.run.store import Run
 from dashboard import cache, gallery, ui
 
 NAME = "causes"

@@ -43,9 +43,9 @@ from collections.abc import Sequence
 import numpy as np
 import streamlit as st
 
-from core import neighbours
+from core.analysis import neighbours
 from core.review.verdicts import MAX_NOTE, ReviewError
-from core.store import Run
+from core.run.store import Run
 from dashboard import cache, gallery, review_queue, review_ui, state, ui, views
 
 AHEAD = 24  # images sent after the page's last (←/→ past the page's end, the next page's first images)
@@ -472,7 +472,7 @@ def _png_url(img: np.ndarray) -> str:
     """An RGB or gray uint8 image as a data URL: PNG (exact pixels; ``encode_png`` takes RGB), or
     JPEG for a colour photo over ``JPEG_OVER_PX`` px (a page sends some 50 detail images: a noisy
     320-px photo is 240 kB as PNG in base64, 25 kB as JPEG)."""
-    from core.images import encode_png
+    from core.data.images import encode_png
 
     img = np.ascontiguousarray(img)
     if img.ndim == 3 and img.shape[2] == 3 and max(img.shape[:2]) > JPEG_OVER_PX:
@@ -487,7 +487,7 @@ def _png_url(img: np.ndarray) -> str:
 def _detail_pixels(run: Run, row: int, size: int = gallery.DETAIL_PX) -> tuple[np.ndarray | None, str | None]:
     """Row ``row``'s image at most ``size`` px on its long side (a smaller one keeps its size: the
     page enlarges it, crisp), or (None, why not in one line)."""
-    from core.images import read_image, thumbnail
+    from core.data.images import read_image, thumbnail
 
     try:
         file = run.image_file(row)

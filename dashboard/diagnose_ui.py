@@ -23,11 +23,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import derived, diagnose
+from core import diagnose
 from core.diagnose import findings as finding_data
 from core.diagnose.calibration import CONFIDENT  # noqa: F401 - the Diagnose page's caption quotes it
 from core.errors import UserError
-from core.store import Run
+from core.run import derived
+from core.run.store import Run
 from dashboard import cache, gallery, state, ui
 
 SKIPPED_KEY = "diagnose-skipped"  # {run scope: {kind: reason}} from the last "Compute diagnoses"

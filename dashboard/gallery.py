@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import streamlit as st
 
-from core import neighbours
-from core.store import Run
+from core.analysis import neighbours
+from core.run.store import Run
 from dashboard import cache, figures, state, ui, views
 from dashboard.state import DETAIL_KEY, IMG_PARAM, close_detail  # noqa: F401 - part of this module's API
 

@@ -41,7 +41,7 @@ import numpy as np
 import streamlit as st
 
 from core.review.verdicts import MAX_NOTE, VERDICTS, ReviewError, Verdict
-from core.store import Run
+from core.run.store import Run
 from dashboard import cache, gallery, review_ui, ui, views
 
 WINDOW = 32  # images without a verdict sent ahead of the position (where the verdict keys go)
@@ -421,7 +421,7 @@ def image_url(run: Run, row: int) -> tuple[str | None, str | None]:
 
 @st.cache_data(max_entries=4096, show_spinner=False)
 def _image_url(_run: Run, key: str, row: int) -> tuple[str | None, str | None]:
-    from core.images import encode_png, read_image, thumbnail
+    from core.data.images import encode_png, read_image, thumbnail
 
     try:
         file = _run.image_file(row)

@@ -29,7 +29,7 @@ from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_r
 from core.diagnose.causes import CAPTION_WORDS, CAUSES
 from core.review.export import corrections_csv
 from core.review.verdicts import MAX_NOTE, MAX_REVIEWER, VERDICTS, ReviewError, default_reviewer
-from core.store import Run
+from core.run.store import Run
 from dashboard import cache, causes_ui, gallery, state, ui, views
 
 REVIEWER_KEY = "reviewer-name"

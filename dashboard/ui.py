@@ -16,12 +16,11 @@ shown before when the run changes (switched in the picker, deleted or re-made).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import streamlit as st
 
-from core.store import Run, RunStore, RunSummary
+from core.run.store import Run, RunStore, RunSummary
 from dashboard import cache, state, views
 
 RUN_KEY = "run_id"

@@ -170,7 +170,7 @@ def errors_csv(run, rows: np.ndarray, *, min_confidence: float = 0.0) -> bytes:
     With no class filter and the confidence range [m, 1] it is byte for byte
     ``python -m core errors RUN --min-confidence m``.
     """
-    from core.reports import errors_table
+    from core.report.tables import errors_table
 
     table = errors_table(run, min_confidence=min_confidence)
     table = table[np.isin(table["id"].to_numpy(), rows)].reset_index(drop=True)

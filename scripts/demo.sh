@@ -15,7 +15,7 @@ if [ ! -f "$store/fashion-mnist-demo/manifest.json" ]; then
   .venv/bin/python -m core demo --background-projection
 else
   # starts the map again if an earlier one was cut short (a run with its map is left alone)
-  .venv/bin/python -m core.projection --background "$store/fashion-mnist-demo"
+  .venv/bin/python -m core.analysis.projection --background "$store/fashion-mnist-demo"
 fi
 if [ "$check" = 0 ]; then
   exec .venv/bin/streamlit run dashboard/app.py "$@"

@@ -34,6 +34,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install "${pip_output[@]}" --upgrade pip
   .venv/bin/python -m pip install "${pip_output[@]}" -r requirements-test.txt
   echo "setup: compiling the map's numba functions into their on-disk cache (once, a few seconds)" >&2
-  .venv/bin/python -m core.projection --warm-up
+  .venv/bin/python -m core.analysis.projection --warm-up
   echo "$want" > "$stamp"
 fi

@@ -1,6 +1,6 @@
 """Diagnoses: why each error happens (label issues, calibration, duplicates, odd images, slices).
 
-Each diagnosis is a derived kind (``core.derived``) registered by a module of
+Each diagnosis is a derived kind (``core.run.derived``) registered by a module of
 this package; ``DIAGNOSES`` lists the kinds that ``python -m core diagnose``
 computes, in order. ``run_diagnoses`` computes (or reads back) every one of
 them for a run; ``write_findings`` writes each stored table as a CSV.
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from core import derived
 from core.errors import UserError, first_line
 from core.progress import Progress, say_function
-from core.store import ReadOnlyStoreError, Run
+from core.run import derived
+from core.run.store import ReadOnlyStoreError, Run
 
 DIAGNOSES: tuple[str, ...] = (
     "calibration",
@@ -35,7 +35,7 @@ DIAGNOSES: tuple[str, ...] = (
 
 
 def load_kinds() -> None:
-    """Register every kind (``core.derived.load_kinds``: this package's modules among them)."""
+    """Register every kind (``core.run.derived.load_kinds``: this package's modules among them)."""
     derived.load_kinds()
 
 

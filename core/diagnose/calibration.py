@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core import derived
 from core.diagnose.findings import Card, Findings
 from core.errors import UserError
 from core.progress import Progress
-from core.store import Run
+from core.run import derived
+from core.run.store import Run
 
 _LOG_FLOOR = np.log(np.finfo(np.float32).tiny)  # log(0) of a float32 probability that underflowed
 

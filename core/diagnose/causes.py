@@ -104,12 +104,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core import derived
+from core.analysis.neighbours import neighbour_inputs, unit_rows
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings
 from core.errors import UserError
-from core.neighbours import neighbour_inputs, unit_rows
 from core.progress import Progress
-from core.store import Run
+from core.run import derived
+from core.run.store import Run
 
 CAUSES = ("label", "model", "ambiguous", "atypical", "copy", "undetermined")
 CAUSE_WORDS = {

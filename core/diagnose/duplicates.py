@@ -82,12 +82,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core import derived
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings, plural, unique_rows
 from core.diagnose.properties import ImageScanConfig, load_scan
 from core.errors import UserError
 from core.progress import Progress
-from core.store import Run
+from core.run import derived
+from core.run.store import Run
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 FLIPS = ("", "h", "v")

@@ -1,6 +1,6 @@
 """What a diagnosis kind shows, declared as plain data in ``core``.
 
-A derived kind (``core.derived``) may declare ``findings(run, stored) ->
+A derived kind (``core.run.derived``) may declare ``findings(run, stored) ->
 Findings``: the *cards* of the Diagnose page and the report (one finding each,
 with the rows of the images behind it), the *per-image columns* it adds to
 the Errors table, galleries and CSVs, the *caption* lines of an image, and the

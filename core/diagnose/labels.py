@@ -49,12 +49,12 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from core import derived
+from core.analysis.neighbours import neighbour_inputs, unit_rows
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings
 from core.errors import UserError
-from core.neighbours import neighbour_inputs, unit_rows
 from core.progress import Progress
-from core.store import Run
+from core.run import derived
+from core.run.store import Run
 
 METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
 FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")

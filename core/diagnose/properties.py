@@ -45,11 +45,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core import derived
 from core.diagnose.findings import Card, Findings
 from core.errors import UserError
 from core.progress import Progress
-from core.store import Run
+from core.run import derived
+from core.run.store import Run
 
 PROPERTY_SIZE = 256  # long side at which brightness, contrast and blur are measured
 SCAN_CHUNK = 256  # rows per task of the thread pool
@@ -183,7 +183,7 @@ _PROPERTY_COLUMNS = ("brightness", "contrast", "blur", "height", "width", "size"
 
 def _decode_row(run: Run, row: int) -> tuple[np.ndarray | None, str | None]:
     """Pixels of ``row`` (as ``run.image``), or None and why not."""
-    from core.images import read_image
+    from core.data.images import read_image
 
     try:
         if run.data_root is None or run.data_info.images_in_run:

@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core import derived
+from core.analysis.projection import stored_projection
 from core.diagnose.findings import Card, Column, Filter, Findings
 from core.errors import UserError, first_line
 from core.progress import Progress, slug
-from core.projection import stored_projection
-from core.store import Run
+from core.run import derived
+from core.run.store import Run
 
 SLICE_COLUMNS = ["slice_id", "name", "n", "errors", "error_rate", "expected_rate", "lift", "excess_errors",
                  "top_pairs", "properties", "radius"]

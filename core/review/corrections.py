@@ -77,7 +77,7 @@ def read_corrections(file: str | os.PathLike, *, max_rows: int | None = None) ->
 
 
 def apply_corrections(dataset, corrections: Corrections):
-    """``dataset`` (a ``core.datasets.ImageDataset``) relabelled and with excluded rows dropped.
+    """``dataset`` (a ``core.data.datasets.ImageDataset``) relabelled and with excluded rows dropped.
 
     Paths are matched after normalisation against the data root
     (``canonical_path``). Returns ``(dataset, record)``; ``record`` is what the

@@ -65,7 +65,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import UserError
-from core.store import DataInfo, RunStore
+from core.run.store import DataInfo, RunStore
 
 VERDICTS = ("model-wrong", "label-wrong", "ambiguous", "exclude")
 

@@ -3,7 +3,7 @@
 Runs A and B are chosen on this page (``a=``/``b=`` in the URL), by default the
 most recent pair of readable runs made on the same images with the same
 classes (the older as A), whatever split each run put an image in. The numbers
-come from ``core.compare`` (as ``python -m core compare``): the runs are
+come from ``core.analysis.compare`` (as ``python -m core compare``): the runs are
 compared on the images held out by both. Deltas are B - A. A flip is a compared
 image whose correctness changed: fixed by B (wrong in A, right in B) or broken
 by B (right in A, wrong in B), grouped by the confusion cell of the wrong
@@ -21,8 +21,8 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
-from core.compare import FIXED, flip_cells
-from core.store import RunStore
+from core.analysis.compare import FIXED, flip_cells
+from core.run.store import RunStore
 from dashboard import cache, figures, gallery, state, ui, views
 
 ALL = "all flips"

@@ -14,7 +14,7 @@ detail; plotly's zoom and pan tools are off because they would only stretch
 the picture.
 
 The map is a derived analysis computed after the run is usable
-(``core.projection``): while it is computed the page says so and looks again
+(``core.analysis.projection``): while it is computed the page says so and looks again
 every few seconds. The view (colouring, split, classes, window, selection,
 gallery page) is in the URL.
 """
@@ -28,7 +28,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import projection as core_projection
+from core.analysis import projection as core_projection
 from dashboard import cache, figures, gallery, mapview, state, ui, views
 
 POINT_CAP = 20_000

@@ -121,7 +121,7 @@ def training_ui(run) -> None:
 
 def report_ui(run) -> None:
     """The run's error-analysis report, the bytes of ``python -m core report RUN --html FILE``, built on click."""
-    from core.report import DEFAULT_MAX_IMAGES, report_html_bytes
+    from core.report.document import DEFAULT_MAX_IMAGES, report_html_bytes
 
     st.download_button("Download report", lambda: report_html_bytes(run), file_name=f"report_{run.id}.html",
                        mime="text/html", key="download-report", icon=":material/description:",

@@ -12,8 +12,8 @@ from functools import partial
 
 import streamlit as st
 
-from core.metrics import confused_pairs
-from core.store import RunCorruptError
+from core.analysis.metrics import confused_pairs
+from core.run.store import RunCorruptError
 from dashboard import cache, gallery, review_ui, state, ui, views
 
 WORST_SHARE = 0.1  # flag the lowest-F1 tenth of the classes (at least one)

@@ -1,6 +1,6 @@
 """Try an image: upload a picture and get the run model's top-3 classes.
 
-The only page that may import TensorFlow, through ``core.analyze`` and only
+The only page that may import TensorFlow, through ``core.run.analyze`` and only
 once a valid image is uploaded and the run's model file exists.
 
 An upload is untrusted: its byte size, its format (by content) and its pixel
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
+from core.data.images import MAX_UPLOAD_BYTES, decode_bytes, max_pixels_limit, thumbnail, upload_problem
 from core.errors import UserError
-from core.images import MAX_UPLOAD_BYTES, decode_bytes, max_pixels_limit, thumbnail, upload_problem
 from dashboard import cache, figures, ui, views
 
 

@@ -7,7 +7,7 @@ import importlib.util
 import streamlit as st
 
 from core.errors import UserError
-from core.store import RunStore
+from core.run.store import RunStore
 from dashboard import cache, ui
 
 ANALYZE_COMMAND = "python -m core analyze --model PATH --data PATH"

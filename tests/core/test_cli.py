@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from core.cli import main
-from core.store import RunStore
-from core.synthetic import make_synthetic_run
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run
 from tests.conftest import write_image
 
 REPO = Path(__file__).resolve().parents[2]
@@ -134,8 +134,8 @@ def test_runs_and_train_help_import_neither_tensorflow_nor_keras(tmp_path):
 
 
 def test_runs_lists_a_broken_run_with_its_reason_and_report_names_the_file(tmp_path, capsys):
-    from core.store import RunStore
-    from core.synthetic import make_synthetic_run
+    from core.run.store import RunStore
+    from core.run.synthetic import make_synthetic_run
 
     store = RunStore(tmp_path)
     make_synthetic_run(store, "fine", n=20, with_images=False, history=False)

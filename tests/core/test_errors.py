@@ -7,7 +7,7 @@ import pytest
 
 from core import cli
 from core.errors import UserError, debug_enabled, first_line
-from core.store import RunNotFoundError
+from core.run.store import RunNotFoundError
 
 
 def _failing(exc: BaseException):

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.images import encode_png
-from core.projection import stored_projection
-from core.reports import ERROR_COLUMNS
-from core.store import RunStore
-from core.synthetic import make_synthetic_run
+from core.analysis.projection import stored_projection
+from core.data.images import encode_png
+from core.report.tables import ERROR_COLUMNS
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run
 from dashboard import ui, views
 from tests.dashboard import apptest
 from tests.dashboard.apptest import APP, TIMEOUT, artifacts_dir, unescape
@@ -343,9 +343,9 @@ def test_unfiltered_errors_csv_is_the_cli_file(store, served, tmp_path):
 def test_compare_pairs_runs_on_the_same_images_whose_splits_differ(tmp_path):
     """Two runs of the same images and labels, each with its own split (another seed): the page opens on
     them, never says that no two runs share their images, and compares them on the images both hold out."""
-    from core.compare import compare
-    from core.runs import write_run
-    from core.synthetic import synthetic_arrays
+    from core.analysis.compare import compare
+    from core.run.synthetic import synthetic_arrays
+    from core.run.write import write_run
 
     local = RunStore(tmp_path / "store")
     arrays = synthetic_arrays(400, 4, seed=5)
@@ -373,9 +373,9 @@ def test_compare_pairs_runs_on_the_same_images_whose_splits_differ(tmp_path):
 @pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_compare_opens_on_runs_that_share_only_some_images(tmp_path):
     """No two runs hold the same images, but two share 200: the page pairs them and says what it compares."""
-    from core.compare import compare
-    from core.runs import write_run
-    from core.synthetic import synthetic_arrays
+    from core.analysis.compare import compare
+    from core.run.synthetic import synthetic_arrays
+    from core.run.write import write_run
 
     local = RunStore(tmp_path / "store")
     arrays = synthetic_arrays(400, 3, seed=1)

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import derived, gradcam
-from core.store import RunStore
-from core.synthetic import make_synthetic_run
+from core.analysis import gradcam
+from core.run import derived
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run
 from dashboard import attention_ui, gallery
 from tests.dashboard.apptest import TIMEOUT, artifacts_dir, unescape
 
@@ -38,8 +39,8 @@ def _cnn(seed: int = 1):
 
 
 def _analysed_store(base: Path) -> RunStore:
-    from core.analyze import analyze
-    from core.datasets import load_dataset
+    from core.data.datasets import load_dataset
+    from core.run.analyze import analyze
     from tests.conftest import CLASS_COLOURS, write_image
 
     root = base / "images"

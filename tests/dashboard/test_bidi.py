@@ -10,8 +10,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from core.store import RunStore
-from core.synthetic import make_synthetic_run
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run
 from dashboard import ui
 from tests.dashboard.apptest import artifacts_dir, open_page
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import derived
 from core.diagnose.causes import CAPTION_WORDS
-from core.store import RunStore
-from core.synthetic import make_synthetic_run
+from core.run import derived
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run
 from dashboard import review_ui
 from tests.dashboard.apptest import APP, TIMEOUT, artifacts_dir, unescape
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.store import RunStore
-from core.synthetic import make_synthetic_run
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run
 from dashboard import detail
 from tests.dashboard.apptest import TIMEOUT, artifacts_dir, unescape
 

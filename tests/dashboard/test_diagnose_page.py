@@ -19,10 +19,10 @@ from streamlit.testing.v1 import AppTest
 
 from core import diagnose
 from core.diagnose.properties import finding_rows
-from core.config import AnalysisConfig
-from core.runs import write_run
-from core.store import RunStore
-from core.synthetic import make_synthetic_run, synthetic_arrays
+from core.run.config import AnalysisConfig
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run, synthetic_arrays
+from core.run.write import write_run
 from dashboard import diagnose_ui, figures, ui
 from tests.dashboard import apptest
 from tests.dashboard.apptest import APP, artifacts_dir, open_address
@@ -217,8 +217,8 @@ def test_errors_page_filters_on_copy_in_train_and_label_issue(store):
 
 @pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_folder_run_diagnoses_in_the_page(tmp_path, image_tree, tiny_model_path):
-    from core.analyze import analyze
-    from core.datasets import load_dataset
+    from core.data.datasets import load_dataset
+    from core.run.analyze import analyze
 
     store = RunStore(tmp_path / "store")
     analyze(tiny_model_path, load_dataset(image_tree), store=store, run_id="folder", progress=False,
@@ -237,7 +237,7 @@ def test_folder_run_diagnoses_in_the_page(tmp_path, image_tree, tiny_model_path)
 
 LIGHT = """
 import os, sys
-from core.store import RunStore
+from core.run.store import RunStore
 from streamlit.testing.v1 import AppTest
 os.environ["ARTIFACTS_DIR"] = sys.argv[1]
 at = AppTest.from_file(sys.argv[2], default_timeout=60).run()
@@ -267,7 +267,7 @@ SLICE_CLASSES = ["shirt", "t-shirt", "coat"]
 
 
 def sliced_run(store: RunStore, run_id: str):
-    """900 'test' images of 3 classes (as tests/core/test_slices.py): 60 shirts sit apart in embedding
+    """900 'test' images of 3 classes (as tests/core/diagnose/test_slices.py): 60 shirts sit apart in embedding
     space and are darker, and 42 of them are called t-shirt; 30 other mistakes are scattered.
     Returns (run, the 60 odd shirts' rows)."""
     rng = np.random.default_rng(0)

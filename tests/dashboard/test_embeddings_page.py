@@ -1,6 +1,6 @@
 """The Embeddings page while the map is missing, being computed, then ready; and beyond 20,000 points.
 
-"derived" is a run whose map is a derived analysis not computed yet (core.projection);
+"derived" is a run whose map is a derived analysis not computed yet (core.analysis.projection);
 "big" has 30,000 points (about 22,500 in its train split), more than the page draws one by one.
 """
 
@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import jobs
-from core import projection as core_projection
-from core.config import AnalysisConfig, ProjectionConfig
-from core.projection import stored_projection
-from core.runs import write_run
-from core.store import RunStore
-from core.synthetic import make_synthetic_run, synthetic_arrays
+from core.analysis import projection as core_projection
+from core.analysis.projection import stored_projection
+from core.run import jobs
+from core.run.config import AnalysisConfig, ProjectionConfig
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run, synthetic_arrays
+from core.run.write import write_run
 from dashboard import gallery, mapview
 from tests.dashboard.apptest import artifacts_dir, open_address, unescape
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from core import diagnose
-from core.store import RunStore
+from core.run.store import RunStore
 from dashboard import ui
 from tests.dashboard.apptest import artifacts_dir, open_address, open_page, unescape
 from tests.dashboard.test_diagnose_page import planted_run, sliced_run

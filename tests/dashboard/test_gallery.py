@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import neighbours
-from core.runs import write_run
-from core.store import RunStore
-from core.synthetic import make_synthetic_run, synthetic_arrays
+from core.analysis import neighbours
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run, synthetic_arrays
+from core.run.write import write_run
 from dashboard import gallery, ui
 from tests.dashboard.apptest import TIMEOUT, artifacts_dir, unescape
 

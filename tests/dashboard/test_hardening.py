@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import metrics
-from core.images import encode_png
-from core.runs import write_run
-from core.store import RunStore
-from core.synthetic import make_synthetic_run, synthetic_arrays
+from core.analysis import metrics
+from core.data.images import encode_png
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run, synthetic_arrays
+from core.run.write import write_run
 from dashboard import views
 from tests.dashboard.apptest import APP, TIMEOUT, artifacts_dir, unescape
 
@@ -148,7 +148,7 @@ def test_a_missing_per_class_table_is_one_line_on_the_pages_that_need_it(store, 
     for page in PAGES:
         visit(at, page)
         errors = [unescape(e.value) for e in at.error]
-        if page == "per_class":  # Compare computes its per-class deltas from the predictions (core.compare)
+        if page == "per_class":  # Compare computes its per-class deltas from the predictions (core.analysis.compare)
             assert len(errors) == 1 and "per_class.csv" in errors[0], (page, errors)
         else:
             assert not errors, (page, errors)
@@ -186,7 +186,7 @@ def test_a_manifest_value_of_the_wrong_type_stops_only_that_page_with_one_line(t
         errors = [unescape(e.value) for e in at.error]
         if page == "overview":
             assert len(errors) == 1 and errors[0].startswith("This page cannot show run 'odd': "), errors
-        else:  # Compare's metrics come from the predictions (core.compare), not the manifest
+        else:  # Compare's metrics come from the predictions (core.analysis.compare), not the manifest
             assert not errors, (page, errors)
 
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from core.store import MANIFEST, RunStore
-from core.synthetic import make_synthetic_run
+from core.run.store import MANIFEST, RunStore
+from core.run.synthetic import make_synthetic_run
 from tests.dashboard import apptest
 from tests.dashboard.apptest import artifacts_dir, unescape
 

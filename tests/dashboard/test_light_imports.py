@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = """
 import os, sys
-from core.store import RunStore
-from core.synthetic import make_synthetic_run
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run
 from streamlit.testing.v1 import AppTest
 os.environ["ARTIFACTS_DIR"] = sys.argv[1]
 store = RunStore(sys.argv[1])

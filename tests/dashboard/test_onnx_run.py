@@ -1,6 +1,6 @@
 """Every dashboard page on a run of an ONNX model, and on a run imported from predictions.
 
-Run "onnx" is the tiny ONNX classifier of tests/core/test_onnx.py on 12 PNGs of 3 classes
+Run "onnx" is the tiny ONNX classifier of tests/core/model/test_onnx.py on 12 PNGs of 3 classes
 (its UMAP map made by a stand-in for ``project``: UMAP itself is tested elsewhere); run
 "imported" is the same predictions imported from an .npz, so the two can be compared.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import projection as projection_module
-from core.analyze import analyze, load_run_model
-from core.datasets import load_dataset
-from core.images import decode_bytes, encode_png
-from core.importer import import_predictions
-from core.store import RunStore
+from core.analysis import projection as projection_module
+from core.data.datasets import load_dataset
+from core.data.images import decode_bytes, encode_png
+from core.run.analyze import analyze, load_run_model
+from core.run.importer import import_predictions
+from core.run.store import RunStore
 from tests.conftest import CLASS_COLOURS, write_image
-from tests.core.test_onnx import make_onnx_classifier
+from tests.core.model.test_onnx import make_onnx_classifier
 from tests.dashboard.apptest import artifacts_dir, open_page, unescape
 
 pytest.importorskip("onnxruntime")

@@ -17,11 +17,12 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import cli, derived
+from core import cli
 from core.review.reviewed import RunReview
 from core.review.verdicts import ReviewError
-from core.store import RunStore
-from core.synthetic import make_synthetic_run
+from core.run import derived
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run
 from dashboard import gallery, review_queue, review_ui
 from tests.dashboard.apptest import APP, TIMEOUT, unescape
 

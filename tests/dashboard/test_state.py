@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from core.store import RunStore
-from core.synthetic import make_synthetic_run
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run
 from dashboard import state, ui, views
 from tests.dashboard.apptest import artifacts_dir, open_address, unescape
 

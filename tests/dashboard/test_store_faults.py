@@ -18,7 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard import cache, review_ui
-from tests.core.test_read_only_store import make_reviewed_store
+from tests.core.run.test_read_only_store import make_reviewed_store
 from tests.dashboard.apptest import APP, TIMEOUT, artifacts_dir, unescape
 from tests.readonly import read_only
 

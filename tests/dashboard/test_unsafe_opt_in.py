@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.store import RunStore
-from core.trust import ENV_TRUSTED
+from core.model.trust import ENV_TRUSTED
+from core.run.store import RunStore
 from tests.dashboard.apptest import APP, TIMEOUT, artifacts_dir, unescape
 
 
@@ -39,9 +39,9 @@ def _lambda_cnn(marker):
 
 @pytest.fixture(scope="module")
 def tampered(tmp_path_factory):
-    from core.analyze import analyze
-    from core.datasets import load_dataset
-    from core.models import file_sha256
+    from core.data.datasets import load_dataset
+    from core.model.load import file_sha256
+    from core.run.analyze import analyze
     from tests.conftest import CLASS_COLOURS, write_image
 
     base = tmp_path_factory.mktemp("unsafe")
@@ -110,7 +110,7 @@ def test_a_tampered_manifest_enables_no_unsafe_load_in_any_dashboard_path(tamper
                 assert not marker.exists()
 
             # the control: the operator trusts the file's hash (a list outside the store) and restarts
-            from core.models import file_sha256
+            from core.model.load import file_sha256
 
             trusted = base / "trusted.txt"
             trusted.write_text(file_sha256(model_path) + "\n")

@@ -19,11 +19,11 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-import core.images
-from core.runs import write_run
-from core.store import RunStore
+import core.data.images
+from core.run.store import RunStore
+from core.run.write import write_run
 from tests.conftest import write_image
-from tests.core.test_images import BOMB_REASON, png_bytes
+from tests.core.data.test_images import BOMB_REASON, png_bytes
 from tests.dashboard import apptest
 from tests.dashboard.apptest import APP, artifacts_dir, unescape
 
@@ -62,13 +62,13 @@ def open_page(page: str) -> AppTest:
 def test_gallery_names_the_refused_image_and_reruns_decode_nothing(store, monkeypatch):
     st.cache_data.clear()
     decoded = []
-    read_image = core.images.read_image
+    read_image = core.data.images.read_image
 
     def counting_read_image(path, **kwargs):
         decoded.append(Path(path).name)
         return read_image(path, **kwargs)
 
-    monkeypatch.setattr(core.images, "read_image", counting_read_image)
+    monkeypatch.setattr(core.data.images, "read_image", counting_read_image)
     at = open_page("confusion")
     notes = [unescape(c.value) for c in at.caption if "image unavailable" in c.value]
     bomb = Path(RunStore(store).load("files").data_root) / "cat" / "big.png"
@@ -121,7 +121,7 @@ def test_the_bomb_in_a_gallery_and_as_an_upload_keeps_the_server_under_1_5_gb(tm
         from pathlib import Path
         from streamlit.testing.v1 import AppTest
         from tests.dashboard.test_uploads import make_file_run
-        from tests.core.test_images import png_bytes
+        from tests.core.data.test_images import png_bytes
         make_file_run(Path({str(tmp_path / "store")!r}), Path({str(tmp_path / "data")!r}))
         os.environ["ARTIFACTS_DIR"] = {str(tmp_path / "store")!r}
         at = AppTest.from_file({APP!r}, default_timeout=120).run()

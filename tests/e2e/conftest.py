@@ -34,8 +34,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def e2e_store(tmp_path_factory):
-    from core.store import RunStore
-    from core.synthetic import make_synthetic_run
+    from core.run.store import RunStore
+    from core.run.synthetic import make_synthetic_run
 
     root = tmp_path_factory.mktemp("e2e-store")
     store = RunStore(root)

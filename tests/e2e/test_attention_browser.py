@@ -25,8 +25,8 @@ def _many_classes(store, n_classes: int) -> None:
     """Run f"cnn{n_classes}": an untrained small CNN on 2 coloured 20x20 PNGs per class."""
     import keras
 
-    from core.analyze import analyze
-    from core.datasets import load_dataset
+    from core.data.datasets import load_dataset
+    from core.run.analyze import analyze
     from tests.conftest import write_image
 
     base = store.root.parent / f"data{n_classes}"
@@ -54,7 +54,8 @@ def store(tmp_path_factory):
 
 
 def test_toggle_overlays_thumbnails_and_the_detail_shows_both_maps(url, store, page):
-    from core import derived, gradcam
+    from core.analysis import gradcam
+    from core.run import derived
     from dashboard import attention_ui
 
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import metrics
+from core.analysis import metrics
 
 pytestmark = pytest.mark.browser
 

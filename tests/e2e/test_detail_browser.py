@@ -21,8 +21,8 @@ OPEN = ".gd-overlay.open"
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from core.store import RunStore
-    from core.synthetic import make_synthetic_run
+    from core.run.store import RunStore
+    from core.run.synthetic import make_synthetic_run
 
     store = RunStore(tmp_path_factory.mktemp("e2e-detail"))
     make_synthetic_run(store, "c10", n=2_000, n_classes=10, seed=4, accuracy=0.75)

@@ -24,9 +24,9 @@ SHOTS = Path(os.environ.get("DIAGNOSE_SHOTS", "/tmp/shots_diagnose"))
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, image_tree_module, tiny_model_path):
     from core import diagnose
-    from core.analyze import analyze
-    from core.datasets import load_dataset
-    from core.store import RunStore
+    from core.data.datasets import load_dataset
+    from core.run.analyze import analyze
+    from core.run.store import RunStore
 
     store = RunStore(tmp_path_factory.mktemp("e2e-diagnose"))
     planted_run(store, "fashion", n=2_000, n_classes=10, class_names=FASHION)

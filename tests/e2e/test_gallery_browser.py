@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 
-from core.projection import stored_projection
+from core.analysis.projection import stored_projection
 
 pytestmark = pytest.mark.browser
 
@@ -21,8 +21,8 @@ FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shi
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from core.store import RunStore
-    from core.synthetic import make_synthetic_run
+    from core.run.store import RunStore
+    from core.run.synthetic import make_synthetic_run
 
     store = RunStore(tmp_path_factory.mktemp("e2e-issue9"))
     make_synthetic_run(store, "c120", n=3_000, n_classes=120, seed=5, accuracy=0.8)

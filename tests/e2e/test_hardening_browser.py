@@ -31,9 +31,9 @@ FORBIDDEN_DOM = """() => {
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from core.runs import write_run
-    from core.store import RunStore
-    from core.synthetic import make_synthetic_run, synthetic_arrays
+    from core.run.store import RunStore
+    from core.run.synthetic import make_synthetic_run, synthetic_arrays
+    from core.run.write import write_run
 
     store = RunStore(tmp_path_factory.mktemp("e2e-hardening"))
     make_synthetic_run(store, "alpha", n=600, n_classes=6, seed=7,
@@ -110,7 +110,7 @@ def test_overview_has_its_own_address_and_nothing_is_fetched_from_elsewhere(url,
 
 
 def test_switching_runs_shows_the_new_runs_cell_in_the_boxes(url, store, page):
-    from core import metrics
+    from core.analysis import metrics
     from dashboard import views
 
     page.goto(f"{url}/confusion")
@@ -211,4 +211,4 @@ def test_hostile_strings_in_the_detail_in_the_page_are_text(url, store, page):
     assert len(names) == 4 and any(n.startswith(INJECT) for n in names), names  # 4 classes: all of them
     assert any(n.startswith("**bold**") for n in names) and any(n.startswith(EVIL) for n in names), names
     options = detail.locator(".gd-class option").all_inner_texts()
-    assert f"0 · {INJECT}" in options and f"2 · **bold**" in options
+    assert f"0 · {INJECT}" in options and "2 · **bold**" in options

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from core.diagnose import run_diagnoses
-from core.report import build_report, render_html
-from core.store import RunStore
-from core.synthetic import make_synthetic_run
+from core.report.document import build_report, render_html
+from core.run.store import RunStore
+from core.run.synthetic import make_synthetic_run
 
 pytestmark = pytest.mark.browser
 

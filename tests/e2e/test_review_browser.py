@@ -67,8 +67,8 @@ def open_queue(context, url: str, run_id: str):
 def test_verdicts_shown_saved_survive_kill_9_and_pending_ones_are_sent_again(browser, tmp_path):
     from core import cli
     from core.review.reviewed import RunReview
-    from core.store import RunStore
-    from core.synthetic import make_synthetic_run
+    from core.run.store import RunStore
+    from core.run.synthetic import make_synthetic_run
 
     store = RunStore(tmp_path / "store")
     run = make_synthetic_run(store, "r10", n=600, n_classes=10, seed=4, accuracy=0.75)
@@ -126,8 +126,8 @@ def test_verdicts_shown_saved_survive_kill_9_and_pending_ones_are_sent_again(bro
 
 def test_eight_sessions_marking_at_once_lose_no_verdict(browser, tmp_path):
     from core.review.reviewed import RunReview
-    from core.store import RunStore
-    from core.synthetic import make_synthetic_run
+    from core.run.store import RunStore
+    from core.run.synthetic import make_synthetic_run
 
     store = RunStore(tmp_path / "store")
     run = make_synthetic_run(store, "c120", n=3000, n_classes=120, seed=5, accuracy=0.8)
@@ -169,8 +169,8 @@ def test_the_first_verdict_made_while_one_is_on_its_way_goes_at_once_and_later_o
     follow-up the server answers with the same run; a third waits for an answer, so at most one run
     is interrupted per answer. Every verdict ends saved, each stored once."""
     from core.review.reviewed import RunReview
-    from core.store import RunStore
-    from core.synthetic import make_synthetic_run
+    from core.run.store import RunStore
+    from core.run.synthetic import make_synthetic_run
 
     store = RunStore(tmp_path / "store")
     run = make_synthetic_run(store, "r", n=400, n_classes=5, seed=6, accuracy=0.7)

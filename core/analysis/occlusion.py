@@ -1,0 +1,240 @@
+"""Occlusion sensitivity: attention maps for any model (ONNX, SavedModel, Keras), cached in the run.
+
+Zeiler & Fergus (2014): hide one patch of the image at a time and see how much the
+model's probability for a class drops. The image is cut into ``grid`` x ``grid`` cells;
+a patch is ``patch`` x ``patch`` cells and slides by one cell, so there are
+``(grid - patch + 1)^2`` occluded copies per image (36 by default) plus the image itself.
+A hidden patch is filled with the image's mean colour (no new edges or colours). The map
+of class k at cell c is the mean, over the patches covering c, of
+``p_k(image) - p_k(image with the patch hidden)``; its positive part is evidence for k.
+A map with no positive cell is flagged ``empty`` (no patch lowered the probability).
+
+Deterministic (no random masks, so nothing to seed) and batched: the occluded copies of
+many images go through the model in batches of ``PASSES`` (the last one padded so a Keras
+model is traced once). The cost is ``passes_per_image`` forward passes per image, printed
+by ``explain`` and recorded in the result's summary with the seconds per image.
+
+Stored as the derived kind ``occlusion_maps`` with the same arrays as Grad-CAM's
+``attention_maps`` (``rows``, ``coarse`` (m, 2, grid, grid) float32, ``empty`` (m, 2):
+``[:, 0]`` the predicted class, ``[:, 1]`` the true class), so ``core.analysis.gradcam.explain_rows``,
+the CLI's ``explain --method occlusion`` and the dashboard read both the same way. The
+model runs as the analysis ran it (``core.run.analyze.load_run_model``: the run's scale and
+input size; ONNX through onnxruntime without TensorFlow).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.errors import UserError
+from core.progress import Progress
+from core.run import derived
+from core.run.store import Run
+
+KIND = "occlusion_maps"  # core.analysis.gradcam.OCCLUSION_KIND
+KIND_VERSION = 1
+PASSES = 64        # occluded images per forward pass
+_MODELS_KEPT = 2
+
+
+@dataclass(frozen=True)
+class OcclusionConfig:
+    """``grid`` cells per side; a hidden patch is ``patch`` x ``patch`` cells, sliding by one cell."""
+
+    grid: int = 7
+    patch: int = 2
+
+    def __post_init__(self):
+        if not isinstance(self.grid, int) or not 2 <= self.grid <= 32:
+            raise UserError(f"occlusion grid must be an integer from 2 to 32. Received: grid={self.grid!r}")
+        if not isinstance(self.patch, int) or not 1 <= self.patch < self.grid:
+            raise UserError(f"occlusion patch must be an integer from 1 to grid - 1 = {self.grid - 1}. "
+                             f"Received: patch={self.patch!r}")
+
+    @property
+    def passes_per_image(self) -> int:
+        return (self.grid - self.patch + 1) ** 2 + 1
+
+
+def cell_edges(size: int, grid: int) -> np.ndarray:
+    """Pixel boundaries of ``grid`` cells along a side of ``size`` pixels (grid + 1 ints).
+
+    >>> cell_edges(28, 7).tolist()
+    [0, 4, 8, 12, 16, 20, 24, 28]
+    >>> cell_edges(10, 3).tolist()
+    [0, 3, 7, 10]
+    """
+    return np.round(np.linspace(0, size, grid + 1)).astype(int)
+
+
+def occluded_copies(image: np.ndarray, *, grid: int, patch: int) -> np.ndarray:
+    """uint8 (M, H, W, C): ``image`` (H, W, C) with each patch in turn filled with its mean colour,
+    patches in row-major order of their top-left cell.
+
+    >>> img = np.arange(16, dtype=np.uint8).reshape(4, 4, 1)
+    >>> copies = occluded_copies(img, grid=2, patch=1)
+    >>> copies.shape, copies[0, :2, :2, 0].tolist(), copies[0, 2:, 2:, 0].tolist()
+    ((4, 4, 4, 1), [[8, 8], [8, 8]], [[10, 11], [14, 15]])
+    """
+    h, w = image.shape[:2]
+    ys, xs = cell_edges(h, grid), cell_edges(w, grid)
+    fill = np.round(image.reshape(-1, image.shape[-1]).mean(axis=0)).astype(image.dtype)
+    n = grid - patch + 1
+    out = np.repeat(image[None], n * n, axis=0)
+    for a in range(n):
+        for b in range(n):
+            out[a * n + b, ys[a]:ys[a + patch], xs[b]:xs[b + patch]] = fill
+    return out
+
+
+def maps_from_drops(drops: np.ndarray, *, grid: int, patch: int) -> np.ndarray:
+    """Per-cell maps (..., grid, grid) from the probability drops (..., M) of the M patches: each
+    cell gets the mean drop of the patches that cover it.
+
+    >>> maps_from_drops(np.array([1.0, 0.0, 0.0, 0.0]), grid=3, patch=2).tolist()
+    [[1.0, 0.5, 0.0], [0.5, 0.25, 0.0], [0.0, 0.0, 0.0]]
+    """
+    n = grid - patch + 1
+    drops = np.asarray(drops, np.float64)
+    grid_drops = drops.reshape(*drops.shape[:-1], n, n)
+    total = np.zeros((*drops.shape[:-1], grid, grid))
+    count = np.zeros((grid, grid))
+    for da in range(patch):
+        for db in range(patch):
+            total[..., da:da + n, db:db + n] += grid_drops
+            count[da:da + n, db:db + n] += 1
+    return total / count
+
+
+def occlusion_maps(predict, pixels: np.ndarray, classes: np.ndarray, *, grid: int = 7, patch: int = 2
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maps of a batch: ``predict`` (uint8 (b, H, W, C) -> probabilities (b, K)), ``pixels`` uint8
+    (n, H, W, C), ``classes`` int (n, J). Returns coarse maps float32 (n, J, grid, grid) (the
+    positive part), empty flags (n, J) and the unoccluded probabilities (n, K)."""
+    pixels = np.asarray(pixels)
+    classes = np.asarray(classes, np.int64)
+    n = len(pixels)
+    m = (grid - patch + 1) ** 2
+    drops = np.empty((n, classes.shape[1], m), np.float64)
+    copies = [occluded_copies(img, grid=grid, patch=patch) for img in pixels]
+    out = _batched(predict, np.concatenate([pixels, *copies]))  # the images and their copies, one stream
+    base, probs = out[:n], out[n:].reshape(n, m, -1)
+    for j in range(classes.shape[1]):
+        k = classes[:, j]
+        drops[:, j] = base[np.arange(n), k][:, None] - probs[np.arange(n), :, k]
+    maps = maps_from_drops(drops, grid=grid, patch=patch)
+    positive = np.maximum(maps, 0.0)
+    scale = np.abs(maps).max(axis=(-2, -1))
+    empty = ~(positive.max(axis=(-2, -1)) > 1e-6 * np.maximum(scale, 1e-12))
+    positive[empty] = 0.0
+    return positive.astype(np.float32), empty, base
+
+
+def _batched(predict, x: np.ndarray) -> np.ndarray:
+    """``predict`` over ``x`` in batches of PASSES, the last one padded to PASSES images."""
+    out = []
+    for start in range(0, len(x), PASSES):
+        chunk = x[start:start + PASSES]
+        pad = PASSES - len(chunk) if len(x) > PASSES else 0
+        batch = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
+        out.append(np.asarray(predict(batch), np.float64)[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+# --------------------------------------------------------------------------- the run side
+
+_RUN_MODELS: dict[str, object] = {}
+_LOCK = threading.Lock()
+
+
+def check_occludable(run: Run) -> None:
+    """Raise (one line) for a run without a model to run: synthetic, or no model file recorded."""
+    from core.analysis.gradcam import check_has_model
+
+    check_has_model(run, what="Occlusion maps")
+
+
+def remember_model(run: Run, model) -> None:
+    """Keep ``model`` (a ``core.run.analyze.RunModel`` of ``run``, e.g. loaded with the command line's
+    unsafe-load opt-in) so that this process computes ``run``'s maps with it."""
+    with _LOCK:
+        _RUN_MODELS.pop(run.uid, None)
+        _RUN_MODELS[run.uid] = model
+        while len(_RUN_MODELS) > _MODELS_KEPT:
+            _RUN_MODELS.pop(next(iter(_RUN_MODELS)))
+
+
+def run_model(run: Run):
+    """``core.run.analyze.load_run_model(run)``, loaded once per process (the two most recent runs kept)."""
+    with _LOCK:
+        found = _RUN_MODELS.get(run.uid)
+    if found is None:
+        from core.run.analyze import load_run_model
+
+        found = load_run_model(run)
+        with _LOCK:
+            _RUN_MODELS[run.uid] = found
+            while len(_RUN_MODELS) > _MODELS_KEPT:
+                _RUN_MODELS.pop(next(iter(_RUN_MODELS)))
+    return found
+
+
+@derived.register(KIND, version=KIND_VERSION, config=OcclusionConfig, row_inputs=True,
+                  description="occlusion-sensitivity maps of the predicted and the true class, per requested "
+                              "row (any model format)")
+def _compute(run: Run, config: OcclusionConfig, progress: Progress, *, rows, previous) -> derived.DerivedResult:
+    from core.analysis.gradcam import DEFAULT_LIMIT, _load_pixels, _run_input, empty_result, select_rows
+
+    check_occludable(run)
+    if rows is None:
+        rows = select_rows(run, limit=DEFAULT_LIMIT)
+        if previous is not None:
+            rows = np.setdiff1d(rows, previous.array("rows"))
+    rows = np.asarray(rows, np.int64)
+    size, channels = _run_input(run, None)
+    preds = run.predictions
+    targets = np.stack([preds["predicted"].to_numpy(), preds["true"].to_numpy()], axis=1)
+    per_step = max(1, PASSES // config.passes_per_image)  # images whose copies fill about one pass
+    model = None
+    done_rows, coarse, empty, skipped = [], [], [], {}
+    mismatched, seconds = 0, 0.0
+    for start in range(0, len(rows), per_step):
+        chunk = rows[start:start + per_step]
+        ok, pixels, bad = _load_pixels(run, chunk, size=size, channels=channels)
+        skipped.update(bad)
+        if ok:
+            if model is None:
+                model = run_model(run)
+            t0 = time.perf_counter()
+            maps, flags, base = occlusion_maps(model.predict_batch, pixels, targets[ok],
+                                               grid=config.grid, patch=config.patch)
+            seconds += time.perf_counter() - t0
+            mismatched += int((base.argmax(axis=1) != targets[ok, 0]).sum())
+            done_rows.append(np.asarray(ok, np.int64))
+            coarse.append(maps)
+            empty.append(flags)
+        done = min(start + len(chunk), len(rows))
+        progress(f"Occlusion: {done:,}/{len(rows):,} images", done / max(len(rows), 1))
+    arrays = ({"rows": np.concatenate(done_rows), "coarse": np.concatenate(coarse),
+               "empty": np.concatenate(empty)} if done_rows else empty_result(previous, (config.grid,) * 2))
+    summary = dict(previous.summary) if previous is not None else {}
+    n_new = len(arrays["rows"])
+    timed = int(summary.get("timed_images", 0)) + n_new
+    total_s = float(summary.get("seconds", 0.0)) + seconds
+    summary.update({
+        "layer": f"occlusion {config.patch}x{config.patch} of {config.grid}x{config.grid} cells",
+        "score": "drop in the class probability when a patch is hidden (mean colour)",
+        "input_size": list(size), "feature_size": [config.grid, config.grid],
+        "passes_per_image": config.passes_per_image,
+        "rows": int(summary.get("rows", 0)) + n_new,
+        "empty_maps": int(summary.get("empty_maps", 0)) + int(arrays["empty"].sum()),
+        "prediction_mismatches": int(summary.get("prediction_mismatches", 0)) + mismatched,
+        "timed_images": timed, "seconds": total_s,
+        "seconds_per_image": total_s / timed if timed else None,
+        "last_seconds_per_image": seconds / n_new if n_new else None,
+    })
+    return derived.DerivedResult(arrays=arrays, summary=summary, skipped=skipped)

@@ -1,0 +1,1 @@
+"""Data sets and images: discovery, class order, decoding, and the pixels a model is fed."""

@@ -1,0 +1,1 @@
+"""Models: the format registry (Keras, SavedModel, ONNX), safe loading, training recipes and the input check."""

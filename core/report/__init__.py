@@ -1,0 +1,1 @@
+"""What is handed to people: the run's report (HTML/Markdown) and its tables."""
