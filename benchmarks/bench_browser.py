@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import numpy as np  # noqa: E402
 from cpu_info import cpu_line  # noqa: E402
 
-from core.analysis.metrics import confusion_matrix  # noqa: E402
+from core.run.metrics import confusion_matrix  # noqa: E402
 from core.run.store import RunStore  # noqa: E402
 from core.run.synthetic import make_synthetic_run  # noqa: E402
 

@@ -27,7 +27,7 @@ from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.pat
 
 from core.analysis import neighbours  # noqa: E402
 from core.analysis.compare import compare, flip_cells, image_signature  # noqa: E402
-from core.analysis.metrics import confused_pairs, confusion_matrix  # noqa: E402
+from core.run.metrics import confused_pairs, confusion_matrix  # noqa: E402
 from core.run.store import Run, RunStore  # noqa: E402
 from core.run.synthetic import make_synthetic_run  # noqa: E402
 from dashboard import figures, mapview, views  # noqa: E402

@@ -30,7 +30,7 @@ from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.pat
 from core.data.datasets import load_fashion_mnist  # noqa: E402
 from core.demo import cpu_has_fast_bfloat16, demo_recipe  # noqa: E402
 from core.model.recipes import Recipe  # noqa: E402
-from core.model.training import train  # noqa: E402
+from core.training import train  # noqa: E402
 
 
 def report_recipe(*, seconds: float) -> Recipe:

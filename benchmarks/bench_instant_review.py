@@ -151,7 +151,7 @@ def confusion_clicks(browser, url: str, run, repeats: int) -> list[float]:
     click to the cell's first image loaded and in the viewport."""
     from bench_browser import cell_centre
 
-    from core.analysis.metrics import confusion_matrix
+    from core.run.metrics import confusion_matrix
 
     df, mask = run.predictions, run.eval_mask()
     cm = confusion_matrix(df["true"].to_numpy()[mask], df["predicted"].to_numpy()[mask], n_classes=len(run.classes))

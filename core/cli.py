@@ -597,7 +597,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """``python -m core train``: prints the run id (unless --no-analyze); 130 on Ctrl-C."""
     recipe = recipe_from_args(args)  # bad options fail here, before TensorFlow is imported
     from core.data.datasets import load_dataset
-    from core.model.training import TrainingInterrupted, train_and_analyze
+    from core.training import TrainingInterrupted, train_and_analyze
 
     dataset = load_dataset(args.data)
     print(f"Data: {dataset!r}", file=sys.stderr)
@@ -627,7 +627,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise UserError(f"--epochs must be at least 1. Received: {args.epochs}")
     from core.demo import run_demo
-    from core.model.training import TrainingInterrupted
+    from core.training import TrainingInterrupted
 
     try:
         run = run_demo(store=RunStore(args.store), retrain=args.retrain, time_budget_s=args.time_budget,

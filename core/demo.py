@@ -131,9 +131,9 @@ def _analyse_shipped(dataset, folder: Path, record: dict, *, store, progress, sa
     """Analyse ``dataset`` with the shipped model (safe-mode load); reuse the run when already made."""
     from core.analysis.projection import ensure_projection
     from core.model.load import file_sha256
-    from core.model.training import assign_splits
     from core.run.analyze import analysis_config, analyze
     from core.run.store import RunCorruptError, RunNotFoundError, RunSchemaError
+    from core.training import assign_splits
 
     recipe = record.get("recipe") or {}
     dataset = assign_splits(dataset, val_split=float(recipe.get("val_split", 0.1)),
@@ -161,8 +161,8 @@ def _analyse_shipped(dataset, folder: Path, record: dict, *, store, progress, sa
 
 def _train_and_analyse(dataset, *, run_id: str, size, epochs, time_budget_s, out_dir, export_to, store,
                        progress, say, projection: bool, background_projection: bool):
-    from core.model.training import MODELS_DIR, train
     from core.run.analyze import analyze
+    from core.training import MODELS_DIR, train
 
     recipe = demo_recipe(time_budget_s=time_budget_s, epochs=epochs, image_size=size)
     fast_bf16 = cpu_has_fast_bfloat16()

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.analysis import metrics, neighbours
+from core.analysis import neighbours
 from core.analysis.projection import stored_projection
+from core.run import metrics
 from core.run.store import (
     MANIFEST,
     PREDICTIONS,

@@ -20,7 +20,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from core.analysis.metrics import row_normalize
+from core.run.metrics import row_normalize
 from dashboard import mapview
 from dashboard.mapview import MapPlan
 from dashboard.views import share_label, top_k_with_true

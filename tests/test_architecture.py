@@ -29,6 +29,25 @@ def test_the_script_reports_and_exits_0_without_circles():
     assert out.stdout.strip().endswith("0 import circle(s) among %d modules" % len(import_cycles.project_modules()))
 
 
+# core's packages by concern, each importing only those before it (README, Layout); the modules at
+# core/'s top (cli, demo, training, errors, progress, quiet) may import any
+LAYERS = ("data", "model", "run", "analysis", "diagnose", "review", "report")
+
+
+def _package(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if parts[0] == "core" and len(parts) > 2 and parts[1] in LAYERS else None
+
+
+def test_core_packages_import_only_the_packages_before_them():
+    graph = import_cycles.graph()
+    upward = sorted(f"{name} imports {dep}" for name, deps in graph.items() for dep in deps
+                    if _package(name) and _package(dep)
+                    and LAYERS.index(_package(dep)) > LAYERS.index(_package(name)))
+    assert upward == []
+    assert {_package(name) for name in graph} >= set(LAYERS)  # the check saw every package
+
+
 def test_core_never_imports_streamlit():
     users = [name for name, deps in import_cycles.graph().items() if name.startswith("core")
              and any("streamlit" in line for line in (REPO / import_cycles.project_modules()[name])

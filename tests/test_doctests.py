@@ -25,7 +25,7 @@ MODULES = _modules_with_examples()
 
 
 def test_the_scan_finds_the_modules_with_examples():
-    assert {"core.analysis.metrics", "core.errors", "core.diagnose.findings", "dashboard.views"} <= set(MODULES)
+    assert {"core.run.metrics", "core.errors", "core.diagnose.findings", "dashboard.views"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

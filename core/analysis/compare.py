@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.analysis import metrics as M
 from core.errors import UserError
+from core.run import metrics as M
 from core.run.store import Run
 
-#: The headline metrics compared, in order (keys of ``core.analysis.metrics.summary``).
+#: The headline metrics compared, in order (keys of ``core.run.metrics.summary``).
 METRICS = ("accuracy", "macro_f1", "top3_accuracy", "errors", "n")
 #: The per-class columns compared (A, B and B - A each).
 PER_CLASS_COMPARED = ("f1", "precision", "recall", "tp", "fp", "fn", "cer")

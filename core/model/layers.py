@@ -1,4 +1,4 @@
-"""Serializable preprocessing layers used inside the models that ``core.model.training`` builds.
+"""Serializable preprocessing layers used inside the models that ``core.training`` builds.
 
 Convention: every model built here takes RAW pixels 0..255 (float32, shape
 (H, W, C)) and preprocesses them itself, so the analysis can feed it decoded

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.analysis import metrics as M
 from core.errors import UserError
+from core.run import metrics as M
 from core.run.store import Run
 
 DEFAULT_MAX_IMAGES = 120

@@ -76,7 +76,7 @@ def reviewed_metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, 
     ``new_labels`` as in ``reviewed_labels``. The table's ``labels`` column is
     'reviewed' on every row, so a CSV of it says which labels it counts.
     """
-    from core.analysis import metrics  # scikit-learn: only where metrics are computed, not for every verdict
+    from core.run import metrics  # scikit-learn: only where metrics are computed, not for every verdict
 
     labels, keep = reviewed_labels(y_true, verdicts, new_labels)
     y_pred = np.asarray(y_pred)

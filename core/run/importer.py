@@ -40,6 +40,7 @@ from core.data.datasets import ImageDataset
 from core.errors import UserError
 from core.model.load import file_sha256
 from core.progress import Progress, say_function
+from core.run import jobs
 from core.run.analyze import analysis_config, default_run_id, reuse_or_refuse
 from core.run.store import Run, RunStore, valid_run_id
 from core.run.write import write_run
@@ -415,9 +416,9 @@ def import_predictions(
         with store.reserve(run_id):
             run = _write_imported_run(dataset, file, embeddings_file, store=store, run_id=run_id, config=config,
                                       say=say, t_start=t_start)
-    from core.analysis.projection import ensure_projection
-
-    return ensure_projection(run, background=background_projection, progress=progress)
+    # the map, a derived kind like any other (core.analysis.projection), named rather than imported;
+    # progress from 0.92, the map's share of an analysis
+    return jobs.ensure(run, "projection", background=background_projection, progress=progress, start_at=0.92)
 
 
 def _write_imported_run(dataset: ImageDataset, file: Path, embeddings_file: str | Path | None, *,

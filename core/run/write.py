@@ -16,8 +16,8 @@ from importlib import metadata
 import numpy as np
 import pandas as pd
 
-from core.analysis import metrics
 from core.errors import UserError
+from core.run import metrics
 from core.run.config import AnalysisConfig
 from core.run.store import Run, RunStore
 

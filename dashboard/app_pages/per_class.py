@@ -12,7 +12,7 @@ from functools import partial
 
 import streamlit as st
 
-from core.analysis.metrics import confused_pairs
+from core.run.metrics import confused_pairs
 from core.run.store import RunCorruptError
 from dashboard import cache, gallery, review_ui, state, ui, views
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.analysis import metrics
 from core.data.images import encode_png
+from core.run import metrics
 from core.run.store import RunStore
 from core.run.synthetic import make_synthetic_run, synthetic_arrays
 from core.run.write import write_run

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.analysis import metrics
+from core.run import metrics
 
 pytestmark = pytest.mark.browser
 
@@ -129,7 +129,7 @@ def test_a_clicked_cell_reruns_only_its_part_scrolls_at_once_keeps_the_address_a
 def test_per_class_csv_download_equals_the_cli_report(server, e2e_store, page, tmp_path):
     from core.cli import main
 
-    run = e2e_store.load("e2e-run")
+    e2e_store.load("e2e-run")
     page.goto(f"{server}/per_class")
     _wait_for_app(page)
     button = page.get_by_role("button", name="Download CSV")

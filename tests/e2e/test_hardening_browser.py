@@ -110,7 +110,7 @@ def test_overview_has_its_own_address_and_nothing_is_fetched_from_elsewhere(url,
 
 
 def test_switching_runs_shows_the_new_runs_cell_in_the_boxes(url, store, page):
-    from core.analysis import metrics
+    from core.run import metrics
     from dashboard import views
 
     page.goto(f"{url}/confusion")

@@ -173,7 +173,7 @@ def test_the_first_verdict_made_while_one_is_on_its_way_goes_at_once_and_later_o
     from core.run.synthetic import make_synthetic_run
 
     store = RunStore(tmp_path / "store")
-    run = make_synthetic_run(store, "r", n=400, n_classes=5, seed=6, accuracy=0.7)
+    make_synthetic_run(store, "r", n=400, n_classes=5, seed=6, accuracy=0.7)
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     with server(store.root, tmp_path / "streamlit.log") as (url, _):
         page = open_queue(context, url, "r")

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.analysis import metrics
 from core.cli import main
 from core.data.datasets import load_dataset
 from core.data.images import fit_to_input
@@ -29,6 +28,7 @@ from core.model.load import (
     load_model,
     prepare_input,
 )
+from core.run import metrics
 from core.run.analyze import analyze, load_run_model
 from core.run.store import RunStore
 

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.analysis import metrics as M
 from core.analysis.compare import compare
 from core.cli import main
 from core.report.document import (
@@ -28,6 +27,7 @@ from core.report.document import (
 )
 from core.report.tables import errors_table
 from core.review.reviewed import RunReview
+from core.run import metrics as M
 from core.run.store import RunStore
 from core.run.synthetic import make_synthetic_run
 from core.run.write import write_run
@@ -112,7 +112,7 @@ def test_summary_confusion_errors_and_comparison_equal_core(store, page):
     assert summary["Macro-F1"] == f"{m['macro_f1']:.3f}"
     assert summary["Top-3 accuracy"] == f"{m['top3_accuracy']:.2%}"
     assert summary["Errors"] == f"{m['errors']:,}"
-    # the most confused pairs: core.analysis.metrics.confused_pairs of the evaluated split
+    # the most confused pairs: core.run.metrics.confused_pairs of the evaluated split
     mask = run.eval_mask()
     preds = run.predictions
     cm = M.confusion_matrix(preds["true"][mask], preds["predicted"][mask], n_classes=5)

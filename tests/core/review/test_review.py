@@ -21,11 +21,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
-from core.analysis import metrics
 from core.data.datasets import load_dataset
 from core.review.corrections import apply_corrections, read_corrections
 from core.review.reviewed import RunReview, reviewed_labels, reviewed_metrics, write_corrections
 from core.review.verdicts import CORRECTION_COLUMNS, ReviewDB, ReviewError, canonical_path, dataset_identity
+from core.run import metrics
 from core.run.store import DataInfo, RunStore
 from core.run.synthetic import make_synthetic_run
 from core.run.write import write_run

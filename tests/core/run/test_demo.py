@@ -164,7 +164,7 @@ def tiny_shipped_model(tmp_path, fake_fashion_mnist):
 
 def test_first_run_analyses_with_the_shipped_model_in_safe_mode_and_never_trains(
         tiny_shipped_model, tmp_path, monkeypatch):
-    from core.model import training
+    from core import training
     from core.run import analyze
 
     monkeypatch.setattr(training, "train", lambda *a, **k: pytest.fail("the first run must not train"))

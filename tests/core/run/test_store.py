@@ -284,7 +284,7 @@ def _damage(run, name: str, how: str) -> Path:
 def test_damaged_run_files_are_named_when_the_run_is_opened(tmp_path, name, how, reason):
     store = RunStore(tmp_path)
     run = make_synthetic_run(store, "hurt", n=20, with_images=False, history=False)
-    file = _damage(run, name, how)
+    _damage(run, name, how)
     with pytest.raises(RunCorruptError) as info:
         store.load("hurt")
     assert str(info.value).startswith(str(tmp_path / "hurt" / name)) and reason in str(info.value)

@@ -5,7 +5,7 @@ import pytest
 from sklearn.metrics import classification_report, top_k_accuracy_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from core.analysis import metrics
+from core.run import metrics
 
 
 def test_per_class_table_hand_checked_three_classes():

@@ -18,10 +18,13 @@ from tests.conftest import LazyModule
 
 keras = LazyModule("keras")  # imported when a test first uses it, not at collection
 
-from core import cli
+from core import (
+    cli,
+    training,  # noqa: E402
+)
 from core.data.datasets import load_dataset  # noqa: E402
 from core.data.images import encode_png  # noqa: E402
-from core.model import recipes, training  # noqa: E402
+from core.model import recipes
 from core.model.recipes import Recipe, RecipeError  # noqa: E402
 from core.run.store import RunStore  # noqa: E402
 from tests.conftest import write_image  # noqa: E402
@@ -352,7 +355,7 @@ def test_streaming_training_records_skipped_files_like_in_memory(uneven_data, tm
 
 def test_geometry_comes_from_the_first_image_that_decodes(tmp_path):
     from core.model.recipes import Recipe
-    from core.model.training import default_geometry
+    from core.training import default_geometry
     from tests.conftest import write_image
 
     root = tmp_path / "imgs"

@@ -48,7 +48,7 @@ from core.data.datasets import DatasetError, ImageDataset, iter_batches
 from core.model.recipes import Recipe, RecipeError, build_model, unfreeze_top
 from core.progress import Progress, say_function, slug
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
 IN_MEMORY_LIMIT_BYTES = 3 << 30  # decoded size above which batches are decoded from disk each epoch
 SPLITS = ("train", "val", "test")
