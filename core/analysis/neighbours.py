@@ -12,7 +12,9 @@ is never its own neighbour.
 
 Numpy only at import (no TensorFlow, no scikit-learn): the dashboard calls
 ``nearest`` on every image it opens. The searches over whole runs are here
-too: ``exact_neighbors`` (every row's k nearest among the rows, brute force in
+too: ``nearest_reference`` (each query's k nearest reference images by cosine,
+in blocks, leave-one-out by id; the error causes and label issues use it),
+``exact_neighbors`` (every row's k nearest among the rows, brute force in
 blocks, numba-compiled fold) and ``nearest_in_sample`` (an inverted-file
 search of a sample), which UMAP's map (``core.analysis.umap_map``) uses.
 """
@@ -126,6 +128,32 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- searches over whole runs
+
+def nearest_reference(query: np.ndarray, reference: np.ndarray, *, k: int = 10, query_ids: np.ndarray | None = None,
+                      reference_ids: np.ndarray | None = None, batch_size: int = 1024
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest reference images of any class: indices int64 (Nq, k') into ``reference``
+    and cosine distances (Nq, k'), nearest first; k' = min(k, available)."""
+    query, reference, _ = neighbour_inputs(query, reference, np.zeros(len(reference), np.int64), k)
+    loo = query_ids is not None and reference_ids is not None
+    k_all = max(min(k, len(reference) - (1 if loo else 0)), 0)
+    nearest = np.zeros((len(query), k_all), np.int64)
+    nearest_distance = np.zeros((len(query), k_all))
+    if len(query) == 0 or k_all == 0:
+        return nearest, nearest_distance
+    reference = unit_rows(reference)
+    for start in range(0, len(query), batch_size):
+        stop = min(start + batch_size, len(query))
+        similarity = unit_rows(query[start:stop]) @ reference.T
+        if loo:
+            similarity[np.asarray(query_ids[start:stop])[:, None] == np.asarray(reference_ids)[None, :]] = -2
+        top = np.argpartition(-similarity, k_all - 1, axis=1)[:, :k_all]
+        top_sim = np.take_along_axis(similarity, top, axis=1)
+        order = np.argsort(-top_sim, axis=1, kind="stable")
+        nearest[start:stop] = np.take_along_axis(top, order, axis=1)
+        nearest_distance[start:stop] = np.maximum(1.0 - np.take_along_axis(top_sim, order, axis=1), 0.0)
+    return nearest, nearest_distance
+
 
 def exact_neighbors(x: np.ndarray, k: int, *, threads: int | None = None,
                     on_rows: Callable[[int], object] | None = None) -> tuple[np.ndarray, np.ndarray]:

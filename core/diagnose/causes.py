@@ -104,7 +104,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core.analysis.neighbours import neighbour_inputs, unit_rows
+from core.analysis.neighbours import nearest_reference, neighbour_inputs, unit_rows
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings
 from core.errors import UserError
 from core.progress import Progress
@@ -171,32 +171,6 @@ def class_neighbour_distances(query: np.ndarray, reference: np.ndarray, referenc
             best = np.partition(similarity, n_c - kc, axis=1)[:, n_c - kc:]  # values only: cheaper than indices
             distances[start:stop, c] = 1.0 - best.mean(axis=1)
     return np.maximum(distances, 0.0)
-
-
-def nearest_reference(query: np.ndarray, reference: np.ndarray, *, k: int = 10, query_ids: np.ndarray | None = None,
-                      reference_ids: np.ndarray | None = None, batch_size: int = 1024
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest reference images of any class: indices int64 (Nq, k') into ``reference``
-    and cosine distances (Nq, k'), nearest first; k' = min(k, available)."""
-    query, reference, _ = neighbour_inputs(query, reference, np.zeros(len(reference), np.int64), k)
-    loo = query_ids is not None and reference_ids is not None
-    k_all = max(min(k, len(reference) - (1 if loo else 0)), 0)
-    nearest = np.zeros((len(query), k_all), np.int64)
-    nearest_distance = np.zeros((len(query), k_all))
-    if len(query) == 0 or k_all == 0:
-        return nearest, nearest_distance
-    reference = unit_rows(reference)
-    for start in range(0, len(query), batch_size):
-        stop = min(start + batch_size, len(query))
-        similarity = unit_rows(query[start:stop]) @ reference.T
-        if loo:
-            similarity[np.asarray(query_ids[start:stop])[:, None] == np.asarray(reference_ids)[None, :]] = -2
-        top = np.argpartition(-similarity, k_all - 1, axis=1)[:, :k_all]
-        top_sim = np.take_along_axis(similarity, top, axis=1)
-        order = np.argsort(-top_sim, axis=1, kind="stable")
-        nearest[start:stop] = np.take_along_axis(top, order, axis=1)
-        nearest_distance[start:stop] = np.maximum(1.0 - np.take_along_axis(top_sim, order, axis=1), 0.0)
-    return nearest, nearest_distance
 
 
 def log_ratio(distances: np.ndarray, given: np.ndarray, other: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from core.analysis.neighbours import neighbour_inputs, unit_rows
+from core.analysis.neighbours import nearest_reference, neighbour_inputs
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings
 from core.errors import UserError
 from core.progress import Progress
@@ -154,22 +154,14 @@ def knn_label_distribution(query: np.ndarray, reference: np.ndarray, reference_l
     batch_size : queries per block; memory is O(batch_size * Nr), time O(Nq * Nr * D).
     """
     query, reference, reference_labels = neighbour_inputs(query, reference, reference_labels, k)
-    n_ref = len(reference)
-    k_eff = min(k, n_ref - (1 if query_ids is not None and reference_ids is not None else 0))
     out = np.zeros((len(query), n_classes), dtype=np.float64)
-    if k_eff < 1 or len(query) == 0:
+    nearest, _ = nearest_reference(query, reference, k=k, query_ids=query_ids, reference_ids=reference_ids,
+                                   batch_size=batch_size)
+    k_eff = nearest.shape[1]
+    if k_eff < 1:
         return out
-    reference = unit_rows(reference)
-    ref_ids = np.asarray(reference_ids) if reference_ids is not None else None
-    for start in range(0, len(query), batch_size):
-        block = unit_rows(query[start:start + batch_size])
-        similarity = block @ reference.T  # (b, Nr)
-        if query_ids is not None and ref_ids is not None:
-            similarity[np.asarray(query_ids[start:start + batch_size])[:, None] == ref_ids[None, :]] = -np.inf
-        nearest = np.argpartition(-similarity, k_eff - 1, axis=1)[:, :k_eff]
-        votes = reference_labels[nearest]  # (b, k)
-        rows = np.repeat(np.arange(len(block)), k_eff)
-        np.add.at(out[start:start + len(block)], (rows, votes.ravel()), 1.0 / k_eff)
+    votes = reference_labels[nearest]  # (Nq, k)
+    np.add.at(out, (np.repeat(np.arange(len(query)), k_eff), votes.ravel()), 1.0 / k_eff)
     return out
 
 

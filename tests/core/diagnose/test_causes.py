@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
+from core.analysis.neighbours import nearest_reference
 from core.cli import main
 from core.diagnose import causes as ca
 from core.diagnose import run_diagnoses
@@ -66,7 +67,7 @@ def test_class_distances_and_nearest_match_sklearn_neighbours(seed):
         expected, _ = nn.kneighbors(query)
         np.testing.assert_allclose(distances[:, c], expected.mean(axis=1), atol=1e-5)
     assert np.isinf(distances[:, 3]).all()  # a class without reference images
-    nearest, near_distance = ca.nearest_reference(query, reference, k=5)
+    nearest, near_distance = nearest_reference(query, reference, k=5)
     expected_d, expected_i = NearestNeighbors(n_neighbors=5, metric="cosine").fit(reference).kneighbors(query)
     np.testing.assert_allclose(near_distance, expected_d, atol=1e-5)
     assert (nearest == expected_i).mean() > 0.98  # ties aside
@@ -80,7 +81,7 @@ def test_class_distances_and_nearest_match_sklearn_neighbours(seed):
         own = labels == c
         np.testing.assert_allclose(loo[own, c], d[own, 1:].mean(axis=1), atol=1e-5)
         np.testing.assert_allclose(loo[~own, c], d[~own, :3].mean(axis=1), atol=1e-5)
-    near_loo, _ = ca.nearest_reference(reference, reference, k=3, query_ids=ids, reference_ids=ids)
+    near_loo, _ = nearest_reference(reference, reference, k=3, query_ids=ids, reference_ids=ids)
     assert not (near_loo == ids[:, None]).any()
 
 
@@ -88,7 +89,7 @@ def test_bad_inputs_name_what_was_received(tmp_path):
     with pytest.raises(ValueError, match=r"Received shapes \(3, 2\) and \(4, 5\)"):
         ca.class_neighbour_distances(np.zeros((3, 2)), np.zeros((4, 5)), np.zeros(4, int), n_classes=2)
     with pytest.raises(ValueError, match="k must be at least 1. Received: k=0"):
-        ca.nearest_reference(np.zeros((3, 2)), np.zeros((4, 2)), k=0)
+        nearest_reference(np.zeros((3, 2)), np.zeros((4, 2)), k=0)
     run, *_ = planted_run(RunStore(tmp_path), n_train=20, n_test=10)
     with pytest.raises(UserError, match="label_level must be a number within \\(0, 1\\). Received: 1.5"):
         derived.get(run, "causes", {"label_level": 1.5})
