@@ -45,6 +45,7 @@ evaluated split and stores one table, most likely wrong first.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -206,11 +207,41 @@ def label_issues_run_config(run: Run) -> dict:
     return {"causes_inputs": causes_run_config(run)["inputs"]}
 
 
-@derived.register("label_issues", version=3, findings=label_issue_findings, libraries=("cleanlab",),
-                  description="images whose given label is probably wrong", run_config=label_issues_run_config,
-                  defaults={"method": "self_confidence", "filter_by": "prune_by_noise_rate",
-                            "knn_weight": 0.0, "k": 10, "max_reference": 20000, "seed": 0, "causes_inputs": ""})
-def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.DerivedResult:
+@dataclass(frozen=True)
+class LabelIssuesConfig:
+    """``method`` (``METHODS``) and ``filter_by`` (``FILTERS``): cleanlab's score and flag;
+    ``knn_weight`` in [0, 1] mixes in the label distribution of the ``k`` nearest images outside the
+    evaluated split (at most ``max_reference``, sampled with ``seed``); ``causes_inputs``: what the
+    second signal read (``label_issues_run_config``), so that a change makes the result stale."""
+
+    method: str = "self_confidence"
+    filter_by: str = "prune_by_noise_rate"
+    knn_weight: float = 0.0
+    k: int = 10
+    max_reference: int = 20000
+    seed: int = 0
+    causes_inputs: str = ""
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise UserError(f"label_issues: unsupported method {self.method!r}. The available methods are "
+                            f"{list(METHODS)}")
+        if self.filter_by not in FILTERS:
+            raise UserError(f"label_issues: unsupported filter_by {self.filter_by!r}. The available filters are "
+                            f"{list(FILTERS)}")
+        if isinstance(self.knn_weight, bool) or not isinstance(self.knn_weight, (int, float)) \
+                or not 0.0 <= self.knn_weight <= 1.0:
+            raise UserError(f"label_issues: knn_weight must be a number within [0, 1]. Received: {self.knn_weight!r}")
+        for name in ("k", "max_reference"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"label_issues: {name} must be an integer of at least 1. Received: {value!r}")
+
+
+@derived.register("label_issues", version=3, config=LabelIssuesConfig, findings=label_issue_findings,
+                  libraries=("cleanlab",), description="images whose given label is probably wrong",
+                  run_config=label_issues_run_config)
+def compute_label_issues(run: Run, config: LabelIssuesConfig, progress: Progress) -> derived.DerivedResult:
     """Score every image of the evaluated split; the table is sorted most likely wrong first.
 
     Arrays (aligned with the run's rows, N): ``score`` float32 (NaN outside
@@ -234,7 +265,7 @@ def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.
         notes.append("The evaluated split is every image: labels the model trained on look right to it, "
                      "so their issues are under-reported (analyse a held-out test split).")
     neighbour, n_reference = None, 0
-    weight = float(config["knn_weight"])
+    weight = float(config.knn_weight)
     if weight > 0:
         reference = np.flatnonzero(~run.eval_mask())
         if run.embeddings is None:
@@ -249,10 +280,10 @@ def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.
             weight = 0.0
     used = mixed_probabilities(probs, neighbour, weight=weight) if neighbour is not None else probs
     progress("label issues: cleanlab scores", 0.5)
-    score = label_issue_scores(labels, used, method=config["method"])
+    score = label_issue_scores(labels, used, method=config.method)
     suggested = suggested_labels(labels, used)
     progress("label issues: confident learning", 0.7)
-    cleanlab_flag = flag_label_issues(labels, used, filter_by=config["filter_by"])
+    cleanlab_flag = flag_label_issues(labels, used, filter_by=config.filter_by)
     progress("label issues: second signal (neighbours, copies)", 0.8)
     agrees, signal_notes = second_signal(run, rows, labels, probs.argmax(axis=1), suggested, config)
     notes.extend(signal_notes)
@@ -291,7 +322,7 @@ def compute_label_issues(run: Run, config: dict, progress: Progress) -> derived.
             "split": run.eval_split, "n_scored": int(len(rows)), "n_issues": int(is_issue.sum()),
             "issue_rate": float(is_issue.mean()) if len(rows) else 0.0,
             "n_cleanlab_flags": int(cleanlab_flag.sum()),
-            "method": config["method"], "knn_weight": weight, "n_reference": n_reference,
+            "method": config.method, "knn_weight": weight, "n_reference": n_reference,
             "top_pairs": [{"given": g, "suggested": s, "count": int(c)} for (g, s), c in pairs.items()],
             "notes": notes,
         },
@@ -308,15 +339,15 @@ def _neighbour_distribution(run: Run, rows: np.ndarray, reference: np.ndarray, c
     test split itself made the ranking worse. At most ``max_reference`` of them
     (a seeded sample) bound the cost by len(rows) * max_reference * D.
     """
-    cap = int(config["max_reference"])
+    cap = int(config.max_reference)
     if cap < 1:
         raise UserError(f"max_reference must be at least 1. Received: {cap}")
     if len(reference) > cap:
-        reference = np.sort(np.random.default_rng(int(config["seed"])).choice(reference, cap, replace=False))
+        reference = np.sort(np.random.default_rng(int(config.seed)).choice(reference, cap, replace=False))
     embeddings = run.embeddings
     given = run.predictions["true"].to_numpy()
     distribution = knn_label_distribution(embeddings[rows], embeddings[reference], given[reference],
-                                          n_classes=len(run.classes), k=int(config["k"]))
+                                          n_classes=len(run.classes), k=int(config.k))
     return distribution, int(len(reference))
 
 

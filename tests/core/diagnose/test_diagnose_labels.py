@@ -7,6 +7,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from core.diagnose import label_issues_csv
 from core.diagnose import labels as li
+from core.errors import UserError
 from core.run import derived
 from core.run.store import RunStore
 from core.run.write import write_run
@@ -152,3 +153,14 @@ def test_without_embeddings_or_training_images_the_model_alone_scores_and_says_w
     run, _, _ = flipped_run(store, "all", splits=np.full(2000, "all"))
     notes = derived.get(run, "label_issues", {"knn_weight": 0.5}).summary["notes"]
     assert any("every image" in n for n in notes) and any("no images outside" in n for n in notes)
+
+
+def test_bad_options_are_refused_before_anything_is_computed(tmp_path, monkeypatch):
+    run, _, _ = flipped_run(RunStore(tmp_path), "opts")
+    monkeypatch.setattr(li, "label_issue_scores", lambda *a, **k: pytest.fail("computed despite a bad option"))
+    for options, message in (({"knn_weight": 1.5}, r"knn_weight must be a number within \[0, 1\]. Received: 1.5"),
+                             ({"k": 0}, "k must be an integer of at least 1. Received: 0"),
+                             ({"method": "vibes"}, "unsupported method 'vibes'"),
+                             ({"filter_by": "x"}, "unsupported filter_by 'x'")):
+        with pytest.raises(UserError, match=message):
+            derived.get(run, "label_issues", options)
