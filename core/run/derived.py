@@ -22,7 +22,7 @@ import pkgutil
 import platform
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -66,8 +66,8 @@ class DerivedKind:
     name: str
     version: int
     compute: Callable[..., DerivedResult]
-    config_type: type | None
-    defaults: Mapping[str, object]
+    config_type: type
+    defaults: Mapping[str, object]  # the config type's defaults, as the manifest holds them
     description: str = ""
     row_inputs: bool = False
     run_config: Callable[[Run], Mapping[str, object] | None] | None = None
@@ -79,7 +79,7 @@ class DerivedKind:
     def full_config(self, config: Mapping[str, object] | object | None) -> dict:
         """The defaults updated with ``config`` (a mapping or an instance of ``config_type``),
         validated; unknown keys are refused, listing the valid ones."""
-        if self.config_type is not None and isinstance(config, self.config_type):
+        if isinstance(config, self.config_type):
             config = asdict(config)
         config = dict(config or {})
         unknown = sorted(set(config) - set(self.defaults))
@@ -91,9 +91,7 @@ class DerivedKind:
         return merged
 
     def typed(self, full: Mapping[str, object]):
-        """``full`` as the kind's config object (``config_type``), or as a dict for untyped kinds."""
-        if self.config_type is None:
-            return dict(full)
+        """``full`` as the kind's config object (``config_type``)."""
         try:
             return self.config_type(**{k: _as_declared(self.config_type, k, v) for k, v in full.items()})
         except TypeError as exc:
@@ -121,8 +119,12 @@ KIND_MODULES: tuple[str, ...] = ("core.analysis.projection", "core.analysis.grad
 DIAGNOSES_PACKAGE = "core.diagnose"
 
 
-def register(name: str, *, version: int, config: type | None = None,
-             defaults: Mapping[str, object] | None = None, row_inputs: bool = False,
+@dataclass(frozen=True)
+class NoOptions:
+    """The config of a kind that takes no options."""
+
+
+def register(name: str, *, version: int, config: type = NoOptions, row_inputs: bool = False,
              run_config: Callable[[Run], Mapping[str, object] | None] | None = None,
              findings: Callable | None = None, libraries: tuple[str, ...] = (),
              unavailable: Callable[[Run], str | None] | None = None, ready: Callable[[Run], bool] | None = None,
@@ -130,22 +132,21 @@ def register(name: str, *, version: int, config: type | None = None,
     """Decorator registering ``compute`` as kind ``name``: the one way a kind comes to exist.
 
     ``compute(run, config, progress) -> DerivedResult``, where ``config`` is an instance of
-    ``config`` (a frozen dataclass, its defaults the kind's defaults) or, for kinds declared
-    with ``defaults`` only, a dict. With ``row_inputs=True``:
+    ``config``: a frozen dataclass whose defaults are the kind's defaults and whose construction
+    validates the options (``NoOptions`` for a kind without any). With ``row_inputs=True``:
     ``compute(run, config, progress, *, rows, previous)`` gets the rows not stored yet (None:
     the kind's default choice) and the stored result it extends (or None).
     Bump ``version`` whenever the computation changes: stored results of an
     older version are then recomputed on the next request.
     """
     valid_run_id(name)
-    if config is not None:
-        if defaults is not None:
-            raise TypeError(f"{name!r}: give config or defaults, not both")
-        defaults = asdict(config())
+    if not is_dataclass(config) or not config.__dataclass_params__.frozen:
+        raise TypeError(f"{name!r}: config must be a frozen dataclass. Received: {config!r}")
+    defaults = asdict(config())
 
     def decorate(compute: Callable[..., DerivedResult]):
         _REGISTRY[name] = DerivedKind(name=name, version=version, compute=compute, config_type=config,
-                                      defaults=json.loads(json.dumps(dict(defaults or {}))),
+                                      defaults=json.loads(json.dumps(defaults)),
                                       description=description, row_inputs=row_inputs,
                                       run_config=run_config, findings=findings, libraries=tuple(libraries),
                                       unavailable=unavailable, ready=ready)

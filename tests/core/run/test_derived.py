@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +22,17 @@ REPO = Path(__file__).resolve().parents[3]
 CALLS = []
 
 
-@derived.register("confidence_hist", version=1, defaults={"bins": 4},
+@dataclass(frozen=True)
+class _HistConfig:
+    bins: int = 4
+
+
+@derived.register("confidence_hist", version=1, config=_HistConfig,
                   description="histogram of the top-1 confidence (a test kind)")
 def _confidence_hist(run, config, progress):
-    CALLS.append(dict(config))
+    CALLS.append(asdict(config))
     conf = run.predictions["confidence"].to_numpy()
-    counts, edges = np.histogram(conf, bins=config["bins"], range=(0, 1))
+    counts, edges = np.histogram(conf, bins=config.bins, range=(0, 1))
     return derived.DerivedResult(
         arrays={"counts": counts}, tables={"edges": pd.DataFrame({"edge": edges})},
         summary={"n": int(len(conf)), "max_bin": int(counts.argmax())})
@@ -164,7 +170,6 @@ def test_reading_a_derived_result_imports_neither_tensorflow_nor_umap(run, tmp_p
 
 # --------------------------------------------------------------------------- typed configs, row inputs, findings
 
-from dataclasses import dataclass  # noqa: E402
 
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings  # noqa: E402
 from core.errors import UserError  # noqa: E402
@@ -255,3 +260,14 @@ def test_findings_are_read_from_the_current_result_only(run):
     assert "row_square" in derived.all_findings(run)
     with pytest.raises(ValueError, match=r"Unknown filter type 'range'. The available types are \['min'"):
         Filter("squared", "x", "range", "x")
+
+
+def test_a_kind_config_must_be_a_frozen_dataclass():
+    @dataclass
+    class Loose:
+        bins: int = 4
+
+    for bad in (Loose, dict):
+        with pytest.raises(TypeError, match="config must be a frozen dataclass"):
+            derived.register("loose", version=1, config=bad)
+    assert "loose" not in derived.kinds()
