@@ -35,7 +35,7 @@ import numpy as np
 import streamlit as st
 
 from core import derived, formats, gradcam, neighbours
-from core.models import ModelError
+from core.errors import UserError
 from core.store import Run
 from dashboard import cache, gallery, ui, views
 
@@ -49,7 +49,9 @@ CONFIG = {"method": "gradcam", "layer": None}  # the derived kind's defaults: th
 PAGE_BUDGET_S = 20.0  # occlusion seconds per page; the rest of the page is computed on the next rerun
 DEFER_S = 2.0  # a row left over by a budgeted page stays "over the budget" this long (the rest of that script run)
 # What computing maps may raise for a run whose model cannot be explained or loaded: one line each.
-PROBLEMS = (gradcam.GradCamUnavailable, ModelError, ValueError, OSError, ImportError)
+# UserError covers GradCamUnavailable, ModelError and the library errors translated at their
+# boundaries (core.errors); a plain ValueError is a bug and keeps its traceback.
+PROBLEMS = (UserError, OSError, ImportError)
 
 
 @dataclass(frozen=True)
