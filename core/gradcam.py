@@ -629,7 +629,7 @@ class Attention:
     layer: str
     method: str
     score: str
-    cost: dict = field(default_factory=dict)  # occlusion: passes_per_image, seconds_per_image
+    cost: dict = field(default_factory=dict)  # occlusion: passes_per_image, seconds_per_image, grid, grid_choice
 
 
 def _check_rows(run: Run, rows) -> np.ndarray:
@@ -754,7 +754,8 @@ def _read(run: Run, stored, rows: np.ndarray, *, which: tuple[str, ...], method:
     missing = {int(r): skipped.get(int(r), "not computed") for r in rows[~have]}
     return Attention(rows=rows, which=which, maps=maps, empty=empty, classes=classes, peak=peak,
                      skipped=missing, layer=str(summary["layer"]), method=method, score=str(summary["score"]),
-                     cost={k: summary[k] for k in ("passes_per_image", "seconds_per_image", "last_seconds_per_image")
+                     cost={k: summary[k] for k in ("passes_per_image", "seconds_per_image", "last_seconds_per_image",
+                                  "grid", "patch", "grid_choice")
                            if k in summary})
 
 
