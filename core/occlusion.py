@@ -263,56 +263,42 @@ def _fixed_grid(config: OcclusionConfig, previous) -> tuple[int | None, int | No
                   description="occlusion-sensitivity maps of the predicted and the true class, per requested "
                               "row (any model format)")
 def _compute(run: Run, config: OcclusionConfig, progress: Progress, *, rows, previous) -> derived.DerivedResult:
-    from core.gradcam import (DEFAULT_LIMIT, _load_pixels, _run_input, empty_result, select_rows)
+    from core.gradcam import collect_maps
 
     check_occludable(run)
-    if rows is None:
-        rows = select_rows(run, limit=DEFAULT_LIMIT)
-        if previous is not None:
-            rows = np.setdiff1d(rows, previous.array("rows"))
-    rows = np.asarray(rows, np.int64)
-    size, channels = _run_input(run, None)
-    preds = run.predictions
-    targets = np.stack([preds["predicted"].to_numpy(), preds["true"].to_numpy()], axis=1)
     grid, patch, choice = _fixed_grid(config, previous)
-    model = None
-    done_rows, coarse, empty, skipped = [], [], [], {}
-    mismatched, seconds, position = 0, 0.0, 0
-    while position < len(rows):
+    model, seconds = None, 0.0
+
+    def step() -> int:
         # until the grid is chosen, a few images whose unoccluded pass is timed; then images whose
         # copies fill about one batch of PASSES
-        step = PROBE_IMAGES if grid is None else max(1, PASSES // passes(grid, patch))
-        chunk = rows[position:position + step]
-        position += len(chunk)
-        ok, pixels, bad = _load_pixels(run, chunk, size=size, channels=channels)
-        skipped.update(bad)
-        if ok:
-            if model is None:
-                model = run_model(run)
-            t0 = time.perf_counter()
-            base = None
-            if grid is None:
-                base, per_pass = timed_pass(model.predict_batch, pixels)
-                grid, patch = choose_grid(per_pass, config.seconds_per_image)
-                over = passes(grid, patch) * per_pass > config.seconds_per_image
-                choice = {"grid_choice": (f"chosen: a pass took {per_pass * 1e3:.1f} ms, so {passes(grid, patch)} "
-                                          f"passes {'exceed' if over else 'fit'} {config.seconds_per_image:g} s "
-                                          "per image" + (" (the coarsest grid)" if over else "")),
-                          "seconds_per_pass": per_pass, "seconds_per_image_budget": config.seconds_per_image}
-            maps, flags, base = occlusion_maps(model.predict_batch, pixels, targets[ok], grid=grid, patch=patch,
-                                               base=base)
-            seconds += time.perf_counter() - t0
-            mismatched += int((base.argmax(axis=1) != targets[ok, 0]).sum())
-            done_rows.append(np.asarray(ok, np.int64))
-            coarse.append(maps)
-            empty.append(flags)
-        progress(f"Occlusion: {position:,}/{len(rows):,} images", position / max(len(rows), 1))
+        return PROBE_IMAGES if grid is None else PASSES // passes(grid, patch)
+
+    def compute(pixels, classes):
+        nonlocal model, grid, patch, choice, seconds
+        if model is None:
+            model = run_model(run)
+        t0 = time.perf_counter()
+        base = None
+        if grid is None:
+            base, per_pass = timed_pass(model.predict_batch, pixels)
+            grid, patch = choose_grid(per_pass, config.seconds_per_image)
+            over = passes(grid, patch) * per_pass > config.seconds_per_image
+            choice = {"grid_choice": (f"chosen: a pass took {per_pass * 1e3:.1f} ms, so {passes(grid, patch)} "
+                                      f"passes {'exceed' if over else 'fit'} {config.seconds_per_image:g} s per "
+                                      "image" + (" (the coarsest grid)" if over else "")),
+                      "seconds_per_pass": per_pass, "seconds_per_image_budget": config.seconds_per_image}
+        out = occlusion_maps(model.predict_batch, pixels, classes, grid=grid, patch=patch, base=base)
+        seconds += time.perf_counter() - t0
+        return out
+
+    got = collect_maps(run, rows, previous=previous, compute=compute, step=step, what="Occlusion",
+                       progress=progress)
     if grid is None:  # no image could be read: nothing timed; the cheapest grid, so later rows stay bounded
         grid, patch = GRIDS[-1]
         choice = {"grid_choice": "the coarsest: no image could be read to time a pass"}
-    arrays = ({"rows": np.concatenate(done_rows), "coarse": np.concatenate(coarse),
-               "empty": np.concatenate(empty)} if done_rows else empty_result(previous, (grid,) * 2))
-    summary = dict(previous.summary) if previous is not None else {}
+    arrays = got.arrays(previous, (grid, grid))
+    summary = got.summary(previous, arrays)
     n_new = len(arrays["rows"])
     timed = int(summary.get("timed_images", 0)) + n_new
     total_s = float(summary.get("seconds", 0.0)) + seconds
@@ -320,13 +306,9 @@ def _compute(run: Run, config: OcclusionConfig, progress: Progress, *, rows, pre
     summary.update({
         "layer": f"occlusion {patch}x{patch} of {grid}x{grid} cells",
         "score": "drop in the class probability when a patch is hidden (mean colour)",
-        "input_size": list(size), "feature_size": [grid, grid], "grid": grid, "patch": patch,
-        "passes_per_image": passes(grid, patch),
-        "rows": int(summary.get("rows", 0)) + n_new,
-        "empty_maps": int(summary.get("empty_maps", 0)) + int(arrays["empty"].sum()),
-        "prediction_mismatches": int(summary.get("prediction_mismatches", 0)) + mismatched,
+        "feature_size": [grid, grid], "grid": grid, "patch": patch, "passes_per_image": passes(grid, patch),
         "timed_images": timed, "seconds": total_s,
         "seconds_per_image": total_s / timed if timed else None,
         "last_seconds_per_image": seconds / n_new if n_new else None,
     })
-    return derived.DerivedResult(arrays=arrays, summary=summary, skipped=skipped)
+    return derived.DerivedResult(arrays=arrays, summary=summary, skipped=got.skipped)
