@@ -26,6 +26,11 @@ class LazyModule:
     def __getattr__(self, attr: str):
         import importlib
 
+        if attr.startswith("_"):
+            # pytest probes every module attribute while collecting (``_mock_name``,
+            # ``__wrapped__``): answering those must not import the module.
+            raise AttributeError(attr)
+
         return getattr(importlib.import_module(self._name), attr)
 
     def __repr__(self) -> str:
