@@ -21,9 +21,10 @@ fit ``seconds_per_image`` is chosen (7 x 7 cells for a small CNN on 28x28 images
 ResNet18 on 224x224 images on 2 cores: a 24-image gallery page in about 18 s, under the
 dashboard's 20 s page budget). The choice, the time of a pass it came from and the budget
 are recorded in the summary, and every later row of the run uses the same grid (the stored
-maps of a run share one shape). A slow machine gets a coarser map, never a slower one;
-the coarsest grid, 4 x 4 cells (10 passes), is used even when over the budget, and the
-summary says so. ``OcclusionConfig(grid=7, patch=2)`` fixes the grid instead.
+maps of a run share one shape; the choice therefore depends on how busy the machine was
+then). A slower model or machine gets coarser maps rather than slower pages, down to the
+coarsest grid, 4 x 4 cells (10 passes), used even when over the budget (the summary says so;
+the dashboard's page budget and ``explain --limit`` bound the images). ``OcclusionConfig(grid=7, patch=2)`` fixes the grid instead.
 
 Stored as the derived kind ``occlusion_maps`` with the same arrays as Grad-CAM's
 ``attention_maps`` (``rows``, ``coarse`` (m, 2, grid, grid) float32, ``empty`` (m, 2):
