@@ -15,9 +15,10 @@ page's time in units of a *reference*: one plain forward batch of ``PASSES`` ima
 run, timed just before the page (``ref``, ms per image). ``page / (24 x passes x ref)`` is the
 overhead of occlusion over the bare passes (1.0 = none), and ``24 x passes x ref_quiet``,
 with the fastest reference of the run, is what the page costs on the machine at its quietest in
-this run: on a shared machine the seconds move with the load, the ratio much less. ``--fixed``
-adds one page with the fixed 7x7 grid (37 passes per image) for comparison. Usage:
-python benchmarks/bench_occlusion.py [--onnx /tmp/resnet18_224.onnx] [--repeats 3] [--fixed]
+this run: on a shared machine the seconds move with the load, the ratio much less. ``--fixed 7
+5`` adds one page with each fixed grid (7: 7x7 cells, 37 passes per image; 5: 5x5 cells, 17
+passes, what a quiet 2-core machine chooses for ResNet18 at 224) for comparison. Usage:
+python benchmarks/bench_occlusion.py [--onnx /tmp/resnet18_224.onnx] [--repeats 3] [--fixed 7 5]
     [--only fashion|resnet]
 """
 
@@ -37,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 from cpu_info import cpu_line  # noqa: E402  (this script's folder is on sys.path)
 
 import numpy as np  # noqa: E402
+
+from core.occlusion import GRIDS  # noqa: E402  (numpy only; the models are imported when used)
 
 PAGE = 24
 
@@ -61,13 +64,13 @@ def reference(run, model, rows: np.ndarray, *, warm: bool) -> float:
     return (time.perf_counter() - t0) / occlusion.PASSES
 
 
-def time_pages(run, rows: np.ndarray, repeats: int, *, fixed: bool) -> list[float]:
+def time_pages(run, rows: np.ndarray, repeats: int, *, fixed: list[int]) -> list[float]:
     from core import derived, occlusion
     from core.gradcam import explain_rows
 
     model = occlusion.run_model(run)  # loaded once, as the dashboard keeps it
     refs, times = [], []
-    for k in range(repeats + int(fixed)):
+    for k in range(repeats + len(fixed)):
         page = rows[k * PAGE:(k + 1) * PAGE]
         refs.append(reference(run, model, page, warm=k == 0))
         t0 = time.perf_counter()
@@ -76,9 +79,11 @@ def time_pages(run, rows: np.ndarray, repeats: int, *, fixed: bool) -> list[floa
             skipped, cost = att.skipped, att.cost
             what = f"page {k + 1}"
         else:
-            stored = derived.get(run, occlusion.KIND, {"grid": 7, "patch": 2}, rows=page)
+            grid = fixed[k - repeats]
+            patch = dict(occlusion.GRIDS)[grid]
+            stored = derived.get(run, occlusion.KIND, {"grid": grid, "patch": patch}, rows=page)
             skipped, cost = stored.skipped, stored.summary
-            what = "fixed 7x7 page"
+            what = f"fixed {grid}x{grid} page"
         seconds = time.perf_counter() - t0
         assert not skipped, skipped
         if k < repeats:
@@ -92,13 +97,13 @@ def time_pages(run, rows: np.ndarray, repeats: int, *, fixed: bool) -> list[floa
     return times
 
 
-def bench_fashion(folder: Path, repeats: int, fixed: bool) -> None:
+def bench_fashion(folder: Path, repeats: int, fixed: list[int]) -> None:
     from core.analyze import analyze
     from core.datasets import load_fashion_mnist
     from core.store import RunStore
 
     data = load_fashion_mnist()
-    rows = np.flatnonzero(np.asarray(data.splits) == "test")[: PAGE * (repeats + 1)]
+    rows = np.flatnonzero(np.asarray(data.splits) == "test")[: PAGE * (repeats + len(fixed))]
     model = ROOT / "core" / "demo_model" / "model.keras"
     run = analyze(model, data.subset(rows), store=RunStore(folder / "store"), run_id="fmnist-occlusion",
                   progress=False, projection=False)
@@ -108,7 +113,7 @@ def bench_fashion(folder: Path, repeats: int, fixed: bool) -> None:
     print(f"  median {med:.2f} s per page; target <= 2 s: {'meets' if med <= 2 else 'MISSES'}")
 
 
-def bench_resnet(onnx: Path, folder: Path, repeats: int, fixed: bool) -> None:
+def bench_resnet(onnx: Path, folder: Path, repeats: int, fixed: list[int]) -> None:
     import importlib.util
 
     import cv2
@@ -120,7 +125,7 @@ def bench_resnet(onnx: Path, folder: Path, repeats: int, fixed: bool) -> None:
     spec = importlib.util.spec_from_file_location("gen", ROOT / "tests/core/data/make_torch_resnet18_onnx.py")
     gen = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gen)
-    images, labels = gen.make_images(n=PAGE * (repeats + 1), size=224)
+    images, labels = gen.make_images(n=PAGE * (repeats + len(fixed)), size=224)
     data = folder / "images224"
     for i, (img, label) in enumerate(zip(images, labels)):
         (data / f"c{label}").mkdir(parents=True, exist_ok=True)
@@ -140,7 +145,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--onnx", type=Path, default=None, help="a 224x224 ResNet18 ONNX file (see above)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--fixed", action="store_true", help="also one page with the fixed 7x7 grid")
+    parser.add_argument("--fixed", type=int, nargs="*", default=[], choices=[g for g, _ in GRIDS],
+                        help="also one page with each of these fixed grids (cells per side)")
     parser.add_argument("--only", choices=["fashion", "resnet"], default=None, help="run one of the two")
     args = parser.parse_args()
     print(cpu_line(), flush=True)
