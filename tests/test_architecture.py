@@ -61,9 +61,8 @@ USER_ERRORS = _user_error_classes()
 
 def _caught_names(node: ast.expr) -> set[str]:
     """The class names an ``except`` clause's type names (``gradcam.GradCamUnavailable`` -> its last part)."""
-    return {n.attr if isinstance(n, ast.Attribute) else n.id for n in ast.walk(node)
-            if isinstance(n, ast.Attribute) or (isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load))
-            } - {n.value.id for n in ast.walk(node) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+    return {e.attr if isinstance(e, ast.Attribute) else getattr(e, "id", "")
+            for e in (node.elts if isinstance(node, ast.Tuple) else [node])}
 
 
 def _broad_handlers(path: Path) -> list[tuple[int, int | None]]:
