@@ -15,7 +15,9 @@ page's time in units of a *reference*: one plain forward batch of ``PASSES`` ima
 run, timed just before the page (``ref``, ms per image). ``page / (24 x passes x ref)`` is the
 overhead of occlusion over the bare passes (1.0 = none), and ``24 x passes x ref_quiet``,
 with the fastest reference of the run, is what the page costs on the machine at its quietest in
-this run: on a shared machine the seconds move with the load, the ratio much less. ``--fixed 7
+this run: on a shared machine the seconds move with the load, the ratio much less. The
+process's CPU time over the page, divided by the cores, is the other estimate of the page on an
+idle machine (onnxruntime keeps both cores busy; its spinning threads inflate it under load). ``--fixed 7
 5`` adds one page with each fixed grid (7: 7x7 cells, 37 passes per image; 5: 5x5 cells, 17
 passes, what a quiet 2-core machine chooses for ResNet18 at 224) for comparison. Usage:
 python benchmarks/bench_occlusion.py [--onnx /tmp/resnet18_224.onnx] [--repeats 3] [--fixed 7 5]
@@ -42,6 +44,7 @@ import numpy as np  # noqa: E402
 from core.occlusion import GRIDS  # noqa: E402  (numpy only; the models are imported when used)
 
 PAGE = 24
+CORES = len(os.sched_getaffinity(0))
 
 
 def load() -> str:
@@ -73,7 +76,7 @@ def time_pages(run, rows: np.ndarray, repeats: int, *, fixed: list[int]) -> list
     for k in range(repeats + len(fixed)):
         page = rows[k * PAGE:(k + 1) * PAGE]
         refs.append(reference(run, model, page, warm=k == 0))
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if k < repeats:  # the dashboard's way: the adaptive grid, chosen on the first page
             att = explain_rows(run, page, method="occlusion")
             skipped, cost = att.skipped, att.cost
@@ -84,7 +87,7 @@ def time_pages(run, rows: np.ndarray, repeats: int, *, fixed: list[int]) -> list
             stored = derived.get(run, occlusion.KIND, {"grid": grid, "patch": patch}, rows=page)
             skipped, cost = stored.skipped, stored.summary
             what = f"fixed {grid}x{grid} page"
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         assert not skipped, skipped
         if k < repeats:
             times.append(seconds)
@@ -93,7 +96,8 @@ def time_pages(run, rows: np.ndarray, repeats: int, *, fixed: list[int]) -> list
         print(f"  {what}: {seconds:.2f} s, {load()}; grid {cost['grid']}x{cost['grid']} ({n_pass} passes per "
               f"image{', ' + cost['grid_choice'] if k == 0 else ''}); ref {refs[-1] * 1e3:.1f} ms per image; "
               f"{seconds / bare:.2f}x the bare passes; at the quietest ref of the run "
-              f"({min(refs) * 1e3:.1f} ms): {PAGE * n_pass * min(refs) * seconds / bare:.2f} s", flush=True)
+              f"({min(refs) * 1e3:.1f} ms): {PAGE * n_pass * min(refs) * seconds / bare:.2f} s; CPU time of the "
+              f"process {cpu:.1f} s = {cpu / CORES:.1f} s on {CORES} cores of its own", flush=True)
     return times
 
 
