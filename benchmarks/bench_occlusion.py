@@ -113,8 +113,10 @@ def bench_fashion(folder: Path, repeats: int, fixed: list[int]) -> None:
                   progress=False, projection=False)
     print(f"1. Fashion-MNIST 28x28, {model.relative_to(ROOT)} (Keras), pages of {PAGE}:")
     times = time_pages(run, np.arange(run.n_images), repeats, fixed=fixed)
-    med = statistics.median(times)
-    print(f"  median {med:.2f} s per page; target <= 2 s: {'meets' if med <= 2 else 'MISSES'}")
+    if times:
+        med = statistics.median(times)
+        print(f"  median {med:.2f} s per page; target <= 2 s: {'meets' if med <= 2 else 'MISSES'}"
+              f" (wall time at this load)")
 
 
 def bench_resnet(onnx: Path, folder: Path, repeats: int, fixed: list[int]) -> None:
@@ -141,8 +143,10 @@ def bench_resnet(onnx: Path, folder: Path, repeats: int, fixed: list[int]) -> No
     print(f"2. 224x224 ResNet18 ONNX ({onnx.name}, {onnx.stat().st_size / 1e6:.1f} MB, onnxruntime), "
           f"pages of {PAGE}:")
     times = time_pages(run, np.arange(run.n_images), repeats, fixed=fixed)
-    med = statistics.median(times)
-    print(f"  median {med:.2f} s per page; target <= 20 s on 2 cores: {'meets' if med <= 20 else 'MISSES'}")
+    if times:
+        med = statistics.median(times)
+        print(f"  median {med:.2f} s per page; target <= 20 s on 2 cores: {'meets' if med <= 20 else 'MISSES'}"
+              f" (wall time at this load)")
 
 
 def main() -> None:
