@@ -19,7 +19,7 @@ this run: on a shared machine the seconds move with the load, the ratio much les
 process's CPU time over the page, divided by the cores, is the other estimate of the page on an
 idle machine (onnxruntime keeps both cores busy; its spinning threads inflate it under load). ``--fixed 7
 5`` adds one page with each fixed grid (7: 7x7 cells, 37 passes per image; 5: 5x5 cells, 17
-passes, what a quiet 2-core machine chooses for ResNet18 at 224) for comparison. Usage:
+passes) for comparison with the grid the adaptive pages chose at this load. Usage:
 python benchmarks/bench_occlusion.py [--onnx /tmp/resnet18_224.onnx] [--repeats 3] [--fixed 7 5]
     [--only fashion|resnet]
 """
