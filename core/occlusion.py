@@ -18,9 +18,9 @@ The grid adapts to the model's cost (``OcclusionConfig()``, the default): the fi
 run's maps are computed, the unoccluded pass of the first images is timed (the better of
 two runs: the first also warms the model up) and the finest grid of ``GRIDS`` whose passes
 fit ``seconds_per_image`` is chosen (7 x 7 cells for a small CNN on 28x28 images; for a
-ResNet18 on 224x224 images on 2 cores, 7 x 7 when they are idle and 4 x 4 when a dozen other
-processes share them: a 24-image gallery page in about 18 s of passes, under the dashboard's
-20 s page budget, as far as the coarsest grid allows). The choice, the time of a pass it came from and the budget
+ResNet18 on 224x224 images on 2 cores, 7 x 7 at load 3 and 4 x 4 when a dozen other
+processes share them: a 24-image gallery page in about 18 s of passes at most, under the
+dashboard's 20 s page budget, as far as the coarsest grid allows). The choice, the time of a pass it came from and the budget
 are recorded in the summary, and every later row of the run uses the same grid (the stored
 maps of a run share one shape; the choice therefore depends on how busy the machine was
 then). A slower model or machine gets coarser maps rather than slower pages, down to the
