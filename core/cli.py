@@ -580,7 +580,9 @@ def cmd_explain(args) -> int:
           + (f"; {n_empty} without positive evidence (empty_* in index.csv)" if n_empty else ""), file=sys.stderr)
     if attention.method == "occlusion" and attention.cost:
         per = attention.cost.get("last_seconds_per_image") or attention.cost.get("seconds_per_image")
+        grid = attention.cost.get("grid")
         print(f"Occlusion cost: {attention.cost['passes_per_image']} forward passes per image"
+              + (f" ({grid}x{grid} cells, {attention.cost.get('grid_choice')})" if grid else "")
               + (f", {per:.3f} s per image computed" if per else "")
               + f"; {seconds:.1f} s in all for {len(rows)} images (model load included; stored maps are read "
               "back for free); bound it with --limit", file=sys.stderr)

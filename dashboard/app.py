@@ -43,7 +43,7 @@ PAGES = Path(__file__).resolve().parent / "app_pages"  # not "pages/": that name
 PAGE_ICON = "🔎"
 # What a page may raise on a run whose files are damaged in a way the checks at opening cannot
 # see (a value of the wrong type, a file that vanished): shown as one line, never a traceback.
-PAGE_ERRORS = (RunSchemaError, LookupError, ValueError, TypeError, OSError)
+PAGE_ERRORS = (RunSchemaError, LookupError, ValueError, TypeError, OSError)  # boundary: the page's top level
 log = logging.getLogger(__name__)
 
 

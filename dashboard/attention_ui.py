@@ -35,8 +35,8 @@ import numpy as np
 import streamlit as st
 
 from core.analysis import gradcam, neighbours
+from core.errors import UserError
 from core.model import formats
-from core.model.load import ModelError
 from core.run import derived
 from core.run.store import Run
 from dashboard import cache, gallery, ui, views
@@ -51,7 +51,9 @@ CONFIG = {"method": "gradcam", "layer": None}  # the derived kind's defaults: th
 PAGE_BUDGET_S = 20.0  # occlusion seconds per page; the rest of the page is computed on the next rerun
 DEFER_S = 2.0  # a row left over by a budgeted page stays "over the budget" this long (the rest of that script run)
 # What computing maps may raise for a run whose model cannot be explained or loaded: one line each.
-PROBLEMS = (gradcam.GradCamUnavailable, ModelError, ValueError, OSError, ImportError)
+# UserError covers GradCamUnavailable, ModelError and the library errors translated at their
+# boundaries (core.errors); a plain ValueError is a bug and keeps its traceback.
+PROBLEMS = (UserError, OSError, ImportError)
 
 
 @dataclass(frozen=True)
@@ -117,15 +119,16 @@ def control(run: Run, key: str) -> None:
     st.session_state[TOGGLE_KEY] = st.session_state[widget] != "off"
     help_text = ("Grad-CAM: where the model's last convolutional map speaks for the class (Keras models). "
                  "Occlusion: how much the class probability drops when each patch is hidden (any model; "
-                 f"{_passes()} model passes per image, at most {PAGE_BUDGET_S:g} s per page).")
+                 f"{_passes()}, at most {PAGE_BUDGET_S:g} s per page).")
     st.segmented_control(ui.plain(LABEL), options, key=widget, format_func=METHOD_LABELS.get,
                          on_change=_copy_choice, args=(widget,), help=help_text)
 
 
-def _passes() -> int:
-    from core.analysis.occlusion import OcclusionConfig
+def _passes() -> str:
+    from core.analysis.occlusion import GRIDS, SECONDS_PER_IMAGE, passes
 
-    return OcclusionConfig().passes_per_image
+    return (f"{passes(*GRIDS[-1])} to {passes(*GRIDS[0])} model passes per image: the finest grid whose passes "
+            f"take at most {SECONDS_PER_IMAGE:g} s per image on this server")
 
 
 def page_batch(rows: np.ndarray, row: int, *, per_page: int) -> np.ndarray:
@@ -285,7 +288,8 @@ def _method_row(run: Run, row: int, method: str) -> None:
         cost = memo.cost or _stored_cost(run)
         if cost:
             per = cost.get("seconds_per_image")
-            st.caption(ui.plain(f"occlusion: {cost['passes_per_image']} model passes per image"
+            grid = f" ({cost['grid']}x{cost['grid']} cells)" if cost.get("grid") else ""
+            st.caption(ui.plain(f"occlusion: {cost['passes_per_image']} model passes per image{grid}"
                                 + (f", {per:.2f} s per image on this server" if per else "")
                                 + "; red: hiding it lowers the class probability most"))
     img, reason = cache.thumbnail(run, cache.run_key(run), int(row), DETAIL_PANEL_PX)
@@ -312,7 +316,7 @@ def _stored_cost(run: Run) -> dict:
 
     stored = derived.get(run, KIND, compute=False)
     summary = stored.summary if stored is not None else {}
-    return {k: summary[k] for k in ("passes_per_image", "seconds_per_image") if k in summary}
+    return {k: summary[k] for k in ("passes_per_image", "seconds_per_image", "grid") if k in summary}
 
 
 def register() -> None:

@@ -39,7 +39,7 @@ from dashboard import mapview, views
 
 # What opening a run raises when its files cannot be used (ValueError: a name that is no run id;
 # OSError: a file that cannot be read). Every one becomes a one-line reason.
-RUN_ERRORS = (RunNotFoundError, RunSchemaError, RunCorruptError, ValueError, OSError)
+RUN_ERRORS = (RunNotFoundError, RunSchemaError, RunCorruptError, ValueError, OSError)  # boundary: pyarrow's ArrowInvalid and numpy's load errors are ValueErrors
 
 
 def store_root() -> str:

@@ -629,7 +629,7 @@ class Attention:
     layer: str
     method: str
     score: str
-    cost: dict = field(default_factory=dict)  # occlusion: passes_per_image, seconds_per_image
+    cost: dict = field(default_factory=dict)  # occlusion: passes_per_image, seconds_per_image, grid, grid_choice
 
 
 def _check_rows(run: Run, rows) -> np.ndarray:
@@ -754,7 +754,8 @@ def _read(run: Run, stored, rows: np.ndarray, *, which: tuple[str, ...], method:
     missing = {int(r): skipped.get(int(r), "not computed") for r in rows[~have]}
     return Attention(rows=rows, which=which, maps=maps, empty=empty, classes=classes, peak=peak,
                      skipped=missing, layer=str(summary["layer"]), method=method, score=str(summary["score"]),
-                     cost={k: summary[k] for k in ("passes_per_image", "seconds_per_image", "last_seconds_per_image")
+                     cost={k: summary[k] for k in ("passes_per_image", "seconds_per_image", "last_seconds_per_image",
+                                  "grid", "patch", "grid_choice")
                            if k in summary})
 
 
@@ -835,6 +836,71 @@ def empty_result(previous, feature_size) -> dict[str, np.ndarray]:
             "empty": np.zeros((0, 2), bool)}
 
 
+@dataclass
+class CollectedMaps:
+    """What ``collect_maps`` gathered for an attention kind: the rows done, their coarse maps and
+    empty flags (per chunk), the rows skipped with their reasons, and how many images the model
+    now predicts otherwise than the run did."""
+
+    size: tuple[int, int]
+    rows: list = field(default_factory=list)
+    coarse: list = field(default_factory=list)
+    empty: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)
+    mismatched: int = 0
+
+    def arrays(self, previous, feature_size) -> dict[str, np.ndarray]:
+        """The derived arrays of the new rows (``empty_result`` when none could be read)."""
+        if not self.rows:
+            return empty_result(previous, feature_size)
+        return {"rows": np.concatenate(self.rows), "coarse": np.concatenate(self.coarse),
+                "empty": np.concatenate(self.empty)}
+
+    def summary(self, previous, arrays: dict[str, np.ndarray]) -> dict:
+        """``previous``'s summary with the counts of ``arrays`` added."""
+        summary = dict(previous.summary) if previous is not None else {}
+        summary.update({
+            "input_size": list(self.size), "rows": int(summary.get("rows", 0)) + len(arrays["rows"]),
+            "empty_maps": int(summary.get("empty_maps", 0)) + int(arrays["empty"].sum()),
+            # the model's argmax on these pixels should be the run's prediction; more than a tie now
+            # and then means the model file or the preprocessing changed since the run
+            "prediction_mismatches": int(summary.get("prediction_mismatches", 0)) + self.mismatched,
+        })
+        return summary
+
+
+def collect_maps(run: Run, rows, *, previous, compute, step, what: str, progress: Progress) -> CollectedMaps:
+    """The row loop of an attention kind (Grad-CAM's, occlusion's): ``rows`` (None: the 24 most
+    confident errors of the evaluation split not stored yet) in chunks of ``step()`` images
+    (asked before each chunk), each chunk's pixels loaded as the run fed them, then
+    ``compute(pixels uint8 (n, H, W, C), classes int (n, 2))`` -> (coarse maps, empty flags,
+    scores (n, K)) for the predicted and the true class. Unreadable images are skipped with
+    their reason; ``compute`` is called only for chunks with an image to explain."""
+    if rows is None:
+        rows = select_rows(run, limit=DEFAULT_LIMIT)
+        if previous is not None:
+            rows = np.setdiff1d(rows, previous.array("rows"))
+    rows = np.asarray(rows, np.int64)
+    size, channels = _run_input(run, None)
+    preds = run.predictions
+    targets = np.stack([preds["predicted"].to_numpy(), preds["true"].to_numpy()], axis=1)
+    got = CollectedMaps(size=size)
+    position = 0
+    while position < len(rows):
+        chunk = rows[position:position + max(1, int(step()))]
+        position += len(chunk)
+        ok, pixels, bad = _load_pixels(run, chunk, size=size, channels=channels)
+        got.skipped.update(bad)
+        if ok:
+            maps, flags, scores = compute(pixels, targets[ok])
+            got.mismatched += int((np.asarray(scores).argmax(axis=1) != targets[ok, 0]).sum())
+            got.rows.append(np.asarray(ok, np.int64))
+            got.coarse.append(maps)
+            got.empty.append(flags)
+        progress(f"{what}: {position:,}/{len(rows):,} images", position / max(len(rows), 1))
+    return got
+
+
 @derived.register(KIND, version=KIND_VERSION, config=GradCamConfig, row_inputs=True,
                   libraries=("tensorflow", "keras"),
                   description="Grad-CAM maps of the predicted and the true class, per requested row")
@@ -844,48 +910,24 @@ def _compute_attention(run: Run, config: GradCamConfig, progress: Progress, *, r
     evaluation split), returned for derived.get to add to ``previous``."""
     from core.data.preprocess import feed
 
-    if rows is None:
-        rows = select_rows(run, limit=DEFAULT_LIMIT)
-        if previous is not None:
-            rows = np.setdiff1d(rows, previous.array("rows"))
-    rows = np.asarray(rows, np.int64)
     explainer = None
-    size, channels = _run_input(run, None)
-    preds = run.predictions
-    targets = np.stack([preds["predicted"].to_numpy(), preds["true"].to_numpy()], axis=1)
-    done_rows, coarse, empty, skipped = [], [], [], {}
-    mismatched = 0
-    for start in range(0, len(rows), BATCH):
-        chunk = rows[start:start + BATCH]
-        ok, pixels, bad = _load_pixels(run, chunk, size=size, channels=channels)
-        skipped.update(bad)
-        if ok:
-            if explainer is None:  # loaded only once some image needs it
-                explainer = cached_explainer(run, layer=config.layer)
-            maps, flags, scores = explainer.maps(feed(pixels, explainer.scale), targets[ok],
-                                                 method=config.method)
-            mismatched += int((scores.argmax(axis=1) != targets[ok, 0]).sum())
-            done_rows.append(np.asarray(ok, np.int64))
-            coarse.append(maps)
-            empty.append(flags)
-        done = min(start + len(chunk), len(rows))
-        progress(f"Grad-CAM: {done:,}/{len(rows):,} images", done / max(len(rows), 1))
-    summary = dict(previous.summary) if previous is not None else {}
+
+    def compute(pixels, classes):
+        nonlocal explainer
+        if explainer is None:  # loaded only once some image needs it
+            explainer = cached_explainer(run, layer=config.layer)
+        return explainer.maps(feed(pixels, explainer.scale), classes, method=config.method)
+
+    got = collect_maps(run, rows, previous=previous, compute=compute, step=lambda: BATCH, what="Grad-CAM",
+                       progress=progress)
+    arrays = got.arrays(previous, explainer.feature_size if explainer else None)
+    summary = got.summary(previous, arrays)
     if explainer is not None:
         summary.update({"layer": explainer.layer, "score": explainer.score,
                         "feature_size": list(explainer.feature_size or ())})
     summary.setdefault("layer", config.layer or "?")
     summary.setdefault("score", "?")
-    arrays = ({"rows": np.concatenate(done_rows), "coarse": np.concatenate(coarse), "empty": np.concatenate(empty)}
-              if done_rows else empty_result(previous, explainer.feature_size if explainer else None))
-    summary.update({
-        "input_size": list(size), "rows": int(summary.get("rows", 0)) + len(arrays["rows"]),
-        "empty_maps": int(summary.get("empty_maps", 0)) + int(arrays["empty"].sum()),
-        # the model's argmax on these pixels should be the run's prediction; more than a tie now
-        # and then means the model file or the preprocessing changed since the run
-        "prediction_mismatches": int(summary.get("prediction_mismatches", 0)) + mismatched,
-    })
-    return derived.DerivedResult(arrays=arrays, summary=summary, skipped=skipped)
+    return derived.DerivedResult(arrays=arrays, summary=summary, skipped=got.skipped)
 
 
 def _run_input(run: Run, explainer: CamExplainer | None) -> tuple[tuple[int, int], int]:

@@ -482,7 +482,7 @@ def _stored(run: Run, name: str):
     """A current stored result of kind ``name``, or None (never computed here: causes stay fast)."""
     try:
         return derived.get(run, name, compute=False)
-    except (derived.DerivedError, OSError, ValueError):
+    except (derived.DerivedError, OSError, ValueError):  # boundary: numpy/pyarrow read the stored files
         return None
 
 

@@ -72,11 +72,25 @@ def test_maps_from_drops_averages_the_covering_patches():
 
 
 def test_config_is_validated():
-    assert OcclusionConfig().passes_per_image == 37
+    assert OcclusionConfig().passes_per_image is None            # chosen per run (core.analysis.occlusion.choose_grid)
+    assert OcclusionConfig(grid=7, patch=2).passes_per_image == 37
     with pytest.raises(ValueError, match="grid must be an integer from 2 to 32. Received: grid=1"):
-        OcclusionConfig(grid=1)
+        OcclusionConfig(grid=1, patch=1)
     with pytest.raises(ValueError, match="patch must be an integer from 1 to grid - 1 = 6. Received: patch=7"):
-        OcclusionConfig(patch=7)
+        OcclusionConfig(grid=7, patch=7)
+    with pytest.raises(ValueError, match="given together or not at all. Received: grid=7, patch=None"):
+        OcclusionConfig(grid=7)
+    with pytest.raises(ValueError, match="seconds_per_image must be a positive number. Received: 0"):
+        OcclusionConfig(seconds_per_image=0)
+
+
+def test_the_grid_is_the_finest_that_fits_the_budget():
+    assert occlusion.choose_grid(0.001, 0.75) == (7, 2)             # 37 passes of 1 ms
+    assert occlusion.choose_grid(0.75 / 26, 0.75) == (6, 2)         # exactly 26 passes fit
+    assert occlusion.choose_grid(0.035, 0.75) == (5, 2)             # ResNet18 at 224 on 2 cores: 17 x 35 ms
+    assert occlusion.choose_grid(10.0, 0.75) == occlusion.GRIDS[-1]  # nothing fits: the coarsest
+    costs = [occlusion.passes(g, p) for g, p in occlusion.GRIDS]
+    assert costs == sorted(costs, reverse=True)
 
 
 # --------------------------------------------------------------------------- the PyTorch ResNet18
@@ -185,7 +199,7 @@ def test_cli_explain_occlusion_on_onnx_prints_the_cost(resnet_run, tmp_path):
                            "--method", "occlusion", "--limit", "6", "--split", "all", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert "Occlusion cost: 37 forward passes per image" in proc.stderr
+    assert "Occlusion cost: 37 forward passes per image (7x7 cells, chosen: a pass took" in proc.stderr
     index = pd.read_csv(out / "index.csv")
     assert len(index) == 6 and (out / index["overlay"].iat[0]).exists()
     assert np.load(out / "cams.npy", allow_pickle=False).shape == (6, 2, 64, 64)
