@@ -305,7 +305,8 @@ def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.n
     n = len(rows)
     centroid, background = centroids(thumbnails, content_size, rows)
     empty = {"query": np.zeros(0, np.int64), "match": np.zeros(0, np.int64), "variant": np.zeros(0, np.int64),
-             "score": np.zeros(0, np.float32), "centroid": centroid, "background": background}
+             "score": np.zeros(0, np.float32), "alt_query": np.zeros(0, np.int64), "alt_match": np.zeros(0, np.int64),
+             "alt_variant": np.zeros(0, np.int64), "centroid": centroid, "background": background}
     if n < 2:
         return empty
     rng = np.random.default_rng(seed)
@@ -373,8 +374,27 @@ def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.n
         return empty
     q, m, v, s = (np.concatenate(x) for x in (found_q, found_m, found_v, found_s))
     keep = _top_pairs(q, m, s, n, neighbours)
+    alt = _other_mirror(q, m, v, s, keep, n)
+    alt_q, alt_m = np.where(alt >= 0, q[alt], q[keep]), np.where(alt >= 0, m[alt], m[keep])
     return {"query": rows[q[keep]], "match": rows[m[keep]], "variant": v[keep], "score": s[keep],
+            "alt_query": rows[alt_q], "alt_match": rows[alt_m], "alt_variant": np.where(alt >= 0, v[alt], -1),
             "centroid": centroid, "background": background}
+
+
+def _other_mirror(qa: np.ndarray, qb: np.ndarray, variant: np.ndarray, score: np.ndarray, keep: np.ndarray,
+                  n: int) -> np.ndarray:
+    """For each kept match, the index of the best match of the same pair under another mirror (-1: none)."""
+    key = np.minimum(qa, qb).astype(np.int64) * n + np.maximum(qa, qb)
+    family = variant // len(ZOOMS)
+    table = pd.DataFrame({"key": key, "family": family, "score": score, "at": np.arange(len(key))})
+    table = table[table["key"].isin(key[keep])]
+    best = table.sort_values("score", ascending=False, kind="stable").drop_duplicates(["key", "family"])
+    kept = pd.DataFrame({"key": key[keep], "own": family[keep], "slot": np.arange(len(keep))})
+    other = kept.merge(best, on="key")
+    other = other[other["family"] != other["own"]].drop_duplicates("slot")  # best first: sorted above
+    out = np.full(len(keep), -1, np.int64)
+    out[other["slot"].to_numpy()] = other["at"].to_numpy()
+    return out
 
 
 def _top_pairs(qa: np.ndarray, qb: np.ndarray, score: np.ndarray, n: int, neighbours: int) -> np.ndarray:
@@ -420,12 +440,17 @@ def _noise(img: np.ndarray) -> float:
 
 def _fit(t: np.ndarray, q: np.ndarray) -> tuple[float, np.ndarray]:
     """RMS residual of t against the best tone curve c0 + c1 q + c2 q^2 / 255 of q, and the coefficients
-    (least squares by its 3 x 3 normal equations: a hundred times as many calls as pairs)."""
-    x = np.stack([np.ones_like(q), q, q * q / 255.0])
-    gram = x @ x.T + 1e-6 * np.eye(3, dtype=np.float32)
-    coef = np.linalg.solve(gram.astype(np.float64), (x @ t).astype(np.float64))
-    r = t - coef @ x
-    return float(np.sqrt(np.mean(r * r))), coef
+    (least squares by its 3 x 3 normal equations, from dot products: a hundred times as many calls as pairs;
+    the residual from |t|^2 - c . X t, so the residual image is never formed)."""
+    t, q = t.astype(np.float64), q.astype(np.float64)  # sums of squares of 255s: float32 would round them
+    q2 = q * q / 255.0
+    n = float(len(q))
+    sq, sq2, sqq2, sq2q2 = float(q.sum()), float(q2.sum()), float(q @ q2), float(q2 @ q2)
+    gram = np.array([[n, sq, sq2], [sq, float(q @ q), sqq2], [sq2, sqq2, sq2q2]]) + 1e-6 * np.eye(3)
+    rhs = np.array([float(t.sum()), float(t @ q), float(t @ q2)])
+    coef = np.linalg.solve(gram, rhs)
+    sse = max(float(t @ t) - float(coef @ rhs), 0.0)
+    return float(np.sqrt(sse / max(n, 1.0))), coef
 
 
 def _detail(img: np.ndarray) -> np.ndarray:
@@ -439,7 +464,21 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / max(np.sqrt((x * x).sum() * (y * y).sum()), 1e-9))
 
 
-def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) -> dict:
+def ecc(template: np.ndarray, moving: np.ndarray, init: np.ndarray) -> tuple[float, np.ndarray]:
+    """OpenCV's ECC (affine, from ``init``): (correlation reached, warp); (-1, init) where it does not converge."""
+    import cv2
+
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-3)
+    warp = init.astype(np.float32).copy()
+    try:
+        cc, warp = cv2.findTransformECC(template, moving, warp, cv2.MOTION_AFFINE, criteria, None, 3)
+    except cv2.error:  # no convergence (a flat image, a far start): keep the start, the residual decides
+        return -1.0, init.astype(np.float32).copy()
+    return float(cc), warp
+
+
+def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *, refine: bool = True,
+                  noise=None) -> dict:
     """Register ``moving`` onto ``template`` (both (h, w) float32) from the affine ``init`` (2, 3), which
     maps template coordinates to moving ones (OpenCV's ECC convention), and measure how well they agree.
 
@@ -459,12 +498,7 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     import cv2
 
     h, w = template.shape
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-3)
-    warp = init.astype(np.float32).copy()
-    try:
-        _, warp = cv2.findTransformECC(template, moving, warp, cv2.MOTION_AFFINE, criteria, None, 3)
-    except cv2.error:  # no convergence (a flat image, a far start): keep the start, the residual decides
-        warp = init.astype(np.float32).copy()
+    warp = ecc(template, moving, init)[1] if refine else init.astype(np.float32).copy()
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     moved = cv2.warpAffine(moving, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     inside = cv2.warpAffine(np.ones_like(moving), warp, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT,
@@ -491,7 +525,12 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
             if best is None or residual < best[0] - 1e-6:
                 best = (residual, coef, side * sigma, t, q)
     residual, coef, blur, t, q = best
-    gy, gx = np.gradient(cv2.GaussianBlur(t, (0, 0), _BLURS[1]))  # the picture's edges, not its pixel noise
+    out.update(residual=residual, blur=blur)
+    if residual > MAX_RESIDUAL:  # refused whatever the rest says (most candidates): spare the rest
+        return out
+    smooth = cv2.GaussianBlur(t, (0, 0), _BLURS[1])  # the picture's edges, not its pixel noise
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)  # central differences, as np.gradient
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
     half_pixel = 0.5 * float(np.sqrt(np.mean((gx[inside] ** 2 + gy[inside] ** 2) / 2.0)))
     lo, hi = np.percentile(q[inside], [1, 99])  # the gray levels the pair has, not the whole range
     levels = np.linspace(lo, max(hi, lo + 1), 18, dtype=np.float32)
@@ -499,10 +538,10 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray) ->
     tone = float(np.abs(curve - levels).max())
     if (np.diff(curve) <= 0).any():  # an edit keeps the order of gray levels: a falling curve is no edit
         tone = float("inf")
-    noise = float(np.hypot(min(_noise(template), MAX_NOISE), min(_noise(moving), MAX_NOISE)))
-    out.update(residual=residual, allowed=float(np.hypot(half_pixel, noise)), blur=blur, tone=tone,
-               half_pixel=half_pixel, noise=noise)
-    if residual > MAX_RESIDUAL or tone > MAX_TONE:  # refused whatever the rest says: spare the rest
+    nt, nm = noise() if noise is not None else (_noise(template), _noise(moving))
+    noise = float(np.hypot(min(nt, MAX_NOISE), min(nm, MAX_NOISE)))
+    out.update(allowed=float(np.hypot(half_pixel, noise)), tone=tone, half_pixel=half_pixel, noise=noise)
+    if tone > MAX_TONE:
         return out
     fitted = coef[0] + coef[1] * q + coef[2] * q * q / 255.0
     weight = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), _STRUCTURE)
@@ -554,6 +593,7 @@ def describe_transform(g: np.ndarray, flip: str, shape: tuple[int, int]) -> dict
 
 def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.ndarray, match: np.ndarray,
                  variant: np.ndarray, centroid_of: np.ndarray, *, size: int | None = None,
+                 alternative: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                  progress: Progress | None = None) -> pd.DataFrame:
     """Register each candidate pair and measure its agreement (see ``register_pair``).
 
@@ -565,36 +605,66 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     ``anisotropy``, ``shift_y``, ``shift_x``, ``proper`` (b against a, see
     ``describe_transform``), ``residual``, ``allowed``, ``detail``, ``overlap``,
     ``blur`` (positive: b is the blurrier), ``tone``.
+
+    ``alternative`` (query, match, variant; variant -1 for none), one per pair: the
+    same pair matched under another mirror (a symmetric garment matches itself
+    mirrored almost as well). Both are registered and the one that leaves the
+    smaller residual is kept.
     """
     size = int(size or thumbnails.shape[1])
+    if alternative is None:
+        alternative = (query, match, np.full(len(query), -1, np.int64))
+    alt_q, alt_m, alt_v = (np.asarray(x, np.int64) for x in alternative)
     say = progress or (lambda message, fraction: None)
     query, match, variant = (np.asarray(x, np.int64) for x in (query, match, variant))
     cols = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
             "allowed", "detail", "overlap", "blur", "tone", "structure", "peak", "half_pixel", "self_structure",
             "self_peak", "noise"]
 
+    def setup(q: int, m: int, v: int, cache: dict) -> tuple:
+        """(template, moving, init, fmap, shape, flip) of query q's variant v against match m."""
+        same = (content_size[q] == content_size[m]).all()
+        shape = (int(content_size[m, 0]), int(content_size[m, 1])) if same else (size, size)
+        for row in (q, m):
+            if (row, shape) not in cache:
+                img = _work_image(thumbnails, content_size, row, shape)
+                cache[(row, shape)] = (img, [])  # its noise, measured once when a pair needs it
+        flip, zoom = FLIPS[v // len(ZOOMS)], ZOOMS[v % len(ZOOMS)]
+        template, moving = cache[(m, shape)][0], np.ascontiguousarray(_flip(cache[(q, shape)][0], flip))
+        grid = np.array([shape[1], shape[0]], np.float64)  # (x, y)
+        ct = np.asarray(centroid_of[m], np.float64)[::-1] * grid - 0.5  # (x, y) in grid pixels
+        cq = np.asarray(centroid_of[q], np.float64)[::-1] * grid - 0.5
+        fmap = np.eye(3)
+        if flip:
+            axis = 0 if flip == "h" else 1
+            cq[axis] = grid[axis] - 1 - cq[axis]
+            fmap[axis, axis], fmap[axis, 2] = -1.0, grid[axis] - 1
+        init = np.float32([[1 / zoom, 0, cq[0] - ct[0] / zoom], [0, 1 / zoom, cq[1] - ct[1] / zoom]])
+        return template, moving, init, fmap, shape, flip
+
     def chunk(start: int) -> list[dict]:
-        cache: dict[tuple, np.ndarray] = {}
+        cache: dict[tuple, tuple] = {}
         records = []
-        for q, m, v in zip(query[start:start + 1024].tolist(), match[start:start + 1024].tolist(),
-                           variant[start:start + 1024].tolist()):
-            same = (content_size[q] == content_size[m]).all()
-            shape = (int(content_size[m, 0]), int(content_size[m, 1])) if same else (size, size)
-            for row in (q, m):
-                if (row, shape) not in cache:
-                    cache[(row, shape)] = _work_image(thumbnails, content_size, row, shape)
-            flip, zoom = FLIPS[v // len(ZOOMS)], ZOOMS[v % len(ZOOMS)]
-            template, moving = cache[(m, shape)], np.ascontiguousarray(_flip(cache[(q, shape)], flip))
-            grid = np.array([shape[1], shape[0]], np.float64)  # (x, y)
-            ct = np.asarray(centroid_of[m], np.float64)[::-1] * grid - 0.5  # (x, y) in grid pixels
-            cq = np.asarray(centroid_of[q], np.float64)[::-1] * grid - 0.5
-            fmap = np.eye(3)
-            if flip:
-                axis = 0 if flip == "h" else 1
-                cq[axis] = grid[axis] - 1 - cq[axis]
-                fmap[axis, axis], fmap[axis, 2] = -1.0, grid[axis] - 1
-            init = np.float32([[1 / zoom, 0, cq[0] - ct[0] / zoom], [0, 1 / zoom, cq[1] - ct[1] / zoom]])
-            got = register_pair(template, moving, init)
+        stop = start + 1024
+        for q, m, v, q2, m2, v2 in zip(query[start:stop].tolist(), match[start:stop].tolist(),
+                                       variant[start:stop].tolist(), alt_q[start:stop].tolist(),
+                                       alt_m[start:stop].tolist(), alt_v[start:stop].tolist()):
+            tries = [(q, m, v)] + ([(q2, m2, v2)] if v2 >= 0 else [])
+            best = None
+            for q, m, v in tries:  # the other mirror too: keep whichever leaves the smaller residual
+                template, moving, init, fmap, shape, flip = setup(q, m, v, cache)
+
+                def noise(m=m, q=q, shape=shape) -> tuple[float, float]:
+                    for row in (m, q):
+                        img, known = cache[(row, shape)]
+                        if not known:
+                            known.append(_noise(img))
+                    return cache[(m, shape)][1][0], cache[(q, shape)][1][0]
+
+                got = register_pair(template, moving, init, noise=noise)
+                if best is None or got["residual"] < best[0]["residual"]:
+                    best = (got, q, m, fmap, shape, flip)
+            got, q, m, fmap, shape, flip = best
             g = fmap @ np.vstack([got["warp"].astype(np.float64), [0, 0, 1]])  # template pixel -> query pixel
             a, b, blur = (m, q, got["blur"]) if m < q else (q, m, -got["blur"])
             if m > q:
@@ -737,6 +807,7 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
     centroid_of[reps] = found["centroid"]
     say(f"duplicates: verifying {len(found['query']):,} candidate pairs", 0.5)
     checked = verify_pairs(thumbnails, content_size, found["query"], found["match"], found["variant"], centroid_of,
+                           alternative=(found["alt_query"], found["alt_match"], found["alt_variant"]),
                            progress=lambda m, f: say(m, 0.5 + 0.4 * f))
     ok = accepted(checked, max_ratio=max_ratio)
     near = checked[ok].reset_index(drop=True)
