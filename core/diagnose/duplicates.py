@@ -92,7 +92,9 @@ from core.store import Run
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 FLIPS = ("", "h", "v")
 ZOOMS = (1.0, 1.09, 1.18)
-_VARIANTS = len(FLIPS) * len(ZOOMS)
+SHIFT_STEP = 0.1  # of the side: 1.5 descriptor cells, so shifts up to ~0.15 of the side fall within a cell of one
+SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
+_VARIANTS = len(FLIPS) * len(ZOOMS) + len(SHIFTS)
 _DESCRIPTOR = 12
 _DIMS = 32
 _SMALL = 3000
@@ -165,17 +167,29 @@ def _area_matrix(length: int, lo: float, hi: float, cells: int) -> np.ndarray:
     return out
 
 
-def _operators(size: int) -> np.ndarray:
-    """(len(ZOOMS), D, size + 2) float32: blur, then average the central part seen at each zoom into D cells.
+def _operators(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Blur, then average the central part seen at each zoom into D cells: (len(ZOOMS), D, size + 2) float32;
+    and the unzoomed window moved by -1, 0, +1 ``SHIFT_STEP`` (3, D, size + 2).
 
-    Each operator is symmetric about the centre (reversing its columns reverses
+    Each zoom operator is symmetric about the centre (reversing its columns reverses
     its rows), so the descriptor of a mirrored image is the mirrored descriptor.
     """
     p = size + 2
     blur = _blur_matrix(p, max(0.5, size / 32.0)).astype(np.float64)
     half = (size - 2 * max(1, round(3 * size / 32))) / 2.0
-    return np.stack([_area_matrix(p, p / 2 - half / z, p / 2 + half / z, _DESCRIPTOR) @ blur
-                     for z in ZOOMS]).astype(np.float32)
+    zooms = np.stack([_area_matrix(p, p / 2 - half / z, p / 2 + half / z, _DESCRIPTOR) @ blur for z in ZOOMS])
+    moved = np.stack([_area_matrix(p, p / 2 - half + k * SHIFT_STEP * size, p / 2 + half + k * SHIFT_STEP * size,
+                                   _DESCRIPTOR) @ blur for k in (-1, 0, 1)])
+    return zooms.astype(np.float32), moved.astype(np.float32)
+
+
+def variant_parts(variant: int) -> tuple[str, float, float, float]:
+    """(flip, zoom, dy, dx) of a search variant: the query mirrored, zoomed on its centre, or its window moved
+    by (dy, dx) (fractions of the side: the query's content there matches the other image's centre)."""
+    if variant < len(FLIPS) * len(ZOOMS):
+        return FLIPS[variant // len(ZOOMS)], ZOOMS[variant % len(ZOOMS)], 0.0, 0.0
+    dy, dx = SHIFTS[variant - len(FLIPS) * len(ZOOMS)]
+    return "", 1.0, dy * SHIFT_STEP, dx * SHIFT_STEP
 
 
 def search_descriptors(aligned: np.ndarray) -> np.ndarray:
@@ -183,16 +197,23 @@ def search_descriptors(aligned: np.ndarray) -> np.ndarray:
 
     Variant v = flip * len(ZOOMS) + zoom: the image as it is, mirrored left-right
     or upside down (``FLIPS``), each seen whole or zoomed on its centre
-    (``ZOOMS``: what a crop to 92% or 85% resized back shows). Mean removed, unit
+    (``ZOOMS``: what a crop to 92% or 85% resized back shows); then the image seen
+    through a window moved by ``SHIFT_STEP`` in each of 8 directions (``SHIFTS``:
+    a shift that the centroid does not undo, as when the shift's padding
+    replicates an edge the object touches; see ``variant_parts``). Mean removed, unit
     length: brightness and contrast do not count. Variant 0 is the image itself.
     """
     n, p, _ = aligned.shape
-    ops = _operators(p - 2)
+    ops, moved = _operators(p - 2)
     d = _DESCRIPTOR
-    out = np.empty((n, len(FLIPS), len(ZOOMS), d, d), np.float32)
+    out = np.empty((n, _VARIANTS, d, d), np.float32)
     for k, op in enumerate(ops):
         desc = np.matmul(np.matmul(op, aligned), op.T)
-        out[:, 0, k], out[:, 1, k], out[:, 2, k] = desc, desc[:, :, ::-1], desc[:, ::-1, :]
+        for f, flip in enumerate(FLIPS):
+            out[:, f * len(ZOOMS) + k] = desc[:, :, ::-1] if flip == "h" else desc[:, ::-1, :] if flip == "v" else desc
+    rows_by = {k: np.matmul(moved[k + 1], aligned) for k in (-1, 0, 1)}
+    for j, (dy, dx) in enumerate(SHIFTS):
+        out[:, len(FLIPS) * len(ZOOMS) + j] = np.matmul(rows_by[dy], moved[dx + 1].T)
     out = out.reshape(n, _VARIANTS, d * d)
     out -= out.mean(axis=2, keepdims=True)
     out /= np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-6)
@@ -385,7 +406,7 @@ def _other_mirror(qa: np.ndarray, qb: np.ndarray, variant: np.ndarray, score: np
                   n: int) -> np.ndarray:
     """For each kept match, the index of the best match of the same pair under another mirror (-1: none)."""
     key = np.minimum(qa, qb).astype(np.int64) * n + np.maximum(qa, qb)
-    family = variant // len(ZOOMS)
+    family = np.where(variant < len(FLIPS) * len(ZOOMS), variant // len(ZOOMS), 0)
     table = pd.DataFrame({"key": key, "family": family, "score": score, "at": np.arange(len(key))})
     table = table[table["key"].isin(key[keep])]
     best = table.sort_values("score", ascending=False, kind="stable").drop_duplicates(["key", "family"])
@@ -629,7 +650,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             if (row, shape) not in cache:
                 img = _work_image(thumbnails, content_size, row, shape)
                 cache[(row, shape)] = (img, [])  # its noise, measured once when a pair needs it
-        flip, zoom = FLIPS[v // len(ZOOMS)], ZOOMS[v % len(ZOOMS)]
+        flip, zoom, dy, dx = variant_parts(v)
         template, moving = cache[(m, shape)][0], np.ascontiguousarray(_flip(cache[(q, shape)][0], flip))
         grid = np.array([shape[1], shape[0]], np.float64)  # (x, y)
         ct = np.asarray(centroid_of[m], np.float64)[::-1] * grid - 0.5  # (x, y) in grid pixels
@@ -639,6 +660,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             axis = 0 if flip == "h" else 1
             cq[axis] = grid[axis] - 1 - cq[axis]
             fmap[axis, axis], fmap[axis, 2] = -1.0, grid[axis] - 1
+        cq += np.array([dx, dy]) * grid  # the query's window was moved there to match the template's centre
         init = np.float32([[1 / zoom, 0, cq[0] - ct[0] / zoom], [0, 1 / zoom, cq[1] - ct[1] / zoom]])
         return template, moving, init, fmap, shape, flip
 
