@@ -515,6 +515,9 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
     (correlation of the fine detail), ``overlap`` (fraction of the template
     covered), ``blur`` (sigma, positive: the template was smoothed, negative: the
     moving image was) and ``tone`` (largest change of the tone curve, gray levels; inf where it falls).
+
+    ``noise``: a callable giving both images' noise sigma (default: measured
+    here). ``refine`` False: ``init`` is the registration already (see ``ecc``).
     """
     import cv2
 
@@ -643,7 +646,10 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             "self_peak", "noise"]
 
     def setup(q: int, m: int, v: int, cache: dict) -> tuple:
-        """(template, moving, init, fmap, shape, flip) of query q's variant v against match m."""
+        """(template, moving, init, fmap, shape, flip) of query q's variant v against match m; two contents
+        of different sizes are both on the size x size grid, the sharper one at the other's resolution."""
+        import cv2
+
         same = (content_size[q] == content_size[m]).all()
         shape = (int(content_size[m, 0]), int(content_size[m, 1])) if same else (size, size)
         for row in (q, m):
@@ -662,6 +668,18 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             fmap[axis, axis], fmap[axis, 2] = -1.0, grid[axis] - 1
         cq += np.array([dx, dy]) * grid  # the query's window was moved there to match the template's centre
         init = np.float32([[1 / zoom, 0, cq[0] - ct[0] / zoom], [0, 1 / zoom, cq[1] - ct[1] / zoom]])
+        if not same:  # compare at the lower resolution: the sharper image sent down to the other's size and back
+            pixels = content_size[[q, m]].astype(np.int64)
+            low = pixels[0] if pixels[1].prod() > pixels[0].prod() else pixels[1]
+            if (low < shape).any():
+                def degrade(img: np.ndarray) -> np.ndarray:
+                    down = cv2.resize(img, (int(low[1]), int(low[0])), interpolation=cv2.INTER_AREA)
+                    return cv2.resize(down, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+                if pixels[1].prod() > pixels[0].prod():
+                    template = degrade(template)
+                else:
+                    moving = degrade(moving)
         return template, moving, init, fmap, shape, flip
 
     def chunk(start: int) -> list[dict]:
