@@ -577,6 +577,10 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
     if (np.diff(curve) <= 0).any():  # an edit keeps the order of gray levels: a falling curve is no edit
         tone = float("inf")
     nt, nm = noise() if noise is not None else (_noise(template), _noise(moving))
+    if blur > 0:  # the noise that counts is what is left in the images compared: the smoothed side has less
+        nt = min(nt, _noise(t))  # (texture smoothed away is no noise a copy may differ by)
+    elif blur < 0:
+        nm = min(nm, _noise(q))
     noise = float(np.hypot(min(nt, MAX_NOISE), min(nm, MAX_NOISE)))
     out.update(allowed=float(np.hypot(half_pixel, noise)), tone=tone, half_pixel=half_pixel, noise=noise)
     if tone > MAX_TONE:
