@@ -17,19 +17,27 @@ How near copies are found (nothing quadratic in N):
    so a grayscale copy looks the same) is stretched to S x S and re-centred on
    its intensity centroid (measured against the border's median): a shifted
    copy lands in the same place. Blurred 12 x 12 summaries of its central part
-   are its search descriptors, in 9 *variants*: as it is, mirrored left-right,
+   are its search descriptors, in 17 *variants*: as it is, mirrored left-right,
    mirrored upside down, each seen whole or zoomed on its centre by 1.09 and
-   1.18 (what a crop to 92% or 85% resized back shows). Mean removed and unit
+   1.18 (what a crop to 92% or 85% resized back shows), and seen through a
+   window moved by a tenth of the side in each of 8 directions (a shift whose
+   padding replicates an edge the object touches moves the centroid little,
+   so the centroid alone does not undo it). Mean removed and unit
    length, so brightness and contrast do not count; blurred, so blur, noise,
    re-encoding and a few degrees of rotation move them little.
 2. Candidates: an inverted-file index (k-means cells on a PCA of the
    descriptors) holds each image as it is; each variant of each image is a
    query compared with the images of its cell only, and each image keeps its
-   ``neighbours`` best matches (with the variant that matched). Work is about
-   9 N * sqrt(N) descriptor products, not N^2.
+   ``neighbours`` best matches (with the variant that matched), and the best
+   match of the same pair under another mirror, if any. Work is about
+   17 N * sqrt(N) descriptor products, not N^2.
 3. Verification registers each candidate pair on the thumbnails' pixels:
    the query mirrored as its variant says, then OpenCV's ECC (an affine motion,
-   started from the variant's zoom and the centroids' offset), then over the
+   started from the variant's zoom, window and the centroids' offset; a pair
+   that also matched under another mirror is registered both ways, and the
+   way that leaves the smaller residual kept: a symmetric garment matches its
+   own mirror image almost as well). Two contents of different sizes are
+   compared at the lower one's resolution. Then over the
    overlap (a band along both frames' edges left out, where a shift or crop
    pads) the tone curve (quadratic: brightness, contrast, gamma; it must rise)
    and the blur (either side smoothed by 0.8 px, or neither) that bring the
@@ -40,7 +48,8 @@ How near copies are found (nothing quadratic in N):
      tone moved by <= 80 gray levels);
    * the RMS residual is at most ``allowed``: what half a pixel of
      misregistration (the template, smoothed by 0.8 px, against itself moved by half
-     a pixel) and the two images' noise (Immerkaer's Laplacian, median) leave,
+     a pixel) and the two images' noise (Immerkaer's Laplacian, median; on a
+     side the fit smoothed, measured after smoothing) leave,
      (each counted up to 12 gray levels) added in quadrature, and at most 14 gray levels;
    * what is left is noise, not shape: the residual low-passed at 2 px (its
      *structure*) has an RMS of at most what resampling alone leaves under the
@@ -56,9 +65,9 @@ How near copies are found (nothing quadratic in N):
 
 Memory for N images: the thumbnails (N x S x S bytes, memory-mapped from
 the image scan: 1 GB for 1,000,000 images at S = 32), the centroids (N x 2
-float64), the projected descriptors (N x 9 x 32 float16: 576 MB for
+float64), the projected descriptors (N x 17 x 32 float16: 1.1 GB for
 1,000,000), the cells' lists (N x 2 int64) and the candidates (at most
-N x ``neighbours`` x 2 pairs, a few floats each); the verification goes
+N x ``neighbours`` x 2 pairs and as many other mirrors, a few floats each); the verification goes
 through the candidates 1,024 at a time, and a cell's queries 2,048 at a time
 against at most a few thousand members. Nothing holds N x N.
 
