@@ -1,5 +1,5 @@
 """How long a corrections file far longer than the data set takes to be refused
-(``core.review.apply_corrections_file``), this checkout against another git revision, side by side.
+(``core.review.corrections.apply_corrections_file``), this checkout against another git revision, side by side.
 
     python benchmarks/bench_big_corrections.py --rows 1000000
 

@@ -10,7 +10,7 @@
    (uniformly drawn), and ``test/<class>/`` with ``--test`` images, all correctly filed.
 2. ``python -m core train --recipe small-cnn`` on it (28x28 grey; the run analyses every image).
 3. Marks each flipped image ``label-wrong`` with its true class through the review API
-   (``core.review.RunReview.mark``), as a reviewer would after finding them.
+   (``core.review.reviewed.RunReview.mark``), as a reviewer would after finding them.
 4. ``python -m core review export`` writes the corrections; ``python -m core train ...
    --corrections`` retrains with the same seed and options.
 5. Prints test accuracy before and after (the test labels were never flipped), per seed.
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="folder for data, models and runs (default: temporary)")
     args = parser.parse_args()
     print(cpu_line(), flush=True)
-    from core.review import RunReview
+    from core.review.reviewed import RunReview
     from core.store import RunStore
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-corrections-"))

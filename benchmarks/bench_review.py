@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_review.py [--seconds 3] [--rounds 3] [--writers 8] [--dir PATH]
 
-Each writer is a separate Python process using ``core.review.ReviewDB.mark`` (what ``python -m core
+Each writer is a separate Python process using ``core.review.verdicts.ReviewDB.mark`` (what ``python -m core
 review mark`` and the dashboard call): one ``BEGIN IMMEDIATE`` transaction per verdict, committed
 with ``synchronous=FULL`` before the id is returned. Writers start, open the database, then wait
 for a common start signal, so imports and start-up are not timed; each writes for ``--seconds`` and
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 WRITER = """
 import json, sys, time
-from core.review import ReviewDB
+from core.review.verdicts import ReviewDB
 db, name, seconds = ReviewDB(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 db.revision()
 db.history("warm-up")  # opens this process's connection
@@ -47,7 +47,7 @@ print(json.dumps({"count": len(latencies), "elapsed": time.perf_counter() - t0, 
 
 def one_round(folder: Path, writers: int, seconds: float) -> dict:
     """Run ``writers`` processes against a fresh database; returns verdicts/s and latencies."""
-    from core.review import ReviewDB
+    from core.review.verdicts import ReviewDB
 
     db_file = folder / f"verdicts-{writers}-{time.time_ns()}.sqlite"
     ReviewDB(db_file).history("create")  # schema made before the writers start

@@ -1,4 +1,4 @@
-"""Benchmark: the run's UMAP map (core.projection.project) against umap-learn's seeded defaults.
+"""Benchmark: the run's UMAP map (core.umap_map.project) against umap-learn's seeded defaults.
 
 Both sides map the same embeddings (the demo run's 70,000 x 128 by default)
 to 2-D, each in a fresh Python process timed from start to finish (imports,
@@ -6,7 +6,7 @@ numba compilation and the map), alternately in one run so that the load of a
 shared machine falls on both:
 
 * default: ``umap.UMAP(random_state=0).fit_transform(embeddings)``;
-* ours: ``core.projection.project(embeddings)`` with the run's default
+* ours: ``core.umap_map.project(embeddings)`` with the run's default
   ``ProjectionConfig``.
 
 Numba's on-disk cache starts empty for every process (NUMBA_CACHE_DIR set to
@@ -73,7 +73,7 @@ def map_once(side: str, embeddings: Path, out: Path, max_fit: int | None = None)
             xy[fit] = reducer.fit_transform(x[fit])
             xy[rest] = reducer.transform(x[rest])
     else:
-        from core.projection import project
+        from core.umap_map import project
 
         xy, _ = project(x) if max_fit is None else project(x, max_fit=max_fit)
     np.save(out, np.asarray(xy, dtype=np.float32), allow_pickle=False)

@@ -19,8 +19,7 @@ from core.demo import DEMO_EPOCHS
 from core.errors import UserError, debug_enabled, first_line
 from core.preprocess import CHANNEL_ORDERS, PREPROCESS_CHOICES
 from core.quiet import quiet_start
-from core.recipes import (AUGMENTATIONS, BACKBONES, LR_SCHEDULES, OPTIMIZERS, RECIPES, Recipe, parse_int_list,
-                          parse_size)
+from core.recipes import AUGMENTATIONS, BACKBONES, LR_SCHEDULES, OPTIMIZERS, RECIPES, Recipe, parse_int_list, parse_size
 from core.store import RunStore
 
 
@@ -637,7 +636,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_review(args: argparse.Namespace) -> int:
     """``python -m core review ACTION --run RUN ...``; mark and undo print the new verdict's id."""
-    from core.review import RunReview, spreadsheet_safe, write_corrections
+    from core.review.export import spreadsheet_safe
+    from core.review.reviewed import RunReview, write_corrections
 
     review = RunReview(RunStore(args.store).load(args.run))
     action = args.review_action

@@ -23,8 +23,8 @@ class ProjectionConfig:
     """How the 2-D map is made: PCA to ``pca_dims`` when wider, exact neighbours, then UMAP, seeded.
 
     ``init`` is UMAP's initial layout ('pca' or its default 'spectral');
-    ``n_epochs`` None lets ``core.projection.default_epochs`` choose by the
-    number of points. See ``core.projection.project``.
+    ``n_epochs`` None lets ``core.umap_map.default_epochs`` choose by the
+    number of points. See ``core.umap_map.project``.
     """
 
     method: str = "umap"

@@ -809,7 +809,8 @@ def _comparison(run: Run, other: Run, budget: _Budget, wanted: int) -> Section:
 
 
 def _verdicts(run: Run) -> Section | None:
-    from core.review import ReviewDB, ReviewError, RunReview, review_db_path
+    from core.review.reviewed import RunReview
+    from core.review.verdicts import ReviewDB, ReviewError, review_db_path
 
     db_file = review_db_path(run.location.parent)
     if not db_file.is_file():

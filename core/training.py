@@ -75,7 +75,7 @@ class TrainResult:
     image_size: tuple[int, int]
     channels: int
     stopped_by: str
-    corrections: dict | None = None  # the review corrections applied (core.review.apply_corrections)
+    corrections: dict | None = None  # the review corrections applied (core.review.corrections.apply_corrections)
 
     def training_record(self) -> dict:
         """The manifest's ``training`` entry."""
@@ -698,12 +698,12 @@ def train(
     ``in_memory_limit_bytes`` overrides ``IN_MEMORY_LIMIT_BYTES``, the decoded
     size above which images are streamed from disk. ``corrections``, a CSV
     from ``python -m core review export``, relabels and drops rows first
-    (``core.review.apply_corrections``); the result records which, and how many.
+    (``core.review.corrections.apply_corrections``); the result records which, and how many.
     Raises TrainingInterrupted on Ctrl-C, after keeping the best checkpoint.
     """
     corrections_record = None
     if corrections is not None:  # before anything is decoded: a bad file fails at once
-        from core.review import apply_corrections_file
+        from core.review.corrections import apply_corrections_file
 
         dataset, corrections_record = apply_corrections_file(dataset, corrections)
     out_dir = Path(out_dir)

@@ -23,8 +23,17 @@ import streamlit as st
 
 from core import metrics, neighbours
 from core.projection import stored_projection
-from core.store import (MANIFEST, PREDICTIONS, Run, RunCorruptError, RunNotFoundError, RunSchemaError,
-                        RunStore, RunSummary, default_store_path)
+from core.store import (
+    MANIFEST,
+    PREDICTIONS,
+    Run,
+    RunCorruptError,
+    RunNotFoundError,
+    RunSchemaError,
+    RunStore,
+    RunSummary,
+    default_store_path,
+)
 from dashboard import mapview, views
 
 # What opening a run raises when its files cannot be used (ValueError: a name that is no run id;
@@ -262,9 +271,9 @@ DASHBOARD_RETRY_S = 2.0  # how long a verdict (or a read) waits for another proc
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def review_db(root: str):
-    """The store's verdicts file (``core.review.ReviewDB``): one object for every session; each
+    """The store's verdicts file (``core.review.verdicts.ReviewDB``): one object for every session; each
     thread keeps its own SQLite connection, and a verdict is one short transaction."""
-    from core.review import ReviewDB, review_db_path
+    from core.review.verdicts import ReviewDB, review_db_path
 
     # a page never waits a minute for another process's write lock: it says so and lets the user retry
     return ReviewDB(review_db_path(root), retry_for_s=DASHBOARD_RETRY_S)
@@ -272,8 +281,8 @@ def review_db(root: str):
 
 @st.cache_resource(max_entries=8, show_spinner=False)
 def run_review(_run: Run, key: str, root: str):
-    """``core.review.RunReview`` of the run (its canonical paths computed once)."""
-    from core.review import RunReview
+    """``core.review.reviewed.RunReview`` of the run (its canonical paths computed once)."""
+    from core.review.reviewed import RunReview
 
     return RunReview(_run, review_db(root))
 

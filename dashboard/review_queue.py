@@ -37,7 +37,7 @@ from collections import deque
 import numpy as np
 import streamlit as st
 
-from core.review import MAX_NOTE, VERDICTS, ReviewError, Verdict
+from core.review.verdicts import MAX_NOTE, VERDICTS, ReviewError, Verdict
 from core.store import Run
 from dashboard import cache, gallery, review_ui, ui, views
 
@@ -424,7 +424,7 @@ def _image_url(_run: Run, key: str, row: int) -> tuple[str | None, str | None]:
 
 
 def _apply(review, rows: np.ndarray, action: dict, *, reviewer: str) -> Verdict | None:
-    """Record one action from the page on ``review`` (a ``core.review.RunReview``), checked first: it
+    """Record one action from the page on ``review`` (a ``core.review.reviewed.RunReview``), checked first: it
     comes from the browser. Raises ReviewError with one line saying what was refused."""
     run = review.run
     kind = action.get("kind")

@@ -1,7 +1,7 @@
 """Review verdicts in the dashboard: on every gallery tile, in the image detail, in the Review queue,
 and the metrics as reviewed (``core.review`` stores and counts them; this module only draws).
 
-Verdicts (``core.review.VERDICTS``): model wrong, label wrong (with the right class), ambiguous,
+Verdicts (``core.review.verdicts.VERDICTS``): model wrong, label wrong (with the right class), ambiguous,
 exclude. They live in ``<store>/verdicts.sqlite``; each click is one short committed transaction, so
 a verdict the page acknowledges survives a killed server, and sessions never overwrite each other
 (history is append-only). Pages re-read the verdicts whenever the file's ``revision`` changes.
@@ -26,9 +26,9 @@ import pandas as pd
 import streamlit as st
 from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
 
-from core import review as core_review
 from core.diagnose.causes import CAPTION_WORDS, CAUSES
-from core.review import MAX_NOTE, MAX_REVIEWER, VERDICTS, ReviewError, default_reviewer
+from core.review.export import corrections_csv
+from core.review.verdicts import MAX_NOTE, MAX_REVIEWER, VERDICTS, ReviewError, default_reviewer
 from core.store import Run
 from dashboard import cache, causes_ui, gallery, state, ui, views
 
@@ -511,7 +511,7 @@ def export_ui(run: Run) -> None:
     # the file is made on the click (the queue's verdicts rerun only their fragment, so a table read
     # now may be older than the verdicts the page shows as saved)
     st.download_button("Export verdicts (CSV, every verdict in force when clicked)",
-                       lambda: core_review.corrections_csv(review.corrections()), file_name=f"{run.id}_corrections.csv",
+                       lambda: corrections_csv(review.corrections()), file_name=f"{run.id}_corrections.csv",
                        mime="text/csv", key="review-export", icon=":material/download:")
     if len(table):
         st.dataframe(ui.shown(table), hide_index=True, width="stretch",

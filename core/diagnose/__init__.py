@@ -24,11 +24,11 @@ from core.progress import Progress, say_function
 from core.store import ReadOnlyStoreError, Run
 
 DIAGNOSES: tuple[str, ...] = (
-    "label_issues",
     "calibration",
     "image_scan",
-    "duplicates",
+    "duplicates",  # before label_issues and causes: a copy with another label is one of their signals
     "image_properties",
+    "label_issues",
     "error_slices",
     "causes",  # last: it reads the duplicates and image properties computed before it
 )

@@ -13,7 +13,9 @@ import pytest
 
 from core.cli import main
 from core.datasets import load_dataset
-from core.review import ReviewError, apply_corrections_file, spreadsheet_safe
+from core.review.corrections import apply_corrections_file
+from core.review.export import spreadsheet_safe
+from core.review.verdicts import ReviewError
 
 HEADER = "path,given_label,new_label,verdict,note,reviewer,time\n"
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from core import layout
-from core.projection import exact_neighbors, fuzzy_graph
+from core.neighbours import exact_neighbors
+from core.umap_map import fuzzy_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,7 +90,7 @@ def test_neighbourhoods_are_kept_as_well_as_by_umap_learns_layout_of_the_same_gr
 
 def test_a_map_with_or_without_a_sample_imports_no_umap():
     code = ("import sys, numpy as np\n"
-            "from core.projection import project\n"
+            "from core.umap_map import project\n"
             "rng = np.random.default_rng(0)\n"
             "xy, info = project(rng.normal(size=(1500, 64)).astype(np.float32), n_epochs=20)\n"
             "assert xy.shape == (1500, 2) and info['neighbors'] == 'exact'\n"
@@ -102,7 +103,7 @@ def test_a_map_with_or_without_a_sample_imports_no_umap():
 
 
 def test_nearest_in_sample_finds_almost_every_true_neighbour_and_is_repeatable():
-    from core.projection import nearest_in_sample
+    from core.neighbours import nearest_in_sample
 
     x = _clusters(6000, 12, k=12, seed=3)
     sample, queries = x[:2000], x[2000:]
@@ -119,7 +120,7 @@ def test_nearest_in_sample_finds_almost_every_true_neighbour_and_is_repeatable()
 
 
 def test_queries_with_too_few_candidates_in_their_cells_are_searched_in_the_whole_sample():
-    from core.projection import nearest_in_sample
+    from core.neighbours import nearest_in_sample
 
     rng = np.random.default_rng(4)
     groups = rng.normal(0, 50, (5, 4))
@@ -135,7 +136,7 @@ def test_queries_with_too_few_candidates_in_their_cells_are_searched_in_the_whol
 def test_a_map_fitted_on_a_sample_keeps_neighbourhoods_like_the_full_map():
     from sklearn.manifold import trustworthiness
 
-    from core.projection import project
+    from core.umap_map import project
 
     x = _clusters(6000, 20, k=10, seed=5)
     full, _ = project(x, n_epochs=100)

@@ -4,19 +4,19 @@ derived 'projection', and its status while a process (this one or a background o
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 
 import numpy as np
 import pytest
 
-from core import jobs
+from core import jobs, neighbours, umap_map
 from core import projection as proj
 from core.config import AnalysisConfig, ProjectionConfig
-from core.projection import project, projection_status, stored_projection
+from core.projection import projection_status, stored_projection
 from core.runs import write_run
 from core.store import RunStore
 from core.synthetic import synthetic_arrays
+from core.umap_map import project
 
 
 def _clusters(n, d, seed=0):
@@ -64,18 +64,18 @@ def test_exact_neighbors_match_a_full_distance_matrix():
     rng = np.random.default_rng(4)
     for n, d, k in ((50, 3, 5), (200, 20, 15)):
         x = rng.normal(size=(n, d)).astype(np.float32)
-        idx, dist = proj.exact_neighbors(x, k)
+        idx, dist = neighbours.exact_neighbors(x, k)
         full = np.sqrt(((x[:, None, :].astype(np.float64) - x[None, :, :]) ** 2).sum(-1))
         expected = np.argsort(full, axis=1, kind="stable")[:, :k]  # row i: itself first (distance 0)
         assert idx.dtype == np.int32 and dist.dtype == np.float32 and idx.shape == (n, k)
         assert np.array_equal(idx, expected)
         np.testing.assert_allclose(dist, np.take_along_axis(full, expected, 1), atol=1e-4)
-        assert np.array_equal(proj.exact_neighbors(x, k, threads=1)[0], proj.exact_neighbors(x, k, threads=3)[0])
+        assert np.array_equal(neighbours.exact_neighbors(x, k, threads=1)[0], neighbours.exact_neighbors(x, k, threads=3)[0])
 
 
 def test_exact_neighbors_refuse_more_neighbours_than_points():
     with pytest.raises(ValueError, match="k must be between 1 and the number of points \\(4\\). Received: k=5"):
-        proj.exact_neighbors(np.zeros((4, 2), np.float32), 5)
+        neighbours.exact_neighbors(np.zeros((4, 2), np.float32), 5)
 
 
 @pytest.mark.slow
@@ -86,15 +86,15 @@ def test_fuzzy_graph_equals_umap_learns_fuzzy_simplicial_set():
     for n, d, k in ((120, 4, 15), (600, 12, 10)):
         x = rng.normal(size=(n, d)).astype(np.float32)
         x[5:9] = x[0]  # exact duplicates: zero distances, rho from the first non-zero one
-        idx, dist = proj.exact_neighbors(x, k)
-        ours = proj.fuzzy_graph(idx, dist).tocsr()
+        idx, dist = neighbours.exact_neighbors(x, k)
+        ours = umap_map.fuzzy_graph(idx, dist).tocsr()
         ref = fuzzy_simplicial_set(x, k, np.random.RandomState(0), "euclidean", knn_indices=idx,
                                    knn_dists=dist)[0].tocsr()
         assert ours.nnz == ref.nnz and abs(ours - ref).max() < 1e-6
 
 
 def test_default_epochs_follow_umap_up_to_30000_points_and_are_fewer_above():
-    assert [proj.default_epochs(n) for n in (100, 10_000, 10_001, 30_000, 30_001, 1_000_000)] == \
+    assert [umap_map.default_epochs(n) for n in (100, 10_000, 10_001, 30_000, 30_001, 1_000_000)] == \
         [500, 500, 200, 200, 75, 75]
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from core.review import ReviewDB, RunReview
+from core.review.reviewed import RunReview
+from core.review.verdicts import ReviewDB
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
 from tests.readonly import read_only

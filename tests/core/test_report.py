@@ -16,10 +16,18 @@ import pytest
 from core import metrics as M
 from core.cli import main
 from core.compare import compare
-from core.report import (build_report, clean, matrix_classes, md, render_html, report_html_bytes, worst_classes,
-                         write_markdown)
+from core.report import (
+    build_report,
+    clean,
+    matrix_classes,
+    md,
+    render_html,
+    report_html_bytes,
+    worst_classes,
+    write_markdown,
+)
 from core.reports import errors_table
-from core.review import RunReview
+from core.review.reviewed import RunReview
 from core.runs import write_run
 from core.store import RunStore
 from core.synthetic import make_synthetic_run

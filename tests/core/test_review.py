@@ -23,9 +23,9 @@ from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from core import metrics
 from core.datasets import load_dataset
-from core.review import (CORRECTION_COLUMNS, ReviewDB, ReviewError, RunReview, apply_corrections,
-                         canonical_path, dataset_identity, read_corrections, reviewed_labels, reviewed_metrics,
-                         write_corrections)
+from core.review.corrections import apply_corrections, read_corrections
+from core.review.reviewed import RunReview, reviewed_labels, reviewed_metrics, write_corrections
+from core.review.verdicts import CORRECTION_COLUMNS, ReviewDB, ReviewError, canonical_path, dataset_identity
 from core.runs import write_run
 from core.store import DataInfo, RunStore
 from core.synthetic import make_synthetic_run
@@ -316,7 +316,7 @@ def test_missing_corrections_file(tmp_path):
 
 WRITER = """
 import sys
-from core.review import ReviewDB
+from core.review.verdicts import ReviewDB
 db, name, count = ReviewDB(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 print("ready", flush=True)
 for i in range(count):

@@ -21,7 +21,8 @@ import pytest
 
 from core.cli import main
 from core.datasets import load_dataset
-from core.review import CORRECTION_COLUMNS, ReviewDB, RunReview
+from core.review.reviewed import RunReview
+from core.review.verdicts import CORRECTION_COLUMNS, ReviewDB
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
 from tests.core.test_review import folder_run

@@ -16,7 +16,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core import cli, derived
-from core.review import ReviewError, RunReview, write_corrections
+from core.review.reviewed import RunReview
+from core.review.verdicts import ReviewError
 from core.store import RunStore
 from core.synthetic import make_synthetic_run
 from dashboard import gallery, review_queue, review_ui

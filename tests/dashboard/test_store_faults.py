@@ -113,7 +113,7 @@ def test_the_review_queue_keeps_a_blocked_verdict_pending_and_says_why_within_se
     saved nor refused (the page keeps it pending and sends it again), and the server says why at once."""
     from collections import deque
 
-    from core.review import RunReview
+    from core.review.reviewed import RunReview
     from dashboard import review_queue
 
     store = make_reviewed_store(tmp_path / "store")

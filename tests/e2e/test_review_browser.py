@@ -66,7 +66,7 @@ def open_queue(context, url: str, run_id: str):
 
 def test_verdicts_shown_saved_survive_kill_9_and_pending_ones_are_sent_again(browser, tmp_path):
     from core import cli
-    from core.review import RunReview
+    from core.review.reviewed import RunReview
     from core.store import RunStore
     from core.synthetic import make_synthetic_run
 
@@ -125,7 +125,7 @@ def test_verdicts_shown_saved_survive_kill_9_and_pending_ones_are_sent_again(bro
 
 
 def test_eight_sessions_marking_at_once_lose_no_verdict(browser, tmp_path):
-    from core.review import RunReview
+    from core.review.reviewed import RunReview
     from core.store import RunStore
     from core.synthetic import make_synthetic_run
 

@@ -1,4 +1,4 @@
-"""Review verdicts: what people decide about images, kept in one SQLite file, and what follows.
+"""Review verdicts: what people decide about images, kept in one SQLite file.
 
 A *verdict* is one reviewer's decision about one image:
 
@@ -49,41 +49,54 @@ Nothing here imports TensorFlow or umap.
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import getpass
-import hashlib
-import io
 import os
 import posixpath
 import random
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from core.errors import UserError
-from core.store import DataInfo, Run, RunStore
+from core.store import DataInfo, RunStore
 
 VERDICTS = ("model-wrong", "label-wrong", "ambiguous", "exclude")
+
+
 DB_FILE = "verdicts.sqlite"
+
+
 SCHEMA_VERSION = 1
+
+
 BUSY_TIMEOUT_S = 0.002       # SQLite's own busy handler: a short wait, then our retry loop takes over
+
+
 RETRY_FOR_S = 60.0           # how long a verdict waits for the write lock before giving up
+
+
 MAX_NOTE = 2000
+
+
 MAX_REVIEWER = 100
+
+
 MAX_PATH = 4096
+
+
 CORRECTION_COLUMNS = ["path", "given_label", "new_label", "verdict", "note", "reviewer", "time"]
+
+
 VERDICT_COLUMNS = ["id", "path", "action", "verdict", "label", "note", "reviewer", "time", "undoes",
                    "restores", "run", "given_label"]
+
 
 _SCHEMA_V1 = """
 CREATE TABLE verdicts (
@@ -110,8 +123,12 @@ CREATE TRIGGER verdicts_no_update BEFORE UPDATE ON verdicts
 CREATE TRIGGER verdicts_no_delete BEFORE DELETE ON verdicts
     BEGIN SELECT RAISE(ABORT, 'verdicts are append-only'); END;
 """
+
+
 # user_version N -> the statements that bring a database from N to N + 1
 _MIGRATIONS = {0: _SCHEMA_V1}
+
+
 _COLUMNS_SQL = ("id, dataset, path, action, verdict, label, note, reviewer, time, undoes, restores, run, "
                 "given_label")
 
@@ -169,7 +186,7 @@ def _text(value: str | None, *, what: str, limit: int, required: bool = False) -
     return value
 
 
-def _some(names: Sequence[str], limit: int = 20) -> str:
+def some_names(names: Sequence[str], limit: int = 20) -> str:
     """``names`` as a list for a message, the first ``limit`` of them."""
     names = list(names)
     return str(names[:limit])[:-1] + (f", ... ({len(names)} in all)]" if len(names) > limit else "]")
@@ -185,8 +202,6 @@ def check_verdict(verdict: str, label: str | None) -> None:
         raise ReviewError(f"A class (--label) goes only with verdict 'label-wrong'. "
                           f"Received: label={label!r} with verdict={verdict!r}")
 
-
-# --------------------------------------------------------------------------- identity
 
 def dataset_identity(data: DataInfo) -> str:
     """The key verdicts are stored under: the resolved data root, else ``<kind>:<name>``.
@@ -218,8 +233,6 @@ def canonical_path(path: str, *, root: str | None) -> str:
     full = posixpath.normpath(posixpath.join(root, path))
     return posixpath.relpath(full, posixpath.normpath(root))
 
-
-# --------------------------------------------------------------------------- the database
 
 def review_db_path(store: RunStore | str | os.PathLike | None = None) -> Path:
     """``<store>/verdicts.sqlite`` (the default store when None)."""
@@ -543,420 +556,3 @@ def _table(rows: list[tuple]) -> pd.DataFrame:
     for column in ("id", "undoes", "restores"):
         table[column] = table[column].astype("Int64")
     return table
-
-
-# --------------------------------------------------------------------------- numbers (pure)
-
-def reviewed_labels(y_true: np.ndarray, verdicts: Sequence[str | None], new_labels: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """The labels as reviewed and the rows that remain.
-
-    Parameters
-    ----------
-    y_true : int array (N,), the given labels.
-    verdicts : N verdicts (None or '' for none).
-    new_labels : int array (N,), the right class of 'label-wrong' rows (ignored elsewhere).
-
-    Returns
-    -------
-    (labels, keep): int array (N,) with 'label-wrong' rows relabelled, and a
-    boolean mask (N,) that is False for 'exclude' rows.
-
-    >>> labels, keep = reviewed_labels(np.array([0, 1, 2, 0]), [None, "label-wrong", "exclude", "ambiguous"],
-    ...                                np.array([-1, 2, -1, -1]))
-    >>> labels.tolist(), keep.tolist()
-    ([0, 2, 2, 0], [True, True, False, True])
-    """
-    y_true = np.asarray(y_true)
-    verdict = np.asarray([v or "" for v in verdicts], dtype=object)
-    new_labels = np.asarray(new_labels)
-    if not (len(verdict) == len(new_labels) == len(y_true)):
-        raise ValueError(f"y_true ({len(y_true)}), verdicts ({len(verdict)}) and new_labels "
-                         f"({len(new_labels)}) differ in length")
-    relabel = verdict == "label-wrong"
-    if relabel.any() and (new_labels[relabel] < 0).any():
-        raise ValueError("every 'label-wrong' row needs its new label (>= 0) in new_labels")
-    labels = np.where(relabel, new_labels, y_true).astype(y_true.dtype if y_true.size else np.int64)
-    return labels, verdict != "exclude"
-
-
-@dataclass(frozen=True)
-class ReviewedMetrics:
-    """Metrics of the evaluation rows with the corrected labels, excluded rows left out."""
-
-    summary: dict          # metrics.summary() of the kept rows, plus relabelled, excluded, given_accuracy
-    per_class: pd.DataFrame  # metrics.per_class_table() + a 'labels' column saying 'reviewed'
-
-
-def reviewed_metrics(y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray, *,
-                     verdicts: Sequence[str | None], new_labels: np.ndarray,
-                     class_names: Sequence[str]) -> ReviewedMetrics:
-    """Accuracy and the per-class table as reviewed, for rows given as arrays (N rows, K classes).
-
-    ``y_true``, ``y_pred``: int (N,); ``probs``: (N, K); ``verdicts`` and
-    ``new_labels`` as in ``reviewed_labels``. The table's ``labels`` column is
-    'reviewed' on every row, so a CSV of it says which labels it counts.
-    """
-    from core import metrics  # scikit-learn: only where metrics are computed, not for every verdict
-
-    labels, keep = reviewed_labels(y_true, verdicts, new_labels)
-    y_pred = np.asarray(y_pred)
-    given = metrics.summary(np.asarray(y_true), y_pred, np.asarray(probs))
-    summary = metrics.summary(labels[keep], y_pred[keep], np.asarray(probs)[keep])
-    summary.update(relabelled=int((labels != np.asarray(y_true)).sum()), excluded=int((~keep).sum()),
-                   given_accuracy=given["accuracy"], given_n=given["n"])
-    table = metrics.per_class_table(labels[keep], y_pred[keep], class_names)
-    table["labels"] = "reviewed"
-    return ReviewedMetrics(summary=summary, per_class=table)
-
-
-# --------------------------------------------------------------------------- a run, reviewed
-
-class RunReview:
-    """One run seen through the verdicts on its data set.
-
-    Paths are the run's, normalised (``canonical_path``); rows are positions in
-    ``run.predictions``. Reads are fresh on every call (another reviewer may
-    have marked meanwhile); ``db.revision()`` tells a page when to re-read.
-    """
-
-    def __init__(self, run: Run, db: ReviewDB | None = None):
-        self.run = run
-        self.db = db if db is not None else ReviewDB.for_store(run.location.parent)
-        self.data = run.data_info
-        self.dataset = dataset_identity(self.data)
-        self.root = posixpath.normpath(self.data.root) if self.data.root else None
-
-    def __repr__(self) -> str:
-        return f"RunReview({self.run.id!r}, dataset={self.dataset!r}, db={str(self.db.path)!r})"
-
-    @cached_property
-    def paths(self) -> np.ndarray:
-        """Canonical path of every row, object array (N,)."""
-        raw = self.run.predictions["path"].astype(str).tolist()
-        if self.root is not None and self.data.kind == "csv":  # the folder loaders' paths are canonical
-            raw = [canonical_path(p, root=self.root) for p in raw]
-        return np.asarray(raw, dtype=object)
-
-    @cached_property
-    def _rows(self) -> dict[str, int]:
-        return {p: i for i, p in enumerate(self.paths)}
-
-    def row(self, path: str) -> int:
-        """The run row of ``path``; ReviewError naming it when the run has no such image."""
-        if not isinstance(path, str) or not path:
-            raise ReviewError(f"Expected an image path of run {self.run.id!r}. Received: {path!r}")
-        key = canonical_path(path, root=self.root)
-        if key not in self._rows:
-            examples = ", ".join(repr(p) for p in self.paths[:2])
-            raise ReviewError(f"Path {path!r} is not an image of run {self.run.id!r} "
-                              f"({len(self.paths):,} images, e.g. {examples})")
-        return self._rows[key]
-
-    def given_label(self, row: int) -> str:
-        return self.run.classes[int(self.run.predictions["true"].iat[row])]
-
-    def mark(self, path: str, verdict: str, *, label: str | None = None, note: str | None = None,
-             reviewer: str | None = None) -> Verdict:
-        """Record a verdict on the run's image ``path``; 'label-wrong' needs ``label``, one of the classes."""
-        return self.mark_row(self.row(path), verdict, label=label, note=note, reviewer=reviewer)
-
-    def mark_row(self, row: int, verdict: str, *, label: str | None = None, note: str | None = None,
-                 reviewer: str | None = None) -> Verdict:
-        """``mark`` for the image in row ``row`` (what a gallery knows)."""
-        if not 0 <= int(row) < len(self.paths):
-            raise ReviewError(f"Row {row} is not in run {self.run.id!r} (it has {len(self.paths):,} rows)")
-        check_verdict(verdict, label)
-        given = self.given_label(row)
-        if label is not None:
-            if label not in self.run.classes:
-                raise ReviewError(f"Unknown class {label!r} for run {self.run.id!r}. "
-                                  f"Classes: {_some(self.run.classes)}")
-            if label == given:
-                raise ReviewError(f"{self.paths[row]!r} is already labelled {label!r}: a 'label-wrong' verdict "
-                                  "needs another class (the model is wrong: --verdict model-wrong)")
-        return self.db.mark(dataset=self.dataset, path=str(self.paths[row]), verdict=verdict, label=label,
-                            note=note, reviewer=reviewer, run=self.run.id, given_label=given)
-
-    def undo(self, path: str, *, reviewer: str | None = None) -> Verdict:
-        """Undo the newest verdict in force on the run's image ``path``."""
-        return self.db.undo(dataset=self.dataset, path=str(self.paths[self.row(path)]), reviewer=reviewer,
-                            run=self.run.id)
-
-    def history(self, path: str | None = None) -> pd.DataFrame:
-        """Every verdict row on the run's images (or on ``path``), oldest first (``VERDICT_COLUMNS``)."""
-        if path is not None:
-            return self.db.history(self.dataset, path=str(self.paths[self.row(path)]))
-        table = self.db.history(self.dataset)
-        return table[table["path"].isin(self._rows.keys())].reset_index(drop=True)
-
-    def verdicts(self) -> pd.DataFrame:
-        """The verdict in force on each of the run's images that has one, in row order.
-
-        Columns: ``row``, ``path``, ``given_label`` (the run's), ``verdict``,
-        ``new_label`` (the right class for 'label-wrong', the given one for
-        'model-wrong', empty otherwise), ``note``, ``reviewer``, ``time``, ``id``.
-        """
-        current = self.db.current(self.dataset)
-        current = current[current["path"].isin(self._rows.keys())]
-        rows = np.array([self._rows[p] for p in current["path"]], dtype=np.int64)
-        true = self.run.predictions["true"].to_numpy()
-        names = np.asarray(self.run.classes, dtype=object)
-        given = names[true[rows]] if len(rows) else np.zeros(0, object)
-        verdict = current["verdict"].to_numpy(dtype=object)
-        new_label = np.where(verdict == "label-wrong", current["label"].to_numpy(dtype=object),
-                             np.where(verdict == "model-wrong", given, ""))
-        table = pd.DataFrame({
-            "row": rows, "path": current["path"].to_numpy(dtype=object), "given_label": given,
-            "verdict": verdict, "new_label": new_label, "note": current["note"].fillna("").to_numpy(dtype=object),
-            "reviewer": current["reviewer"].to_numpy(dtype=object), "time": current["time"].to_numpy(dtype=object),
-            "id": current["id"].to_numpy(dtype=np.int64),
-        })
-        return table.sort_values("row", kind="stable").reset_index(drop=True)
-
-    def corrections(self) -> pd.DataFrame:
-        """The export: the verdict in force per image, columns ``CORRECTION_COLUMNS``, in row order."""
-        return self.verdicts()[CORRECTION_COLUMNS]
-
-    def row_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(verdicts, new_labels) aligned with the run's rows: object (N,) ('' for none) and int (N,) (-1)."""
-        n = len(self.paths)
-        verdicts = np.full(n, "", dtype=object)
-        new_labels = np.full(n, -1, dtype=np.int64)
-        table = self.verdicts()
-        rows = table["row"].to_numpy()
-        verdicts[rows] = table["verdict"].to_numpy(dtype=object)
-        index = {c: i for i, c in enumerate(self.run.classes)}
-        wrong = table["verdict"].to_numpy(dtype=object) == "label-wrong"
-        # a label-wrong class unknown to this run (verdict made in a run with more classes) counts as none
-        known = np.array([index.get(c, -1) for c in table["new_label"].to_numpy(dtype=object)], np.int64)
-        unusable = wrong & (known < 0)
-        verdicts[rows[unusable]] = ""
-        new_labels[rows[wrong & ~unusable]] = known[wrong & ~unusable]
-        return verdicts, new_labels
-
-    def reviewed_labels(self) -> tuple[np.ndarray, np.ndarray]:
-        """(labels as reviewed, rows kept) for every row of the run: int (N,), bool (N,)."""
-        verdicts, new_labels = self.row_arrays()
-        return reviewed_labels(self.run.predictions["true"].to_numpy(), verdicts, new_labels)
-
-    def reviewed_metrics(self) -> ReviewedMetrics:
-        """Accuracy and the per-class table of the run's evaluation split as reviewed."""
-        verdicts, new_labels = self.row_arrays()
-        mask = self.run.eval_mask()
-        preds = self.run.predictions
-        result = reviewed_metrics(preds["true"].to_numpy()[mask], preds["predicted"].to_numpy()[mask],
-                                  np.asarray(self.run.probs)[mask], verdicts=verdicts[mask],
-                                  new_labels=new_labels[mask], class_names=self.run.classes)
-        result.summary["split"] = self.run.eval_split
-        return result
-
-    def manifest_rows(self, folder: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
-        """The corrected manifest for a CSV in ``folder``, and its counts.
-
-        Returns a table with ``path`` (relative to ``folder``), ``label`` (as
-        reviewed) and ``split`` ('' for 'all'), excluded images left out, in
-        row order; and the counts rows, relabelled, excluded. ``folder`` must
-        be the data root or a folder above it: the CSV loader reads only
-        images inside the manifest's folder.
-        """
-        root = self.run.data_root
-        if root is None:
-            raise ReviewError(f"Run {self.run.id!r} is on the built-in data set {self.data.name!r}, whose images "
-                              "are not files, so no CSV manifest can name them; export the corrections "
-                              "(review export) and train with --corrections instead")
-        real_root, folder = root.resolve(), Path(folder).resolve()
-        if not real_root.is_dir():
-            raise ReviewError(f"The data root of run {self.run.id!r} is missing: {str(root)!r}")
-        if not real_root.is_relative_to(folder):
-            raise ReviewError(f"A manifest in {str(folder)!r} cannot name the images of {str(real_root)!r} (the CSV "
-                              "loader reads only files inside the manifest's folder): write it into the data "
-                              f"root, e.g. --out {real_root / 'fixed.csv'}")
-        labels, keep = self.reviewed_labels()
-        true = self.run.predictions["true"].to_numpy()
-        prefix = real_root.relative_to(folder).as_posix()
-        names = np.asarray(self.run.classes, dtype=object)
-        rel = [p if prefix == "." else posixpath.join(prefix, p) for p in self.paths[keep]]
-        splits = self.run.predictions["split"].astype(str).to_numpy()[keep]
-        table = pd.DataFrame({"path": rel, "label": names[labels[keep]],
-                              "split": np.where(splits == "all", "", splits)})
-        counts = {"rows": len(table), "relabelled": int(((labels != true) & keep).sum()),
-                  "excluded": int((~keep).sum())}
-        return table, counts
-
-    def write_manifest(self, out: str | os.PathLike) -> dict:
-        """Write the corrected CSV manifest ``out`` (``manifest_rows``) atomically; returns its counts."""
-        out = Path(out)
-        table, counts = self.manifest_rows(out.parent)
-        _write_csv_atomic(table, out)
-        return counts
-
-
-def _write_csv_atomic(table: pd.DataFrame, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            table.to_csv(fh, index=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-FREE_TEXT_COLUMNS = ("note", "reviewer")
-_INVISIBLE_LEAD = r"^[\s\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]+"  # white space, zero-width, bidi marks
-
-
-def spreadsheet_safe(table: pd.DataFrame, columns: tuple[str, ...] = FREE_TEXT_COLUMNS) -> pd.DataFrame:
-    """``table`` with the free text of ``columns`` that a spreadsheet would run as a formula (a cell
-    starting with = + - @, a tab or a carriage return) prefixed with an apostrophe, OWASP's advice
-    against CSV injection. Only free text: paths and labels are read back by ``read_corrections``.
-
-    >>> spreadsheet_safe(pd.DataFrame({"note": ["=1+2", "blurry", "-2 px", " =1", "\\xa0@x"]}))["note"].tolist()
-    ["'=1+2", 'blurry', "'-2 px", "' =1", "'\\xa0@x"]
-    """
-    out = table.copy()
-    for column in columns:
-        if column in out:
-            text = out[column].fillna("").astype(str)
-            # spreadsheets skip leading spaces (NBSP included) and invisible characters before a formula
-            bare = text.str.replace(_INVISIBLE_LEAD, "", regex=True)
-            out[column] = np.where(text.str.startswith(FORMULA_STARTS) | bare.str.startswith(FORMULA_STARTS),
-                                   "'" + text, text)
-    return out
-
-
-def corrections_csv(corrections: pd.DataFrame) -> bytes:
-    """``RunReview.corrections()`` as the CSV bytes ``write_corrections`` writes (the dashboard's export)."""
-    return spreadsheet_safe(corrections).to_csv(index=False).encode("utf-8")
-
-
-def write_corrections(review: RunReview, out: str | os.PathLike) -> int:
-    """``review.corrections()`` written as CSV to ``out`` (free text made spreadsheet-safe); returns the rows."""
-    table = spreadsheet_safe(review.corrections())
-    _write_csv_atomic(table, Path(out))
-    return len(table)
-
-
-# --------------------------------------------------------------------------- training on corrections
-
-@dataclass(frozen=True)
-class Corrections:
-    """A corrections file, read and checked: its rows (``CORRECTION_COLUMNS`` as text), name and hash."""
-
-    table: pd.DataFrame
-    file: str
-    sha256: str
-
-
-def read_corrections(file: str | os.PathLike, *, max_rows: int | None = None) -> Corrections:
-    """Read a corrections CSV (``review export``): needs ``path``, ``verdict`` and ``new_label``.
-
-    Raises ReviewError naming the file, line and value at fault: a missing
-    column, an unknown verdict, a 'label-wrong' row without its new label, a
-    path listed twice, or more than ``max_rows`` rows (the data set's image
-    count: each image is corrected at most once), said as soon as that row is read.
-    """
-    path = Path(file).expanduser()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ReviewError(f"Corrections file not found: {str(path)!r}") from None
-    except IsADirectoryError:
-        raise ReviewError(f"Corrections must be a CSV file, not a folder: {str(path)!r}") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise ReviewError(f"{path}: not a UTF-8 CSV file") from None
-    rows = csv.reader(io.StringIO(text, newline=""))  # lazily: a huge file is refused at its first bad row
-    header = [c.strip() for c in next(rows, [])]
-    missing = [c for c in ("path", "verdict", "new_label") if c not in header]
-    if missing:
-        raise ReviewError(f"{path}: missing column(s) {missing}; a corrections file has the columns "
-                          f"{CORRECTION_COLUMNS} (python -m core review export). Found: {header[:10]}")
-    records, seen = [], {}
-    for lineno, rec in enumerate(rows, start=2):
-        if not rec or all(not c.strip() for c in rec):
-            continue
-        if max_rows is not None and len(records) >= max_rows:
-            raise ReviewError(f"{path}:{lineno}: more corrections than the data set has images ({max_rows:,}); "
-                              "each image is corrected at most once: is it the file for this data set?")
-        if len(rec) != len(header):
-            raise ReviewError(f"{path}:{lineno}: {len(rec)} fields, the header has {len(header)}")
-        record = dict(zip(header, rec))
-        verdict, new_label, p = record["verdict"].strip(), record["new_label"].strip(), record["path"]
-        if verdict not in VERDICTS:
-            raise ReviewError(f"{path}:{lineno}: unknown verdict {verdict!r}. Verdicts: {list(VERDICTS)}")
-        if verdict == "label-wrong" and not new_label:
-            raise ReviewError(f"{path}:{lineno}: verdict 'label-wrong' for {p!r} without a new_label")
-        if not p:
-            raise ReviewError(f"{path}:{lineno}: empty path")
-        if p in seen:
-            raise ReviewError(f"{path}:{lineno}: {p!r} is listed twice (also on line {seen[p]})")
-        seen[p] = lineno
-        records.append({c: record.get(c, "") for c in CORRECTION_COLUMNS} | {"verdict": verdict,
-                                                                             "new_label": new_label})
-    table = pd.DataFrame(records, columns=CORRECTION_COLUMNS, dtype=object)
-    return Corrections(table=table, file=str(path.resolve()), sha256=hashlib.sha256(data).hexdigest())
-
-
-def apply_corrections(dataset, corrections: Corrections):
-    """``dataset`` (a ``core.datasets.ImageDataset``) relabelled and with excluded rows dropped.
-
-    Paths are matched after normalisation against the data root
-    (``canonical_path``). Returns ``(dataset, record)``; ``record`` is what the
-    training keeps: file, sha256, rows, relabelled (labels that changed),
-    dropped, and the count of each verdict. Excluded images go to the data
-    set's ``skipped`` list with the reason, so the run lists them. Raises
-    ReviewError for paths the data set does not have and classes it does not
-    know (naming the first ones).
-    """
-    table = corrections.table
-    root = posixpath.normpath(str(dataset.root.resolve())) if dataset.root is not None else None
-    keys = [canonical_path(p, root=root) for p in dataset.paths] if root is not None else list(dataset.paths)
-    index = {p: i for i, p in enumerate(keys)}
-    wanted = [canonical_path(p, root=root) for p in table["path"]]
-    unknown = [p for p, key in zip(table["path"], wanted) if key not in index]
-    if unknown:
-        raise ReviewError(f"{corrections.file}: {len(unknown)} path(s) are not images of data set "
-                          f"{dataset.name!r} ({len(dataset):,} images, e.g. {keys[0]!r}): "
-                          f"{', '.join(repr(p) for p in unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
-    classes = {c: i for i, c in enumerate(dataset.classes)}
-    verdicts = table["verdict"].to_numpy(dtype=object)
-    relabel = verdicts == "label-wrong"
-    bad = sorted({c for c in table["new_label"][relabel] if c not in classes})
-    if bad:
-        raise ReviewError(f"{corrections.file}: unknown class(es) {bad[:5]} for data set {dataset.name!r}. "
-                          f"Classes: {_some(dataset.classes)}")
-    rows = np.array([index[k] for k in wanted], dtype=np.int64)
-    labels = dataset.labels.copy()
-    new = np.array([classes[c] for c in table["new_label"][relabel]], dtype=labels.dtype)
-    changed = int((labels[rows[relabel]] != new).sum())
-    labels[rows[relabel]] = new
-    drop = rows[verdicts == "exclude"]
-    keep = np.ones(len(dataset), bool)
-    keep[drop] = False
-    name = Path(corrections.file).name
-    if keep.sum() == 0:
-        raise ReviewError(f"{corrections.file}: the corrections exclude all {len(dataset):,} images of data set "
-                          f"{dataset.name!r}: nothing is left to train on")
-    left = np.unique(labels[keep])
-    if len(left) < 2 and len(dataset.classes) > 1:
-        raise ReviewError(f"{corrections.file}: after the corrections every remaining image ({int(keep.sum()):,}) "
-                          f"is labelled {dataset.classes[int(left[0])]!r}; a classifier needs images of at least "
-                          "two classes")
-    corrected = replace(dataset, labels=labels,
-                        skipped=list(dataset.skipped) + [{"path": dataset.paths[i],
-                                                          "reason": f"excluded in review ({name})"} for i in drop])
-    corrected = corrected.subset(np.flatnonzero(keep))
-    record = {"file": corrections.file, "sha256": corrections.sha256, "rows": len(table), "relabelled": changed,
-              "dropped": int(len(drop)), **{v.replace("-", "_"): int((verdicts == v).sum()) for v in VERDICTS}}
-    return corrected, record
-
-
-def apply_corrections_file(dataset, file: str | os.PathLike):
-    """``apply_corrections(dataset, read_corrections(file))``: what ``train --corrections`` does."""
-    return apply_corrections(dataset, read_corrections(file, max_rows=len(dataset)))
