@@ -567,7 +567,7 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
     overlap = float(inside.mean())
     out = {"warp": warp, "residual": np.inf, "allowed": 0.0, "detail": np.nan, "overlap": overlap, "blur": 0.0,
            "tone": 0.0, "structure": np.inf, "peak": np.inf, "half_pixel": 0.0, "self_structure": 0.0,
-           "self_peak": 0.0, "noise": 0.0}
+           "self_peak": 0.0, "noise": 0.0, "resampling": 0.0}
     if inside.sum() < 0.25 * h * w:
         return out
     best = None
@@ -598,7 +598,13 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
     elif blur < 0:
         nm = min(nm, _noise(q))
     noise = float(np.hypot(min(nt, MAX_NOISE), min(nm, MAX_NOISE)))
-    out.update(allowed=float(np.hypot(half_pixel, noise)), tone=tone, half_pixel=half_pixel, noise=noise)
+    # the copy hypothesis simulated on the template itself: sent through this very warp and back
+    # (resampled twice, as a copy's pixels at most are): what resampling alone leaves
+    there = cv2.warpAffine(template, warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    back = cv2.warpAffine(there, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    resampling = float(np.sqrt(np.mean((template[inside] - back[inside]) ** 2)))
+    out.update(allowed=float(np.sqrt(half_pixel ** 2 + noise ** 2 + resampling ** 2)), tone=tone,
+               half_pixel=half_pixel, noise=noise, resampling=resampling)
     if tone > MAX_TONE:
         return out
     fitted = coef[0] + coef[1] * q + coef[2] * q * q / 255.0
@@ -614,10 +620,6 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
         return float(np.sqrt(np.mean(low[core_] ** 2))), float(np.abs(low[core_]).max())
 
     structure, peak = shape_difference(t, fitted)
-    # the copy hypothesis simulated on the template itself: sent through this very warp and back
-    # (resampled twice, as a copy's pixels at most are), what shape difference resampling alone leaves
-    there = cv2.warpAffine(template, warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    back = cv2.warpAffine(there, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     self_structure, self_peak = shape_difference(template, back)
     out.update(detail=_pearson(_detail(t)[inside], _detail(fitted)[inside]), structure=structure, peak=peak,
                self_structure=self_structure, self_peak=self_peak)
@@ -677,7 +679,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     query, match, variant = (np.asarray(x, np.int64) for x in (query, match, variant))
     cols = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
             "allowed", "detail", "overlap", "blur", "tone", "structure", "peak", "half_pixel", "self_structure",
-            "self_peak", "noise"]
+            "self_peak", "noise", "resampling"]
 
     def setup(q: int, m: int, v: int, cache: dict) -> tuple:
         """(template, moving, init, fmap, shape, flip) of query q's variant v against match m; two contents
@@ -748,7 +750,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
                             "overlap": got["overlap"], "blur": blur, "tone": got["tone"],
                             "structure": got["structure"], "peak": got["peak"], "half_pixel": got["half_pixel"],
                             "self_structure": got["self_structure"], "self_peak": got["self_peak"],
-                            "noise": got["noise"]})
+                            "noise": got["noise"], "resampling": got["resampling"]})
         return records
 
     out = []
