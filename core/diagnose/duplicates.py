@@ -718,7 +718,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
                     moving = degrade(moving)
         return template, moving, init, fmap, shape, flip
 
-    def chunk(start: int) -> list[dict]:
+    def chunk(start: int) -> pd.DataFrame:
         cache: dict[tuple, tuple] = {}
         records = []
         stop = start + 1024
@@ -751,16 +751,17 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
                             "structure": got["structure"], "peak": got["peak"], "half_pixel": got["half_pixel"],
                             "self_structure": got["self_structure"], "self_peak": got["self_peak"],
                             "noise": got["noise"], "resampling": got["resampling"]})
-        return records
+        # typed columns now: a list of dicts costs ~1 KB a pair (300 MB for the 70,000-image demo's candidates)
+        return pd.DataFrame(records, columns=cols)
 
     out = []
     starts = range(0, len(query), 1024)
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:  # OpenCV releases the GIL
-        for done, records in enumerate(pool.map(chunk, starts), 1):
-            out += records
+        for done, part in enumerate(pool.map(chunk, starts), 1):
+            out.append(part)
             say(f"duplicates: verified {min(done * 1024, len(query)):,}/{len(query):,} candidate pairs",
                 done / max(len(starts), 1))
-    return pd.DataFrame(out, columns=cols)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame({c: [] for c in cols})
 
 
 def plausible(checked: pd.DataFrame) -> np.ndarray:
