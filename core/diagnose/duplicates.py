@@ -17,12 +17,13 @@ How near copies are found (nothing quadratic in N):
    so a grayscale copy looks the same) is stretched to S x S and re-centred on
    its intensity centroid (measured against the border's median): a shifted
    copy lands in the same place. Blurred 12 x 12 summaries of its central part
-   are its search descriptors, in 17 *variants*: as it is, mirrored left-right,
+   are its search descriptors, in *variants*: as it is, mirrored left-right,
    mirrored upside down, each seen whole or zoomed on its centre by 1.09 and
    1.18 (what a crop to 92% or 85% resized back shows), and seen through a
    window moved by a tenth of the side in each of 8 directions (a shift whose
    padding replicates an edge the object touches moves the centroid little,
-   so the centroid alone does not undo it). Mean removed and unit
+   so the centroid alone does not undo it), and turned by -4° and 4°
+   (19 variants). Mean removed and unit
    length, so brightness and contrast do not count; blurred, so blur, noise,
    re-encoding and a few degrees of rotation move them little.
 2. Candidates: an inverted-file index (k-means cells on a PCA of the
@@ -30,7 +31,7 @@ How near copies are found (nothing quadratic in N):
    query compared with the images of its cell only, and each image keeps its
    ``neighbours`` best matches (with the variant that matched), and the best
    match of the same pair under another mirror, if any. Work is about
-   17 N * sqrt(N) descriptor products, not N^2.
+   19 N * sqrt(N) descriptor products, not N^2.
 3. Verification registers each candidate pair on the thumbnails' pixels:
    the query mirrored as its variant says, then OpenCV's ECC (an affine motion,
    started from the variant's zoom, window and the centroids' offset; a pair
@@ -72,7 +73,7 @@ How near copies are found (nothing quadratic in N):
 
 Memory for N images: the thumbnails (N x S x S bytes, memory-mapped from
 the image scan: 1 GB for 1,000,000 images at S = 32), the centroids (N x 2
-float64), the projected descriptors (N x 17 x 32 float16: 1.1 GB for
+float64), the projected descriptors (N x 19 x 32 float16: 1.2 GB for
 1,000,000), the cells' lists (N x 2 int64) and the candidates (at most
 N x ``neighbours`` x 2 pairs and as many other mirrors, a few floats each); the verification goes
 through the candidates 1,024 at a time, and a cell's queries 2,048 at a time
@@ -110,7 +111,8 @@ FLIPS = ("", "h", "v")
 ZOOMS = (1.0, 1.09, 1.18)
 SHIFT_STEP = 0.1  # of the side: 1.5 descriptor cells, so shifts up to ~0.15 of the side fall within a cell of one
 SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
-_VARIANTS = len(FLIPS) * len(ZOOMS) + len(SHIFTS)
+ROTATIONS = (-4.0, 4.0)  # degrees: the query turned by these finds a copy turned by 2-6°
+_VARIANTS = len(FLIPS) * len(ZOOMS) + len(SHIFTS) + len(ROTATIONS)
 _DESCRIPTOR = 12
 _DIMS = 32
 _SMALL = 3000
@@ -200,13 +202,16 @@ def _operators(size: int) -> tuple[np.ndarray, np.ndarray]:
     return zooms.astype(np.float32), moved.astype(np.float32)
 
 
-def variant_parts(variant: int) -> tuple[str, float, float, float]:
-    """(flip, zoom, dy, dx) of a search variant: the query mirrored, zoomed on its centre, or its window moved
-    by (dy, dx) (fractions of the side: the query's content there matches the other image's centre)."""
+def variant_parts(variant: int) -> tuple[str, float, float, float, float]:
+    """(flip, zoom, dy, dx, angle) of a search variant: the query mirrored, zoomed on its centre, its window moved
+    by (dy, dx) (fractions of the side: the query's content there matches the other image's centre), or turned
+    by ``angle`` degrees about its centre (OpenCV's sense)."""
     if variant < len(FLIPS) * len(ZOOMS):
-        return FLIPS[variant // len(ZOOMS)], ZOOMS[variant % len(ZOOMS)], 0.0, 0.0
-    dy, dx = SHIFTS[variant - len(FLIPS) * len(ZOOMS)]
-    return "", 1.0, dy * SHIFT_STEP, dx * SHIFT_STEP
+        return FLIPS[variant // len(ZOOMS)], ZOOMS[variant % len(ZOOMS)], 0.0, 0.0, 0.0
+    if variant < len(FLIPS) * len(ZOOMS) + len(SHIFTS):
+        dy, dx = SHIFTS[variant - len(FLIPS) * len(ZOOMS)]
+        return "", 1.0, dy * SHIFT_STEP, dx * SHIFT_STEP, 0.0
+    return "", 1.0, 0.0, 0.0, ROTATIONS[variant - len(FLIPS) * len(ZOOMS) - len(SHIFTS)]
 
 
 def search_descriptors(aligned: np.ndarray) -> np.ndarray:
@@ -231,6 +236,14 @@ def search_descriptors(aligned: np.ndarray) -> np.ndarray:
     rows_by = {k: np.matmul(moved[k + 1], aligned) for k in (-1, 0, 1)}
     for j, (dy, dx) in enumerate(SHIFTS):
         out[:, len(FLIPS) * len(ZOOMS) + j] = np.matmul(rows_by[dy], moved[dx + 1].T)
+    import cv2
+
+    centre = ((p - 1) / 2.0, (p - 1) / 2.0)
+    for j, angle in enumerate(ROTATIONS):
+        turn = cv2.getRotationMatrix2D(centre, angle, 1.0)
+        turned = np.stack([cv2.warpAffine(img, turn, (p, p), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+                           for img in aligned]) if n else aligned
+        out[:, len(FLIPS) * len(ZOOMS) + len(SHIFTS) + j] = np.matmul(np.matmul(ops[0], turned), ops[0].T)
     out = out.reshape(n, _VARIANTS, d * d)
     out -= out.mean(axis=2, keepdims=True)
     out /= np.maximum(np.linalg.norm(out, axis=2, keepdims=True), 1e-6)
@@ -692,7 +705,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             if (row, shape) not in cache:
                 img = _work_image(thumbnails, content_size, row, shape)
                 cache[(row, shape)] = (img, [])  # its noise, measured once when a pair needs it
-        flip, zoom, dy, dx = variant_parts(v)
+        flip, zoom, dy, dx, angle = variant_parts(v)
         template, moving = cache[(m, shape)][0], np.ascontiguousarray(_flip(cache[(q, shape)][0], flip))
         grid = np.array([shape[1], shape[0]], np.float64)  # (x, y)
         ct = np.asarray(centroid_of[m], np.float64)[::-1] * grid - 0.5  # (x, y) in grid pixels
@@ -703,7 +716,12 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             cq[axis] = grid[axis] - 1 - cq[axis]
             fmap[axis, axis], fmap[axis, 2] = -1.0, grid[axis] - 1
         cq += np.array([dx, dy]) * grid  # the query's window was moved there to match the template's centre
-        init = np.float32([[1 / zoom, 0, cq[0] - ct[0] / zoom], [0, 1 / zoom, cq[1] - ct[1] / zoom]])
+        # the query's variant (zoomed by z, turned by R) matches the template: query(p) ~ template(z R p), so ECC
+        # starts from template x -> query R^-1 x / z about the centroids
+        c, s_ = np.cos(np.radians(angle)), np.sin(np.radians(angle))
+        linear = np.array([[c, -s_], [s_, c]]) / zoom
+        offset = cq - linear @ ct
+        init = np.float32([[linear[0, 0], linear[0, 1], offset[0]], [linear[1, 0], linear[1, 1], offset[1]]])
         if not same:  # compare at the lower resolution: the sharper image sent down to the other's size and back
             pixels = content_size[[q, m]].astype(np.int64)
             low = pixels[0] if pixels[1].prod() > pixels[0].prod() else pixels[1]
