@@ -34,10 +34,10 @@ How near copies are found (nothing quadratic in N):
    19 N * sqrt(N) descriptor products, not N^2.
 3. Verification registers each candidate pair on the thumbnails' pixels:
    the query mirrored as its variant says, then OpenCV's ECC (an affine motion,
-   started from the variant's zoom, window and the centroids' offset; a pair
+   started from the variant's zoom, window, turn and the centroids' offset; a pair
    that also matched under another mirror is registered both ways, and the
-   way that leaves the smaller residual kept: a symmetric garment matches its
-   own mirror image almost as well). Two contents of different sizes are
+   way ECC aligns with the higher correlation measured: a symmetric garment
+   matches its own mirror image almost as well). Two contents of different sizes are
    compared at the lower one's resolution. Then over the
    overlap (a band along both frames' edges left out, where a shift or crop
    pads) the tone curve (quadratic: brightness, contrast, gamma; it must rise)
@@ -612,10 +612,13 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
         nm = min(nm, _noise(q))
     noise = float(np.hypot(min(nt, MAX_NOISE), min(nm, MAX_NOISE)))
     # the copy hypothesis simulated on the template itself: sent through this very warp and back
-    # (resampled twice, as a copy's pixels at most are): what resampling alone leaves
+    # (resampled twice, as a copy's pixels at most are): what resampling alone leaves, measured on the
+    # smoothed template (its edges: resampled noise is noise, counted above already)
     there = cv2.warpAffine(template, warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     back = cv2.warpAffine(there, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    resampling = float(np.sqrt(np.mean((template[inside] - back[inside]) ** 2)))
+    smooth_there = cv2.warpAffine(smooth, warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    smooth_back = cv2.warpAffine(smooth_there, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    resampling = float(np.sqrt(np.mean((smooth[inside] - smooth_back[inside]) ** 2)))
     out.update(allowed=float(np.sqrt(half_pixel ** 2 + noise ** 2 + resampling ** 2)), tone=tone,
                half_pixel=half_pixel, noise=noise, resampling=resampling)
     if tone > MAX_TONE:
@@ -681,8 +684,8 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
 
     ``alternative`` (query, match, variant; variant -1 for none), one per pair: the
     same pair matched under another mirror (a symmetric garment matches itself
-    mirrored almost as well). Both are registered and the one that leaves the
-    smaller residual is kept.
+    mirrored almost as well). Both are registered (ECC) and the one whose
+    correlation is higher is measured: one verdict per pair.
     """
     size = int(size or thumbnails.shape[1])
     if alternative is None:
@@ -745,19 +748,22 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
                                        alt_m[start:stop].tolist(), alt_v[start:stop].tolist()):
             tries = [(q, m, v)] + ([(q2, m2, v2)] if v2 >= 0 else [])
             best = None
-            for q, m, v in tries:  # the other mirror too: keep whichever leaves the smaller residual
+            for q, m, v in tries:  # the other mirror too: keep whichever ECC registers with the higher correlation
                 template, moving, init, fmap, shape, flip = setup(q, m, v, cache)
+                cc, warp = ecc(template, moving, init)
+                if best is None or cc > best[0]:  # (one verdict per pair: a look-alike gets no second try)
+                    best = (cc, warp, template, moving, q, m, fmap, shape, flip)
+            _, warp, template, moving, q, m, fmap, shape, flip = best
 
-                def noise(m=m, q=q, shape=shape) -> tuple[float, float]:
-                    for row in (m, q):
-                        img, known = cache[(row, shape)]
-                        if not known:
-                            known.append(_noise(img))
-                    return cache[(m, shape)][1][0], cache[(q, shape)][1][0]
+            def noise(m=m, q=q, shape=shape) -> tuple[float, float]:
+                for row in (m, q):
+                    img, known = cache[(row, shape)]
+                    if not known:
+                        known.append(_noise(img))
+                return cache[(m, shape)][1][0], cache[(q, shape)][1][0]
 
-                got = register_pair(template, moving, init, noise=noise)
-                if best is None or got["residual"] < best[0]["residual"]:
-                    best = (got, q, m, fmap, shape, flip)
+            got = register_pair(template, moving, warp, refine=False, noise=noise)
+            best = (got, q, m, fmap, shape, flip)
             got, q, m, fmap, shape, flip = best
             g = fmap @ np.vstack([got["warp"].astype(np.float64), [0, 0, 1]])  # template pixel -> query pixel
             a, b, blur = (m, q, got["blur"]) if m < q else (q, m, -got["blur"])
