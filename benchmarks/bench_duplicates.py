@@ -67,6 +67,8 @@ t1 = time.perf_counter()
 pairs = derived.get(run, "duplicates").table("pairs")
 out = {"pairs": [[a, b, t] for a, b, t in zip(pairs["path_a"], pairs["path_b"], pairs["transform"])],
        "seconds": time.perf_counter() - t0, "setup": t1 - t0,
+       "cpu": sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+                  for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)),
        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 json.dump(out, open(sys.argv[2], "w"))
 """
@@ -79,7 +81,10 @@ lab = Imagelab(data_path=sys.argv[1])
 lab.find_issues({"exact_duplicates": {}, "near_duplicates": {}})
 sets = [[str(p) for p in s] for k in ("exact_duplicates", "near_duplicates") for s in lab.info[k]["sets"]]
 json.dump({"sets": sets, "seconds": time.perf_counter() - t0,
-           "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, open(sys.argv[2], "w"))
+           "cpu": sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+                      for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)),
+           "peak_mb": max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+           / 1024}, open(sys.argv[2], "w"))
 """
 
 IMAGEHASH = r"""
@@ -103,6 +108,8 @@ for limit in (4, 10):
         pairs += [[paths[i + p], paths[q]] for p, q in zip(a[keep], b[keep])]
     out[str(limit)] = pairs
 json.dump({"pairs": out, "seconds": time.perf_counter() - t0,
+           "cpu": sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+                      for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)),
            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, open(sys.argv[2], "w"))
 """
 
@@ -327,7 +334,7 @@ def compare(name: str, folder: Path, truth: dict, other_python: str | None) -> N
         print(f"duplicates: {status}")
     else:
         found = {frozenset((a, b)) for a, b, _ in ours["pairs"]}
-        rows.append(("duplicates (this repo)", score(found, truth), ours["seconds"], ours["peak_mb"]))
+        rows.append(("duplicates (this repo)", score(found, truth), ours["seconds"], ours["peak_mb"], ours["cpu"]))
         said = {frozenset((a, b)): t for a, b, t in ours["pairs"]}
         examples = {}
         for a, b, k in truth["copies"]:
@@ -340,31 +347,60 @@ def compare(name: str, folder: Path, truth: dict, other_python: str | None) -> N
             print(f"CleanVision: {status}")
         else:
             sets = [[_relative(folder, p) for p in s] for s in cv["sets"]]
-            rows.append(("CleanVision (exact+near)", score(pairs_of_sets(sets), truth), cv["seconds"], cv["peak_mb"]))
+            rows.append(("CleanVision (exact+near)", score(pairs_of_sets(sets), truth), cv["seconds"], cv["peak_mb"],
+                         cv["cpu"]))
         ih, status = _run(other_python, IMAGEHASH, folder)
         if ih is None:
             print(f"imagehash: {status}")
         else:
             for limit, pairs in ih["pairs"].items():
                 rows.append((f"imagehash pHash <= {limit} bits", score({frozenset(p) for p in pairs}, truth),
-                             ih["seconds"], ih["peak_mb"]))
+                             ih["seconds"], ih["peak_mb"], ih["cpu"]))
     kinds = truth["kinds"]
-    print(f"{'method':<27}{'recall':>7}{'min kind':>9}{'look-alikes':>12}{'other/1000':>11}{'time s':>8}{'peak MB':>8}")
-    for label, s, seconds, peak in rows:
+    print(f"{'method':<27}{'recall':>7}{'min kind':>9}{'look-alikes':>12}{'other/1000':>11}{'(w/ copy)':>10}"
+          f"{'time s':>8}{'CPU s':>7}{'peak MB':>8}")
+    for label, s, seconds, peak, cpu in rows:
         print(f"{label:<27}{s['recall']:>7.1%}{min(s['per_kind'].values()):>9.0%}"
-              f"{s['lookalikes']:>6}/{s['n_lookalikes']:<5}{s['others_per_1000']:>11.2f}{seconds:>8.1f}{peak:>8.0f}")
+              f"{s['lookalikes']:>6}/{s['n_lookalikes']:<5}{s['others_per_1000']:>11.2f}{s['others_with_copy']:>10}"
+              f"{seconds:>8.1f}{cpu:>7.1f}{peak:>8.0f}")
+    print("(w/ copy): of the other pairs, those with a planted copy on one side (a copy matched to another "
+          "training image)")
     print("recall per kind:")
     print(f"  {'kind':<22}" + "".join(f"{label[:14]:>16}" for label, *_ in rows))
     for k in kinds:
         print(f"  {k:<22}" + "".join(f"{s['per_kind'][k]:>16.0%}" for _, s, *_ in rows))
     if len(rows) > 1 and rows[0][0].startswith("duplicates") and rows[1][0].startswith("CleanVision"):
-        print(f"time: duplicates / CleanVision = {rows[0][2] / rows[1][2]:.2f} (same folder, same run; {load()})")
+        print(f"time: duplicates / CleanVision = {rows[0][2] / rows[1][2]:.2f} wall, {rows[0][4] / rows[1][4]:.2f} CPU "
+              f"(same folder, same run; {load()})")
+
+
+def fashion_mnist_70k(folder: Path) -> None:
+    """Cost at the size of the Fashion-MNIST demo (70,000 images, the Diagnose page's 'Compute diagnoses'):
+    all of Fashion-MNIST as PNG files (train/ 60,000, test/ 10,000), ``duplicates`` alone (nothing planted)."""
+    from core.datasets import load_fashion_mnist
+
+    ds = load_fashion_mnist()
+    if not (folder / "done").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        for i, (img, y, split) in enumerate(zip(ds.pixels, ds.labels, ds.splits)):
+            _write(folder, f"{split}/{ds.classes[y].replace('/', '-').replace(' ', '_')}/{i:05d}.png", img)
+        (folder / "done").write_text("")
+    print(f"\n== Fashion-MNIST, all 70,000 images in {folder}; {load()}", flush=True)
+    ours, status = _run(sys.executable, OURS, folder, str(REPO))
+    if ours is None:
+        print(f"duplicates: {status}")
+        return
+    cross = sum(sorted(p.split("/")[0] for p in (a, b)) == ["test", "train"] for a, b, _ in ours["pairs"])
+    print(f"duplicates: {ours['seconds']:.1f} s wall ({ours['setup']:.1f} s of it imports and the run), "
+          f"{ours['cpu']:.1f} s CPU, peak {ours['peak_mb']:.0f} MB; {len(ours['pairs']):,} pairs, {cross:,} "
+          f"train-test; {load()}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--folder", default=os.path.join(tempfile.gettempdir(), "bench_duplicates"))
-    parser.add_argument("--sets", default="gray,colour", help="comma-separated: gray, colour (default %(default)s)")
+    parser.add_argument("--sets", default="gray,colour",
+                        help="comma-separated: gray, colour, fmnist70k (cost on 70,000 images; default %(default)s)")
     parser.add_argument("--per-kind", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--other-python", default=None, metavar="PYTHON",
@@ -373,6 +409,9 @@ def main() -> None:
     print(cpu_line(), flush=True)
     for name in args.sets.split(","):
         folder = Path(args.folder) / name
+        if name == "fmnist70k":
+            fashion_mnist_70k(folder)
+            continue
         t0 = time.perf_counter()
         truth = (gray_set if name == "gray" else colour_set)(folder, per_kind=args.per_kind, seed=args.seed)
         print(f"wrote the {name} set in {time.perf_counter() - t0:.0f} s", file=sys.stderr)

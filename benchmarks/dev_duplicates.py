@@ -86,7 +86,8 @@ def main() -> None:
     thumbs, sizes = np.stack([t for t, _ in scanned]), np.array([hw for _, hw in scanned], np.int16)
     t0 = time.perf_counter()
     found = dup.candidate_pairs(thumbs, sizes, np.arange(len(images)))
-    checked = dup.verify_pairs(thumbs, sizes, found["query"], found["match"], found["variant"], found["centroid"])
+    checked = dup.verify_pairs(thumbs, sizes, found["query"], found["match"], found["variant"], found["centroid"],
+                               alternative=(found["alt_query"], found["alt_match"], found["alt_variant"]))
     ok = dup.accepted(checked)
     print(f"{len(images):,} images, {len(checked):,} candidate pairs verified in {time.perf_counter() - t0:.1f} s")
     key = {(min(a, b), max(a, b)): k for a, b, k in truth}
