@@ -377,7 +377,7 @@ def compare(name: str, folder: Path, truth: dict, other_python: str | None) -> N
 def fashion_mnist_70k(folder: Path) -> None:
     """Cost at the size of the Fashion-MNIST demo (70,000 images, the Diagnose page's 'Compute diagnoses'):
     all of Fashion-MNIST as PNG files (train/ 60,000, test/ 10,000), ``duplicates`` alone (nothing planted)."""
-    from core.datasets import load_fashion_mnist
+    from core.data.datasets import load_fashion_mnist
 
     ds = load_fashion_mnist()
     if not (folder / "done").exists():

@@ -4,10 +4,10 @@ the data set's own edited copies, and a shift whose padding replicates the edge 
 import cv2
 import numpy as np
 
-from core.datasets import load_fashion_mnist
+from core.data.datasets import load_fashion_mnist
 from core.diagnose import duplicates as dup
 from core.diagnose.properties import canvas_thumbnail
-from tests.core.test_duplicates import _scan, textured
+from tests.core.diagnose.test_duplicates import _scan, textured
 
 
 def test_tone_fit_is_the_least_squares_fit_also_for_a_flat_image():
