@@ -682,6 +682,7 @@ def _detail_fragment(run: Run, rows: np.ndarray, key: str, start: int, count: in
     component_key = f"gdetail-{key}"
     ident = f"{run.id}|{cache.run_key(run)}|{hashlib.blake2b(rows.tobytes(), digest_size=8).hexdigest()}"
     url_at = None
+    state.keep(gallery.IMG_PARAM)
     text = state.url_value(gallery.IMG_PARAM)
     if text is not None and text.isdigit():
         found = np.flatnonzero(rows == int(text))

@@ -43,6 +43,7 @@ import streamlit as st
 from core.review.verdicts import MAX_NOTE, VERDICTS, ReviewError, Verdict
 from core.run.store import Run
 from dashboard import cache, gallery, review_ui, ui, views
+from dashboard.state import keep, url_value
 
 WINDOW = 32  # images without a verdict sent ahead of the position (where the verdict keys go)
 AHEAD = 12  # and the next and previous images (where N and P go)
@@ -341,6 +342,10 @@ function render(s, t0) {
   if (!d.total) return;
   s.at = Math.max(0, Math.min(s.at, d.total - 1));
   const row = d.rows[s.at];
+  // the review position is in the address (qimg=<row>): a reload or a shared link opens it again
+  const u = new URL(location.href);
+  u.searchParams.set("qimg", String(row));
+  if (u.href !== location.href) history.replaceState(history.state, "", u.href);
   const item = s.items.get(row);
   let reviewed = 0;
   for (let p = 0; p < d.total; p++) if (codeOf(s, p)) reviewed++;
@@ -606,6 +611,18 @@ def _items(run: Run, rows: np.ndarray) -> list[dict]:
     return items
 
 
+QUEUE_IMG_PARAM = "qimg"  # the image the queue shows (its row), kept in the address by the page
+
+
+def _address_position(rows: np.ndarray, default: int | None) -> int | None:
+    """The queue position of the address's ``qimg=<row>``, or ``default`` when it names no row of the queue."""
+    text = url_value(QUEUE_IMG_PARAM)
+    if text is None or not text.isdigit():
+        return default
+    found = np.flatnonzero(rows == int(text))
+    return int(found[0]) if found.size else default
+
+
 @st.fragment
 def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     session = _session()
@@ -617,9 +634,15 @@ def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     codes, labels = verdicts[rows], new_labels[rows]
     first = review_ui._first_unreviewed(rows, verdicts)
     queue_id = f"{run.id}|{cache.run_key(run)}|{identity}"
+    keep(QUEUE_IMG_PARAM)
     state = st.session_state.get(COMPONENT_KEY)
     at = state.get("at") if isinstance(state, dict) else None
-    at = first if not isinstance(at, int) or session.get("queue") != queue_id else min(max(at, 0), rows.size - 1)
+    addressed = None
+    if session.get("queue") != queue_id:  # a new queue (or a reload): the address's image, else the first to do
+        addressed = _address_position(rows, None)
+        at = first if addressed is None else addressed
+    else:
+        at = first if not isinstance(at, int) else min(max(at, 0), rows.size - 1)
     session["queue"] = queue_id
     # the images around the position (N, P) and the next ones without a verdict (where a verdict goes)
     near = np.arange(max(at - BEHIND, 0), min(at + AHEAD, rows.size))
@@ -642,7 +665,8 @@ def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
         sent["rows"].clear()
     items = [cached[int(r)] for r in rows[positions] if int(r) not in sent["rows"]]
     data = {"key": queue_id, "reviewer": review_ui.reviewer(), "total": int(rows.size),
-            "codes": [str(c) for c in codes], "labels": [int(x) for x in labels], "items": items, "start": first,
+            "codes": [str(c) for c in codes], "labels": [int(x) for x in labels], "items": items,
+            "start": first if addressed is None else addressed,
             "acked": list(session["acked"]),
             "failed": [(k, ui.visible(v)) for k, v in list(session["failed"].items())[-100:]],
             "maxNote": MAX_NOTE, "verdicts": list(VERDICTS), "nonce": session.get("nonce"),

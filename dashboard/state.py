@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 import streamlit as st
 
 RUN_PARAM = "run"
+_KEPT_KEY = "url-kept"  # parameters the page writes itself, kept by write_url (keep())
 _PUBLISHED_KEY = "url-published"  # this run's parameters, collected by publish()
 _SEEDED_PAGES_KEY = "url-seeded-pages"  # pages already drawn in this session
 _WRITTEN_BY_KEY = "url-written-by"  # (page, run scope) that wrote the URL last, in this session
@@ -251,9 +252,17 @@ def publish(**params: str | None) -> None:
             collected[name] = str(value)
 
 
+def keep(*names: str) -> None:
+    """Parameters the page itself writes into the address (``img``: the detail open in the browser;
+    ``qimg``: the review queue's image): ``write_url`` keeps their current values instead of
+    dropping them, for this run of the page."""
+    st.session_state.setdefault(_KEPT_KEY, set()).update(names)
+
+
 def start_run(page: str) -> None:
     """Forget the parameters published by the previous run; ``page`` is the page drawn now."""
     st.session_state[_PUBLISHED_KEY] = {}
+    st.session_state[_KEPT_KEY] = set()
     st.session_state[_PAGE_KEY] = page
 
 
@@ -276,6 +285,10 @@ def write_url(*, scope: str | None, run_id: str | None) -> None:
     if run_id is not None:
         params[RUN_PARAM] = run_id
     params.update(st.session_state.get(_PUBLISHED_KEY, {}))
+    for name in sorted(st.session_state.get(_KEPT_KEY, ())):
+        value = url_value(name)
+        if name not in params and value is not None:
+            params[name] = value
     if st.query_params.to_dict() != params:
         st.query_params.from_dict(params)
     page = current_page()

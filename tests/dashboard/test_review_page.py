@@ -370,3 +370,22 @@ def test_an_unwritable_verdicts_file_leaves_the_actions_pending(store, monkeypat
     with pytest.raises(review_queue.StoreUnavailable, match="disk I/O error"):
         review_queue.record_actions(review, rows, actions, reviewer="ann", acked=acked, failed=failed)
     assert not acked and not failed  # neither saved nor refused: still pending in the page
+
+
+def test_the_review_position_in_the_address_opens_the_queue_there(store):
+    at = open_page("review")
+    data = queue_data(at)
+    row = data["rows"][5]
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)  # a reload of a link holding qimg=<row>
+    again.query_params.update({"run": "r", review_queue.QUEUE_IMG_PARAM: str(row)})
+    again.switch_page("app_pages/review.py")
+    again.run()
+    assert not again.exception, [e.value for e in again.exception]
+    data = queue_data(again)
+    assert data["start"] == 5 and row in [item["row"] for item in data["items"]]  # its image is sent
+    assert again.query_params[review_queue.QUEUE_IMG_PARAM] == str(row)  # kept in the address
+    gone = AppTest.from_file(APP, default_timeout=TIMEOUT)  # a row the queue does not hold: its first image
+    gone.query_params.update({"run": "r", review_queue.QUEUE_IMG_PARAM: "999999"})
+    gone.switch_page("app_pages/review.py")
+    gone.run()
+    assert queue_data(gone)["start"] == 0

@@ -87,8 +87,7 @@ def test_a_reload_restores_the_errors_filters_and_the_open_image(store):
     assert sent["urlAt"] == 1 and sent["total"] == rows.size
     (item,) = [it for it in sent["items"] if it["pos"] == 1]
     assert item["row"] == int(rows[1])
-    # the page, not the server, keeps img= in the address while its detail is open
-    # (tests/e2e/test_detail_browser.py reloads it)
+    assert at.query_params["img"] == str(int(rows[1]))  # kept: the page writes it, the server leaves it
 
 
 def test_filters_outlive_a_visit_to_another_page(store):

@@ -147,6 +147,7 @@ def test_eight_sessions_marking_at_once_lose_no_verdict(browser, tmp_path):
             for _ in range(i):
                 page.keyboard.press("n")
             assert shown_row(page) == order[i]
+            assert f"qimg={order[i]}" in page.url  # the review position is in the address
         for page in pages:  # then all mark at once: the keys go out without waiting for the server
             page.keyboard.press("l")
         deadline = time.time() + 120
