@@ -16,8 +16,12 @@ many images as the order used, on at least 20 images per class.
 
 A finding is *clear* only when the better option beats the current one by at
 least ``MIN_GAIN`` (10 points) on the sample, beats always answering the
-sample's commonest class by as much, and the difference is beyond chance: among the images on which the two disagree in correctness, the better
-option must win by at least ``MIN_Z`` (3) standard deviations (McNemar's test).
+sample's commonest class by as much, and the difference is beyond chance:
+among the images on which the two disagree in correctness, the better option
+must win by at least ``MIN_Z`` (3) standard deviations (McNemar's test).
+Options the best one does not beat that way are as good on the sample, and
+among them the one that changes least (mode, and the channel order the model
+sees) is named.
 Options that give the same numbers (keras' 'tf' and 'symmetric', 'torch' and
 'imagenet') are evaluated once. Among options within one point of the best,
 the one that changes least (mode, channel order) is named, then the one with
@@ -78,6 +82,13 @@ def sample_rows(eval_rows: np.ndarray, *, size: int = SAMPLE_SIZE, seed: int = 0
     return np.sort(np.random.default_rng(seed).choice(eval_rows, size=size, replace=False))
 
 
+def _z(better_correct: np.ndarray, other_correct: np.ndarray) -> float:
+    """The sign test's z of ``better_correct`` over ``other_correct`` on the images they disagree on."""
+    wins = int((better_correct & ~other_correct).sum())
+    losses = int((~better_correct & other_correct).sum())
+    return 0.0 if wins + losses == 0 else (wins - losses) / math.sqrt(wins + losses)
+
+
 def clearly_better(better_correct: np.ndarray, current_correct: np.ndarray) -> bool:
     """Whether per-image correctness ``better_correct`` beats ``current_correct`` by MIN_GAIN and MIN_Z.
 
@@ -91,12 +102,7 @@ def clearly_better(better_correct: np.ndarray, current_correct: np.ndarray) -> b
     if n == 0:
         return False
     gain = better_correct.mean() - current_correct.mean()
-    wins = int((better_correct & ~current_correct).sum())
-    losses = int((~better_correct & current_correct).sum())
-    if wins + losses == 0:
-        return False
-    z = (wins - losses) / math.sqrt(wins + losses)
-    return bool(gain >= MIN_GAIN and z >= MIN_Z)
+    return bool(gain >= MIN_GAIN and _z(better_correct, current_correct) >= MIN_Z)
 
 
 def permutation_fit(confusion: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -123,10 +129,19 @@ def permutation_fit(confusion: np.ndarray) -> tuple[np.ndarray, float, float]:
     return order, float(np.trace(c) / total), float(c[true_idx, pred_idx].sum() / total)
 
 
+def _seen_order(p: Preprocessing) -> str:
+    """The channel order the model is fed: 'caffe' mode turns RGB into BGR itself."""
+    if p.mode != "caffe":
+        return p.channel_order
+    return "bgr" if p.channel_order == "rgb" else "rgb"
+
+
 def _changes(current: Preprocessing, spec: str) -> int:
-    """How many of (mode, channel order) differ from ``current``: ties go to the smallest change."""
+    """How many of (mode, channel order the model sees) differ from ``current``: ties go to the
+    smallest change (a model trained on cv2's BGR / 255 fits 'unit+bgr', one change from 'unit', and
+    often 'caffe' as well, whose unscaled inputs saturate it: two changes)."""
     other = Preprocessing.parse(spec)
-    return int(other.mode != current.mode) + int(other.channel_order != current.channel_order)
+    return int(other.mode != current.mode) + int(_seen_order(other) != _seen_order(current))
 
 
 def _nll(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -177,7 +192,11 @@ def check_input(
     # (an untrained or collapsed model only changes which constant it answers).
     majority = float(np.bincount(labels).max() / n) if n else 1.0
     best_acc = max(accuracies.values()) if n else float("nan")
-    contenders = [s for s, a in accuracies.items() if a >= best_acc - TIE]
+    # Options the best does not beat significantly (z < MIN_Z on the images they disagree on) are as
+    # good on this sample: among them, the smallest change wins (a cv2 BGR / 255 model also classifies
+    # under 'caffe', whose unscaled inputs may even win a few images: 'unit+bgr' is what it learnt).
+    top = max(accuracies, key=accuracies.get) if n else current.spec
+    contenders = [s for s, a in accuracies.items() if a >= best_acc - TIE or _z(correct[top], correct[s]) < MIN_Z]
     best = min(contenders, key=lambda s: (_changes(current, s), losses[s])) if n else current.spec
     suggested = (best if best != current.spec and accuracies[best] >= majority + MIN_GAIN
                  and clearly_better(correct[best], current_correct) else None)

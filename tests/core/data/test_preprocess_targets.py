@@ -40,7 +40,7 @@ def test_cv2_bgr_model(tmp_path, capsys):
            "folder): blue, cyan, red, yellow" in err
     assert "splits={'all': 200}" in err
     assert run.metrics["accuracy"] < 0.3                        # red and blue swapped, yellow and cyan too
-    assert run.model_info.input_check["suggested"] == "unit+bgr"
+    assert run.model_info.input_check["suggested"] == "unit+bgr", run.model_info.input_check["accuracies"]
     mismatch = [line for line in err.splitlines() if line.startswith("Preprocessing mismatch")]
     assert len(mismatch) == 1 and mismatch[0].endswith("Re-run with --preprocess unit --channel-order bgr.")
 

@@ -59,6 +59,28 @@ def test_names_the_channel_order_when_rgb_was_fed_to_a_bgr_model():
     assert set(finding["accuracies"]) == {p.spec for p in candidate_preprocessings(3)}
 
 
+def test_a_tie_goes_to_the_smallest_change_counting_caffes_own_bgr():
+    """A model trained on cv2's BGR / 255 whose softmax only grows sharper with larger inputs: 'caffe'
+    (BGR itself, unscaled) classifies as well and more confidently, yet it changes the scale and the
+    channel order the model sees; 'unit+bgr' changes only the order (the CI run that trained such a
+    model got 'caffe' named)."""
+    def unsaturated(x):
+        blue, red = x[..., 0].mean(axis=(1, 2)), x[..., 2].mean(axis=(1, 2))
+        logits = np.stack([blue - red, red - blue], axis=1) * 8
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    images, labels = _images()
+    current = Preprocessing("unit")
+    probs = unsaturated(feed(images, current))
+    confusion = np.zeros((2, 2), np.int64)
+    np.add.at(confusion, (labels, probs.argmax(axis=1)), 1)
+    finding = check_input(unsaturated, images, labels, current=current, current_probs=probs, classes=CLASSES,
+                          confusion=confusion)
+    assert finding["accuracies"]["caffe"] == finding["accuracies"]["unit+bgr"] == 1.0  # a tie
+    assert finding["suggested"] == "unit+bgr"
+
+
 def test_silent_when_the_preprocessing_is_right():
     images, labels = _images()
     finding = _check(images, labels, Preprocessing("unit", "bgr"))
