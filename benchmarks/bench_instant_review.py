@@ -41,7 +41,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import numpy as np  # noqa: E402
 from cpu_info import cpu_line  # noqa: E402
 
 from core.run.store import RunStore  # noqa: E402
@@ -135,51 +134,6 @@ def _detail_phase(browser, url: str, run_id: str, repeats: int) -> dict[str, lis
     return draws
 
 
-VISIBLE_JS = """([t0, heading]) => {
-  const cell = document.querySelector(".st-key-confusion-cell");
-  if (!cell || !cell.innerText.includes(heading)) return false;
-  const img = cell.querySelector(".st-key-gallery-confusion img");
-  if (!img || !img.complete || !img.naturalWidth) return false;
-  const r = img.getBoundingClientRect();
-  if (r.top < 0 || r.bottom > window.innerHeight || r.height === 0) return false;
-  return performance.now() - t0;
-}"""
-
-
-def confusion_clicks(browser, url: str, run, repeats: int) -> list[float]:
-    """Click ``repeats`` off-diagonal cells (the largest first, in turn); per click the ms from the
-    click to the cell's first image loaded and in the viewport."""
-    from bench_browser import cell_centre
-
-    from core.run.metrics import confusion_matrix
-
-    df, mask = run.predictions, run.eval_mask()
-    cm = confusion_matrix(df["true"].to_numpy()[mask], df["predicted"].to_numpy()[mask], n_classes=len(run.classes))
-    off = cm.copy()
-    np.fill_diagonal(off, 0)
-    cells = [tuple(int(v) for v in np.unravel_index(i, cm.shape)) for i in np.argsort(-off, axis=None)[:8]]
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(120_000)
-    page.goto(f"{url}/confusion?run={run.id}")
-    page.locator("[class*='confusion-chart'] .js-plotly-plot").first.wait_for()
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
-    times = []
-    for i in range(repeats):
-        true, pred = cells[i % len(cells)]
-        if i and cells[(i - 1) % len(cells)] == (true, pred):
-            continue
-        x, y = cell_centre(page, true, pred)
-        t0 = page.evaluate("() => performance.now()")
-        page.mouse.click(x, y)
-        heading = f"True {run.classes[true]}, predicted {run.classes[pred]}"
-        times.append(page.wait_for_function(VISIBLE_JS, arg=[t0, heading], polling="raf").json_value())
-        page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')")
-        page.wait_for_timeout(300)
-    context.close()
-    return times
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default=None)
@@ -191,6 +145,7 @@ def main() -> None:
     args = ap.parse_args()
     print(cpu_line(), flush=True)
     if args.confusion:
+        from bench_page_latency import confusion_times
         from playwright.sync_api import sync_playwright
 
         store = RunStore(args.confusion)
@@ -200,7 +155,7 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=os.environ.get("CHROMIUM", "/usr/bin/chromium"),
                                         args=CHROMIUM_FLAGS, headless=True)
             before = _load()
-            times = confusion_clicks(browser, url, run, args.repeats)
+            times = confusion_times(browser, url, run, args.repeats)
             browser.close()
         print(f"\nConfusion cell click → first image of the cell visible, run {run.id} ({len(run.predictions):,} "
               f"images), headless Chromium: median of {len(times)} {statistics.median(times):.0f} ms "
