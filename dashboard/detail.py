@@ -681,12 +681,8 @@ def _detail_fragment(run: Run, rows: np.ndarray, key: str, start: int, count: in
     session = _session()
     component_key = f"gdetail-{key}"
     ident = f"{run.id}|{cache.run_key(run)}|{hashlib.blake2b(rows.tobytes(), digest_size=8).hexdigest()}"
-    url_at = None
     state.keep(gallery.IMG_PARAM)
-    text = state.url_value(gallery.IMG_PARAM)
-    if text is not None and text.isdigit():
-        found = np.flatnonzero(rows == int(text))
-        url_at = int(found[0]) if found.size else None
+    url_at = state.url_position(gallery.IMG_PARAM, rows)
     held = st.session_state.get(component_key)
     at = held.get("at") if isinstance(held, dict) else None
     at = at if isinstance(at, int) and not isinstance(at, bool) and 0 <= at < rows.size else None

@@ -43,7 +43,7 @@ import streamlit as st
 from core.review.verdicts import MAX_NOTE, VERDICTS, ReviewError, Verdict
 from core.run.store import Run
 from dashboard import cache, gallery, review_ui, ui, views
-from dashboard.state import keep, url_value
+from dashboard.state import keep, url_position
 
 WINDOW = 32  # images without a verdict sent ahead of the position (where the verdict keys go)
 AHEAD = 12  # and the next and previous images (where N and P go)
@@ -614,15 +614,6 @@ def _items(run: Run, rows: np.ndarray) -> list[dict]:
 QUEUE_IMG_PARAM = "qimg"  # the image the queue shows (its row), kept in the address by the page
 
 
-def _address_position(rows: np.ndarray, default: int | None) -> int | None:
-    """The queue position of the address's ``qimg=<row>``, or ``default`` when it names no row of the queue."""
-    text = url_value(QUEUE_IMG_PARAM)
-    if text is None or not text.isdigit():
-        return default
-    found = np.flatnonzero(rows == int(text))
-    return int(found[0]) if found.size else default
-
-
 @st.fragment
 def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     session = _session()
@@ -639,7 +630,7 @@ def _queue_fragment(run: Run, rows: np.ndarray, identity: str) -> None:
     at = state.get("at") if isinstance(state, dict) else None
     addressed = None
     if session.get("queue") != queue_id:  # a new queue (or a reload): the address's image, else the first to do
-        addressed = _address_position(rows, None)
+        addressed = url_position(QUEUE_IMG_PARAM, rows)
         at = first if addressed is None else addressed
     else:
         at = first if not isinstance(at, int) else min(max(at, 0), rows.size - 1)

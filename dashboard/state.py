@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import streamlit as st
 
 RUN_PARAM = "run"
@@ -250,6 +251,16 @@ def publish(**params: str | None) -> None:
             collected.pop(name, None)
         else:
             collected[name] = str(value)
+
+
+def url_position(param: str, rows) -> int | None:
+    """Where the row the URL's ``param`` names (``img=<row>``) stands in ``rows``, or None when it
+    names none of them."""
+    text = url_value(param)
+    if text is None or not text.isdigit():
+        return None
+    found = np.flatnonzero(np.asarray(rows) == int(text))
+    return int(found[0]) if found.size else None
 
 
 def keep(*names: str) -> None:
