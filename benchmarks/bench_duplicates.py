@@ -374,7 +374,7 @@ def compare(name: str, folder: Path, truth: dict, other_python: str | None) -> N
               f"(same folder, same run; {load()})")
 
 
-def fashion_mnist_70k(folder: Path) -> None:
+def fashion_mnist_70k(folder: Path, compare_with: str | None = None) -> None:
     """Cost at the size of the Fashion-MNIST demo (70,000 images, the Diagnose page's 'Compute diagnoses'):
     all of Fashion-MNIST as PNG files (train/ 60,000, test/ 10,000), ``duplicates`` alone (nothing planted)."""
     from core.data.datasets import load_fashion_mnist
@@ -386,14 +386,16 @@ def fashion_mnist_70k(folder: Path) -> None:
             _write(folder, f"{split}/{ds.classes[y].replace('/', '-').replace(' ', '_')}/{i:05d}.png", img)
         (folder / "done").write_text("")
     print(f"\n== Fashion-MNIST, all 70,000 images in {folder}; {load()}", flush=True)
-    ours, status = _run(sys.executable, OURS, folder, str(REPO))
-    if ours is None:
-        print(f"duplicates: {status}")
-        return
-    cross = sum(sorted(p.split("/")[0] for p in (a, b)) == ["test", "train"] for a, b, _ in ours["pairs"])
-    print(f"duplicates: {ours['seconds']:.1f} s wall ({ours['setup']:.1f} s of it imports and the run), "
-          f"{ours['cpu']:.1f} s CPU, peak {ours['peak_mb']:.0f} MB; {len(ours['pairs']):,} pairs, {cross:,} "
-          f"train-test; {load()}")
+    for name, repo in [("this version", str(REPO))] + ([("--compare-with " + compare_with, compare_with)]
+                                                        if compare_with else []):
+        ours, status = _run(sys.executable, OURS, folder, repo)
+        if ours is None:
+            print(f"duplicates ({name}): {status}")
+            continue
+        cross = sum(sorted(p.split("/")[0] for p in (a, b)) == ["test", "train"] for a, b, _ in ours["pairs"])
+        print(f"duplicates ({name}): {ours['seconds']:.1f} s wall ({ours['setup']:.1f} s of it imports and the run), "
+              f"{ours['cpu']:.1f} s CPU, peak {ours['peak_mb']:.0f} MB; {len(ours['pairs']):,} pairs, {cross:,} "
+              f"train-test; {load()}", flush=True)
 
 
 def main() -> None:
@@ -403,6 +405,8 @@ def main() -> None:
                         help="comma-separated: gray, colour, fmnist70k (cost on 70,000 images; default %(default)s)")
     parser.add_argument("--per-kind", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compare-with", default=None, metavar="DIR",
+                        help="fmnist70k: also time the copy of this repository in DIR (another version), in the same run")
     parser.add_argument("--other-python", default=None, metavar="PYTHON",
                         help="a Python with cleanvision and imagehash installed (their own virtualenv)")
     args = parser.parse_args()
@@ -410,7 +414,7 @@ def main() -> None:
     for name in args.sets.split(","):
         folder = Path(args.folder) / name
         if name == "fmnist70k":
-            fashion_mnist_70k(folder)
+            fashion_mnist_70k(folder, args.compare_with)
             continue
         t0 = time.perf_counter()
         truth = (gray_set if name == "gray" else colour_set)(folder, per_kind=args.per_kind, seed=args.seed)

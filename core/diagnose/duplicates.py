@@ -130,6 +130,11 @@ MAX_RATIO = 1.0  # a near pair's residual / allowed residual (see ``register_pai
 MAX_STRUCTURE = 4.5  # RMS gray levels of the residual low-passed at _STRUCTURE px: what differs in shape
 MAX_PEAK = 16.0  # the largest local difference in shape (gray levels, same low-pass) a near pair may keep
 SELF_MARGIN = 1.0  # gray levels a copy's shape difference may exceed what resampling alone leaves (at least 2)
+MAX_LOCAL = 1.9  # the RMS residual in the worst window (sigma LOCAL_WINDOW px) / the pair's allowed residual
+LOCAL_WINDOW = 1.5  # px
+REENCODED_MAX = 2.0  # RMS gray levels: one image is the other re-saved as JPEG (see ``reencoded``)
+MAX_START = 35.0  # RMS gray levels where the search's variant puts a pair: beyond, ECC is not tried
+MIRROR_MARGIN = 1.25  # of two mirrors, ECC also tries the one whose start is within 1.25x (+1) of the better's
 _MAX_GROUP_PAIRS = 6
 ECC_ITERATIONS = 10  # copies converge in a few from the variant's start (development set: the same verdicts as 30)
 PAIR_COLUMNS = ["row_a", "row_b", "path_a", "path_b", "split_a", "split_b", "label_a", "label_b",
@@ -528,6 +533,20 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / max(np.sqrt((x * x).sum() * (y * y).sum()), 1e-9))
 
 
+def start_residual(template: np.ndarray, moving: np.ndarray, init: np.ndarray) -> float:
+    """RMS gray levels left where the search's variant puts the pair (``init``, before ECC), after the best tone
+    curve, over the frame less a band along its edges: a cheap look before the registration."""
+    import cv2
+
+    h, w = template.shape
+    band = max(1, round(min(h, w) / 7))
+    moved = cv2.warpAffine(moving, init, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_REPLICATE)
+    t = cv2.GaussianBlur(template, (0, 0), 0.8)[band:h - band, band:w - band].ravel()
+    q = cv2.GaussianBlur(moved, (0, 0), 0.8)[band:h - band, band:w - band].ravel()
+    return _fit(t, q)[0]
+
+
 def ecc(template: np.ndarray, moving: np.ndarray, init: np.ndarray) -> tuple[float, np.ndarray]:
     """OpenCV's ECC (affine, from ``init``): (correlation reached, warp); (-1, init) where it does not converge."""
     import cv2
@@ -539,6 +558,13 @@ def ecc(template: np.ndarray, moving: np.ndarray, init: np.ndarray) -> tuple[flo
     except cv2.error:  # no convergence (a flat image, a far start): keep the start, the residual decides
         return -1.0, init.astype(np.float32).copy()
     return float(cc), warp
+
+
+def unmeasured(warp: np.ndarray) -> dict:
+    """``register_pair``'s measures of a pair that is refused before they are taken."""
+    return {"warp": warp, "residual": np.inf, "allowed": 0.0, "detail": np.nan, "overlap": 0.0, "blur": 0.0,
+            "tone": 0.0, "structure": np.inf, "peak": np.inf, "half_pixel": 0.0, "self_structure": 0.0,
+            "self_peak": 0.0, "noise": 0.0, "resampling": 0.0, "local": np.inf}
 
 
 def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *, refine: bool = True,
@@ -573,14 +599,13 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
     # leave out a band along both frames' edges: what a shift or crop pushes out is replaced there
     # (by padding or replicated rows) in one image and not the other
     band = max(1, round(min(h, w) / 14))
-    inside = cv2.erode(inside.astype(np.uint8), np.ones((2 * band + 1, 2 * band + 1), np.uint8)).astype(bool)
     frame = np.zeros_like(inside)
     frame[band:h - band, band:w - band] = True
+    uncovered = frame & ~inside  # where the moving image ends inside the template's frame (a crop, a shift)
+    inside = cv2.erode(inside.astype(np.uint8), np.ones((2 * band + 1, 2 * band + 1), np.uint8)).astype(bool)
     inside &= frame
     overlap = float(inside.mean())
-    out = {"warp": warp, "residual": np.inf, "allowed": 0.0, "detail": np.nan, "overlap": overlap, "blur": 0.0,
-           "tone": 0.0, "structure": np.inf, "peak": np.inf, "half_pixel": 0.0, "self_structure": 0.0,
-           "self_peak": 0.0, "noise": 0.0, "resampling": 0.0}
+    out = {**unmeasured(warp), "overlap": overlap}
     if inside.sum() < 0.25 * h * w:
         return out
     best = None
@@ -637,8 +662,16 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
 
     structure, peak = shape_difference(t, fitted)
     self_structure, self_peak = shape_difference(template, back)
+    # where the pair differs most: a look-alike differs in one place (a strap, a neckline, a hem), a copy
+    # all over (noise) or along every edge alike (resampling): the RMS residual in the worst window
+    weight_local = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), LOCAL_WINDOW)
+    local_ms = cv2.GaussianBlur(np.where(inside, (t - fitted) ** 2, 0.0).astype(np.float32), (0, 0), LOCAL_WINDOW)
+    # (away from where the moving image ends inside the frame: its last rows were resampled from fewer pixels)
+    near_end = cv2.dilate(uncovered.astype(np.uint8), np.ones((4 * band + 1, 4 * band + 1), np.uint8)).astype(bool)
+    judged = core_ & ~near_end if (core_ & ~near_end).any() else core_
+    local = float(np.sqrt((local_ms / np.maximum(weight_local, 1e-3))[judged].max())) if judged.any() else np.inf
     out.update(detail=_pearson(_detail(t)[inside], _detail(fitted)[inside]), structure=structure, peak=peak,
-               self_structure=self_structure, self_peak=self_peak)
+               self_structure=self_structure, self_peak=self_peak, local=local)
     return out
 
 
@@ -695,7 +728,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     query, match, variant = (np.asarray(x, np.int64) for x in (query, match, variant))
     cols = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
             "allowed", "detail", "overlap", "blur", "tone", "structure", "peak", "half_pixel", "self_structure",
-            "self_peak", "noise", "resampling"]
+            "self_peak", "noise", "resampling", "local", "reencoded", "start"]
 
     def setup(q: int, m: int, v: int, cache: dict) -> tuple:
         """(template, moving, init, fmap, shape, flip) of query q's variant v against match m; two contents
@@ -748,23 +781,38 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
                                        alt_m[start:stop].tolist(), alt_v[start:stop].tolist()):
             tries = [(q, m, v)] + ([(q2, m2, v2)] if v2 >= 0 else [])
             best = None
-            for q, m, v in tries:  # the other mirror too: keep whichever ECC registers with the higher correlation
-                template, moving, init, fmap, shape, flip = setup(q, m, v, cache)
+            # a cheap look first: where the search's variant puts each, after the best tone curve; ECC runs from the
+            # starts that are near a copy (``MAX_START``) and, of two mirrors, not far behind the other
+            setups = [setup(*tried, cache) for tried in tries]
+            starts = [start_residual(*ready[:3]) for ready in setups]
+            lowest = min(starts)
+            best = None
+            for (template, moving, init, fmap, shape, flip), (q, m, _), begun in zip(setups, tries, starts):
+                if begun > MAX_START or begun > MIRROR_MARGIN * lowest + 1.0:
+                    continue
                 cc, warp = ecc(template, moving, init)
                 if best is None or cc > best[0]:  # (one verdict per pair: a look-alike gets no second try)
                     best = (cc, warp, template, moving, q, m, fmap, shape, flip)
-            _, warp, template, moving, q, m, fmap, shape, flip = best
+            if best is None:  # nowhere near a copy: refused unregistered
+                template, moving, init, fmap, shape, flip = setups[0]
+                q, m = tries[0][:2]
+                got = unmeasured(init)
+            else:
+                _, warp, template, moving, q, m, fmap, shape, flip = best
 
-            def noise(m=m, q=q, shape=shape) -> tuple[float, float]:
-                for row in (m, q):
-                    img, known = cache[(row, shape)]
-                    if not known:
-                        known.append(_noise(img))
-                return cache[(m, shape)][1][0], cache[(q, shape)][1][0]
+                def noise(m=m, q=q, shape=shape) -> tuple[float, float]:
+                    for row in (m, q):
+                        img, known = cache[(row, shape)]
+                        if not known:
+                            known.append(_noise(img))
+                    return cache[(m, shape)][1][0], cache[(q, shape)][1][0]
 
-            got = register_pair(template, moving, warp, refine=False, noise=noise)
-            best = (got, q, m, fmap, shape, flip)
-            got, q, m, fmap, shape, flip = best
+                got = register_pair(template, moving, warp, refine=False, noise=noise)
+            got["reencoded"], got["start"] = np.inf, lowest
+            if (not flip and (content_size[q] == content_size[m]).all() and got["residual"] <= MAX_RESIDUAL
+                    and np.abs(got["warp"][:, :2] - np.eye(2, dtype=np.float32)).max() <= 0.02
+                    and np.abs(got["warp"][:, 2]).max() <= IDENTITY):
+                got["reencoded"] = reencoded(cache[(m, shape)][0], cache[(q, shape)][0])
             g = fmap @ np.vstack([got["warp"].astype(np.float64), [0, 0, 1]])  # template pixel -> query pixel
             a, b, blur = (m, q, got["blur"]) if m < q else (q, m, -got["blur"])
             if m > q:
@@ -774,7 +822,8 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
                             "overlap": got["overlap"], "blur": blur, "tone": got["tone"],
                             "structure": got["structure"], "peak": got["peak"], "half_pixel": got["half_pixel"],
                             "self_structure": got["self_structure"], "self_peak": got["self_peak"],
-                            "noise": got["noise"], "resampling": got["resampling"]})
+                            "noise": got["noise"], "resampling": got["resampling"], "local": got["local"],
+                            "reencoded": got["reencoded"], "start": got["start"]})
         # typed columns now: a list of dicts costs ~1 KB a pair (300 MB for the 70,000-image demo's candidates)
         return pd.DataFrame(records, columns=cols)
 
@@ -786,6 +835,28 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             say(f"duplicates: verified {min(done * 1024, len(query)):,}/{len(query):,} candidate pairs",
                 done / max(len(starts), 1))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame({c: [] for c in cols})
+
+
+JPEG_QUALITIES = (50, 60, 70, 75, 80, 85, 90, 95)
+IDENTITY = 0.5  # px: a registration this close to no move (and within 2% in scale) may be the same grid
+
+
+def reencoded(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest RMS difference (gray levels) between one image and the other re-encoded as a JPEG file
+    at one of ``JPEG_QUALITIES``, either way round: about 0 when one is the other re-saved as JPEG (the
+    encoder is deterministic: the same pixels at the same quality give the same file), whatever the
+    residual; for two different pictures, at least their own difference."""
+    import cv2
+
+    best = np.inf
+    for src, dst in ((a, b), (b, a)):
+        img = np.clip(np.rint(src), 0, 255).astype(np.uint8)
+        for quality in JPEG_QUALITIES:
+            ok, data = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                back = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE).astype(np.float32)
+                best = min(best, float(np.sqrt(np.mean((back - dst) ** 2))))
+    return best
 
 
 def plausible(checked: pd.DataFrame) -> np.ndarray:
@@ -810,9 +881,10 @@ def accepted(checked: pd.DataFrame, *, max_ratio: float = MAX_RATIO, min_detail:
     ok = (plausible(checked) & (residual <= max_ratio * checked["allowed"].to_numpy()) & (residual <= MAX_RESIDUAL)
           & (structure <= MAX_STRUCTURE) & (checked["peak"].to_numpy() <= MAX_PEAK)
           & (structure <= np.maximum(2 * SELF_MARGIN, checked["self_structure"].to_numpy() + SELF_MARGIN)))
+    ok &= checked["local"].to_numpy() <= MAX_LOCAL * checked["allowed"].to_numpy()
     if min_detail is not None:
         ok &= checked["detail"].to_numpy() >= min_detail
-    return ok
+    return ok | (plausible(checked) & (checked["reencoded"].to_numpy() <= REENCODED_MAX))
 
 
 SELF_EDITS = ("jpeg q60", "noise 8", "blur 0.8", "rotate 4", "crop 88%", "shift 10%", "gamma 0.8")

@@ -7,7 +7,7 @@ import numpy as np
 from core.data.datasets import load_fashion_mnist
 from core.diagnose import duplicates as dup
 from core.diagnose.properties import canvas_thumbnail
-from tests.core.diagnose.test_duplicates import _scan, textured
+from tests.core.diagnose.test_duplicates import _scan, smooth_edged, textured
 
 
 def test_tone_fit_is_the_least_squares_fit_also_for_a_flat_image():
@@ -24,7 +24,7 @@ def test_tone_fit_is_the_least_squares_fit_also_for_a_flat_image():
 
 
 def test_a_pair_that_also_matches_mirrored_is_registered_both_ways_and_the_better_kept():
-    base = textured(21)
+    base = smooth_edged(textured(21))
     rotated = cv2.warpAffine(base, cv2.getRotationMatrix2D((14, 14), 4, 1.0), (28, 28))
     thumbs, sizes, _ = _scan([base, rotated])
     cent, _ = dup.centroids(thumbs, sizes, np.arange(2))
