@@ -69,8 +69,6 @@ def reason(rec: dict, min_detail: float | None) -> str:
                 f"tone {rec['tone']:.0f})")
     if rec["residual"] > min(rec["allowed"], dup.MAX_RESIDUAL):
         return f"residual {rec['residual']:.1f} > allowed {rec['allowed']:.1f}"
-    if rec["local"] > dup.MAX_LOCAL * rec["allowed"]:
-        return f"local {rec['local'] / rec['allowed']:.2f} x allowed"
     if not dup.accepted(one)[0]:
         return f"structure {rec['structure']:.2f} (self {rec['self_structure']:.2f}), peak {rec['peak']:.1f}"
     if min_detail is not None and rec["detail"] < min_detail:

@@ -246,8 +246,9 @@ def smooth_edged(img: np.ndarray) -> np.ndarray:
 
 
 def test_registration_recovers_shift_flip_and_rotation_and_rejects_look_alikes():
-    # (a hard-edged ellipse turned by 4° changes by up to 200 gray levels along a few boundary pixels: the local
-    # bound refuses that copy; an anti-aliased one, as real pictures are, passes)
+    # (a hard-edged ellipse, not anti-aliased, turned by 4° changes by up to 200 gray levels along a few boundary
+    # pixels, more than a quarter pixel of misregistration and the smoothed template's resampling allow: that
+    # copy is refused; an anti-aliased one, as photos and Fashion-MNIST are, passes)
     base = smooth_edged(textured(11))
     rotated = cv2.warpAffine(base, cv2.getRotationMatrix2D((14, 14), 4, 1.0), (28, 28))
     images = [base, shifted(base, 2, -1), shifted(base, -1, 2, noise=6, seed=4), base[:, ::-1].copy(), rotated,
