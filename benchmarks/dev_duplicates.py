@@ -135,7 +135,7 @@ def main() -> None:
     min_detail, _ = dup.calibrate_detail(thumbs, sizes, np.arange(len(images)))
     t3 = time.perf_counter()
     ok = dup.accepted(checked, min_detail=min_detail)
-    n_ecc = len(checked) + int((found["alt_variant"] >= 0).sum())
+    n_ecc = int(checked["ecc"].sum())
     print(f"{len(images):,} images, {len(checked):,} candidate pairs ({n_ecc:,} ECC alignments, "
           f"{n_ecc / len(images):.2f} per image): search {t1 - t0:.1f} s, verification {t2 - t1:.1f} s, "
           f"calibration {t3 - t2:.1f} s (detail bound {min_detail})")

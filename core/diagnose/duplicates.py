@@ -135,7 +135,8 @@ MISREGISTRATION = 0.25  # px of edge mismatch a copy may keep after ECC: two pic
 MISREGISTRATION_RESIZED = 0.5  # px: two of different sizes (one resized: the two sampling grids differ)
 ZOOMED_IN = 1.04  # a registration that enlarges the template more than this is judged in the moving image's frame
 MAX_START = 35.0  # RMS gray levels where the search's variant puts a pair: beyond, ECC is not tried
-MIRROR_MARGIN = 1.25  # of two mirrors, ECC also tries the one whose start is within 1.25x (+1) of the better's
+MAX_QUICK = 16.0  # the same measure after ECC: beyond, the pair is refused without the verification's measures
+MIRROR_MARGIN = 1.0  # gray levels: of two mirrors, ECC also tries the one whose start is within this of the better one
 _MAX_GROUP_PAIRS = 6
 ECC_ITERATIONS = 10  # copies converge in a few from the variant's start (development set: the same verdicts as 30)
 PAIR_COLUMNS = ["row_a", "row_b", "path_a", "path_b", "split_a", "split_b", "label_a", "label_b",
@@ -720,7 +721,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     query, match, variant = (np.asarray(x, np.int64) for x in (query, match, variant))
     cols = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
             "allowed", "detail", "overlap", "blur", "tone", "structure", "peak", "half_pixel", "self_structure",
-            "self_peak", "noise", "resampling", "reencoded", "start"]
+            "self_peak", "noise", "resampling", "reencoded", "start", "ecc", "quick"]
 
     def setup(q: int, m: int, v: int, cache: dict) -> tuple:
         """(template, moving, init, fmap, shape, flip) of query q's variant v against match m; two contents
@@ -764,9 +765,39 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
                     moving = degrade(moving)
         return template, moving, init, fmap, shape, flip
 
-    def chunk(start: int) -> pd.DataFrame:
+    def judge(template: np.ndarray, moving: np.ndarray, warp: np.ndarray, q: int, m: int, shape: tuple,
+              cache: dict) -> tuple[dict, int]:
+        """``register_pair``'s measures of a registered pair, judged in the coarser image's frame; and the
+        number of ECC runs this added."""
         import cv2
 
+        def noise() -> tuple[float, float]:
+            for row in (m, q):
+                img, known = cache[(row, shape)]
+                if not known:
+                    known.append(_noise(img))
+            return cache[(m, shape)][1][0], cache[(q, shape)][1][0]
+
+        # ECC aligns two pictures sampled on the same grid to well within a quarter of a pixel; two
+        # sampled at different resolutions (one resized) keep up to half a pixel of edge mismatch
+        slack = MISREGISTRATION if (content_size[q] == content_size[m]).all() else MISREGISTRATION_RESIZED
+        more = 0
+        if abs(float(np.linalg.det(warp[:, :2]))) < ZOOMED_IN ** -2:
+            # the template is the enlarged one: registered again the other way round (ECC lands nearer
+            # the edit with the finer image as its template), judged in the template's frame as before
+            warp = cv2.invertAffineTransform(ecc(moving, template, cv2.invertAffineTransform(warp))[1])
+            more = 1
+        if abs(float(np.linalg.det(warp[:, :2]))) > ZOOMED_IN ** 2:
+            # the moving image shows the template enlarged (a crop resized back): its pixels are the
+            # coarser; judged in its frame, the template resampled as the crop was, not the crop twice
+            got = register_pair(moving, template, cv2.invertAffineTransform(warp), refine=False,
+                                noise=lambda: noise()[::-1], misregistration=slack)
+            got["warp"], got["blur"] = cv2.invertAffineTransform(got["warp"]), -got["blur"]
+        else:
+            got = register_pair(template, moving, warp, refine=False, noise=noise, misregistration=slack)
+        return got, more
+
+    def chunk(start: int) -> pd.DataFrame:
         cache: dict[tuple, tuple] = {}
         records = []
         stop = start + 1024
@@ -780,43 +811,28 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             setups = [setup(*tried, cache) for tried in tries]
             starts = [start_residual(*ready[:3]) for ready in setups]
             lowest = min(starts)
-            best = None
+            best, aligned = None, 0
             for (template, moving, init, fmap, shape, flip), (q, m, _), begun in zip(setups, tries, starts):
-                if begun > MAX_START or begun > MIRROR_MARGIN * lowest + 1.0:
+                if begun > MAX_START or begun > lowest + MIRROR_MARGIN:
                     continue
                 cc, warp = ecc(template, moving, init)
+                aligned += 1
                 if best is None or cc > best[0]:  # (one verdict per pair: a look-alike gets no second try)
                     best = (cc, warp, template, moving, q, m, fmap, shape, flip)
             if best is None:  # nowhere near a copy: refused unregistered
                 template, moving, init, fmap, shape, flip = setups[0]
                 q, m = tries[0][:2]
-                got = unmeasured(init)
+                got, quick = unmeasured(init), np.inf
             else:
                 _, warp, template, moving, q, m, fmap, shape, flip = best
-
-                def noise(m=m, q=q, shape=shape) -> tuple[float, float]:
-                    for row in (m, q):
-                        img, known = cache[(row, shape)]
-                        if not known:
-                            known.append(_noise(img))
-                    return cache[(m, shape)][1][0], cache[(q, shape)][1][0]
-
-                # ECC aligns two pictures sampled on the same grid to well within a quarter of a pixel; two
-                # sampled at different resolutions (one resized) keep up to half a pixel of edge mismatch
-                slack = MISREGISTRATION if (content_size[q] == content_size[m]).all() else MISREGISTRATION_RESIZED
-                if abs(float(np.linalg.det(warp[:, :2]))) < ZOOMED_IN ** -2:
-                    # the template is the enlarged one: registered again the other way round (ECC lands nearer
-                    # the edit with the finer image as its template), judged in the template's frame as before
-                    warp = cv2.invertAffineTransform(ecc(moving, template, cv2.invertAffineTransform(warp))[1])
-                if abs(float(np.linalg.det(warp[:, :2]))) > ZOOMED_IN ** 2:
-                    # the moving image shows the template enlarged (a crop resized back): its pixels are the
-                    # coarser; judged in its frame, the template resampled as the crop was, not the crop twice
-                    got = register_pair(moving, template, cv2.invertAffineTransform(warp), refine=False,
-                                        noise=lambda noise=noise: noise()[::-1], misregistration=slack)
-                    got["warp"], got["blur"] = cv2.invertAffineTransform(got["warp"]), -got["blur"]
+                quick = start_residual(template, moving, warp)
+                if quick > MAX_QUICK:  # still far from a copy after ECC: refused without the measures
+                    got = unmeasured(warp)
                 else:
-                    got = register_pair(template, moving, warp, refine=False, noise=noise, misregistration=slack)
-            got["reencoded"], got["start"] = np.inf, lowest
+                    got, more = judge(template, moving, warp, q, m, shape, cache)
+                    aligned += more
+            got["reencoded"], got["start"], got["ecc"] = np.inf, lowest, aligned
+            got["quick"] = quick
             if (not flip and (content_size[q] == content_size[m]).all() and got["residual"] <= MAX_RESIDUAL
                     and np.abs(got["warp"][:, :2] - np.eye(2, dtype=np.float32)).max() <= 0.02
                     and np.abs(got["warp"][:, 2]).max() <= IDENTITY):
@@ -831,7 +847,8 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
                             "structure": got["structure"], "peak": got["peak"], "half_pixel": got["half_pixel"],
                             "self_structure": got["self_structure"], "self_peak": got["self_peak"],
                             "noise": got["noise"], "resampling": got["resampling"],
-                            "reencoded": got["reencoded"], "start": got["start"]})
+                            "reencoded": got["reencoded"], "start": got["start"], "ecc": got["ecc"],
+                            "quick": got["quick"]})
         # typed columns now: a list of dicts costs ~1 KB a pair (300 MB for the 70,000-image demo's candidates)
         return pd.DataFrame(records, columns=cols)
 
