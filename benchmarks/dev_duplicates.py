@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(1, str(Path(__file__).resolve().parent))
 import cv2  # noqa: E402
 
 from core.data.datasets import load_fashion_mnist  # noqa: E402
@@ -104,27 +105,52 @@ def main() -> None:
                         help="write a contact sheet of the other pairs accepted and the copies missed")
     parser.add_argument("--list", action="store_true", help="list the other pairs accepted and the copies missed")
     parser.add_argument("--dump", default=None, metavar="CSV", help="write every verified pair's measures and label")
+    parser.add_argument("--colour", action="store_true",
+                        help="96 px colour scenes (the benchmark's generator, this seed) instead of Fashion-MNIST")
     args = parser.parse_args()
-    ds = load_fashion_mnist()
     rng = np.random.default_rng(args.seed)
-    train = np.flatnonzero(ds.splits == "train")
-    base = rng.choice(train, args.n, replace=False)
-    rest = np.setdiff1d(train, base)
-    images, truth = [ds.pixels[i] for i in base], []
-    source_of = list(range(args.n))  # each image's original (a copy's source)
-    for kind in KINDS:
-        for src in rng.choice(args.n, args.per_kind, replace=False):
-            truth.append((int(src), len(images), kind))
-            images.append(edit(images[src], kind, rng))
-            source_of.append(int(src))
-    for src in rng.choice(args.n, args.look_alikes, replace=False):
-        same = rest[ds.labels[rest] == ds.labels[base[src]]]
-        d = ((ds.pixels[same].reshape(len(same), -1).astype(np.float32)
-              - images[src].reshape(-1).astype(np.float32)) ** 2).sum(axis=1)
-        truth.append((int(src), len(images), "look-alike"))
-        images.append(ds.pixels[same[d.argmin()]])
-        source_of.append(-1 - len(images))
-    scanned = [canvas_thumbnail(im, size=32) for im in images]
+    kinds = KINDS
+    if args.colour:  # the benchmark's scene families and edits, at a development seed
+        import bench_duplicates as bench
+
+        kinds = bench.KINDS[2:]  # (byte and PNG copies are exact)
+        images, layouts = [], []
+        for _ in range(args.n):
+            img, layout = bench.scene(rng) if not layouts or rng.random() < 0.5 else bench.scene(rng, layouts[-1])
+            images.append(img), layouts.append(layout)
+        truth, source_of = [], list(range(args.n))
+        for kind in kinds:
+            for src in rng.choice(args.n, args.per_kind, replace=False):
+                truth.append((int(src), len(images), kind))
+                images.append(bench.edit(images[src], kind, rng)[0])
+                source_of.append(int(src))
+        for src in rng.choice(args.n, args.look_alikes, replace=False):
+            siblings = [bench.scene(rng, layouts[src])[0] for _ in range(8)]
+            d = [((s.astype(np.float32) - images[src].astype(np.float32)) ** 2).sum() for s in siblings]
+            truth.append((int(src), len(images), "look-alike"))
+            images.append(siblings[int(np.argmin(d))])
+            source_of.append(-1 - len(images))
+    else:
+        ds = load_fashion_mnist()
+        train = np.flatnonzero(ds.splits == "train")
+        base = rng.choice(train, args.n, replace=False)
+        rest = np.setdiff1d(train, base)
+        images, truth = [ds.pixels[i] for i in base], []
+        source_of = list(range(args.n))  # each image's original (a copy's source)
+        for kind in KINDS:
+            for src in rng.choice(args.n, args.per_kind, replace=False):
+                truth.append((int(src), len(images), kind))
+                images.append(edit(images[src], kind, rng))
+                source_of.append(int(src))
+        for src in rng.choice(args.n, args.look_alikes, replace=False):
+            same = rest[ds.labels[rest] == ds.labels[base[src]]]
+            d = ((ds.pixels[same].reshape(len(same), -1).astype(np.float32)
+                  - images[src].reshape(-1).astype(np.float32)) ** 2).sum(axis=1)
+            truth.append((int(src), len(images), "look-alike"))
+            images.append(ds.pixels[same[d.argmin()]])
+            source_of.append(-1 - len(images))
+    # (as the scan reads a file cv2 wrote: the scenes are drawn in BGR order, the scan reads RGB)
+    scanned = [canvas_thumbnail(im[:, :, ::-1] if im.ndim == 3 else im, size=32) for im in images]
     thumbs, sizes = np.stack([t for t, _ in scanned]), np.array([hw for _, hw in scanned], np.int16)
     t0 = time.perf_counter()
     found = dup.candidate_pairs(thumbs, sizes, np.arange(len(images)))
@@ -145,7 +171,7 @@ def main() -> None:
     label = np.array([key.get((a, b), "other") for a, b in zip(a_, b_)])
     label[(label == "other") & (source[a_] == source[b_])] = "same source"  # two copies of one original
     rows = []
-    for kind in KINDS + ("look-alike",):
+    for kind in tuple(kinds) + ("look-alike",):
         n = sum(k == kind for *_, k in truth)
         rows.append((kind, (label == kind).sum() / n, (ok & (label == kind)).sum() / n))
     print(pd.DataFrame(rows, columns=["kind", "candidate", "accepted"]).round(2).to_string(index=False))

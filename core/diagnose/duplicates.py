@@ -125,6 +125,7 @@ MAX_ROTATION = 15.0  # degrees
 MIN_OVERLAP = 0.5  # of the compared grid
 MAX_TONE = 80.0  # gray levels: brightness, contrast and gamma edits move a level by less than a third of the range
 MAX_RESIDUAL = 14.0  # RMS gray levels: a copy carries noise of sigma ~10 at most on each side (14 = 10 * sqrt 2)
+MIN_ALLOWED = 2.5  # RMS gray levels any pair may differ by (rounding, re-encoding, a slight blur of a smooth picture)
 MAX_NOISE = 12.0  # gray levels: the noise a copy may carry (sigma, each image); more hides what differs
 MAX_RATIO = 1.0  # a near pair's residual / allowed residual (see ``register_pair``)
 MAX_STRUCTURE = 4.5  # RMS gray levels of the residual low-passed at _STRUCTURE px: what differs in shape
@@ -535,18 +536,19 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / max(np.sqrt((x * x).sum() * (y * y).sum()), 1e-9))
 
 
-def start_residual(template: np.ndarray, moving: np.ndarray, init: np.ndarray) -> float:
+def start_residual(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *, smoothed: bool = False) -> float:
     """RMS gray levels left where the search's variant puts the pair (``init``, before ECC), after the best tone
-    curve, over the frame less a band along its edges: a cheap look before the registration."""
+    curve, over the frame less a band along its edges, both images smoothed by 0.8 px (``smoothed``: they are
+    already): a cheap look before the registration."""
     import cv2
 
     h, w = template.shape
     band = max(1, round(min(h, w) / 7))
+    if not smoothed:
+        template, moving = (cv2.GaussianBlur(img, (0, 0), _BLURS[1]) for img in (template, moving))
     moved = cv2.warpAffine(moving, init, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                            borderMode=cv2.BORDER_REPLICATE)
-    t = cv2.GaussianBlur(template, (0, 0), 0.8)[band:h - band, band:w - band].ravel()
-    q = cv2.GaussianBlur(moved, (0, 0), 0.8)[band:h - band, band:w - band].ravel()
-    return _fit(t, q)[0]
+    return _fit(template[band:h - band, band:w - band].ravel(), moved[band:h - band, band:w - band].ravel())[0]
 
 
 def ecc(template: np.ndarray, moving: np.ndarray, init: np.ndarray) -> tuple[float, np.ndarray]:
@@ -645,7 +647,8 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
     smooth_there = cv2.warpAffine(smooth, warp, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     smooth_back = cv2.warpAffine(smooth_there, warp, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
     resampling = float(np.sqrt(np.mean((smooth[inside] - smooth_back[inside]) ** 2)))
-    out.update(allowed=float(np.sqrt(half_pixel ** 2 + noise ** 2 + resampling ** 2)), tone=tone,
+    allowed = max(MIN_ALLOWED, float(np.sqrt(half_pixel ** 2 + noise ** 2 + resampling ** 2)))
+    out.update(allowed=allowed, tone=tone,
                half_pixel=half_pixel, noise=noise, resampling=resampling)
     if tone > MAX_TONE:
         return out
@@ -724,8 +727,9 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             "self_peak", "noise", "resampling", "reencoded", "start", "ecc", "quick"]
 
     def setup(q: int, m: int, v: int, cache: dict) -> tuple:
-        """(template, moving, init, fmap, shape, flip) of query q's variant v against match m; two contents
-        of different sizes are both on the size x size grid, the sharper one at the other's resolution."""
+        """(template, moving, init, fmap, shape, flip, looks) of query q's variant v against match m; two
+        contents of different sizes are both on the size x size grid, the sharper one at the other's
+        resolution; ``looks``: both smoothed for ``start_residual`` (each image's once)."""
         import cv2
 
         same = (content_size[q] == content_size[m]).all()
@@ -733,9 +737,10 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
         for row in (q, m):
             if (row, shape) not in cache:
                 img = _work_image(thumbnails, content_size, row, shape)
-                cache[(row, shape)] = (img, [])  # its noise, measured once when a pair needs it
+                cache[(row, shape)] = (img, [], cv2.GaussianBlur(img, (0, 0), _BLURS[1]))  # [its noise, when needed]
         flip, zoom, dy, dx, angle = variant_parts(v)
         template, moving = cache[(m, shape)][0], np.ascontiguousarray(_flip(cache[(q, shape)][0], flip))
+        looks = (cache[(m, shape)][2], np.ascontiguousarray(_flip(cache[(q, shape)][2], flip)))
         grid = np.array([shape[1], shape[0]], np.float64)  # (x, y)
         ct = np.asarray(centroid_of[m], np.float64)[::-1] * grid - 0.5  # (x, y) in grid pixels
         cq = np.asarray(centroid_of[q], np.float64)[::-1] * grid - 0.5
@@ -763,7 +768,8 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
                     template = degrade(template)
                 else:
                     moving = degrade(moving)
-        return template, moving, init, fmap, shape, flip
+                looks = tuple(cv2.GaussianBlur(img, (0, 0), _BLURS[1]) for img in (template, moving))
+        return template, moving, init, fmap, shape, flip, looks
 
     def judge(template: np.ndarray, moving: np.ndarray, warp: np.ndarray, q: int, m: int, shape: tuple,
               cache: dict) -> tuple[dict, int]:
@@ -773,7 +779,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
 
         def noise() -> tuple[float, float]:
             for row in (m, q):
-                img, known = cache[(row, shape)]
+                img, known = cache[(row, shape)][:2]
                 if not known:
                     known.append(_noise(img))
             return cache[(m, shape)][1][0], cache[(q, shape)][1][0]
@@ -809,23 +815,23 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             # a cheap look first: where the search's variant puts each, after the best tone curve; ECC runs from the
             # starts that are near a copy (``MAX_START``) and, of two mirrors, not far behind the other
             setups = [setup(*tried, cache) for tried in tries]
-            starts = [start_residual(*ready[:3]) for ready in setups]
+            starts = [start_residual(*ready[6], ready[2], smoothed=True) for ready in setups]
             lowest = min(starts)
             best, aligned = None, 0
-            for (template, moving, init, fmap, shape, flip), (q, m, _), begun in zip(setups, tries, starts):
+            for (template, moving, init, fmap, shape, flip, looks), (q, m, _), begun in zip(setups, tries, starts):
                 if begun > MAX_START or begun > lowest + MIRROR_MARGIN:
                     continue
                 cc, warp = ecc(template, moving, init)
                 aligned += 1
                 if best is None or cc > best[0]:  # (one verdict per pair: a look-alike gets no second try)
-                    best = (cc, warp, template, moving, q, m, fmap, shape, flip)
+                    best = (cc, warp, template, moving, q, m, fmap, shape, flip, looks)
             if best is None:  # nowhere near a copy: refused unregistered
-                template, moving, init, fmap, shape, flip = setups[0]
+                template, moving, init, fmap, shape, flip, _ = setups[0]
                 q, m = tries[0][:2]
                 got, quick = unmeasured(init), np.inf
             else:
-                _, warp, template, moving, q, m, fmap, shape, flip = best
-                quick = start_residual(template, moving, warp)
+                _, warp, template, moving, q, m, fmap, shape, flip, looks = best
+                quick = start_residual(*looks, warp, smoothed=True)
                 if quick > MAX_QUICK:  # still far from a copy after ECC: refused without the measures
                     got = unmeasured(warp)
                 else:
@@ -834,8 +840,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             got["reencoded"], got["start"], got["ecc"] = np.inf, lowest, aligned
             got["quick"] = quick
             if (not flip and (content_size[q] == content_size[m]).all() and got["residual"] <= MAX_RESIDUAL
-                    and np.abs(got["warp"][:, :2] - np.eye(2, dtype=np.float32)).max() <= 0.02
-                    and np.abs(got["warp"][:, 2]).max() <= IDENTITY):
+                    and _moves_at_most(got["warp"], shape) <= IDENTITY):
                 got["reencoded"] = reencoded(cache[(m, shape)][0], cache[(q, shape)][0])
             g = fmap @ np.vstack([got["warp"].astype(np.float64), [0, 0, 1]])  # template pixel -> query pixel
             a, b, blur = (m, q, got["blur"]) if m < q else (q, m, -got["blur"])
@@ -863,7 +868,14 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
 
 
 JPEG_QUALITIES = (50, 60, 70, 75, 80, 85, 90, 95)
-IDENTITY = 0.5  # px: a registration this close to no move (and within 2% in scale) may be the same grid
+IDENTITY = 1.0  # px: a registration that moves no corner farther may be the same grid (see ``reencoded``)
+
+
+def _moves_at_most(warp: np.ndarray, shape: tuple) -> float:
+    """How far (px) the affine ``warp`` moves the farthest corner of a (height, width) grid."""
+    h, w = shape
+    corners = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], np.float64)
+    return float(np.abs(corners @ warp.astype(np.float64).T - corners[:, :2]).max())
 
 
 def reencoded(a: np.ndarray, b: np.ndarray) -> float:
