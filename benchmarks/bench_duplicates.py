@@ -17,8 +17,10 @@ side), blur sigma 0.8 (28 px; 2.7 px at 96), Gaussian noise sigma 8, gamma 0.8 o
 
 Per method: recall per kind, look-alikes reported (of the planted ones), *other* train-test pairs per
 1,000 test images, wall time and peak memory (each method runs in its own process, decoding the files
-itself). ``duplicates``' thresholds were chosen on a development set (Fashion-MNIST training images,
-seed 1), never on these folders. CleanVision and imagehash live in their own virtualenv::
+itself). ``duplicates``' thresholds were chosen on development sets (``dev_duplicates.py``: Fashion-MNIST
+training images and this generator's scenes at seeds 1 and 11), never on these folders. ``--sets fmnist70k
+--compare-with DIR`` times another version (a copy of the repository in DIR) beside this one on all of
+Fashion-MNIST. CleanVision and imagehash live in their own virtualenv::
 
     python3 -m venv /tmp/dupbench && /tmp/dupbench/bin/pip install cleanvision imagehash
     .venv/bin/python benchmarks/bench_duplicates.py --other-python /tmp/dupbench/bin/python

@@ -1,13 +1,18 @@
-"""The development set ``duplicates``' bounds were chosen on (not the benchmark's folders).
+"""The development sets ``duplicates``' bounds were chosen on (not the benchmark's folders).
 
-3,000 Fashion-MNIST *training* images (seed 1; the benchmark uses the *test* split, seed 0), 15 copies
-of each of 11 kinds (JPEG q60, both flips, crop to 85-92% + resize, rotation 3-5°, scale 0.7x/1.5x,
-shift up to 3 px, blur, noise sigma 8, gamma, brightness/contrast) and 40 look-alikes (the same
-class's closest image in pixels from the rest of the training split), as arrays (no files: the
-thumbnails are made as the image scan makes them). Prints the candidates' recall per kind and what
-``accepted`` keeps: copies per kind, look-alikes, and other pairs (all pairs, train and copies alike).
+Fashion-MNIST *training* images (``--n``, default 3,000; the benchmark uses the *test* split), ``--per-kind``
+copies of each of 11 kinds (JPEG q60, both flips, crop to 85-92% + resize, rotation 3-5°, scale 0.7x/1.5x,
+shift up to 3 px, blur, noise sigma 8, gamma, brightness/contrast) and ``--look-alikes`` (the same class's
+closest image in pixels from the rest of the training split), as arrays (no files: the thumbnails are made
+as the image scan makes them); or, with ``--colour``, ``--n`` 96 px scenes from the benchmark's generator
+(families of similar scenes) with the benchmark's edits and sibling look-alikes. Seeds 1 and 11 are the
+development seeds (the benchmark's are 0, 7 and 23). Prints the candidates' recall per kind and what
+``accepted`` keeps: copies per kind, look-alikes, and other pairs (all pairs, train and copies alike; two
+copies of one original counted apart); ``--list`` names the other pairs accepted and the copies missed with
+the test each failed, ``--sheet`` draws them, ``--dump`` writes every verified pair's measures.
 
-    .venv/bin/python benchmarks/dev_duplicates.py [--seed 1] [--n 3000]
+    .venv/bin/python benchmarks/dev_duplicates.py --seed 1 --n 10000 --per-kind 40 [--list]
+    .venv/bin/python benchmarks/dev_duplicates.py --colour --seed 11 --n 1600 --per-kind 20 --look-alikes 20
 """
 
 from __future__ import annotations
