@@ -106,7 +106,7 @@ import pandas as pd
 
 from core.analysis.neighbours import nearest_reference, neighbour_inputs, unit_rows
 from core.diagnose.findings import Caption, Card, Column, Filter, Findings
-from core.errors import UserError
+from core.errors import UserError, first_line
 from core.progress import Progress
 from core.run import derived
 from core.run.store import Run
@@ -472,18 +472,26 @@ def neighbour_evidence(run: Run, *, k: int, max_reference: int, seed: int, neare
 
 def _thumbnails(run: Run) -> tuple[np.ndarray, np.ndarray] | None:
     """The stored ``image_scan`` thumbnails (N, S, S) and readable mask (N,), or None (never scanned here)."""
-    stored = _stored(run, "image_scan")
+    return _read(run, "image_scan", lambda stored: (stored.array("thumbnails"),
+                                                     np.asarray(stored.array("readable")).astype(bool)))
+
+
+def _read(run: Run, name: str, read):
+    """``read(stored)`` of the current stored result of kind ``name``, or None when there is none (never
+    computed here: causes stay fast). A stored result that cannot be read is a one-line error naming it
+    and the command that recomputes it, never taken for a missing one (which would silently drop a cause)."""
+    stored = derived.get(run, name, compute=False)
     if stored is None:
         return None
-    return stored.array("thumbnails"), stored.array("readable").astype(bool)
-
-
-def _stored(run: Run, name: str):
-    """A current stored result of kind ``name``, or None (never computed here: causes stay fast)."""
     try:
-        return derived.get(run, name, compute=False)
-    except (derived.DerivedError, OSError, ValueError):  # boundary: numpy/pyarrow read the stored files
-        return None
+        return read(stored)
+    except (OSError, ValueError) as exc:  # boundary: numpy and pyarrow read the stored files
+        raise UserError(f"The stored {name!r} result of run {run.id!r} cannot be read ({first_line(exc)}). "
+                        f"Recompute it: python -m core diagnose {run.id} --only {name} --force") from None
+
+
+def _current(run: Run, name: str) -> bool:
+    return derived.status(run, name) == "current"
 
 
 def _train_copies(run: Run) -> pd.DataFrame | None:
@@ -492,10 +500,9 @@ def _train_copies(run: Run) -> pd.DataFrame | None:
     None without a current duplicates result. Reads the ``duplicates`` kind's
     ``eval_with_train_copy`` table by its row columns only (the train copy's row is ``copy_row``,
     or ``row_train``), and takes labels and paths from the run."""
-    stored = _stored(run, "duplicates")
-    if stored is None:
+    table = _read(run, "duplicates", lambda stored: stored.table("eval_with_train_copy"))
+    if table is None:
         return None
-    table = stored.table("eval_with_train_copy")
     copy_column = next((c for c in ("copy_row", "row_train") if c in table.columns), None)
     if copy_column is None or "row" not in table.columns or "similarity" not in table.columns:
         raise UserError(f"The duplicates result of run {run.id!r} has no train-copy rows "
@@ -512,10 +519,10 @@ def _train_copies(run: Run) -> pd.DataFrame | None:
 
 
 def _properties(run: Run) -> pd.DataFrame | None:
-    stored = _stored(run, "image_properties")
-    if stored is None:
+    table = _read(run, "image_properties", lambda stored: stored.table("properties"))
+    if table is None:
         return None
-    table = stored.table("properties").set_index("row")
+    table = table.set_index("row")
     if not table[["contrast", "blur"]].notna().any().any():
         return None
     return table
@@ -523,9 +530,8 @@ def _properties(run: Run) -> pd.DataFrame | None:
 
 def inputs_available(run: Run) -> dict[str, bool]:
     """Which inputs causes would use now: embeddings, duplicates, image properties, thumbnails (image scan)."""
-    return {"embeddings": run.embeddings is not None, "duplicates": _stored(run, "duplicates") is not None,
-            "image_properties": _stored(run, "image_properties") is not None,
-            "image_scan": _stored(run, "image_scan") is not None}
+    return {"embeddings": run.embeddings is not None, "duplicates": _current(run, "duplicates"),
+            "image_properties": _current(run, "image_properties"), "image_scan": _current(run, "image_scan")}
 
 
 def causes_run_config(run: Run) -> dict:

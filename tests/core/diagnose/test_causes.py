@@ -210,6 +210,16 @@ def test_causes_are_recomputed_when_duplicates_appear(tmp_path):
     assert again.summary["inputs"]["duplicates"] is True and "copy" not in again.summary["not_assessed_line"]
 
 
+def test_a_damaged_stored_input_is_an_error_naming_it_not_a_dropped_cause(tmp_path):
+    run, *_ = planted_run(RunStore(tmp_path), n_train=40, n_test=30,
+                          images=np.random.default_rng(0).integers(0, 256, (280, 16, 16), dtype=np.uint8))
+    stored = derived.get(run, "duplicates")
+    (stored.folder / "eval_with_train_copy.parquet").write_bytes(b"not a parquet file")
+    with pytest.raises(UserError, match=r"stored 'duplicates' result of run 'r' cannot be read.*--only duplicates"):
+        ca.get_causes(run, force=True)
+    assert ca.inputs_available(run)["duplicates"] is True  # listed as there: the error above says what is wrong
+
+
 def test_label_issues_need_a_second_signal(tmp_path):
     run, truth, flipped, model_errors = planted_run(RunStore(tmp_path))
     table = derived.get(run, "label_issues").table("label_issues").set_index("row")
