@@ -230,6 +230,9 @@ def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore
     print(scores_line("label_issues kind is_issue (second signal)",
                       issues.loc[errors, "is_issue"].to_numpy(bool), is_flip))
     print(f"  suggested label = original label for flips called label: {suggested_right:.3f}")
+    knows = pred[errors][is_flip] == labels[errors][is_flip]
+    print(f"  flipped errors the model calls by their original class: {knows.mean():.1%}; recall of label among "
+          f"them {called[is_flip][knows].mean():.3f}, among the others {called[is_flip][~knows].mean():.3f}")
     print(f"  cause mix of the model's own errors: {mix(cause[~is_flip])}")
     print(f"  cause mix of the flipped errors:     {mix(cause[is_flip])}")
     lc = stored.summary.get("label_classifier") or {}
@@ -245,7 +248,8 @@ def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore
     print(f"  average precision among errors: label_score {ap_ours:.4f}  vs cleanlab self-confidence "
           f"{ap_cleanlab:.4f}  (difference {ap_ours - ap_cleanlab:+.4f})")
     return {"seconds": seconds, "called": called, "is_flip": is_flip, "label_score": table["label_score"].to_numpy(),
-            "self_confidence": self_confidence, "cleanlab": flag_by_row[errors]}
+            "self_confidence": self_confidence, "cleanlab": flag_by_row[errors],
+            "is_issue": issues.loc[errors, "is_issue"].to_numpy(bool), "knows": pred[errors] == labels[errors]}
 
 
 def pooled(name: str, results: list[dict]) -> None:
@@ -263,6 +267,11 @@ def pooled(name: str, results: list[dict]) -> None:
           f"{int((~is_flip).sum())} the model's own)")
     print(scores_line("causes: label", called, is_flip))
     print(scores_line("cleanlab find_label_issues", cleanlab, is_flip))
+    print(scores_line("label_issues kind is_issue (second signal)",
+                      np.concatenate([r["is_issue"] for r in results]), is_flip))
+    knows = np.concatenate([r["knows"] for r in results])[is_flip]
+    print(f"  flipped errors the model calls by their original class: {knows.mean():.1%}; recall of label among "
+          f"them {called[is_flip][knows].mean():.3f}")
     print(f"  average precision among errors, label_score minus cleanlab self-confidence: mean {np.mean(gaps):+.4f} "
           f"(min {np.min(gaps):+.4f}, max {np.max(gaps):+.4f})")
 
