@@ -180,12 +180,23 @@ def class_neighbour_distances(query: np.ndarray, reference: np.ndarray, referenc
     return np.maximum(distances, 0.0)
 
 
+def comparable(distances: np.ndarray, given: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """bool (N,): both classes have reference images to measure image i against (finite distances)."""
+    r = np.arange(len(given))
+    return np.isfinite(distances[r, given]) & np.isfinite(distances[r, other])
+
+
 def log_ratio(distances: np.ndarray, given: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """``log(D[i, given] / D[i, other])``: float (N,), > 0 when the image is nearer ``other`` than ``given``."""
+    """``log(D[i, given] / D[i, other])``: float (N,), > 0 when the image is nearer ``other`` than ``given``;
+    0 (no evidence either way) where a class has no reference image (``comparable`` is False).
+
+    >>> log_ratio(np.array([[0.2, 0.1], [np.inf, 0.1]]), np.array([0, 0]), np.array([1, 1])).round(3).tolist()
+    [0.693, 0.0]
+    """
     r = np.arange(len(given))
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.log((distances[r, given] + _EPS) / (distances[r, other] + _EPS))
-    return np.where(np.isnan(out), 0.0, out)  # inf / inf: neither class has reference images
+    return np.where(comparable(distances, given, other), out, 0.0)
 
 
 class Thresholds:
@@ -220,8 +231,8 @@ class Thresholds:
             mask = self._own(p)
             own = self.labels[mask]
             values = log_ratio(self.distances[mask], np.full(len(own), y), own)
-            values = values[own != y]
-            self._pair[key] = np.sort(values[np.isfinite(values)])
+            keep = (own != y) & comparable(self.distances[mask], np.full(len(own), y), own)
+            self._pair[key] = np.sort(values[keep])
         return self._pair[key]
 
     def pair(self, p: int, y: int) -> float:
@@ -802,6 +813,13 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
         d_err = distances[err_local]
         lr = log_ratio(d_err, ey, ep)
         pixel_lr = log_ratio(pixel_distances[err_local], ey, ep) if pixel_distances is not None else None
+        measurable = comparable(d_err, ey, ep)  # else left to the rules without neighbours below
+        if not measurable.all():
+            missing = sorted({str(names[c]) for j in np.flatnonzero(~measurable) for c in (ey[j], ep[j])
+                              if not np.isfinite(d_err[j, c])})
+            not_assessed.append(f"neighbours of {int((~measurable).sum()):,} error(s) whose given or predicted class "
+                                f"has no {reference_words(evidence['reference'])[:-1]} to compare with "
+                                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
         if thresholds.usable:
             far = thresholds.far()
             thresholds_summary = {"far": {str(names[c]): float(far[c]) for c in range(n_classes)},
@@ -812,7 +830,7 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
                        f"{1 - classifier_summary['wrong_label_share']:.0%} of these errors are its own"
                        ) if label_model else ""
             for j in range(n_err):
-                if cause[j]:
+                if cause[j] or not measurable[j]:
                     continue
                 y, p = int(ey[j]), int(ep[j])
                 split = (f"{int(votes[j, p])} of its {n_near[j]} nearest {where} are {names[p]}, "
@@ -889,7 +907,10 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
                                f"{confidence[j]:.0%} of its correct calls of {names[p]}")
             else:
                 cause[j], confidence[j] = "undetermined", 0.0
-                sentence[j] = f"no embeddings to compare it with labelled images; {says[j]}"
+                lacking = ("no embeddings to compare it with labelled images" if evidence is None else
+                           f"no {reference_words(evidence['reference'])} of {names[y]} or {names[p]} to compare "
+                           "it with")
+                sentence[j] = f"{lacking}; {says[j]}"
 
     order = np.lexsort((err_rows, -p_pred))  # the model's most confident errors first
     paths = preds["path"].astype(str).to_numpy()

@@ -139,6 +139,36 @@ def test_planted_flips_are_label_errors_and_planted_model_errors_are_the_models(
     assert roc_auc_score(is_flip, table["label_score"]) > 0.95
 
 
+def test_a_class_without_reference_images_leaves_its_errors_undetermined_and_says_so(tmp_path):
+    """A class no training image carries (a new class in test, or a small class sampled out) has infinite
+    neighbour distances: its errors are not decided by neighbours, and nothing infinite reaches the
+    label-error classifier (it used to, as NaN weights and a RuntimeWarning)."""
+    run, truth, flipped, model_errors = planted_run(RunStore(tmp_path / "probe"))
+    given = run.predictions["true"].to_numpy().copy()
+    splits = run.predictions["split"].astype(str).to_numpy().copy()
+    dog = CLASSES.index("dog")
+    splits[(splits == "train") & (given == dog)] = "unused"  # no training image of dog
+    run = write_run(RunStore(tmp_path / "store"), "r", classes=CLASSES, y_true=given, probs=run.probs,
+                    paths=run.predictions["path"].tolist(), splits=splits, embeddings=np.asarray(run.embeddings),
+                    data={"name": "planted", "root": None, "images_in_run": False})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        stored = derived.get(run, "causes")
+    table = stored.table("causes").set_index("row")
+    involves_dog = (table["given_label"] == "dog") | (table["predicted_label"] == "dog")
+    assert involves_dog.any() and (~involves_dog).any()
+    undetermined = table.loc[involves_dog & (table["cause"] == "undetermined"), "evidence"]
+    assert len(undetermined) and undetermined.str.contains("no training images of").all()
+    assert table.loc[involves_dog, "cause"].isin(["undetermined", "ambiguous", "copy"]).all()
+    assert (table.loc[~involves_dog, "cause"] != "undetermined").all()
+    assert "has no training image to compare with (dog)" in stored.summary["not_assessed_line"]
+    weights = stored.summary["label_classifier"].get("weights", {})
+    assert all(np.isfinite(w) for w in weights.values())
+    assert np.isfinite(stored.array("label_score")[run.eval_mask()]).all()
+
+
 def test_findings_one_card_per_cause_columns_caption_and_filter(tmp_path):
     run, *_ = planted_run(RunStore(tmp_path))
     stored = derived.get(run, "causes")
