@@ -520,7 +520,8 @@ def _current(run: Run, name: str) -> bool:
 
 def _train_copies(run: Run) -> pd.DataFrame | None:
     """Evaluated images with a near copy in train whose label differs from theirs: ``row``,
-    ``copy_row``, ``copy_path``, ``copy_label``, ``similarity`` (the most similar copy per row);
+    ``copy_row``, ``copy_path``, ``copy_label``, ``similarity`` (the most similar copy per row) and
+    ``edit`` (the duplicates' ``transform`` in words, "" for identical pixels or an older result);
     None without a current duplicates result. Reads the ``duplicates`` kind's
     ``eval_with_train_copy`` table by its row columns only (the train copy's row is ``copy_row``,
     or ``row_train``), and takes labels and paths from the run."""
@@ -536,8 +537,11 @@ def _train_copies(run: Run) -> pd.DataFrame | None:
     names = np.asarray(run.classes, dtype=object)
     rows = table["row"].to_numpy(np.int64)
     copies = table[copy_column].to_numpy(np.int64)
+    edit = (table["transform"].astype(str).to_numpy() if "transform" in table.columns
+            else np.full(len(table), "", object))
     out = pd.DataFrame({"row": rows, "copy_row": copies, "copy_path": preds["path"].astype(str).to_numpy()[copies],
-                        "copy_label": names[true[copies]], "similarity": table["similarity"].to_numpy(np.float64)})
+                        "copy_label": names[true[copies]], "similarity": table["similarity"].to_numpy(np.float64),
+                        "edit": np.where(np.isin(edit, ["identical pixels", "nan", "None"]), "", edit)})
     out = out[true[rows] != true[copies]]
     return out.sort_values(["row", "similarity"], ascending=[True, False], kind="stable").drop_duplicates("row")
 
@@ -731,8 +735,10 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
                 c = by_row.loc[row]
                 cause[j], confidence[j] = "copy", float(np.clip(c["similarity"], 0, 1))
                 repeat = "the model repeats it" if c["copy_label"] == names[ep[j]] else says[j]
-                sentence[j] = (f"a near copy in train ({c['copy_path']}, similarity {float(c['similarity']):.2f}) "
-                               f"is labelled {c['copy_label']}, not {names[ey[j]]}; {repeat}")
+                edited = f", edited: {c['edit']}" if c.get("edit") else ""
+                sentence[j] = (f"a near copy in train ({c['copy_path']}{edited}, similarity "
+                               f"{float(c['similarity']):.2f}) is labelled {c['copy_label']}, not {names[ey[j]]}; "
+                               f"{repeat}")
 
     # properties: outliers (atypical) and little information (ambiguous)
     low_info = np.zeros(n_err, bool)

@@ -5,6 +5,7 @@ that need a second signal, the findings and the CLI."""
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -227,6 +228,25 @@ def test_a_train_copy_with_another_label_is_a_copy(tmp_path):
     assert f"train/{source:05d}.png" in evidence and "the model repeats it" in evidence
     assert (by_row.drop(index=row)["cause"] != "copy").all()
     assert "copy" not in results["causes"].summary["not_assessed_line"]
+    assert "edited" not in evidence  # identical pixels
+
+
+def test_an_edited_train_copy_says_how_it_was_edited(tmp_path):
+    n_train, n_test = 60, 40
+    _, truth, flipped, _ = planted_run(RunStore(tmp_path / "probe"), n_train=n_train, n_test=n_test)
+    row = int(flipped[0])
+    source = int(np.flatnonzero(truth[:4 * n_train] == truth[row])[0])
+    rng = np.random.default_rng(3)
+    smooth = [cv2.GaussianBlur(rng.integers(0, 256, (32, 32)).astype(np.float32), (0, 0), 2.0)
+              for _ in range(4 * (n_train + n_test))]
+    images = np.stack([cv2.normalize(im, None, 0, 255, cv2.NORM_MINMAX) for im in smooth]).astype(np.uint8)
+    images[row] = images[source][:, ::-1]  # the training image mirrored
+    run, *_ = planted_run(RunStore(tmp_path / "store"), n_train=n_train, n_test=n_test, images=images)
+    results = run_diagnoses(run, kinds=("duplicates", "causes"))
+    assert not results.skipped
+    by_row = results["causes"].table("causes").set_index("row")
+    assert by_row.loc[row, "cause"] == "copy"
+    assert "edited: flipped left-right" in by_row.loc[row, "evidence"]
 
 
 def test_causes_are_recomputed_when_duplicates_appear(tmp_path):
