@@ -230,6 +230,11 @@ def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore
     print(scores_line("label_issues kind is_issue (second signal)",
                       issues.loc[errors, "is_issue"].to_numpy(bool), is_flip))
     print(f"  suggested label = original label for flips called label: {suggested_right:.3f}")
+    all_score = np.asarray(stored.array("label_score"))[test]
+    ap_all_ours = average_precision_score(flipped[test], all_score)
+    ap_all_cleanlab = average_precision_score(flipped[test], 1.0 - probs[test, noisy[test]])
+    print(f"  average precision among all {len(test):,} test images: label_score {ap_all_ours:.4f}  vs cleanlab "
+          f"self-confidence {ap_all_cleanlab:.4f}  (difference {ap_all_ours - ap_all_cleanlab:+.4f})")
     knows = pred[errors][is_flip] == labels[errors][is_flip]
     print(f"  flipped errors the model calls by their original class: {knows.mean():.1%}; recall of label among "
           f"them {called[is_flip][knows].mean():.3f}, among the others {called[is_flip][~knows].mean():.3f}")
@@ -249,7 +254,8 @@ def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore
           f"{ap_cleanlab:.4f}  (difference {ap_ours - ap_cleanlab:+.4f})")
     return {"seconds": seconds, "called": called, "is_flip": is_flip, "label_score": table["label_score"].to_numpy(),
             "self_confidence": self_confidence, "cleanlab": flag_by_row[errors],
-            "is_issue": issues.loc[errors, "is_issue"].to_numpy(bool), "knows": pred[errors] == labels[errors]}
+            "is_issue": issues.loc[errors, "is_issue"].to_numpy(bool), "knows": pred[errors] == labels[errors],
+            "ap_all_gap": ap_all_ours - ap_all_cleanlab}
 
 
 def pooled(name: str, results: list[dict]) -> None:
@@ -274,6 +280,9 @@ def pooled(name: str, results: list[dict]) -> None:
           f"them {called[is_flip][knows].mean():.3f}")
     print(f"  average precision among errors, label_score minus cleanlab self-confidence: mean {np.mean(gaps):+.4f} "
           f"(min {np.min(gaps):+.4f}, max {np.max(gaps):+.4f})")
+    gaps_all = [r["ap_all_gap"] for r in results]
+    print(f"  average precision among all test images, the same difference: mean {np.mean(gaps_all):+.4f} "
+          f"(min {np.min(gaps_all):+.4f}, max {np.max(gaps_all):+.4f})")
 
 
 def main() -> None:
