@@ -496,9 +496,11 @@ def _first_unreviewed(rows: np.ndarray, verdicts: np.ndarray, start: int = 0) ->
     return start + int(todo[0]) if todo.size else min(start, max(rows.size - 1, 0))
 
 
+@st.fragment
 def export_ui(run: Run) -> None:
     """The verdicts in force on the run's images, and their CSV: the file ``python -m core review
-    export`` writes."""
+    export`` writes. A fragment with its own refresh: the queue's verdicts rerun only the queue's
+    fragment, so this table says when it was read and is read again on its button."""
     try:
         review = _review(run) if problem() is None else None
         table = review.corrections() if review is not None else None
@@ -513,6 +515,10 @@ def export_ui(run: Run) -> None:
     st.download_button("Export verdicts (CSV, every verdict in force when clicked)",
                        lambda: corrections_csv(review.corrections()), file_name=f"{run.id}_corrections.csv",
                        mime="text/csv", key="review-export", icon=":material/download:")
+    left, right = st.columns([4, 1], vertical_alignment="center")
+    left.caption(f"{len(table):,} verdict(s) in force, read at {time.strftime('%H:%M:%S')}; verdicts given "
+                 "above since then appear on refresh (the export always has them).")
+    right.button("Refresh", key="review-export-refresh", icon=":material/refresh:")  # reruns this fragment
     if len(table):
         st.dataframe(ui.shown(table), hide_index=True, width="stretch",
                      column_config={c: st.column_config.TextColumn(c) for c in table.columns})

@@ -6,9 +6,20 @@ probabilities (from a model that did not train on these images: the test
 split's, when the model was trained on the train split). In-sample
 probabilities hide label errors, because the model has learnt them.
 
-An issue score is in [0, 1], higher = the given label is more likely wrong. It
-is ``1 - `` cleanlab's label quality score (``cleanlab.rank.get_label_quality_scores``)
-on the model's probabilities, optionally mixed with the label distribution of
+An issue score is in [0, 1], higher = the given label is more likely wrong.
+Since version 4 of the kind it is, by default (``rank_by="both"``), the
+probability of a wrong label from the run's label-error classifier
+(``core.diagnose.causes``: the model's log-odds and the image's nearest
+labelled neighbours in embedding space and in pixels, at equal priors), which
+ranked planted flips better than the model's probabilities alone in every
+benchmark run (benchmarks/bench_causes.py, see the README: average precision over
+all test images +0.005 on Fashion-MNIST, +0.014 on digits, +0.18 on rendered
+letters);
+ties (the plainest label errors all near 1) are broken by cleanlab's score. A
+run without that classifier (no embeddings, no train or val split), or
+``rank_by="model"``, gets ``1 - `` cleanlab's label quality score
+(``cleanlab.rank.get_label_quality_scores``) on the model's probabilities,
+optionally mixed with the label distribution of
 each image's nearest neighbours in embedding space (``knn_label_distribution``):
 off by default, because on Fashion-MNIST with 5% planted flips
 (benchmarks/bench_label_issues.py, three flip seeds) it did not measurably rank
@@ -58,6 +69,7 @@ from core.run import derived
 from core.run.store import Run
 
 METHODS = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+RANK_BY = ("both", "model")
 FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given")
 TABLE_COLUMNS = ["row", "path", "split", "given_label", "suggested_label", "score", "is_issue",
                  "predicted_label", "given_prob", "suggested_prob", "neighbour_agreement", "cleanlab_flag",
@@ -209,12 +221,16 @@ def label_issues_run_config(run: Run) -> dict:
 
 @dataclass(frozen=True)
 class LabelIssuesConfig:
-    """``method`` (``METHODS``) and ``filter_by`` (``FILTERS``): cleanlab's score and flag;
+    """``rank_by`` (``RANK_BY``): "both", the label-error classifier of the run's ``causes`` (the model's
+    log-odds and the neighbours in embeddings and pixels), when the run has one, else "model";
+    "model", cleanlab's ``method`` score on the probabilities alone.
+    ``method`` (``METHODS``) and ``filter_by`` (``FILTERS``): cleanlab's score and flag;
     ``knn_weight`` in [0, 1] mixes in the label distribution of the ``k`` nearest images outside the
     evaluated split (at most ``max_reference``, sampled with ``seed``); ``causes_inputs``: what the
     second signal read (``label_issues_run_config``), so that a change makes the result stale."""
 
     method: str = "self_confidence"
+    rank_by: str = "both"
     filter_by: str = "prune_by_noise_rate"
     knn_weight: float = 0.0
     k: int = 10
@@ -226,6 +242,8 @@ class LabelIssuesConfig:
         if self.method not in METHODS:
             raise UserError(f"label_issues: unsupported method {self.method!r}. The available methods are "
                             f"{list(METHODS)}")
+        if self.rank_by not in RANK_BY:
+            raise UserError(f"label_issues: unsupported rank_by {self.rank_by!r}. Choose one of {list(RANK_BY)}")
         if self.filter_by not in FILTERS:
             raise UserError(f"label_issues: unsupported filter_by {self.filter_by!r}. The available filters are "
                             f"{list(FILTERS)}")
@@ -238,7 +256,7 @@ class LabelIssuesConfig:
                 raise UserError(f"label_issues: {name} must be an integer of at least 1. Received: {value!r}")
 
 
-@derived.register("label_issues", version=3, config=LabelIssuesConfig, findings=label_issue_findings,
+@derived.register("label_issues", version=4, config=LabelIssuesConfig, findings=label_issue_findings,
                   libraries=("cleanlab",), description="images whose given label is probably wrong",
                   run_config=label_issues_run_config)
 def compute_label_issues(run: Run, config: LabelIssuesConfig, progress: Progress) -> derived.DerivedResult:
@@ -280,15 +298,23 @@ def compute_label_issues(run: Run, config: LabelIssuesConfig, progress: Progress
             weight = 0.0
     used = mixed_probabilities(probs, neighbour, weight=weight) if neighbour is not None else probs
     progress("label issues: cleanlab scores", 0.5)
-    score = label_issue_scores(labels, used, method=config.method)
+    score = cleanlab_score = label_issue_scores(labels, used, method=config.method)
     suggested = suggested_labels(labels, used)
     progress("label issues: confident learning", 0.7)
     cleanlab_flag = flag_label_issues(labels, used, filter_by=config.filter_by)
     progress("label issues: second signal (neighbours, copies)", 0.8)
     agrees, signal_notes = second_signal(run, rows, labels, probs.argmax(axis=1), suggested, config)
     notes.extend(signal_notes)
+    ranked_by = "model"
+    if config.rank_by == "both" and weight == 0:
+        both, why = classifier_scores(run, rows)
+        if both is not None:
+            score, ranked_by = both, "both"
+        else:
+            notes.append(f"Ranked by the model's probabilities alone (cleanlab's {config.method}): {why}.")
     is_issue = cleanlab_flag & agrees
-    order = np.lexsort((rows, -score))
+    # ties (the classifier's probability saturates at 1 for the plainest label errors) broken by cleanlab's
+    order = np.lexsort((rows, -cleanlab_score, -score))
     names = np.asarray(run.classes, dtype=object)
     r = np.arange(len(rows))
     table = pd.DataFrame({
@@ -322,7 +348,7 @@ def compute_label_issues(run: Run, config: LabelIssuesConfig, progress: Progress
             "split": run.eval_split, "n_scored": int(len(rows)), "n_issues": int(is_issue.sum()),
             "issue_rate": float(is_issue.mean()) if len(rows) else 0.0,
             "n_cleanlab_flags": int(cleanlab_flag.sum()),
-            "method": config.method, "knn_weight": weight, "n_reference": n_reference,
+            "method": config.method, "ranked_by": ranked_by, "knn_weight": weight, "n_reference": n_reference,
             "top_pairs": [{"given": g, "suggested": s, "count": int(c)} for (g, s), c in pairs.items()],
             "notes": notes,
         },
@@ -349,6 +375,24 @@ def _neighbour_distribution(run: Run, rows: np.ndarray, reference: np.ndarray, c
     distribution = knn_label_distribution(embeddings[rows], embeddings[reference], given[reference],
                                           n_classes=len(run.classes), k=int(config.k))
     return distribution, int(len(reference))
+
+
+def classifier_scores(run: Run, rows: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The label-error classifier's probability of a wrong label for ``rows`` (float (M,) in [0, 1], at
+    equal priors: a ranking, the same for errors and correct images), read from the run's ``causes``
+    (``label_score``, its log-odds); (None, why) when the run has no such classifier."""
+    from core.diagnose import causes
+
+    stored = causes.get_causes(run)
+    trained = stored.summary.get("label_classifier") or {}
+    if "weights" not in trained:
+        lines = [line for line in stored.summary.get("not_assessed", []) if "classifier" in line]
+        return None, (lines[0] if lines else "the run has no labelled split to train the label-error "
+                      "classifier on (no embeddings, or no train or val split)")
+    log_odds = np.asarray(stored.array("label_score")[rows], np.float64)
+    if not np.isfinite(log_odds).all():
+        return None, "the label-error classifier left some images unscored"
+    return (1.0 / (1.0 + np.exp(-np.clip(log_odds, -50, 50)))).astype(np.float64), ""
 
 
 def second_signal(run: Run, rows: np.ndarray, labels: np.ndarray, predicted: np.ndarray, suggested: np.ndarray,

@@ -245,6 +245,17 @@ def test_the_export_is_made_on_the_click_and_is_the_cli_file(store, served):
     assert b"exclude" in out.read_bytes()
 
 
+def test_the_verdicts_table_says_when_it_was_read_and_its_refresh_reads_them_again(store):
+    at = open_page("review")
+    run = store.load("r")
+    assert any("0 verdict(s) in force" in c.value for c in at.caption)
+    rows = queue_data(at)["rows"]
+    RunReview(run).mark_row(rows[0], "exclude", reviewer="ann")  # as the queue's fragment does
+    click(at, "review-export-refresh")
+    assert any("1 verdict(s) in force" in c.value for c in at.caption)
+    assert "exclude" in at.dataframe[0].value.astype(str).to_numpy().ravel().tolist()
+
+
 def test_queue_follows_stored_label_issues_and_preselects_their_suggestion(store):
     run = store.load("r")
     from core.diagnose import labels  # noqa: F401 - registers the kind

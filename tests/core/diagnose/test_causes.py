@@ -5,6 +5,7 @@ that need a second signal, the findings and the CLI."""
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -139,6 +140,36 @@ def test_planted_flips_are_label_errors_and_planted_model_errors_are_the_models(
     assert roc_auc_score(is_flip, table["label_score"]) > 0.95
 
 
+def test_a_class_without_reference_images_leaves_its_errors_undetermined_and_says_so(tmp_path):
+    """A class no training image carries (a new class in test, or a small class sampled out) has infinite
+    neighbour distances: its errors are not decided by neighbours, and nothing infinite reaches the
+    label-error classifier (it used to, as NaN weights and a RuntimeWarning)."""
+    run, truth, flipped, model_errors = planted_run(RunStore(tmp_path / "probe"))
+    given = run.predictions["true"].to_numpy().copy()
+    splits = run.predictions["split"].astype(str).to_numpy().copy()
+    dog = CLASSES.index("dog")
+    splits[(splits == "train") & (given == dog)] = "unused"  # no training image of dog
+    run = write_run(RunStore(tmp_path / "store"), "r", classes=CLASSES, y_true=given, probs=run.probs,
+                    paths=run.predictions["path"].tolist(), splits=splits, embeddings=np.asarray(run.embeddings),
+                    data={"name": "planted", "root": None, "images_in_run": False})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        stored = derived.get(run, "causes")
+    table = stored.table("causes").set_index("row")
+    involves_dog = (table["given_label"] == "dog") | (table["predicted_label"] == "dog")
+    assert involves_dog.any() and (~involves_dog).any()
+    undetermined = table.loc[involves_dog & (table["cause"] == "undetermined"), "evidence"]
+    assert len(undetermined) and undetermined.str.contains("no training images of").all()
+    assert table.loc[involves_dog, "cause"].isin(["undetermined", "ambiguous", "copy"]).all()
+    assert (table.loc[~involves_dog, "cause"] != "undetermined").all()
+    assert "has no training image to compare with (dog)" in stored.summary["not_assessed_line"]
+    weights = stored.summary["label_classifier"].get("weights", {})
+    assert all(np.isfinite(w) for w in weights.values())
+    assert np.isfinite(stored.array("label_score")[run.eval_mask()]).all()
+
+
 def test_findings_one_card_per_cause_columns_caption_and_filter(tmp_path):
     run, *_ = planted_run(RunStore(tmp_path))
     stored = derived.get(run, "causes")
@@ -197,6 +228,25 @@ def test_a_train_copy_with_another_label_is_a_copy(tmp_path):
     assert f"train/{source:05d}.png" in evidence and "the model repeats it" in evidence
     assert (by_row.drop(index=row)["cause"] != "copy").all()
     assert "copy" not in results["causes"].summary["not_assessed_line"]
+    assert "edited" not in evidence  # identical pixels
+
+
+def test_an_edited_train_copy_says_how_it_was_edited(tmp_path):
+    n_train, n_test = 60, 40
+    _, truth, flipped, _ = planted_run(RunStore(tmp_path / "probe"), n_train=n_train, n_test=n_test)
+    row = int(flipped[0])
+    source = int(np.flatnonzero(truth[:4 * n_train] == truth[row])[0])
+    rng = np.random.default_rng(3)
+    smooth = [cv2.GaussianBlur(rng.integers(0, 256, (32, 32)).astype(np.float32), (0, 0), 2.0)
+              for _ in range(4 * (n_train + n_test))]
+    images = np.stack([cv2.normalize(im, None, 0, 255, cv2.NORM_MINMAX) for im in smooth]).astype(np.uint8)
+    images[row] = images[source][:, ::-1]  # the training image mirrored
+    run, *_ = planted_run(RunStore(tmp_path / "store"), n_train=n_train, n_test=n_test, images=images)
+    results = run_diagnoses(run, kinds=("duplicates", "causes"))
+    assert not results.skipped
+    by_row = results["causes"].table("causes").set_index("row")
+    assert by_row.loc[row, "cause"] == "copy"
+    assert "edited: flipped left-right" in by_row.loc[row, "evidence"]
 
 
 def test_causes_are_recomputed_when_duplicates_appear(tmp_path):
@@ -208,6 +258,16 @@ def test_causes_are_recomputed_when_duplicates_appear(tmp_path):
     derived.get(run, "duplicates")
     again = ca.get_causes(run)
     assert again.summary["inputs"]["duplicates"] is True and "copy" not in again.summary["not_assessed_line"]
+
+
+def test_a_damaged_stored_input_is_an_error_naming_it_not_a_dropped_cause(tmp_path):
+    run, *_ = planted_run(RunStore(tmp_path), n_train=40, n_test=30,
+                          images=np.random.default_rng(0).integers(0, 256, (280, 16, 16), dtype=np.uint8))
+    stored = derived.get(run, "duplicates")
+    (stored.folder / "eval_with_train_copy.parquet").write_bytes(b"not a parquet file")
+    with pytest.raises(UserError, match=r"stored 'duplicates' result of run 'r' cannot be read.*--only duplicates"):
+        ca.get_causes(run, force=True)
+    assert ca.inputs_available(run)["duplicates"] is True  # listed as there: the error above says what is wrong
 
 
 def test_label_issues_need_a_second_signal(tmp_path):

@@ -130,6 +130,30 @@ def test_the_kind_ranks_planted_flips_first_and_stores_aligned_arrays(tmp_path):
     assert len(label_issues_csv(run, issues_only=True)) == stored.summary["n_issues"]
 
 
+def test_the_ranking_reads_the_label_error_classifier_and_says_when_it_cannot(tmp_path):
+    store = RunStore(tmp_path)
+    run, truth, flipped = flipped_run(store, "r")
+    rows = np.flatnonzero(run.eval_mask())
+    read = {}
+    for rank_by in ("both", "model"):  # one stored result per kind: read each before computing the other
+        stored = derived.get(run, "label_issues", {"rank_by": rank_by})
+        read[rank_by] = (np.array(stored.array("score")[rows]), stored.summary["ranked_by"],
+                         stored.table("label_issues").set_index("row").loc[rows, "is_issue"])
+    log_odds = derived.get(run, "causes").array("label_score")[rows].astype(np.float64)
+    np.testing.assert_allclose(read["both"][0], 1 / (1 + np.exp(-log_odds)), rtol=1e-5)
+    given = run.predictions["true"].to_numpy()[rows]
+    np.testing.assert_allclose(read["model"][0], li.label_issue_scores(given, run.probs[rows]), rtol=1e-5)
+    assert read["both"][1] == "both" and read["model"][1] == "model"
+    assert read["both"][2].equals(read["model"][2])  # the ranking changes, the flag does not
+    noemb, _, _ = flipped_run(store, "noemb", embeddings=False)
+    summary = derived.get(noemb, "label_issues").summary
+    assert summary["ranked_by"] == "model"
+    assert any(n.startswith("Ranked by the model's probabilities alone (cleanlab's self_confidence)")
+               for n in summary["notes"])
+    with pytest.raises(UserError, match="unsupported rank_by 'pixels'"):
+        derived.get(run, "label_issues", {"rank_by": "pixels"})
+
+
 def test_neighbours_come_from_the_training_images_and_are_mixed_in(tmp_path):
     run, truth, flipped = flipped_run(RunStore(tmp_path), "r")
     stored = derived.get(run, "label_issues", {"knn_weight": 0.5, "k": 5})
