@@ -412,6 +412,9 @@ def main() -> None:
     parser.add_argument("--other-python", default=None, metavar="PYTHON",
                         help="a Python with cleanvision and imagehash installed (their own virtualenv)")
     args = parser.parse_args()
+    if "colour" in args.sets.split(",") and args.per_kind * (len(KINDS) + 1) > 400:
+        parser.error(f"the colour set has 400 test images: --per-kind at most {400 // (len(KINDS) + 1)} with it "
+                     f"(received {args.per_kind}); use --sets gray for more")
     print(cpu_line(), flush=True)
     for name in args.sets.split(","):
         folder = Path(args.folder) / name
