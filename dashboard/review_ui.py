@@ -518,7 +518,7 @@ def export_ui(run: Run) -> None:
     left, right = st.columns([4, 1], vertical_alignment="center")
     left.caption(f"{len(table):,} verdict(s) in force, read at {time.strftime('%H:%M:%S')}; verdicts given "
                  "above since then appear on refresh (the export always has them).")
-    right.button("Refresh", key="review-export-refresh", icon=":material/refresh:")  # reruns this fragment
+    right.button("Refresh", key="review-verdicts-refresh", icon=":material/refresh:")  # reruns this fragment
     if len(table):
         st.dataframe(ui.shown(table), hide_index=True, width="stretch",
                      column_config={c: st.column_config.TextColumn(c) for c in table.columns})

@@ -251,7 +251,7 @@ def test_the_verdicts_table_says_when_it_was_read_and_its_refresh_reads_them_aga
     assert any("0 verdict(s) in force" in c.value for c in at.caption)
     rows = queue_data(at)["rows"]
     RunReview(run).mark_row(rows[0], "exclude", reviewer="ann")  # as the queue's fragment does
-    click(at, "review-export-refresh")
+    click(at, "review-verdicts-refresh")
     assert any("1 verdict(s) in force" in c.value for c in at.caption)
     assert "exclude" in at.dataframe[0].value.astype(str).to_numpy().ravel().tolist()
 
