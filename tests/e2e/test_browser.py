@@ -62,7 +62,12 @@ def test_clicking_a_confusion_cell_shows_exactly_its_images(server, e2e_store, p
     gallery = page.locator(".st-key-gallery-confusion")
     items = gallery.locator("[class*='st-key-confusion-item-']")
     items.nth(len(expected) - 1).wait_for()
-    page.wait_for_timeout(500)  # let the rerun settle before counting
+    # the rerun settles: the cell opened by default may still show its items for a moment (stale elements);
+    # wait for the count itself rather than a fixed time (500 ms was short once, at load 3)
+    from playwright.sync_api import expect
+
+    expect(items).to_have_count(len(expected), timeout=30_000)
+    page.wait_for_timeout(300)
     assert items.count() == len(expected)
     shown_paths = []
     for i in range(items.count()):
