@@ -44,7 +44,7 @@ import numpy as np
 import streamlit as st
 
 from core.analysis import neighbours
-from core.review.verdicts import MAX_NOTE, ReviewError
+from core.review.verdicts import MAX_NOTE
 from core.run.store import Run
 from dashboard import cache, gallery, review_queue, review_ui, state, ui, views
 
@@ -632,23 +632,7 @@ def _on_events(run_id: str, rows: np.ndarray, component_key: str) -> None:
     payload = st.session_state.get(component_key, {}).get("events")
     if not isinstance(payload, dict) or not isinstance(payload.get("actions"), list):
         return
-    session = _session()
-    try:
-        run = cache.load_run(cache.store_root(), run_id)
-    except cache.RUN_ERRORS as exc:
-        for action in payload["actions"][:100]:
-            if isinstance(action, dict):
-                session["failed"][str(action.get("id"))[:64]] = views.one_line(exc)
-        return
-    try:
-        committed = review_queue.record_actions(review_ui._review(run), rows, payload["actions"],
-                                                reviewer=review_ui.reviewer(), acked=session["acked"],
-                                                failed=session["failed"])
-    except review_queue.StoreUnavailable as exc:  # the page keeps them pending and sends them again
-        review_ui._fail(ReviewError(str(exc)))
-        return
-    if committed:
-        review_ui._recent.clear()
+    review_queue.record_page_actions(run_id, rows, payload["actions"], _session())
 
 
 def _on_full(gallery_key: str, component_key: str) -> None:

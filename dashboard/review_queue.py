@@ -551,23 +551,35 @@ def _on_events(run_id: str, rows: np.ndarray) -> None:
     if isinstance(payload.get("nonce"), int) and not isinstance(payload.get("nonce"), bool):
         # handled, whatever comes of it: the page may send its next batch (the newest wins)
         session["nonce"] = max(session.get("nonce") or 0, payload["nonce"])
+    recorded = record_page_actions(run_id, rows, payload["actions"], session)
+    if recorded is not None and recorded[1]:
+        _patch_codes(session, *recorded)
+
+
+def record_page_actions(run_id: str, rows: np.ndarray, actions: list, session: dict
+                        ) -> tuple[Run, list[Verdict]] | None:
+    """A page's verdict actions (the queue's, or an in-page detail's) recorded for this session
+    (``session``: its ``acked`` and ``failed``): (run, the history rows written now), or None when
+    nothing could be recorded. A run that cannot be loaded fails each action with its reason; a
+    verdicts file that cannot be written is said above the page, its actions stay pending (the page
+    sends them again) and the session's copy of the verdicts (``codes``) is dropped."""
     try:
         run = cache.load_run(cache.store_root(), run_id)
     except cache.RUN_ERRORS as exc:
-        for action in payload["actions"][:100]:
+        for action in actions[:100]:
             if isinstance(action, dict):
                 session["failed"][str(action.get("id"))[:64]] = views.one_line(exc)
-        return
+        return None
     try:
-        committed = record_actions(review_ui._review(run), rows, payload["actions"], reviewer=review_ui.reviewer(),
+        committed = record_actions(review_ui._review(run), rows, actions, reviewer=review_ui.reviewer(),
                                    acked=session["acked"], failed=session["failed"])
-    except StoreUnavailable as exc:  # said above the page; the page keeps them pending and sends again
+    except StoreUnavailable as exc:
         review_ui._fail(ReviewError(str(exc)))
         session.pop("codes", None)
-        return
+        return None
     if committed:
         review_ui._recent.clear()
-        _patch_codes(session, run, committed)
+    return run, committed
 
 
 def _on_at() -> None:
