@@ -48,8 +48,9 @@ def test_the_detail_bound_is_measured_on_the_data_sets_own_edited_copies():
 
 def test_a_shift_that_replicates_the_edge_an_object_touches_is_a_candidate_among_fashion_mnist():
     """1,500 Fashion-MNIST training images and 30 of them shifted by 3 px (padding replicating the edge, which
-    garments touch: the centroid barely moves). Searched with one neighbour per image, the moved windows find
-    26 of 30 (without them: 22, seed 5); at least 25 must be candidates."""
+    garments touch: the centroid moves by a pixel or two). Searched with one neighbour per image, the moved
+    windows of both frames find 30 of 30 (those of the re-centred frame alone: 26; none: 22; seed 5); at least
+    28 must be candidates."""
     ds = load_fashion_mnist()
     rng = np.random.default_rng(5)
     base = rng.choice(np.flatnonzero(ds.splits == "train"), 1500, replace=False)
@@ -66,7 +67,7 @@ def test_a_shift_that_replicates_the_edge_an_object_touches_is_a_candidate_among
     found = dup.candidate_pairs(thumbs, sizes, np.arange(len(images)), neighbours=1)
     pairs = {(min(a, b), max(a, b)) for a, b in zip(found["query"].tolist(), found["match"].tolist())}
     hits = sum(pair in pairs for pair in truth)
-    assert hits >= 25, f"{hits} of 30 shifted copies are candidates"
+    assert hits >= 28, f"{hits} of 30 shifted copies are candidates"
 
 
 def _pair_verdicts(images, pairs):
@@ -129,3 +130,34 @@ def test_a_pair_far_from_a_copy_is_refused_before_its_measures_are_taken():
     far, other = checked.iloc[0], checked.iloc[1]
     assert far["start"] > dup.MAX_START and far["ecc"] == 0 and np.isinf(far["residual"])  # no ECC run at all
     assert other["ecc"] == 1 and other["quick"] > dup.MAX_QUICK and np.isinf(other["residual"])  # ECC, no measures
+
+
+def test_ecc_leaves_out_the_moving_images_padded_edges_when_asked():
+    """A garment shifted 3 px, padded black: from the exact start, ECC counting the padding drifts (a quarter to
+    half a pixel on these), leaving it out keeps the start."""
+    ds = load_fashion_mnist()
+    exact = np.float32([[1, 0, 3], [0, 1, 3]])
+    for i in (0, 5):
+        img = ds.pixels[i].astype(np.float32)
+        moved = cv2.warpAffine(img, exact, (28, 28), borderMode=cv2.BORDER_CONSTANT)
+        assert np.abs(dup.ecc(img, moved, exact)[1] - exact).max() > 0.2
+        assert np.abs(dup.ecc(img, moved, exact, masked=True)[1] - exact).max() < 0.02
+
+
+def test_shifted_copies_padded_black_are_accepted_from_either_frames_variant():
+    """40 Fashion-MNIST training images shifted 3 px down and right, padded black, verified from the re-centred
+    frame's variant 0 and from the unaligned frame's window moved that way: 39 and 38 of 40 pass (before a near
+    miss was registered again with the padding left out: 35 from variant 0); at least 37 must."""
+    ds = load_fashion_mnist()
+    rng = np.random.default_rng(0)
+    unaligned_down_right = dup._ALIGNED_VARIANTS + dup.UNALIGNED.index((1.0, dup.SHIFT_STEP, dup.SHIFT_STEP))
+    assert dup.unaligned(unaligned_down_right) and not dup.unaligned(0)
+    chosen = rng.choice(60000, 40, replace=False)
+    for variant in (0, unaligned_down_right):
+        passed = 0
+        for i in chosen:
+            moved = cv2.warpAffine(ds.pixels[i], np.float32([[1, 0, 3], [0, 1, 3]]), (28, 28),
+                                   borderMode=cv2.BORDER_CONSTANT)
+            ok, _ = _pair_verdicts([ds.pixels[i], moved], [(0, 1, variant)])
+            passed += int(ok[0])
+        assert passed >= 37, f"variant {variant}: {passed} of 40"
