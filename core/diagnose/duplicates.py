@@ -103,7 +103,10 @@ How near copies are found (nothing quadratic in N):
 Memory for N images: the thumbnails (N x S x S bytes, memory-mapped from
 the image scan: 1 GB for 1,000,000 images at S = 32), the centroids (N x 2
 float64), the projected descriptors (N x 45 x 32 float16: 2.9 GB for
-1,000,000, and the unaligned index, N x 32 float32), the cells' lists (N x 4 int64) and the candidates (at most
+1,000,000, and the unaligned index, N x 32 float32), the cells' lists (N x 4 int64), the search's raw
+matches before each pair's best is kept (N x 45 x 2 of them, 28 bytes each: 2.5 GB for 1,000,000, and
+the tables that pick the best pair and mirror from them; all of Fashion-MNIST, 70,000 images, peaked
+at 1.5 GB in all) and the candidates (at most
 N x ``neighbours`` x 2 pairs and as many other mirrors, a few floats each); the verification goes
 through the candidates 1,024 at a time, and a cell's queries 2,048 at a time
 against at most a few thousand members. Nothing holds N x N.
@@ -314,7 +317,7 @@ def search_descriptors(aligned: np.ndarray, plain: np.ndarray | None = None) -> 
     rows_by = {(zoom, dy): np.matmul(windows[(zoom, dy)], plain) for zoom, dy, _ in UNALIGNED}
     for j, (zoom, dy, dx) in enumerate(UNALIGNED):
         out[:, _ALIGNED_VARIANTS + j] = np.matmul(rows_by[(zoom, dy)], windows[(zoom, dx)].T)
-    index_plain = np.matmul(np.matmul(ops[0], plain), ops[0].T).reshape(n, d * d)
+    index_plain = plain_descriptors(plain)
     import cv2
 
     centre = ((p - 1) / 2.0, (p - 1) / 2.0)
@@ -324,10 +327,18 @@ def search_descriptors(aligned: np.ndarray, plain: np.ndarray | None = None) -> 
                            for img in aligned]) if n else aligned
         out[:, len(FLIPS) * len(ZOOMS) + len(SHIFTS) + j] = np.matmul(np.matmul(ops[0], turned), ops[0].T)
     out = out.reshape(n, _VARIANTS, d * d)
-    for x in (out, index_plain):
-        x -= x.mean(axis=-1, keepdims=True)
-        x /= np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+    out -= out.mean(axis=-1, keepdims=True)
+    out /= np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-6)
     return out, index_plain
+
+
+def plain_descriptors(images: np.ndarray) -> np.ndarray:
+    """(n, D * D) float32 unit vectors: each image as it is (variant 0 of ``search_descriptors``)."""
+    op = _operators(images.shape[1] - 2)[0][0]
+    out = np.matmul(np.matmul(op, images), op.T).reshape(len(images), -1)
+    out -= out.mean(axis=1, keepdims=True)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
+    return out
 
 
 def _size_groups(content_size: np.ndarray, rows: np.ndarray) -> dict[tuple[int, int], np.ndarray]:
@@ -459,9 +470,10 @@ def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.n
     rng = np.random.default_rng(seed)
     say = progress or (lambda message, fraction: None)
     chunk = 4096
+    describe_chunk = 1024  # a chunk's 45 variants take 45 x 144 x 4 bytes an image before the projection
     sample = np.sort(rng.choice(n, min(n, 10000), replace=False))
-    sample_desc = search_descriptors(_aligned(thumbnails, content_size, rows[sample], centroid[sample],
-                                              background[sample], max_align=max_align))[0][:, 0]
+    sample_desc = plain_descriptors(_aligned(thumbnails, content_size, rows[sample], centroid[sample],
+                                             background[sample], max_align=max_align))
     centred = sample_desc - sample_desc.mean(axis=0)
     _, vectors = np.linalg.eigh(centred.T @ centred)
     basis = np.ascontiguousarray(vectors[:, ::-1][:, :min(_DIMS, n - 1)]).astype(np.float32)
@@ -472,7 +484,7 @@ def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.n
         return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
 
     def describe(start: int) -> int:
-        stop = min(start + chunk, n)
+        stop = min(start + describe_chunk, n)
         frames = [_aligned(thumbnails, content_size, rows[start:stop], centroid[start:stop], background[start:stop],
                            max_align=align) for align in (max_align, 0.0)]
         variants, plain = search_descriptors(*frames)
@@ -481,7 +493,7 @@ def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.n
         return stop
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:  # OpenCV and BLAS release the GIL
-        for stop in pool.map(describe, range(0, n, chunk)):
+        for stop in pool.map(describe, range(0, n, describe_chunk)):
             say(f"duplicates: descriptors {stop:,}/{n:,}", 0.3 * stop / n)
     index = {False: projected[:, 0].astype(np.float32), True: index_plain}  # by frame: unaligned?
     n_cells = 1 if n <= _SMALL else int(np.sqrt(2 * n))
@@ -491,9 +503,10 @@ def candidate_pairs(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.n
         centres = _cells(index[False][:, :coarse], n_cells, seed)
         index_cells = {frame: np.concatenate([_nearest(x[i:i + chunk, :coarse], centres, 2)
                                               for i in range(0, n, chunk)]) for frame, x in index.items()}
-        query_cells = np.concatenate([
-            _nearest(projected[i:i + chunk, :, :coarse].astype(np.float32).reshape(-1, coarse), centres, 1)[:, 0]
-            for i in range(0, n, chunk)])  # (n * V,) one cell per query variant
+        flat = projected.reshape(n * _VARIANTS, -1)
+        step = 16384  # query vectors at a time: a (step, cells) distance matrix, 90 MB at 1,000,000 images
+        query_cells = np.concatenate([_nearest(flat[i:i + step, :coarse].astype(np.float32), centres, 1)[:, 0]
+                                      for i in range(0, len(flat), step)])  # (n * V,) one cell per query variant
     else:
         index_cells = {frame: np.zeros((n, 1), np.int64) for frame in index}
         query_cells = np.zeros(n * _VARIANTS, np.int64)
