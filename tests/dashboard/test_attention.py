@@ -251,7 +251,7 @@ def test_pages_with_the_toggle_off_import_no_tensorflow(stores, tmp_path):
 
 
 def test_occlusion_page_budget_leaves_the_rest_for_the_next_rerun(stores, monkeypatch):
-    import time
+    import types
 
     store, _ = stores
     attention_ui.cache.attention_memo.clear()
@@ -259,13 +259,17 @@ def test_occlusion_page_budget_leaves_the_rest_for_the_next_rerun(stores, monkey
         derived.delete(store.load("cnn"), "occlusion_maps")
     monkeypatch.setattr(attention_ui, "PAGE_BUDGET_S", 1e-9)  # one chunk of 8 rows, then out of time
     monkeypatch.setattr(attention_ui, "DEFER_S", 0.5)
+    # the page's own clock, moved on by hand between the two runs: a script run that took longer than DEFER_S
+    # on a slow or loaded machine (1,172 s suite, no AVX-512) let a later thumbnail start a second chunk
+    clock = types.SimpleNamespace(offset=0.0)
+    monkeypatch.setattr(attention_ui, "time", types.SimpleNamespace(monotonic=lambda: clock.offset))
     at = start("cnn")
     at.segmented_control(key="attention-method-t").set_value("occlusion").run()
     assert not at.exception, [e.value for e in at.exception]
     over = [c for c in at.caption if "over the time budget" in unescape(c.value)]
     stored = derived.get(store.load("cnn"), "occlusion_maps", compute=False)
     assert len(np.asarray(stored.array("rows"))) == 8 and len(over) == 24 - 8  # said, not computed twice
-    time.sleep(0.6)
+    clock.offset += 0.6  # DEFER_S later
     at.run()  # the next rerun goes on with the page
     stored = derived.get(store.load("cnn"), "occlusion_maps", compute=False)
     assert len(np.asarray(stored.array("rows"))) == 16
