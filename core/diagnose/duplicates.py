@@ -243,13 +243,9 @@ def _operators(size: int) -> tuple[np.ndarray, np.ndarray]:
     Each zoom operator is symmetric about the centre (reversing its columns reverses
     its rows), so the descriptor of a mirrored image is the mirrored descriptor.
     """
-    p = size + 2
-    blur = _blur_matrix(p, max(0.5, size / 32.0)).astype(np.float64)
-    half = (size - 2 * max(1, round(3 * size / 32))) / 2.0
-    zooms = np.stack([_area_matrix(p, p / 2 - half / z, p / 2 + half / z, _DESCRIPTOR) @ blur for z in ZOOMS])
-    moved = np.stack([_area_matrix(p, p / 2 - half + k * SHIFT_STEP * size, p / 2 + half + k * SHIFT_STEP * size,
-                                   _DESCRIPTOR) @ blur for k in (-1, 0, 1)])
-    return zooms.astype(np.float32), moved.astype(np.float32)
+    zooms = np.stack([_window(size, zoom, 0.0) for zoom in ZOOMS])
+    moved = np.stack([_window(size, 1.0, k * SHIFT_STEP) for k in (-1, 0, 1)])
+    return zooms, moved
 
 
 def unaligned(variant: int) -> bool:
@@ -334,7 +330,7 @@ def search_descriptors(aligned: np.ndarray, plain: np.ndarray | None = None) -> 
 
 def plain_descriptors(images: np.ndarray) -> np.ndarray:
     """(n, D * D) float32 unit vectors: each image as it is (variant 0 of ``search_descriptors``)."""
-    op = _operators(images.shape[1] - 2)[0][0]
+    op = _window(images.shape[1] - 2, 1.0, 0.0)
     out = np.matmul(np.matmul(op, images), op.T).reshape(len(images), -1)
     out -= out.mean(axis=1, keepdims=True)
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-6)
