@@ -16,9 +16,11 @@ side), blur sigma 0.8 (28 px; 2.7 px at 96), Gaussian noise sigma 8, gamma 0.8 o
 + brightness +10..40, and (colour only) grayscale conversion.
 
 Per method: recall per kind, look-alikes reported (of the planted ones), *other* train-test pairs per
-1,000 test images, wall time and peak memory (each method runs in its own process, decoding the files
-itself). ``duplicates``' thresholds were chosen on development sets (``dev_duplicates.py``: Fashion-MNIST
-training images and this generator's scenes at seeds 1 and 11), never on these folders. ``--sets fmnist70k
+1,000 test images, wall time, CPU time and peak memory (each method runs in its own process, decoding the
+files itself; for ``duplicates``, whose verification runs in worker processes, CPU counts the workers and peak
+memory is the resident memory of the process and its workers summed, sampled every 0.1 s). ``duplicates``'
+thresholds were chosen on development sets (``dev_duplicates.py``: Fashion-MNIST training images and this
+generator's scenes at seeds 1 and 11), never on these folders. ``--sets fmnist70k
 --compare-with DIR`` times another version (a copy of the repository in DIR) beside this one on all of
 Fashion-MNIST. CleanVision and imagehash live in their own virtualenv::
 
@@ -50,9 +52,41 @@ KINDS = ("byte copy", "png re-encode", "jpeg q60", "flip left-right", "flip upsi
          "grayscale")
 
 OURS = r"""
-import json, resource, sys, time
+import json, os, resource, sys, threading, time
 t0 = time.perf_counter()
 sys.path.insert(0, sys.argv[3])
+
+
+def tree_rss_mb() -> float:
+    # resident memory of this process and its descendants (the verification's worker processes), summed
+    kids, total = {}, 0
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                kids.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        todo += kids.get(pid, [])
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        except (OSError, StopIteration):
+            pass
+    return total / 1024
+
+
+peak, done = [0.0], threading.Event()
+
+
+def sample() -> None:
+    while not done.wait(0.1):
+        peak[0] = max(peak[0], tree_rss_mb())
+
+
+threading.Thread(target=sample, daemon=True).start()
 import numpy as np, tempfile
 from core.run import derived
 from core.data.datasets import load_dataset
@@ -67,11 +101,18 @@ run = write_run(RunStore(tempfile.mkdtemp(prefix="bench-dup-")), "planted", clas
                       "images_in_run": False})
 t1 = time.perf_counter()
 pairs = derived.get(run, "duplicates").table("pairs")
+seconds = time.perf_counter() - t0
+done.set()
+try:  # the verification's worker processes: ended and waited for, so that their CPU time counts below
+    from joblib.externals.loky import get_reusable_executor
+    get_reusable_executor().shutdown(wait=True)
+except ImportError:
+    pass
 out = {"pairs": [[a, b, t] for a, b, t in zip(pairs["path_a"], pairs["path_b"], pairs["transform"])],
-       "seconds": time.perf_counter() - t0, "setup": t1 - t0,
+       "seconds": seconds, "setup": t1 - t0,
        "cpu": sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
                   for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)),
-       "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+       "peak_mb": max(peak[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 json.dump(out, open(sys.argv[2], "w"))
 """
 

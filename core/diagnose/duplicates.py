@@ -126,6 +126,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,6 +183,12 @@ MAX_QUICK = 13.0
 MIRROR_MARGIN = 1.0  # gray levels: of two mirrors, ECC also tries the one whose start is within this of the better one
 _MAX_GROUP_PAIRS = 6
 ECC_ITERATIONS = 10  # copies converge in a few from the variant's start (development set: the same verdicts as 30)
+VERIFY_CHUNK = 1024  # candidate pairs verified together (one task of a worker, one cache of working images)
+PROCESS_MIN = 4 * VERIFY_CHUNK  # see ``verify_pairs``
+_POOL_FAILURES = (OSError, BrokenProcessPool)  # worker processes that cannot start or die (loky's errors subclass it)
+_VERIFY_COLUMNS = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
+                   "allowed", "detail", "overlap", "blur", "tone", "structure", "peak", "half_pixel", "self_structure",
+                   "self_peak", "noise", "resampling", "reencoded", "start", "ecc", "quick"]
 PAIR_COLUMNS = ["row_a", "row_b", "path_a", "path_b", "split_a", "split_b", "label_a", "label_b",
                 "labels_agree", "kind", "similarity", "correlation", "residual", "embedding_cosine", "shift_y",
                 "shift_x", "cross_split", "transform", "flip", "scale", "rotation", "allowed"]
@@ -828,7 +835,7 @@ def describe_transform(g: np.ndarray, flip: str, shape: tuple[int, int]) -> dict
 def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.ndarray, match: np.ndarray,
                  variant: np.ndarray, centroid_of: np.ndarray, *, size: int | None = None,
                  alternative: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                 progress: Progress | None = None) -> pd.DataFrame:
+                 workers: int | None = None, progress: Progress | None = None) -> pd.DataFrame:
     """Register each candidate pair and measure its agreement (see ``register_pair``).
 
     ``query``, ``match``, ``variant`` as ``candidate_pairs`` returns them;
@@ -844,6 +851,11 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     same pair matched under another mirror (a symmetric garment matches itself
     mirrored almost as well). Both are registered (ECC) and the one whose
     correlation is higher is measured: one verdict per pair.
+
+    ``workers``: processes that verify chunks of ``VERIFY_CHUNK`` pairs side by side (default: one per core, up
+    to 4; 0 or 1: threads in this process). Processes only from ``PROCESS_MIN`` pairs on: most of a verification is
+    Python between small OpenCV calls, which threads run one at a time (the GIL); below, starting the workers
+    costs more than it saves.
     """
     size = int(size or thumbnails.shape[1])
     if alternative is None:
@@ -851,9 +863,57 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     alt_q, alt_m, alt_v = (np.asarray(x, np.int64) for x in alternative)
     say = progress or (lambda message, fraction: None)
     query, match, variant = (np.asarray(x, np.int64) for x in (query, match, variant))
-    cols = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
-            "allowed", "detail", "overlap", "blur", "tone", "structure", "peak", "half_pixel", "self_structure",
-            "self_peak", "noise", "resampling", "reencoded", "start", "ecc", "quick"]
+    bounds = [(lo, min(lo + VERIFY_CHUNK, len(query))) for lo in range(0, len(query), VERIFY_CHUNK)]
+    parts = [(query[lo:hi], match[lo:hi], variant[lo:hi], alt_q[lo:hi], alt_m[lo:hi], alt_v[lo:hi])
+             for lo, hi in bounds]
+    n_workers = min(4, os.cpu_count() or 2) if workers is None else int(workers)
+    out = []
+
+    def report(done: int) -> None:
+        say(f"duplicates: verified {bounds[done - 1][1]:,}/{len(query):,} candidate pairs", done / len(bounds))
+
+    if n_workers > 1 and len(query) >= PROCESS_MIN:
+        try:
+            out = _verify_in_processes(thumbnails, content_size, centroid_of, size, parts, n_workers, report)
+        except _POOL_FAILURES as exc:  # no worker processes here (a sandbox without semaphores, a killed worker)
+            say(f"duplicates: worker processes failed ({type(exc).__name__}: {exc}); verifying in threads", 0.0)
+            out = []
+    if len(out) != len(parts):
+        out = []
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:  # OpenCV releases the GIL
+            for done, part in enumerate(pool.map(lambda rows: _verify_chunk(thumbnails, content_size, centroid_of,
+                                                                             size, *rows), parts), 1):
+                out.append(part)
+                report(done)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame({c: [] for c in _VERIFY_COLUMNS})
+
+
+def _verify_in_processes(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of: np.ndarray, size: int,
+                         parts: list[tuple], n_workers: int, report) -> list[pd.DataFrame]:
+    """``_verify_chunk`` of each part in ``n_workers`` processes (joblib's loky: fresh interpreters, the caller's
+    ``__main__`` not run again; a memory-mapped ``thumbnails`` reaches them by its file name, a large array in
+    memory once through a memory-mapped temporary file). The chunks in order."""
+    from joblib import Parallel, delayed
+
+    out = []
+    run = Parallel(n_jobs=n_workers, backend="loky", return_as="generator", batch_size=1, max_nbytes="1M",
+                   idle_worker_timeout=30)  # workers that are not needed again soon leave with their memory
+    for done, part in enumerate(run(delayed(_verify_chunk)(thumbnails, content_size, centroid_of, size, *rows,
+                                                           single_thread=True) for rows in parts), 1):
+        out.append(part)
+        report(done)
+    return out
+
+
+def _verify_chunk(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of: np.ndarray, size: int,
+                  query: np.ndarray, match: np.ndarray, variant: np.ndarray, alt_q: np.ndarray, alt_m: np.ndarray,
+                  alt_v: np.ndarray, *, single_thread: bool = False) -> pd.DataFrame:
+    """``verify_pairs``' verdicts on one chunk of its pairs. ``single_thread``: OpenCV keeps to the calling thread
+    (a worker process, one per core: OpenCV's own threads on 32-pixel images only cost)."""
+    import cv2
+
+    if single_thread:
+        cv2.setNumThreads(1)
 
     def setup(q: int, m: int, v: int, cache: dict) -> tuple:
         """(template, moving, init, fmap, shape, flip, looks) of query q's variant v against match m; two
@@ -934,76 +994,65 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
             got = register_pair(template, moving, warp, refine=False, noise=noise, misregistration=slack)
         return got, more
 
-    def chunk(start: int) -> pd.DataFrame:
-        cache: dict[tuple, tuple] = {}
-        records = []
-        stop = start + 1024
-        for q, m, v, q2, m2, v2 in zip(query[start:stop].tolist(), match[start:stop].tolist(),
-                                       variant[start:stop].tolist(), alt_q[start:stop].tolist(),
-                                       alt_m[start:stop].tolist(), alt_v[start:stop].tolist()):
-            tries = [(q, m, v)] + ([(q2, m2, v2)] if v2 >= 0 else [])
-            best = None
-            # a cheap look first: where the search's variant puts each, after the best tone curve; ECC runs from the
-            # starts that are near a copy (``MAX_START``) and, of two mirrors, not far behind the other
-            setups = [setup(*tried, cache) for tried in tries]
-            starts = [start_residual(*ready[6], ready[2], smoothed=True) for ready in setups]
-            lowest = min(starts)
-            best, aligned = None, 0
-            for (template, moving, init, fmap, shape, flip, looks), (q, m, _), begun in zip(setups, tries, starts):
-                if begun > MAX_START or begun > lowest + MIRROR_MARGIN:
-                    continue
-                cc, warp = ecc(template, moving, init)
-                aligned += 1
-                if best is None or cc > best[0]:  # (one verdict per pair: a look-alike gets no second try)
-                    best = (cc, warp, template, moving, q, m, fmap, shape, flip, looks)
-            if best is None:  # nowhere near a copy: refused unregistered
-                template, moving, init, fmap, shape, flip, _ = setups[0]
-                q, m = tries[0][:2]
-                got, quick = unmeasured(init), np.inf
+    cache: dict[tuple, tuple] = {}
+    records = []
+    for q, m, v, q2, m2, v2 in zip(query.tolist(), match.tolist(), variant.tolist(), alt_q.tolist(), alt_m.tolist(),
+                                   alt_v.tolist()):
+        tries = [(q, m, v)] + ([(q2, m2, v2)] if v2 >= 0 else [])
+        best = None
+        # a cheap look first: where the search's variant puts each, after the best tone curve; ECC runs from the
+        # starts that are near a copy (``MAX_START``) and, of two mirrors, not far behind the other
+        setups = [setup(*tried, cache) for tried in tries]
+        starts = [start_residual(*ready[6], ready[2], smoothed=True) for ready in setups]
+        lowest = min(starts)
+        best, aligned = None, 0
+        for (template, moving, init, fmap, shape, flip, looks), (q, m, _), begun in zip(setups, tries, starts):
+            if begun > MAX_START or begun > lowest + MIRROR_MARGIN:
+                continue
+            cc, warp = ecc(template, moving, init)
+            aligned += 1
+            if best is None or cc > best[0]:  # (one verdict per pair: a look-alike gets no second try)
+                best = (cc, warp, template, moving, q, m, fmap, shape, flip, looks)
+        if best is None:  # nowhere near a copy: refused unregistered
+            template, moving, init, fmap, shape, flip, _ = setups[0]
+            q, m = tries[0][:2]
+            got, quick = unmeasured(init), np.inf
+        else:
+            _, warp, template, moving, q, m, fmap, shape, flip, looks = best
+            quick = start_residual(*looks, warp, smoothed=True)
+            if quick > MAX_QUICK:  # still far from a copy after ECC: refused without the measures
+                got = unmeasured(warp)
             else:
-                _, warp, template, moving, q, m, fmap, shape, flip, looks = best
-                quick = start_residual(*looks, warp, smoothed=True)
-                if quick > MAX_QUICK:  # still far from a copy after ECC: refused without the measures
-                    got = unmeasured(warp)
-                else:
-                    got, more = judge(template, moving, warp, q, m, shape, cache)
-                    aligned += more
-                    if got["allowed"] < got["residual"] <= NEAR_MISS * got["allowed"]:
-                        # a near miss: registered again without the moving image's edges (padding there pulls
-                        # ECC off by a percent of scale); a look-alike given a second chance grazes the bound
-                        again, more = judge(template, moving, ecc(template, moving, warp, masked=True)[1], q, m,
-                                            shape, cache)
-                        aligned += 1 + more
-                        if again["residual"] <= RETRY_MARGIN * again["allowed"]:  # a clear fit, not a graze
-                            got = again
-            got["reencoded"], got["start"], got["ecc"] = np.inf, lowest, aligned
-            got["quick"] = quick
-            if (not flip and (content_size[q] == content_size[m]).all() and got["residual"] <= MAX_RESIDUAL
-                    and _moves_at_most(got["warp"], shape) <= IDENTITY):
-                got["reencoded"] = reencoded(cache[(m, shape)][0], cache[(q, shape)][0])
-            g = fmap @ np.vstack([got["warp"].astype(np.float64), [0, 0, 1]])  # template pixel -> query pixel
-            a, b, blur = (m, q, got["blur"]) if m < q else (q, m, -got["blur"])
-            if m > q:
-                g = np.linalg.inv(g)
-            records.append({"a": a, "b": b, "flip": flip, **describe_transform(g, flip, shape),
-                            "residual": got["residual"], "allowed": got["allowed"], "detail": got["detail"],
-                            "overlap": got["overlap"], "blur": blur, "tone": got["tone"],
-                            "structure": got["structure"], "peak": got["peak"], "half_pixel": got["half_pixel"],
-                            "self_structure": got["self_structure"], "self_peak": got["self_peak"],
-                            "noise": got["noise"], "resampling": got["resampling"],
-                            "reencoded": got["reencoded"], "start": got["start"], "ecc": got["ecc"],
-                            "quick": got["quick"]})
-        # typed columns now: a list of dicts costs ~1 KB a pair (300 MB for the 70,000-image demo's candidates)
-        return pd.DataFrame(records, columns=cols)
+                got, more = judge(template, moving, warp, q, m, shape, cache)
+                aligned += more
+                if got["allowed"] < got["residual"] <= NEAR_MISS * got["allowed"]:
+                    # a near miss: registered again without the moving image's edges (padding there pulls
+                    # ECC off by a percent of scale); a look-alike given a second chance grazes the bound
+                    again, more = judge(template, moving, ecc(template, moving, warp, masked=True)[1], q, m,
+                                        shape, cache)
+                    aligned += 1 + more
+                    if again["residual"] <= RETRY_MARGIN * again["allowed"]:  # a clear fit, not a graze
+                        got = again
+        got["reencoded"], got["start"], got["ecc"] = np.inf, lowest, aligned
+        got["quick"] = quick
+        if (not flip and (content_size[q] == content_size[m]).all() and got["residual"] <= MAX_RESIDUAL
+                and _moves_at_most(got["warp"], shape) <= IDENTITY):
+            got["reencoded"] = reencoded(cache[(m, shape)][0], cache[(q, shape)][0])
+        g = fmap @ np.vstack([got["warp"].astype(np.float64), [0, 0, 1]])  # template pixel -> query pixel
+        a, b, blur = (m, q, got["blur"]) if m < q else (q, m, -got["blur"])
+        if m > q:
+            g = np.linalg.inv(g)
+        records.append({"a": a, "b": b, "flip": flip, **describe_transform(g, flip, shape),
+                        "residual": got["residual"], "allowed": got["allowed"], "detail": got["detail"],
+                        "overlap": got["overlap"], "blur": blur, "tone": got["tone"],
+                        "structure": got["structure"], "peak": got["peak"], "half_pixel": got["half_pixel"],
+                        "self_structure": got["self_structure"], "self_peak": got["self_peak"],
+                        "noise": got["noise"], "resampling": got["resampling"],
+                        "reencoded": got["reencoded"], "start": got["start"], "ecc": got["ecc"],
+                        "quick": got["quick"]})
+    # typed columns now: a list of dicts costs ~1 KB a pair (300 MB for the 70,000-image demo's candidates)
+    return pd.DataFrame(records, columns=_VERIFY_COLUMNS)
 
-    out = []
-    starts = range(0, len(query), 1024)
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:  # OpenCV releases the GIL
-        for done, part in enumerate(pool.map(chunk, starts), 1):
-            out.append(part)
-            say(f"duplicates: verified {min(done * 1024, len(query)):,}/{len(query):,} candidate pairs",
-                done / max(len(starts), 1))
-    return pd.concat(out, ignore_index=True) if out else pd.DataFrame({c: [] for c in cols})
 
 
 JPEG_QUALITIES = (50, 60, 70, 75, 80, 85, 90, 95)

@@ -294,6 +294,56 @@ def test_a_one_pixel_shift_of_a_larger_picture_is_matched_at_half_a_thumbnail_pi
     assert abs(r["shift_y"].iloc[0] - 0.5) < 0.2 and abs(r["shift_x"].iloc[0] + 0.5) < 0.2
 
 
+def _many_pairs(tmp_path):
+    """Thumbnails of 60 textured objects and their shifted, noisy copies, memory-mapped from a .npy file as the
+    image scan keeps them, and 480 candidate pairs: every copy with its original and with 7 other objects."""
+    originals = [textured(s) for s in range(60)]
+    copies = [shifted(img, 1, -2, noise=4, seed=i) for i, img in enumerate(originals)]
+    thumbs, sizes, _ = _scan(originals + copies)
+    np.save(tmp_path / "thumbnails.npy", thumbs)
+    mapped = np.load(tmp_path / "thumbnails.npy", mmap_mode="r", allow_pickle=False)
+    cent, _ = dup.centroids(thumbs, sizes, np.arange(len(thumbs)))
+    query = np.repeat(np.arange(60, 120), 8)
+    match = (np.arange(60)[:, None] + np.arange(8)[None, :]) % 60
+    return mapped, sizes, cent, query, match.ravel(), np.zeros(len(query), np.int64)
+
+
+def test_worker_processes_give_the_verdicts_threads_give(tmp_path, monkeypatch):
+    mapped, sizes, cent, query, match, variant = _many_pairs(tmp_path)
+    monkeypatch.setattr(dup, "VERIFY_CHUNK", 64)
+    monkeypatch.setattr(dup, "PROCESS_MIN", 128)
+    used, real = [], dup._verify_in_processes
+    monkeypatch.setattr(dup, "_verify_in_processes", lambda *a: used.append(real(*a)) or used[-1])
+    said = []
+    in_processes = dup.verify_pairs(mapped, sizes, query, match, variant, cent, workers=2,
+                                    progress=lambda m, f: said.append((m, f)))
+    assert len(used) == 1 and len(used[0]) == len(query) // 64 + 1  # 8 chunks of 64 and one of 32, in workers
+    in_threads = dup.verify_pairs(mapped, sizes, query, match, variant, cent, workers=0)
+    assert len(used) == 1
+    pd.testing.assert_frame_equal(in_processes, in_threads)
+    copies = dup.accepted(in_processes)
+    assert set(zip(in_processes["a"][copies], in_processes["b"][copies])) == {(i, i + 60) for i in range(60)}
+    assert said[-1] == ("duplicates: verified 480/480 candidate pairs", 1.0)
+
+
+def test_worker_processes_that_cannot_start_leave_the_work_to_threads_and_say_so(tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    mapped, sizes, cent, query, match, variant = _many_pairs(tmp_path)
+    monkeypatch.setattr(dup, "PROCESS_MIN", 128)
+
+    def broken(*args):
+        raise BrokenProcessPool("A task has failed to un-serialize")
+
+    monkeypatch.setattr(dup, "_verify_in_processes", broken)
+    said = []
+    got = dup.verify_pairs(mapped, sizes, query, match, variant, cent, workers=2,
+                           progress=lambda m, f: said.append(m))
+    assert said[0] == ("duplicates: worker processes failed (BrokenProcessPool: A task has failed to "
+                       "un-serialize); verifying in threads")
+    pd.testing.assert_frame_equal(got, dup.verify_pairs(mapped, sizes, query, match, variant, cent, workers=0))
+
+
 def test_docstring_examples_hold():
     import doctest
 
