@@ -302,9 +302,9 @@ def scene(rng: np.random.Generator, layout: dict | None = None, *, size: int = 9
     return np.clip(img, 0, 255).astype(np.uint8), layout
 
 
-def colour_set(folder: Path, *, per_kind: int, seed: int) -> dict:
+def colour_set(folder: Path, *, per_kind: int, seed: int, n_total: int = 2000) -> dict:
     rng = np.random.default_rng(seed)
-    n_train, n_total = 1600, 2000
+    n_train = n_total * 4 // 5
     n_test = n_total - n_train - per_kind * (len(KINDS) + 1)
     images, layouts, labels = [], [], []
     while len(images) < n_train + n_test:  # families of 1-3 similar scenes, labelled by family group
@@ -448,14 +448,17 @@ def main() -> None:
                         help="comma-separated: gray, colour, fmnist70k (cost on 70,000 images; default %(default)s)")
     parser.add_argument("--per-kind", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--colour-n", type=int, default=2000,
+                        help="images in the colour set (a fifth of them in test/; default %(default)s)")
     parser.add_argument("--compare-with", default=None, metavar="DIR",
                         help="fmnist70k: also time the copy of this repository in DIR (another version), in the same run")
     parser.add_argument("--other-python", default=None, metavar="PYTHON",
                         help="a Python with cleanvision and imagehash installed (their own virtualenv)")
     args = parser.parse_args()
-    if "colour" in args.sets.split(",") and args.per_kind * (len(KINDS) + 1) > 400:
-        parser.error(f"the colour set has 400 test images: --per-kind at most {400 // (len(KINDS) + 1)} with it "
-                     f"(received {args.per_kind}); use --sets gray for more")
+    n_test = args.colour_n - args.colour_n * 4 // 5
+    if "colour" in args.sets.split(",") and (args.colour_n < 100 or args.per_kind * (len(KINDS) + 1) > n_test):
+        parser.error(f"the colour set has {n_test} test images: --per-kind at most {n_test // (len(KINDS) + 1)} with "
+                     f"it (received {args.per_kind}), --colour-n at least 100 (received {args.colour_n})")
     print(cpu_line(), flush=True)
     for name in args.sets.split(","):
         folder = Path(args.folder) / name
@@ -463,7 +466,10 @@ def main() -> None:
             fashion_mnist_70k(folder, args.compare_with)
             continue
         t0 = time.perf_counter()
-        truth = (gray_set if name == "gray" else colour_set)(folder, per_kind=args.per_kind, seed=args.seed)
+        if name == "gray":
+            truth = gray_set(folder, per_kind=args.per_kind, seed=args.seed)
+        else:
+            truth = colour_set(folder, per_kind=args.per_kind, seed=args.seed, n_total=args.colour_n)
         print(f"wrote the {name} set in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         compare(name, folder, truth, args.other_python)
 

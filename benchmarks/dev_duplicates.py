@@ -184,6 +184,15 @@ def main() -> None:
     print(f"copies accepted {int((ok & ~np.isin(label, ['other', 'same source', 'look-alike'])).sum())}/{n_copies}; "
           f"other pairs accepted: {int((ok & (label == 'other')).sum())} per {len(images):,} images "
           f"(and {int((ok & (label == 'same source')).sum())} of two copies of one original)")
+    # one source per copy: the originals as the earlier split, the copies and look-alikes as the later one
+    rank = (np.arange(len(images)) >= args.n).astype(np.int64)
+    near = np.flatnonzero(ok)
+    kept = dup.one_source(a_[near], b_[near], np.ones(len(near), bool),
+                          checked["residual"].to_numpy()[near] / np.maximum(checked["allowed"].to_numpy()[near], 1e-6),
+                          rank)
+    dropped = pd.Series(label[near[~kept]]).value_counts().to_dict()
+    print(f"one source per copy (originals earlier, copies later): {int((~kept).sum())} accepted pairs left out "
+          f"{dropped}")
     if args.dump:
         checked.assign(label=label, accepted=ok, min_detail=min_detail).to_csv(args.dump, index=False)
     records = checked.to_dict("records")

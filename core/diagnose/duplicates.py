@@ -99,6 +99,12 @@ How near copies are found (nothing quadratic in N):
    40 look-alikes planted, seeds 1 and 11; and, with ``--colour``, 1,600 scenes
    from the benchmark's generator at the same seeds) and never on the
    benchmark's sets (Fashion-MNIST *test* images; colour scenes at seeds 0, 7, 23).
+4. One source per copy (``one_source``): an image of a later split (a test image) that is a near copy of
+   two or more images of earlier splits (training images) that are not copies of one another is a copy of
+   one of them: the one it fits best (the lowest residual against its allowed one) is kept, and its pairs with
+   the others, which it only resembles, are dropped and counted in a note. An edited copy (blurred,
+   cropped, turned) has lost the detail that set its source apart from a look-alike of the source; its
+   source still fits it better.
 
 Memory for N images: the thumbnails (N x S x S bytes, memory-mapped from
 the image scan: 1 GB for 1,000,000 images at S = 32), the centroids (N x 2
@@ -1301,6 +1307,28 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
 
 # --------------------------------------------------------------------------- the derived kind
 
+def one_source(a: np.ndarray, b: np.ndarray, near: np.ndarray, ratio: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Which pairs to keep (bool, one per pair ``a``, ``b``): of an image's ``near`` pairs with images of an
+    earlier split (lower ``rank``), the best fit (lowest ``ratio``: residual / allowed) and those whose other
+    image is paired (exact or near) with the best fit's; exact pairs always. A copy has one source: two
+    earlier images that are not copies of each other cannot both be it (see the module docstring)."""
+    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
+    keep = np.ones(len(a), bool)
+    later, earlier = np.where(rank[a] > rank[b], a, b), np.where(rank[a] > rank[b], b, a)
+    cross = np.flatnonzero(np.asarray(near, bool) & (rank[a] != rank[b]))
+    if len(cross) < 2:
+        return keep
+    linked = set(zip(np.minimum(a, b).tolist(), np.maximum(a, b).tolist()))
+    order = cross[np.lexsort((np.asarray(ratio)[cross], later[cross]))]  # by image, best fit first
+    firsts = np.flatnonzero(np.r_[True, later[order][1:] != later[order][:-1]])
+    for lo, hi in zip(firsts.tolist(), np.r_[firsts[1:], len(order)].tolist()):
+        best = int(earlier[order[lo]])
+        for i in order[lo + 1:hi].tolist():
+            other = int(earlier[i])
+            keep[i] = (min(best, other), max(best, other)) in linked
+    return keep
+
+
 def _split_rank(splits: np.ndarray) -> np.ndarray:
     names = sorted(set(splits.tolist()), key=lambda s: (SPLIT_ORDER.get(s, 3), s))
     rank = {s: i for i, s in enumerate(names)}
@@ -1496,6 +1524,15 @@ def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -
     preds = run.predictions
     splits = preds["split"].astype(str).to_numpy()
     rank = _split_rank(splits)
+    allowed = found["allowed"].to_numpy(np.float64)
+    keep = one_source(a, b, found["kind"].to_numpy() == "near", found["residual"].to_numpy(np.float64)
+                      / np.maximum(allowed, 1e-6), rank)
+    n_second = int((~keep).sum())
+    if n_second:
+        notes.append(f"{plural(n_second, 'pair')} left out where an image matched a second image of an earlier "
+                     "split: it fits another one better, and those two are not copies of each other (a copy has "
+                     "one source; the other only resembles it).")
+        found, a, b, cosine = found[keep].reset_index(drop=True), a[keep], b[keep], cosine[keep]
     swap = (rank[a] > rank[b]) | ((rank[a] == rank[b]) & (a > b))  # train first, then val, then test
     ra, rb = np.where(swap, b, a), np.where(swap, a, b)
     sy, sx = found["shift_y"].to_numpy(np.float32), found["shift_x"].to_numpy(np.float32)
@@ -1538,7 +1575,7 @@ def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -
             "n_train_eval_pairs": int(train_eval.sum()), "eval_split": run.eval_split,
             "n_eval_with_train_copy": int(len(leaks)),
             "n_eval_errors_with_train_copy": int((~leaks["correct"].astype(bool)).sum()) if len(leaks) else 0,
-            "n_label_disagreements": int((~pairs["labels_agree"]).sum()),
+            "n_label_disagreements": int((~pairs["labels_agree"]).sum()), "n_second_sources": n_second,
             "n_images_with_copy": int((copies > 0).sum()), "n_scanned": int(scan.readable.sum()),
             "n_unreadable": int(len(scan.skipped)), "notes": notes,
         },

@@ -131,9 +131,31 @@ def test_planted_copies_are_found_with_kind_splits_and_labels(folder_run):
                                                            ("test/a/copy.png", "test/b/relabelled.png")}
     assert set(pairs) == expected
     assert stored.summary["n_label_disagreements"] == 2 and stored.summary["n_exact"] == 3
+    assert stored.summary["n_second_sources"] == 0
     # features are reported beside the pixels' verdict, not instead of it
     assert pairs[("train/a/6.png", "test/a/twice.png")]["embedding_cosine"] < -0.9
     assert pairs[("train/a/5.png", "test/a/jpeg.jpg")]["embedding_cosine"] > 0.9
+
+
+def test_a_test_copy_matched_to_a_second_training_image_keeps_only_its_best_fit(folder_run, monkeypatch):
+    run, _ = folder_run
+    paths = run.predictions["path"].astype(str).tolist()
+    copy, source, other = (paths.index(p) for p in ("test/a/jpeg.jpg", "train/a/5.png", "train/a/8.png"))
+    real = dup.find_duplicates
+
+    def with_a_second_source(*args, **kwargs):
+        found = real(*args, **kwargs)
+        fit = found[(found["a"] == min(copy, source)) & (found["b"] == max(copy, source))].iloc[0]
+        extra = {**fit.to_dict(), "a": min(copy, other), "b": max(copy, other),
+                 "residual": fit["allowed"] * 0.95}  # accepted too, but a worse fit than its source
+        return pd.concat([found, pd.DataFrame([extra])], ignore_index=True)
+
+    monkeypatch.setattr(dup, "find_duplicates", with_a_second_source)
+    stored = derived.get(run, "duplicates")
+    pairs = _pairs(stored.table("pairs"))
+    assert ("train/a/5.png", "test/a/jpeg.jpg") in pairs and ("train/a/8.png", "test/a/jpeg.jpg") not in pairs
+    assert stored.summary["n_second_sources"] == 1
+    assert any("a copy has one source" in note for note in stored.summary["notes"])
 
 
 def test_test_errors_with_a_training_copy_come_first(folder_run):
@@ -342,6 +364,24 @@ def test_worker_processes_that_cannot_start_leave_the_work_to_threads_and_say_so
     assert said[0] == ("duplicates: worker processes failed (BrokenProcessPool: A task has failed to "
                        "un-serialize); verifying in threads")
     pd.testing.assert_frame_equal(got, dup.verify_pairs(mapped, sizes, query, match, variant, cent, workers=0))
+
+
+def test_a_copy_keeps_one_source_unless_its_sources_are_copies_of_each_other():
+    rank = np.array([0, 0, 0, 0, 1, 1, 1])  # rows 0-3 in train, 4-6 in test
+    # test 4 fits train 0 (0.3) better than train 1 (0.7), and 0 and 1 are not paired: 4-1 goes;
+    # test 5 fits train 2 and train 3, which are copies of each other: both stay;
+    # train 0 has two test copies (4 and 6): a source may have many copies, both stay; 0-4 exact stays
+    a = np.array([0, 1, 2, 3, 2, 0, 0])
+    b = np.array([4, 4, 5, 5, 3, 6, 4])
+    near = np.array([True, True, True, True, True, True, False])
+    ratio = np.array([0.3, 0.7, 0.5, 0.2, 0.4, 0.9, 0.0])
+    assert dup.one_source(a, b, near, ratio, rank).tolist() == [True, False, True, True, True, True, True]
+    # the same pairs listed the other way round and in another order: the same verdicts
+    order = np.array([6, 3, 1, 5, 0, 2, 4])
+    assert dup.one_source(b[order], a[order], near[order], ratio[order], rank).tolist() == \
+        [True, True, False, True, True, True, True]
+    # within one split nothing is dropped: no direction to tell a copy from its source
+    assert dup.one_source(a, b, near, ratio, np.zeros(7, np.int64)).all()
 
 
 def test_docstring_examples_hold():
