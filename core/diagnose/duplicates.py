@@ -114,7 +114,8 @@ matches before each pair's best is kept (N x 45 x 2 of them, 28 bytes each: 2.5 
 the tables that pick the best pair and mirror from them; all of Fashion-MNIST, 70,000 images, peaked
 at 1.5 GB in all) and the candidates (at most
 N x ``neighbours`` x 2 pairs and as many other mirrors, a few floats each); the verification goes
-through the candidates 1,024 at a time, and a cell's queries 2,048 at a time
+through the candidates 1,024 at a time (a task of one of the worker processes, one per core, each
+holding its own NumPy, OpenCV and pandas: ~150 MB), and a cell's queries 2,048 at a time
 against at most a few thousand members. Nothing holds N x N.
 
 The penultimate features alone would not do: their cosine is as high for two
