@@ -859,8 +859,8 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     mirrored almost as well). Both are registered (ECC) and the one whose
     correlation is higher is measured: one verdict per pair.
 
-    ``workers``: processes that verify chunks of ``VERIFY_CHUNK`` pairs side by side (default: one per core, up
-    to 4; 0 or 1: threads in this process). Processes only from ``PROCESS_MIN`` pairs on: most of a verification is
+    ``workers``: processes that verify chunks of ``VERIFY_CHUNK`` pairs side by side (default: one per core this
+    process may use, up to 4; 0 or 1: threads in this process). Processes only from ``PROCESS_MIN`` pairs on: most of a verification is
     Python between small OpenCV calls, which threads run one at a time (the GIL); below, starting the workers
     costs more than it saves.
     """
@@ -873,7 +873,11 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     bounds = [(lo, min(lo + VERIFY_CHUNK, len(query))) for lo in range(0, len(query), VERIFY_CHUNK)]
     parts = [(query[lo:hi], match[lo:hi], variant[lo:hi], alt_q[lo:hi], alt_m[lo:hi], alt_v[lo:hi])
              for lo, hi in bounds]
-    n_workers = min(4, os.cpu_count() or 2) if workers is None else int(workers)
+    if workers is None:  # joblib counts the cores this process may use (a container's CPU quota, its affinity);
+        from joblib import cpu_count  # 1 where worker processes cannot run (no semaphores): threads then
+
+        workers = min(4, cpu_count())
+    n_workers = int(workers)
     out = []
 
     def report(done: int) -> None:
