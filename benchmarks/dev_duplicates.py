@@ -160,16 +160,17 @@ def main() -> None:
     t0 = time.perf_counter()
     found = dup.candidate_pairs(thumbs, sizes, np.arange(len(images)))
     t1 = time.perf_counter()
-    checked = dup.verify_pairs(thumbs, sizes, found["query"], found["match"], found["variant"], found["centroid"],
-                               alternative=(found["alt_query"], found["alt_match"], found["alt_variant"]))
+    min_detail, max_quick, _ = dup.calibrate(thumbs, sizes, np.arange(len(images)))
     t2 = time.perf_counter()
-    min_detail, _ = dup.calibrate_detail(thumbs, sizes, np.arange(len(images)))
+    checked = dup.verify_pairs(thumbs, sizes, found["query"], found["match"], found["variant"], found["centroid"],
+                               alternative=(found["alt_query"], found["alt_match"], found["alt_variant"]),
+                               max_quick=max_quick)
     t3 = time.perf_counter()
     ok = dup.accepted(checked, min_detail=min_detail)
     n_ecc = int(checked["ecc"].sum())
     print(f"{len(images):,} images, {len(checked):,} candidate pairs ({n_ecc:,} ECC alignments, "
-          f"{n_ecc / len(images):.2f} per image): search {t1 - t0:.1f} s, verification {t2 - t1:.1f} s, "
-          f"calibration {t3 - t2:.1f} s (detail bound {min_detail})")
+          f"{n_ecc / len(images):.2f} per image): search {t1 - t0:.1f} s, calibration {t2 - t1:.1f} s (detail bound "
+          f"{min_detail}, cheap look bound {max_quick:.2f}), verification {t3 - t2:.1f} s")
     key = {(min(a, b), max(a, b)): k for a, b, k in truth}
     source = np.array(source_of)
     a_, b_ = checked["a"].to_numpy(), checked["b"].to_numpy()

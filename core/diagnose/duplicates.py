@@ -46,8 +46,9 @@ How near copies are found (nothing quadratic in N):
    symmetric garment matches its own mirror image almost as well). Before ECC and
    after it, a cheap look (``start_residual``: both images smoothed, the best tone
    curve, the RMS left): a pair that starts beyond ``MAX_START`` is not registered,
-   one still beyond ``MAX_QUICK`` after ECC is refused without further measures
-   (two thirds of the candidates). Two contents of different sizes are compared at the
+   one still beyond the data set's own bound after ECC is refused without further measures
+   (two thirds of the candidates on Fashion-MNIST; ``calibrate``: 1.5 x the most the
+   data set's own edited copies leave, at most ``MAX_QUICK``). Two contents of different sizes are compared at the
    lower one's resolution; a pair the registration finds zoomed (a crop resized
    back) is registered with the finer image as ECC's template and judged in the
    coarser one's frame, the finer one resampled as the crop was. Then over the
@@ -187,6 +188,8 @@ MAX_START = 35.0  # RMS gray levels where the search's variant puts a pair: beyo
 # the same measure after ECC: beyond, the pair is refused without the verification's measures. Copies accepted on the
 # development sets came to at most 11.3 (a blur) and 5 in colour; 13 judges two thirds as many pairs as 16 did
 MAX_QUICK = 13.0
+QUICK_MARGIN = 1.5  # the bound a data set gets: this times the most its own edited copies leave (``calibrate``)
+QUICK_FLOOR = 2 * MIN_ALLOWED  # ... and at least this (a data set of flat images, whose copies leave next to nothing)
 MIRROR_MARGIN = 1.0  # gray levels: of two mirrors, ECC also tries the one whose start is within this of the better one
 _MAX_GROUP_PAIRS = 6
 ECC_ITERATIONS = 10  # copies converge in a few from the variant's start (development set: the same verdicts as 30)
@@ -842,7 +845,8 @@ def describe_transform(g: np.ndarray, flip: str, shape: tuple[int, int]) -> dict
 def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.ndarray, match: np.ndarray,
                  variant: np.ndarray, centroid_of: np.ndarray, *, size: int | None = None,
                  alternative: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                 workers: int | None = None, progress: Progress | None = None) -> pd.DataFrame:
+                 max_quick: float = MAX_QUICK, workers: int | None = None,
+                 progress: Progress | None = None) -> pd.DataFrame:
     """Register each candidate pair and measure its agreement (see ``register_pair``).
 
     ``query``, ``match``, ``variant`` as ``candidate_pairs`` returns them;
@@ -858,6 +862,9 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     same pair matched under another mirror (a symmetric garment matches itself
     mirrored almost as well). Both are registered (ECC) and the one whose
     correlation is higher is measured: one verdict per pair.
+
+    ``max_quick``: a pair whose cheap look after ECC (``start_residual``) leaves more is refused without the
+    measures (default ``MAX_QUICK``; ``calibrate`` gives a data set's own).
 
     ``workers``: processes that verify chunks of ``VERIFY_CHUNK`` pairs side by side (default: one per core this
     process may use, up to 4; 0 or 1: threads in this process). Processes only from ``PROCESS_MIN`` pairs on: most of a verification is
@@ -885,7 +892,8 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
 
     if n_workers > 1 and len(query) >= PROCESS_MIN:
         try:
-            out = _verify_in_processes(thumbnails, content_size, centroid_of, size, parts, n_workers, report)
+            out = _verify_in_processes(thumbnails, content_size, centroid_of, size, max_quick, parts, n_workers,
+                                       report)
         except _POOL_FAILURES as exc:  # no worker processes here (a sandbox without semaphores, a killed worker)
             say(f"duplicates: worker processes failed ({type(exc).__name__}: {exc}); verifying in threads", 0.0)
             out = []
@@ -893,14 +901,14 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
         out = []
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 2)) as pool:  # OpenCV releases the GIL
             for done, part in enumerate(pool.map(lambda rows: _verify_chunk(thumbnails, content_size, centroid_of,
-                                                                             size, *rows), parts), 1):
+                                                                             size, max_quick, *rows), parts), 1):
                 out.append(part)
                 report(done)
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame({c: [] for c in _VERIFY_COLUMNS})
 
 
 def _verify_in_processes(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of: np.ndarray, size: int,
-                         parts: list[tuple], n_workers: int, report) -> list[pd.DataFrame]:
+                         max_quick: float, parts: list[tuple], n_workers: int, report) -> list[pd.DataFrame]:
     """``_verify_chunk`` of each part in ``n_workers`` processes (joblib's loky: fresh interpreters, the caller's
     ``__main__`` not run again; a memory-mapped ``thumbnails`` reaches them by its file name, a large array in
     memory once through a memory-mapped temporary file). The chunks in order."""
@@ -909,15 +917,15 @@ def _verify_in_processes(thumbnails: np.ndarray, content_size: np.ndarray, centr
     out = []
     run = Parallel(n_jobs=n_workers, backend="loky", return_as="generator", batch_size=1, max_nbytes="1M",
                    idle_worker_timeout=30)  # workers that are not needed again soon leave with their memory
-    for done, part in enumerate(run(delayed(_verify_chunk)(thumbnails, content_size, centroid_of, size, *rows,
-                                                           single_thread=True) for rows in parts), 1):
+    for done, part in enumerate(run(delayed(_verify_chunk)(thumbnails, content_size, centroid_of, size, max_quick,
+                                                           *rows, single_thread=True) for rows in parts), 1):
         out.append(part)
         report(done)
     return out
 
 
 def _verify_chunk(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of: np.ndarray, size: int,
-                  query: np.ndarray, match: np.ndarray, variant: np.ndarray, alt_q: np.ndarray, alt_m: np.ndarray,
+                  max_quick: float, query: np.ndarray, match: np.ndarray, variant: np.ndarray, alt_q: np.ndarray, alt_m: np.ndarray,
                   alt_v: np.ndarray, *, single_thread: bool = False) -> pd.DataFrame:
     """``verify_pairs``' verdicts on one chunk of its pairs. ``single_thread``: OpenCV keeps to the calling thread
     (a worker process, one per core: OpenCV's own threads on 32-pixel images only cost)."""
@@ -1031,7 +1039,7 @@ def _verify_chunk(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of:
         else:
             _, warp, template, moving, q, m, fmap, shape, flip, looks = best
             quick = start_residual(*looks, warp, smoothed=True)
-            if quick > MAX_QUICK:  # still far from a copy after ECC: refused without the measures
+            if quick > max_quick:  # still far from a copy after ECC: refused without the measures
                 got = unmeasured(warp)
             else:
                 got, more = judge(template, moving, warp, q, m, shape, cache)
@@ -1154,35 +1162,50 @@ def _self_edit(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[np
     return edited, m.astype(np.float32)  # ECC's warp maps the template's pixels to the moving image's: the edit
 
 
-def calibrate_detail(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.ndarray, *, sample: int = 256,
-                     seed: int = 0) -> tuple[float | None, int]:
-    """The lowest agreement of fine detail (``detail``, see ``register_pair``) a copy shows in this data set.
+def calibrate(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.ndarray, *, sample: int = 256,
+              seed: int = 0) -> tuple[float | None, float, int]:
+    """What this data set's own copies show: (the lowest agreement of fine detail a copy shows, the bound on the
+    cheap look after ECC, the number of copies measured).
 
     A seeded sample of ``rows``' own thumbnails is edited the ways in
     ``SELF_EDITS`` (one edit each, in turn), each copy registered against its
     original from where its edit sends it (as the search's variants start the
-    verification), and the ``DETAIL_QUANTILE`` quantile of their ``detail`` is
-    returned, with the number of copies measured. A data set of smooth images
-    (little fine detail: its copies agree loosely) gets a low bound, one with
-    texture a high one: two look-alikes of a textured class differ in it.
-    (None, 0) for fewer than 20 measurable copies.
+    verification). The ``DETAIL_QUANTILE`` quantile of their ``detail`` (see
+    ``register_pair``) is the detail bound: a data set of smooth images (little
+    fine detail: its copies agree loosely) gets a low bound, one with texture a
+    high one, where two look-alikes of a textured class differ in it. The most
+    their cheap look (``start_residual`` under the found warp) leaves, times
+    ``QUICK_MARGIN``, at least ``QUICK_FLOOR`` and at most ``MAX_QUICK``, is the
+    bound beyond which a candidate is refused unmeasured: the smooth colour scenes
+    of the development sets gave 7.3 (their copies came to at most 5; their
+    look-alikes' median was 8.7), Fashion-MNIST 13 (18 capped: a blurred garment
+    leaves 12). (None, ``MAX_QUICK``, n) for fewer than 20 measurable copies.
     """
     rows = np.asarray(rows, np.int64)
     rng = np.random.default_rng(seed)
     picked = rng.choice(rows, min(sample, len(rows)), replace=False) if len(rows) else rows
-    details = []
+    details, quick = [], []
     for i, row in enumerate(picked.tolist()):
         h, w = int(content_size[row, 0]), int(content_size[row, 1])
         if h < 8 or w < 8:
             continue
-        img = np.ascontiguousarray(thumbnails[row, :h, :w])
-        edited, init = _self_edit(img, SELF_EDITS[i % len(SELF_EDITS)], rng)
-        got = register_pair(img.astype(np.float32), edited.astype(np.float32), init)
+        img = np.ascontiguousarray(thumbnails[row, :h, :w]).astype(np.float32)
+        edited, init = _self_edit(img.astype(np.uint8), SELF_EDITS[i % len(SELF_EDITS)], rng)
+        got = register_pair(img, edited.astype(np.float32), init)
         if np.isfinite(got["detail"]):
             details.append(got["detail"])
+            quick.append(start_residual(img, edited.astype(np.float32), got["warp"]))
     if len(details) < 20:
-        return None, len(details)
-    return float(np.quantile(details, DETAIL_QUANTILE)), len(details)
+        return None, MAX_QUICK, len(details)
+    bound = float(min(MAX_QUICK, max(QUICK_FLOOR, QUICK_MARGIN * max(quick))))
+    return float(np.quantile(details, DETAIL_QUANTILE)), bound, len(details)
+
+
+def calibrate_detail(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.ndarray, *, sample: int = 256,
+                     seed: int = 0) -> tuple[float | None, int]:
+    """``calibrate``'s detail bound and the number of copies measured."""
+    min_detail, _, n = calibrate(thumbnails, content_size, rows, sample=sample, seed=seed)
+    return min_detail, n
 
 
 def transform_texts(pairs: pd.DataFrame, original_size: np.ndarray | None, grayscale: np.ndarray | None) -> list[str]:
@@ -1280,11 +1303,11 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
                             progress=lambda m, f: say(m, 0.5 * f))
     centroid_of = np.full((len(digest), 2), 0.5)
     centroid_of[reps] = found["centroid"]
+    min_detail, max_quick, n_edited = calibrate(thumbnails, content_size, reps, seed=seed)
     say(f"duplicates: verifying {len(found['query']):,} candidate pairs", 0.5)
     checked = verify_pairs(thumbnails, content_size, found["query"], found["match"], found["variant"], centroid_of,
                            alternative=(found["alt_query"], found["alt_match"], found["alt_variant"]),
-                           progress=lambda m, f: say(m, 0.5 + 0.4 * f))
-    min_detail, n_edited = calibrate_detail(thumbnails, content_size, reps, seed=seed)
+                           max_quick=max_quick, progress=lambda m, f: say(m, 0.5 + 0.4 * f))
     ok = accepted(checked, max_ratio=max_ratio, min_detail=min_detail)
     near = checked[ok].reset_index(drop=True)
     near["kind"] = "near"
@@ -1306,6 +1329,7 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
     pairs = pairs.sort_values(["a", "b", "similarity"], ascending=[True, True, False], kind="stable")
     pairs = pairs.drop_duplicates(["a", "b"]).reset_index(drop=True)
     pairs.attrs["min_detail"], pairs.attrs["n_edited"] = min_detail, n_edited  # the calibration, for a note
+    pairs.attrs["max_quick"] = max_quick
     say("duplicates: verified", 0.9)
     return pairs
 
@@ -1521,6 +1545,9 @@ def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -
     if found.attrs.get("min_detail") is not None:
         notes.append(f"Near copies' fine detail agrees at least {found.attrs['min_detail']:.3f} (correlation): what "
                      f"all but 2% of {found.attrs['n_edited']:,} edited copies of this data set's own images reach.")
+        notes.append(f"Candidates still {found.attrs['max_quick']:.1f} gray levels apart after registration (smoothed, "
+                     f"after the best tone curve) are refused without further measures: {QUICK_MARGIN:g}x the most "
+                     f"those edited copies leave, at least {QUICK_FLOOR:g} and at most {MAX_QUICK:g}.")
     if run.embeddings is None:
         notes.append("The run has no embeddings: pairs verified on pixels alone (embedding_cosine is NaN).")
     elif min_cos is not None:

@@ -46,6 +46,27 @@ def test_the_detail_bound_is_measured_on_the_data_sets_own_edited_copies():
     assert dup.calibrate_detail(thumbs, sizes, np.arange(10), sample=60)[0] is None  # too few to say
 
 
+def test_the_cheap_look_bound_follows_what_the_data_sets_own_copies_leave():
+    textured_set = _scan([textured(i) for i in range(60)])
+    smooth_set = _scan([cv2.GaussianBlur(textured(i), (0, 0), 2.0) for i in range(60)])
+    detail, sharp_bound, n = dup.calibrate(*textured_set[:2], np.arange(60), sample=60, seed=3)
+    assert detail == dup.calibrate_detail(*textured_set[:2], np.arange(60), sample=60, seed=3)[0] and n >= 50
+    smooth_bound = dup.calibrate(*smooth_set[:2], np.arange(60), sample=60, seed=3)[1]
+    assert dup.QUICK_FLOOR <= smooth_bound < sharp_bound <= dup.MAX_QUICK  # smooth copies leave less
+    assert dup.calibrate(*textured_set[:2], np.arange(10), sample=60)[1:] == (dup.MAX_QUICK, 10)  # too few: default
+    # a copy within the bound is measured and kept; a pair the bound refuses keeps no measures
+    img = textured(7)
+    ok, checked = _pair_verdicts([img, np.clip(img.astype(int) + 6, 0, 255).astype(np.uint8)], [(0, 1, 0)])
+    assert ok[0] and checked["quick"].iloc[0] < dup.QUICK_FLOOR
+    thumbs, sizes, _ = _scan([img, np.clip(img + np.random.default_rng(1).normal(0, 12, img.shape), 0, 255)
+                              .astype(np.uint8)])
+    cent, _ = dup.centroids(thumbs, sizes, np.arange(2))
+    loose = dup.verify_pairs(thumbs, sizes, np.array([1]), np.array([0]), np.array([0]), cent)
+    tight = dup.verify_pairs(thumbs, sizes, np.array([1]), np.array([0]), np.array([0]), cent,
+                             max_quick=float(loose["quick"].iloc[0]) - 0.01)
+    assert np.isfinite(loose["residual"].iloc[0]) and np.isinf(tight["residual"].iloc[0])
+
+
 def test_a_shift_that_replicates_the_edge_an_object_touches_is_a_candidate_among_fashion_mnist():
     """1,500 Fashion-MNIST training images and 30 of them shifted by 3 px (padding replicating the edge, which
     garments touch: the centroid moves by a pixel or two). Searched with one neighbour per image, the moved
