@@ -866,10 +866,10 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     ``max_quick``: a pair whose cheap look after ECC (``start_residual``) leaves more is refused without the
     measures (default ``MAX_QUICK``; ``calibrate`` gives a data set's own).
 
-    ``workers``: processes that verify chunks of ``VERIFY_CHUNK`` pairs side by side (default: one per core this
-    process may use, up to 4; 0 or 1: threads in this process). Processes only from ``PROCESS_MIN`` pairs on: most of a verification is
-    Python between small OpenCV calls, which threads run one at a time (the GIL); below, starting the workers
-    costs more than it saves.
+    ``workers``: processes that verify chunks of ``VERIFY_CHUNK`` pairs side by side (default: one per core
+    this process may use, up to 4; 0 or 1: threads in this process). Processes only from ``PROCESS_MIN``
+    pairs on: most of a verification is Python between small OpenCV calls, which threads run one at a time
+    (the GIL); below, starting the workers costs more than it saves.
     """
     size = int(size or thumbnails.shape[1])
     if alternative is None:
@@ -925,8 +925,8 @@ def _verify_in_processes(thumbnails: np.ndarray, content_size: np.ndarray, centr
 
 
 def _verify_chunk(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of: np.ndarray, size: int,
-                  max_quick: float, query: np.ndarray, match: np.ndarray, variant: np.ndarray, alt_q: np.ndarray, alt_m: np.ndarray,
-                  alt_v: np.ndarray, *, single_thread: bool = False) -> pd.DataFrame:
+                  max_quick: float, query: np.ndarray, match: np.ndarray, variant: np.ndarray, alt_q: np.ndarray,
+                  alt_m: np.ndarray, alt_v: np.ndarray, *, single_thread: bool = False) -> pd.DataFrame:
     """``verify_pairs``' verdicts on one chunk of its pairs. ``single_thread``: OpenCV keeps to the calling thread
     (a worker process, one per core: OpenCV's own threads on 32-pixel images only cost)."""
     import cv2
@@ -1545,9 +1545,9 @@ def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -
     if found.attrs.get("min_detail") is not None:
         notes.append(f"Near copies' fine detail agrees at least {found.attrs['min_detail']:.3f} (correlation): what "
                      f"all but 2% of {found.attrs['n_edited']:,} edited copies of this data set's own images reach.")
-        notes.append(f"Candidates still {found.attrs['max_quick']:.1f} gray levels apart after registration (smoothed, "
-                     f"after the best tone curve) are refused without further measures: {QUICK_MARGIN:g}x the most "
-                     f"those edited copies leave, at least {QUICK_FLOOR:g} and at most {MAX_QUICK:g}.")
+        notes.append(f"Candidates still more than {found.attrs['max_quick']:.1f} gray levels apart after registration "
+                     f"(smoothed, after the best tone curve) are refused without further measures: {QUICK_MARGIN:g}x "
+                     f"the most those edited copies leave, at least {QUICK_FLOOR:g} and at most {MAX_QUICK:g}.")
     if run.embeddings is None:
         notes.append("The run has no embeddings: pairs verified on pixels alone (embedding_cosine is NaN).")
     elif min_cos is not None:
