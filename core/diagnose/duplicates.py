@@ -1189,12 +1189,13 @@ def calibrate(thumbnails: np.ndarray, content_size: np.ndarray, rows: np.ndarray
         h, w = int(content_size[row, 0]), int(content_size[row, 1])
         if h < 8 or w < 8:
             continue
-        img = np.ascontiguousarray(thumbnails[row, :h, :w]).astype(np.float32)
-        edited, init = _self_edit(img.astype(np.uint8), SELF_EDITS[i % len(SELF_EDITS)], rng)
-        got = register_pair(img, edited.astype(np.float32), init)
+        img = np.ascontiguousarray(thumbnails[row, :h, :w])
+        edited, init = _self_edit(img, SELF_EDITS[i % len(SELF_EDITS)], rng)
+        original, copy = img.astype(np.float32), edited.astype(np.float32)
+        got = register_pair(original, copy, init)
         if np.isfinite(got["detail"]):
             details.append(got["detail"])
-            quick.append(start_residual(img, edited.astype(np.float32), got["warp"]))
+            quick.append(start_residual(original, copy, got["warp"]))
     if len(details) < 20:
         return None, MAX_QUICK, len(details)
     bound = float(min(MAX_QUICK, max(QUICK_FLOOR, QUICK_MARGIN * max(quick))))
