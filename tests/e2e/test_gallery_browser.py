@@ -50,6 +50,17 @@ def params(page) -> dict[str, str]:
     return {k: v[-1] for k, v in parse_qs(urlparse(page.url).query).items()}
 
 
+def params_after(page, expected: dict[str, str], seconds: float = 30) -> dict[str, str]:
+    """The address's parameters once they equal `expected`, or after `seconds` as they are: the app
+    writes them at the end of the script run a click starts, and on a loaded machine that run may not
+    have begun when `settle` looks (CI once read the address before a radio's run wrote `values`)."""
+    for _ in range(int(seconds * 10)):
+        if params(page) == expected:
+            break
+        page.wait_for_timeout(100)
+    return params(page)
+
+
 def detail_alt(page) -> str:
     """The file name (alt text) of the image the server's detail dialog shows (a table row's)."""
     dialog = page.locator("[data-testid='stDialog']")
@@ -169,7 +180,8 @@ def test_a_reload_restores_run_page_cell_and_filters(url, store, page):
     settle(page)
     heading = f"True {run.classes[7]}, predicted {run.classes[9]}"
     page.get_by_role("heading", name=heading).wait_for()
-    assert params(page) == {"run": "c120", "cell": "7,9", "values": "share", "top": "30"}
+    expected = {"run": "c120", "cell": "7,9", "values": "share", "top": "30"}
+    assert params_after(page, expected) == expected
     page.reload()
     page.get_by_role("heading", name=heading).wait_for()
     settle(page)
@@ -186,7 +198,7 @@ def test_a_reload_restores_run_page_cell_and_filters(url, store, page):
     page.keyboard.press("Escape")
     settle(page)
     shared = page.url
-    assert params(page) == {"run": "c120", "true": "3"}
+    assert params_after(page, {"run": "c120", "true": "3"}) == {"run": "c120", "true": "3"}
     count = page.get_by_text("misclassified image").first.inner_text()
     other = page.context.new_page()
     other.set_default_timeout(90_000)
