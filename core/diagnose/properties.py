@@ -41,6 +41,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -49,10 +50,13 @@ from core.diagnose.findings import Card, Findings
 from core.errors import UserError
 from core.progress import Progress
 from core.run import derived
-from core.run.store import Run
+from core.run.store import Run, file_inside
+from core.workers import POOL_FAILURES, cores, in_processes
 
 PROPERTY_SIZE = 256  # long side at which brightness, contrast and blur are measured
 SCAN_CHUNK = 256  # rows per task of the thread pool
+SCAN_PROCESS_CHUNK = 1024  # rows per task of a worker process
+SCAN_PROCESS_MIN = 2 * SCAN_PROCESS_CHUNK  # images from which worker processes read a folder (see ``_scan_results``)
 # Words for the low and high tail of each property ("errors are 3x more frequent among the darkest 10%").
 TAIL_WORDS: dict[str, tuple[str, str]] = {
     "brightness": ("darkest", "brightest"),
@@ -181,35 +185,58 @@ class ImageScan:
 _PROPERTY_COLUMNS = ("brightness", "contrast", "blur", "height", "width", "size", "aspect", "grayscale")
 
 
+def _why(exc: Exception) -> str:
+    """The first line of an exception's message, or its type's name: a skipped row's reason."""
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _decode_row(run: Run, row: int) -> tuple[np.ndarray | None, str | None]:
     """Pixels of ``row`` (as ``run.image``), or None and why not."""
+    try:
+        img = run.image(row)
+        return (img, None) if img is not None else (None, "no pixels stored for this row")
+    except (PermissionError, ValueError, OSError) as exc:
+        return None, _why(exc)
+
+
+def _decode_file(root: Path, rel: str) -> tuple[np.ndarray | None, str | None]:
+    """Pixels of the file ``rel`` under the resolved data root (only there: ``file_inside``), or None and why not."""
     from core.data.images import read_image
 
     try:
-        if run.data_root is None or run.data_info.images_in_run:
-            img = run.image(row)
-            return (img, None) if img is not None else (None, "no pixels stored for this row")
-        file = run.image_file(row)
-        if file is None or not file.is_file():
+        file = file_inside(root, rel)
+        if not file.is_file():
             return None, f"file not found: {file}"
         return read_image(file), None
     except (PermissionError, ValueError, OSError) as exc:
-        return None, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return None, _why(exc)
+
+
+def _scan_one(row: int, img: np.ndarray | None, reason: str | None, size: int) -> tuple:
+    if img is None:
+        return row, None, reason
+    try:
+        thumb, content = canvas_thumbnail(img, size=size)
+        return row, (thumb, content, pixel_digest(img), image_properties(img)), None
+    except ValueError as exc:
+        return row, None, str(exc)
 
 
 def _scan_chunk(run: Run, rows: range, size: int) -> list:
-    out = []
-    for row in rows:
-        img, reason = _decode_row(run, row)
-        if img is None:
-            out.append((row, None, reason))
-            continue
-        try:
-            thumb, content = canvas_thumbnail(img, size=size)
-            out.append((row, (thumb, content, pixel_digest(img), image_properties(img)), None))
-        except ValueError as exc:
-            out.append((row, None, str(exc)))
-    return out
+    """(row, (thumbnail, content size, digest, properties) or None, reason or None) of each row of a run whose
+    pixels are stored with it."""
+    return [_scan_one(row, *_decode_row(run, row), size) for row in rows]
+
+
+def _scan_files(root: str, rels: list[str], rows: range, size: int, *, single_thread: bool = False) -> list:
+    """``_scan_chunk`` of a folder run's rows: ``rels`` their paths under the resolved data root ``root``.
+    Top-level, for worker processes (``single_thread``: OpenCV keeps to the calling thread, one process per core)."""
+    if single_thread:
+        import cv2
+
+        cv2.setNumThreads(1)
+    base = Path(root)
+    return [_scan_one(row, *_decode_file(base, rel), size) for row, rel in zip(rows, rels)]
 
 
 def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, in_flight: int) -> Iterator:
@@ -225,11 +252,11 @@ def _bounded_map(pool: ThreadPoolExecutor, fn, items: list, in_flight: int) -> I
 
 def scan_images(run: Run, *, thumb_size: int = 32, workers: int | None = None,
                 progress: Progress | None = None) -> ImageScan:
-    """Decode every row of ``run`` once (thread pool) and keep thumbnails, digests and properties.
+    """Decode every row of ``run`` once and keep thumbnails, digests and properties.
 
     A row whose image cannot be read (missing file, outside the data set root,
     not decodable, over the pixel limit) is recorded in ``skipped`` with its
-    reason; the others go on.
+    reason; the others go on. ``workers``: see ``_scan_results``.
     """
     if not isinstance(thumb_size, int) or not 8 <= thumb_size <= 256:
         raise UserError(f"thumb_size must be a whole number of pixels in 8..256. Received: thumb_size={thumb_size!r}")
@@ -237,29 +264,25 @@ def scan_images(run: Run, *, thumb_size: int = 32, workers: int | None = None,
     if run.data_root is None and not run.data_info.images_in_run:
         raise UserError(f"Run {run.id!r} has neither image files (no data root) nor images.npy: "
                          "there are no pixels to scan")
-    run.predictions, run._pixels  # load once here, not once per thread
     thumbs = np.zeros((n, thumb_size, thumb_size), np.uint8)
     content = np.zeros((n, 2), np.int16)
     digest = np.zeros(n, np.uint64)
     readable = np.zeros(n, bool)
     props = {c: np.full(n, np.nan) for c in _PROPERTY_COLUMNS}
     skipped = []
-    chunks = [range(i, min(i + SCAN_CHUNK, n)) for i in range(0, n, SCAN_CHUNK)]
-    workers = workers or min(8, os.cpu_count() or 2)
     done = 0
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for results in _bounded_map(pool, lambda rows: _scan_chunk(run, rows, thumb_size), chunks, 2 * workers):
-            for row, value, reason in results:
-                if value is None:
-                    skipped.append((row, reason))
-                    continue
-                thumbs[row], content[row], digest[row], p = value[0], value[1], value[2], value[3]
-                readable[row] = True
-                for c in _PROPERTY_COLUMNS:
-                    props[c][row] = p[c]
-            done += len(results)
-            if progress is not None:
-                progress(f"image scan: {done:,}/{n:,} images", done / max(n, 1))
+    for results in _scan_results(run, thumb_size, workers):
+        for row, value, reason in results:
+            if value is None:
+                skipped.append((row, reason))
+                continue
+            thumbs[row], content[row], digest[row], p = value[0], value[1], value[2], value[3]
+            readable[row] = True
+            for c in _PROPERTY_COLUMNS:
+                props[c][row] = p[c]
+        done += len(results)
+        if progress is not None:
+            progress(f"image scan: {done:,}/{n:,} images", done / max(n, 1))
     table = pd.DataFrame({"row": np.arange(n, dtype=np.int64), **props})
     table["grayscale"] = table["grayscale"].astype("boolean")
     for c in ("height", "width", "size"):
@@ -270,6 +293,50 @@ def scan_images(run: Run, *, thumb_size: int = 32, workers: int | None = None,
                                   "reason": [why for _, why in skipped]})
     return ImageScan(thumbnails=thumbs, content_size=content, digest=digest, readable=readable,
                      properties=table, skipped=skipped_table)
+
+
+def _scan_results(run: Run, size: int, workers: int | None) -> Iterator[list]:
+    """The scan's chunks of ``_scan_one`` results, in row order.
+
+    A folder run of ``SCAN_PROCESS_MIN`` images or more is read in worker processes (``core.workers``, one per
+    core up to ``workers``, default 4): decoding a small image is mostly Python around OpenCV's call, which
+    threads run one at a time (the GIL; two threads were no faster than one on 10,000 PNGs). Where processes
+    cannot start, and for fewer images or pixels stored with the run, threads (``workers`` of them, default one
+    per core up to 8). A data root that may not be read (``Run.checked_root``) skips every row with its reason.
+    """
+    n = run.n_images
+    run.predictions, run._pixels  # load once here, not once per thread
+    if run.data_root is None or run.data_info.images_in_run:
+        tasks = [range(i, min(i + SCAN_CHUNK, n)) for i in range(0, n, SCAN_CHUNK)]
+        threads = workers or min(8, os.cpu_count() or 2)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            yield from _bounded_map(pool, lambda rows: _scan_chunk(run, rows, size), tasks, 2 * threads)
+        return
+    try:
+        root = run.checked_root()
+    except PermissionError as exc:
+        yield [(row, None, _why(exc)) for row in range(n)]
+        return
+    rels = run.predictions["path"].astype(str).tolist()
+    n_workers = cores() if workers is None else min(4, int(workers))
+    if n_workers > 1 and n >= SCAN_PROCESS_MIN:
+        tasks = [(str(root), rels[i:i + SCAN_PROCESS_CHUNK], range(i, min(i + SCAN_PROCESS_CHUNK, n)), size)
+                 for i in range(0, n, SCAN_PROCESS_CHUNK)]
+        done = 0
+        try:
+            for results in in_processes(_scan_files, tasks, n_workers, single_thread=True):
+                done += 1
+                yield results
+            return
+        except POOL_FAILURES:  # no worker processes here (a sandbox without semaphores, a killed worker)
+            if done:  # some chunks are out already: the rest in this process
+                for task in tasks[done:]:
+                    yield _scan_files(*task)
+                return
+    threads = workers or min(8, os.cpu_count() or 2)
+    tasks = [(rels[i:i + SCAN_CHUNK], range(i, min(i + SCAN_CHUNK, n))) for i in range(0, n, SCAN_CHUNK)]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        yield from _bounded_map(pool, lambda task: _scan_files(str(root), task[0], task[1], size), tasks, 2 * threads)
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,15 @@ DEFAULT_STORE = Path(__file__).resolve().parents[2] / "artifacts"
 _TOO_BROAD_ROOTS = {Path("/"), Path.home().resolve()}
 
 
+def file_inside(root: Path, rel: str) -> Path:
+    """``rel`` under the resolved ``root`` (``Run.checked_root``), resolved: links followed. Raises PermissionError
+    where it lands outside the root (``..``, an absolute path, a link that leads out)."""
+    file = (root / rel).resolve()
+    if not file.is_relative_to(root):
+        raise PermissionError(f"Refusing to read {rel!r}: outside the data set root {root}")
+    return file
+
+
 class RunNotFoundError(UserError, LookupError):
     """No run of that id in the store."""
 
@@ -584,6 +593,12 @@ class Run:
         Raises PermissionError for a path outside the root and for a root that
         is not an analysed data folder (the file system root, the home folder).
         """
+        root = self.checked_root()
+        return None if root is None else file_inside(root, str(self.predictions["path"].iat[row]))
+
+    def checked_root(self) -> Path | None:
+        """The data root resolved (None where the run has none). Raises PermissionError for a root that is not an
+        analysed data folder: missing, the file system root or the home folder."""
         root = self.data_root
         if root is None:
             return None
@@ -591,11 +606,7 @@ class Run:
         if root in _TOO_BROAD_ROOTS or not root.is_dir():
             raise PermissionError(f"Refusing to read images: the run's data root {str(root)!r} is "
                                   "not a data set folder (it is missing, the file system root or the home folder)")
-        rel = str(self.predictions["path"].iat[row])
-        file = (root / rel).resolve()
-        if not file.is_relative_to(root):
-            raise PermissionError(f"Refusing to read {rel!r}: outside the data set root {root}")
-        return file
+        return root
 
     def image(self, row: int) -> np.ndarray | None:
         """RGB (or grayscale 2-D) uint8 pixels of one row, or None if unreadable.

@@ -162,3 +162,74 @@ def test_an_undecodable_file_is_a_recorded_skip(tmp_path):
     assert scan.array("readable").tolist() == [True, False]
     table = derived.get(run, "image_properties").table("properties")
     assert table["brightness"].iloc[0] == pytest.approx(90 / 255) and pd.isna(table["brightness"].iloc[1])
+
+
+def _hostile_folder(tmp_path, n: int = 40):
+    """A folder run of ``n`` (at least 18) images, some of them hostile: an undecodable file, a missing one, a link
+    that leads out of the data root, a path with ``..``, an empty file."""
+    root, outside = tmp_path / "data", tmp_path / "outside.png"
+    (root / "a").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    cv2.imwrite(str(outside), np.full((12, 12), 7, np.uint8))
+    paths = []
+    for i in range(n):
+        paths.append(f"a/{i:03d}.png")
+        cv2.imwrite(str(root / paths[-1]), rng.integers(0, 256, (20 + i % 5, 30, 3), dtype=np.uint8))
+    (root / "a" / "005.png").write_bytes(b"not a png")
+    (root / "a" / "007.png").unlink()
+    (root / "a" / "011.png").unlink()
+    (root / "a" / "011.png").symlink_to(outside)
+    paths[13] = "../outside.png"
+    (root / "a" / "017.png").write_bytes(b"")
+    run = write_run(RunStore(tmp_path / "store"), "hostile", classes=["a"], y_true=np.zeros(n, int),
+                    probs=np.ones((n, 1), np.float32), paths=paths,
+                    data={"name": "d", "kind": "folder", "path": str(root), "root": str(root), "images_in_run": False})
+    return run
+
+
+def test_the_scan_in_worker_processes_equals_the_threads_one_and_skips_the_same_files(tmp_path, monkeypatch):
+    run = _hostile_folder(tmp_path)
+    threads = props.scan_images(run, workers=2)
+    monkeypatch.setattr(props, "SCAN_PROCESS_MIN", 8)
+    monkeypatch.setattr(props, "SCAN_PROCESS_CHUNK", 6)  # 7 tasks, in order
+    used, real = [], props.in_processes
+    monkeypatch.setattr(props, "in_processes", lambda *a, **k: used.append(1) or real(*a, **k))
+    workers = props.scan_images(run, workers=2)
+    assert used == [1]
+    for name in ("thumbnails", "content_size", "digest", "readable"):
+        assert np.array_equal(getattr(workers, name), getattr(threads, name)), name
+    pd.testing.assert_frame_equal(workers.properties, threads.properties)
+    pd.testing.assert_frame_equal(workers.skipped, threads.skipped)
+    reasons = dict(zip(workers.skipped["row"], workers.skipped["reason"]))
+    assert sorted(reasons) == [5, 7, 11, 13, 17]
+    assert "not a decodable image" in reasons[5] and reasons[7].startswith("file not found")
+    assert "outside the data set root" in reasons[11] and "outside the data set root" in reasons[13]
+    assert "empty file" in reasons[17]
+    assert workers.readable.sum() == 35 and (workers.content_size[workers.readable] > 0).all()
+
+
+def test_a_scan_whose_worker_processes_cannot_start_reads_in_threads(tmp_path, monkeypatch):
+    from concurrent.futures.process import BrokenProcessPool
+
+    run = _hostile_folder(tmp_path, n=20)
+    expected = props.scan_images(run, workers=2)
+    monkeypatch.setattr(props, "SCAN_PROCESS_MIN", 8)
+
+    def broken(*args, **kwargs):
+        raise BrokenProcessPool("A process in the process pool was terminated abruptly")
+        yield  # a generator, as the real one
+
+    monkeypatch.setattr(props, "in_processes", broken)
+    got = props.scan_images(run, workers=2)
+    assert np.array_equal(got.thumbnails, expected.thumbnails)
+    pd.testing.assert_frame_equal(got.skipped, expected.skipped)
+
+
+def test_a_data_root_that_may_not_be_read_skips_every_row_with_the_reason(tmp_path):
+    import shutil
+
+    run = _hostile_folder(tmp_path, n=20)
+    shutil.rmtree(tmp_path / "data")
+    scan = props.scan_images(run)
+    assert scan.readable.sum() == 0 and len(scan.skipped) == 20
+    assert scan.skipped["reason"].str.contains("Refusing to read images: the run's data root").all()
