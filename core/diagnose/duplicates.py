@@ -134,7 +134,6 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,6 +145,7 @@ from core.errors import UserError
 from core.progress import Progress
 from core.run import derived
 from core.run.store import Run
+from core.workers import POOL_FAILURES, cores, in_processes
 
 SPLIT_ORDER = {"train": 0, "val": 1, "test": 2}
 FLIPS = ("", "h", "v")
@@ -193,9 +193,9 @@ QUICK_FLOOR = 2 * MIN_ALLOWED  # ... and at least this (a data set of flat image
 MIRROR_MARGIN = 1.0  # gray levels: of two mirrors, ECC also tries the one whose start is within this of the better one
 _MAX_GROUP_PAIRS = 6
 ECC_ITERATIONS = 10  # copies converge in a few from the variant's start (development set: the same verdicts as 30)
+ECC_SCREEN = 5  # of those, run first for every candidate: one it leaves beyond the cheap-look bound gets no more
 VERIFY_CHUNK = 1024  # candidate pairs verified together (one task of a worker, one cache of working images)
 PROCESS_MIN = 4 * VERIFY_CHUNK  # see ``verify_pairs``
-_POOL_FAILURES = (OSError, BrokenProcessPool)  # worker processes that cannot start or die (loky's errors subclass it)
 _VERIFY_COLUMNS = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
                    "allowed", "detail", "overlap", "blur", "tone", "structure", "peak", "half_pixel", "self_structure",
                    "self_peak", "noise", "resampling", "reencoded", "start", "ecc", "quick"]
@@ -626,30 +626,37 @@ def _noise(img: np.ndarray) -> float:
 
 def _fit(t: np.ndarray, q: np.ndarray) -> tuple[float, np.ndarray]:
     """RMS residual of t against the best tone curve c0 + c1 q + c2 q^2 / 255 of q, and the coefficients
-    (least squares by its 3 x 3 normal equations, from dot products, solved by Cramer's rule in plain
-    floats: numpy.linalg's call overhead was a third of a verification; the residual from
-    |t|^2 - c . X t, so the residual image is never formed)."""
-    t, q = t.astype(np.float64), q.astype(np.float64)  # sums of squares of 255s: float32 would round them
-    q2 = q * q / 255.0
-    n = float(len(q))
-    s1, s2, s12, s22, s11 = float(q.sum()), float(q2.sum()), float(q @ q2), float(q2 @ q2), float(q @ q)
-    b0, b1, b2 = float(t.sum()), float(t @ q), float(t @ q2)
+    (least squares by its 3 x 3 normal equations, the Gram matrix and right-hand side by two matrix products,
+    solved by Cramer's rule in plain floats: numpy.linalg's call overhead was a third of a verification, six
+    separate dot products another; the residual from |t|^2 - c . X t, so the residual image is never formed)."""
+    t = t.astype(np.float64)  # sums of squares of 255s: float32 would round them
+    x = np.empty((3, len(q)))
+    x[0], x[1] = 1.0, q
+    np.multiply(x[1], x[1] * (1 / 255.0), out=x[2])
+    (a00, a01, a02), (_, a11, a12), (_, _, a22) = (x @ x.T).tolist()
+    b0, b1, b2 = (x @ t).tolist()
     e = 1e-6
-    a = ((n + e, s1, s2), (s1, s11 + e, s12), (s2, s12, s22 + e))
-
-    def det(m) -> float:
-        return (m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
-                + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0]))
-
-    d = det(a)
-    if abs(d) < 1e-9 * max(1.0, abs(a[0][0] * a[1][1] * a[2][2])):  # flat: q takes one or two values
-        coef = np.linalg.lstsq(np.stack([np.ones_like(q), q, q2], axis=1), t, rcond=None)[0]
+    a00, a11, a22 = a00 + e, a11 + e, a22 + e
+    c00, c01, c02 = a11 * a22 - a12 * a12, a02 * a12 - a01 * a22, a01 * a12 - a02 * a11  # cofactors
+    d = a00 * c00 + a01 * c01 + a02 * c02
+    if abs(d) < 1e-9 * max(1.0, abs(a00 * a11 * a22)):  # flat: q takes one or two values
+        coef = np.linalg.lstsq(x.T, t, rcond=None)[0]
     else:
-        b = (b0, b1, b2)
-        coef = np.array([det([[b[r] if c == k else a[r][c] for c in range(3)] for r in range(3)]) / d
-                         for k in range(3)])
+        c11, c12, c22 = a00 * a22 - a02 * a02, a01 * a02 - a00 * a12, a00 * a11 - a01 * a01
+        coef = np.array([(c00 * b0 + c01 * b1 + c02 * b2) / d, (c01 * b0 + c11 * b1 + c12 * b2) / d,
+                         (c02 * b0 + c12 * b1 + c22 * b2) / d])
     sse = max(float(t @ t) - float(coef[0] * b0 + coef[1] * b1 + coef[2] * b2), 0.0)
-    return float(np.sqrt(sse / max(n, 1.0))), coef
+    return float(np.sqrt(sse / max(len(q), 1.0))), coef
+
+
+def _percentiles(x: np.ndarray, ps: tuple[float, ...]) -> list[float]:
+    """``np.percentile(x, ps)`` (its default, linear interpolation between the closest ranks) by one
+    ``np.partition``: numpy's percentile costs ten times more on the few hundred values of a pair."""
+    n = x.size
+    at = [p / 100.0 * (n - 1) for p in ps]
+    below = [min(int(v), n - 1) for v in at]
+    part = np.partition(x, sorted({k for i in below for k in (i, min(i + 1, n - 1))}))
+    return [float(part[i]) + (v - i) * (float(part[min(i + 1, n - 1)]) - float(part[i])) for v, i in zip(at, below)]
 
 
 def _detail(img: np.ndarray) -> np.ndarray:
@@ -683,8 +690,8 @@ NEAR_MISS = 2.0  # a pair whose residual is within this factor of the allowed on
 RETRY_MARGIN = 0.8  # ... and that registration counts only where it leaves at most this fraction of the allowed
 
 
-def ecc(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *, masked: bool = False
-        ) -> tuple[float, np.ndarray]:
+def ecc(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *, masked: bool = False,
+        iterations: int = ECC_ITERATIONS) -> tuple[float, np.ndarray]:
     """OpenCV's ECC (affine, from ``init``): (correlation reached, warp); (-1, init) where it does not converge.
 
     ``masked``: the moving image's pixels within ``ECC_BAND`` of its edges do not count (OpenCV's
@@ -693,7 +700,7 @@ def ecc(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *, masked: b
     """
     import cv2
 
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ECC_ITERATIONS, 1e-3)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, int(iterations), 1e-3)
     warp = init.astype(np.float32).copy()
     try:
         if masked:
@@ -773,7 +780,7 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)  # central differences, as np.gradient
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
     half_pixel = misregistration * float(np.sqrt(np.mean((gx[inside] ** 2 + gy[inside] ** 2) / 2.0)))
-    lo, hi = np.percentile(q[inside], [1, 99])  # the gray levels the pair has, not the whole range
+    lo, hi = _percentiles(q[inside], (1, 99))  # the gray levels the pair has, not the whole range
     levels = np.linspace(lo, max(hi, lo + 1), 18, dtype=np.float32)
     curve = coef[0] + coef[1] * levels + coef[2] * levels * levels / 255.0
     tone = float(np.abs(curve - levels).max())
@@ -817,9 +824,6 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
     return out
 
 
-_FLIP_MAPS = {"": None, "h": np.diag([-1.0, 1.0]), "v": np.diag([1.0, -1.0])}  # in (x, y) order
-
-
 def _flip(img: np.ndarray, flip: str) -> np.ndarray:
     return img[:, ::-1] if flip == "h" else img[::-1, :] if flip == "v" else img
 
@@ -832,14 +836,22 @@ def describe_transform(g: np.ndarray, flip: str, shape: tuple[int, int]) -> dict
     ``shift_x`` (where a's centre lands in b, minus the centre, grid pixels) and
     ``anisotropy`` (ratio of the linear part's singular values, 1 for a similarity).
     """
-    linear = g[:2, :2] @ _FLIP_MAPS[flip] if flip else g[:2, :2]
-    centre = np.array([(shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0, 1.0])
-    moved = g @ centre
-    sv = np.linalg.svd(linear, compute_uv=False)
-    det = float(np.linalg.det(linear))
-    return {"scale": float(np.sqrt(abs(det))), "anisotropy": float(sv[0] / max(sv[1], 1e-9)),
-            "rotation": float(np.degrees(np.arctan2(linear[1, 0] - linear[0, 1], linear[0, 0] + linear[1, 1]))),
-            "shift_y": float(moved[1] - centre[1]), "shift_x": float(moved[0] - centre[0]), "proper": det > 0}
+    (a, b, tx), (c, d, ty) = g[:2].tolist()
+    cx, cy = (shape[1] - 1) / 2.0, (shape[0] - 1) / 2.0
+    shift_x, shift_y = (a * cx + b * cy + tx) - cx, (c * cx + d * cy + ty) - cy  # where the centre lands
+    if flip == "h":  # the mirror taken out: (x, y) -> (-x, y) first
+        a, c = -a, -c
+    elif flip == "v":
+        b, d = -b, -d
+    det = a * d - b * c
+    # the singular values of [[a, b], [c, d]] in closed form: s1^2 + s2^2 = |M|_F^2, s1 s2 = |det|
+    frob = a * a + b * b + c * c + d * d
+    big = np.sqrt(max((frob + np.sqrt(max(frob * frob - 4.0 * det * det, 0.0))) / 2.0, 0.0))
+    small = abs(det) / big if big > 0 else 0.0
+    return {"scale": float(np.sqrt(abs(det))), "anisotropy": float(big / max(small, 1e-9)),
+            "rotation": float(np.degrees(np.arctan2(c - b, a + d))),
+            "shift_y": float(shift_y), "shift_x": float(shift_x),
+            "proper": det > 0}
 
 
 def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.ndarray, match: np.ndarray,
@@ -880,11 +892,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
     bounds = [(lo, min(lo + VERIFY_CHUNK, len(query))) for lo in range(0, len(query), VERIFY_CHUNK)]
     parts = [(query[lo:hi], match[lo:hi], variant[lo:hi], alt_q[lo:hi], alt_m[lo:hi], alt_v[lo:hi])
              for lo, hi in bounds]
-    if workers is None:  # joblib counts the cores this process may use (a container's CPU quota, its affinity);
-        from joblib import cpu_count  # 1 where worker processes cannot run (no semaphores): threads then
-
-        workers = min(4, cpu_count())
-    n_workers = int(workers)
+    n_workers = cores() if workers is None else int(workers)
     out = []
 
     def report(done: int) -> None:
@@ -894,7 +902,7 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
         try:
             out = _verify_in_processes(thumbnails, content_size, centroid_of, size, max_quick, parts, n_workers,
                                        report)
-        except _POOL_FAILURES as exc:  # no worker processes here (a sandbox without semaphores, a killed worker)
+        except POOL_FAILURES as exc:  # no worker processes here (a sandbox without semaphores, a killed worker)
             say(f"duplicates: worker processes failed ({type(exc).__name__}: {exc}); verifying in threads", 0.0)
             out = []
     if len(out) != len(parts):
@@ -909,16 +917,11 @@ def verify_pairs(thumbnails: np.ndarray, content_size: np.ndarray, query: np.nda
 
 def _verify_in_processes(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of: np.ndarray, size: int,
                          max_quick: float, parts: list[tuple], n_workers: int, report) -> list[pd.DataFrame]:
-    """``_verify_chunk`` of each part in ``n_workers`` processes (joblib's loky: fresh interpreters, the caller's
-    ``__main__`` not run again; a memory-mapped ``thumbnails`` reaches them by its file name, a large array in
-    memory once through a memory-mapped temporary file). The chunks in order."""
-    from joblib import Parallel, delayed
-
+    """``_verify_chunk`` of each part in ``n_workers`` processes (``core.workers``; a memory-mapped ``thumbnails``
+    reaches them by its file name). The chunks in order."""
     out = []
-    run = Parallel(n_jobs=n_workers, backend="loky", return_as="generator", batch_size=1, max_nbytes="1M",
-                   idle_worker_timeout=30)  # workers that are not needed again soon leave with their memory
-    for done, part in enumerate(run(delayed(_verify_chunk)(thumbnails, content_size, centroid_of, size, max_quick,
-                                                           *rows, single_thread=True) for rows in parts), 1):
+    tasks = ((thumbnails, content_size, centroid_of, size, max_quick, *rows) for rows in parts)
+    for done, part in enumerate(in_processes(_verify_chunk, tasks, n_workers, single_thread=True), 1):
         out.append(part)
         report(done)
     return out
@@ -1028,7 +1031,7 @@ def _verify_chunk(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of:
         for (template, moving, init, fmap, shape, flip, looks), (q, m, _), begun in zip(setups, tries, starts):
             if begun > MAX_START or begun > lowest + MIRROR_MARGIN:
                 continue
-            cc, warp = ecc(template, moving, init)
+            cc, warp = ecc(template, moving, init, iterations=ECC_SCREEN)
             aligned += 1
             if best is None or cc > best[0]:  # (one verdict per pair: a look-alike gets no second try)
                 best = (cc, warp, template, moving, q, m, fmap, shape, flip, looks)
@@ -1039,6 +1042,10 @@ def _verify_chunk(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of:
         else:
             _, warp, template, moving, q, m, fmap, shape, flip, looks = best
             quick = start_residual(*looks, warp, smoothed=True)
+            if quick <= max_quick:  # near a copy after the first iterations: ECC goes on from there
+                warp = ecc(template, moving, warp, iterations=ECC_ITERATIONS - ECC_SCREEN)[1]
+                aligned += 1
+                quick = start_residual(*looks, warp, smoothed=True)
             if quick > max_quick:  # still far from a copy after ECC: refused without the measures
                 got = unmeasured(warp)
             else:

@@ -553,3 +553,37 @@ def test_colour_copies_at_96_px_including_grayscale_are_found_and_sibling_scenes
     assert all("converted to grayscale" in found[p] for p in gray if p in found)
     cross = {p for p in found if p[0].startswith("train/") and p[1].startswith("test/")}
     assert len(cross - set(copies) - set(lookalike_pairs)) <= 1
+
+
+def test_the_verifications_hand_made_arithmetic_agrees_with_numpy():
+    """``_fit``, ``_percentiles`` and ``describe_transform`` replace numpy.linalg / np.percentile calls for speed:
+    the same numbers as the library routines on random input (and on a flat one for the fit)."""
+    rng = np.random.default_rng(11)
+    for n in (50, 700, 1024):
+        q = rng.uniform(0, 255, n).astype(np.float32)
+        t = (0.7 * q + 0.001 * q * q + 12 + rng.normal(0, 3, n)).astype(np.float32)
+        x = np.stack([np.ones(n), q, q.astype(np.float64) ** 2 / 255.0], axis=1)
+        coef = np.linalg.lstsq(x, t.astype(np.float64), rcond=None)[0]
+        residual, got = dup._fit(t, q)
+        assert np.allclose(got, coef, rtol=1e-5, atol=1e-6)  # normal equations: a little less exact than QR
+        assert residual == pytest.approx(np.sqrt(np.mean((t - x @ coef) ** 2)), rel=1e-6)
+        for ps in ((1, 99), (0, 50, 100), (37.5,)):
+            assert np.allclose(dup._percentiles(q, ps), np.percentile(q, ps), rtol=0, atol=1e-4)
+    flat = np.full(300, 9.0, np.float32)
+    assert dup._fit(rng.uniform(0, 255, 300).astype(np.float32), flat)[1].shape == (3,)
+    assert dup._percentiles(np.float32([4.0]), (1, 99)) == [4.0, 4.0]
+    for flip, mirror in (("", np.eye(2)), ("h", np.diag([-1.0, 1.0])), ("v", np.diag([1.0, -1.0]))):
+        for _ in range(20):
+            g = np.eye(3)
+            g[:2, :2] = rng.normal(0, 0.3, (2, 2)) + np.eye(2) @ mirror
+            g[:2, 2] = rng.normal(0, 3, 2)
+            got = dup.describe_transform(g, flip, (28, 32))
+            linear = g[:2, :2] @ mirror
+            sv = np.linalg.svd(linear, compute_uv=False)
+            centre = np.array([15.5, 13.5, 1.0])
+            assert got["anisotropy"] == pytest.approx(sv[0] / sv[1], rel=1e-9)
+            assert got["scale"] == pytest.approx(np.sqrt(abs(np.linalg.det(linear))), rel=1e-9)
+            assert got["rotation"] == pytest.approx(np.degrees(np.arctan2(linear[1, 0] - linear[0, 1],
+                                                                         linear[0, 0] + linear[1, 1])))
+            assert (got["shift_x"], got["shift_y"]) == pytest.approx(tuple((g @ centre)[:2] - centre[:2]))
+            assert got["proper"] == (np.linalg.det(linear) > 0)
