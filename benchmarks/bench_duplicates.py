@@ -367,7 +367,7 @@ def _relative(folder: Path, p: str) -> str:
     return str(Path(p).resolve().relative_to(folder.resolve())) if os.path.isabs(p) else p
 
 
-def compare(name: str, folder: Path, truth: dict, other_python: str | None) -> None:
+def compare(name: str, folder: Path, truth: dict, other_python: str | None, compare_with: str | None = None) -> None:
     n = sum(1 for f in folder.rglob("*") if f.suffix in (".png", ".jpg"))
     print(f"\n== {name}: {n:,} images in {folder} ({len(truth['copies'])} planted copies, "
           f"{len(truth['lookalikes'])} look-alikes, {truth['n_test']:,} test images); {load()}", flush=True)
@@ -384,6 +384,14 @@ def compare(name: str, folder: Path, truth: dict, other_python: str | None) -> N
             if frozenset((a, b)) in said and k not in examples:
                 examples[k] = said[frozenset((a, b))]
         print("transform found, one example per kind: " + "; ".join(f"{k}: {v}" for k, v in examples.items()))
+    if compare_with:  # another version of this repository, in the same run: its time beside this one's
+        theirs, status = _run(sys.executable, OURS, folder, compare_with)
+        if theirs is None:
+            print(f"duplicates (--compare-with): {status}")
+        else:
+            found = {frozenset((a, b)) for a, b, _ in theirs["pairs"]}
+            rows.append(("duplicates (--compare-with)", score(found, truth), theirs["seconds"], theirs["peak_mb"],
+                         theirs["cpu"]))
     if other_python:
         cv, status = _run(other_python, CLEANVISION, folder)
         if cv is None:
@@ -412,9 +420,13 @@ def compare(name: str, folder: Path, truth: dict, other_python: str | None) -> N
     print(f"  {'kind':<22}" + "".join(f"{label[:14]:>16}" for label, *_ in rows))
     for k in kinds:
         print(f"  {k:<22}" + "".join(f"{s['per_kind'][k]:>16.0%}" for _, s, *_ in rows))
-    if len(rows) > 1 and rows[0][0].startswith("duplicates") and rows[1][0].startswith("CleanVision"):
-        print(f"time: duplicates / CleanVision = {rows[0][2] / rows[1][2]:.2f} wall, {rows[0][4] / rows[1][4]:.2f} CPU "
-              f"(same folder, same run; {load()})")
+    by = {label: (seconds, cpu) for label, _, seconds, _, cpu in rows}
+    for other, short in (("duplicates (--compare-with)", "the other version"), ("CleanVision (exact+near)",
+                                                                                  "CleanVision")):
+        if "duplicates (this repo)" in by and other in by:
+            (ours_s, ours_cpu), (their_s, their_cpu) = by["duplicates (this repo)"], by[other]
+            print(f"time: duplicates / {short} = {ours_s / their_s:.2f} wall, {ours_cpu / their_cpu:.2f} CPU "
+                  f"(same folder, same run; {load()})")
 
 
 def fashion_mnist_70k(folder: Path, compare_with: str | None = None) -> None:
@@ -451,7 +463,7 @@ def main() -> None:
     parser.add_argument("--colour-n", type=int, default=2000,
                         help="images in the colour set (a fifth of them in test/; default %(default)s)")
     parser.add_argument("--compare-with", default=None, metavar="DIR",
-                        help="fmnist70k: also time the copy of this repository in DIR (another version), in the same run")
+                        help="also time the copy of this repository in DIR (another version), in the same run")
     parser.add_argument("--other-python", default=None, metavar="PYTHON",
                         help="a Python with cleanvision and imagehash installed (their own virtualenv)")
     args = parser.parse_args()
@@ -471,7 +483,7 @@ def main() -> None:
         else:
             truth = colour_set(folder, per_kind=args.per_kind, seed=args.seed, n_total=args.colour_n)
         print(f"wrote the {name} set in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-        compare(name, folder, truth, args.other_python)
+        compare(name, folder, truth, args.other_python, args.compare_with)
 
 
 if __name__ == "__main__":
