@@ -193,7 +193,7 @@ QUICK_FLOOR = 2 * MIN_ALLOWED  # ... and at least this (a data set of flat image
 MIRROR_MARGIN = 1.0  # gray levels: of two mirrors, ECC also tries the one whose start is within this of the better one
 _MAX_GROUP_PAIRS = 6
 ECC_ITERATIONS = 10  # copies converge in a few from the variant's start (development set: the same verdicts as 30)
-ECC_SCREEN = 5  # of those, run first for every candidate: one it leaves beyond the cheap-look bound gets no more
+ECC_SCREEN = 5  # iterations run first on every candidate: one they leave beyond the cheap-look bound gets no more
 VERIFY_CHUNK = 1024  # candidate pairs verified together (one task of a worker, one cache of working images)
 PROCESS_MIN = 4 * VERIFY_CHUNK  # see ``verify_pairs``
 _VERIFY_COLUMNS = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
@@ -1027,25 +1027,35 @@ def _verify_chunk(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of:
         setups = [setup(*tried, cache) for tried in tries]
         starts = [start_residual(*ready[6], ready[2], smoothed=True) for ready in setups]
         lowest = min(starts)
-        best, aligned = None, 0
-        for (template, moving, init, fmap, shape, flip, looks), (q, m, _), begun in zip(setups, tries, starts):
-            if begun > MAX_START or begun > lowest + MIRROR_MARGIN:
-                continue
-            cc, warp = ecc(template, moving, init, iterations=ECC_SCREEN)
+        aligned = 0
+        ready = [(setup_, tried) for setup_, tried, begun in zip(setups, tries, starts)
+                 if begun <= MAX_START and begun <= lowest + MIRROR_MARGIN]
+        # a screen: ``ECC_SCREEN`` iterations from each start; a pair none of whose starts it brings within the
+        # bound is refused there (most candidates: no copy); the others are registered in full from their starts,
+        # as if there were no screen
+        screened = []
+        for (template, moving, init, fmap, shape, flip, looks), (q, m, _) in ready:
+            warp = ecc(template, moving, init, iterations=ECC_SCREEN)[1]
             aligned += 1
-            if best is None or cc > best[0]:  # (one verdict per pair: a look-alike gets no second try)
-                best = (cc, warp, template, moving, q, m, fmap, shape, flip, looks)
-        if best is None:  # nowhere near a copy: refused unregistered
+            screened.append((start_residual(*looks, warp, smoothed=True), warp, template, moving, q, m, fmap, shape,
+                             flip, looks))
+        best = None
+        if screened and min(look[0] for look in screened) <= max_quick:
+            for (template, moving, init, fmap, shape, flip, looks), (q, m, _) in ready:
+                cc, warp = ecc(template, moving, init)
+                aligned += 1
+                if best is None or cc > best[0]:  # (one verdict per pair: a look-alike gets no second try)
+                    best = (cc, warp, template, moving, q, m, fmap, shape, flip, looks)
+        if not ready:  # nowhere near a copy: refused unregistered
             template, moving, init, fmap, shape, flip, _ = setups[0]
             q, m = tries[0][:2]
             got, quick = unmeasured(init), np.inf
+        elif best is None:  # the screen left it far from a copy: refused with its nearest registration
+            quick, warp, template, moving, q, m, fmap, shape, flip, looks = min(screened, key=lambda look: look[0])
+            got = unmeasured(warp)
         else:
             _, warp, template, moving, q, m, fmap, shape, flip, looks = best
             quick = start_residual(*looks, warp, smoothed=True)
-            if quick <= max_quick:  # near a copy after the first iterations: ECC goes on from there
-                warp = ecc(template, moving, warp, iterations=ECC_ITERATIONS - ECC_SCREEN)[1]
-                aligned += 1
-                quick = start_residual(*looks, warp, smoothed=True)
             if quick > max_quick:  # still far from a copy after ECC: refused without the measures
                 got = unmeasured(warp)
             else:
