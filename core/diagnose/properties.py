@@ -306,11 +306,11 @@ def _scan_results(run: Run, size: int, workers: int | None) -> Iterator[list]:
     """
     n = run.n_images
     run.predictions, run._pixels  # load once here, not once per thread
+    threads = workers or min(8, os.cpu_count() or 2)
+    chunks = [range(i, min(i + SCAN_CHUNK, n)) for i in range(0, n, SCAN_CHUNK)]
     if run.data_root is None or run.data_info.images_in_run:
-        tasks = [range(i, min(i + SCAN_CHUNK, n)) for i in range(0, n, SCAN_CHUNK)]
-        threads = workers or min(8, os.cpu_count() or 2)
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            yield from _bounded_map(pool, lambda rows: _scan_chunk(run, rows, size), tasks, 2 * threads)
+            yield from _bounded_map(pool, lambda rows: _scan_chunk(run, rows, size), chunks, 2 * threads)
         return
     try:
         root = run.checked_root()
@@ -333,10 +333,9 @@ def _scan_results(run: Run, size: int, workers: int | None) -> Iterator[list]:
                 for task in tasks[done:]:
                     yield _scan_files(*task)
                 return
-    threads = workers or min(8, os.cpu_count() or 2)
-    tasks = [(rels[i:i + SCAN_CHUNK], range(i, min(i + SCAN_CHUNK, n))) for i in range(0, n, SCAN_CHUNK)]
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        yield from _bounded_map(pool, lambda task: _scan_files(str(root), task[0], task[1], size), tasks, 2 * threads)
+        yield from _bounded_map(pool, lambda rows: _scan_files(str(root), rels[rows.start:rows.stop], rows, size),
+                                chunks, 2 * threads)
 
 
 @dataclass(frozen=True)
