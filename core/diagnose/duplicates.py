@@ -88,8 +88,14 @@ How near copies are found (nothing quadratic in N):
      each registered against its original, and the 2% quantile of their
      ``detail`` is the bound (``calibrate_detail``): low for smooth images, high
      for textured ones, where two look-alikes differ in texture;
+   * the compared area holds something to compare (``telling``): the template,
+     smoothed, varies there by more than the residual allowed (RMS about its
+     mean). Where it does not, a blank picture would pass as a copy too: two
+     nearly blank images (a light background, the subject touching an edge,
+     inside the band left out) differ by less than any copy may, whatever
+     they show. Such pairs are counted in a note, not called copies;
 
-   or, whatever the residual, one image is the other re-saved as a JPEG file
+   or, whatever the residual (the compared area still telling), one image is the other re-saved as a JPEG file
    (``reencoded``: two contents of one size that the registration barely moves,
    one re-encoded at one of ``JPEG_QUALITIES`` gives the other's pixels within 2
    gray levels; the encoder is deterministic). A JPEG q60 copy of a 28 px image
@@ -198,7 +204,7 @@ VERIFY_CHUNK = 1024  # candidate pairs verified together (one task of a worker, 
 PROCESS_MIN = 4 * VERIFY_CHUNK  # see ``verify_pairs``
 _VERIFY_COLUMNS = ["a", "b", "flip", "scale", "rotation", "anisotropy", "shift_y", "shift_x", "proper", "residual",
                    "allowed", "detail", "overlap", "blur", "tone", "structure", "peak", "half_pixel", "self_structure",
-                   "self_peak", "noise", "resampling", "reencoded", "start", "ecc", "quick"]
+                   "self_peak", "noise", "resampling", "content", "reencoded", "start", "ecc", "quick"]
 PAIR_COLUMNS = ["row_a", "row_b", "path_a", "path_b", "split_a", "split_b", "label_a", "label_b",
                 "labels_agree", "kind", "similarity", "correlation", "residual", "embedding_cosine", "shift_y",
                 "shift_x", "cross_split", "transform", "flip", "scale", "rotation", "allowed"]
@@ -721,7 +727,7 @@ def unmeasured(warp: np.ndarray) -> dict:
     """``register_pair``'s measures of a pair that is refused before they are taken."""
     return {"warp": warp, "residual": np.inf, "allowed": 0.0, "detail": np.nan, "overlap": 0.0, "blur": 0.0,
             "tone": 0.0, "structure": np.inf, "peak": np.inf, "half_pixel": 0.0, "self_structure": 0.0,
-            "self_peak": 0.0, "noise": 0.0, "resampling": 0.0}
+            "self_peak": 0.0, "noise": 0.0, "resampling": 0.0, "content": 0.0}
 
 
 def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *, refine: bool = True,
@@ -780,6 +786,7 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=1, scale=0.5)  # central differences, as np.gradient
     gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=1, scale=0.5)
     half_pixel = misregistration * float(np.sqrt(np.mean((gx[inside] ** 2 + gy[inside] ** 2) / 2.0)))
+    content = float(np.std(smooth[inside]))  # how much the compared area holds to tell two pictures apart
     lo, hi = _percentiles(q[inside], (1, 99))  # the gray levels the pair has, not the whole range
     levels = np.linspace(lo, max(hi, lo + 1), 18, dtype=np.float32)
     curve = coef[0] + coef[1] * levels + coef[2] * levels * levels / 255.0
@@ -802,7 +809,7 @@ def register_pair(template: np.ndarray, moving: np.ndarray, init: np.ndarray, *,
     resampling = float(np.sqrt(np.mean((smooth[inside] - smooth_back[inside]) ** 2)))
     allowed = max(MIN_ALLOWED, float(np.sqrt(half_pixel ** 2 + noise ** 2 + resampling ** 2)))
     out.update(allowed=allowed, tone=tone,
-               half_pixel=half_pixel, noise=noise, resampling=resampling)
+               half_pixel=half_pixel, noise=noise, resampling=resampling, content=content)
     if tone > MAX_TONE:
         return out
     fitted = coef[0] + coef[1] * q + coef[2] * q * q / 255.0
@@ -1083,7 +1090,7 @@ def _verify_chunk(thumbnails: np.ndarray, content_size: np.ndarray, centroid_of:
                         "overlap": got["overlap"], "blur": blur, "tone": got["tone"],
                         "structure": got["structure"], "peak": got["peak"], "half_pixel": got["half_pixel"],
                         "self_structure": got["self_structure"], "self_peak": got["self_peak"],
-                        "noise": got["noise"], "resampling": got["resampling"],
+                        "noise": got["noise"], "resampling": got["resampling"], "content": got["content"],
                         "reencoded": got["reencoded"], "start": got["start"], "ecc": got["ecc"],
                         "quick": got["quick"]})
     # typed columns now: a list of dicts costs ~1 KB a pair (300 MB for the 70,000-image demo's candidates)
@@ -1138,14 +1145,25 @@ def accepted(checked: pd.DataFrame, *, max_ratio: float = MAX_RATIO, min_detail:
     than resampling alone leaves plus ``SELF_MARGIN`` (at least 2 x ``SELF_MARGIN``, at most
     ``MAX_STRUCTURE``), nowhere above ``MAX_PEAK`` (see the module docstring); with ``min_detail``
     (``calibrate_detail``), fine detail that agrees at least that well. Or a plausible registration of
-    two images one of which is the other re-saved as JPEG (``reencoded`` <= ``REENCODED_MAX``)."""
+    two images one of which is the other re-saved as JPEG (``reencoded`` <= ``REENCODED_MAX``). Either way,
+    a compared area that tells pictures apart (``telling``)."""
     residual, structure = checked["residual"].to_numpy(), checked["structure"].to_numpy()
-    ok = (plausible(checked) & (residual <= max_ratio * checked["allowed"].to_numpy()) & (residual <= MAX_RESIDUAL)
+    ok = (plausible(checked) & telling(checked) & (residual <= max_ratio * checked["allowed"].to_numpy())
+          & (residual <= MAX_RESIDUAL)
           & (structure <= MAX_STRUCTURE) & (checked["peak"].to_numpy() <= MAX_PEAK)
           & (structure <= np.maximum(2 * SELF_MARGIN, checked["self_structure"].to_numpy() + SELF_MARGIN)))
     if min_detail is not None:
         ok &= checked["detail"].to_numpy() >= min_detail
-    return ok | (plausible(checked) & (checked["reencoded"].to_numpy() <= REENCODED_MAX))
+    return ok | (plausible(checked) & telling(checked) & (checked["reencoded"].to_numpy() <= REENCODED_MAX))
+
+
+def telling(checked: pd.DataFrame) -> np.ndarray:
+    """Which verified pairs compare enough to tell two pictures apart: the template's variation over the
+    compared area (``content``, RMS gray levels, smoothed) exceeds the residual a copy may leave (``allowed``).
+    Where it does not, a blank picture of one gray would pass as a copy too: two nearly blank images (the
+    subject at the edges, which the comparison leaves out, or nowhere) would be called copies of each other
+    whatever they show."""
+    return checked["content"].to_numpy(np.float64) > checked["allowed"].to_numpy(np.float64)
 
 
 SELF_EDITS = ("jpeg q60", "noise 8", "blur 0.8", "rotate 4", "crop 88%", "shift 10%", "gamma 0.8")
@@ -1327,6 +1345,7 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
                            alternative=(found["alt_query"], found["alt_match"], found["alt_variant"]),
                            max_quick=max_quick, progress=lambda m, f: say(m, 0.5 + 0.4 * f))
     ok = accepted(checked, max_ratio=max_ratio, min_detail=min_detail)
+    flat = int((accepted(checked.assign(content=np.inf), max_ratio=max_ratio, min_detail=min_detail) & ~ok).sum())
     near = checked[ok].reset_index(drop=True)
     near["kind"] = "near"
     near["similarity"] = np.clip(1 - near["residual"] / np.maximum(near["allowed"], 1e-6), 0, 1)
@@ -1348,6 +1367,7 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
     pairs = pairs.drop_duplicates(["a", "b"]).reset_index(drop=True)
     pairs.attrs["min_detail"], pairs.attrs["n_edited"] = min_detail, n_edited  # the calibration, for a note
     pairs.attrs["max_quick"] = max_quick
+    pairs.attrs["n_flat"] = flat  # pairs that would pass but compare too little to tell (``telling``)
     say("duplicates: verified", 0.9)
     return pairs
 
@@ -1534,7 +1554,7 @@ def duplicate_findings(run: Run, stored) -> Findings:
                     filters=(Filter("train_copy", "Copy in train", "flag", "copy"),))
 
 
-@derived.register("duplicates", version=4, config=DuplicatesConfig, findings=duplicate_findings,
+@derived.register("duplicates", version=5, config=DuplicatesConfig, findings=duplicate_findings,
                   description="exact and near duplicate images within and across splits (leakage), "
                               "through flips, crops, rotations, blur, noise and tone changes")
 def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -> derived.DerivedResult:
@@ -1566,6 +1586,10 @@ def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -
         notes.append(f"Candidates still more than {found.attrs['max_quick']:.1f} gray levels apart after registration "
                      f"(smoothed, after the best tone curve) are refused without further measures: {QUICK_MARGIN:g}x "
                      f"the most those edited copies leave, at least {QUICK_FLOOR:g} and at most {MAX_QUICK:g}.")
+    if found.attrs.get("n_flat"):
+        notes.append(f"{plural(found.attrs['n_flat'], 'candidate pair')} not called copies: the compared area (the "
+                     "frame less its edges) is nearly blank, varying less than a copy may differ, so a blank picture "
+                     "would match too. Nearly blank images cannot be told apart here.")
     if run.embeddings is None:
         notes.append("The run has no embeddings: pairs verified on pixels alone (embedding_cosine is NaN).")
     elif min_cos is not None:
