@@ -63,7 +63,7 @@ def test_principal_axes_span_the_svds():
     np.testing.assert_allclose(np.linalg.norm(axes, axis=0), 1.0, atol=1e-9)
 
 
-def val_run(store, *, n_train=150, n_val=80, n_test=80, pixels=True, seed=0):
+def val_run(store, *, n_train=150, n_val=80, n_test=80, pixels=True, seed=0, train_errors=0.0):
     """4 classes; a clean train and val split and a test split with 10% flipped labels (the model says
     the true class) and 8% model errors (predicted two classes away at 0.9, the image like its true
     class). Embeddings around one centre per true class, pixels one template per true class plus noise.
@@ -80,8 +80,10 @@ def val_run(store, *, n_train=150, n_val=80, n_test=80, pixels=True, seed=0):
     others = np.setdiff1d(test, flipped)
     model_errors = np.sort(rng.choice(others, int(0.08 * len(others)), replace=False))
     val_errors = np.sort(rng.choice(val, int(0.1 * len(val)), replace=False))
+    train = np.flatnonzero(splits == "train")
+    train_wrong = np.sort(rng.choice(train, int(train_errors * len(train)), replace=False))
     predicted = truth.copy()
-    wrong = np.r_[model_errors, val_errors]
+    wrong = np.r_[model_errors, val_errors, train_wrong]
     predicted[wrong] = (truth[wrong] + 2) % k
     probs = np.full((len(truth), k), 0.02)
     probs[np.arange(len(truth)), predicted] = rng.uniform(0.6, 1.0, len(truth))
@@ -129,6 +131,30 @@ def test_with_a_val_split_and_thumbnails_the_classifier_decides_label_and_model(
     errors = by_row.index.to_numpy()
     flagged = issues.loc[errors, "second_signal"].to_numpy()
     assert (flagged == (by_row["cause"] == "label").to_numpy()).all()
+
+
+def test_without_val_the_in_sample_error_rate_only_bounds_the_wrong_label_share(tmp_path):
+    # train/ and test/ only: the classifier learns on train, where the model errs on 4% (images it learnt from)
+    # against 8% of the right-labelled test images; the share from the train rate (an upper bound) is far above
+    # the true one, the share the classifier's own probabilities imply is used where lower
+    run, truth, flipped, model_errors = val_run(RunStore(tmp_path), n_train=300, n_val=0, n_test=150,
+                                                train_errors=0.04)
+    derived.get(run, "image_scan")
+    stored = ca.get_causes(run)
+    lc = stored.summary["label_classifier"]
+    assert lc["source"] == "train" and lc["in_sample"]
+    n_err = int((run.eval_mask() & ~run.predictions["correct"].to_numpy()).sum())
+    true_share = len(flipped) / n_err
+    assert lc["upper_bound"] == pytest.approx(ca.wrong_label_share(n_err, 600, lc["own_error_rate"]))
+    assert lc["upper_bound"] - true_share > 0.2  # the in-sample rate's share is far off here
+    assert abs(lc["wrong_label_share"] - true_share) < abs(lc["upper_bound"] - true_share) / 2
+    by_row = stored.table("causes").set_index("row")
+    # in-sample, the neighbours' rule must agree too: it lets 90% of images like the predicted class through
+    assert (by_row.loc[flipped, "cause"] == "label").mean() >= 0.75
+    assert (by_row.loc[model_errors, "cause"] == "label").mean() <= 0.1
+    evidence = by_row.loc[flipped[by_row.loc[flipped, "cause"].to_numpy() == "label"][0], "evidence"]
+    assert "images it learnt from" in evidence and "of the images the model rightly calls" in evidence
+    assert ca.mixture_share(np.r_[np.full(300, 0.99), np.full(700, 0.01)]) == pytest.approx(0.3, abs=0.01)
 
 
 def test_ranking_leads_with_the_model_errors_whatever_their_count():
