@@ -599,9 +599,15 @@ def inputs_available(run: Run) -> dict[str, bool]:
 
 
 def causes_run_config(run: Run) -> dict:
-    """The config a run asks for: the defaults, and the stored results causes read (``inputs``), so that
-    a stored result becomes stale, and is recomputed, when duplicates or image properties appear or go."""
-    return {"inputs": ",".join(name for name, there in inputs_available(run).items() if there)}
+    """The config a run asks for: the defaults, and the stored results causes read (``inputs``), each by its
+    folder (unique to one computation), so that a stored result becomes stale, and is recomputed, when
+    duplicates or image properties appear, go, or are computed again (a new version of their kind gives
+    other pairs)."""
+    stamps = []
+    for name, there in inputs_available(run).items():
+        info = run.derived_info(name) if there and name != "embeddings" else None
+        stamps.append(f"{info.folder}" if info is not None else name if there else "")
+    return {"inputs": ",".join(stamp for stamp in stamps if stamp)}
 
 
 CARD_TITLES = {

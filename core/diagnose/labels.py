@@ -216,7 +216,8 @@ def label_issues_run_config(run: Run) -> dict:
     """What the second signal reads (the ``causes`` result's inputs): a change makes the result stale."""
     from core.diagnose.causes import causes_run_config
 
-    return {"causes_inputs": causes_run_config(run)["inputs"]}
+    # and the version of causes itself: a new one decides the second signal otherwise
+    return {"causes_inputs": f"causes v{derived.kind('causes').version}: {causes_run_config(run)['inputs']}"}
 
 
 @dataclass(frozen=True)

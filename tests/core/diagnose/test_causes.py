@@ -258,6 +258,14 @@ def test_causes_are_recomputed_when_duplicates_appear(tmp_path):
     derived.get(run, "duplicates")
     again = ca.get_causes(run)
     assert again.summary["inputs"]["duplicates"] is True and "copy" not in again.summary["not_assessed_line"]
+    # duplicates computed again (a new version of the kind finds other pairs): causes, and label issues, which
+    # read causes, are stale until recomputed from it
+    derived.get(run, "label_issues")
+    assert derived.status(run, "causes") == derived.status(run, "label_issues") == "current"
+    derived.get(run, "duplicates", force=True)
+    assert derived.status(run, "causes") == derived.status(run, "label_issues") == "stale"
+    derived.get(run, "label_issues")
+    assert derived.status(run, "causes") == derived.status(run, "label_issues") == "current"
 
 
 def test_a_damaged_stored_input_is_an_error_naming_it_not_a_dropped_cause(tmp_path):
