@@ -17,9 +17,13 @@ from core.run.write import write_run
 
 def synthetic_arrays(
     n: int, n_classes: int, *, accuracy: float = 0.85, dim: int = 32, image_size: int = 16,
-    with_images: bool = True, seed: int = 0,
+    with_images: bool = True, seed: int = 0, label_noise: float = 0.0,
 ) -> dict:
-    """Arrays for ``write_run``: y_true, probs, embeddings, projection, images, splits, paths."""
+    """Arrays for ``write_run``: y_true, probs, embeddings, projection, images, splits, paths.
+
+    ``label_noise``: the share of the correctly predicted test rows whose given label is then replaced by
+    the next class (wrong labels: the image, its embedding and the prediction show the class it is);
+    ``flipped`` lists them. Drawn from a generator of its own: the other arrays do not change with it."""
     rng = np.random.default_rng(seed)
     y_true = rng.integers(0, n_classes, n)
     wrong = rng.random(n) > accuracy
@@ -48,16 +52,24 @@ def synthetic_arrays(
                          for c in range(n_classes)]).astype(np.float32)
         noise = rng.normal(0.0, 20.0, (n, image_size, image_size)).astype(np.float32)
         out["images"] = np.clip(base[y_true] + noise, 0, 255).astype(np.uint8)
+    candidates = np.flatnonzero((splits == "test") & ~wrong)
+    flip_rng = np.random.default_rng([seed, 1])
+    flipped = np.sort(flip_rng.choice(candidates, int(round(label_noise * len(candidates))), replace=False))
+    out["y_true"] = y_true.copy()
+    out["y_true"][flipped] = (y_true[flipped] + 1) % n_classes
+    out["flipped"] = flipped
     return out
 
 
 def make_synthetic_run(
     store: RunStore, run_id: str, *, n: int = 2000, n_classes: int = 10,
     class_names: list[str] | None = None, accuracy: float = 0.85, seed: int = 0,
-    with_images: bool = True, history: bool = True, **kwargs,
+    with_images: bool = True, history: bool = True, label_noise: float = 0.0, **kwargs,
 ) -> Run:
-    """Write a synthetic run with ``n`` rows and ``n_classes`` classes and return it."""
-    arrays = synthetic_arrays(n, n_classes, accuracy=accuracy, with_images=with_images, seed=seed)
+    """Write a synthetic run with ``n`` rows and ``n_classes`` classes and return it (``label_noise``: see
+    ``synthetic_arrays``)."""
+    arrays = synthetic_arrays(n, n_classes, accuracy=accuracy, with_images=with_images, seed=seed,
+                              label_noise=label_noise)
     classes = class_names or [f"class_{i:03d}" if n_classes > 26 else chr(ord("a") + i) * 3
                               for i in range(n_classes)]
     training = None

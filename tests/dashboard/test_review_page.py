@@ -257,6 +257,8 @@ def test_the_verdicts_table_says_when_it_was_read_and_its_refresh_reads_them_aga
 
 
 def test_queue_follows_stored_label_issues_and_preselects_their_suggestion(store):
+    # a run with wrong labels (its synthetic errors are the model's own: label issues must not flag those)
+    make_synthetic_run(store, "r", n=400, n_classes=5, seed=3, accuracy=0.8, label_noise=0.1)
     run = store.load("r")
     from core.diagnose import labels  # noqa: F401 - registers the kind
 
