@@ -122,6 +122,7 @@ def test_with_a_val_split_and_thumbnails_the_classifier_decides_label_and_model(
     names = np.array(CLASSES, dtype=object)
     assert (by_row.loc[labelled, "suggested_label"].to_numpy() == names[truth[labelled]]).all()
     assert "probability of a wrong label" in by_row.loc[labelled[0], "evidence"]
+    assert all(ca.IN_SAMPLE_NOTE not in card.notes for card in ca.causes_findings(run, stored).cards)
     assert "by pixels" in by_row.loc[labelled[0], "evidence"]
     assert "in embedding space" in by_row.loc[model_errors[0], "evidence"]
     probability = stored.array("label_probability")
@@ -154,6 +155,9 @@ def test_without_val_the_in_sample_error_rate_only_bounds_the_wrong_label_share(
     assert (by_row.loc[model_errors, "cause"] == "label").mean() <= 0.1
     evidence = by_row.loc[flipped[by_row.loc[flipped, "cause"].to_numpy() == "label"][0], "evidence"]
     assert "images it learnt from" in evidence and "of the images the model rightly calls" in evidence
+    cards = ca.causes_findings(run, stored).cards
+    said = {card.key.removeprefix("causes_") for card in cards if ca.IN_SAMPLE_NOTE in card.notes}
+    assert said == {"label", "model"}  # the Diagnose page says why on the cards it bears on
     assert ca.mixture_share(np.r_[np.full(300, 0.99), np.full(700, 0.01)]) == pytest.approx(0.3, abs=0.01)
 
 
