@@ -434,11 +434,9 @@ def mixture_share(balanced_probability: np.ndarray, *, iterations: int = 500, to
         return 0.5
     pi = 0.5
     for _ in range(iterations):
-        new = float(posterior(q, pi).mean())
-        if abs(new - pi) < tol:
-            pi = new
+        pi, before = float(posterior(q, pi).mean()), pi
+        if abs(pi - before) < tol:
             break
-        pi = new
     return float(np.clip(pi, 0.01, 0.99))
 
 
@@ -605,11 +603,8 @@ def causes_run_config(run: Run) -> dict:
     folder (unique to one computation), so that a stored result becomes stale, and is recomputed, when
     duplicates or image properties appear, go, or are computed again (a new version of their kind gives
     other pairs)."""
-    stamps = []
-    for name, there in inputs_available(run).items():
-        info = run.derived_info(name) if there and name != "embeddings" else None
-        stamps.append(f"{info.folder}" if info is not None else name if there else "")
-    return {"inputs": ",".join(stamp for stamp in stamps if stamp)}
+    return {"inputs": ",".join(name if name == "embeddings" else run.derived_info(name).folder
+                               for name, there in inputs_available(run).items() if there)}
 
 
 CARD_TITLES = {
@@ -884,14 +879,14 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
             far = thresholds.far()
             thresholds_summary = {"far": {str(names[c]): float(far[c]) for c in range(n_classes)},
                                   "label_level": thresholds.level}
+            in_sample = label_model is not None and classifier_summary.get("in_sample", False)
             trained = (f"a classifier trained on {label_model.n_flips:,} {cal_source} images given a wrong label "
                        f"and the model's {label_model.n_errors:,} errors on {cal_source}; the model errs on "
                        f"{classifier_summary['own_error_rate']:.1%} of {cal_source}"
                        + (", images it learnt from, so on more of unseen ones: from the classifier's scores"
-                          if classifier_summary.get("in_sample") else ", so")
+                          if in_sample else ", so")
                        + f" about {1 - classifier_summary['wrong_label_share']:.0%} of these errors are its own"
                        ) if label_model else ""
-            in_sample = label_model is not None and classifier_summary.get("in_sample", False)
             for j in range(n_err):
                 if cause[j] or not measurable[j]:
                     continue
