@@ -598,15 +598,6 @@ def inputs_available(run: Run) -> dict[str, bool]:
             "image_properties": _current(run, "image_properties"), "image_scan": _current(run, "image_scan")}
 
 
-def causes_run_config(run: Run) -> dict:
-    """The config a run asks for: the defaults, and the stored results causes read (``inputs``), each by its
-    folder (unique to one computation), so that a stored result becomes stale, and is recomputed, when
-    duplicates or image properties appear, go, or are computed again (a new version of their kind gives
-    other pairs)."""
-    return {"inputs": ",".join(name if name == "embeddings" else run.derived_info(name).folder
-                               for name, there in inputs_available(run).items() if there)}
-
-
 CARD_TITLES = {
     "model": "Model errors: the image looks like its label",
     "label": "Wrong labels: the model and the neighbours agree on another class",
@@ -689,7 +680,6 @@ class CausesConfig:
     property_level: float = 0.01
     max_calibration: int = 3000
     seed: int = 0
-    inputs: str = ""  # what the run had when computed (``causes_run_config``): a change makes the result stale
 
     def __post_init__(self):
         for name in ("k", "max_reference", "max_calibration"):
@@ -702,7 +692,8 @@ class CausesConfig:
                 raise UserError(f"causes: {name} must be a number within (0, 1). Received: {value!r}")
 
 
-@derived.register("causes", version=5, config=CausesConfig, findings=causes_findings, run_config=causes_run_config,
+@derived.register("causes", version=5, config=CausesConfig, findings=causes_findings,
+                  reads=("duplicates", "image_properties", "image_scan"),
                   description="a cause for every misclassified image, with its evidence")
 def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derived.DerivedResult:
     """One cause per misclassified image of the evaluated split (see the module docstring).

@@ -1554,7 +1554,7 @@ def duplicate_findings(run: Run, stored) -> Findings:
                     filters=(Filter("train_copy", "Copy in train", "flag", "copy"),))
 
 
-@derived.register("duplicates", version=5, config=DuplicatesConfig, findings=duplicate_findings,
+@derived.register("duplicates", version=5, config=DuplicatesConfig, findings=duplicate_findings, reads=("image_scan",),
                   description="exact and near duplicate images within and across splits (leakage), "
                               "through flips, crops, rotations, blur, noise and tone changes")
 def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -> derived.DerivedResult:

@@ -212,14 +212,6 @@ def label_issue_findings(run: Run, stored) -> Findings:
         filters=(Filter("label_issue", "Label-issue score at least", "min", "issue"),))
 
 
-def label_issues_run_config(run: Run) -> dict:
-    """What the second signal reads (the ``causes`` result's inputs): a change makes the result stale."""
-    from core.diagnose.causes import causes_run_config
-
-    # and the version of causes itself: a new one decides the second signal otherwise
-    return {"causes_inputs": f"causes v{derived.kind('causes').version}: {causes_run_config(run)['inputs']}"}
-
-
 @dataclass(frozen=True)
 class LabelIssuesConfig:
     """``rank_by`` (``RANK_BY``): "both", the label-error classifier of the run's ``causes`` (the model's
@@ -227,8 +219,7 @@ class LabelIssuesConfig:
     "model", cleanlab's ``method`` score on the probabilities alone.
     ``method`` (``METHODS``) and ``filter_by`` (``FILTERS``): cleanlab's score and flag;
     ``knn_weight`` in [0, 1] mixes in the label distribution of the ``k`` nearest images outside the
-    evaluated split (at most ``max_reference``, sampled with ``seed``); ``causes_inputs``: what the
-    second signal read (``label_issues_run_config``), so that a change makes the result stale."""
+    evaluated split (at most ``max_reference``, sampled with ``seed``)."""
 
     method: str = "self_confidence"
     rank_by: str = "both"
@@ -237,7 +228,6 @@ class LabelIssuesConfig:
     k: int = 10
     max_reference: int = 20000
     seed: int = 0
-    causes_inputs: str = ""
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -259,7 +249,7 @@ class LabelIssuesConfig:
 
 @derived.register("label_issues", version=4, config=LabelIssuesConfig, findings=label_issue_findings,
                   libraries=("cleanlab",), description="images whose given label is probably wrong",
-                  run_config=label_issues_run_config)
+                  reads=("causes",))
 def compute_label_issues(run: Run, config: LabelIssuesConfig, progress: Progress) -> derived.DerivedResult:
     """Score every image of the evaluated split; the table is sorted most likely wrong first.
 

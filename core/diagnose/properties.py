@@ -655,6 +655,7 @@ def property_findings(run: Run, stored) -> Findings:
 
 
 @derived.register("image_properties", version=1, config=ImagePropertiesConfig, findings=property_findings,
+                  reads=("image_scan",),
                   description="image properties and atypicality, and the error rate in their tails per class")
 def compute_image_properties(run: Run, config: ImagePropertiesConfig, progress: Progress) -> derived.DerivedResult:
     """Per-image properties and atypicality, and error rates by property for the evaluated split.

@@ -254,6 +254,7 @@ def slice_findings(run: Run, stored) -> Findings:
 
 
 @derived.register("error_slices", version=1, config=ErrorSlicesConfig, findings=slice_findings,
+                  reads=("image_properties",),
                   description="groups of errors found in embedding space, named by their confusions and properties")
 def compute_error_slices(run: Run, config: ErrorSlicesConfig, progress: Progress) -> derived.DerivedResult:
     """Slices of the evaluated split (see the module docstring).

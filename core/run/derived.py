@@ -8,7 +8,13 @@ Brain's config -> info -> results); where the files live is the store's
 business (``Run.save_derived``), and no page needs to know.
 
 A stored result is *current* when its kind's version and its (complete)
-config equal what is asked for; a run re-made with ``--force`` is a new
+config equal what is asked for and, for a kind that reads other stored results
+(``reads``), each of those is the one it read: the folder of each input that was
+current when it was computed is recorded with it (``DerivedInfo.inputs``), so
+that recomputing an input (a new version of its kind, other options, or
+``--force``) makes what was derived from it stale, down the chain (image scan,
+image properties, error slices). A result stored before inputs were recorded is
+judged by version and config alone. A run re-made with ``--force`` is a new
 version folder without any derived results, so results never outlive the
 arrays they came from. Reading imports neither TensorFlow nor umap.
 """
@@ -61,7 +67,8 @@ class DerivedKind:
     comes from the run's own config); ``findings``: what the kind shows (cards, per-image columns,
     captions, filters; ``core.diagnose.findings``); ``libraries``: distributions whose versions
     are recorded with each result; ``unavailable``: why a run cannot have it (None: it can);
-    ``ready``: the run has it in a form older than derived results (``core.run.jobs`` reads both)."""
+    ``ready``: the run has it in a form older than derived results (``core.run.jobs`` reads both);
+    ``reads``: the kinds whose stored results it reads (see ``input_stamp``)."""
 
     name: str
     version: int
@@ -75,6 +82,7 @@ class DerivedKind:
     libraries: tuple[str, ...] = ()
     unavailable: Callable[[Run], str | None] | None = None
     ready: Callable[[Run], bool] | None = None
+    reads: tuple[str, ...] = ()
 
     def full_config(self, config: Mapping[str, object] | object | None) -> dict:
         """The defaults updated with ``config`` (a mapping or an instance of ``config_type``),
@@ -128,7 +136,7 @@ def register(name: str, *, version: int, config: type = NoOptions, row_inputs: b
              run_config: Callable[[Run], Mapping[str, object] | None] | None = None,
              findings: Callable | None = None, libraries: tuple[str, ...] = (),
              unavailable: Callable[[Run], str | None] | None = None, ready: Callable[[Run], bool] | None = None,
-             description: str = "") -> Callable:
+             reads: tuple[str, ...] = (), description: str = "") -> Callable:
     """Decorator registering ``compute`` as kind ``name``: the one way a kind comes to exist.
 
     ``compute(run, config, progress) -> DerivedResult``, where ``config`` is an instance of
@@ -136,6 +144,8 @@ def register(name: str, *, version: int, config: type = NoOptions, row_inputs: b
     validates the options (``NoOptions`` for a kind without any). With ``row_inputs=True``:
     ``compute(run, config, progress, *, rows, previous)`` gets the rows not stored yet (None:
     the kind's default choice) and the stored result it extends (or None).
+    ``reads``: the kinds whose stored results ``compute`` reads, if any (their default config):
+    recomputing one of them makes this kind's result stale.
     Bump ``version`` whenever the computation changes: stored results of an
     older version are then recomputed on the next request.
     """
@@ -149,7 +159,7 @@ def register(name: str, *, version: int, config: type = NoOptions, row_inputs: b
                                       defaults=json.loads(json.dumps(defaults)),
                                       description=description, row_inputs=row_inputs,
                                       run_config=run_config, findings=findings, libraries=tuple(libraries),
-                                      unavailable=unavailable, ready=ready)
+                                      unavailable=unavailable, ready=ready, reads=tuple(reads))
         return compute
     return decorate
 
@@ -219,13 +229,25 @@ class StoredDerived:
         return read(self.folder / file)
 
 
+def input_stamp(run: Run, name: str) -> dict[str, str]:
+    """The stored results kind ``name`` reads now: {input kind: its folder if current (its own inputs
+    included), else ""}. A folder is unique to one computation."""
+    stamp = {}
+    for source in kind(name).reads:
+        info = run.derived_info(source)
+        stamp[source] = info.folder if info is not None and status(run, source) == "current" else ""
+    return stamp
+
+
 def status(run: Run, name: str, config: Mapping[str, object] | object | None = None) -> str:
-    """'current', 'stale' (another version or config) or 'missing'."""
+    """'current', 'stale' (another version, config or input: see the module docstring) or 'missing'."""
     k = kind(name)
     info = run.derived_info(name)
     if info is None:
         return "missing"
-    return "current" if info.version == k.version and info.config == k.config_for(run, config) else "stale"
+    if info.version != k.version or info.config != k.config_for(run, config):
+        return "stale"
+    return "current" if info.inputs is None or info.inputs == input_stamp(run, name) else "stale"
 
 
 def get(run: Run, name: str, config: Mapping[str, object] | object | None = None, *, rows=None,
@@ -266,7 +288,8 @@ def get(run: Run, name: str, config: Mapping[str, object] | object | None = None
         arrays = _extended(name, stored, arrays)
     info = run.save_derived(name, version=k.version, config=full, arrays=arrays,
                             tables=result.tables, summary=result.summary,
-                            seconds=time.perf_counter() - t0, versions=library_versions(k))
+                            seconds=time.perf_counter() - t0, versions=library_versions(k),
+                            inputs=input_stamp(run, name) if k.reads else None)
     return StoredDerived(run, info, skipped=result.skipped)
 
 

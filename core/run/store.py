@@ -263,18 +263,21 @@ class DerivedInfo:
     seconds: float | None
     summary: dict
     versions: dict = field(default_factory=dict)  # library versions it was computed with
+    inputs: dict | None = None  # the stored results it read, by folder ("" absent); None: not recorded (older)
 
     @classmethod
     def from_manifest(cls, name: str, m: dict) -> "DerivedInfo":
         return cls(name=name, version=int(m.get("version", 0)), config=dict(m.get("config") or {}),
                    created=str(m.get("created", "")), folder=str(m.get("folder", "")),
                    files=tuple(m.get("files") or ()), seconds=m.get("seconds"),
-                   summary=dict(m.get("summary") or {}), versions=dict(m.get("versions") or {}))
+                   summary=dict(m.get("summary") or {}), versions=dict(m.get("versions") or {}),
+                   inputs=dict(m["inputs"]) if isinstance(m.get("inputs"), dict) else None)
 
     def to_manifest(self) -> dict:
         return {"version": self.version, "config": self.config, "created": self.created,
                 "folder": self.folder, "files": list(self.files), "seconds": self.seconds,
-                "summary": self.summary, "versions": self.versions}
+                "summary": self.summary, "versions": self.versions,
+                **({} if self.inputs is None else {"inputs": self.inputs})}
 
 
 @dataclass(frozen=True)
@@ -513,7 +516,7 @@ class Run:
 
     def save_derived(self, name: str, *, version: int, config: dict, arrays: dict[str, np.ndarray],
                      tables: dict[str, pd.DataFrame], summary: dict, seconds: float | None = None,
-                     versions: dict[str, str] | None = None) -> DerivedInfo:
+                     versions: dict[str, str] | None = None, inputs: dict[str, str] | None = None) -> DerivedInfo:
         """Store a derived analysis in this run: its files, then one atomic manifest update.
 
         A process killed at any point leaves the run as it was (at most a hidden
@@ -541,7 +544,7 @@ class Run:
                                created=_now(), folder=folder, files=tuple(files),
                                seconds=None if seconds is None else round(seconds, 3),
                                summary=json.loads(json.dumps(summary, default=_json_default)),
-                               versions=dict(versions or {}))
+                               versions=dict(versions or {}), inputs=None if inputs is None else dict(inputs))
             with _flock(self.path / ".derived.lock"):
                 manifest = read_manifest(self.path)  # another writer may have added one meanwhile
                 old = (manifest.get("derived") or {}).get(name)

@@ -268,6 +268,24 @@ def test_causes_are_recomputed_when_duplicates_appear(tmp_path):
     assert derived.status(run, "causes") == derived.status(run, "label_issues") == "current"
 
 
+def test_a_new_image_scan_makes_every_result_read_from_it_stale_down_the_chain(tmp_path):
+    # the thumbnails feed image properties (then error slices), duplicates and causes (then label issues): a
+    # scan computed again, as after an upgrade of its kind, must not leave those reading the old one "current"
+    run, *_ = planted_run(RunStore(tmp_path), n_train=40, n_test=30,
+                          images=np.random.default_rng(0).integers(0, 256, (280, 16, 16), dtype=np.uint8))
+    chain = ("image_properties", "error_slices", "duplicates", "causes", "label_issues")
+    results = run_diagnoses(run, kinds=chain)
+    assert not results.skipped
+    assert [derived.status(run, k) for k in ("image_scan", *chain)] == ["current"] * 6
+    derived.get(run, "image_scan", force=True)
+    assert [derived.status(run, k) for k in chain] == ["stale"] * 5
+    run_diagnoses(run, kinds=chain)
+    assert [derived.status(run, k) for k in chain] == ["current"] * 5
+    scan = run.derived_info("image_scan").folder
+    assert run.derived_info("duplicates").inputs == {"image_scan": scan}
+    assert run.derived_info("causes").inputs["image_scan"] == scan
+
+
 def test_a_damaged_stored_input_is_an_error_naming_it_not_a_dropped_cause(tmp_path):
     run, *_ = planted_run(RunStore(tmp_path), n_train=40, n_test=30,
                           images=np.random.default_rng(0).integers(0, 256, (280, 16, 16), dtype=np.uint8))

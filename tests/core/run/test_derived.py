@@ -86,6 +86,49 @@ def test_a_run_remade_with_force_has_no_stale_results(run, tmp_path):
     assert derived.get(remade, "confidence_hist").summary["n"] == 120
 
 
+@derived.register("mean_bin", version=1, reads=("confidence_hist",), description="reads confidence_hist (a test kind)")
+def _mean_bin(run, config, progress):
+    counts = derived.get(run, "confidence_hist").array("counts")
+    return derived.DerivedResult(arrays={}, tables={}, summary={"mean": float(np.average(np.arange(len(counts)),
+                                                                                       weights=counts))})
+
+
+@derived.register("mean_bin_note", version=1, reads=("mean_bin",), description="reads mean_bin (a test kind)")
+def _mean_bin_note(run, config, progress):
+    return derived.DerivedResult(arrays={}, tables={},
+                                 summary={"note": f"mean bin {derived.get(run, 'mean_bin').summary['mean']:.2f}"})
+
+
+def test_a_result_is_stale_when_a_result_it_read_is_computed_again_down_the_chain(run, tmp_path):
+    derived.get(run, "mean_bin_note")  # computes confidence_hist and mean_bin on the way
+    hist = run.derived_info("confidence_hist").folder
+    assert run.derived_info("mean_bin").inputs == {"confidence_hist": hist}
+    assert run.derived_info("mean_bin_note").inputs == {"mean_bin": run.derived_info("mean_bin").folder}
+    assert run.derived_info("confidence_hist").inputs is None  # it reads nothing
+    assert all(derived.status(run, k) == "current" for k in ("confidence_hist", "mean_bin", "mean_bin_note"))
+    derived.get(run, "confidence_hist", force=True)  # same version and config, computed again
+    fresh = RunStore(tmp_path).load("r")  # as another process sees it
+    assert [derived.status(fresh, k) for k in ("confidence_hist", "mean_bin", "mean_bin_note")] == \
+        ["current", "stale", "stale"]
+    assert derived.get(fresh, "mean_bin_note", compute=False) is None
+    derived.get(fresh, "mean_bin_note")
+    assert derived.status(fresh, "mean_bin") == derived.status(fresh, "mean_bin_note") == "current"
+    assert len(CALLS) == 2  # confidence_hist: computed twice, not a third time by the chain
+    # another config of the input (the 8-bin one replaces the default): what read the default is stale
+    derived.get(fresh, "confidence_hist", {"bins": 8})
+    assert derived.status(fresh, "mean_bin") == derived.status(fresh, "mean_bin_note") == "stale"
+
+
+def test_a_result_stored_before_inputs_were_recorded_is_judged_by_version_and_config(run, tmp_path):
+    derived.get(run, "mean_bin")
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    del manifest["derived"]["mean_bin"]["inputs"]  # as stored by an older version of the tool
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    older = RunStore(tmp_path).load("r")
+    assert older.derived_info("mean_bin").inputs is None
+    assert derived.status(older, "mean_bin") == "current"  # not recomputed on upgrade
+
+
 def test_delete(run):
     derived.get(run, "confidence_hist")
     derived.delete(run, "confidence_hist")
