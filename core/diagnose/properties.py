@@ -24,6 +24,11 @@ side, so that they compare across image sizes):
 * ``brightness``: mean gray level / 255, in [0, 1];
 * ``contrast``: RMS contrast, standard deviation of the gray levels / 255;
 * ``blur``: variance of the Laplacian of the gray levels (low = blurry);
+* ``subject``: the share of the picture whose colour differs from its border's (``subject_share``),
+  in [0, 1]: a dot at the edge of an empty picture scores near 0, a textured object filling the frame
+  near 1, and so does a plain object on a plain ground in proportion to its area. Pixels alone cannot
+  tell a uniform object that fills the frame (a plain white bag) from an empty ground: both score low,
+  so the words for its low tail are "most uniform", not "smallest object";
 * ``height``, ``width`` (original pixels), ``size`` (height * width),
   ``aspect`` (width / height), ``grayscale`` (one channel, or R = G = B within
   JPEG noise).
@@ -64,16 +69,19 @@ TAIL_WORDS: dict[str, tuple[str, str]] = {
     "blur": ("blurriest", "sharpest"),
     "size": ("smallest", "largest"),
     "aspect": ("tallest (narrowest)", "widest"),
+    "subject": ("most uniform", "busiest"),
     "atypicality": ("most typical", "most atypical"),
 }
 # Short adjectives for slice names ("shirt -> t-shirt, dark").
 TAIL_ADJECTIVES: dict[str, tuple[str, str]] = {
     "brightness": ("dark", "bright"), "contrast": ("low contrast", "high contrast"),
     "blur": ("blurry", "sharp"), "size": ("small", "large"), "aspect": ("tall", "wide"),
-    "atypicality": ("typical", "atypical"),
+    "subject": ("uniform", "busy"), "atypicality": ("typical", "atypical"),
 }
 BOOLEAN_WORDS = {"grayscale": ("colour images", "grayscale images")}
-PROPERTIES = ("brightness", "contrast", "blur", "size", "aspect", "grayscale", "atypicality")
+PROPERTIES = ("brightness", "contrast", "blur", "subject", "size", "aspect", "grayscale", "atypicality")
+SUBJECT_SIZE = 96  # long side at which ``subject`` is measured
+SUBJECT_MIN_STEP = 25.0  # colour distance (0-255 levels) from the background below which a pixel is background
 
 
 # --------------------------------------------------------------------------- one image
@@ -99,11 +107,56 @@ def _shrunk(img: np.ndarray, long_side: int) -> np.ndarray:
     return cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def image_properties(img: np.ndarray) -> dict:
+def subject_share(img: np.ndarray) -> float:
+    """The share of ``img`` (uint8 (H, W) or (H, W, C)) whose colour differs from its border's, in [0, 1].
+
+    Measured on the image shrunk to at most ``SUBJECT_SIZE`` pixels on its long side. The border's
+    colour (the background, where there is one) is the per-channel median of a border band (5% of the
+    short side, at least one pixel), which holds even where the subject touches up to half of the
+    border. After a 3x3 Gaussian smoothing (film grain and JPEG noise do not count), a pixel is subject
+    when its Euclidean colour distance to the background exceeds ``SUBJECT_MIN_STEP`` levels, or four
+    times the border's median distance where the background itself varies (texture, noise). Colour, not
+    gray: a red disc on a green ground of the same luminance is a subject. The smoothing widens a sharp
+    edge by a pixel (below: a square covering 25% of its picture scores 0.3).
+
+    >>> blank = np.full((48, 64, 3), 200, np.uint8); blank[0:2, 10:13] = 40
+    >>> round(subject_share(blank), 3), round(subject_share(np.pad(np.full((20, 20), 255, np.uint8), 10)), 3)
+    (0.004, 0.3)
+    """
+    return float(subject_shares([img])[0])
+
+
+def subject_shares(images) -> np.ndarray:
+    """``subject_share`` of each image of a sequence (float64 (B,)), images of one size measured together:
+    a scan's chunk of 256 small images costs a few array operations, not 256 times a dozen (in a thread pool,
+    per-image NumPy calls cost five times the rest of the scan on 70,000 images of 28x28)."""
+    small = [_shrunk(np.asarray(img), SUBJECT_SIZE) for img in images]  # the box average keeps an area share
+    small = [x[:, :, :3] if x.ndim == 3 else x[:, :, None] for x in small]
+    out = np.zeros(len(small))
+    groups: dict[tuple, list[int]] = {}
+    for i, x in enumerate(small):
+        groups.setdefault(x.shape, []).append(i)
+    for (h, w, _), members in groups.items():
+        x = np.stack([small[i] for i in members]).astype(np.float32)  # (B, h, w, c)
+        # [1, 2, 1] / 4 in each direction, the border reflected as OpenCV's GaussianBlur((3, 3), 0) does
+        x = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+        x = (x[:, :-2] + 2 * x[:, 1:-1] + x[:, 2:]) / 4
+        smooth = (x[:, :, :-2] + 2 * x[:, :, 1:-1] + x[:, :, 2:]) / 4
+        band = max(1, round(0.05 * min(h, w)))
+        edge = np.ones((h, w), bool)
+        edge[band:h - band, band:w - band] = False
+        background = np.median(smooth[:, edge], axis=1)  # (B, c)
+        squared = ((smooth - background[:, None, None, :]) ** 2).sum(axis=3)
+        step = np.maximum(SUBJECT_MIN_STEP, 4.0 * np.sqrt(np.median(squared[:, edge], axis=1)))
+        out[members] = (squared > (step * step)[:, None, None]).mean(axis=(1, 2))
+    return out
+
+
+def image_properties(img: np.ndarray, *, subject: float | None = None) -> dict:
     """Cheap properties of one uint8 image (H, W), (H, W, 1) or RGB (H, W, 3); see the module docstring.
 
-    Returns a dict with ``brightness``, ``contrast``, ``blur``, ``height``,
-    ``width``, ``size``, ``aspect`` and ``grayscale``.
+    Returns a dict with ``brightness``, ``contrast``, ``blur``, ``subject`` (``subject_share``, unless
+    given: measured with others of its size), ``height``, ``width``, ``size``, ``aspect`` and ``grayscale``.
     """
     import cv2
 
@@ -125,8 +178,9 @@ def image_properties(img: np.ndarray) -> dict:
     mean, std = cv2.meanStdDev(gray)
     _, lap_std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))
     return {"brightness": float(mean[0, 0]) / 255.0, "contrast": float(std[0, 0]) / 255.0,
-            "blur": float(lap_std[0, 0]) ** 2, "height": int(h), "width": int(w), "size": int(h * w),
-            "aspect": float(w) / float(h), "grayscale": bool(grayscale)}
+            "blur": float(lap_std[0, 0]) ** 2, "subject": subject_share(small) if subject is None else float(subject),
+            "height": int(h), "width": int(w), "size": int(h * w), "aspect": float(w) / float(h),
+            "grayscale": bool(grayscale)}
 
 
 def canvas_thumbnail(img: np.ndarray, *, size: int) -> tuple[np.ndarray, tuple[int, int]]:
@@ -182,7 +236,7 @@ class ImageScan:
     skipped: pd.DataFrame
 
 
-_PROPERTY_COLUMNS = ("brightness", "contrast", "blur", "height", "width", "size", "aspect", "grayscale")
+_PROPERTY_COLUMNS = ("brightness", "contrast", "blur", "subject", "height", "width", "size", "aspect", "grayscale")
 
 
 def _why(exc: Exception) -> str:
@@ -212,20 +266,25 @@ def _decode_file(root: Path, rel: str) -> tuple[np.ndarray | None, str | None]:
         return None, _why(exc)
 
 
-def _scan_one(row: int, img: np.ndarray | None, reason: str | None, size: int) -> tuple:
+def _scan_one(row: int, img: np.ndarray | None, reason: str | None, size: int,
+              subject: float | None = None) -> tuple:
     if img is None:
         return row, None, reason
     try:
         thumb, content = canvas_thumbnail(img, size=size)
-        return row, (thumb, content, pixel_digest(img), image_properties(img)), None
+        return row, (thumb, content, pixel_digest(img), image_properties(img, subject=subject)), None
     except ValueError as exc:
         return row, None, str(exc)
 
 
 def _scan_chunk(run: Run, rows: range, size: int) -> list:
     """(row, (thumbnail, content size, digest, properties) or None, reason or None) of each row of a run whose
-    pixels are stored with it."""
-    return [_scan_one(row, *_decode_row(run, row), size) for row in rows]
+    pixels are stored with it (one size, mostly: ``subject`` is measured for the chunk at once)."""
+    decoded = [(row, *_decode_row(run, row)) for row in rows]
+    usable = [i for i, (_, img, _) in enumerate(decoded)
+              if img is not None and img.dtype == np.uint8 and img.ndim in (2, 3) and img.size]
+    subject = dict(zip(usable, subject_shares([decoded[i][1] for i in usable]))) if usable else {}
+    return [_scan_one(row, img, reason, size, subject.get(i)) for i, (row, img, reason) in enumerate(decoded)]
 
 
 def _scan_files(root: str, rels: list[str], rows: range, size: int, *, single_thread: bool = False) -> list:
@@ -349,7 +408,7 @@ class ImageScanConfig:
             raise UserError(f"thumb_size must be a whole number of pixels in 8..256. Received: thumb_size={self.thumb_size!r}")
 
 
-@derived.register("image_scan", version=1, config=ImageScanConfig,
+@derived.register("image_scan", version=2, config=ImageScanConfig,
                   description="one pass over the pixels: thumbnails, pixel digests and image properties")
 def compute_image_scan(run: Run, config: ImageScanConfig, progress: Progress) -> derived.DerivedResult:
     """Arrays ``thumbnails`` (N, S, S) uint8, ``content_size`` (N, 2), ``digest`` (N,) uint64,
@@ -654,7 +713,7 @@ def property_findings(run: Run, stored) -> Findings:
     return Findings(cards=tuple(cards))
 
 
-@derived.register("image_properties", version=1, config=ImagePropertiesConfig, findings=property_findings,
+@derived.register("image_properties", version=2, config=ImagePropertiesConfig, findings=property_findings,
                   reads=("image_scan",),
                   description="image properties and atypicality, and the error rate in their tails per class")
 def compute_image_properties(run: Run, config: ImagePropertiesConfig, progress: Progress) -> derived.DerivedResult:

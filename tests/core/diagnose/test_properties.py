@@ -37,6 +37,50 @@ def test_properties_match_numpy_on_random_images():
         props.image_properties(np.zeros((4, 4)))
 
 
+def _scene(rng, *, h=48, w=64, blank=False, grain=None):
+    """A random-colour ground with a filled shape (or, ``blank``, a dot at its top edge) and film grain."""
+    img = np.ones((h, w, 3)) * rng.uniform(0, 255, 3)
+    colour = rng.uniform(0, 255, 3)
+    while np.abs(colour - img[0, 0]).sum() < 150:
+        colour = rng.uniform(0, 255, 3)
+    if blank:
+        cv2.circle(img, (int(rng.integers(0, w)), 0), 3, tuple(colour.tolist()), -1)
+    else:
+        r = int(rng.integers(5, 12))
+        cv2.circle(img, (int(rng.integers(r, w - r)), int(rng.integers(r, h - r))), r, tuple(colour.tolist()), -1)
+    grain = rng.uniform(2, 14) if grain is None else grain
+    return np.clip(np.rint(img + rng.normal(0, grain, img.shape)), 0, 255).astype(np.uint8)
+
+
+def test_subject_share_tells_an_empty_ground_from_a_shape_whatever_the_grain_and_colours():
+    rng = np.random.default_rng(7)
+    shapes = np.array([props.subject_share(_scene(rng)) for _ in range(200)])
+    blanks = np.array([props.subject_share(_scene(rng, blank=True)) for _ in range(50)])
+    assert blanks.max() < shapes.min()  # every nearly blank picture below every picture of a shape
+    assert blanks.max() < 0.01 and np.median(shapes) > 0.05
+    # grain is not a subject: the same shape under heavy grain keeps nearly the same share
+    clean, grainy = (props.subject_share(_scene(np.random.default_rng(3), grain=g)) for g in (0.0, 20.0))
+    assert abs(grainy - clean) < 0.02
+    # colour, not gray: a red disc on a green ground of the same luminance is a subject
+    iso = np.zeros((40, 40, 3), np.uint8)
+    iso[:] = (0, 150, 0)
+    cv2.circle(iso, (20, 20), 10, (200, 50, 0), -1)
+    gray = cv2.cvtColor(iso, cv2.COLOR_RGB2GRAY)
+    assert abs(int(gray[20, 20]) - int(gray[0, 0])) < 3  # the same gray level
+    assert props.subject_share(iso) == pytest.approx(np.pi * 100 / 1600, abs=0.05)
+    # a subject touching up to half of the border: the ground is still what the border mostly is
+    touching = np.zeros((40, 40), np.uint8)
+    touching[:, :18] = 200
+    assert props.subject_share(touching) == pytest.approx(18 / 40, abs=0.05)
+    # measured together (a scan's chunk, grouped by size) as one by one
+    mixed = [_scene(rng) for _ in range(5)] + [_scene(rng, h=40, w=30) for _ in range(3)] + [touching, iso]
+    np.testing.assert_allclose(props.subject_shares(mixed[::-1]), [props.subject_share(m) for m in mixed[::-1]])
+    # sizes: a large photo is measured shrunk, the share kept
+    big = cv2.resize(_scene(np.random.default_rng(5), grain=0.0), (640, 480), interpolation=cv2.INTER_NEAREST)
+    assert props.subject_share(big) == pytest.approx(props.subject_share(_scene(np.random.default_rng(5), grain=0.0)),
+                                                     abs=0.02)
+
+
 def test_knn_atypicality_matches_brute_force():
     rng = np.random.default_rng(1)
     emb = rng.normal(0, 1, (60, 5)).astype(np.float32)
