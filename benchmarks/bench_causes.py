@@ -188,7 +188,8 @@ def without_val(arrays: dict) -> dict:
     return {k: (v[keep] if k != "classes" else v) for k, v in arrays.items()}
 
 
-def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore, no_val: bool = False) -> dict:
+def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore, no_val: bool = False,
+             properties: bool = True) -> dict:
     from sklearn.metrics import average_precision_score
 
     if no_val:
@@ -206,6 +207,8 @@ def evaluate(name: str, arrays: dict, *, rate: float, seed: int, store: RunStore
     t0 = time.perf_counter()
     derived.get(run, "image_scan")  # the thumbnails causes compare in pixels (diagnose computes it before causes)
     scan_seconds = time.perf_counter() - t0
+    if properties:  # as diagnose does before causes: little information and odd sizes
+        derived.get(run, "image_properties")
     t0 = time.perf_counter()
     stored = derived.get(run, "causes", force=True)
     seconds = time.perf_counter() - t0
@@ -304,6 +307,8 @@ def main() -> None:
     parser.add_argument("--no-val", action="store_true",
                         help="drop the val rows, as a folder of train/ and test/ only: the label-error classifier "
                              "learns on train, whose error rate is in-sample")
+    parser.add_argument("--no-properties", action="store_true",
+                        help="skip image_properties before causes (as the figures before causes version 6 were taken)")
     parser.add_argument("--sets", default="fashion,digits,demo",
                         help="comma-separated: fashion, digits, glyphs, demo (the time of causes on the demo run)")
     args = parser.parse_args()
@@ -315,14 +320,15 @@ def main() -> None:
         if "fashion" in sets:
             name = "fashion-dev" if args.dev else "fashion"
             pooled(name, [evaluate(name, fashion_arrays(args.demo_store, dev=args.dev, seed=seed), rate=args.rate,
-                                   seed=seed, store=store, no_val=args.no_val) for seed in seeds])
+                                   seed=seed, store=store, no_val=args.no_val, properties=not args.no_properties)
+                                   for seed in seeds])
         if "digits" in sets:
             pooled("digits", [evaluate("digits", digits_arrays(seed), rate=args.rate, seed=seed, store=store,
-                                       no_val=args.no_val)
+                                       no_val=args.no_val, properties=not args.no_properties)
                               for seed in seeds])
         if "glyphs" in sets:
             pooled("glyphs", [evaluate("glyphs", glyphs_arrays(seed), rate=args.rate, seed=seed, store=store,
-                                       no_val=args.no_val)
+                                       no_val=args.no_val, properties=not args.no_properties)
                               for seed in seeds])
     if "demo" in sets:
         demo = RunStore(args.demo_store).load("fashion-mnist-demo")

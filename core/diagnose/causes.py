@@ -67,8 +67,10 @@ Each error gets exactly one cause, checked in this order:
    own errors or 20 correct images there, or a leave-one-out run), the older
    rule: the embedding log-ratio is at least the ``label_level`` (0.1)
    quantile of the same ratio over correctly classified images of class p.
-4. ``ambiguous`` (little information): its contrast or sharpness
-   (``image_properties``) is below the 1st percentile of the reference images'.
+4. ``ambiguous`` (little information): its contrast, sharpness or share of
+   the picture that differs from its border's colour (``subject``: an empty
+   ground with a dot at its edge) (``image_properties``) is at most the 1st
+   percentile of the reference images'.
 5. ``model``: in embedding space or in pixels, its nearest images of its given
    class are at least as close as those of the predicted class
    (``D[i, y] <= D[i, p]``): the image looks like its label, yet the model says
@@ -143,6 +145,9 @@ CAUSE_WORDS = {
 TABLE_COLUMNS = ["row", "path", "given_label", "predicted_label", "cause", "confidence", "suggested_label",
                  "evidence", "model_confidence", "label_score"]
 CSV_COLUMNS = ["path", "given_label", "predicted_label", "cause", "confidence", "suggested_label", "evidence"]
+# properties whose lowest values mean little information, and how an image's value is said
+LOW_INFORMATION = {"contrast": "low contrast ({:.3g}", "blur": "blurry ({:.3g}",
+                   "subject": "nearly uniform (only {:.1%} of it differs from its border's colour"}
 LABEL_LEVEL = 0.1  # defaults of the quantile levels (see the module docstring)
 ATYPICAL_LEVEL = 0.99
 _MIN_CLASS_COUNT = 20  # correct images of a class below which its quantiles are pooled over all classes
@@ -692,7 +697,7 @@ class CausesConfig:
                 raise UserError(f"causes: {name} must be a number within (0, 1). Received: {value!r}")
 
 
-@derived.register("causes", version=5, config=CausesConfig, findings=causes_findings,
+@derived.register("causes", version=6, config=CausesConfig, findings=causes_findings,
                   reads=("duplicates", "image_properties", "image_scan"),
                   description="a cause for every misclassified image, with its evidence")
 def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derived.DerivedResult:
@@ -788,11 +793,13 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
         ref_props = props.reindex(ref_rows)
         mine = props.reindex(err_rows)
         level = config.property_level
-        for prop, word in (("contrast", "low contrast"), ("blur", "blurry")):
+        for prop, word in LOW_INFORMATION.items():
+            if prop not in mine or prop not in ref_props:
+                continue
             values = mine[prop].to_numpy(np.float64, na_value=np.nan)
             pct = _percentile_of(ref_props[prop].to_numpy(np.float64, na_value=np.nan), values)
             hit = (pct <= level) & ~low_info
-            low_words[hit] = [f"{word} ({v:.3g}, lowest {max(q, 1e-4):.1%} of the reference images)"
+            low_words[hit] = [f"{word.format(v)}, lowest {max(q, 1e-4):.1%} of the reference images)"
                               for v, q in zip(values[hit], pct[hit])]
             info_conf[hit] = 1.0 - pct[hit]
             low_info |= hit

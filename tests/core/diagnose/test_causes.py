@@ -286,6 +286,28 @@ def test_a_new_image_scan_makes_every_result_read_from_it_stale_down_the_chain(t
     assert run.derived_info("causes").inputs["image_scan"] == scan
 
 
+def test_a_nearly_blank_picture_the_model_gets_wrong_is_ambiguous_for_little_information(tmp_path):
+    # an empty ground with a dot at its edge, under film grain: its contrast and sharpness are ordinary (the grain),
+    # so only the share of the picture that differs from its border's colour tells it holds nothing to classify
+    from tests.core.diagnose.test_properties import _scene
+
+    rng = np.random.default_rng(4)
+    n_train, n_test = 60, 40
+    images = np.stack([_scene(rng) for _ in range(4 * (n_train + n_test))])
+    run, truth, flipped, model_errors = planted_run(RunStore(tmp_path / "probe"), n_train=n_train, n_test=n_test)
+    blank = model_errors[:6]
+    images[blank] = np.stack([_scene(rng, blank=True, grain=8.0) for _ in blank])  # grain of middling strength
+    run, *_ = planted_run(RunStore(tmp_path / "store"), n_train=n_train, n_test=n_test, images=images)
+    results = run_diagnoses(run, kinds=("image_properties", "causes"))
+    assert not results.skipped
+    table = results["causes"].table("causes").set_index("row")
+    assert (table.loc[blank, "cause"] == "ambiguous").all()
+    assert table.loc[blank, "evidence"].str.startswith("nearly uniform (only ").all()
+    others = table.drop(index=blank)
+    assert others["evidence"].str.contains("nearly uniform").sum() <= 1  # the 1st percentile of the references
+    assert (others.loc[np.intersect1d(others.index, model_errors), "cause"] == "model").mean() > 0.8
+
+
 def test_a_damaged_stored_input_is_an_error_naming_it_not_a_dropped_cause(tmp_path):
     run, *_ = planted_run(RunStore(tmp_path), n_train=40, n_test=30,
                           images=np.random.default_rng(0).integers(0, 256, (280, 16, 16), dtype=np.uint8))
