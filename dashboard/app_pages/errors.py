@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import partial
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from dashboard import cache, causes_ui, diagnose_ui, gallery, state, ui, views
@@ -54,9 +55,13 @@ def table_ui(run, rows: np.ndarray, *, filters_id: str) -> None:
     table.insert(0, "rank", np.arange(1, len(table) + 1))
     table = diagnose_ui.with_finding_columns(run, table, shown)  # label issue, copy in train, slice
     table_key = ui.scoped(run, f"errors-table-{filters_id}")
+    # the diagnoses' scores (cause confidence, label issue) with three decimals, as the model's confidence: in the
+    # grid's own format a cause confidence of 0.99996 showed as an empty cell (seen on a 120-class run)
+    scores = {c: st.column_config.NumberColumn(c, format="%.3f") for c in table.columns
+              if c not in ("confidence", "true_prob") and pd.api.types.is_float_dtype(table[c])}
     st.dataframe(ui.shown(table), hide_index=True, width="stretch", height=300, key=table_key,
                  on_select=partial(_open_selected, run.id, table_key, shown), selection_mode=ui.ROW_PICK,
-                 column_config={"rank": st.column_config.NumberColumn("rank", width=60, pinned=True),
+                 column_config={**scores, "rank": st.column_config.NumberColumn("rank", width=60, pinned=True),
                                 "id": st.column_config.NumberColumn("id", width=80),
                                 "path": st.column_config.TextColumn("file", width="medium"),
                                 "split": st.column_config.TextColumn("split", width=70),
