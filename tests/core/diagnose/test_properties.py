@@ -72,6 +72,10 @@ def test_subject_share_tells_an_empty_ground_from_a_shape_whatever_the_grain_and
     touching = np.zeros((40, 40), np.uint8)
     touching[:, :18] = 200
     assert props.subject_share(touching) == pytest.approx(18 / 40, abs=0.05)
+    # a textured object filling the frame (its border is the object) is not an empty picture
+    texture = cv2.GaussianBlur(rng.integers(0, 256, (48, 48)).astype(np.float32), (0, 0), 2.0)
+    texture = cv2.normalize(texture, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    assert props.subject_share(texture) > 0.25  # (a step raised with the border's spread gave 0.001)
     # measured together (a scan's chunk, grouped by size) as one by one
     mixed = [_scene(rng) for _ in range(5)] + [_scene(rng, h=40, w=30) for _ in range(3)] + [touching, iso]
     np.testing.assert_allclose(props.subject_shares(mixed[::-1]), [props.subject_share(m) for m in mixed[::-1]])
