@@ -80,8 +80,9 @@ Each error gets exactly one cause, checked in this order:
    glyphs --seeds 0``) 89 flipped errors were called ``model``, now 37, and the
    model's own errors so called went from 974 to 786 (to ``ambiguous``); on
    Fashion-MNIST 34 and 221, now 33 and 187.
-6. ``ambiguous``: otherwise: closer to p than to y in both spaces, but not
-   clearly a wrong label; the neighbours are split between the two classes.
+6. ``ambiguous``: otherwise: in neither space is y the nearest class, and it
+   is not clearly a wrong label; the neighbours are split between the two
+   classes, or the nearest class is a third one (the evidence names it).
 
 Without embeddings, only ``copy``, property-based ``atypical`` and
 ``ambiguous`` (and, for the model's margin, ``ambiguous`` when the given class
@@ -942,9 +943,9 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
                     cause[j] = "ambiguous"
                     confidence[j] = 1.0 - abs(votes[j, p] - votes[j, y]) / max(n_near[j], 1)
                     third = int(np.argmin(d_err[j]))
-                    among = ("between the two classes" if third in (y, p) else
-                             f"between the classes, nearest {names[third]} ({d_err[j, third]:.3f}), neither")
-                    sentence[j] = (f"{split}: {among} ({d_err[j, y]:.3f} to {names[y]}, "
+                    among = ("between the two classes (" if third in (y, p) else
+                             f"nearest a third class, {names[third]} ({d_err[j, third]:.3f}; ")
+                    sentence[j] = (f"{split}: {among}{d_err[j, y]:.3f} to {names[y]}, "
                                    f"{d_err[j, p]:.3f} to {names[p]}); {says[j]}")
         spaces = [("embedding", near_rows, near_dist)]
         if pixel_distances is not None:
