@@ -903,9 +903,7 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
                 if pixel_lr is not None:
                     split += (f" (by pixels {int(pixel_votes[j, p])} {names[p]}, "
                               f"{int(pixel_votes[j, y])} {names[y]})")
-                # rather than the prediction, in either space: the analyst's question. (Also asking that no third
-                # class be nearer in that space, tried for version 6, called 29 of the 110 plain model errors of a
-                # generated shapes folder ambiguous, where pixels put many shapes nearest another: step 5 above.)
+                # like its label rather than the prediction, in either space (step 5 of the module docstring)
                 in_embeddings = lr[j] <= 0
                 in_pixels = pixel_lr is not None and pixel_lr[j] <= 0
                 looks_like_label = in_embeddings or in_pixels

@@ -179,7 +179,7 @@ def image_properties(img: np.ndarray, *, subject: float | None = None) -> dict:
     mean, std = cv2.meanStdDev(gray)
     _, lap_std = cv2.meanStdDev(cv2.Laplacian(gray, cv2.CV_32F))
     return {"brightness": float(mean[0, 0]) / 255.0, "contrast": float(std[0, 0]) / 255.0,
-            "blur": float(lap_std[0, 0]) ** 2, "subject": subject_share(small) if subject is None else float(subject),
+            "blur": float(lap_std[0, 0]) ** 2, "subject": subject_share(img) if subject is None else float(subject),
             "height": int(h), "width": int(w), "size": int(h * w), "aspect": float(w) / float(h),
             "grayscale": bool(grayscale)}
 
