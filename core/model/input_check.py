@@ -19,15 +19,20 @@ least ``MIN_GAIN`` (10 points) on the sample, beats always answering the
 sample's commonest class by as much, and the difference is beyond chance:
 among the images on which the two disagree in correctness, the better option
 must win by at least ``MIN_Z`` (3) standard deviations (McNemar's test).
-Options the best one does not beat that way are as good on the sample, and
-among them the one that changes least (mode, and the channel order the model
-sees) is named.
-Options that give the same numbers (keras' 'tf' and 'symmetric', 'torch' and
-'imagenet') are evaluated once. Among options within one point of the best,
-the one that changes least (mode, channel order) is named, then the one with
-the lowest cross-entropy: a model that is nearly scale-invariant (ReLU
-networks) scores the same on 0..1 and -1..1 input but is only more confident,
-not more right, on the larger one.
+Options the best one does not beat that way (or within one point of it) are
+as good on the sample, and among them the one named is the one with the fewest
+options to pass (``--preprocess``, ``--channel-order``), then the one that
+changes least what the model sees (mode, channel order), then the one with the
+lowest cross-entropy: a model that is nearly scale-invariant (ReLU networks)
+scores the same on 0..1 and -1..1 input but is only more confident, not more
+right, on the larger one. Options that give the same numbers (keras' 'tf' and
+'symmetric', 'torch' and 'imagenet') are evaluated once.
+
+When training's accuracy is known (``--history``, or a run trained here) and
+the run's is within ``MIN_GAIN`` of it, no mismatch is claimed for an option
+that would beat training by ``MIN_GAIN``: the preprocessing used reproduces
+training, and a model that does better on input it never saw (an
+under-trained BatchNormalization's running statistics can) is said in a note.
 
 The result is a plain dict (JSON) stored in the run's manifest
 (``model.input_check``) so that the Overview reads it without TensorFlow; its
@@ -136,6 +141,15 @@ def _seen_order(p: Preprocessing) -> str:
     return "bgr" if p.channel_order == "rgb" else "rgb"
 
 
+def _flags(current: Preprocessing, spec: str) -> int:
+    """How many of the two options (``--preprocess``, ``--channel-order``) differ from ``current``: ties
+    go first to the fewest options to pass. A model trained on RGB through ``resnet.preprocess_input``
+    on pictures whose colour tells nothing classifies as well under 'caffe+bgr' (it then sees RGB, as
+    under 'unit') as under 'caffe': the README's 'caffe', one option, is named, not both."""
+    other = Preprocessing.parse(spec)
+    return int(other.mode != current.mode) + int(other.channel_order != current.channel_order)
+
+
 def _changes(current: Preprocessing, spec: str) -> int:
     """How many of (mode, channel order the model sees) differ from ``current``: ties go to the
     smallest change (a model trained on cv2's BGR / 255 fits 'unit+bgr', one change from 'unit', and
@@ -197,9 +211,20 @@ def check_input(
     # under 'caffe', whose unscaled inputs may even win a few images: 'unit+bgr' is what it learnt).
     top = max(accuracies, key=accuracies.get) if n else current.spec
     contenders = [s for s, a in accuracies.items() if a >= best_acc - TIE or _z(correct[top], correct[s]) < MIN_Z]
-    best = min(contenders, key=lambda s: (_changes(current, s), losses[s])) if n else current.spec
+    best = min(contenders, key=lambda s: (_flags(current, s), _changes(current, s), losses[s])) if n else current.spec
     suggested = (best if best != current.spec and accuracies[best] >= majority + MIN_GAIN
                  and clearly_better(correct[best], current_correct) else None)
+    notes: list[str] = []
+    if suggested is not None and _as_in_training(expected_accuracy, run_accuracy, accuracies[suggested]):
+        # The run reproduces training and the other option would beat it by far: the model does better on
+        # input it was not trained on (an under-trained BatchNormalization's running statistics can), which
+        # is no sign that the user fed it otherwise.
+        expected, source = expected_accuracy
+        notes.append(f"Accuracy {run_accuracy:.2f} here matches {expected:.2f} in training ({source}), so "
+                     f"{current.describe()} is kept, though the model scores {accuracies[suggested]:.2f} with "
+                     f"{Preprocessing.parse(suggested).describe()} on {n} sampled images: better than in training, "
+                     "on input it was not trained on.")
+        suggested = None
 
     lines: list[str] = []
     if suggested is not None:
@@ -207,13 +232,14 @@ def check_input(
         hint = " (was the model trained on cv2.imread images?)" if p.channel_order != current.channel_order else ""
         alias = {v: k for k, v in SAME_AS.items()}.get(p.mode)
         also = f" (keras.applications' '{alias}' mode gives the same numbers)" if alias else ""
+        other = (f"; {Preprocessing.parse(top).describe()} scores {accuracies[top]:.2f}, as good within chance, "
+                 "but changes more" if accuracies[top] > accuracies[suggested] else "")
         lines.append(f"Preprocessing mismatch: accuracy {accuracies[current.spec]:.2f} with {current.describe()}; "
-                     f"{accuracies[suggested]:.2f} with {p.describe()} on {n} sampled images{hint}. "
+                     f"{accuracies[suggested]:.2f} with {p.describe()} on {n} sampled images{hint}{other}. "
                      f"Re-run with {p.options()}{also}.")
         if rescaling_layer:
             lines.append(f"The model holds its own preprocessing layer {rescaling_layer!r}: it expects raw 0..255 "
                          "pixels with no --preprocess.")
-    notes: list[str] = []
     if suggested is None and rescaling_layer and current.mode == "raw":
         notes.append(f"The model holds its own preprocessing layer {rescaling_layer!r}: raw 0..255 pixels are fed, "
                      "no --preprocess is needed.")
@@ -249,6 +275,20 @@ def check_input(
     return {"sample": int(n), "seconds": round(time.perf_counter() - t0, 2), "current": current.spec,
             "accuracies": {s: round(a, 4) for s, a in accuracies.items()}, "suggested": suggested,
             "class_order": class_order, "rescaling_layer": rescaling_layer, "lines": lines, "notes": notes}
+
+
+def _as_in_training(expected_accuracy: tuple[float, str] | None, run_accuracy: float | None,
+                    other_accuracy: float) -> bool:
+    """Whether the run's accuracy is within ``MIN_GAIN`` of training's while ``other_accuracy`` exceeds
+    training's by ``MIN_GAIN`` or more: the preprocessing used reproduces training.
+
+    >>> _as_in_training((0.48, "val_accuracy"), 0.47, 0.73), _as_in_training((0.9, "val_accuracy"), 0.47, 0.88)
+    (True, False)
+    """
+    if expected_accuracy is None or run_accuracy is None:
+        return False
+    expected = expected_accuracy[0]
+    return abs(expected - run_accuracy) < MIN_GAIN and other_accuracy - expected >= MIN_GAIN
 
 
 def expected_from_training(training: dict | None) -> tuple[float, str] | None:

@@ -178,3 +178,63 @@ def test_a_model_that_answers_one_class_is_no_evidence():
                           classes=CLASSES, confusion=np.array([[60, 0], [140, 0]]))
     assert finding["accuracies"]["unit"] == 0.3 and finding["accuracies"]["unit+bgr"] == 0.7
     assert finding["suggested"] is None and finding["lines"] == []
+
+
+def _brightness_images(n: int = 200, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 4, 4, 3) uint8 grey-ish pictures, class 1 bright and class 0 dark: colour tells nothing."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    base = np.where(labels == 1, 190, 50)[:, None, None, None]
+    return np.clip(base + rng.integers(-40, 41, (n, 4, 4, 3)), 0, 255).astype(np.uint8), labels
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_a_colour_blind_caffe_model_is_told_caffe_not_caffe_with_bgr():
+    """Trained through resnet.preprocess_input on RGB ('caffe': mean-subtracted, unscaled); it reads
+    brightness only, so 'caffe+bgr' scores the same. The README's one option is named, not two."""
+    def caffe_model(x):  # dark below -30 after the mean is taken away; anything in -30..30 (scaled input): bright
+        m = x.mean(axis=(1, 2, 3))
+        dark = m < -30
+        return _softmax(np.stack([dark, ~dark], axis=1) * 4.0)
+
+    images, labels = _brightness_images()
+    current = Preprocessing("unit")
+    probs = caffe_model(feed(images, current))
+    confusion = np.zeros((2, 2), np.int64)
+    np.add.at(confusion, (labels, probs.argmax(axis=1)), 1)
+    finding = check_input(caffe_model, images, labels, current=current, current_probs=probs, classes=CLASSES,
+                          confusion=confusion)
+    assert finding["accuracies"]["caffe"] == finding["accuracies"]["caffe+bgr"] == 1.0
+    assert finding["suggested"] == "caffe", finding
+    assert finding["lines"][0].endswith("Re-run with --preprocess caffe.")
+
+
+def test_no_mismatch_when_the_run_reproduces_training():
+    """An under-trained model (think BatchNormalization's running statistics) that scores 0.5 on the 0..1
+    input it was trained on, as in training, and better on unscaled input: the preprocessing is right."""
+    def odd_model(x):
+        m = x.mean(axis=(1, 2, 3))
+        return _softmax(np.stack([-(m - 120), m - 120], axis=1) / 10)  # 0..1 input: always 'blue'
+
+    images, labels = _brightness_images()
+    current = Preprocessing("unit")
+    probs = odd_model(feed(images, current))
+    confusion = np.zeros((2, 2), np.int64)
+    np.add.at(confusion, (labels, probs.argmax(axis=1)), 1)
+    unit_accuracy = float((probs.argmax(axis=1) == labels).mean())
+    kwargs = dict(current=current, current_probs=probs, classes=CLASSES, confusion=confusion)
+    without = check_input(odd_model, images, labels, **kwargs)
+    assert without["suggested"] == "raw" and without["lines"][0].startswith("Preprocessing mismatch")
+    finding = check_input(odd_model, images, labels, **kwargs, expected_accuracy=(unit_accuracy + 0.02, "val_accuracy"),
+                          run_accuracy=unit_accuracy)
+    assert finding["suggested"] is None and finding["lines"] == []
+    assert finding["notes"][0].startswith(f"Accuracy {unit_accuracy:.2f} here matches {unit_accuracy + 0.02:.2f} in "
+                                          "training (val_accuracy), so unit 0..1 is kept, though the model scores 1.00")
+    # training reached far more than the run: the mismatch stands
+    far = check_input(odd_model, images, labels, **kwargs, expected_accuracy=(0.95, "val_accuracy"),
+                      run_accuracy=unit_accuracy)
+    assert far["suggested"] == "raw"
