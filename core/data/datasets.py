@@ -112,16 +112,15 @@ class ImageDataset:
             "n_images": len(self), "images_in_run": self.pixels is not None,
         }
 
-    def read(self, i: int, *, min_size: tuple[int, int] | None = None,
-             max_pixels: int | None = None) -> np.ndarray:
+    def read(self, i: int, *, max_pixels: int | None = None) -> np.ndarray:
         """Pixels of row i, RGB/gray uint8 (raises ValueError if undecodable or over the pixel limit).
 
-        ``min_size`` lets a large JPEG decode at reduced scale; ``max_pixels``
+        Decoded whole, as a training pipeline decodes it; ``max_pixels``
         overrides the pixel limit (see core.data.images).
         """
         if self.pixels is not None:
             return self.pixels[i]
-        return read_image(self.root / self.paths[i], min_size=min_size, max_pixels=max_pixels)
+        return read_image(self.root / self.paths[i], max_pixels=max_pixels)
 
 
 @dataclass
@@ -150,7 +149,7 @@ def iter_batches(
         # each worker decodes a strided share of the batch straight into the batch array
         for i, j in zip(rows, positions):
             try:
-                out[j] = fit_to_input(dataset.read(i, min_size=size, max_pixels=max_pixels),
+                out[j] = fit_to_input(dataset.read(i, max_pixels=max_pixels),
                                       size=size, channels=channels)
             except (ValueError, OSError, MemoryError) as exc:  # cv2.imdecode returns None, no cv2.error
                 errors[j] = str(exc)

@@ -1,8 +1,13 @@
 """Image decoding with OpenCV: one function turns any supported file into RGB uint8.
 
 Handled: JPEG, PNG, BMP, WebP (and TIFF); 8- and 16-bit; grayscale, BGR and
-BGRA. Alpha is composited over white, 16-bit is scaled to 8-bit, and OpenCV's
-BGR order is converted to RGB exactly once, here.
+BGRA. Alpha is dropped, as ``cv2.imread``, PIL's ``convert("RGB")`` (Keras'
+``load_img``, torchvision's loader) and ``tf.io.decode_image(channels=3)`` drop
+it: the model gets the colours a training pipeline fed it, not a picture over
+some background. 16-bit is scaled to 8-bit, and OpenCV's BGR order is
+converted to RGB exactly once, here. A file is decoded whole at its own
+size; only pictures for the eye (the dashboard's thumbnails) may be decoded at
+reduced scale (``min_size``).
 
 Decompression bombs: a small file can describe a huge picture (a 30000x30000
 PNG is under 1 MB and 2.7 GB decoded). Every decode first reads the size from
@@ -68,26 +73,6 @@ finally:
         del os.environ[_OPENCV_CAP_ENV]
 
 
-def _compose_over_white(bgra: np.ndarray) -> np.ndarray:
-    """RGB uint8 of a BGRA uint8 image over a white background, in integer maths.
-
-    round((c * a + 255 * (255 - a)) / 255) for each colour c and alpha a: the
-    numerator is at most 65,025, so uint16 holds it, and strips of about a
-    million pixels keep the temporaries small whatever the image size.
-
-    >>> px = np.array([[[255, 0, 0, 255], [255, 0, 0, 0], [0, 0, 255, 128]]], np.uint8)
-    >>> _compose_over_white(px).tolist()
-    [[[0, 0, 255], [255, 255, 255], [255, 127, 127]]]
-    """
-    out = np.empty((*bgra.shape[:2], 3), np.uint8)
-    for rows in _strips(bgra):
-        strip = bgra[rows]
-        alpha = strip[:, :, 3:4].astype(np.uint16)
-        mixed = strip[:, :, 2::-1].astype(np.uint16) * alpha + (255 - alpha) * 255 + 127
-        out[rows] = mixed // 255
-    return out
-
-
 def _strips(img: np.ndarray, pixels: int = 1 << 20):
     """Row slices of about ``pixels`` pixels each: full-size temporaries would double the peak memory."""
     step = max(1, pixels // max(img.shape[1], 1))
@@ -106,15 +91,15 @@ def to_uint8_rgb(img: np.ndarray) -> np.ndarray:
         img = img[:, :, 0]
     if img.ndim == 2:
         return img
-    if img.shape[2] == 4:
-        return _compose_over_white(img)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)
 
 
 # --------------------------------------------------------------------------- sizes from headers
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_REDUCED = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# EXIF orientation ignored, as IMREAD_UNCHANGED (the full decode) ignores it
+_REDUCED = {f: flag | cv2.IMREAD_IGNORE_ORIENTATION for f, flag in
+            ((2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4), (8, cv2.IMREAD_REDUCED_COLOR_8))}
 _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
@@ -406,8 +391,10 @@ def decode_bytes(
     ``max_pixels_limit()``) raises ValueError before anything is decoded.
     With ``min_size`` = (height, width), a large JPEG is decoded at 1/2, 1/4 or
     1/8 scale by libjpeg's DCT scaling (as PIL's ``draft`` does) when that still
-    leaves at least ``min_size`` pixels: the same picture at a fraction of the
-    cost for a later downscale. Raises ValueError naming ``name`` when OpenCV
+    leaves at least ``min_size`` pixels: nearly the same picture at a fraction of
+    the cost for a later downscale, for display only. Its pixels differ from a
+    full decode's (a 358-px JPEG of stripes at 32 px by up to 94 levels), so
+    nothing that feeds a model asks for it. Raises ValueError naming ``name`` when OpenCV
     cannot decode it.
     """
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data

@@ -150,7 +150,7 @@ def test_grayscale_alpha_and_16_bit(tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), bgra)
     rgba = read_image(tmp_path / "a.png")
     assert rgba[0, 0].tolist() == [0, 0, 255]          # opaque: its colour
-    assert rgba[1, 1].tolist() == [255, 255, 255]      # transparent: the white background
+    assert rgba[1, 1].tolist() == [0, 0, 255]          # transparent: its colour too, as cv2.imread reads it
     cv2.imwrite(str(tmp_path / "w.png"), np.full((2, 2, 3), 65535, np.uint16))
     wide = read_image(tmp_path / "w.png")
     assert wide.dtype == np.uint8 and wide.max() == 255
@@ -188,6 +188,23 @@ def test_large_jpeg_decodes_at_reduced_scale_with_the_same_picture(tmp_path):
     b = fit_to_input(full, size=(60, 60), channels=3).astype(int)
     assert np.abs(a - b).mean() < 3                     # the same picture at the model's size
     assert read_image(tmp_path / "big.jpg", min_size=(300, 300)).shape == (480, 640, 3)
+
+
+def test_model_input_is_the_full_decode_resized_not_the_reduced_jpeg(tmp_path):
+    """A user's pipeline decodes a JPEG whole and then resizes it: a 1/8-scale DCT decode gave a 358-px
+    picture of stripes another 32x32 input (up to 94 levels apart) and flipped predictions."""
+    x = np.arange(358)
+    stripes = np.tile(((x // 3) % 2 * 255).astype(np.uint8)[None, :, None], (358, 1, 3))
+    (tmp_path / "a").mkdir()
+    cv2.imwrite(str(tmp_path / "a" / "s.jpg"), stripes, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    (tmp_path / "b").mkdir()
+    cv2.imwrite(str(tmp_path / "b" / "t.png"), stripes)
+    batch = next(iter_batches(load_dataset(tmp_path), size=(32, 32), channels=3, workers=1))
+    full = cv2.cvtColor(cv2.imread(str(tmp_path / "a" / "s.jpg")), cv2.COLOR_BGR2RGB)
+    expected = cv2.resize(full, (32, 32), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(batch.images[0], expected)
+    reduced = fit_to_input(read_image(tmp_path / "a" / "s.jpg", min_size=(32, 32)), size=(32, 32), channels=3)
+    assert np.abs(reduced.astype(int) - expected).max() > 10   # what the reduced decode would have fed
 
 
 # --- decompression bombs and symbolic links -------------------------------------
