@@ -258,6 +258,10 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
         raise ModelError(f"The model outputs {inference.n_outputs} classes but the data set has {k} "
                          f"classes ({', '.join(dataset.classes[:5])}{', ...' if k > 5 else ''})")
     image_size = config.image_size
+    if image_size and inference.input_size and tuple(image_size) != tuple(inference.input_size):
+        (h, w), (mh, mw) = image_size, inference.input_size
+        raise ModelError(f"--image-size {h}x{w} does not apply: the model takes {mh}x{mw} images (only a model "
+                         "that accepts any size is given one)")
     t0 = time.perf_counter()
     if ray_options is not None:  # the model loaded above tells the manifest what it is; Ray's actors predict
         from core.run.ray_engine import run_inference_ray

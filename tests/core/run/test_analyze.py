@@ -146,6 +146,15 @@ def test_output_width_mismatch_names_both_numbers(tmp_path, image_tree):
     assert RunStore(tmp_path).run_ids() == []
 
 
+def test_image_size_for_a_fixed_size_model_is_refused_naming_both(tmp_path, image_tree, tiny_model_path):
+    """--image-size is for models that take any size: another size for a fixed one was silently ignored."""
+    size = tuple(load_model(tiny_model_path).input_shape[1:3])
+    with pytest.raises(ModelError, match=rf"--image-size 32x30 does not apply: the model takes {size[0]}x{size[1]} "):
+        analyze(tiny_model_path, load_dataset(image_tree), store=RunStore(tmp_path), progress=False,
+                image_size=(32, 30), projection=False)
+    assert RunStore(tmp_path).run_ids() == []
+
+
 def test_grayscale_model_gets_one_channel_and_resized_input(tmp_path, image_tree):
     path = tmp_path / "gray.keras"
     make_classifier(input_shape=(12, 10, 1)).save(path)
