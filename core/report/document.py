@@ -1001,7 +1001,7 @@ def _write_atomic(file: Path, data: bytes) -> None:
 
 # --------------------------------------------------------------------------- Markdown
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|~&])")
-_MD_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+[.)])")
+_MD_LINE_START = re.compile(r"^(\s*)([#>+=-]|\d+(?=[.)](?:\s|$)))")
 
 
 def md(text: object) -> str:
@@ -1012,9 +1012,15 @@ def md(text: object) -> str:
     '\\\\<script\\\\>\\\\*x\\\\*'
     >>> md("- 1. T-shirt/top")
     '\\\\- 1. T-shirt/top'
+    >>> md("1. T-shirt/top"), md("58.04%"), md("3) x")
+    ('1\\\\. T-shirt/top', '58.04%', '3\\\\) x')
+
+    A backslash escapes only punctuation: before the dot of an ordered-list marker, never before a
+    number ("\\\\58.04%" shows its backslash).
     """
     text = _MD_SPECIAL.sub(r"\\\1", clean(text)).replace("\n", " ")
-    return _MD_LINE_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text)
+    marker = lambda m: m.group(2) + "\\" if m.group(2).isdigit() else "\\" + m.group(2)  # noqa: E731
+    return _MD_LINE_START.sub(lambda m: m.group(1) + marker(m), text)
 
 
 def _at_least(data: bytes, size: int) -> bytes:

@@ -208,6 +208,8 @@ def test_markdown_writes_report_md_and_its_pictures(store, tmp_path):
     assert "<script>" not in text and md("<script>") in text
     assert "\u202e" not in text
     assert md("a & \"b\"") == 'a \\& "b"'
+    # a backslash before a digit is no escape in CommonMark: "| Accuracy | \\58.04% |" showed it
+    assert re.search(r"\\\d", text) is None and re.search(r"\| \d+\.\d+%? \|", text)
 
 
 def test_cli_html_is_the_dashboards_bytes_and_the_csv_form_is_unchanged(store, tmp_path, capsys):
