@@ -462,6 +462,8 @@ def cmd_import(args) -> int:
 
 
 def cmd_runs(args) -> int:
+    if Path(args.store).exists() and not Path(args.store).is_dir():
+        raise UserError(f"--store {args.store}: not a folder")
     store = RunStore(args.store)
     runs = store.list_runs()
     if not runs:
@@ -575,9 +577,13 @@ def cmd_explain(args) -> int:
     index = write_explanations(run, attention, args.out)
     for row, reason in attention.skipped.items():
         print(f"skipped row {row}: {reason}", file=sys.stderr)
-    n_empty = int(index.filter(like="empty_").to_numpy().sum())
-    print(f"Wrote {len(index)} maps at layer {attention.layer!r} ({attention.method}) to {args.out}"
-          + (f"; {n_empty} without positive evidence (empty_* in index.csv)" if n_empty else ""), file=sys.stderr)
+    empty = index.filter(like="empty_").to_numpy()
+    n_empty = int(empty.sum())
+    where = (f"by occluding {attention.layer.removeprefix('occlusion ')}" if attention.method == "occlusion"
+             else f"at layer {attention.layer!r} ({attention.method})")
+    print(f"Wrote the maps of {len(index)} images ({empty.size} maps: {', '.join(attention.which)}) {where} to "
+          f"{args.out}" + (f"; {n_empty} of the {empty.size} maps without positive evidence (empty_* in index.csv)"
+                           if n_empty else ""), file=sys.stderr)
     if attention.method == "occlusion" and attention.cost:
         per = attention.cost.get("last_seconds_per_image") or attention.cost.get("seconds_per_image")
         grid = attention.cost.get("grid")

@@ -120,9 +120,25 @@ class Comparison:
         return files
 
 
+def _names(names: list[str], limit: int = 5) -> str:
+    """``names`` for a message: at most ``limit`` of them, quoted, and how many more.
+
+    >>> _names(["cat"]), _names(list("abcdefg"), limit=2)
+    ("'cat'", "'a', 'b' and 5 more")
+    """
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def _compared_rows(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray, str]:
     if list(a.classes) != list(b.classes):
-        raise ComparisonError("The runs have different classes; compare runs of models with the same classes.")
+        only_a = [c for c in a.classes if c not in set(b.classes)]
+        only_b = [c for c in b.classes if c not in set(a.classes)]
+        parts = [f"{x.id!r} has {_names(only)}, which {y.id!r} lacks" for x, y, only in ((a, b, only_a), (b, a, only_b))
+                 if only]
+        what = "; ".join(parts) or "the same names in another order"
+        raise ComparisonError(f"The runs have different classes ({what}); compare runs of models with the same "
+                              "classes.")
     pa, pb = a.predictions, b.predictions
     rows_a, rows_b = match_rows(pa["path"].astype(str).to_numpy(), pb["path"].astype(str).to_numpy())
     if rows_a.size == 0:

@@ -94,6 +94,9 @@ def test_bad_confidence_is_named(tmp_path, capsys):
 def test_empty_store_tells_what_to_do(tmp_path, capsys):
     assert main(["runs", "--store", str(tmp_path)]) == 0
     assert "python -m core demo" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")  # a file given as the store: said, not "No runs in"
+    assert main(["runs", "--store", str(tmp_path / "afile")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --store {tmp_path / 'afile'}: not a folder"
 
 
 def test_class_order_beside_the_model_wins(tmp_path, image_tree, tiny_model_path):

@@ -114,5 +114,5 @@ def test_cli_compare_writes_the_three_csvs(store, capsys):
     # runs that cannot be compared: one line, exit status 2
     make_synthetic_run(store, "four", n=300, n_classes=3, seed=0)
     assert main(["compare", "small", "four", "--store", str(store.root)]) == 2
-    assert capsys.readouterr().err.strip() == ("error: The runs have different classes; compare runs of "
-                                               "models with the same classes.")
+    assert capsys.readouterr().err.strip() == ("error: The runs have different classes ('small' has 'ddd', which "
+                                               "'four' lacks); compare runs of models with the same classes.")

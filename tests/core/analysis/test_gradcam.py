@@ -418,7 +418,7 @@ def test_cli_explain_plain_cnn(tiny_cnn_run, tmp_path, capsys):
     for name in index["overlay"]:
         png = cv2.imread(str(out / name))
         assert png.shape == (128, 2 * 128 + 4, 3)
-    assert f"Wrote 5 maps at layer 'conv_2' (gradcam) to {out}" in err
+    assert f"Wrote the maps of 5 images (10 maps: predicted, true) at layer 'conv_2' (gradcam) to {out}" in err
 
     # a confusion cell, written over the earlier output (its PNGs are replaced, not left behind)
     t, p = index.loc[0, ["true_label", "predicted_label"]]
