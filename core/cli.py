@@ -421,7 +421,7 @@ def cmd_analyze(args) -> int:
                   input_check=not args.no_input_check, expected_accuracy=expected, class_source=class_source,
                   image_size=args.image_size, seed=args.seed, engine=args.engine, ray_address=args.ray_address,
                   ray_cpus=args.ray_cpus, ray_actors=args.ray_actors)
-    for line in run.model_info.input_warnings + run.model_info.input_notes:
+    for line in run.model_info.input_warnings + run.model_info.input_notes + run.notes:
         print(line, file=sys.stderr)
     print(run.id)
     return 0

@@ -286,7 +286,7 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
         finding = input_check_of(inference, kept, probs, image_size=image_size, class_source=class_source,
                                  expected=expected_accuracy or expected_from_training(training))
 
-    notes = []
+    notes = list(inference.notes)
     if features is None:
         notes.append("No embeddings: a SavedModel loads as one opaque function in Keras 3; "
                      "save the model as .keras to get embeddings and the UMAP map.")

@@ -56,6 +56,7 @@ class InferenceModel:
     has_features: bool
     rescales_input: bool = False   # the model holds its own preprocessing layer (Rescaling, Normalization)
     rescaling_layer: str | None = None  # its name, when known
+    notes: list[str] = field(default_factory=list)  # what the user should know of how it was read
 
     @property
     def scale(self) -> str:

@@ -211,6 +211,13 @@ def keras_inference_model(model, *, layer: str | None = None,
     check_channels(resolved, int(in_shape[3]))
     out = model.outputs[0]
     top_layers = list(model.layers)
+    notes = []
+    if len(model.outputs) > 1:  # the first output is the classes; the layers behind it say what it is
+        names = [getattr(getattr(o, "_keras_history", None), "operation", None) for o in model.outputs]
+        first = names[0]
+        top_layers = [lyr for lyr in top_layers if lyr is not first] + ([first] if first is not None else [])
+        shown = ", ".join(f"{getattr(n, 'name', '?')!r} ({int(o.shape[-1])} wide)" for n, o in zip(names, model.outputs))
+        notes.append(f"The model has {len(model.outputs)} outputs ({shown}): the first is read as the classes.")
     dense = [lyr for lyr in top_layers if isinstance(lyr, keras.layers.Dense)]
     activation = _activation_name(top_layers[-1]) if top_layers else None
     if activation is None and dense:
@@ -244,7 +251,7 @@ def keras_inference_model(model, *, layer: str | None = None,
     return InferenceModel(
         model=wrapped, input_size=size, channels=in_shape[3], n_outputs=int(out.shape[-1]),
         layer=layer_name, output_activation=activation, preprocessing=resolved, has_features=True,
-        rescales_input=own_layer is not None, rescaling_layer=own_layer,
+        rescales_input=own_layer is not None, rescaling_layer=own_layer, notes=notes,
     )
 
 def _tap_nested_layer(model, layer: str):

@@ -155,6 +155,31 @@ def test_image_size_for_a_fixed_size_model_is_refused_naming_both(tmp_path, imag
     assert RunStore(tmp_path).run_ids() == []
 
 
+def test_a_two_headed_model_is_read_on_its_first_output_and_says_so(tmp_path, image_tree, capsys):
+    """A classifier with a second, linear head saved last: the activation and the embeddings come from
+    the first head's layers (the second head's linear activation made the probabilities logits)."""
+    from core.cli import main
+
+    inp = keras.Input((20, 20, 3))
+    z = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu")(
+        keras.layers.Rescaling(1 / 255)(inp)))
+    hidden = keras.layers.Dense(6, activation="relu", name="hidden")(z)
+    classes = keras.layers.Dense(3, activation="softmax", name="classes")(hidden)
+    box = keras.layers.Dense(4, name="box")(z)
+    path = tmp_path / "two.keras"
+    keras.Model(inp, [classes, box]).save(path)
+    assert main(["analyze", "--model", str(path), "--data", str(image_tree), "--store", str(tmp_path / "s"),
+                 "--no-projection", "--no-input-check"]) == 0
+    err = capsys.readouterr().err
+    assert "The model has 2 outputs ('classes' (3 wide), 'box' (4 wide)): the first is read as the classes." in err
+    run = RunStore(tmp_path / "s").load(RunStore(tmp_path / "s").run_ids()[0])
+    info = run.manifest["model"]
+    assert info["output_activation"] == "softmax" and info["outputs_were"] == "probabilities"
+    assert run.manifest["layer"] == "classes:input" and run.embeddings.shape[1] == 6
+    direct = keras.saving.load_model(path).predict(run.image(0)[None].astype("float32"), verbose=0)[0][0]
+    assert np.allclose(run.probs[0], direct, atol=1e-5)
+
+
 def test_grayscale_model_gets_one_channel_and_resized_input(tmp_path, image_tree):
     path = tmp_path / "gray.keras"
     make_classifier(input_shape=(12, 10, 1)).save(path)
