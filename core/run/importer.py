@@ -140,11 +140,12 @@ def check_probabilities(probs: np.ndarray, *, paths: Sequence[str], classes: Seq
 
 
 def match_paths(paths: Sequence[str], known: Sequence[str], *, file: str, data_name: str,
-                where: str = "row") -> np.ndarray:
+                where: str = "row", skipped: dict[str, str] | None = None) -> np.ndarray:
     """Row positions in ``known`` (the data set's paths) of each of ``paths`` (both normalised).
 
     Raises PredictionsError for a path listed twice (naming both rows) and for
-    paths not in the data set (naming the first few and how many there are).
+    paths not in the data set (naming the first few and how many there are, and
+    why the data set skipped one where ``skipped`` {path: reason} says).
 
     >>> match_paths(["b.png", "a.png"], ["a.png", "b.png"], file="p.csv", data_name="d").tolist()
     [1, 0]
@@ -158,7 +159,9 @@ def match_paths(paths: Sequence[str], known: Sequence[str], *, file: str, data_n
     index = {p: i for i, p in enumerate(known)}
     unknown = [p for p in paths if p not in index]
     if unknown:
-        shown = ", ".join(repr(p) for p in unknown[:_SHOWN])
+        skipped = skipped or {}
+        shown = ", ".join(repr(p) + (f" (skipped when the data set was read: {skipped[p]})" if p in skipped else "")
+                          for p in unknown[:_SHOWN])
         raise PredictionsError(f"{file}: {len(unknown):,} of its {len(paths):,} paths are not in the data set "
                                f"{data_name}: {shown}{' ...' if len(unknown) > _SHOWN else ''} (paths are relative "
                                f"to the data set's root, as a run lists them, e.g. {known[0]!r})")
@@ -434,7 +437,8 @@ def _write_imported_run(dataset: ImageDataset, file: Path, embeddings_file: str 
     paths = [_relative_to_root(p, dataset) for p in preds.paths]
     known = _dataset_paths(dataset)
     rows = match_paths(paths, known, file=file.name, where=preds.where,
-                       data_name=f"{dataset.name!r} ({dataset.source or dataset.kind})")
+                       data_name=f"{dataset.name!r} ({dataset.source or dataset.kind})",
+                       skipped={str(s["path"]): str(s["reason"]) for s in dataset.skipped})
     order = np.argsort(rows, kind="stable")  # the run lists images in the data set's order
     rows = rows[order]
     predicted = np.zeros(len(dataset), bool)

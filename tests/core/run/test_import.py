@@ -168,6 +168,17 @@ def test_bad_predictions_give_one_line(tmp_path, capsys, image_tree, make, expec
     assert not (tmp_path / "s").exists() or not RunStore(tmp_path / "s").list_runs()
 
 
+def test_a_path_the_data_set_skipped_is_named_with_its_reason(tmp_path, capsys, image_tree):
+    outside = tmp_path / "elsewhere.png"
+    outside.write_bytes((image_tree / "cat" / "cat_0.png").read_bytes())
+    (image_tree / "cat" / "link.png").symlink_to(outside)
+    file = write_csv(tmp_path / "p.csv", GOOD + [["cat/link.png", 1, 0, 0]])
+    assert main(["import", "--data", str(image_tree), "--predictions", str(file), "--store", str(tmp_path / "s"),
+                 "--no-projection"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "'cat/link.png' (skipped when the data set was read: symbolic link" in err, err
+
+
 def npz_case(folder, **arrays):
     """``arrays`` saved as p.npz in a new sub-folder of ``folder`` (each case keeps its own file)."""
     case = folder / f"case{len(list(folder.glob('case*')))}"
