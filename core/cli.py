@@ -553,6 +553,7 @@ def cmd_explain(args) -> int:
     from core.analysis.gradcam import explain_rows, select_rows, write_explanations
 
     run = RunStore(args.store).load(args.run)
+    _warn_if_data_changed(run)
     rows = select_rows(run, true_class=args.true, predicted_class=args.predicted, split=args.split,
                        limit=args.limit)
     if len(rows) == 0:
@@ -693,11 +694,18 @@ def cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_if_data_changed(run) -> None:
+    line = run.data_change_line()
+    if line:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def cmd_diagnose(args: argparse.Namespace) -> int:
     """``python -m core diagnose``: one line per diagnosis on stdout; 1 if one was skipped."""
     from core.diagnose import headline, run_diagnoses, stderr_progress, write_findings
 
     run = RunStore(args.store).load(args.run)
+    _warn_if_data_changed(run)
     kinds = tuple(k.strip() for k in args.only.split(",") if k.strip()) if args.only is not None else None
     with stderr_progress(f"diagnose {run.id}") as progress:
         results = run_diagnoses(run, progress=progress, kinds=kinds, force=args.force)
@@ -716,6 +724,7 @@ def _diagnosis_csv(args: argparse.Namespace, what: str, table_of) -> int:
     from core.diagnose import stderr_progress
 
     run = RunStore(args.store).load(args.run)
+    _warn_if_data_changed(run)
     with stderr_progress(f"{what} {run.id}") as progress:
         table = table_of(run, progress)
     _write_csv(table, args.out)

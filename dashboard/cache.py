@@ -419,3 +419,13 @@ def diagnose_cards(_run: Run, key: str, stamp: str) -> list:
 def reviewed_metrics(_run: Run, key: str, root: str, revision: int):
     """``RunReview.reviewed_metrics()`` of the run, recomputed when the verdicts' ``revision`` changes."""
     return run_review(_run, key, root).reviewed_metrics()
+
+
+@st.cache_resource(max_entries=8, show_spinner=False, ttl=60)
+def _data_change_line(key: str, _run: Run) -> str | None:
+    return _run.data_change_line()
+
+
+def data_change_line(run: Run) -> str | None:
+    """``Run.data_change_line`` (one stat per image file), looked at again at most once a minute."""
+    return _data_change_line(run_key(run), run)

@@ -139,6 +139,9 @@ def render() -> None:
                         f"created {run.created or '?'} · {len(run.classes)} classes"))
     report_ui(run)
     input_check_ui(run)  # above the metrics: a mismatch makes them wrong
+    changed = cache.data_change_line(run)
+    if changed:
+        st.warning(ui.plain(changed), icon=":material/warning:")
     if not review_ui.overview_metrics_ui(run):  # its toggle on: the metrics as reviewed instead
         metrics_ui(run)
     counts_ui(run)

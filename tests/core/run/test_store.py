@@ -204,6 +204,33 @@ def test_images_outside_the_data_root_are_refused(tmp_path):
         run.image_file(1)
 
 
+def test_image_files_changed_since_the_run_was_made_are_told(tmp_path, capsys):
+    from core.cli import main
+
+    root = tmp_path / "data"; root.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (root / name).write_bytes(b"x")
+    store = RunStore(tmp_path / "store")
+    run = write_run(store, "files", classes=["a", "b"], y_true=np.array([0, 1, 1]),
+                    probs=np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), paths=["a.png", "b.png", "c.png"],
+                    data={"root": str(root), "name": "data"})
+    assert run.data_change_line() is None
+    (root / "a.png").unlink()
+    later = os.stat(root / "b.png").st_mtime + 3600
+    os.utime(root / "b.png", (later, later))
+    line = run.data_change_line()
+    assert line == (f"The data changed since run 'files' was made: of its 3 image files, 1 missing (e.g. 'a.png') "
+                    f"and 1 modified since {run.created} (e.g. 'b.png'). Its predictions and diagnoses are of the "
+                    "old files: analyse again with --force.")
+    main(["diagnose", "files", "--only", "calibration", "--store", str(store.root)])
+    assert f"warning: {line}" in capsys.readouterr().err
+    # pixels stored with the run never change
+    held = write_run(store, "held", classes=["a", "b"], y_true=np.array([0, 1]), probs=np.array([[0.9, 0.1], [0.2, 0.8]]),
+                     paths=["x", "y"], images=np.zeros((2, 4, 4, 3), np.uint8),
+                     data={"root": None, "name": "d", "images_in_run": True})
+    assert held.data_change_line() is None
+
+
 def test_write_run_checks_shapes(tmp_path):
     with pytest.raises(ValueError, match="probs has 3 columns but there are 2 classes"):
         write_run(RunStore(tmp_path), "bad", classes=["a", "b"], y_true=np.array([0]),
