@@ -474,7 +474,7 @@ def gallery_ui(run: Run, rows: np.ndarray, *, key: str, order_note: str = "most 
         shown = views.page_of(rows, page=page, per_page=per_page)
         start = (min(max(page, 1), pages) - 1) * per_page
         span = f"Image {start + 1:,}" if shown.size == 1 else f"Images {start + 1:,}–{start + shown.size:,}"
-        st.caption(f"{span} of {rows.size:,}, {order_note}. Click an image to inspect it.")
+        st.caption(ui.plain(f"{span} of {rows.size:,}, {order_note}. Click an image to inspect it."))
         lines = [[*caption_lines(run, int(row)), *_field_lines(run, int(row), fields)] for row in shown]
         for i, row in enumerate(shown):
             if i % COLUMNS == 0:  # one st.columns per line keeps lines aligned and items in order

@@ -597,7 +597,7 @@ def _on_open() -> None:
 def queue_component(run: Run, rows: np.ndarray, *, how: str, identity: str) -> None:
     """The queue (see the module docstring): drawn in a fragment, so a verdict reruns only it."""
     rows = np.asarray(rows, dtype=np.int64)
-    st.caption(f"{views.plural(rows.size, 'image')}: {how}.")
+    st.caption(ui.plain(f"{views.plural(rows.size, 'image')}: {how}."))  # how names classes: text, never Markdown
     if rows.size == 0:
         st.info("No images in this set.")
         return

@@ -350,3 +350,13 @@ def test_user_strings_reach_markdown_only_inert(tmp_path, monkeypatch):
     for source in sources:
         for raw in ("<b>", "**y**", "](", "__b__", "http://", "evil.example"):
             assert raw not in source, source
+    # the Review queue's set of one confusion cell names both classes in its caption
+    visit(at, "review")
+    at.selectbox(key=next(s.key for s in at.selectbox if s.key.endswith(":review-set"))).set_value("cell").run()
+    assert not at.exception
+    cell_captions = [c.value for c in at.caption if "true " in unescape(c.value) and "predicted" in unescape(c.value)]
+    assert cell_captions, [unescape(c.value) for c in at.caption]
+    for source in cell_captions:
+        assert "**bold**" in unescape(source) or INJECT in unescape(source)
+        for raw in ("<b>", "**", "](", "__b__", "http://"):
+            assert raw not in source, source
