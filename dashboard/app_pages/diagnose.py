@@ -31,8 +31,16 @@ def status_ui(run, findings: dict) -> list[str]:
         if name in skipped:
             st.caption(ui.plain(f"{name}: cannot run on this run: {skipped[name]}"))
     pending = [name for name in missing if name not in skipped]
-    if pending:
-        st.info(ui.plain("Not computed yet for this run: " + ", ".join(pending) + "."))
+    # a result stored but no longer current (an older version of the kind, other settings, or an input it
+    # reads recomputed since) is out of date, not absent: its card is hidden until it is recomputed
+    stale = [name for name in pending if run.derived_info(name) is not None]
+    never = [name for name in pending if name not in stale]
+    if never:
+        st.info(ui.plain("Not computed yet for this run: " + ", ".join(never) + "."))
+    if stale:
+        st.info(ui.plain("Out of date (made by an older version of the tool, with other settings, or before what "
+                         "it reads was recomputed): " + ", ".join(stale) + ". Compute diagnoses to bring "
+                         f"{'it' if len(stale) == 1 else 'them'} up to date."))
     return pending
 
 

@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import diagnose
 from core.diagnose.properties import finding_rows
+from core.run import derived
 from core.run.config import AnalysisConfig
 from core.run.store import RunStore
 from core.run.synthetic import make_synthetic_run, synthetic_arrays
@@ -171,7 +172,7 @@ def test_compute_button_runs_the_diagnoses_then_shows_ranked_cards(store):
     assert subheaders and subheaders[0].startswith("1. ")
     assert any("Copies whose labels disagree" in s for s in subheaders)
     assert "Compute diagnoses" not in [b.label for b in at.button]
-    # "Show images" on the leaks card opens its gallery, in the card's order
+    assert "Out of date" not in texts(at)
     at.button(key="diagnose-show-leaks").click().run()
     assert not at.exception, [e.value for e in at.exception]
     run = store.load("planted")
@@ -179,6 +180,14 @@ def test_compute_button_runs_the_diagnoses_then_shows_ranked_cards(store):
     shown = [img.proto.imgs[0].alt for img in at.get("image")]
     assert shown == run.predictions["path"].to_numpy()[card["leaks"].rows[:24]].tolist()
     assert "copy in train" in texts(at)  # the caption line registered for every gallery
+    # an input recomputed: what reads it is out of date, said so, not "not computed yet"
+    derived.get(run, "image_scan", force=True)
+    at = open_page("diagnose", "planted")
+    assert "Not computed yet" not in texts(at)
+    assert "Out of date (made by an older version of the tool, with other settings, or before what it reads was " \
+           "recomputed): " in texts(at)
+    assert "causes" in texts(at).split("Out of date", 1)[1].split("Compute diagnoses to bring", 1)[0]
+    diagnose.run_diagnoses(store.load("planted"))  # current again for the tests after this one
 
 
 @pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
