@@ -142,6 +142,26 @@ def _decode_choices(param: str, values: list[str]):
     return decode
 
 
+def _decode_names(param: str, vocabulary: tuple[str, ...], values: list[str]):
+    """Names from ``vocabulary`` (comma-separated), each present among this run's ``values``.
+
+    >>> _decode_names("cause", ("label", "model", "copy"), ["label", "model"])("model,label")
+    ['model', 'label']
+    >>> _decode_names("cause", ("label", "model", "copy"), ["label", "model"])("2")
+    Traceback (most recent call last):
+    ValueError: cause must be names from label, model, copy. Received: '2'
+    """
+    def decode(text: str) -> list[str]:
+        names = [t.strip() for t in str(text).split(",") if t.strip()]
+        if not names or any(n not in vocabulary for n in names):
+            raise ValueError(f"{param} must be names from {', '.join(vocabulary)}. Received: {text!r}")
+        absent = [n for n in names if n not in values]
+        if absent:
+            raise ValueError(f"{param}: no error of this run has {', '.join(absent)}. Received: {text!r}")
+        return names
+    return decode
+
+
 def _filter_key(run: Run, f: finding_data.Filter) -> str:
     return ui.scoped(run, f"errors-filter-{f.param}")
 
@@ -180,11 +200,16 @@ def errors_filters_ui(run: Run, rows: np.ndarray) -> np.ndarray:
             published[f.param] = None if choice == "any" else choice
             if choice != "any":
                 keep &= sub[f.column].to_numpy(bool) == (choice == "yes")
-        else:  # choices: by their place in the sorted values (values are free text)
+        else:  # choices: by name from a fixed vocabulary, else by their place in the sorted values (free text)
             options = sorted(str(v) for v in values.unique() if isinstance(v, str) and v)
-            state.seed(key, f.param, _decode_choices(f.param, options), scope=scope)
+            if f.vocabulary:
+                options = [v for v in f.vocabulary if v in options]  # the vocabulary's order: label, model, ...
+            decode = (_decode_names(f.param, f.vocabulary, options) if f.vocabulary
+                      else _decode_choices(f.param, options))
+            state.seed(key, f.param, decode, scope=scope)
             picked = col.multiselect(f.label, options, key=key, placeholder="every image", **keep_state)
-            published[f.param] = state.encode_ints([options.index(p) for p in picked if p in options])
+            published[f.param] = (",".join(p for p in picked if p in options) or None if f.vocabulary
+                                  else state.encode_ints([options.index(p) for p in picked if p in options]))
             if picked:
                 keep &= sub[f.column].isin(picked).to_numpy()
     state.publish(**published)

@@ -677,7 +677,7 @@ def causes_findings(run: Run, stored) -> Findings:
                       Column("cause_suggested", "suggested label (cause)", "the likely right label, for 'label'"),
                       Column("cause_evidence", "evidence", "what decided the cause")),
         captions=(Caption("{cause_words}: {cause_evidence}", when="cause"),),
-        filters=(Filter("cause", "Cause of the error", "choices", "cause"),))
+        filters=(Filter("cause", "Cause of the error", "choices", "cause", vocabulary=CAUSES),))
 
 
 @dataclass(frozen=True)

@@ -68,12 +68,15 @@ class Caption:
 @dataclass(frozen=True)
 class Filter:
     """A filter over column ``column``: ``type`` one of ``FILTER_TYPES``; ``param`` its key in the
-    page's address (short, unique across kinds); ``label`` as shown."""
+    page's address (short, unique across kinds); ``label`` as shown. A 'choices' filter over a fixed
+    ``vocabulary`` (names without commas) is written in the address by name (``cause=model,label``), so
+    that a link means the same on every run; free-text values go by their place among the run's."""
 
     column: str
     label: str
     type: str
     param: str
+    vocabulary: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.type not in FILTER_TYPES:

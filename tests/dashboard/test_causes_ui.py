@@ -119,4 +119,14 @@ def test_errors_page_filters_by_cause_and_shows_the_cause_columns(store):
     assert any(unescape(c.value).startswith(f"{n_model} misclassified image") for c in at.caption)
     shown = at.dataframe[0].value
     assert set(shown["cause"]) == {"model"} and shown["evidence"].str.len().gt(0).all()
-    assert at.query_params["cause"]  # the filter is in the address
+    assert at.query_params["cause"] in ("model", ["model"])  # the filter is in the address, by name
+    # a shared link opens the same filter; an unknown name is one warning naming it, and the filter is unset
+    from tests.dashboard.apptest import open_address
+
+    again = open_address("errors", run="c", cause="model")
+    assert set(again.dataframe[0].value["cause"]) == {"model"}
+    bad = open_address("errors", run="c", cause="1")
+    warnings = [unescape(w.value) for w in bad.warning]
+    assert any("cause must be names from label, model, ambiguous, atypical, copy, undetermined. Received: '1'" in w
+               for w in warnings), warnings
+    assert len(set(bad.dataframe[0].value["cause"])) > 1
