@@ -705,7 +705,7 @@ class CausesConfig:
                 raise UserError(f"causes: {name} must be a number within (0, 1). Received: {value!r}")
 
 
-@derived.register("causes", version=6, config=CausesConfig, findings=causes_findings,
+@derived.register("causes", version=7, config=CausesConfig, findings=causes_findings,
                   reads=("duplicates", "image_properties", "image_scan"),
                   description="a cause for every misclassified image, with its evidence")
 def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derived.DerivedResult:
@@ -939,8 +939,9 @@ def compute_causes(run: Run, config: CausesConfig, progress: Progress) -> derive
                              else "in embedding space" if in_embeddings else "in pixels")
                     dy, dp = ((d_err[j, y], d_err[j, p]) if in_embeddings else
                               (pixel_distances[err_local[j], y], pixel_distances[err_local[j], p]))
-                    sentence[j] = (f"{split}; {space} its nearest {names[y]} images are as close as its nearest "
-                                   f"{names[p]} ones ({dy:.3f} vs {dp:.3f}), yet {says[j]}")
+                    near = "closer than" if dy < dp - 5e-4 else "as close as"  # equal at the shown decimals
+                    sentence[j] = (f"{split}; {space} its nearest {names[y]} images are {near} its nearest "
+                                   f"{names[p]} ones (mean distance {dy:.3f} vs {dp:.3f}), yet {says[j]}")
                 else:
                     cause[j] = "ambiguous"
                     confidence[j] = 1.0 - abs(votes[j, p] - votes[j, y]) / max(n_near[j], 1)

@@ -2,6 +2,7 @@
 label flips and planted model errors, runs without embeddings or a train split, copies, label issues
 that need a second signal, the findings and the CLI."""
 
+import re
 import subprocess
 import sys
 
@@ -119,6 +120,10 @@ def test_planted_flips_are_label_errors_and_planted_model_errors_are_the_models(
     assert by_row["confidence"].between(0, 1).all() and by_row["evidence"].str.len().gt(20).all()
     sample = by_row.loc[model_errors[0], "evidence"]
     assert "nearest training images" in sample and "the model says" in sample
+    # the words agree with the figures: "closer than" where the given class is nearer at three decimals
+    for text in by_row.loc[by_row["cause"] == "model", "evidence"]:
+        dy, dp = map(float, re.search(r"\(mean distance ([\d.]+) vs ([\d.]+)\)", text).groups())
+        assert ("are closer than its nearest" in text) == (dy < dp), text
     # arrays aligned with the run's rows
     cause = stored.array("cause")
     assert (cause[errors] >= 0).all() and (np.delete(cause, errors) == -1).all()
