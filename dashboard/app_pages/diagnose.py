@@ -47,12 +47,18 @@ def status_ui(run, findings: dict) -> list[str]:
 def calibration_ui(run) -> None:
     stored = diagnose_ui.stored_findings(run)["calibration"]
     s = stored.summary
+    # before and after are measured on the images that did not fit the temperature: where those are part of
+    # the evaluated split, "before" differs from the card's ECE (of the whole split) and must say so
+    n_held, n_eval = s.get("n_held_out"), s.get("n_evaluated")
+    part = isinstance(n_held, int) and isinstance(n_eval, int) and n_held != n_eval
+    where = f" ({n_held:,} held-out images)" if part else ""
     cols = st.columns(3)
-    cols[0].metric("ECE before temperature scaling", f"{s['ece_before']:.4f}")
-    cols[1].metric("ECE after", f"{s['ece_after']:.4f}", delta=f"{s['ece_after'] - s['ece_before']:+.4f}",
+    cols[0].metric(f"ECE before temperature scaling{where}", f"{s['ece_before']:.4f}")
+    cols[1].metric(f"ECE after{where}", f"{s['ece_after']:.4f}", delta=f"{s['ece_after'] - s['ece_before']:+.4f}",
                    delta_color="inverse")
     cols[2].metric("Temperature", f"{s['temperature']:.3f}")
-    st.caption(ui.plain(f"Fitted: {s['fit_on']}"))
+    st.caption(ui.plain(f"Fitted: {s['fit_on']}"
+                        + (f"; the ECE above, {s['ece']:.4f}, is of all {n_eval:,}." if part else "")))
     cols = st.columns(3)
     cols[0].plotly_chart(figures.reliability_figure(stored.table("reliability")), key=f"reliability-{run.id}")
     histogram = stored.table("confidence_histogram")

@@ -202,6 +202,20 @@ def test_kinds_that_cannot_run_say_why(store):
 
 
 @pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
+def test_calibration_tiles_without_val_say_they_are_of_the_held_out_half(store):
+    """Without val the temperature is fitted on half the evaluated split and judged on the other half:
+    the 'before' tile then differs from the card's ECE (of the whole split) and says what it is of."""
+    make_synthetic_run(store, "noval", n=300, n_classes=4, seed=5, with_images=False)  # train and test only
+    assert "val" not in store.load("noval").splits
+    diagnose.run_diagnoses(store.load("noval"), kinds=("calibration",))
+    s = derived.get(store.load("noval"), "calibration", compute=False).summary
+    at = open_page("diagnose", "noval")
+    labels = [m.label for m in at.metric]
+    assert f"ECE before temperature scaling ({s['n_held_out']:,} held-out images)" in labels, labels
+    assert f"the ECE above, {s['ece']:.4f}, is of all {s['n_evaluated']:,}." in texts(at)
+
+
+@pytest.mark.slow  # costs more CPU than the fast lane affords (CLASSIFIER_TEST_CPU_LOG)
 def test_errors_page_filters_on_copy_in_train_and_label_issue(store):
     at = open_page("errors", "computed")
     run = store.load("computed")
