@@ -33,10 +33,6 @@ MAX_LEGEND_CLASSES = 20
 RING_RASTER_PX = (1200, 560)  # the outline picture, about the plot area on screen (620 px high): rings stay round and crisp
 
 
-def _escape(names: Sequence[str]) -> list[str]:
-    return [html.escape(str(n)) for n in names]
-
-
 def tick_font_size(n_classes: int) -> int:
     """Tick label size that keeps K labels legible: 12 px at K<=25, down to 9 px (beyond 40
     classes the axes thin their labels and show them all once zoomed)."""
@@ -49,11 +45,31 @@ def confusion_height(n_classes: int) -> int:
     return int(max(420, cell * n_classes + 190))
 
 
-def _unique_names(names: Sequence[str]) -> list[str]:
-    """Escaped names, made unique (a category axis merges equal names) with ' (i)' where needed."""
+LABEL_CHARS = 32  # a class name longer than this is cut on axes and legends: one 160-character name
+# squeezed the confusion matrix to 90x60 px and pushed a map's legend off the page
+
+
+def _short(name: object, limit: int = LABEL_CHARS) -> str:
+    """``name`` cut to ``limit`` characters with an ellipsis.
+
+    >>> _short("Shirt"), _short("x" * 40, 8)
+    ('Shirt', 'xxxxxxx…')
+    """
+    text = str(name)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _labels(names: Sequence[str]) -> list[str]:
+    """Names for axes and legends: cut to ``LABEL_CHARS`` (``_short``), escaped (plotly reads a few HTML
+    tags in labels), and made unique (a category axis merges equal names) with ' (i)' where needed.
+
+    >>> _labels(["<b>", "a" * 40, "a" * 40 + "b"])
+    ['&lt;b&gt;', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa…', 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa… (2)']
+    """
     out, seen = [], set()
-    for i, name in enumerate(_escape(names)):
-        label = name if name not in seen else f"{name} ({i})"
+    for i, name in enumerate(names):
+        label = html.escape(_short(name))
+        label = label if label not in seen else f"{label} ({i})"
         seen.add(label)
         out.append(label)
     return out
@@ -123,7 +139,7 @@ def confusion_figure(
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if high <= low:
         high = low + 1e-9
-    shown_names = [_unique_names(class_names)[i] for i in order]
+    shown_names = [_labels(class_names)[i] for i in order]
     fig = go.Figure()
     fig.add_trace(go.Heatmap(
         z=diag, x=shown_names, y=shown_names, colorscale=[[0, DIAGONAL_COLOUR], [1, DIAGONAL_COLOUR]],
@@ -197,7 +213,7 @@ def class_distribution_figure(distribution: pd.DataFrame, *, others: int = 0) ->
     count), classes in the table's order from the top; ``others`` names how many classes the
     last row ('others (M classes)') sums."""
     classes = list(dict.fromkeys(distribution["class"].astype(str)))
-    names = _escape(classes)
+    names = _labels(classes)
     fig = go.Figure()
     for i, (split, part) in enumerate(distribution.groupby("split", sort=True, observed=True)):
         counts = part.set_index(part["class"].astype(str))["count"].reindex(classes).fillna(0)
@@ -252,7 +268,7 @@ def probability_figure(probs: np.ndarray, class_names: Sequence[str], *, true: i
     order = top_k_with_true(probs, true=true, k=k)
     rank = np.empty(probs.size, np.int64)
     rank[np.lexsort((np.arange(probs.size), -probs))] = np.arange(1, probs.size + 1)
-    names = _escape(class_names)
+    names = _labels(class_names)
     labels = [names[i] + (f" (rank {rank[i]})" if rank[i] > k else "") for i in order]
     colours = ["#2ca02c" if i == true else ERROR_COLOUR if i == predicted else "#adb5bd" for i in order]
     fig = go.Figure(go.Bar(
@@ -328,7 +344,7 @@ def embedding_figure(plan: MapPlan, xy: np.ndarray, predictions: pd.DataFrame, c
     fig = go.Figure()
     x0, x1, y0, y1 = plan.window
     k = len(class_names)
-    names = _escape(class_names)
+    names = _labels(class_names)
     colour_rgb = mapview.class_palette(k)
     for uri in plan.images:
         _add_picture(fig, uri, plan.window)
@@ -422,7 +438,7 @@ def f1_delta_figure(comparison: pd.DataFrame, *, top: int = 40) -> go.Figure:
     part = comparison.reindex(comparison["f1_delta"].abs().sort_values(ascending=False).index)[:top]
     part = part.sort_values("f1_delta")
     colours = np.where(part["f1_delta"] >= 0, "#2ca02c", ERROR_COLOUR)
-    fig = go.Figure(go.Bar(x=part["f1_delta"], y=_escape(part["class"]), orientation="h",
+    fig = go.Figure(go.Bar(x=part["f1_delta"], y=_labels(part["class"]), orientation="h",
                            marker_color=colours, hovertemplate="%{y}: %{x:+.3f}<extra></extra>"))
     fig.update_layout(height=int(max(240, 16 * len(part) + 80)),
                       margin={"l": 10, "r": 10, "t": 10, "b": 10},

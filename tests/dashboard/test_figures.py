@@ -59,6 +59,24 @@ def test_confusion_figure_subset_keeps_full_indices_and_escapes_names():
     assert (outline.x0, outline.y0) == (-0.5, 0.5)  # predicted 0 at x=0, true 2 at y=1
 
 
+def test_a_very_long_class_name_is_cut_on_every_axis():
+    """One 160-character class name squeezed the confusion matrix to 90x60 px (seen in a browser)."""
+    long = "L" * 150 + " the end"
+    names = ["cat", long, long + " again"]
+    cm = np.array([[5, 1, 0], [2, 6, 1], [0, 1, 7]])
+    fig = figures.confusion_figure(cm, names)
+    ticks = list(fig.layout.yaxis.ticktext)
+    assert ticks[0] == "cat" and all(len(t) <= figures.LABEL_CHARS + 4 for t in ticks) and len(set(ticks)) == 3
+    assert ticks[1].endswith("…")
+    distribution = pd.DataFrame({"class": names, "split": ["test"] * 3, "count": [3, 4, 5]})
+    bars = figures.class_distribution_figure(distribution).data[0]
+    assert max(map(len, bars.y)) <= figures.LABEL_CHARS + 4
+    probability = figures.probability_figure(np.array([0.2, 0.5, 0.3]), names, true=0, predicted=1)
+    assert max(map(len, probability.data[0].y)) <= figures.LABEL_CHARS + 4
+    delta = figures.f1_delta_figure(pd.DataFrame({"class": names, "f1_delta": [0.1, -0.2, 0.05]}))
+    assert max(map(len, delta.data[0].y)) <= figures.LABEL_CHARS + 4
+
+
 def test_a_large_matrix_is_a_zoomable_webgl_layer_with_thinned_labels():
     k = 120
     cm = np.eye(k, dtype=int) * 50 + np.roll(np.eye(k, dtype=int), 1, axis=1)
