@@ -66,7 +66,8 @@ def test_pages_of_the_chosen_size_in_the_given_order(store):
     rows = list(range(119, -1, -1))  # reversed: the gallery keeps the order it is given
     at = start(rows=rows)
     assert tile_files(at) == [paths[r] for r in rows[:24]]
-    assert "Images 1–24 of 120, most confident first. Click an image to inspect it." in [c.value for c in at.caption]
+    assert "Images 1–24 of 120, most confident first. Click an image to inspect it." in [unescape(c.value)
+                                                                                          for c in at.caption]
     assert len(at.get("pagination")) == 2  # above and below the grid
     at.selectbox(key=gallery.PER_PAGE_KEY).set_value(48).run()
     assert tile_files(at) == [paths[r] for r in rows[:48]]

@@ -444,6 +444,9 @@ def test_cli_explain_errors_are_one_line(tiny_cnn_run, tmp_path, capsys):
     code, err = _explain(capsys, "syn", "--store", tmp_path / "s", "--out", tmp_path / "o")
     assert code == 2 and err == "error: Grad-CAM is unavailable for run 'syn': it is synthetic and has no model\n"
     del synthetic
+    for name in ("a/1.png", "b/1.png"):  # the run's files exist: no "data changed" warning
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
     saved = write_run(RunStore(tmp_path / "sm"), "sm", classes=["a", "b"], y_true=np.array([0, 1]),
                       probs=np.array([[0.2, 0.8], [0.9, 0.1]], np.float32), paths=["a/1.png", "b/1.png"],
                       model={"path": str(tmp_path / "saved_model"), "format": "savedmodel", "input_size": [8, 8]},
