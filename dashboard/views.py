@@ -96,14 +96,11 @@ def selection_cell(selection: dict | None, class_order: Sequence[int]) -> tuple[
 
 
 def most_confused_classes(cm: np.ndarray, *, top: int) -> np.ndarray:
-    """Indices of the ``top`` classes involved in most errors (as true or predicted), in index order."""
-    if top < 1:
-        raise ValueError(f"`top` must be at least 1. Received: top={top}")
-    off = cm.astype(np.int64).copy()
-    np.fill_diagonal(off, 0)
-    involvement = off.sum(axis=0) + off.sum(axis=1)
-    order = np.lexsort((np.arange(len(cm)), -involvement))[:top]
-    return np.sort(order)
+    """Indices of ``top`` classes, in index order: the classes of the largest confusions first
+    (``core.run.metrics.most_confused_classes``, which the report's matrix uses too)."""
+    from core.run.metrics import most_confused_classes as chosen
+
+    return chosen(cm, top=top)
 
 
 def default_cell(cm: np.ndarray) -> tuple[int, int]:

@@ -424,12 +424,11 @@ def _per_class(run: Run, cm: np.ndarray) -> Section:
 
 
 def matrix_classes(cm: np.ndarray, top: int = MATRIX_CLASSES) -> np.ndarray:
-    """Indices (ascending) of the ``top`` classes most involved in errors (all of them when K <= top)."""
+    """Indices (ascending) of ``top`` classes, those of the largest confusions first
+    (``M.most_confused_classes``; all of them when K <= top)."""
     if len(cm) <= top:
         return np.arange(len(cm))
-    off = cm.astype(np.int64).copy(); np.fill_diagonal(off, 0)
-    involvement = off.sum(axis=0) + off.sum(axis=1)
-    return np.sort(np.lexsort((np.arange(len(cm)), -involvement))[:top])
+    return M.most_confused_classes(cm, top=top)
 
 
 def _confusion(run: Run, cm: np.ndarray, budget: _Budget, per_pair: int = 4) -> Section:
