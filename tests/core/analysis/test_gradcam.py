@@ -8,6 +8,7 @@ Axes: n images, J = 2 explained classes ([:, 0] predicted, [:, 1] true), feature
 
 import doctest
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -373,12 +374,13 @@ def test_a_missing_image_is_a_recorded_skip(tmp_path, tiny_cnn_run):
     store, run_id, root = tiny_cnn_run
     copy = store.copy_run(run_id, "cnn-missing")
     gone = copy.image_file(4)
-    saved = gone.read_bytes()
+    saved, stat = gone.read_bytes(), gone.stat()
     gone.unlink()
     try:
         att = explain_rows(copy, [4, 1])
     finally:
         gone.write_bytes(saved)
+        os.utime(gone, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as it was: the data unchanged for later tests
     assert list(att.skipped) == [4] and "is missing or cannot be decoded" in att.skipped[4]
     assert np.isnan(att.maps[0]).all() and np.isfinite(att.maps[1]).all()
 
