@@ -152,6 +152,8 @@ def confusion_figure(
         colorbar.update(tickvals=tickvals, ticktext=ticktext)
     elif normalize:
         colorbar.update(tickformat=".0%")
+    elif high - low <= 10:  # a few images at most: whole numbers (plotly's own ticks read 1.5, 2.5)
+        colorbar.update(tick0=0, dtick=1, tickformat="d")
     fig.add_trace(go.Heatmap(
         z=off, x=shown_names, y=shown_names, colorscale=CELL_COLOURS, hoverinfo="skip",
         xgap=1 if n <= 60 else 0, ygap=1 if n <= 60 else 0, zmin=low, zmax=high, colorbar=colorbar,

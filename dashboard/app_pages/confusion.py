@@ -169,8 +169,9 @@ def subset_note(cm: np.ndarray, order: np.ndarray) -> str:
     total = int(off.sum())
     inside = int(off[np.ix_(order, order)].sum())
     share = inside / total if total else 0.0
-    return (f"Showing the {len(order)} classes involved in the most errors (as true or as predicted class), "
-            f"in class order: {inside:,} of the {total:,} errors ({share:.0%}) are between them. "
+    return (f"Showing {len(order)} classes: those of the largest confusions, then those in the most errors (as "
+            f"true or as predicted class), in class order: {inside:,} of the {total:,} errors ({share:.0%}) are "
+            "between them. "
             "Untick the box for the full matrix.")
 
 

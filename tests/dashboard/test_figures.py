@@ -59,6 +59,14 @@ def test_confusion_figure_subset_keeps_full_indices_and_escapes_names():
     assert (outline.x0, outline.y0) == (-0.5, 0.5)  # predicted 0 at x=0, true 2 at y=1
 
 
+def test_a_colour_bar_of_a_few_images_has_whole_number_ticks():
+    cm = np.array([[9, 1, 0], [3, 9, 0], [0, 2, 9]])
+    bar = figures.confusion_figure(cm, ["a", "b", "c"]).data[1].colorbar
+    assert (bar.dtick, bar.tickformat) == (1, "d")
+    many = figures.confusion_figure(cm * 100, ["a", "b", "c"]).data[1].colorbar
+    assert many.dtick is None  # plotly's own ticks are whole numbers on a range of hundreds
+
+
 def test_a_very_long_class_name_is_cut_on_every_axis():
     """One 160-character class name squeezed the confusion matrix to 90x60 px (seen in a browser)."""
     long = "L" * 150 + " the end"
