@@ -152,7 +152,9 @@ def iter_batches(
                 out[j] = fit_to_input(dataset.read(i, max_pixels=max_pixels),
                                       size=size, channels=channels)
             except (ValueError, OSError, MemoryError) as exc:  # cv2.imdecode returns None, no cv2.error
-                errors[j] = str(exc)
+                # the row's path is beside the reason: not the file's absolute path again (a report is shared)
+                where = f"{dataset.root / dataset.paths[i]}: " if dataset.root is not None else ""
+                errors[j] = str(exc).removeprefix(where) if where else str(exc)
 
     def load_batch(start: int) -> Batch:
         stop = min(start + batch_size, n)

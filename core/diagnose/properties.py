@@ -258,13 +258,14 @@ def _decode_file(root: Path, rel: str) -> tuple[np.ndarray | None, str | None]:
     """Pixels of the file ``rel`` under the resolved data root (only there: ``file_inside``), or None and why not."""
     from core.data.images import read_image
 
+    file = None
     try:
         file = file_inside(root, rel)
         if not file.is_file():
-            return None, f"file not found: {file}"
+            return None, "file not found"
         return read_image(file), None
-    except (PermissionError, ValueError, OSError) as exc:
-        return None, _why(exc)
+    except (PermissionError, ValueError, OSError) as exc:  # the row's path is beside the reason: not repeated
+        return None, _why(exc).removeprefix(f"{file}: ") if file is not None else _why(exc)
 
 
 def _scan_one(row: int, img: np.ndarray | None, reason: str | None, size: int,

@@ -20,7 +20,8 @@ def test_class_folders_sorted_and_corrupt_file_skipped_at_decode(image_tree):
     failed = [f for b in batches for f in b.failed]
     assert len(decoded) == 15
     assert [f["path"] for f in failed] == ["dog/broken.jpg"]
-    assert "not a decodable image" in failed[0]["reason"]
+    assert failed[0]["reason"].startswith("not a decodable image")  # the path is beside it, not repeated
+    assert str(image_tree) not in failed[0]["reason"]
     assert all(b.images.shape[1:] == (8, 8, 3) and b.images.dtype == np.uint8 for b in batches)
 
 
@@ -217,7 +218,7 @@ def test_a_30000_pixel_square_png_in_a_folder_is_skipped_with_the_reason(image_t
     assert "cat/big.png" in ds.paths
     batches = list(iter_batches(ds, size=(8, 8), channels=3, batch_size=4, workers=2))
     failed = {f["path"]: f["reason"] for b in batches for f in b.failed}
-    assert failed == {"cat/big.png": f"{image_tree / 'cat' / 'big.png'}: {BOMB_REASON}",
+    assert failed == {"cat/big.png": BOMB_REASON,
                       "dog/broken.jpg": failed["dog/broken.jpg"]}
     assert sum(len(b.index) for b in batches) == 15              # every other image decoded
     (image_tree / "cat" / "big.png").write_bytes(png_bytes(100, 100))
