@@ -7,7 +7,11 @@
 2. Folder decoding through the pipeline (``core.data.datasets.iter_batches``: thread
    pool, batches decoded ahead) against a sequential ``cv2.imread`` +
    ``cv2.cvtColor`` + ``cv2.resize`` loop like the Simpsons notebook's, on the
-   same JPEG files. Target: sequential / pipeline >= 1.6 on 2 cores.
+   same JPEG files. Target: sequential / pipeline >= 1.6 on 2 cores, met (1.6x) while large JPEGs were
+   decoded at reduced scale; since each file is decoded whole (the pixels a user's pipeline feeds the
+   model, see bench_decode.py) both sides decode the same, and on these 200-420 px frames the pipeline
+   measured 1.00x on 2 cores (Intel Xeon with AVX-512/AMX, 2026-12-03): its gain is overlapping decoding
+   with inference, which this ratio does not show.
 
 Each measurement is repeated (--repeats) alternating the two sides, and the
 median is reported. Usage: python benchmarks/bench_core.py [--images 2000]
