@@ -219,11 +219,7 @@ def check_input(
         # The run reproduces training and the other option would beat it by far: the model does better on
         # input it was not trained on (an under-trained BatchNormalization's running statistics can), which
         # is no sign that the user fed it otherwise.
-        expected, source = expected_accuracy
-        notes.append(f"Accuracy {run_accuracy:.2f} here matches {expected:.2f} in training ({source}), so "
-                     f"{current.describe()} is kept, though the model scores {accuracies[suggested]:.2f} with "
-                     f"{Preprocessing.parse(suggested).describe()} on {n} sampled images: better than in training, "
-                     "on input it was not trained on.")
+        notes.append(_kept_note(expected_accuracy, run_accuracy, current, suggested, accuracies[suggested], n))
         suggested = None
 
     lines: list[str] = []
@@ -275,6 +271,33 @@ def check_input(
     return {"sample": int(n), "seconds": round(time.perf_counter() - t0, 2), "current": current.spec,
             "accuracies": {s: round(a, 4) for s, a in accuracies.items()}, "suggested": suggested,
             "class_order": class_order, "rescaling_layer": rescaling_layer, "lines": lines, "notes": notes}
+
+
+def _kept_note(expected_accuracy: tuple[float, str], run_accuracy: float, current: Preprocessing, other: str,
+               other_accuracy: float, n: int) -> str:
+    expected, source = expected_accuracy
+    return (f"Accuracy {run_accuracy:.2f} here matches {expected:.2f} in training ({source}), so "
+            f"{current.describe()} is kept, though the model scores {other_accuracy:.2f} with "
+            f"{Preprocessing.parse(other).describe()} on {n} sampled images: better than in training, "
+            "on input it was not trained on.")
+
+
+def judged_with_training(finding: dict | None, expected_accuracy: tuple[float, str] | None,
+                         run_accuracy: float | None) -> dict | None:
+    """A stored finding judged again once training's accuracy is known (a run reused from the cache was
+    checked without it): the mismatch dropped as ``check_input`` drops it (``_as_in_training``), or None
+    when nothing changes. No model is run: the finding holds every option's accuracy on the sample."""
+    if not isinstance(finding, dict) or not finding.get("suggested") or finding.get("class_order"):
+        return None
+    suggested, accuracies = str(finding["suggested"]), finding.get("accuracies") or {}
+    other = accuracies.get(suggested)
+    if not isinstance(other, (int, float)) or not _as_in_training(expected_accuracy, run_accuracy, float(other)):
+        return None
+    current = Preprocessing.parse(str(finding.get("current", "unit")))
+    note = _kept_note(expected_accuracy, run_accuracy, current, suggested, float(other), int(finding.get("sample", 0)))
+    lines = [line for line in finding.get("lines") or [] if not str(line).startswith("Preprocessing mismatch")
+             and not (finding.get("rescaling_layer") and str(line).startswith("The model holds its own"))]
+    return {**finding, "suggested": None, "lines": lines, "notes": [*(finding.get("notes") or []), note]}
 
 
 def _as_in_training(expected_accuracy: tuple[float, str] | None, run_accuracy: float | None,

@@ -232,6 +232,12 @@ def analyze(
     valid_run_id(run_id)
     reused = reuse_or_refuse(store, run_id, config, named=named, force=force or training is not None,
                              say=say, unsafe=unsafe)
+    if reused is not None and expected_accuracy is not None:  # checked, when made, without it
+        from core.model.input_check import judged_with_training
+
+        judged = judged_with_training(reused.model_info.input_check, expected_accuracy, reused.accuracy)
+        if judged is not None:
+            reused.record_input_check(judged)
     if reused is None:
         with store.reserve(run_id):  # a second writer of this name is refused now, not after its work
             reused = _compute_run(model, dataset, store=store, run_id=run_id, config=config, fmt=fmt,

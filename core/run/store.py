@@ -569,6 +569,16 @@ class Run:
             _write_json_atomic(self.path / MANIFEST, manifest)
         self.manifest = manifest
 
+    def record_input_check(self, finding: dict) -> None:
+        """Replace the manifest's input-check finding (``core.model.input_check.judged_with_training``: a
+        reused run judged again with training's accuracy)."""
+        check_writable(self.path, f"run {self.id!r}")
+        with _flock(self.path / ".derived.lock"):
+            manifest = read_manifest(self.path)
+            manifest.setdefault("model", {})["input_check"] = finding
+            _write_json_atomic(self.path / MANIFEST, manifest)
+        self.manifest = manifest
+
     def delete_derived(self, name: str) -> None:
         check_writable(self.path, f"run {self.id!r}")
         with _flock(self.path / ".derived.lock"):

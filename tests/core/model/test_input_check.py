@@ -238,3 +238,21 @@ def test_no_mismatch_when_the_run_reproduces_training():
     far = check_input(odd_model, images, labels, **kwargs, expected_accuracy=(0.95, "val_accuracy"),
                       run_accuracy=unit_accuracy)
     assert far["suggested"] == "raw"
+
+
+def test_a_stored_finding_is_judged_again_with_trainings_accuracy():
+    """A run reused from the cache was checked without --history: the history given later drops the claim."""
+    from core.model.input_check import judged_with_training
+
+    finding = {"sample": 255, "current": "unit", "suggested": "imagenet", "class_order": None,
+               "accuracies": {"unit": 0.47, "imagenet": 0.73}, "rescaling_layer": None, "notes": [],
+               "lines": ["Preprocessing mismatch: accuracy 0.47 with unit 0..1; 0.73 with ..."]}
+    judged = judged_with_training(finding, (0.48, "val_accuracy of the last epoch"), 0.47)
+    assert judged["suggested"] is None and judged["lines"] == []
+    assert judged["notes"] == ["Accuracy 0.47 here matches 0.48 in training (val_accuracy of the last epoch), so "
+                               "unit 0..1 is kept, though the model scores 0.73 with torchvision ImageNet "
+                               "normalisation on 255 sampled images: better than in training, on input it was not "
+                               "trained on."]
+    assert judged_with_training(finding, (0.90, "val_accuracy"), 0.47) is None   # training did far better
+    assert judged_with_training(finding, None, 0.47) is None
+    assert judged_with_training({**finding, "suggested": None}, (0.48, "v"), 0.47) is None

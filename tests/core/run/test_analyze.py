@@ -180,6 +180,24 @@ def test_a_two_headed_model_is_read_on_its_first_output_and_says_so(tmp_path, im
     assert np.allclose(run.probs[0], direct, atol=1e-5)
 
 
+def test_a_reused_run_is_judged_again_with_a_history_given_now(tmp_path, image_tree, tiny_model_path):
+    """analyze --history on a cached run: the stored check (made without it) is judged again, no model run."""
+    store = RunStore(tmp_path)
+    run = analyze(tiny_model_path, load_dataset(image_tree), store=store, run_id="r", progress=False,
+                  projection=False)
+    manifest = json.loads((run.path / "manifest.json").read_text())
+    fake = {"sample": 15, "current": "raw", "suggested": "unit", "class_order": None, "rescaling_layer": None,
+            "accuracies": {"raw": run.accuracy, "unit": min(1.0, run.accuracy + 0.5)}, "notes": [],
+            "lines": ["Preprocessing mismatch: accuracy ... Re-run with --preprocess unit."]}
+    manifest["model"]["input_check"] = fake
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    again = analyze(tiny_model_path, load_dataset(image_tree), store=store, run_id="r", progress=False,
+                    projection=False, expected_accuracy=(run.accuracy, "val_accuracy"))
+    assert again.model_info.input_warnings == []
+    assert again.model_info.input_notes[-1].startswith(f"Accuracy {run.accuracy:.2f} here matches")
+    assert store.load("r").model_info.input_check["suggested"] is None  # recorded in the run
+
+
 def test_grayscale_model_gets_one_channel_and_resized_input(tmp_path, image_tree):
     path = tmp_path / "gray.keras"
     make_classifier(input_shape=(12, 10, 1)).save(path)
