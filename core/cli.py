@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--channel-order", choices=CHANNEL_ORDERS, default="rgb",
                    help="channel order the model was trained on: bgr for images read with cv2.imread and "
                         "not converted (default: rgb)")
+    a.add_argument("--resize", choices=("area", "linear", "nearest"), default="area",
+                   help="how pictures were resized to the model's input in training: area (cv2.INTER_AREA, the "
+                        "default), linear (cv2.resize's default, tf.image.resize, Keras' "
+                        "image_dataset_from_directory) or nearest (keras.utils.load_img(target_size=...))")
     a.add_argument("--history", default=None, metavar="JSON",
                    help="the model's training history (Keras History.history saved as JSON, or "
                         "{\"val_accuracy\": 0.93}): the analysis says when its accuracy is far below it")
@@ -420,7 +424,7 @@ def cmd_analyze(args) -> int:
                   projection=not args.no_projection, scale=args.scale, channel_order=args.channel_order,
                   input_check=not args.no_input_check, expected_accuracy=expected, class_source=class_source,
                   image_size=args.image_size, seed=args.seed, engine=args.engine, ray_address=args.ray_address,
-                  ray_cpus=args.ray_cpus, ray_actors=args.ray_actors)
+                  ray_cpus=args.ray_cpus, ray_actors=args.ray_actors, resize=args.resize)
     for line in run.model_info.input_warnings + run.model_info.input_notes + run.notes:
         print(line, file=sys.stderr)
     print(run.id)

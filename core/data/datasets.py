@@ -132,14 +132,15 @@ class Batch:
 
 def iter_batches(
     dataset: ImageDataset, *, size: tuple[int, int], channels: int, batch_size: int = 64,
-    workers: int | None = None, prefetch: int = 2, max_pixels: int | None = None,
+    workers: int | None = None, prefetch: int = 2, max_pixels: int | None = None, resize: str = "area",
 ) -> Iterator[Batch]:
     """Decode and resize in a thread pool (OpenCV releases the GIL), a batch at a time.
 
     Up to ``prefetch`` batches are decoded ahead while the caller works on the
     current one, so decoding overlaps inference. An image larger than
     ``max_pixels`` (default ``core.data.images.max_pixels_limit()``) is refused from
-    its header and reported in ``Batch.failed`` like an undecodable one.
+    its header and reported in ``Batch.failed`` like an undecodable one. ``resize``: see
+    ``core.data.images.RESIZE_METHODS``.
     """
     n = len(dataset)
     workers = workers or min(8, os.cpu_count() or 1)
@@ -150,7 +151,7 @@ def iter_batches(
         for i, j in zip(rows, positions):
             try:
                 out[j] = fit_to_input(dataset.read(i, max_pixels=max_pixels),
-                                      size=size, channels=channels)
+                                      size=size, channels=channels, resize=resize)
             except (ValueError, OSError, MemoryError) as exc:  # cv2.imdecode returns None, no cv2.error
                 # the row's path is beside the reason: not the file's absolute path again (a report is shared)
                 where = f"{dataset.root / dataset.paths[i]}: " if dataset.root is not None else ""

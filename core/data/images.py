@@ -482,16 +482,36 @@ def thumbnail(img: np.ndarray, *, size: int) -> np.ndarray:
     return img
 
 
-def fit_to_input(img: np.ndarray, *, size: tuple[int, int], channels: int) -> np.ndarray:
-    """Resize to ``size`` = (height, width) and convert to ``channels`` (1 or 3).
+# How a picture is resized to the model's input, named by the training pipelines that do it (``--resize``):
+# a model sees what it was trained on only when resized the same way (a shrink by INTER_LINEAR aliases
+# where INTER_AREA averages).
+RESIZE_METHODS = {
+    "area": "cv2.INTER_AREA when shrinking, INTER_LINEAR when enlarging (no aliasing)",
+    "linear": "bilinear: cv2.resize's default (INTER_LINEAR), and tf.image.resize / Keras' "
+              "image_dataset_from_directory (to under one grey level: they keep floats)",
+    "nearest": "nearest pixel as PIL takes it (cv2.INTER_NEAREST_EXACT): keras.utils.load_img(target_size=...)'s "
+               "default",
+}
 
-    Returns uint8 (height, width, channels). Shrinking uses INTER_AREA (no
-    aliasing), enlarging INTER_LINEAR.
+
+def fit_to_input(img: np.ndarray, *, size: tuple[int, int], channels: int, resize: str = "area") -> np.ndarray:
+    """Resize to ``size`` = (height, width) by ``resize`` (``RESIZE_METHODS``) and convert to ``channels`` (1 or 3).
+
+    Returns uint8 (height, width, channels). 'area' shrinks with INTER_AREA (no aliasing) and enlarges with
+    INTER_LINEAR.
+
+    >>> stripes = np.tile(np.array([0, 0, 255, 0], np.uint8), (4, 2))   # a thin bar every 4 pixels
+    >>> [int(fit_to_input(stripes, size=(2, 2), channels=1, resize=r)[0, 0, 0]) for r in ("area", "linear", "nearest")]
+    [64, 128, 255]
     """
+    if resize not in RESIZE_METHODS:
+        raise UserError(f"--resize must be one of {list(RESIZE_METHODS)}. Received: {resize!r}")
     h, w = size
     if img.shape[0] != h or img.shape[1] != w:
         shrink = img.shape[0] > h or img.shape[1] > w
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        flag = {"area": cv2.INTER_AREA if shrink else cv2.INTER_LINEAR, "linear": cv2.INTER_LINEAR,
+                "nearest": cv2.INTER_NEAREST_EXACT}[resize]
+        img = cv2.resize(img, (w, h), interpolation=flag)
     if channels == 1:
         if img.ndim == 3:
             img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from core.data.datasets import ImageDataset, iter_batches
-from core.data.images import fit_to_input
+from core.data.images import RESIZE_METHODS, fit_to_input
 from core.data.preprocess import PREPROCESS_CHOICES, Preprocessing, feed
 from core.model import formats
 from core.model.input_check import SAMPLE_SIZE, check_input, expected_from_training, sample_rows
@@ -47,7 +47,7 @@ def to_probabilities(outputs: np.ndarray, *, activation: str | None, n_classes: 
 
 def run_inference(
     inference: InferenceModel, dataset: ImageDataset, *, batch_size: int = 128,
-    image_size: tuple[int, int] | None = None, progress: bool | Progress = True,
+    image_size: tuple[int, int] | None = None, progress: bool | Progress = True, resize: str = "area",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[dict]]:
     """Run the wrapped model once over every row.
 
@@ -65,7 +65,7 @@ def run_inference(
     # prediction fills the first 86% of a caller's bar; the input check (88%), writing and the map follow
     bar = progress_bar(progress, len(dataset), "Predicting", unit="image", span=0.86)
     try:
-        for batch in iter_batches(dataset, size=size, channels=channels, batch_size=batch_size):
+        for batch in iter_batches(dataset, size=size, channels=channels, batch_size=batch_size, resize=resize):
             failed += batch.failed
             if len(batch.index):
                 x = feed(batch.images, inference.preprocessing)
@@ -88,7 +88,7 @@ def run_inference(
 def analysis_config(
     *, model_sha256: str, dataset: ImageDataset, layer: str | None = None, scale: str = "auto",
     channel_order: str = "rgb", image_size: tuple[int, int] | None = None, projection: bool = True,
-    seed: int = 0,
+    seed: int = 0, resize: str = "area",
 ) -> AnalysisConfig:
     """The config that determines a run of this model on this data set (no model needed).
 
@@ -98,10 +98,12 @@ def analysis_config(
     if scale not in PREPROCESS_CHOICES:
         raise ModelError(f"--preprocess must be one of {list(PREPROCESS_CHOICES)}. Received: {scale!r}")
     Preprocessing(scale, channel_order)  # an unknown channel order is refused in one line
+    if resize not in RESIZE_METHODS:
+        raise ModelError(f"--resize must be one of {list(RESIZE_METHODS)}. Received: {resize!r}")
     return AnalysisConfig(
         model_sha256=model_sha256, data_fingerprint=dataset.fingerprint(), layer=layer, scale=scale,
         channel_order=channel_order, image_size=tuple(image_size) if image_size else None,
-        projection=ProjectionConfig(seed=seed) if projection else None,
+        projection=ProjectionConfig(seed=seed) if projection else None, resize=resize,
     )
 
 
@@ -167,7 +169,7 @@ def analyze(
     expected_accuracy: tuple[float, str] | None = None,
     class_source: str = "", image_size: tuple[int, int] | None = None, seed: int = 0, background_projection: bool = False,
     engine: str = "local", ray_address: str | None = None, ray_cpus: int | None = None,
-    ray_actors: int | None = None,
+    ray_actors: int | None = None, resize: str = "area",
 ) -> Run:
     """Analyse ``dataset`` with ``model`` (a keras.Model, a loaded ONNX model or a path) and write a run.
 
@@ -184,7 +186,8 @@ def analyze(
     ``scale`` is the preprocessing mode (``--preprocess``: 'auto', 'raw',
     'unit', 'symmetric', 'imagenet', 'caffe', 'tf', 'torch') and
     ``channel_order`` 'rgb' or 'bgr' (``core.data.preprocess``); both are part of
-    the run's config. With ``input_check`` (default) a seeded sample of at most
+    the run's config, as is ``resize``, how pictures are resized to the model's
+    input (``core.data.images.RESIZE_METHODS``). With ``input_check`` (default) a seeded sample of at most
     ``core.model.input_check.SAMPLE_SIZE`` images is fed under the other
     preprocessings and the class order is judged from the confusion matrix;
     the finding is kept in the manifest (``model.input_check``, its ``lines``
@@ -216,6 +219,7 @@ def analyze(
         model_sha = fmt.hash(Path(model_path)) if model_path else _weights_sha(model)
     config = analysis_config(model_sha256=model_sha, dataset=dataset, layer=layer, scale=scale,
                              channel_order=channel_order, image_size=image_size, projection=projection,
+                             resize=resize,
                              seed=seed)
     if ray_options is not None and not (isinstance(model, (str, Path)) and fmt.ray):
         given = f"this {fmt.description}" if isinstance(model, (str, Path)) else "a model given in memory"
@@ -274,11 +278,13 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
 
         ok_rows, outputs, features, failed = run_inference_ray(
             model_path, dataset, layer=config.layer, scale=inference.preprocessing.spec, image_size=image_size,
+            resize=config.resize,
             batch_size=batch_size, unsafe=unsafe, expected_sha256=config.model_sha256, options=ray_options,
             progress=progress)
     else:
         ok_rows, outputs, features, failed = run_inference(
-            inference, dataset, batch_size=batch_size, image_size=image_size, progress=progress)
+            inference, dataset, batch_size=batch_size, image_size=image_size, progress=progress,
+            resize=config.resize)
     predict_s = time.perf_counter() - t0
     ok_rows, outputs, features, failed = drop_non_finite(ok_rows, outputs, features, failed, dataset.paths)
     if len(ok_rows) == 0:
@@ -290,6 +296,7 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
     if check_input:
         say("Checking the preprocessing and class order on a sample", 0.88)
         finding = input_check_of(inference, kept, probs, image_size=image_size, class_source=class_source,
+                                 resize=config.resize,
                                  expected=expected_accuracy or expected_from_training(training))
 
     notes = list(inference.notes)
@@ -305,7 +312,7 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
                "sha256": config.model_sha256, "format": fmt.name, "unsafe_load": bool(unsafe),
                "input_size": list(inference.input_size or image_size or ()),
                "channels": inference.channels, "scale": inference.preprocessing.mode,
-               "channel_order": inference.preprocessing.channel_order,
+               "channel_order": inference.preprocessing.channel_order, "resize": config.resize,
                "rescaling_layer": inference.rescaling_layer,
                "input_check": finding,
                "output_activation": inference.output_activation,
@@ -325,7 +332,8 @@ def _compute_run(model, dataset: ImageDataset, *, store: RunStore, run_id: str, 
 
 def input_check_of(inference: InferenceModel, kept: ImageDataset, probs: np.ndarray, *,
                    image_size: tuple[int, int] | None = None, class_source: str = "",
-                   expected: tuple[float, str] | None = None, sample_size: int = SAMPLE_SIZE) -> dict:
+                   expected: tuple[float, str] | None = None, sample_size: int = SAMPLE_SIZE,
+                   resize: str = "area") -> dict:
     """``core.model.input_check.check_input`` for a run being made: a seeded sample of the evaluated split
     (``kept``'s rows, ``probs`` their probabilities) decoded again and fed under each other
     preprocessing; the class order judged from the split's confusion matrix."""
@@ -340,7 +348,8 @@ def input_check_of(inference: InferenceModel, kept: ImageDataset, probs: np.ndar
     rows = sample_rows(eval_rows, size=sample_size)
     size = inference.input_size or image_size
     decoded, pixels = [], []
-    for batch in iter_batches(kept.subset(rows), size=size, channels=inference.channels or 3, batch_size=256):
+    for batch in iter_batches(kept.subset(rows), size=size, channels=inference.channels or 3, batch_size=256,
+                              resize=resize):
         decoded.append(rows[batch.index])
         pixels.append(batch.images)
     decoded_rows = np.concatenate(decoded) if decoded else np.zeros(0, np.int64)
@@ -396,11 +405,13 @@ class RunModel:
         self.inference = build_inference_model(model, layer=layer, preprocessing=run_preprocessing(run))
         self.size = tuple(m.get("input_size") or ()) or self.inference.input_size
         self.channels = self.inference.channels or m.get("channels") or 3
+        self.resize = run_resize(run)
         self.n_classes = len(run.classes)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities (K,) for one RGB/gray uint8 image of any size."""
-        return self.predict_batch(fit_to_input(pixels, size=self.size, channels=self.channels)[None])[0]
+        return self.predict_batch(fit_to_input(pixels, size=self.size, channels=self.channels,
+                                               resize=self.resize)[None])[0]
 
     def predict_batch(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities (n, K) for uint8 (n, H, W, C) images already at the model's input size
@@ -415,6 +426,12 @@ def run_preprocessing(run: Run) -> Preprocessing:
     channel orders existed were fed RGB)."""
     m = run.manifest.get("model") or {}
     return Preprocessing(m.get("scale") or "auto", m.get("channel_order") or "rgb")
+
+
+def run_resize(run: Run) -> str:
+    """How the run resized pictures to its model's input (runs made before ``--resize`` existed: 'area')."""
+    resize = (run.manifest.get("model") or {}).get("resize") or "area"
+    return resize if resize in RESIZE_METHODS else "area"
 
 
 def load_run_model(run: Run, *, unsafe: bool = False) -> RunModel:

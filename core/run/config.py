@@ -58,7 +58,9 @@ class AnalysisConfig:
     field keeps its first name so that older runs keep their keys) and
     ``channel_order`` the order the model was trained on ('rgb' or 'bgr'; left
     out of the dict, and so of the key, when 'rgb', as older runs were made).
-    ``projection`` is None when no map is made.
+    ``projection`` is None when no map is made. ``resize`` is how pictures are
+    resized to the model's input (``core.data.images.RESIZE_METHODS``; left out
+    of the dict when 'area', as older runs were made).
 
     >>> a = AnalysisConfig(model_sha256="ab" * 32, data_fingerprint="f" * 16)
     >>> a.key() == AnalysisConfig.from_dict(a.to_dict()).key()
@@ -75,12 +77,15 @@ class AnalysisConfig:
     channel_order: str = "rgb"
     projection: ProjectionConfig | None = field(default_factory=ProjectionConfig)
     schema_version: int = SCHEMA_VERSION
+    resize: str = "area"
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["image_size"] = list(self.image_size) if self.image_size else None
         if self.channel_order == "rgb":
             del d["channel_order"]  # the key of an RGB run is the key it had before channel orders existed
+        if self.resize == "area":
+            del d["resize"]  # likewise for runs resized the one way there was before --resize
         return d
 
     @property

@@ -238,7 +238,7 @@ class BatchPredictor:
     def __init__(self, *, model_files: dict[str, bytes], sha256: str | None, layer: str | None,
                  scale: str,  # a core.data.preprocess spec: 'unit', 'caffe', 'unit+bgr', ...
                  image_size: tuple[int, int] | None, unsafe: bool, root: str | None,
-                 pixels: np.ndarray | None, max_pixels: int, threads: int | None = None):
+                 pixels: np.ndarray | None, max_pixels: int, threads: int | None = None, resize: str = "area"):
         if threads is not None:
             _limit_tensorflow_threads(threads)
         model_files, pixels = _fetched(model_files), _fetched(pixels)
@@ -258,6 +258,7 @@ class BatchPredictor:
         if self.size is None:
             raise ModelError("The model accepts any image size: pass --image-size HxW")
         self.channels = self.inference.channels or 3
+        self.resize = resize
         if self.channels not in (1, 3):
             raise ModelError(f"Model expects {self.channels} input channels; only 1 (grayscale) or 3 (RGB) "
                              "are supported")
@@ -279,7 +280,8 @@ class BatchPredictor:
         outputs = np.zeros((n, self.inference.n_outputs), np.float32)
         features = np.zeros((n, self.n_features), np.float32)
         for batch in iter_batches(part, size=self.size, channels=self.channels, batch_size=max(n, 1),
-                                  workers=self.threads, prefetch=1, max_pixels=self.max_pixels):
+                                  workers=self.threads, prefetch=1, max_pixels=self.max_pixels,
+                                  resize=self.resize):
             failed_at = np.setdiff1d(np.arange(n), batch.index)  # iter_batches lists failures in row order
             for j, failure in zip(failed_at, batch.failed):
                 reason[j] = failure["reason"]
@@ -322,7 +324,7 @@ def _limit_tensorflow_threads(threads: int) -> None:
 def run_inference_ray(
     model_path: str | Path, dataset, *, layer: str | None = None, scale: str = "auto",
     image_size: tuple[int, int] | None = None, batch_size: int = 128, unsafe: bool = False,
-    expected_sha256: str | None = None, options: RayOptions | None = None, progress=True,
+    expected_sha256: str | None = None, options: RayOptions | None = None, progress=True, resize: str = "area",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[dict]]:
     """Run the model at ``model_path`` once over every row of ``dataset`` on Ray.
 
@@ -355,7 +357,7 @@ def run_inference_ray(
             image_size=tuple(image_size) if image_size else None, unsafe=unsafe,
             root=str(dataset.root.resolve()) if dataset.pixels is None else None,
             pixels=ray.put(dataset.pixels) if dataset.pixels is not None else None,
-            max_pixels=max_pixels, threads=options.cpus_per_actor,
+            max_pixels=max_pixels, threads=options.cpus_per_actor, resize=resize,
         )
         predicted = ray.data.from_arrow(blocks).map_batches(
             BatchPredictor, fn_constructor_kwargs=predictor_args, batch_size=None, batch_format="numpy",

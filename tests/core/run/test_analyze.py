@@ -2,9 +2,11 @@
 
 import json
 
+import cv2
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.analysis.projection import stored_projection
 from core.data.datasets import load_dataset
@@ -196,6 +198,37 @@ def test_a_reused_run_is_judged_again_with_a_history_given_now(tmp_path, image_t
     assert again.model_info.input_warnings == []
     assert again.model_info.input_notes[-1].startswith(f"Accuracy {run.accuracy:.2f} here matches")
     assert store.load("r").model_info.input_check["suggested"] is None  # recorded in the run
+
+
+@pytest.mark.parametrize("resize, like", [
+    ("linear", lambda img, size: cv2.resize(img, size)),                        # cv2.resize's default
+    ("nearest", lambda img, size: np.asarray(Image.fromarray(img).resize(size, Image.NEAREST))),  # load_img's
+])
+def test_resize_feeds_the_model_pictures_resized_as_its_training_pipeline_did(tmp_path, tiny_model_path, resize,
+                                                                               like):
+    """Pictures larger than the model's input, resized as cv2.resize / Keras' load_img do: the run's
+    probabilities are the model's on exactly those pixels, and the run and its single-image model say so."""
+    rng = np.random.default_rng(2)
+    root = tmp_path / "big"
+    pictures = {}
+    for c in ("cat", "dog", "fox"):
+        for i in range(3):
+            img = rng.integers(0, 256, (57, 63, 3), dtype=np.uint8)  # fine detail: the methods differ
+            (root / c).mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / c / f"{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            pictures[f"{c}/{i}.png"] = img
+    store = RunStore(tmp_path / "s")
+    area = analyze(tiny_model_path, load_dataset(root), store=store, progress=False, projection=False)
+    run = analyze(tiny_model_path, load_dataset(root), store=store, progress=False, projection=False, resize=resize)
+    assert run.id != area.id and run.manifest["model"]["resize"] == resize and run.config.resize == resize
+    assert "resize" not in area.config.to_dict()  # the key of an 'area' run is the key it had before
+    model = keras.saving.load_model(tiny_model_path)
+    paths = run.predictions["path"].tolist()
+    fed = np.stack([like(pictures[p], (20, 20)) for p in paths]).astype("float32")
+    assert np.allclose(run.probs, model.predict(fed, verbose=0), atol=1e-5)
+    assert not np.allclose(area.probs, run.probs, atol=1e-4)  # another picture than INTER_AREA's
+    single = load_run_model(run).predict(pictures[paths[0]])
+    assert np.allclose(single, run.probs[0], atol=1e-5)
 
 
 def test_grayscale_model_gets_one_channel_and_resized_input(tmp_path, image_tree):
