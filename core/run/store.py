@@ -562,20 +562,19 @@ class Run:
     def record_unsafe_opt_in(self) -> None:
         """Record in the manifest that the run was analysed with the unsafe-load opt-in (information
         only: core.model.trust decides what is loaded)."""
-        check_writable(self.path, f"run {self.id!r}")
-        with _flock(self.path / ".derived.lock"):
-            manifest = read_manifest(self.path)
-            manifest.setdefault("model", {})["unsafe_load"] = True
-            _write_json_atomic(self.path / MANIFEST, manifest)
-        self.manifest = manifest
+        self._record_model_info("unsafe_load", True)
 
     def record_input_check(self, finding: dict) -> None:
         """Replace the manifest's input-check finding (``core.model.input_check.judged_with_training``: a
         reused run judged again with training's accuracy)."""
+        self._record_model_info("input_check", finding)
+
+    def _record_model_info(self, key: str, value) -> None:
+        """Set ``model.<key>`` in the manifest, under the run's lock, written whole or not at all."""
         check_writable(self.path, f"run {self.id!r}")
         with _flock(self.path / ".derived.lock"):
             manifest = read_manifest(self.path)
-            manifest.setdefault("model", {})["input_check"] = finding
+            manifest.setdefault("model", {})[key] = value
             _write_json_atomic(self.path / MANIFEST, manifest)
         self.manifest = manifest
 

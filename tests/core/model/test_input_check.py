@@ -39,11 +39,12 @@ def bgr_unit_model(x: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def _check(images, labels, current: Preprocessing, **kwargs):
-    probs = bgr_unit_model(feed(images, current))
+def _check(images, labels, current: Preprocessing, model=bgr_unit_model, **kwargs):
+    """``check_input`` of ``model`` fed ``images`` under ``current``, with the confusion matrix it makes."""
+    probs = model(feed(images, current))
     confusion = np.zeros((2, 2), np.int64)
     np.add.at(confusion, (labels, probs.argmax(axis=1)), 1)
-    return check_input(bgr_unit_model, images, labels, current=current, current_probs=probs, classes=CLASSES,
+    return check_input(model, images, labels, current=current, current_probs=probs, classes=CLASSES,
                        confusion=confusion, **kwargs)
 
 
@@ -71,12 +72,7 @@ def test_a_tie_goes_to_the_smallest_change_counting_caffes_own_bgr():
         return e / e.sum(axis=1, keepdims=True)
 
     images, labels = _images()
-    current = Preprocessing("unit")
-    probs = unsaturated(feed(images, current))
-    confusion = np.zeros((2, 2), np.int64)
-    np.add.at(confusion, (labels, probs.argmax(axis=1)), 1)
-    finding = check_input(unsaturated, images, labels, current=current, current_probs=probs, classes=CLASSES,
-                          confusion=confusion)
+    finding = _check(images, labels, Preprocessing("unit"), model=unsaturated)
     assert finding["accuracies"]["caffe"] == finding["accuracies"]["unit+bgr"] == 1.0  # a tie
     assert finding["suggested"] == "unit+bgr"
 
@@ -202,12 +198,7 @@ def test_a_colour_blind_caffe_model_is_told_caffe_not_caffe_with_bgr():
         return _softmax(np.stack([dark, ~dark], axis=1) * 4.0)
 
     images, labels = _brightness_images()
-    current = Preprocessing("unit")
-    probs = caffe_model(feed(images, current))
-    confusion = np.zeros((2, 2), np.int64)
-    np.add.at(confusion, (labels, probs.argmax(axis=1)), 1)
-    finding = check_input(caffe_model, images, labels, current=current, current_probs=probs, classes=CLASSES,
-                          confusion=confusion)
+    finding = _check(images, labels, Preprocessing("unit"), model=caffe_model)
     assert finding["accuracies"]["caffe"] == finding["accuracies"]["caffe+bgr"] == 1.0
     assert finding["suggested"] == "caffe", finding
     assert finding["lines"][0].endswith("Re-run with --preprocess caffe.")
@@ -222,21 +213,17 @@ def test_no_mismatch_when_the_run_reproduces_training():
 
     images, labels = _brightness_images()
     current = Preprocessing("unit")
-    probs = odd_model(feed(images, current))
-    confusion = np.zeros((2, 2), np.int64)
-    np.add.at(confusion, (labels, probs.argmax(axis=1)), 1)
-    unit_accuracy = float((probs.argmax(axis=1) == labels).mean())
-    kwargs = dict(current=current, current_probs=probs, classes=CLASSES, confusion=confusion)
-    without = check_input(odd_model, images, labels, **kwargs)
+    unit_accuracy = float((odd_model(feed(images, current)).argmax(axis=1) == labels).mean())
+    without = _check(images, labels, current, model=odd_model)
     assert without["suggested"] == "raw" and without["lines"][0].startswith("Preprocessing mismatch")
-    finding = check_input(odd_model, images, labels, **kwargs, expected_accuracy=(unit_accuracy + 0.02, "val_accuracy"),
-                          run_accuracy=unit_accuracy)
+    finding = _check(images, labels, current, model=odd_model,
+                     expected_accuracy=(unit_accuracy + 0.02, "val_accuracy"), run_accuracy=unit_accuracy)
     assert finding["suggested"] is None and finding["lines"] == []
     assert finding["notes"][0].startswith(f"Accuracy {unit_accuracy:.2f} here matches {unit_accuracy + 0.02:.2f} in "
                                           "training (val_accuracy), so unit 0..1 is kept, though the model scores 1.00")
     # training reached far more than the run: the mismatch stands
-    far = check_input(odd_model, images, labels, **kwargs, expected_accuracy=(0.95, "val_accuracy"),
-                      run_accuracy=unit_accuracy)
+    far = _check(images, labels, current, model=odd_model, expected_accuracy=(0.95, "val_accuracy"),
+                 run_accuracy=unit_accuracy)
     assert far["suggested"] == "raw"
 
 
