@@ -466,9 +466,10 @@ def cmd_import(args) -> int:
 
 
 def cmd_runs(args) -> int:
-    if Path(args.store).exists() and not Path(args.store).is_dir():
-        raise UserError(f"--store {args.store}: not a folder")
-    store = RunStore(args.store)
+    store = RunStore(args.store)  # None: $ARTIFACTS_DIR or the default store
+    if store.root.exists() and not store.root.is_dir():
+        raise UserError(f"{'--store ' + str(args.store) if args.store else 'The store ' + str(store.root)}: "
+                        "not a folder")
     runs = store.list_runs()
     if not runs:
         print(f"No runs in {store.root}. Make one: python -m core demo, or "

@@ -91,12 +91,14 @@ def test_bad_confidence_is_named(tmp_path, capsys):
     assert "min_confidence=1.5" in capsys.readouterr().err
 
 
-def test_empty_store_tells_what_to_do(tmp_path, capsys):
+def test_empty_store_tells_what_to_do(tmp_path, capsys, monkeypatch):
     assert main(["runs", "--store", str(tmp_path)]) == 0
     assert "python -m core demo" in capsys.readouterr().err
     (tmp_path / "afile").write_text("x")  # a file given as the store: said, not "No runs in"
     assert main(["runs", "--store", str(tmp_path / "afile")]) == 2
     assert capsys.readouterr().err.strip() == f"error: --store {tmp_path / 'afile'}: not a folder"
+    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path))  # no --store: the store of $ARTIFACTS_DIR (it crashed)
+    assert main(["runs"]) == 0 and "python -m core demo" in capsys.readouterr().err
 
 
 def test_class_order_beside_the_model_wins(tmp_path, image_tree, tiny_model_path):
