@@ -239,8 +239,8 @@ def _read_csv(path: Path, classes: Sequence[str], say: Progress | None = None) -
                     texts, lines = [], []
                     if say is not None and time.monotonic() - said >= 2.0:
                         said = time.monotonic()
-                        say(f"Reading predictions: {len(paths):,} rows ({fh.tell() / total:.0%})",
-                            min(fh.tell() / total, 1.0))
+                        done = fh.buffer.tell() / total  # the text file's own tell() is refused while iterating
+                        say(f"Reading predictions: {len(paths):,} rows ({min(done, 1.0):.0%})", min(done, 1.0))
             if texts:
                 blocks.append(_parse_numbers(texts, paths=paths[-len(texts):], lines=lines, classes=classes,
                                              file=path.name))

@@ -258,3 +258,19 @@ def test_align_columns_and_match_paths():
     with pytest.raises(PredictionsError, match=r"7 of its 7 paths are not in the data set d: 'y/0.png', "
                                                r"'y/1.png', 'y/2.png', 'y/3.png', 'y/4.png' \.\.\."):
         match_paths([f"y/{i}.png" for i in range(7)], known, file="p", data_name="d")
+
+
+def test_a_csv_read_for_longer_than_two_seconds_reports_its_progress(tmp_path, monkeypatch):
+    """The progress line every 2 s asked the text file for its position while the csv module iterated it,
+    which Python refuses: every import that took over 2 s failed as 'not a readable CSV'."""
+    from core.run import importer
+
+    clock = iter(range(0, 10_000_000, 3))  # each call 3 s later
+    monkeypatch.setattr(importer.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(importer, "CSV_CELLS_PER_CHUNK", 30)  # chunks of 10 rows: progress between them
+    file = tmp_path / "p.csv"
+    pd.DataFrame({"path": [f"x/{i}.png" for i in range(300)], "a": 0.25, "b": 0.75}).to_csv(file, index=False)
+    heard = []
+    preds = importer.read_predictions(file, classes=["a", "b"], say=lambda message, fraction: heard.append(fraction))
+    assert len(preds.paths) == 300 and np.allclose(preds.probs[:, 1], 0.75)
+    assert heard and all(0 <= f <= 1 for f in heard)
