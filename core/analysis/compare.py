@@ -130,7 +130,17 @@ def _names(names: list[str], limit: int = 5) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def _compared_rows(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray, str]:
+def _corrected(run: Run) -> bool:
+    """Whether the run was trained on a corrections file (``train --corrections``): its labels are the
+    reviewed ones."""
+    return bool(isinstance(run.training, dict) and run.training.get("corrections"))
+
+
+def _compared_rows(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """Rows of A and of B compared (the images both hold out), the true labels they are judged by, and
+    a sentence saying so. Labels that differ between the runs are those of the run trained on
+    corrections (the reviewed ones; B's when both were); without corrections, the runs are of other
+    data sets where compared images differ and are refused."""
     if list(a.classes) != list(b.classes):
         only_a = [c for c in a.classes if c not in set(b.classes)]
         only_b = [c for c in b.classes if c not in set(a.classes)]
@@ -148,17 +158,28 @@ def _compared_rows(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray, str]:
                               f"they list different images, e.g. {first_a!r} and {first_b!r}); "
                               "compare runs made on the same images.")
     true_a, true_b = pa["true"].to_numpy()[rows_a], pb["true"].to_numpy()[rows_b]
-    if not np.array_equal(true_a, true_b):
-        first = int(np.flatnonzero(true_a != true_b)[0])
-        path = pa["path"].iat[rows_a[first]]
-        raise ComparisonError(f"The runs give the same image different true labels ({path!r}); "
-                              "compare runs on the same data set.")
+    relabelled = true_a != true_b
     shared = rows_a.size
     in_eval = a.eval_mask()[rows_a] & b.eval_mask()[rows_b]
     if not in_eval.any():
         raise ComparisonError(f"The runs share {shared:,} images but none is in both evaluation splits "
                               f"(A: {a.eval_split}, B: {b.eval_split}); nothing held out by both to compare on.")
-    rows_a, rows_b = rows_a[in_eval], rows_b[in_eval]
+    judged_by, true = "", true_a  # the same labels on every compared image unless relabelled
+    if relabelled[in_eval].any():
+        by = b if _corrected(b) else a if _corrected(a) else None
+        if by is None:
+            first = int(np.flatnonzero(relabelled & in_eval)[0])
+            raise ComparisonError(f"The runs give {int((relabelled & in_eval).sum()):,} of the images they both "
+                                  f"hold out different true labels (e.g. {pa['path'].iat[rows_a[first]]!r}) and "
+                                  "neither was trained on corrections; compare runs on the same data set.")
+        judged_by = (f"; true labels as corrected for {'B' if by is b else 'A'} ({int(relabelled[in_eval].sum()):,} "
+                     "of them relabelled)")
+        true = true_b if by is b else true_a
+    elsewhere = int((relabelled & ~in_eval).sum())
+    if elsewhere:
+        judged_by += (f"; {elsewhere:,} other shared image{'s carry' if elsewhere != 1 else ' carries'} other labels "
+                      "in the two runs (corrections)")
+    rows_a, rows_b, true = rows_a[in_eval], rows_b[in_eval], true[in_eval]
     same_split = np.array_equal(pa["split"].astype(str).to_numpy()[rows_a], pb["split"].astype(str).to_numpy()[rows_b])
     whole = shared == len(pa) == len(pb)
     if whole and same_split and in_eval.sum() == a.eval_mask().sum() == b.eval_mask().sum():
@@ -166,7 +187,7 @@ def _compared_rows(a: Run, b: Run) -> tuple[np.ndarray, np.ndarray, str]:
     else:
         basis = (f"on the {rows_a.size:,} images held out by both runs (in A's {a.eval_split} split and B's "
                  f"{b.eval_split} split) of the {shared:,} images they share")
-    return rows_a, rows_b, basis
+    return rows_a, rows_b, true, basis + judged_by
 
 
 def comparison_problem(a: Run, b: Run) -> str | None:
@@ -180,9 +201,8 @@ def comparison_problem(a: Run, b: Run) -> str | None:
 
 def compare(a: Run, b: Run) -> Comparison:
     """Runs A and B compared on the images held out by both; ``ComparisonError`` when they cannot be."""
-    rows_a, rows_b, basis = _compared_rows(a, b)
+    rows_a, rows_b, true, basis = _compared_rows(a, b)
     pa, pb = a.predictions, b.predictions
-    true = pa["true"].to_numpy()[rows_a]
     pred_a, pred_b = pa["predicted"].to_numpy()[rows_a], pb["predicted"].to_numpy()[rows_b]
     sum_a = M.summary(true, pred_a, _take(a.probs, rows_a))
     sum_b = M.summary(true, pred_b, _take(b.probs, rows_b))
@@ -192,7 +212,8 @@ def compare(a: Run, b: Run) -> Comparison:
     per_class = per_class_comparison(M.per_class_table(true, pred_a, a.classes),
                                      M.per_class_table(true, pred_b, b.classes))
     return Comparison(a_id=a.id, b_id=b.id, rows_a=rows_a, rows_b=rows_b, metrics=metrics_table, per_class=per_class,
-                      flips=flips(pa.iloc[rows_a], pb.iloc[rows_b], rows_a=rows_a, rows_b=rows_b), basis=basis)
+                      flips=flips(pa.iloc[rows_a], pb.iloc[rows_b], rows_a=rows_a, rows_b=rows_b, true=true,
+                                  class_names=a.classes), basis=basis)
 
 
 def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -220,19 +241,26 @@ def per_class_comparison(a: pd.DataFrame, b: pd.DataFrame,
 
 
 def flips(a: pd.DataFrame, b: pd.DataFrame, *, rows_a: np.ndarray | None = None,
-          rows_b: np.ndarray | None = None) -> pd.DataFrame:
+          rows_b: np.ndarray | None = None, true: np.ndarray | None = None,
+          class_names: Sequence[str] | None = None) -> pd.DataFrame:
     """Images whose correctness changed from A to B; ``a`` and ``b`` are the predictions of the
     same images, row for row (``rows_a``/``rows_b``: their row ids in each run, default 0..n-1).
 
     Columns: ``id`` (B's row id, which the dashboard opens), ``id_a``, ``path``, ``kind``
     ("fixed by B" or "broken by B"), ``true``, ``wrong_predicted`` (the confusion cell of the wrong
     prediction: A's for fixed, B's for broken), labels and both runs' predictions and confidences.
+    ``true`` (with ``class_names``): the labels both are judged by, where the runs' own differ (corrections).
     """
     n = len(a)
     rows_a = np.arange(n) if rows_a is None else np.asarray(rows_a)
     rows_b = np.arange(n) if rows_b is None else np.asarray(rows_b)
-    correct_a = a["correct"].to_numpy(bool)
-    correct_b = b["correct"].to_numpy(bool)
+    if true is None:
+        correct_a, correct_b = a["correct"].to_numpy(bool), b["correct"].to_numpy(bool)
+        true, true_label = a["true"].to_numpy(), a["true_label"].astype(str).to_numpy()
+    else:
+        true = np.asarray(true)
+        correct_a, correct_b = a["predicted"].to_numpy() == true, b["predicted"].to_numpy() == true
+        true_label = np.asarray(class_names, dtype=object)[true].astype(str)
     fixed = ~correct_a & correct_b
     broken = correct_a & ~correct_b
     pos = np.flatnonzero(fixed | broken)
@@ -243,9 +271,9 @@ def flips(a: pd.DataFrame, b: pd.DataFrame, *, rows_a: np.ndarray | None = None,
         "id_a": rows_a[pos],
         "path": a["path"].astype(str).to_numpy()[pos],
         "kind": np.where(is_fixed, FIXED, BROKEN),
-        "true": a["true"].to_numpy()[pos],
+        "true": true[pos],
         "wrong_predicted": wrong_pred,
-        "true_label": a["true_label"].astype(str).to_numpy()[pos],
+        "true_label": true_label[pos],
         "predicted_a": a["predicted_label"].astype(str).to_numpy()[pos],
         "confidence_a": a["confidence"].to_numpy()[pos],
         "predicted_b": b["predicted_label"].astype(str).to_numpy()[pos],

@@ -21,9 +21,9 @@ def probs_for(pred: list[int], conf: float = 0.8) -> np.ndarray:
     return p
 
 
-def write(store, run_id, *, paths, true, pred, splits):
+def write(store, run_id, *, paths, true, pred, splits, training=None):
     return write_run(store, run_id, classes=CLASSES, y_true=np.array(true), probs=probs_for(pred),
-                     paths=paths, splits=np.array(splits))
+                     paths=paths, splits=np.array(splits), training=training)
 
 
 @pytest.fixture
@@ -81,7 +81,8 @@ def test_runs_that_cannot_be_compared_say_why_in_one_line(store):
     other_images = write(store, "o", paths=["y0.png", "y1.png"], true=[0, 1], pred=[0, 1], splits=["test"] * 2)
     assert "share no image" in C.comparison_problem(a, other_images)
     relabelled = write(store, "r", paths=paths, true=[0, 2, 2], pred=[0, 1, 2], splits=["test"] * 3)
-    assert "different true labels ('x1.png')" in C.comparison_problem(a, relabelled)
+    assert ("The runs give 1 of the images they both hold out different true labels (e.g. 'x1.png') and neither "
+            "was trained on corrections") in C.comparison_problem(a, relabelled)
     apart = write(store, "p", paths=paths, true=[0, 1, 2], pred=[0, 1, 2], splits=["train", "train", "val"])
     # all of "p" is in train or val; its evaluation split is val (x2), which A holds out too
     assert C.comparison_problem(a, apart) is None
@@ -116,3 +117,25 @@ def test_cli_compare_writes_the_three_csvs(store, capsys):
     assert main(["compare", "small", "four", "--store", str(store.root)]) == 2
     assert capsys.readouterr().err.strip() == ("error: The runs have different classes ('small' has 'ddd', which "
                                                "'four' lacks); compare runs of models with the same classes.")
+
+
+def test_a_run_retrained_on_corrections_is_compared_on_the_corrected_labels(store):
+    """Review, export, train --corrections, compare: the retrained run's labels differ from the old run's on
+    the relabelled images (in train, and in test when test errors were reviewed). Compare refused them all."""
+    paths = [f"x{i}.png" for i in range(6)]
+    splits = ["train", "train", "test", "test", "test", "test"]
+    a = write(store, "a", paths=paths, true=[0, 1, 2, 1, 0, 2], pred=[0, 1, 2, 2, 0, 1], splits=splits)
+    # the review found x3 (given b, shows c) mislabelled and a train image too; B learnt on the corrections
+    record = {"corrections": {"file": "c.csv", "sha256": "0" * 64, "relabelled": 2, "dropped": 0}}
+    b = write(store, "b", paths=paths, true=[0, 2, 2, 2, 0, 2], pred=[0, 2, 2, 2, 0, 2], splits=splits,
+              training=record)
+    cmp = C.compare(a, b)
+    assert cmp.basis.endswith("; true labels as corrected for B (1 of them relabelled); 1 other shared image "
+                              "carries other labels in the two runs (corrections)"), cmp.basis
+    # judged by B's labels: A was right on x2, x4, and on x3 (c, as corrected); wrong on x5 -> 3 of 4
+    assert cmp.metric("accuracy") == pytest.approx((0.75, 1.0))
+    assert cmp.flips["path"].tolist() == ["x5.png"] and cmp.flips["true_label"].tolist() == [CLASSES[2]]
+    # labels differing only outside the compared images: compared on the shared labels, said so
+    only_train = write(store, "t", paths=paths, true=[0, 2, 2, 1, 0, 2], pred=[0, 1, 2, 2, 0, 1], splits=splits)
+    assert C.compare(a, only_train).basis.endswith("; 1 other shared image carries other labels in the two "
+                                                   "runs (corrections)")
