@@ -120,6 +120,9 @@ class Recipe:
                               f"Received: {self.fine_tune}, {self.fine_tune_epochs}")
         if self.fine_tune and self.recipe != "transfer":
             raise RecipeError(f"--fine-tune is only for the transfer recipe. Received: recipe={self.recipe!r}")
+        if self.fine_tune and self.recipe == "transfer" and self.weights == "none":
+            raise RecipeError("--fine-tune unfreezes a pretrained backbone's top: with --weights none the whole "
+                              f"backbone trains from scratch already. Received: --fine-tune {self.fine_tune}")
         if not self.learning_rate > 0:
             raise RecipeError(f"--learning-rate must be positive. Received: {self.learning_rate}")
         if self.channels not in (None, 1, 3):
@@ -314,9 +317,15 @@ def build_model(recipe: Recipe, *, n_classes: int, image_size: tuple[int, int], 
                               f"{BACKBONE_MIN_SIZE[recipe.backbone]} pixels. Received: --image-size {h}x{w}")
         x = BackbonePreprocess(recipe.backbone, name="preprocess")(x)
         backbone = make_backbone(recipe.backbone, (h, w), weights=recipe.weights)
-        backbone.trainable = False
-        # training=False keeps the backbone's BatchNormalization in inference mode, also when fine-tuning.
-        x = backbone(x, training=False)
+        if recipe.weights == "none":
+            # from scratch: every layer learns, BatchNormalization included (a frozen random backbone gave
+            # MobileNetV2 features of 1e-13 and a head stuck at chance)
+            backbone.trainable = True
+            x = backbone(x)
+        else:
+            backbone.trainable = False
+            # training=False keeps the backbone's BatchNormalization in inference mode, also when fine-tuning.
+            x = backbone(x, training=False)
         x = layers.GlobalAveragePooling2D(name="pool")(x)
         units = recipe.dense_units or (256, 128)
         dropouts = [0.5, 0.3] + [0.3] * max(0, len(units) - 2)

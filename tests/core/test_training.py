@@ -112,11 +112,18 @@ def test_demo_cnn_with_schedule_records_learning_rate(tiny_data, tmp_path):
     assert len(lrs) == 2 and lrs[1] < 0.01  # the cosine tail lowers it
 
 
+@pytest.fixture
+def random_imagenet(monkeypatch):
+    """--weights imagenet without a download: the backbone keeps its random initial weights."""
+    monkeypatch.setattr(recipes, "resolve_imagenet_weights", lambda backbone, image_size: None)
+
+
 @pytest.mark.parametrize("backbone", recipes.BACKBONES)
-def test_transfer_backbones_build_frozen_under_the_recipe_head(backbone):
-    recipe = _quick(recipe="transfer", backbone=backbone, batch_norm=backbone == "vgg16", image_size=(32, 32))
+def test_transfer_backbones_build_frozen_under_the_recipe_head(backbone, random_imagenet):
+    recipe = _quick(recipe="transfer", backbone=backbone, batch_norm=backbone == "vgg16", image_size=(32, 32),
+                    weights="imagenet")
     model = recipes.build_model(recipe, n_classes=3, image_size=(32, 32), channels=3)
-    assert not model.get_layer(backbone).trainable  # frozen by default
+    assert not model.get_layer(backbone).trainable  # a pretrained backbone is frozen by default
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 3)
     assert model.layers[-1].name == "classifier" and model.layers[-1].get_config()["activation"] == "softmax"
     assert model.get_layer("preprocess").get_config()["backbone"] == backbone
@@ -126,8 +133,9 @@ def test_transfer_backbones_build_frozen_under_the_recipe_head(backbone):
 
 
 @pytest.mark.slow
-def test_transfer_trains_fine_tunes_top_layers_but_not_batch_norm_and_analyses(tiny_data, tmp_path):
-    recipe = _quick(recipe="transfer", backbone="mobilenetv2", fine_tune=10, fine_tune_epochs=1)
+def test_transfer_trains_fine_tunes_top_layers_but_not_batch_norm_and_analyses(tiny_data, tmp_path,
+                                                                               random_imagenet):
+    recipe = _quick(recipe="transfer", backbone="mobilenetv2", fine_tune=10, fine_tune_epochs=1, weights="imagenet")
     result, run = _train_and_check(tiny_data, tmp_path, recipe, size=32)
     assert run.manifest["model"]["scale"] == "raw"
     backbone = result.model.get_layer("mobilenetv2")
@@ -137,6 +145,22 @@ def test_transfer_trains_fine_tunes_top_layers_but_not_batch_norm_and_analyses(t
     assert all(not lyr.trainable for lyr in backbone.layers[:-10])
     assert result.epochs == 2
     assert result.history["learning_rate"][1] == pytest.approx(result.history["learning_rate"][0] / 10)
+
+
+def test_a_backbone_without_pretrained_weights_trains_whole_from_scratch():
+    """--weights none 'trains from scratch' (README): a frozen random backbone left MobileNetV2's features
+    at 1e-13 and the head at chance (a new-user sweep); every layer learns, BatchNormalization included."""
+    recipe = _quick(recipe="transfer", backbone="mobilenetv2", image_size=(32, 32))
+    model = recipes.build_model(recipe, n_classes=3, image_size=(32, 32), channels=3)
+    backbone = model.get_layer("mobilenetv2")
+    assert backbone.trainable and all(layer.trainable for layer in backbone.layers)
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    # in training, its BatchNormalization normalises by the batch (it was pinned to inference mode, whose
+    # initial statistics leave a random backbone's features at 1e-12)
+    features = keras.Model(model.inputs, model.get_layer("pool").output)(x, training=True)
+    assert float(np.abs(np.asarray(features)).max()) > 1e-3
+    with pytest.raises(recipes.RecipeError, match="with --weights none the whole backbone trains from scratch"):
+        _quick(recipe="transfer", backbone="mobilenetv2", fine_tune=5).validate()
 
 
 def test_backbone_preprocess_layer_matches_keras_applications():
