@@ -45,6 +45,13 @@ def read_corrections(file: str | os.PathLike, *, max_rows: int | None = None) ->
     except UnicodeDecodeError:
         raise ReviewError(f"{path}: not a UTF-8 CSV file") from None
     rows = csv.reader(io.StringIO(text, newline=""))  # lazily: a huge file is refused at its first bad row
+    try:
+        return _checked_corrections(rows, path, data, max_rows=max_rows)
+    except csv.Error as exc:  # a field over the csv module's limit, a NUL byte
+        raise ReviewError(f"{path}:{rows.line_num}: not a readable CSV row ({exc})") from None
+
+
+def _checked_corrections(rows, path: Path, data: bytes, *, max_rows: int | None) -> Corrections:
     header = [c.strip() for c in next(rows, [])]
     missing = [c for c in ("path", "verdict", "new_label") if c not in header]
     if missing:
@@ -92,6 +99,12 @@ def apply_corrections(dataset, corrections: Corrections):
     keys = [canonical_path(p, root=root) for p in dataset.paths] if root is not None else list(dataset.paths)
     index = {p: i for i, p in enumerate(keys)}
     wanted = [canonical_path(p, root=root) for p in table["path"]]
+    first: dict[str, str] = {}
+    for p, key in zip(table["path"], wanted):  # two spellings of one image ('x.png', './x.png', its full path)
+        if key in first:
+            raise ReviewError(f"{corrections.file}: {first[key]!r} and {p!r} are the same image ({key!r}); each "
+                              "image is corrected at most once")
+        first[key] = p
     unknown = [p for p, key in zip(table["path"], wanted) if key not in index]
     if unknown:
         raise ReviewError(f"{corrections.file}: {len(unknown)} path(s) are not images of data set "
