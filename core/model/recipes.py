@@ -377,9 +377,15 @@ def make_backbone(backbone: str, image_size: tuple[int, int], *, weights: str = 
         "resnet101": keras.applications.ResNet101, "mobilenetv2": keras.applications.MobileNetV2,
         "efficientnetb0": keras.applications.EfficientNetB0,
     }
-    # A stable name: fine-tuning finds the backbone by it.
-    return constructors[backbone](include_top=False, weights=weights_arg, input_shape=(*image_size, 3),
-                                  name=backbone)
+    try:  # a stable name: fine-tuning finds the backbone by it
+        return constructors[backbone](include_top=False, weights=weights_arg, input_shape=(*image_size, 3),
+                                      name=backbone)
+    except (OSError, ValueError) as exc:
+        if weights_arg is None:
+            raise
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RecipeError(f"The {backbone} ImageNet weights file {weights_arg!r} cannot be read ({reason}): delete "
+                          "it to have it downloaded again, or put a good copy there") from None
 
 
 def unfreeze_top(model, n_layers: int, *, backbone_name: str) -> int:

@@ -235,6 +235,20 @@ def test_imagenet_weights_come_from_the_keras_cache(tmp_path, monkeypatch):
     np.testing.assert_allclose(backbone.get_weights()[0], model.get_weights()[0])
 
 
+def test_a_damaged_cached_weights_file_is_named(tmp_path, monkeypatch):
+    """A truncated download left in the cache gave 'Unable to synchronously open file (file signature not
+    found)', which names no file."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: pytest.fail("must not download"))
+    name = recipes.weights_file_name("mobilenetv2", (96, 96))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / name).write_bytes(np.random.default_rng(0).bytes(5000))
+    with pytest.raises(RecipeError) as info:
+        recipes.make_backbone("mobilenetv2", (96, 96), weights="imagenet")
+    msg = str(info.value)
+    assert "\n" not in msg and str(tmp_path / "models" / name) in msg and "delete it" in msg
+
+
 def test_assign_splits_is_stratified_and_keeps_given_splits(tiny_data):
     split = training.assign_splits(tiny_data, val_split=0.5, seed=0)
     val = split.splits == "val"
