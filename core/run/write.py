@@ -45,6 +45,24 @@ def choose_eval_split(splits: np.ndarray) -> str:
     return "all"
 
 
+def _evaluation_notes(eval_split: str, split_counts: dict[str, int], training: dict | None) -> list[str]:
+    """A sentence when the metrics are not of held-out test images: every row, training images among them,
+    or a val split that training used (to stop, or to pick its best epoch).
+
+    >>> _evaluation_notes("all", {"train": 300}, None)[0][:60]
+    'No test or val split: the metrics are of all 300 images, the'
+    >>> _evaluation_notes("test", {"test": 9, "train": 30}, None), _evaluation_notes("val", {"val": 9}, None)
+    ([], [])
+    """
+    if eval_split == "all" and split_counts.get("train"):
+        return [f"No test or val split: the metrics are of all {sum(split_counts.values()):,} images, the "
+                f"{split_counts['train']:,} training images among them, which the model may have learnt by heart."]
+    if eval_split == "val" and isinstance(training, dict):
+        return ["No test split: the metrics are of the val split, which training watched (to stop early or to "
+                "keep its best epoch): they flatter the model."]
+    return []
+
+
 def predictions_table(
     *, ids: np.ndarray, paths: Sequence[str], splits: np.ndarray, y_true: np.ndarray,
     probs: np.ndarray, classes: Sequence[str],
@@ -146,7 +164,7 @@ def write_run(
         "timings": timings or {},
         "projection": projection_info,
         "training": training,
-        "notes": list(notes),
+        "notes": list(notes) + _evaluation_notes(eval_split, split_counts, training),
         "versions": library_versions(),
     }
     with store.writing(run_id) as w:

@@ -335,3 +335,17 @@ def test_copy_run_makes_an_independent_run_under_another_name(tmp_path):
     assert np.array_equal(copy.probs, src.probs)
     store.delete("src")
     assert store.load("dst").n_images == 25
+
+
+def test_metrics_of_images_the_model_learnt_from_are_said_to_be(tmp_path):
+    """An import without its test rows reported 'accuracy on all' of training images, and corrections that
+    dropped the test split reported the val split that chose the checkpoint, both without a word."""
+    store = RunStore(tmp_path)
+    common = dict(classes=["a", "b"], y_true=np.array([0, 1, 1]), probs=np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]),
+                  paths=["x", "y", "z"])
+    train_only = write_run(store, "t", splits=np.array(["train"] * 3), **common)
+    assert train_only.eval_split == "all" and train_only.notes[-1].startswith(
+        "No test or val split: the metrics are of all 3 images, the 3 training images among them")
+    val = write_run(store, "v", splits=np.array(["train", "val", "val"]), training={"history": {}}, **common)
+    assert val.notes[-1].startswith("No test split: the metrics are of the val split, which training watched")
+    assert write_run(store, "ok", splits=np.array(["train", "test", "test"]), training={}, **common).notes == []
