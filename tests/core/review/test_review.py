@@ -301,7 +301,8 @@ def test_a_note_or_reviewer_a_spreadsheet_would_run_is_exported_inert_and_the_fi
     ("path,new_label,verdict\ncat/cat_1.png,cow,label-wrong\n", "unknown class(es) ['cow'] for data set 'images'"),
     # one image under two spellings was applied twice (counted as 2 relabelled, the last label winning)
     ("path,new_label,verdict\ncat/cat_1.png,dog,label-wrong\n./cat/cat_1.png,,exclude\n",
-     "'cat/cat_1.png' and './cat/cat_1.png' are the same image ('cat/cat_1.png'); each image is corrected at most once"),
+     "'cat/cat_1.png' and './cat/cat_1.png' are the same image ('cat/cat_1.png'); each image is corrected at "
+     "most once"),
     # a field over the csv module's limit (128 KB) ended in a traceback
     ("path,new_label,verdict\ncat/cat_1.png,\"" + "x" * 200_000 + "\",exclude\n",
      "bad.csv:2: not a readable CSV row (field larger than field limit"),

@@ -225,7 +225,8 @@ def test_image_files_changed_since_the_run_was_made_are_told(tmp_path, capsys):
     main(["diagnose", "files", "--only", "calibration", "--store", str(store.root)])
     assert f"warning: {line}" in capsys.readouterr().err
     # pixels stored with the run never change
-    held = write_run(store, "held", classes=["a", "b"], y_true=np.array([0, 1]), probs=np.array([[0.9, 0.1], [0.2, 0.8]]),
+    held = write_run(store, "held", classes=["a", "b"], y_true=np.array([0, 1]),
+                     probs=np.array([[0.9, 0.1], [0.2, 0.8]]),
                      paths=["x", "y"], images=np.zeros((2, 4, 4, 3), np.uint8),
                      data={"root": None, "name": "d", "images_in_run": True})
     assert held.data_change_line() is None
@@ -341,8 +342,8 @@ def test_metrics_of_images_the_model_learnt_from_are_said_to_be(tmp_path):
     """An import without its test rows reported 'accuracy on all' of training images, and corrections that
     dropped the test split reported the val split that chose the checkpoint, both without a word."""
     store = RunStore(tmp_path)
-    common = dict(classes=["a", "b"], y_true=np.array([0, 1, 1]), probs=np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]),
-                  paths=["x", "y", "z"])
+    common = dict(classes=["a", "b"], y_true=np.array([0, 1, 1]), paths=["x", "y", "z"],
+                  probs=np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]]))
     train_only = write_run(store, "t", splits=np.array(["train"] * 3), **common)
     assert train_only.eval_split == "all" and train_only.notes[-1].startswith(
         "No test or val split: the metrics are of all 3 images, the 3 training images among them")
