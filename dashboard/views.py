@@ -241,16 +241,14 @@ def filter_mask(predictions: pd.DataFrame, *, split: str = "all", classes: Seque
 
 # --- per-class report ----------------------------------------------------------
 def flag_worst(table: pd.DataFrame, *, share: float = 0.1) -> pd.DataFrame:
-    """``table`` with a boolean ``worst`` column first: the lowest-F1 ``share`` of classes (at least one).
+    """``table`` with a boolean ``worst`` column first: the lowest-F1 ``share`` of classes (at least one),
+    and every class tied with the last of them (``core.run.metrics.lowest_f1``, as the report)."""
+    from core.run.metrics import lowest_f1
 
-    Ties are broken by row order (the first rows are flagged).
-    """
-    if not 0.0 < share <= 1.0:
-        raise ValueError(f"`share` must be in (0, 1]. Received: share={share}")
-    n_worst = max(1, int(round(len(table) * share)))
-    ranked = table["f1"].rank(method="first")
+    worst = np.zeros(len(table), bool)
+    worst[lowest_f1(table, share=share)] = True
     out = table.copy()
-    out.insert(0, "worst", (ranked <= n_worst).to_numpy())
+    out.insert(0, "worst", worst)
     return out
 
 

@@ -42,7 +42,7 @@ from core.run.store import Run
 
 DEFAULT_MAX_IMAGES = 120
 THUMB_PX = 96
-#: classes shown in the confusion-matrix figure; a run with more shows those most involved in errors
+#: classes shown in the confusion-matrix figure; a run with more shows those of the largest confusions first
 MATRIX_CLASSES = 20
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
@@ -386,9 +386,9 @@ def _summary(run: Run) -> Section:
 
 
 def worst_classes(per_class: pd.DataFrame, *, share: float = 0.1) -> np.ndarray:
-    """Row positions of the lowest-F1 ``share`` of classes (at least one), lowest first."""
-    n = max(1, int(round(len(per_class) * share)))
-    return np.lexsort((np.arange(len(per_class)), per_class["f1"].to_numpy(float)))[:n]
+    """Row positions of the lowest-F1 ``share`` of classes (at least one, ties at the cut included), lowest
+    first (``M.lowest_f1``, which the dashboard's per-class table flags too)."""
+    return M.lowest_f1(per_class, share=share)
 
 
 def _per_class(run: Run, cm: np.ndarray) -> Section:
@@ -437,8 +437,9 @@ def _confusion(run: Run, cm: np.ndarray, budget: _Budget, per_pair: int = 4) -> 
     keep = matrix_classes(cm)
     sub = cm[np.ix_(keep, keep)]
     sub_names = [names[i] for i in keep]
-    note = "" if len(keep) == len(names) else (f" The {len(keep)} classes most involved in errors of "
-                                              f"{len(names):,}; the full matrix is in the dashboard.")
+    note = "" if len(keep) == len(names) else (f" The {len(keep)} classes of the largest confusions (then those "
+                                              f"most involved in errors) of {len(names):,}; the full matrix is in "
+                                              "the dashboard.")
     totals = cm.sum(axis=1)[keep]
     s.blocks.append(Figure(alt="confusion matrix, counts", svg=confusion_svg(
         sub, sub_names, normalise=False, title="Counts (rows: true class)", row_totals=totals),

@@ -239,6 +239,25 @@ def most_confused_classes(cm: np.ndarray, *, top: int) -> np.ndarray:
     return np.sort(np.asarray(chosen, dtype=np.int64))
 
 
+def lowest_f1(per_class: pd.DataFrame, *, share: float = 0.1) -> np.ndarray:
+    """Row positions of the lowest-F1 ``share`` of classes (at least one), lowest first, and every class
+    tied with the last of them: three classes at F1 0 are all the weakest, not the first one by order.
+
+    >>> table = pd.DataFrame({"f1": [0.9, 0.0, 0.5, 0.0, 0.0, 0.8, 0.7, 0.6, 0.95, 0.99]})
+    >>> lowest_f1(table).tolist(), lowest_f1(table, share=0.5).tolist()
+    ([1, 3, 4], [1, 3, 4, 2, 7])
+    """
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"`share` must be in (0, 1]. Received: share={share}")
+    f1 = per_class["f1"].to_numpy(float)
+    if len(f1) == 0:
+        return np.zeros(0, np.int64)
+    order = np.lexsort((np.arange(len(f1)), f1))
+    n = max(1, int(round(len(f1) * share)))
+    cut = f1[order[n - 1]]
+    return order[: max(n, int(np.sum(f1 <= cut)))] if np.isfinite(cut) else order[:n]
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (N, K) logits, numerically stable.
 

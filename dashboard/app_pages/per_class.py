@@ -46,7 +46,7 @@ def table_ui(run) -> None:
                                 "tn": st.column_config.NumberColumn("TN", **number),
                                 "cer": st.column_config.NumberColumn("CER", format="%.4f", **number)})
     st.caption(f"Sortable: click a column header. Flagged rows: the lowest-F1 {WORST_SHARE:.0%} of "
-               "classes. CER = (FP + FN) / N.")
+               "classes, and any tied with the last of them. CER = (FP + FN) / N.")
 
 
 def _pick_pair(pair_key: str, table_key: str, pairs: list[tuple[int, int]]) -> None:

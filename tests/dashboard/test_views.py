@@ -146,6 +146,9 @@ def test_flag_worst():
     assert views.flag_worst(table.iloc[:3], share=0.1)["worst"].tolist() == [False, False, True]
     with pytest.raises(ValueError, match="share=0"):
         views.flag_worst(table, share=0)
+    # classes tied at the cut are all flagged (three at F1 0: the first by order was 'the weakest class')
+    tied = pd.DataFrame({"class": list("abcdefghij"), "f1": [0.9, 0, 0.5, 0, 0, 0.8, 0.7, 0.6, 0.9, 0.9]})
+    assert views.flag_worst(tied, share=0.1)["worst"].tolist() == [False, True, False, True, True] + [False] * 5
 
 
 def test_class_distribution_lists_every_class_per_split():
