@@ -756,6 +756,12 @@ def _training(run: Run) -> Section | None:
                 s.blocks.append(Figure(alt=f"training {metric}", svg=line_chart_svg(
                     series, x=history["epoch"].to_numpy(float), title=metric.capitalize(), y_label=metric,
                     integer_x=True)))
+    corrections = training.get("corrections")
+    if isinstance(corrections, dict):  # what the review changed before this training
+        s.narrative.append(f"Trained on the corrections of {clean(Path(str(corrections.get('file', '?'))).name)}: "
+                           f"{int(corrections.get('relabelled', 0)):,} images relabelled, "
+                           f"{int(corrections.get('dropped', 0)):,} excluded (SHA-256 "
+                           f"{clean(str(corrections.get('sha256', '?'))[:12])}...).")
     rows = [[str(k), str(v)] for k, v in recipe.items()]
     for key in ("seconds", "stopped_by", "test_accuracy", "mixed_precision", "command"):
         if training.get(key) is not None:

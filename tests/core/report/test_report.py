@@ -29,7 +29,7 @@ from core.report.tables import errors_table
 from core.review.reviewed import RunReview
 from core.run import metrics as M
 from core.run.store import RunStore
-from core.run.synthetic import make_synthetic_run
+from core.run.synthetic import make_synthetic_run, synthetic_arrays
 from core.run.write import write_run
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -264,3 +264,16 @@ def test_markdown_rewritten_in_the_same_folder_keeps_no_stale_picture_and_no_oth
     pictures = sorted(p.name for p in (folder / "images").iterdir())
     assert pictures == sorted([f.name for f in files[1:]] + ["mine.png"])
     assert "Colours: " in (folder / "report.md").read_text()
+
+
+def test_the_training_section_says_what_corrections_it_learnt_from(tmp_path):
+    store = RunStore(tmp_path)
+    arrays = synthetic_arrays(60, 3, seed=4)
+    run = write_run(store, "fixed", classes=list("abc"), y_true=arrays["y_true"], probs=arrays["probs"],
+                    paths=arrays["paths"], splits=arrays["splits"],
+                    training={"recipe": {"recipe": "small-cnn"}, "corrections": {
+                        "file": "/home/me/<i>fix.csv", "sha256": "ab" * 32, "relabelled": 12, "dropped": 3}})
+    training = next(s for s in build_report(run, max_images=0).sections if s.key == "training")
+    assert ("Trained on the corrections of <i>fix.csv: 12 images relabelled, 3 excluded (SHA-256 abababababab...)."
+            in training.narrative)
+    assert "&lt;i&gt;fix.csv" in render_html(build_report(run, max_images=0))  # shown as text
