@@ -154,7 +154,7 @@ def flips_ui(a, b, flip_table) -> None:
     left, right = st.columns([2, 3])
     with left:
         st.dataframe(ui.shown(cells[["kind", "true_label", "wrong_label", "count"]]), hide_index=True,
-                     width="stretch", height=320,
+                     width="stretch", height=min(38 + 35 * len(cells), 320),
                      column_config={"kind": st.column_config.TextColumn("kind", width=95),
                                     "true_label": st.column_config.TextColumn("true"),
                                     "wrong_label": st.column_config.TextColumn("wrong prediction"),
@@ -224,7 +224,8 @@ def per_class_ui(a, b, table) -> None:
             if side == "delta" and metric in ("tp", "fp", "fn"):
                 fmt = "%+d"
             config[c] = st.column_config.NumberColumn(label, format=fmt, width=70)
-        st.dataframe(ui.shown(table[columns]), hide_index=True, width="stretch", height=400, column_config=config)
+        st.dataframe(ui.shown(table[columns]), hide_index=True, width="stretch",
+                     height=min(38 + 35 * len(table), 400), column_config=config)  # no empty rows under 5 classes
         st.caption("Scroll sideways for more columns; the class column stays in place. Δ = B - A.")
     with right:
         st.plotly_chart(figures.f1_delta_figure(table), key="compare-f1", config={"displayModeBar": False})
