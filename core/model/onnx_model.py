@@ -379,7 +379,15 @@ def onnx_inference_model(model: OnnxModel, *, layer: str | None = None,
         raise ModelError(f"ONNX model {model.path.name!r}: {exc}") from None
     graph = model.proto.graph
     if layer is None:
-        tensor, layer_name = default_feature_tensor(graph)
+        try:
+            tensor, layer_name = default_feature_tensor(graph)
+        except ModelError:
+            # a graph onnxruntime cannot run (an unknown custom operator, which may stand for the head) says
+            # so first: 'no Gemm or MatMul' alone sent the user after --layer
+            out = graph.output[0].name
+            OnnxClassifier(model, feature_tensor=out, feature_layout=feature_map_layout(graph, out,
+                                                                                        input_layout=info.layout))
+            raise
     else:
         tensor = find_tensor(graph, layer)
         layer_name = tensor

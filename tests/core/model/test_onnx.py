@@ -307,3 +307,20 @@ def test_auto_scale_is_raw_for_a_keras_export_with_its_own_rescaling(tmp_path):
     assert build_inference_model(load_model(tmp_path / "keras_export.onnx")).scale == "raw"
     assert build_inference_model(load_model(tmp_path / "m.onnx")).scale == "unit"
     assert build_inference_model(load_model(tmp_path / "m.onnx"), scale="imagenet").scale == "imagenet"
+
+
+def test_a_custom_operator_is_named_before_the_missing_head(tmp_path):
+    """A graph whose head is a custom operator onnxruntime lacks: 'No Gemm or MatMul node found' sent the
+    user after --layer; onnxruntime's own refusal is what they need to read."""
+    nodes = [helper.make_node("GlobalAveragePool", ["image"], ["pooled"], name="gap"),
+             helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+             helper.make_node("MagicHead", ["flat"], ["probs"], name="head", domain="com.example")]
+    graph = helper.make_graph(nodes, "custom", [helper.make_tensor_value_info("image", TensorProto.FLOAT,
+                                                                               ["batch", 3, 20, 20])],
+                              [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "custom.onnx"))
+    with pytest.raises(ModelError, match=r"onnxruntime cannot run '.*custom.onnx': .*MagicHead") as info:
+        build_inference_model(load_model(tmp_path / "custom.onnx"))
+    assert "\n" not in str(info.value)
