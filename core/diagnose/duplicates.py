@@ -1374,6 +1374,72 @@ def find_duplicates(thumbnails: np.ndarray, content_size: np.ndarray, digest: np
 
 # --------------------------------------------------------------------------- the derived kind
 
+COLOUR_SIDE = 64  # px: the colour check looks at pictures shrunk to this (long side)
+COLOUR_MIN_STD = 3.0  # gray levels: a channel (or the luminance) that varies less says nothing of its colours (noise
+# below it would give any correlation; above, a weak channel still needs |correlation| >= COLOUR_FLIP to count)
+COLOUR_FLIP = 0.5  # a channel follows the luminance (correlation >= this) in one picture, goes against it in the other
+
+
+def channel_signs(img: np.ndarray) -> np.ndarray | None:
+    """For an RGB uint8 picture, each channel's correlation with its luminance (3,), NaN where the channel
+    (or the luminance) varies less than ``COLOUR_MIN_STD``; None for a gray picture.
+
+    Brightness, contrast and gamma edits, applied to all channels alike, keep each correlation's sign; a
+    picture recoloured (a green square on maroon redrawn teal on dark red) turns one round.
+
+    >>> img = np.zeros((8, 8, 3), np.uint8); img[:] = (128, 0, 0); img[2:6, 2:6] = (150, 220, 150)
+    >>> np.round(channel_signs(img), 2).tolist()
+    [1.0, 1.0, 1.0]
+    >>> img[:] = (139, 0, 0); img[2:6, 2:6] = (0, 128, 128)
+    >>> np.round(channel_signs(img), 2).tolist()
+    [-1.0, 1.0, 1.0]
+    """
+    import cv2
+
+    if img is None or img.ndim != 3 or img.shape[2] < 3:
+        return None
+    scale = COLOUR_SIDE / max(img.shape[:2])
+    if scale < 1:
+        img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
+    x = img[:, :, :3].reshape(-1, 3).astype(np.float64)
+    if np.abs(np.diff(x, axis=1)).max() == 0:
+        return None  # stored as colour, gray in fact
+    y = x @ np.array([0.299, 0.587, 0.114])
+    out = np.full(3, np.nan)
+    if y.std() < COLOUR_MIN_STD:
+        return out
+    for c in range(3):
+        if x[:, c].std() >= COLOUR_MIN_STD:
+            out[c] = np.corrcoef(x[:, c], y)[0, 1]
+    return out
+
+
+def recoloured(signs_a: np.ndarray | None, signs_b: np.ndarray | None) -> bool:
+    """Whether two pictures' colours cannot be one picture's under a brightness, contrast or gamma edit:
+    a channel follows the luminance in one (correlation >= ``COLOUR_FLIP``) and goes against it in the
+    other (<= -``COLOUR_FLIP``). False where either is gray (a grayscale copy keeps no colour to compare)."""
+    if signs_a is None or signs_b is None:
+        return False
+    with np.errstate(invalid="ignore"):
+        return bool(np.any((signs_a >= COLOUR_FLIP) & (signs_b <= -COLOUR_FLIP))
+                    or np.any((signs_a <= -COLOUR_FLIP) & (signs_b >= COLOUR_FLIP)))
+
+
+def recoloured_pairs(run: Run, a: np.ndarray, b: np.ndarray, near: np.ndarray) -> np.ndarray:
+    """Which near pairs (a[i], b[i]) are recoloured look-alikes (``recoloured``), from the run's colour pixels;
+    False where a picture cannot be read. Each image is decoded once."""
+    rows = np.unique(np.concatenate([a[near], b[near]])) if near.any() else np.zeros(0, np.int64)
+    signs = {}
+    for row in rows.tolist():
+        try:
+            signs[row] = channel_signs(run.image(row))
+        except (PermissionError, ValueError, OSError):
+            signs[row] = None
+    return np.array([bool(n) and recoloured(signs.get(int(i)), signs.get(int(j))) for i, j, n in zip(a, b, near)],
+                    dtype=bool)
+
+
 def one_source(a: np.ndarray, b: np.ndarray, near: np.ndarray, ratio: np.ndarray, rank: np.ndarray) -> np.ndarray:
     """Which pairs to keep (bool, one per pair ``a``, ``b``): of an image's ``near`` pairs with images of an
     earlier split (lower ``rank``), the best fit (lowest ``ratio``: residual / allowed) and those whose other
@@ -1554,7 +1620,7 @@ def duplicate_findings(run: Run, stored) -> Findings:
                     filters=(Filter("train_copy", "Copy in train", "flag", "copy"),))
 
 
-@derived.register("duplicates", version=5, config=DuplicatesConfig, findings=duplicate_findings, reads=("image_scan",),
+@derived.register("duplicates", version=6, config=DuplicatesConfig, findings=duplicate_findings, reads=("image_scan",),
                   description="exact and near duplicate images within and across splits (leakage), "
                               "through flips, crops, rotations, blur, noise and tone changes")
 def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -> derived.DerivedResult:
@@ -1590,6 +1656,15 @@ def compute_duplicates(run: Run, config: DuplicatesConfig, progress: Progress) -
         notes.append(f"{plural(found.attrs['n_flat'], 'candidate pair')} not called copies: the compared area (the "
                      "frame less its edges) is nearly blank, varying less than a copy may differ, so a blank picture "
                      "would match too. Nearly blank images cannot be told apart here.")
+    # the search and verification compare gray structure: a recoloured look-alike (the same shape in other
+    # colours, drawn apart) passes there; its colour channels say it is not one picture edited
+    odd = recoloured_pairs(run, a, b, found["kind"].to_numpy() == "near")
+    if odd.any():
+        notes.append(f"{plural(int(odd.sum()), 'candidate pair')} not called copies: their colours cannot be one "
+                     "picture's under a brightness, contrast or gamma edit (a colour channel rises with brightness "
+                     "in one and falls in the other): the same shapes, recoloured.")
+        found, a, b = found[~odd].reset_index(drop=True), a[~odd], b[~odd]
+        cosine = cosine[~odd]
     if run.embeddings is None:
         notes.append("The run has no embeddings: pairs verified on pixels alone (embedding_cosine is NaN).")
     elif min_cos is not None:

@@ -623,3 +623,45 @@ def test_the_verifications_hand_made_arithmetic_agrees_with_numpy():
                                                                          linear[0, 0] + linear[1, 1])))
             assert (got["shift_x"], got["shift_y"]) == pytest.approx(tuple((g @ centre)[:2] - centre[:2]))
             assert got["proper"] == (np.linalg.det(linear) > 0)
+
+
+def _painted(gray: np.ndarray, background, foreground) -> np.ndarray:
+    """RGB uint8: ``gray`` (0..255) as a blend of two colours, so that its luminance is a straight line of
+    ``gray``: the gray structure any two paintings share is the same up to a tone curve."""
+    m = gray.astype(np.float64)[..., None] / 255.0
+    return np.clip(np.array(background) * (1 - m) + np.array(foreground) * m, 0, 255).astype(np.uint8)
+
+
+def test_a_recoloured_look_alike_is_no_copy_and_an_edited_colour_copy_still_is(tmp_path):
+    """Plain shapes drawn apart in random colours passed as copies (the gray structure matched after a tone
+    curve): 2,099 pairs in a user's six-shape folder. A colour channel that rises with brightness in one
+    picture and falls in the other cannot come from a brightness, contrast or gamma edit."""
+    from core.diagnose import properties  # noqa: F401  (registers the image scan)
+
+    root = tmp_path / "data"
+    paths, labels, splits = [], [], []
+
+    def put(rel, img, label):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(root / rel), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        paths.append(rel), labels.append(label), splits.append(rel.split("/")[0])
+
+    shapes = [cv2.resize(smooth_edged(textured(s)), (56, 56), interpolation=cv2.INTER_CUBIC) for s in range(8)]
+    for i, g in enumerate(shapes):  # light green on maroon: red rises with brightness
+        put(f"train/c{i % 2}/{i}.png", _painted(g, (128, 10, 10), (150, 230, 150)), i % 2)
+    for i, g in enumerate(shapes[:4]):  # teal on dark red: red falls as brightness rises; the same gray shapes
+        put(f"test/c{i % 2}/recoloured{i}.png", _painted(g, (140, 10, 10), (10, 160, 170)), i % 2)
+    for i, g in enumerate(shapes[4:], start=4):  # the training picture, brighter and with a gamma: a copy
+        edit = np.clip(255 * (_painted(g, (128, 10, 10), (150, 230, 150)) / 255.0) ** 0.8 + 12, 0, 255)
+        put(f"test/c{i % 2}/edited{i}.png", edit.astype(np.uint8), i % 2)
+    y = np.array(labels)
+    run = write_run(RunStore(tmp_path / "store"), "colours", classes=["c0", "c1"], y_true=y,
+                    probs=np.eye(2, dtype=np.float32)[y], paths=paths, splits=np.array(splits),
+                    data={"name": "colours", "kind": "folder", "path": str(root), "root": str(root),
+                          "images_in_run": False})
+    stored = derived.get(run, "duplicates")
+    found = {(a, b) for a, b in zip(stored.table("pairs")["path_a"], stored.table("pairs")["path_b"])}
+    assert {(f"train/c{i % 2}/{i}.png", f"test/c{i % 2}/edited{i}.png") for i in range(4, 8)} <= found
+    assert [pair for pair in found if "recoloured" in pair[1]] == []
+    note = next(n for n in stored.summary["notes"] if "recoloured" in n)
+    assert int(note.split()[0]) >= 4  # they passed every gray measure: the colour check is what refused them
