@@ -14,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from core.data.preprocess import CHANNEL_ORDERS, PREPROCESS_CHOICES
+from core.data.preprocess import CHANNEL_ORDERS, PREPROCESS_CHOICES, RESIZE_METHODS
 from core.demo import DEMO_EPOCHS
 from core.errors import UserError, debug_enabled, first_line
 from core.model import formats
@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--channel-order", choices=CHANNEL_ORDERS, default="rgb",
                    help="channel order the model was trained on: bgr for images read with cv2.imread and "
                         "not converted (default: rgb)")
-    a.add_argument("--resize", choices=("area", "linear", "nearest"), default="area",
+    a.add_argument("--resize", choices=tuple(RESIZE_METHODS), default="area",
                    help="how pictures were resized to the model's input in training: area (cv2.INTER_AREA, the "
                         "default), linear (cv2.resize's default, tf.image.resize, Keras' "
                         "image_dataset_from_directory) or nearest (keras.utils.load_img(target_size=...))")

@@ -208,8 +208,10 @@ def errors_filters_ui(run: Run, rows: np.ndarray) -> np.ndarray:
                       else _decode_choices(f.param, options))
             state.seed(key, f.param, decode, scope=scope)
             picked = col.multiselect(f.label, options, key=key, placeholder="every image", **keep_state)
-            published[f.param] = (",".join(p for p in picked if p in options) or None if f.vocabulary
-                                  else state.encode_ints([options.index(p) for p in picked if p in options]))
+            if f.vocabulary:
+                published[f.param] = ",".join(p for p in picked if p in options) or None
+            else:
+                published[f.param] = state.encode_ints([options.index(p) for p in picked if p in options])
             if picked:
                 keep &= sub[f.column].isin(picked).to_numpy()
     state.publish(**published)

@@ -212,8 +212,8 @@ def compare(a: Run, b: Run) -> Comparison:
     per_class = per_class_comparison(M.per_class_table(true, pred_a, a.classes),
                                      M.per_class_table(true, pred_b, b.classes))
     return Comparison(a_id=a.id, b_id=b.id, rows_a=rows_a, rows_b=rows_b, metrics=metrics_table, per_class=per_class,
-                      flips=flips(pa.iloc[rows_a], pb.iloc[rows_b], rows_a=rows_a, rows_b=rows_b, true=true,
-                                  class_names=a.classes), basis=basis)
+                      flips=flips(pa.iloc[rows_a], pb.iloc[rows_b], true=true, class_names=a.classes,
+                                  rows_a=rows_a, rows_b=rows_b), basis=basis)
 
 
 def _take(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -240,27 +240,23 @@ def per_class_comparison(a: pd.DataFrame, b: pd.DataFrame,
     return out
 
 
-def flips(a: pd.DataFrame, b: pd.DataFrame, *, rows_a: np.ndarray | None = None,
-          rows_b: np.ndarray | None = None, true: np.ndarray | None = None,
-          class_names: Sequence[str] | None = None) -> pd.DataFrame:
+def flips(a: pd.DataFrame, b: pd.DataFrame, *, true: np.ndarray, class_names: Sequence[str],
+          rows_a: np.ndarray | None = None, rows_b: np.ndarray | None = None) -> pd.DataFrame:
     """Images whose correctness changed from A to B; ``a`` and ``b`` are the predictions of the
     same images, row for row (``rows_a``/``rows_b``: their row ids in each run, default 0..n-1).
 
     Columns: ``id`` (B's row id, which the dashboard opens), ``id_a``, ``path``, ``kind``
     ("fixed by B" or "broken by B"), ``true``, ``wrong_predicted`` (the confusion cell of the wrong
     prediction: A's for fixed, B's for broken), labels and both runs' predictions and confidences.
-    ``true`` (with ``class_names``): the labels both are judged by, where the runs' own differ (corrections).
+    ``true``: the labels both are judged by (the corrected ones where the runs' own differ), ``class_names``
+    their names.
     """
     n = len(a)
     rows_a = np.arange(n) if rows_a is None else np.asarray(rows_a)
     rows_b = np.arange(n) if rows_b is None else np.asarray(rows_b)
-    if true is None:
-        correct_a, correct_b = a["correct"].to_numpy(bool), b["correct"].to_numpy(bool)
-        true, true_label = a["true"].to_numpy(), a["true_label"].astype(str).to_numpy()
-    else:
-        true = np.asarray(true)
-        correct_a, correct_b = a["predicted"].to_numpy() == true, b["predicted"].to_numpy() == true
-        true_label = np.asarray(class_names, dtype=object)[true].astype(str)
+    true = np.asarray(true)
+    correct_a, correct_b = a["predicted"].to_numpy() == true, b["predicted"].to_numpy() == true
+    true_label = np.asarray(class_names, dtype=object)[true].astype(str)
     fixed = ~correct_a & correct_b
     broken = correct_a & ~correct_b
     pos = np.flatnonzero(fixed | broken)

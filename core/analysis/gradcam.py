@@ -762,10 +762,8 @@ def _read(run: Run, stored, rows: np.ndarray, *, which: tuple[str, ...], method:
 def _load_pixels(run: Run, rows: np.ndarray, *, size: tuple[int, int], channels: int
                  ) -> tuple[list[int], np.ndarray, dict[int, str]]:
     """uint8 (n_ok, H, W, C) of the rows that could be read, as the run fed them to the model."""
-    from core.data.images import RESIZE_METHODS, fit_to_input
+    from core.data.images import fit_to_input
 
-    resize = (run.manifest.get("model") or {}).get("resize") or "area"  # as the run resized (older runs: area)
-    resize = resize if resize in RESIZE_METHODS else "area"
     ok, pixels, skipped = [], [], {}
     for row in rows:
         row = int(row)
@@ -778,7 +776,7 @@ def _load_pixels(run: Run, rows: np.ndarray, *, size: tuple[int, int], channels:
             skipped[row] = f"image {str(run.predictions['path'].iat[row])!r} is missing or cannot be decoded"
             continue
         ok.append(row)
-        pixels.append(fit_to_input(img, size=size, channels=channels, resize=resize))
+        pixels.append(fit_to_input(img, size=size, channels=channels, resize=run.model_info.resize))
     return ok, (np.stack(pixels) if pixels else np.zeros((0, *size, channels), np.uint8)), skipped
 
 

@@ -140,7 +140,7 @@ def iter_batches(
     current one, so decoding overlaps inference. An image larger than
     ``max_pixels`` (default ``core.data.images.max_pixels_limit()``) is refused from
     its header and reported in ``Batch.failed`` like an undecodable one. ``resize``: see
-    ``core.data.images.RESIZE_METHODS``.
+    ``core.data.preprocess.RESIZE_METHODS``.
     """
     n = len(dataset)
     workers = workers or min(8, os.cpu_count() or 1)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.data.preprocess import RESIZE_METHODS
 from core.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -480,18 +481,6 @@ def thumbnail(img: np.ndarray, *, size: int) -> np.ndarray:
         img = cv2.resize(img, (max(1, round(w * scale)), max(1, round(h * scale))),
                          interpolation=interpolation)
     return img
-
-
-# How a picture is resized to the model's input, named by the training pipelines that do it (``--resize``):
-# a model sees what it was trained on only when resized the same way (a shrink by INTER_LINEAR aliases
-# where INTER_AREA averages).
-RESIZE_METHODS = {
-    "area": "cv2.INTER_AREA when shrinking, INTER_LINEAR when enlarging (no aliasing)",
-    "linear": "bilinear: cv2.resize's default (INTER_LINEAR), and tf.image.resize / Keras' "
-              "image_dataset_from_directory (to under one grey level: they keep floats)",
-    "nearest": "nearest pixel as PIL takes it (cv2.INTER_NEAREST_EXACT): keras.utils.load_img(target_size=...)'s "
-               "default",
-}
 
 
 def fit_to_input(img: np.ndarray, *, size: tuple[int, int], channels: int, resize: str = "area") -> np.ndarray:

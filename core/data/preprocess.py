@@ -40,6 +40,17 @@ import numpy as np
 
 from core.errors import UserError
 
+# How a picture is resized to the model's input, named by the training pipelines that do it (``--resize``):
+# a model sees what it was trained on only when resized the same way (a shrink by INTER_LINEAR aliases
+# where INTER_AREA averages).
+RESIZE_METHODS = {
+    "area": "cv2.INTER_AREA when shrinking, INTER_LINEAR when enlarging (no aliasing)",
+    "linear": "bilinear: cv2.resize's default (INTER_LINEAR), and tf.image.resize / Keras' "
+              "image_dataset_from_directory (to under one grey level: they keep floats)",
+    "nearest": "nearest pixel as PIL takes it (cv2.INTER_NEAREST_EXACT): keras.utils.load_img(target_size=...)'s "
+               "default",
+}
+
 # torchvision's normalisation (x / 255 - mean) / std per RGB channel ('imagenet' and Keras' 'torch').
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

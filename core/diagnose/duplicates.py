@@ -1394,14 +1394,12 @@ def channel_signs(img: np.ndarray) -> np.ndarray | None:
     >>> np.round(channel_signs(img), 2).tolist()
     [-1.0, 1.0, 1.0]
     """
-    import cv2
+    from core.data.images import thumbnail
 
     if img is None or img.ndim != 3 or img.shape[2] < 3:
         return None
-    scale = COLOUR_SIDE / max(img.shape[:2])
-    if scale < 1:
-        img = cv2.resize(img, (max(1, round(img.shape[1] * scale)), max(1, round(img.shape[0] * scale))),
-                         interpolation=cv2.INTER_AREA)
+    if max(img.shape[:2]) > COLOUR_SIDE:
+        img = thumbnail(img, size=COLOUR_SIDE)
     x = img[:, :, :3].reshape(-1, 3).astype(np.float64)
     if np.abs(np.diff(x, axis=1)).max() == 0:
         return None  # stored as colour, gray in fact

@@ -380,7 +380,7 @@ def make_backbone(backbone: str, image_size: tuple[int, int], *, weights: str = 
     try:  # a stable name: fine-tuning finds the backbone by it
         return constructors[backbone](include_top=False, weights=weights_arg, input_shape=(*image_size, 3),
                                       name=backbone)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:  # h5py's, for a file it cannot open (a truncated download)
         if weights_arg is None:
             raise
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

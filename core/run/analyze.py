@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from core.data.datasets import ImageDataset, iter_batches
-from core.data.images import RESIZE_METHODS, fit_to_input
-from core.data.preprocess import PREPROCESS_CHOICES, Preprocessing, feed
+from core.data.images import fit_to_input
+from core.data.preprocess import PREPROCESS_CHOICES, RESIZE_METHODS, Preprocessing, feed
 from core.model import formats
 from core.model.input_check import SAMPLE_SIZE, check_input, expected_from_training, sample_rows
 from core.model.load import InferenceModel, ModelError, build_inference_model, load_model
@@ -187,7 +187,7 @@ def analyze(
     'unit', 'symmetric', 'imagenet', 'caffe', 'tf', 'torch') and
     ``channel_order`` 'rgb' or 'bgr' (``core.data.preprocess``); both are part of
     the run's config, as is ``resize``, how pictures are resized to the model's
-    input (``core.data.images.RESIZE_METHODS``). With ``input_check`` (default) a seeded sample of at most
+    input (``core.data.preprocess.RESIZE_METHODS``). With ``input_check`` (default) a seeded sample of at most
     ``core.model.input_check.SAMPLE_SIZE`` images is fed under the other
     preprocessings and the class order is judged from the confusion matrix;
     the finding is kept in the manifest (``model.input_check``, its ``lines``
@@ -405,7 +405,7 @@ class RunModel:
         self.inference = build_inference_model(model, layer=layer, preprocessing=run_preprocessing(run))
         self.size = tuple(m.get("input_size") or ()) or self.inference.input_size
         self.channels = self.inference.channels or m.get("channels") or 3
-        self.resize = run_resize(run)
+        self.resize = run.model_info.resize
         self.n_classes = len(run.classes)
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
@@ -426,12 +426,6 @@ def run_preprocessing(run: Run) -> Preprocessing:
     channel orders existed were fed RGB)."""
     m = run.manifest.get("model") or {}
     return Preprocessing(m.get("scale") or "auto", m.get("channel_order") or "rgb")
-
-
-def run_resize(run: Run) -> str:
-    """How the run resized pictures to its model's input (runs made before ``--resize`` existed: 'area')."""
-    resize = (run.manifest.get("model") or {}).get("resize") or "area"
-    return resize if resize in RESIZE_METHODS else "area"
 
 
 def load_run_model(run: Run, *, unsafe: bool = False) -> RunModel:

@@ -59,7 +59,7 @@ class AnalysisConfig:
     ``channel_order`` the order the model was trained on ('rgb' or 'bgr'; left
     out of the dict, and so of the key, when 'rgb', as older runs were made).
     ``projection`` is None when no map is made. ``resize`` is how pictures are
-    resized to the model's input (``core.data.images.RESIZE_METHODS``; left out
+    resized to the model's input (``core.data.preprocess.RESIZE_METHODS``; left out
     of the dict when 'area', as older runs were made).
 
     >>> a = AnalysisConfig(model_sha256="ab" * 32, data_fingerprint="f" * 16)

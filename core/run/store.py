@@ -202,6 +202,7 @@ class ModelInfo:
     unsafe_load: bool
     channel_order: str = "rgb"         # runs made before channel orders existed were fed RGB
     input_check: dict | None = None    # core.model.input_check's finding: 'lines' to show, accuracies per preprocessing
+    resize: str = "area"               # how pictures were resized to the input (--resize); older runs: area
 
     @classmethod
     def from_manifest(cls, m: dict) -> "ModelInfo":
@@ -211,7 +212,7 @@ class ModelInfo:
                    scale=m.get("scale") or "auto", output_activation=m.get("output_activation"),
                    outputs_were=m.get("outputs_were"), unsafe_load=bool(m.get("unsafe_load", False)),
                    channel_order=m.get("channel_order") or "rgb",
-                   input_check=check if isinstance(check, dict) else None)
+                   input_check=check if isinstance(check, dict) else None, resize=m.get("resize") or "area")
 
     @property
     def input_warnings(self) -> list[str]:

@@ -213,10 +213,11 @@ def keras_inference_model(model, *, layer: str | None = None,
     top_layers = list(model.layers)
     notes = []
     if len(model.outputs) > 1:  # the first output is the classes; the layers behind it say what it is
-        names = [getattr(getattr(o, "_keras_history", None), "operation", None) for o in model.outputs]
-        first = names[0]
+        heads = [getattr(getattr(o, "_keras_history", None), "operation", None) for o in model.outputs]
+        first = heads[0]
         top_layers = [lyr for lyr in top_layers if lyr is not first] + ([first] if first is not None else [])
-        shown = ", ".join(f"{getattr(n, 'name', '?')!r} ({int(o.shape[-1])} wide)" for n, o in zip(names, model.outputs))
+        shown = ", ".join(f"{getattr(h, 'name', '?')!r} ({int(o.shape[-1])} wide)"
+                          for h, o in zip(heads, model.outputs))
         notes.append(f"The model has {len(model.outputs)} outputs ({shown}): the first is read as the classes.")
     dense = [lyr for lyr in top_layers if isinstance(lyr, keras.layers.Dense)]
     activation = _activation_name(top_layers[-1]) if top_layers else None
